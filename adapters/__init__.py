@@ -1,0 +1,63 @@
+"""Model adapters, installed as ``latim_captum.adapters``: the only model-specific code in the package.
+
+Adding a model family means adding one module with a :class:`ModelAdapter` subclass and listing it in
+:data:`ADAPTERS`.
+
+Example:
+    >>> from latim_captum.adapters import get_adapter
+    >>> adapter = get_adapter(model)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
+from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
+from .hf_mamba2 import HFMamba2Adapter
+
+__all__ = [
+    "ADAPTERS",
+    "CapturedLayer",
+    "ModelAdapter",
+    "TraceMismatchError",
+    "get_adapter",
+    "register_adapter",
+    "relative_error",
+    "supported_model_classes",
+    "verification_tolerance",
+]
+
+#: adapter classes tried in order by :func:`get_adapter`
+ADAPTERS: list[type[ModelAdapter]] = [HFMambaAdapter, HFFalconMambaAdapter, HFMamba2Adapter]
+
+
+def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Add an adapter class (usable as a decorator); later registrations are tried first."""
+    if adapter not in ADAPTERS:
+        ADAPTERS.insert(0, adapter)
+    return adapter
+
+
+def supported_model_classes() -> list[str]:
+    """Names of every model class some registered adapter handles."""
+    return [name for adapter in ADAPTERS for name in adapter.model_class_names]
+
+
+def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
+    """The adapter for ``model`` (an adapter passes through).
+
+    Raises:
+        TypeError: no registered adapter supports the model; the message names the supported classes.
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    for adapter in ADAPTERS:
+        if adapter.supports(model):
+            return adapter(model)
+    raise TypeError(
+        f"{type(model).__name__} is not a supported Mamba model; supported classes: "
+        f"{', '.join(supported_model_classes())}"
+    )

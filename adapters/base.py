@@ -1,0 +1,279 @@
+"""The adapter contract: one model family in, :class:`~latim_captum.traces.ModelTrace` out.
+
+An adapter knows where a family keeps its blocks, mixers, final norm and unembedding, and how to recompute one
+mixer from its input and weights. :meth:`ModelAdapter.trace` runs the model once with hooks (a forward pre-hook on
+each mixer captures the normalised input and padding mask the mixer really saw; forward hooks capture its output
+and the block's), removes every hook, restores the model's mode, then recomputes each mixer in the compute dtype
+and checks the result against the captured output so that an unsupported variant fails loudly instead of
+producing a silently wrong map.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from latim_captum.traces import LayerTrace, ModelTrace, Readout
+
+__all__ = ["ModelAdapter", "CapturedLayer", "TraceMismatchError", "relative_error", "verification_tolerance"]
+
+
+class TraceMismatchError(RuntimeError):
+    """The recomputed mixer (or logits) disagree with the model's own forward: the variant is not supported."""
+
+
+@dataclass
+class CapturedLayer:
+    """What the hooks saw for one block during the forward pass (model dtype, detached)."""
+
+    block_input: Tensor | None = None
+    mixer_input: Tensor | None = None
+    mixer_mask: Tensor | None = None
+    mixer_output: Tensor | None = None
+    block_output: Tensor | None = None
+
+
+def relative_error(estimate: Tensor, reference: Tensor) -> float:
+    """``‖estimate − reference‖ / max(‖reference‖, tiny)`` in float64."""
+    est, ref = estimate.double(), reference.double()
+    return float((est - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def verification_tolerance(model_dtype: torch.dtype) -> float:
+    """Largest relative gap between our recomputation and the model's forward accepted for a model dtype."""
+    return {torch.float64: 1e-6, torch.float32: 1e-3}.get(model_dtype, 5e-2)
+
+
+def _first_tensor(args: tuple, kwargs: dict, name: str) -> Tensor:
+    if args and isinstance(args[0], Tensor):
+        return args[0]
+    return kwargs[name]
+
+
+class ModelAdapter(ABC):
+    """Maps one model family onto the standard trace. Subclass it and register the subclass in ``adapters``.
+
+    Subclasses set :attr:`name` and :attr:`model_class_names`, implement :meth:`supports`, the structural
+    accessors and :meth:`mixer_trace`.
+
+    Example:
+        >>> adapter = get_adapter(model)                                    # doctest: +SKIP
+        >>> trace = adapter.trace(input_ids=ids, dtype=torch.float64)     # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = ""
+    model_class_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    # -- structure ---------------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def supports(cls, model: nn.Module) -> bool:
+        """Whether this adapter handles ``model``."""
+
+    @property
+    @abstractmethod
+    def blocks(self) -> Sequence[nn.Module]:
+        """The residual blocks, in order."""
+
+    @abstractmethod
+    def mixer(self, block: nn.Module) -> nn.Module:
+        """The token mixer inside a block (hooked for its input and output)."""
+
+    @property
+    @abstractmethod
+    def embeddings(self) -> nn.Module:
+        """The token embedding module (what gradient methods attribute to)."""
+
+    @property
+    @abstractmethod
+    def final_norm(self) -> nn.Module:
+        """The final RMSNorm before the unembedding."""
+
+    @property
+    @abstractmethod
+    def lm_head(self) -> nn.Module | None:
+        """The unembedding (an ``nn.Linear``), or None for a model without an LM head."""
+
+    @abstractmethod
+    def mixer_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
+        """Recompute one mixer in ``dtype``; return its trace (``layer`` unset: -1) and the recomputed output."""
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embeddings.weight.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.embeddings.weight.shape[1])
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return self.embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.weight.device
+
+    def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None) -> Any:
+        """Call the model the way its users do (no cache); return its output object."""
+        return self.model(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+        )
+
+    @staticmethod
+    def output_logits(output: Any) -> Tensor | None:
+        """Logits from the model's output, or None."""
+        return getattr(output, "logits", None)
+
+    # -- tracing ------------------------------------------------------------------------------------------------
+    def capture(
+        self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None
+    ) -> tuple[list[CapturedLayer], Tensor | None]:
+        """Run the model once under hooks; return per-block captures and the logits (None without an LM head).
+
+        Every hook is removed and the model's train/eval mode restored, whatever happens.
+        """
+        captured = [CapturedLayer() for _ in self.blocks]
+        handles = []
+
+        def block_pre(idx: int):
+            def hook(_module, args, kwargs):
+                captured[idx].block_input = _first_tensor(args, kwargs, "hidden_states").detach()
+
+            return hook
+
+        def block_post(idx: int):
+            def hook(_module, _args, _kwargs, output):
+                out = output[0] if isinstance(output, tuple) else output
+                captured[idx].block_output = out.detach()
+
+            return hook
+
+        def mixer_pre(idx: int):
+            def hook(_module, args, kwargs):
+                captured[idx].mixer_input = _first_tensor(args, kwargs, "hidden_states").detach()
+                mask = kwargs.get("attention_mask")
+                captured[idx].mixer_mask = mask.detach() if isinstance(mask, Tensor) else None
+
+            return hook
+
+        def mixer_post(idx: int):
+            def hook(_module, _args, _kwargs, output):
+                out = output[0] if isinstance(output, tuple) else output
+                captured[idx].mixer_output = out.detach()
+
+            return hook
+
+        was_training = self.model.training
+        try:
+            for idx, block in enumerate(self.blocks):
+                mixer = self.mixer(block)
+                handles.append(block.register_forward_pre_hook(block_pre(idx), with_kwargs=True))
+                handles.append(block.register_forward_hook(block_post(idx), with_kwargs=True))
+                handles.append(mixer.register_forward_pre_hook(mixer_pre(idx), with_kwargs=True))
+                handles.append(mixer.register_forward_hook(mixer_post(idx), with_kwargs=True))
+            self.model.eval()
+            with torch.no_grad():
+                output = self.forward(input_ids, inputs_embeds, attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.model.train(was_training)
+        for idx, cap in enumerate(captured):
+            if cap.mixer_input is None or cap.mixer_output is None or cap.block_input is None:
+                raise TraceMismatchError(
+                    f"layer {idx}: the mixer hooks did not fire; the model's forward bypasses them"
+                )
+        return captured, self.output_logits(output)
+
+    def readout(self, final_hidden: Tensor, logits: Tensor | None, dtype: torch.dtype) -> Readout | None:
+        """Final RMSNorm + unembedding as a :class:`Readout`, checked against the model's logits."""
+        head = self.lm_head
+        if head is None or logits is None:
+            return None
+        norm = self.final_norm
+        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-5)))
+        hidden = final_hidden.to(dtype)
+        scale = torch.rsqrt(hidden.square().mean(-1) + eps)
+        weight = norm.weight.detach().to(dtype)
+        bias = head.bias.detach().to(dtype) if getattr(head, "bias", None) is not None else None
+        readout = Readout(
+            final_hidden=hidden,
+            norm_weight=weight,
+            norm_scale=scale,
+            unembedding=head.weight.detach().to(dtype),
+            bias=bias,
+            logits=logits.detach().to(dtype),
+        )
+        recomputed = (hidden * scale[..., None] * weight) @ readout.unembedding.T
+        if bias is not None:
+            recomputed = recomputed + bias
+        err = relative_error(recomputed, readout.logits)
+        if err > verification_tolerance(self.model_dtype):
+            raise TraceMismatchError(
+                f"recomputed logits differ from the model's by {err:.2e} (relative); the final norm or LM head of "
+                f"{type(self.model).__name__} is not supported"
+            )
+        return readout
+
+    def trace(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        verify: bool = True,
+    ) -> ModelTrace:
+        """Run the model once and return the :class:`ModelTrace` of every layer in ``dtype``.
+
+        Args:
+            input_ids: ``[B, N]`` token ids, or None when ``inputs_embeds`` is given.
+            inputs_embeds: ``[B, N, D]``, or None.
+            attention_mask: ``[B, N]`` padding mask (1 = token), or None.
+            dtype: compute dtype of the trace (float32 or float64), whatever the model's dtype.
+            verify: check each recomputed mixer against the model's own output (raises
+                :class:`TraceMismatchError` beyond :func:`verification_tolerance`).
+        """
+        captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
+        tol = verification_tolerance(self.model_dtype)
+        layers = []
+        with torch.no_grad():
+            for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
+                layer, recomputed = self.mixer_trace(block, cap, dtype)
+                if verify:
+                    err = relative_error(recomputed, cap.mixer_output)
+                    if err > tol:
+                        raise TraceMismatchError(
+                            f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
+                            f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"
+                        )
+                layers.append(_with_layer(layer, idx))
+            final_hidden = captured[-1].block_output
+            readout = self.readout(final_hidden, logits, dtype)
+        mask = captured[0].mixer_mask
+        return ModelTrace(
+            embeddings=captured[0].block_input.to(dtype),
+            layers=layers,
+            readout=readout,
+            mask=None if mask is None else mask.to(dtype),
+            dtype=dtype,
+        )
+
+
+def _with_layer(layer: LayerTrace, idx: int) -> LayerTrace:
+    from dataclasses import replace
+
+    return replace(layer, layer=idx)

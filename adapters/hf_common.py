@@ -1,0 +1,84 @@
+"""Shared structure of the Hugging Face Mamba families: ``backbone.layers[i].mixer``, ``norm_f``, ``lm_head``.
+
+Family adapters (``hf_mamba``, ``hf_mamba2``) subclass :class:`HFBackboneAdapter` and add only the mixer maths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import ModelAdapter
+
+__all__ = ["HFBackboneAdapter", "causal_depthwise_conv", "apply_padding_mask", "weight", "activation_fn"]
+
+
+def weight(param: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A detached copy of a parameter in the compute dtype (None stays None)."""
+    return None if param is None else param.detach().to(dtype)
+
+
+def apply_padding_mask(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero padded positions, as the HF mixers do before the in-projection and after the conv."""
+    return hidden if mask is None else hidden * mask[:, :, None].to(hidden.dtype)
+
+
+def causal_depthwise_conv(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None) -> Tensor:
+    """``ψ_s = Σ_k w_k ⊙ x_{s-K+1+k} + b`` for ``x: [B, N, C]`` and ``conv_weight: [C, K]``; returns ``[B, N, C]``."""
+    kernel = conv_weight.shape[-1]
+    out = F.conv1d(x.transpose(1, 2), conv_weight[:, None, :], conv_bias, padding=kernel - 1, groups=x.shape[-1])
+    return out[..., : x.shape[1]].transpose(1, 2)
+
+
+def activation_fn(name: str):
+    """The elementwise activation a HF config names (``hidden_act``)."""
+    from transformers.activations import ACT2FN
+
+    if name in ("identity", "none"):
+        return lambda t: t
+    return ACT2FN[name]
+
+
+class HFBackboneAdapter(ModelAdapter):
+    """Adapter base for HF models laid out as ``<Family>ForCausalLM.backbone`` / ``<Family>Model``.
+
+    Subclasses list their ``causal_lm_class``/``base_class`` names and implement :meth:`mixer_trace`.
+    """
+
+    causal_lm_class: ClassVar[str] = ""
+    base_class: ClassVar[str] = ""
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return type(model).__name__ in (cls.causal_lm_class, cls.base_class)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone if hasattr(self.model, "backbone") else self.model
+
+    @property
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.backbone.layers)
+
+    def mixer(self, block: nn.Module) -> nn.Module:
+        return block.mixer
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return self.backbone.embeddings
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.backbone.norm_f
+
+    @property
+    def lm_head(self) -> nn.Module | None:
+        return getattr(self.model, "lm_head", None)
+
+    @property
+    def activation_name(self) -> str:
+        return str(self.model.config.hidden_act)

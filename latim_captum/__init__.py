@@ -1,0 +1,35 @@
+"""latim-captum: LaTIM token-to-token interactions for Mamba models, for Captum and Inseq users.
+
+LaTIM (Pitorro & Treviso) decomposes each Mamba-1 / Mamba-2 layer into contribution vectors ``T_i(x_j)`` and turns
+them into maps with ℓp norms, ALTI and ALTI-Logit.
+
+Example:
+    >>> import torch, latim_captum
+    >>> from transformers import MambaConfig, MambaForCausalLM
+    >>> model = MambaForCausalLM(MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=2, vocab_size=50))
+    >>> latim_captum.interactions(model, torch.tensor([[3, 1, 4, 1, 5]]), method="l2").shape
+    torch.Size([1, 2, 5, 5])
+"""
+
+from .activations import ACTIVATIONS
+from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "METHODS",
+    "AltiLogit",
+    "LayerTrace",
+    "Mamba1SSM",
+    "Mamba2SSM",
+    "ModelTrace",
+    "Readout",
+    "alti_logit",
+    "contributions",
+    "interactions",
+    "layer_maps",
+    "reconstruction_error",
+    "trace",
+]

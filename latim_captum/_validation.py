@@ -1,0 +1,143 @@
+"""Argument checks shared by every front end: each error names the offending value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from latim_captum.adapters import ModelAdapter
+
+__all__ = ["check_model_inputs", "check_layers", "check_position", "check_method", "check_target"]
+
+
+def check_model_inputs(
+    adapter: ModelAdapter,
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    attention_mask: Tensor | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Validate ids/embeddings/mask against the model; return them on the model's device.
+
+    Raises:
+        ValueError: both or neither input given, wrong rank, empty sequence, ids out of the vocabulary,
+            mask shape or values wrong.
+        TypeError: wrong dtype (float ids, integer embeddings).
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    device = adapter.device
+    if input_ids is not None:
+        if not isinstance(input_ids, Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+            raise TypeError(f"input_ids must be an integer tensor, got dtype {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape [batch, seq_len], got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= adapter.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is out of the vocabulary [0, {adapter.vocab_size})")
+        input_ids = input_ids.to(device)
+        shape = tuple(input_ids.shape)
+    else:
+        if not isinstance(inputs_embeds, Tensor):
+            raise TypeError(f"inputs_embeds must be a torch.Tensor, got {type(inputs_embeds).__name__}")
+        if not inputs_embeds.dtype.is_floating_point:
+            raise TypeError(f"inputs_embeds must be a floating-point tensor, got dtype {inputs_embeds.dtype}")
+        if inputs_embeds.dim() != 3:
+            raise ValueError(
+                f"inputs_embeds must have shape [batch, seq_len, d_model], got {tuple(inputs_embeds.shape)}"
+            )
+        if inputs_embeds.shape[0] == 0 or inputs_embeds.shape[1] == 0:
+            raise ValueError(f"inputs_embeds is empty: shape {tuple(inputs_embeds.shape)}")
+        if inputs_embeds.shape[-1] != adapter.d_model:
+            raise ValueError(
+                f"inputs_embeds has d_model {inputs_embeds.shape[-1]}, the model expects {adapter.d_model}"
+            )
+        inputs_embeds = inputs_embeds.to(device=device, dtype=adapter.model_dtype)
+        shape = tuple(inputs_embeds.shape[:2])
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {shape}")
+        values = torch.unique(attention_mask)
+        if not bool(((values == 0) | (values == 1)).all()):
+            raise ValueError(f"attention_mask must hold only 0 and 1, got values {values.tolist()}")
+        if bool((attention_mask.sum(-1) == 0).any()):
+            raise ValueError("attention_mask masks every token of some sequence")
+        attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    return input_ids, inputs_embeds, attention_mask
+
+
+def check_layers(layers: int | Sequence[int] | None, n_layers: int) -> list[int]:
+    """Normalise a layer selection (None = all, negative indices allowed) to a list of indices.
+
+    Raises:
+        ValueError: an index outside ``[-n_layers, n_layers)``, or an empty selection.
+        TypeError: not an int or a sequence of ints.
+    """
+    if layers is None:
+        return list(range(n_layers))
+    items = [layers] if isinstance(layers, int) else layers
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise TypeError(f"layers must be an int, a sequence of ints or None, got {layers!r}")
+    if len(items) == 0:
+        raise ValueError("layers is empty")
+    out = []
+    for layer in items:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer indices must be ints, got {layer!r}")
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(f"layer {layer} is out of range for a model with {n_layers} layers")
+        out.append(layer % n_layers)
+    return out
+
+
+def check_position(position: int, seq_len: int) -> int:
+    """Normalise a (possibly negative) query position; ``ValueError`` naming it when out of range."""
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise TypeError(f"position must be an int, got {position!r}")
+    if not -seq_len <= position < seq_len:
+        raise ValueError(f"position {position} is out of range for a sequence of length {seq_len}")
+    return position % seq_len
+
+
+def check_method(method: str, methods: Sequence[str]) -> str:
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
+    return method
+
+
+def check_target(
+    target: int | Sequence[int] | Tensor | None, batch: int, seq_len: int, vocab: int, default: Tensor
+) -> Tensor:
+    """Per-position targets ``[B, N]`` from an int, a ``[B]`` or ``[B, N]`` tensor/list, or None (``default``).
+
+    Raises:
+        ValueError: a shape that is none of these, or a token id outside the vocabulary.
+    """
+    if target is None:
+        return default
+    t = torch.as_tensor(target, device=default.device)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"target must hold integer token ids, got dtype {t.dtype}")
+    if t.dim() == 0:
+        t = t.expand(batch, seq_len)
+    elif t.dim() == 1 and t.shape[0] == batch:
+        t = t[:, None].expand(batch, seq_len)
+    elif t.dim() == 2 and tuple(t.shape) == (batch, seq_len):
+        pass
+    else:
+        raise ValueError(
+            f"target has shape {tuple(t.shape)}; expected a scalar, [batch]=[{batch}] or [batch, seq_len]="
+            f"[{batch}, {seq_len}]"
+        )
+    if bool((t < 0).any()) or bool((t >= vocab).any()):
+        bad = int(t.min()) if bool((t < 0).any()) else int(t.max())
+        raise ValueError(f"target token id {bad} is out of the vocabulary [0, {vocab})")
+    return t.long()

@@ -1,0 +1,103 @@
+"""Scalar token-to-token scores from contribution vectors (Table 1) and their aggregation across layers.
+
+All reducers take a block of query rows ``[B, rows, N, D]`` of ``T_i(x_j)`` and return ``[B, rows, N]``, so the
+caller never needs more than one row block of vectors alive.
+
+=================  ==========================================================================================
+LaTIM (ℓp)         ``C_ij = ‖T_i(x_j)‖_p``  (eq 5)
+LaTIM (ALTI)       ``C_ij ∝ [‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1]_+``, ``T'_i(x_j) = T_i(x_j) + δ_ij x_i``  (eq 6)
+LaTIM (ALTI-Logit) ``C_ij = Σ_l Σ_k Δ^{(l)}_{ik} R^{(l-1)}_{kj}``, ``Δ^{(l)}_{ik} = T^{(l)}_i(x_k) · u_i``  (eqs 7-8)
+=================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["lp_scores", "alti_scores", "logit_scores", "normalize_rows", "rollout", "alti_logit_combine"]
+
+
+def lp_scores(contrib: Tensor, p: float = 2.0) -> Tensor:
+    """``‖T_i(x_j)‖_p`` over the model dimension (eq 5).
+
+    Example:
+        >>> lp_scores(torch.ones(1, 2, 2, 4), p=2)[0, 0, 0].item()
+        2.0
+    """
+    return torch.linalg.vector_norm(contrib, ord=p, dim=-1)
+
+
+def normalize_rows(scores: Tensor) -> Tensor:
+    """Divide each row by its sum; rows summing to 0 stay 0."""
+    total = scores.sum(-1, keepdim=True)
+    return torch.where(total > 0, scores / torch.where(total > 0, total, torch.ones_like(total)), scores)
+
+
+def alti_scores(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 0) -> Tensor:
+    """ALTI (eq 6) for query rows ``[start, start + rows)``: rows are non-negative and sum to 1.
+
+    A row where every clipped proximity is 0 (no ``T'_i(x_j)`` moves ``y_i`` closer; possible with approximate
+    strategies or cancelling contributions) falls back to the ℓ1 norms ``‖T'_i(x_j)‖_1``, so that every row stays a
+    distribution and the rollout of ALTI-Logit stays conservative.
+
+    Args:
+        contrib: ``T_i(x_j)`` for the rows, ``[B, rows, N, D]`` (residual not included).
+        residual: ``x_i`` of the rows, ``[B, rows, D]``; added to ``T_i(x_i)`` (the residual is token i's own).
+        output: ``y_i`` of the rows (the block output), ``[B, rows, D]``.
+        start: index of the first row.
+
+    Example:
+        >>> t = torch.zeros(1, 1, 2, 3); t[0, 0, 0] = 1.0          # row i=1: token 0 gives (1,1,1)
+        >>> x = torch.ones(1, 1, 3)                                # its residual gives (1,1,1) too
+        >>> alti_scores(t, x, t[:, :, 0] + x, start=1)
+        tensor([[[0.5000, 0.5000]]])
+    """
+    rows = contrib.shape[1]
+    idx = torch.arange(rows, device=contrib.device)
+    with_residual = contrib.clone()
+    with_residual[:, idx, start + idx] += residual
+    y = output[:, :, None, :]
+    proximity = torch.linalg.vector_norm(y, ord=1, dim=-1) - torch.linalg.vector_norm(y - with_residual, ord=1, dim=-1)
+    scores = torch.relu(proximity)
+    degenerate = scores.sum(-1, keepdim=True) <= 0
+    if bool(degenerate.any()):
+        scores = torch.where(degenerate, torch.linalg.vector_norm(with_residual, ord=1, dim=-1), scores)
+    return normalize_rows(scores)
+
+
+def logit_scores(contrib: Tensor, projection: Tensor) -> Tensor:
+    """``Δ_ij = T_i(x_j) · u_i`` (eq 7) with ``u_i`` the unembedding row of row i's target through the final norm.
+
+    Args:
+        contrib: ``[B, rows, N, D]``.
+        projection: ``u_i`` for the rows, ``[B, rows, D]``.
+    """
+    return torch.einsum("brjd,brd->brj", contrib, projection)
+
+
+def rollout(maps: list[Tensor]) -> Tensor:
+    """``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` for per-layer ``[B, N, N]`` maps whose rows sum to 1 (identity for none)."""
+    if not maps:
+        raise ValueError("rollout needs at least one layer map")
+    out = maps[0]
+    for layer_map in maps[1:]:
+        out = layer_map @ out
+    return out
+
+
+def alti_logit_combine(deltas: list[Tensor], alti_maps: list[Tensor], direct: Tensor) -> Tensor:
+    """ALTI-Logit (eq 8): ``C = Σ_l Δ^{(l)} R^{(l-1)} + diag(direct)``.
+
+    Args:
+        deltas: per layer ``Δ^{(l)}`` (eq 7), ``[B, N, N]``.
+        alti_maps: per layer ALTI maps ``P^{(l)}`` (rows sum to 1), ``[B, N, N]``; ``R^{(0)} = I``.
+        direct: the embedding's direct path ``u_i · x_i^{(0)}``, ``[B, N]`` (token i's own, before any layer).
+    """
+    bsz, n = direct.shape
+    flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)
+    total = torch.diag_embed(direct)
+    for delta, layer_map in zip(deltas, alti_maps):
+        total = total + delta @ flow
+        flow = layer_map @ flow
+    return total

@@ -1,0 +1,285 @@
+"""The entry points: :func:`interactions` for maps, :func:`contributions` for raw vectors, :func:`trace` to reuse
+one forward pass, :func:`reconstruction_error` for the decomposition error (paper Table 5).
+
+Every function accepts a supported model (see :func:`latim_captum.adapters.get_adapter`) with ``input_ids`` or
+``inputs_embeds``, or a :class:`~latim_captum.traces.ModelTrace` from :func:`trace` in place of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_layers, check_method, check_model_inputs, check_target
+from .activations import check_activation
+from .adapters import ModelAdapter, get_adapter
+from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_scores
+from .decompose import contributions_ref, default_block_rows, iter_row_blocks, tap_contributions
+from .traces import LayerTrace, ModelTrace
+
+__all__ = [
+    "METHODS",
+    "AltiLogit",
+    "trace",
+    "interactions",
+    "contributions",
+    "layer_maps",
+    "alti_logit",
+    "reconstruction_error",
+]
+
+METHODS: tuple[str, ...] = ("l1", "l2", "alti", "alti_logit")
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def trace(
+    model: nn.Module | ModelAdapter,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ModelTrace:
+    """Run ``model`` once and record every layer's LaTIM quantities in ``dtype``.
+
+    Example:
+        >>> tr = trace(model, input_ids)                       # doctest: +SKIP
+        >>> interactions(tr, method="alti")                    # no second forward pass  # doctest: +SKIP
+    """
+    if isinstance(model, ModelTrace):
+        raise TypeError("trace() takes a model, and this is already a ModelTrace")
+    adapter = get_adapter(model)
+    if dtype not in _COMPUTE_DTYPES:
+        raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
+    return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype)
+
+
+def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype) -> ModelTrace:
+    if isinstance(model, ModelTrace):
+        if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
+            raise ValueError("pass inputs with a model, not with a ModelTrace (it already holds them)")
+        return model
+    return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+
+
+def layer_maps(
+    layer: LayerTrace,
+    activation: str,
+    measures: Sequence[str],
+    *,
+    projection: Tensor | None = None,
+    block_rows: int | None = None,
+) -> dict[str, Tensor]:
+    """Several ``[B, N, N]`` maps of one layer from a single pass over row blocks of ``T_i(x_j)``.
+
+    Args:
+        layer: the layer trace.
+        activation: activation strategy (see :mod:`latim_captum.activations`).
+        measures: any of ``"l1"``, ``"l2"``, ``"alti"``, ``"logit"`` (eq 7's Δ, needs ``projection``).
+        projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
+        block_rows: query rows per block (default: from a fixed memory budget).
+    """
+    bsz, n, _ = layer.residual.shape
+    shares = tap_contributions(layer, activation)
+    out = {m: layer.residual.new_zeros(bsz, n, n) for m in measures}
+    output = layer.block_output
+    for start, stop in iter_row_blocks(n, block_rows or default_block_rows(layer)):
+        contrib = contributions_ref(layer, activation, start, stop, shares=shares)
+        for m in measures:
+            if m in ("l1", "l2"):
+                out[m][:, start:stop] = lp_scores(contrib, p=float(m[1]))
+            elif m == "alti":
+                out[m][:, start:stop] = alti_scores(
+                    contrib, layer.residual[:, start:stop], output[:, start:stop], start
+                )
+            elif m == "logit":
+                if projection is None:
+                    raise ValueError("measure 'logit' needs a projection")
+                out[m][:, start:stop] = logit_scores(contrib, projection[:, start:stop])
+            else:
+                raise ValueError(f"unknown measure {m!r}")
+    return out
+
+
+class AltiLogit(NamedTuple):
+    """ALTI-Logit maps with what their rows must sum to.
+
+    Attributes:
+        scores: ``C_ij`` (eq 8), ``[B, N, N]``.
+        targets: the token ``w(i)`` each row explains, ``[B, N]``.
+        logits: the model's logit of ``w(i)`` at i (recomputed in the compute dtype), ``[B, N]``.
+        offset: the part of that logit no token owns (projected out-projection biases and the LM-head bias),
+            ``[B, N]``. For an exact decomposition ``scores.sum(-1) == logits - offset``.
+    """
+
+    scores: Tensor
+    targets: Tensor
+    logits: Tensor
+    offset: Tensor
+
+
+def alti_logit(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    activation: str = "silu",
+    attention_mask: Tensor | None = None,
+    target: int | Sequence[int] | Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+) -> AltiLogit:
+    """ALTI-Logit (eqs 7-8) over all layers, with the logits and offsets its rows sum to.
+
+    ``C_ij = u_i · x_i^{(0)} δ_ij + Σ_l Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``, with
+    ``u_i = U_{w(i)} ⊙ w_f · s_i`` (the unembedding row of the target through the final RMSNorm's fixed scale)
+    and ``R`` the ALTI rollout of the residual stream. ``target`` defaults to the model's predicted next token at
+    each position.
+
+    Example:
+        >>> res = alti_logit(model, input_ids, activation="silu_gate")           # doctest: +SKIP
+        >>> torch.allclose(res.scores.sum(-1), res.logits - res.offset)          # doctest: +SKIP
+        True
+    """
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    check_activation(activation, tr.layers[0].activation)
+    readout = tr.readout
+    if readout is None:
+        raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
+    bsz, n = tr.shape
+    targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
+    projection = readout.projection(targets)  # [B, N, D]
+    deltas, alti_maps = [], []
+    offset = readout.target_bias(targets)
+    for layer in tr.layers:
+        maps = layer_maps(layer, activation, ("alti", "logit"), projection=projection, block_rows=block_rows)
+        deltas.append(maps["logit"])
+        alti_maps.append(maps["alti"])
+        offset = offset + projection @ layer.offset
+    direct = (projection * tr.embeddings).sum(-1)
+    scores = alti_logit_combine(deltas, alti_maps, direct)
+    logits = readout.logits.gather(-1, targets[..., None])[..., 0]
+    return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset)
+
+
+def interactions(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    method: str = "l2",
+    activation: str = "silu",
+    layers: int | Sequence[int] | None = None,
+    attention_mask: Tensor | None = None,
+    target: int | Sequence[int] | Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+) -> Tensor:
+    """LaTIM token-to-token maps: ``C[b, l, i, j]`` = how much token j contributes to token i at layer l.
+
+    Args:
+        model: a supported Mamba model, its adapter, or a :class:`ModelTrace`.
+        input_ids: ``[B, N]`` token ids (or ``inputs_embeds``: ``[B, N, D]``).
+        method: ``"l2"``/``"l1"`` (eq 5), ``"alti"`` (eq 6), ``"alti_logit"`` (eq 8, all layers aggregated).
+        activation: the additive ``f`` of eq 19: ``"silu"`` (paper default), ``"identity"``, ``"taylor1"``,
+            ``"taylor2"``, ``"silu_gate"`` (exact for SiLU models).
+        layers: layer indices for the per-layer methods (None = all; negatives allowed). Ignored by ALTI-Logit.
+        attention_mask: ``[B, N]`` padding mask.
+        target: ALTI-Logit target token(s): an int, ``[B]`` or ``[B, N]``; default the predicted next token.
+        dtype: compute dtype (float32 or float64), whatever the model's dtype.
+        block_rows: query rows per block (memory bound); default from a fixed budget.
+
+    Returns:
+        ``[B, len(layers), N, N]`` for per-layer methods, ``[B, N, N]`` for ``"alti_logit"``; lower-triangular.
+
+    Example:
+        >>> from transformers import MambaConfig, MambaForCausalLM
+        >>> model = MambaForCausalLM(MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=2, vocab_size=50))
+        >>> maps = interactions(model, torch.tensor([[1, 5, 7, 2]]), method="alti")
+        >>> maps.shape
+        torch.Size([1, 2, 4, 4])
+    """
+    check_method(method, METHODS)
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    check_activation(activation, tr.layers[0].activation)
+    if method == "alti_logit":
+        return alti_logit(tr, activation=activation, target=target, block_rows=block_rows).scores
+    selected = check_layers(layers, tr.n_layers)
+    per_layer = [layer_maps(tr.layers[idx], activation, (method,), block_rows=block_rows)[method] for idx in selected]
+    return torch.stack(per_layer, dim=1)
+
+
+def contributions(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    layer: int,
+    activation: str = "silu",
+    attention_mask: Tensor | None = None,
+    include_residual: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Raw contribution vectors ``T_i(x_j)`` of one layer (eqs 22 / 25), ``[B, N, N, D]``: for short inputs.
+
+    With ``include_residual=True`` the residual ``x_i`` is added to ``T_i(x_i)`` (ALTI's ``T'``), so for an exact
+    strategy ``Σ_j T'_i(x_j) + b_o`` is the block output.
+
+    Example:
+        >>> t = contributions(model, ids, layer=0, activation="silu_gate")      # doctest: +SKIP
+        >>> t.sum(2)  # ≈ the mixer output of layer 0 (minus its bias)          # doctest: +SKIP
+    """
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be one int index, got {layer!r}")
+    (idx,) = check_layers(layer, tr.n_layers)
+    layer_trace = tr.layers[idx]
+    out = contributions_ref(layer_trace, activation)
+    if include_residual:
+        n = out.shape[1]
+        pos = torch.arange(n, device=out.device)
+        out[:, pos, pos] += layer_trace.residual
+    return out
+
+
+def reconstruction_error(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    activation: str = "silu",
+    attention_mask: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Relative decomposition error per layer (the paper's Table 5 / Figure 4 metric), ``[n_layers]``.
+
+    ``err_l = ‖Σ_j T_i(x_j) + b_o − mixer(h)_i‖_F / ‖mixer(h)_i‖_F`` over every non-padded token i of the batch:
+    0 for exact strategies (up to rounding), positive for approximations.
+
+    Example:
+        >>> reconstruction_error(model, ids, activation="silu")      # doctest: +SKIP
+        tensor([0.0912, 0.1377])
+    """
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    errors = []
+    for layer in tr.layers:
+        shares = tap_contributions(layer, activation)
+        n = layer.residual.shape[1]
+        summed = torch.cat(
+            [
+                contributions_ref(layer, activation, start, stop, shares=shares).sum(2)
+                for start, stop in iter_row_blocks(n, default_block_rows(layer))
+            ],
+            dim=1,
+        )
+        estimate = summed + layer.offset
+        reference = layer.mixer_output
+        if layer.mask is not None:
+            keep = layer.mask.bool()
+            estimate, reference = estimate[keep], reference[keep]
+        errors.append((estimate - reference).norm() / reference.norm().clamp_min(torch.finfo(reference.dtype).tiny))
+    return torch.stack(errors)

@@ -1,0 +1,106 @@
+"""Token-to-token contribution vectors ``T_i(x_j)`` of one Mamba layer (eqs 16-25): the plain reference path.
+
+For a query row ``i`` and a source token ``j`` (eq 21, with tap ``k`` of position ``s = j + (K-1-k)`` reading j)::
+
+    v_{i←j} = Σ_k (M_{i,s} + δ_{i,s} D) ⊙ f(ψ_s^{(k)})            (eq 21)
+    T_i(x_j) = W_o (g_i ⊙ v_{i←j})                                (eq 22 Mamba-1, g_i = SiLU(z_i);
+                                                                   eq 25 Mamba-2, g_i = γ_i)
+    Σ_j T_i(x_j) = mixer(h)_i - b_o    when f is exact            (eq 23)
+
+Everything is computed in blocks of query rows so that at most ``[B, rows, N, max(D, d·R)]`` is alive at once;
+:func:`contributions_ref` with the default block covers all rows of one layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from .activations import check_activation, conv_taps, tap_shares
+from .ssm import d_inner_of, hidden_attention
+from .traces import LayerTrace, Mamba1SSM
+
+__all__ = ["tap_contributions", "token_values_ref", "contributions_ref", "iter_row_blocks", "default_block_rows"]
+
+#: elements of the largest temporary a row block may allocate (2**25 float32 = 128 MiB)
+DEFAULT_BLOCK_ELEMENTS = 2**25
+
+
+def default_block_rows(trace: LayerTrace, budget: int = DEFAULT_BLOCK_ELEMENTS) -> int:
+    """Rows per block so that the largest temporary (``[B, rows, N, max(D, d·R)]``) stays under ``budget`` elements."""
+    bsz, n, d_model = trace.residual.shape
+    width = d_inner_of(trace.ssm) * (trace.ssm.A.shape[-1] if isinstance(trace.ssm, Mamba1SSM) else 1)
+    per_row = bsz * n * max(width, d_model, 1)
+    return max(1, min(n, budget // per_row))
+
+
+def iter_row_blocks(n: int, block_rows: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` pairs covering ``range(n)`` in blocks of ``block_rows``."""
+    for start in range(0, n, block_rows):
+        yield start, min(n, start + block_rows)
+
+
+def tap_contributions(trace: LayerTrace, activation: str) -> Tensor:
+    """``f(ψ_s^{(k)})`` for every tap and position, zero at padded positions, ``[K, B, N, d]`` (eq 19).
+
+    Example:
+        >>> shares = tap_contributions(trace, "silu_gate")  # doctest: +SKIP
+        >>> torch.allclose(shares.sum(0), phi)               # exact for SiLU models  # doctest: +SKIP
+    """
+    check_activation(activation, trace.activation)
+    taps = conv_taps(trace.conv_input, trace.conv_weight, trace.conv_bias)
+    shares = tap_shares(taps, trace.pre_activation, activation)
+    if trace.mask is not None:
+        shares = shares * trace.mask[None, :, :, None].to(shares.dtype)
+    return shares
+
+
+def token_values_ref(trace: LayerTrace, shares: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+    """``v_{i←j}`` of eq 21 for query rows ``[start, stop)``, ``[B, rows, N, d]``.
+
+    Args:
+        trace: the layer.
+        shares: :func:`tap_contributions` of the layer.
+        start, stop: query rows.
+    """
+    n = trace.residual.shape[1]
+    stop = n if stop is None else stop
+    mixing = hidden_attention(trace.ssm, start, stop)  # [B, r, N, d]
+    rows = torch.arange(start, stop, device=mixing.device)
+    mixing[:, rows - start, rows] += trace.skip  # the D skip acts on φ_i: the diagonal of M
+    kernel = shares.shape[0]
+    values = torch.zeros_like(mixing)
+    for k in range(kernel):
+        shift = kernel - 1 - k
+        if shift >= n:
+            continue
+        # tap k of position s = j + shift reads token j
+        values[:, :, : n - shift] += mixing[:, :, shift:] * shares[k][:, None, shift:]
+    return values
+
+
+def contributions_ref(
+    trace: LayerTrace,
+    activation: str = "silu",
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    shares: Tensor | None = None,
+) -> Tensor:
+    """Contribution vectors ``T_i(x_j) = W_o (g_i ⊙ v_{i←j})`` for query rows ``[start, stop)``, ``[B, rows, N, D]``.
+
+    Rows are query positions i, columns source tokens j; entries with ``j > i`` are exactly zero. The out-projection
+    bias and the residual are not included (see :attr:`LayerTrace.offset` and :attr:`LayerTrace.residual`).
+
+    Example:
+        >>> t = contributions_ref(trace, "silu_gate")                      # doctest: +SKIP
+        >>> torch.allclose(t.sum(2) + trace.offset, trace.mixer_output)   # eq 23  # doctest: +SKIP
+    """
+    if shares is None:
+        shares = tap_contributions(trace, activation)
+    stop = trace.residual.shape[1] if stop is None else stop
+    values = token_values_ref(trace, shares, start, stop)
+    gated = values * trace.out_gate[:, start:stop, None, :]
+    return gated @ trace.out_weight.T

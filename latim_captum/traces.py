@@ -1,0 +1,180 @@
+"""Plain-tensor records of one forward pass: what the decomposition needs and nothing model-specific.
+
+Adapters (``latim_captum.adapters``) fill these from a model; everything downstream (decomposition, aggregation,
+front ends) reads only these. All tensors are in the trace's compute dtype (float32 by default, float64 in tests)
+and on the model's device. Shapes use B = batch, N = sequence length, D = d_model, d = d_inner (the decomposed
+channels), R = Mamba-1 state size, H = Mamba-2 heads, G = groups, S = Mamba-2 state size, K = conv kernel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Mamba1SSM", "Mamba2SSM", "SSMParams", "LayerTrace", "Readout", "ModelTrace"]
+
+
+@dataclass(frozen=True)
+class Mamba1SSM:
+    """Input-dependent Mamba-1 SSM parameters, held fixed by LaTIM (eq 10).
+
+    ``H_i = exp(Δ_i A) ⊙ H_{i-1} + (Δ_i B_i) φ_i`` per channel, ``v_i = H_i^T C_i``.
+
+    Attributes:
+        delta: Δ after softplus, ``[B, N, d]``.
+        A: continuous state matrix (negative), ``[d, R]``.
+        B: input projection, ``[B, N, R]``.
+        C: output projection, ``[B, N, R]``.
+    """
+
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+
+
+@dataclass(frozen=True)
+class Mamba2SSM:
+    """Input-dependent Mamba-2 SSM parameters, held fixed by LaTIM (eq 13): one scalar decay per head.
+
+    Head ``h`` reads group ``h // (H / G)`` of B and C, and channel ``c`` belongs to head ``c // head_dim``.
+
+    Attributes:
+        delta: Δ after softplus and clamping, ``[B, N, H]``.
+        A: scalar decay rate per head (negative), ``[H]``.
+        B: ``[B, N, G, S]``.
+        C: ``[B, N, G, S]``.
+        head_dim: channels per head (``d = H * head_dim``).
+    """
+
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    head_dim: int
+
+
+SSMParams = Mamba1SSM | Mamba2SSM
+
+
+@dataclass(frozen=True)
+class LayerTrace:
+    """One Mamba block: ``y_i = x_i + W_o (g_i ⊙ v_i) + b_o`` with ``v = SSM(φ) + D φ`` and ``φ = act(conv(W_x h))``.
+
+    The per-position output gate ``g_i`` is ``SiLU(z_i)`` for Mamba-1 (eq 12) and the gated-norm operator
+    ``γ_i = w ⊙ SiLU(z_i) ⊙ rsqrt(mean_group(u_i²) + ε)`` for Mamba-2 (eq 24), both held fixed.
+
+    Attributes:
+        layer: index of the block in the model.
+        residual: block input ``x^{(l-1)}``, ``[B, N, D]`` (the residual stream; token i's own).
+        mixer_input: normalised block input ``h = RMSNorm(x)``, ``[B, N, D]``.
+        mixer_output: the model's own mixer output, ``[B, N, D]``, upcast to the compute dtype.
+        mask: ``[B, N]`` with 1 for tokens and 0 for padding, or None.
+        conv_input: ``W_x h_j`` (plus in-projection bias) for the decomposed channels, ``[B, N, d]``.
+        conv_weight: depthwise causal conv taps, ``[d, K]``; tap ``K-1`` reads the current token.
+        conv_bias: ``[d]`` or None; counted once, on the current token's tap (footnote 3).
+        pre_activation: ``ψ`` = conv output before the activation, ``[B, N, d]``.
+        activation: the model's conv activation name (``"silu"``, ``"identity"``, ...).
+        ssm: the fixed Δ, A, B, C.
+        skip: the D skip per channel, ``[d]``.
+        out_gate: ``g_i``, ``[B, N, d]``.
+        out_weight: ``W_o``, ``[D, d]``.
+        out_bias: ``b_o``, ``[D]`` or None (an offset attributed to no token).
+    """
+
+    layer: int
+    residual: Tensor
+    mixer_input: Tensor
+    mixer_output: Tensor
+    mask: Tensor | None
+    conv_input: Tensor
+    conv_weight: Tensor
+    conv_bias: Tensor | None
+    pre_activation: Tensor
+    activation: str
+    ssm: SSMParams
+    skip: Tensor
+    out_gate: Tensor
+    out_weight: Tensor
+    out_bias: Tensor | None
+
+    @property
+    def variant(self) -> str:
+        """``"mamba1"`` or ``"mamba2"``."""
+        return "mamba2" if isinstance(self.ssm, Mamba2SSM) else "mamba1"
+
+    @property
+    def block_output(self) -> Tensor:
+        """``y_i = x_i + mixer(h)_i``, ``[B, N, D]``."""
+        return self.residual + self.mixer_output
+
+    @property
+    def offset(self) -> Tensor:
+        """Part of the mixer output attributed to no token (the out-projection bias), ``[D]``."""
+        if self.out_bias is None:
+            return torch.zeros(self.out_weight.shape[0], dtype=self.out_weight.dtype, device=self.out_weight.device)
+        return self.out_bias
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Final norm and unembedding: ``logit_w(i) = U_w · (w_f ⊙ x_i^{(L)} · s_i) + b_w``.
+
+    The final RMSNorm is a fixed per-position scale ``s_i = rsqrt(mean(x_i²) + ε)`` (eq 7's projection goes through
+    it), so the logit is linear in the residual stream given ``s``.
+
+    Attributes:
+        final_hidden: residual stream after the last block, ``[B, N, D]``.
+        norm_weight: ``w_f``, ``[D]``.
+        norm_scale: ``s_i``, ``[B, N]``.
+        unembedding: ``U``, ``[V, D]``.
+        bias: ``[V]`` or None.
+        logits: the model's own logits, ``[B, N, V]``, upcast.
+    """
+
+    final_hidden: Tensor
+    norm_weight: Tensor
+    norm_scale: Tensor
+    unembedding: Tensor
+    bias: Tensor | None
+    logits: Tensor
+
+    def projection(self, target: Tensor) -> Tensor:
+        """The vectors ``u_i = U_{w(i)} ⊙ w_f · s_i`` for per-position targets ``[B, N]``, shape ``[B, N, D]``."""
+        return self.unembedding[target] * self.norm_weight * self.norm_scale[..., None]
+
+    def target_bias(self, target: Tensor) -> Tensor:
+        """``b_{w(i)}`` for per-position targets, ``[B, N]`` (zeros when the head has no bias)."""
+        if self.bias is None:
+            return torch.zeros(target.shape, dtype=self.unembedding.dtype, device=target.device)
+        return self.bias[target]
+
+
+@dataclass(frozen=True)
+class ModelTrace:
+    """A traced forward pass: the embeddings, every block's trace and (for LM heads) the readout.
+
+    Attributes:
+        embeddings: ``x^{(0)}``, ``[B, N, D]``.
+        layers: one :class:`LayerTrace` per block, in order.
+        readout: final norm + unembedding, or None for a model without an LM head.
+        mask: ``[B, N]`` padding mask or None.
+        dtype: the compute dtype of every tensor here.
+    """
+
+    embeddings: Tensor
+    layers: list[LayerTrace]
+    readout: Readout | None
+    mask: Tensor | None
+    dtype: torch.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(batch, seq_len)``."""
+        return tuple(self.embeddings.shape[:2])  # type: ignore[return-value]

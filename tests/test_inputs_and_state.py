@@ -1,0 +1,138 @@
+"""Bad input gets a clear error; models come back in the dtype and mode they had; hooks never leak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaModel
+
+import latim_captum
+from conftest import VOCAB, build, random_ids
+from latim_captum.adapters import TraceMismatchError, get_adapter
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.fixture
+def model():
+    return build("mamba1", seed=1)
+
+
+def test_unsupported_model_names_supported_classes():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
+    with pytest.raises(TypeError, match="GPT2LMHeadModel is not a supported Mamba model.*MambaForCausalLM.*Mamba2"):
+        latim_captum.interactions(gpt2, torch.tensor([[1, 2]]))
+    with pytest.raises(TypeError, match="expected a torch.nn.Module"):
+        get_adapter("mamba")
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (
+            dict(input_ids=torch.tensor([1, 2, 3])),
+            ValueError,
+            r"input_ids must have shape \[batch, seq_len\], got \(3,\)",
+        ),
+        (dict(input_ids=torch.tensor([[1, VOCAB]])), ValueError, f"token id {VOCAB} is out of the vocabulary"),
+        (dict(input_ids=torch.tensor([[-1, 2]])), ValueError, "token id -1 is out of the vocabulary"),
+        (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), ValueError, "empty"),
+        (dict(input_ids=torch.tensor([[1.0, 2.0]])), TypeError, "integer tensor"),
+        (dict(), ValueError, "exactly one of input_ids and inputs_embeds"),
+        (dict(input_ids=torch.tensor([[1]]), inputs_embeds=torch.zeros(1, 1, 32)), ValueError, "exactly one"),
+        (dict(inputs_embeds=torch.zeros(1, 3, 7)), ValueError, "d_model 7, the model expects 32"),
+        (dict(inputs_embeds=torch.zeros(3, 32)), ValueError, "inputs_embeds must have shape"),
+        (dict(inputs_embeds=torch.zeros(1, 3, 32, dtype=torch.long)), TypeError, "floating-point"),
+        (
+            dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 3)),
+            ValueError,
+            r"attention_mask has shape",
+        ),
+        (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[0, 2]])), ValueError, "only 0 and 1"),
+        (dict(input_ids=torch.tensor([[1, 2]]), layers=2), ValueError, "layer 2 is out of range for a model with 2"),
+        (dict(input_ids=torch.tensor([[1, 2]]), layers=[-3]), ValueError, "layer -3 is out of range"),
+        (dict(input_ids=torch.tensor([[1, 2]]), method="rollout"), ValueError, "unknown method 'rollout'"),
+        (dict(input_ids=torch.tensor([[1, 2]]), activation="gelu"), ValueError, "unknown activation strategy 'gelu'"),
+        (
+            dict(input_ids=torch.tensor([[1, 2]]), method="alti_logit", target=[1, 2, 3]),
+            ValueError,
+            r"target has shape \(3,\)",
+        ),
+        (
+            dict(input_ids=torch.tensor([[1, 2]]), method="alti_logit", target=VOCAB + 5),
+            ValueError,
+            f"target token id {VOCAB + 5}",
+        ),
+        (dict(input_ids=torch.tensor([[1, 2]]), dtype=torch.bfloat16), TypeError, "compute dtype"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        latim_captum.interactions(model, **kwargs)
+    assert _hook_count(model) == 0
+
+
+def test_alti_logit_needs_lm_head():
+    base = MambaModel(MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=1, vocab_size=VOCAB))
+    assert latim_captum.interactions(base, random_ids(1, 4), method="alti").shape == (1, 1, 4, 4)
+    with pytest.raises(ValueError, match="needs a model with an LM head"):
+        latim_captum.interactions(base, random_ids(1, 4), method="alti_logit")
+
+
+def test_unsupported_variant_fails_loudly_and_removes_hooks(model):
+    """A mixer whose output we cannot reproduce raises instead of giving a silently wrong map."""
+    mixer = model.backbone.layers[1].mixer
+    handle = mixer.register_forward_hook(lambda _m, _a, out: out * 1.5)
+    try:
+        with pytest.raises(TraceMismatchError, match="layer 1: recomputed mixer output differs"):
+            latim_captum.interactions(model, random_ids(1, 5))
+    finally:
+        handle.remove()
+    assert _hook_count(model) == 0
+
+
+def test_hooks_removed_when_forward_raises(model):
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    handle = model.backbone.layers[0].mixer.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        latim_captum.trace(model, random_ids(1, 4))
+    handle.remove()
+    assert _hook_count(model) == 0
+    assert not model.training
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_bf16_model_matches_fp32_and_is_left_untouched(kind):
+    """bf16 weights → float32 maps within bf16 tolerance of the fp32 model's; dtype and train mode restored."""
+    fp32 = build(kind, seed=12)
+    bf16 = build(kind, seed=12).to(torch.bfloat16).train()
+    ids = random_ids(2, 8, seed=1)
+    for method in ("l2", "alti", "alti_logit"):
+        ref = latim_captum.interactions(fp32, ids, method=method, target=5)
+        got = latim_captum.interactions(bf16, ids, method=method, target=5)
+        assert got.dtype == torch.float32
+        rel = float((got - ref).norm() / ref.norm())
+        assert rel < 0.05, f"{method}: bf16 vs fp32 relative gap {rel:.3f}"
+    assert bf16.training, "train mode must be restored"
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    assert _hook_count(bf16) == 0
+
+
+def test_inputs_embeds_equal_input_ids(kind):
+    model = build(kind, seed=3)
+    ids = random_ids(1, 6)
+    embeds = model.get_input_embeddings()(ids).detach()
+    for method in ("alti", "alti_logit"):
+        a = latim_captum.interactions(model, ids, method=method)
+        b = latim_captum.interactions(model, inputs_embeds=embeds, method=method)
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_trace_reuse_rejects_inputs(model):
+    tr = latim_captum.trace(model, random_ids(1, 4))
+    with pytest.raises(ValueError, match="not with a ModelTrace"):
+        latim_captum.interactions(tr, random_ids(1, 4))
