@@ -15,6 +15,15 @@ from .activations import ACTIVATIONS
 from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
+# Inseq is an optional extra (latim-captum[inseq]): when it is installed, importing the package registers the
+# Inseq methods latim, latim_alti_logit, latim_alti and latim_l2 (Inseq 0.7 has no plugin entry points).
+try:
+    import inseq as _inseq_package
+except ImportError:  # the extra is not installed
+    _inseq_package = None
+if _inseq_package is not None:
+    from . import inseq as inseq_methods  # noqa: F401
+
 __version__ = "0.1.0"
 
 __all__ = [
