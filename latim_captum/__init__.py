@@ -13,6 +13,7 @@ Example:
 
 from .activations import ACTIVATIONS
 from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .baselines import mamba_attention, mamba_attribution, mamba_lrp
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
 __version__ = "0.1.0"
@@ -30,6 +31,9 @@ __all__ = [
     "contributions",
     "interactions",
     "layer_maps",
+    "mamba_attention",
+    "mamba_attribution",
+    "mamba_lrp",
     "reconstruction_error",
     "trace",
 ]
