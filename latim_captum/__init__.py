@@ -13,6 +13,7 @@ Example:
 
 from .activations import ACTIVATIONS
 from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .baselines import mamba_attention, mamba_attribution, mamba_lrp
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
 # Inseq is an optional extra (latim-captum[inseq]): when it is installed, importing the package registers the
@@ -39,6 +40,9 @@ __all__ = [
     "contributions",
     "interactions",
     "layer_maps",
+    "mamba_attention",
+    "mamba_attribution",
+    "mamba_lrp",
     "reconstruction_error",
     "trace",
 ]
