@@ -13,6 +13,7 @@ Example:
 
 from .activations import ACTIVATIONS
 from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .attr import LatimALTI, LatimALTILogit, LatimL2, LatimLLMAttribution, TokenMapAttribution
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
 __version__ = "0.1.0"
@@ -21,11 +22,16 @@ __all__ = [
     "ACTIVATIONS",
     "METHODS",
     "AltiLogit",
+    "LatimALTI",
+    "LatimALTILogit",
+    "LatimL2",
+    "LatimLLMAttribution",
     "LayerTrace",
     "Mamba1SSM",
     "Mamba2SSM",
     "ModelTrace",
     "Readout",
+    "TokenMapAttribution",
     "alti_logit",
     "contributions",
     "interactions",
