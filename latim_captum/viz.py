@@ -190,7 +190,7 @@ def plot_comparison(
         for ax, (name, arr) in zip(fig.subplots(1, k, squeeze=False).flat, arrays.items()):
             _draw_map(ax, arr, labels, name, causal_mask)
     else:
-        width = float(np.clip(1.5 + 0.2 * n, 5.0, 16.0))
+        width = float(np.clip(2.5 + 0.3 * n, 7.0, 16.0))
         fig = Figure(figsize=(width, 1.8 * k + 0.8), layout="constrained")
         axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
         for ax, (name, arr) in zip(axes, arrays.items()):
