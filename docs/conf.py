@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import runpy
-import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 project = "latim-captum"
 author = "latim-captum developers"
