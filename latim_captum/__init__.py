@@ -13,6 +13,16 @@ Example:
 
 from .activations import ACTIVATIONS
 from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .attr import (
+    LatimALTI,
+    LatimALTILogit,
+    LatimL2,
+    LatimLLMAttribution,
+    MambaAttention,
+    MambaAttribution,
+    MambaLRP,
+    TokenMapAttribution,
+)
 from .baselines import mamba_attention, mamba_attribution, mamba_lrp
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
@@ -31,11 +41,19 @@ __all__ = [
     "ACTIVATIONS",
     "METHODS",
     "AltiLogit",
+    "LatimALTI",
+    "LatimALTILogit",
+    "LatimL2",
+    "LatimLLMAttribution",
     "LayerTrace",
+    "MambaAttention",
+    "MambaAttribution",
+    "MambaLRP",
     "Mamba1SSM",
     "Mamba2SSM",
     "ModelTrace",
     "Readout",
+    "TokenMapAttribution",
     "alti_logit",
     "contributions",
     "interactions",

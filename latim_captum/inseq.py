@@ -65,6 +65,7 @@ from torch import Tensor
 
 from .adapters import get_adapter
 from .api import alti_logit, interactions
+from .baselines import mamba_attention, mamba_attribution, mamba_lrp
 
 __all__ = [
     "TokenMapAttribution",
@@ -75,6 +76,10 @@ __all__ = [
     "LatimALTIAttribution",
     "LatimL2Attribution",
     "METHOD_NAMES",
+    "BASELINE_METHOD_NAMES",
+    "MambaAttentionAttribution",
+    "MambaAttributionAttribution",
+    "MambaLRPAttribution",
 ]
 
 logger = logging.getLogger(__name__)
@@ -392,3 +397,28 @@ class LatimL2Attribution(TokenMapAttribution):
 
 #: the Inseq identifiers this module registers
 METHOD_NAMES: tuple[str, ...] = ("latim", "latim_alti_logit", "latim_alti", "latim_l2")
+#: the paper's baselines, registered the same way
+BASELINE_METHOD_NAMES: tuple[str, ...] = ("mamba_attention", "mamba_attribution", "mamba_lrp")
+
+
+class MambaAttentionAttribution(TokenMapAttribution):
+    """Mamba-Attention (Ali et al., 2024) per layer: the channel-averaged implicit attention of eq 15."""
+
+    method_name = "mamba_attention"
+    token_map = staticmethod(mamba_attention)
+
+
+class MambaAttributionAttribution(TokenMapAttribution):
+    """Mamba-Attribution (Ali et al., 2024): gradient-weighted implicit attention, rolled out over layers."""
+
+    method_name = "mamba_attribution"
+    token_map = staticmethod(mamba_attribution)
+    uses_target = True
+
+
+class MambaLRPAttribution(TokenMapAttribution):
+    """MambaLRP (Jafari et al., 2024): relevance of each input token for the generated token's logit."""
+
+    method_name = "mamba_lrp"
+    token_map = staticmethod(mamba_lrp)
+    uses_target = True

@@ -90,10 +90,11 @@ def _hidden_saliency(
     targets = resolve_targets(target, logits)
     inputs = [captured[idx] for idx in selected]
     out = {}
-    for i in rows:
-        score = logits[:, i].gather(-1, targets[:, i, None]).sum()
-        grads = torch.autograd.grad(score, inputs, retain_graph=True)
-        out[i] = torch.stack([g.to(embeds.dtype).clamp(min=0).amax(-1) for g in grads])
+    with torch.enable_grad():  # callers (e.g. Captum's attribute) may run under no_grad
+        for i in rows:
+            score = logits[:, i].gather(-1, targets[:, i, None]).sum()
+            grads = torch.autograd.grad(score, inputs, retain_graph=True)
+            out[i] = torch.stack([g.to(embeds.dtype).clamp(min=0).amax(-1) for g in grads])
     return out, targets
 
 
@@ -119,10 +120,11 @@ def _attention_gradients(
     targets = resolve_targets(target, logits)
     inputs = [leaves[idx] for idx in selected]
     out = {}
-    for i in rows:
-        score = logits[:, i].gather(-1, targets[:, i, None]).sum()
-        grads = torch.autograd.grad(score, inputs, retain_graph=True)
-        out[i] = [(g * m).clamp(min=0).mean(-1).detach() for g, m in zip(grads, inputs)]
+    with torch.enable_grad():  # callers (e.g. Captum's attribute) may run under no_grad
+        for i in rows:
+            score = logits[:, i].gather(-1, targets[:, i, None]).sum()
+            grads = torch.autograd.grad(score, inputs, retain_graph=True)
+            out[i] = [(g * m).clamp(min=0).mean(-1).detach() for g, m in zip(grads, inputs)]
     return out
 
 
