@@ -270,10 +270,10 @@ def layer_maps_fast(
         precision: ``"highest"`` (compute dtype), ``"tf32"`` or ``"bf16"`` for the ``W_o`` GEMM only.
         budget_bytes: memory for one tile (default: half the free device memory).
         out: preallocated ``[B, N, N]`` maps to fill (e.g. slices of an all-layer result).
-        rows: only query rows ``[start, stop)`` (the rest of the maps stay 0).
+        rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]`` (memory O(rows·N)).
 
     Returns:
-        ``{measure: [B, N, N]}``; with ``rows`` only those rows are filled.
+        ``{measure: [B, N, N]}``, or ``[B, stop − start, N]`` with ``rows``.
 
     Example:
         >>> maps = layer_maps_fast(layer, "silu_gate", ("l2",), block=64)  # doctest: +SKIP
@@ -285,12 +285,14 @@ def layer_maps_fast(
         raise ValueError("measure 'logit' needs a projection")
     bsz, n, d_model = layer.residual.shape
     start, stop = (0, n) if rows is None else rows
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"rows {rows!r} must satisfy 0 <= start < stop <= {n}")
     if block is None:
         block = auto_block(layer, budget_bytes, precision)
     if block < 1:
         raise ValueError(f"block must be ≥ 1, got {block}")
     if out is None:
-        out = {m: layer.residual.new_zeros(bsz, n, n) for m in measures}
+        out = {m: layer.residual.new_zeros(bsz, stop - start, n) for m in measures}
     dtype = layer.residual.dtype
     d = d_inner_of(layer.ssm)
     direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
@@ -301,6 +303,7 @@ def layer_maps_fast(
         for r0 in range(start, stop, block):
             r1 = min(stop, r0 + block)
             y = output[:, r0:r1].transpose(1, 2)[..., None]  # [B, D, r, 1]
+            o0, o1 = r0 - start, r1 - start  # rows of the output maps
             if "alti" in measures:
                 l1_rows = layer.residual.new_zeros(bsz, r1 - r0, n)
                 y_abs = y.abs()
@@ -309,14 +312,14 @@ def layer_maps_fast(
                 c1 = min(r1, c0 + block)
                 gated = _gated_tile(ctx, r0, r1, c0, c1)
                 if wu is not None:
-                    out["logit"][:, r0:r1, c0:c1] = torch.einsum("bcij,bic->bij", gated, wu)
+                    out["logit"][:, o0:o1, c0:c1] = torch.einsum("bcij,bic->bij", gated, wu)
                 if not need_t:
                     continue
                 contrib = _project(gated, layer.out_weight, precision)
                 del gated
                 for m in measures:
                     if m in ("l1", "l2"):
-                        out[m][:, r0:r1, c0:c1] = torch.linalg.vector_norm(
+                        out[m][:, o0:o1, c0:c1] = torch.linalg.vector_norm(
                             contrib, ord=float(m[1]), dim=1, dtype=dtype
                         )
                 if "alti" in measures:
@@ -328,14 +331,14 @@ def layer_maps_fast(
                     l1_rows[:, :, c0:c1] = contrib.abs().sum(1)
                     # Σ_d (|y| − |y − T'|): exactly 0 where T' = 0 (j > i, padding) whatever the summation order
                     proximity = contrib.sub_(y).abs_().neg_().add_(y_abs).sum(1)
-                    out["alti"][:, r0:r1, c0:c1] = torch.relu(proximity)
+                    out["alti"][:, o0:o1, c0:c1] = torch.relu(proximity)
             if "alti" in measures:
-                scores = out["alti"][:, r0:r1]
+                scores = out["alti"][:, o0:o1]
                 degenerate = scores.sum(-1, keepdim=True) <= 0
                 if bool(degenerate.any()):
                     scores = torch.where(degenerate, l1_rows, scores)
                 total = scores.sum(-1, keepdim=True)
-                out["alti"][:, r0:r1] = torch.where(
+                out["alti"][:, o0:o1] = torch.where(
                     total > 0, scores / torch.where(total > 0, total, torch.ones_like(total)), scores
                 )
     return out
