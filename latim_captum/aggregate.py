@@ -58,7 +58,8 @@ def alti_scores(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 
     with_residual = contrib.clone()
     with_residual[:, idx, start + idx] += residual
     y = output[:, :, None, :]
-    proximity = torch.linalg.vector_norm(y, ord=1, dim=-1) - torch.linalg.vector_norm(y - with_residual, ord=1, dim=-1)
+    # Σ_d (|y| − |y − T'|) == ‖y‖_1 − ‖y − T'‖_1, but exactly 0 for T' = 0 whatever the summation order
+    proximity = (y.abs() - (y - with_residual).abs()).sum(-1)
     scores = torch.relu(proximity)
     degenerate = scores.sum(-1, keepdim=True) <= 0
     if bool(degenerate.any()):
