@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_subpackage_is_listed_in_pyproject():
     text = (ROOT / "pyproject.toml").read_text()
-    listed = set(re.findall(r'"(latim_captum[\w.]*)"', text.split("[tool.setuptools]")[1].split("[")[0]))
+    packages_line = re.search(r"^packages = \[(.*?)\]", text, flags=re.M | re.S).group(1)
+    listed = set(re.findall(r'"(latim_captum[\w.]*)"', packages_line))
     found = {"latim_captum"} | {
         "latim_captum." + ".".join(p.parent.relative_to(ROOT / "latim_captum").parts)
         for p in (ROOT / "latim_captum").rglob("__init__.py")
