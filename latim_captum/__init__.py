@@ -12,7 +12,17 @@ Example:
 """
 
 from .activations import ACTIVATIONS
-from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .api import (
+    METHODS,
+    AltiLogit,
+    alti_logit,
+    contributions,
+    interactions,
+    layer_maps,
+    layer_maps_ref,
+    reconstruction_error,
+    trace,
+)
 from .attr import (
     LatimALTI,
     LatimALTILogit,
@@ -58,6 +68,7 @@ __all__ = [
     "contributions",
     "interactions",
     "layer_maps",
+    "layer_maps_ref",
     "mamba_attention",
     "mamba_attribution",
     "mamba_lrp",

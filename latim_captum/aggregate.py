@@ -12,10 +12,42 @@ LaTIM (ALTI-Logit)  ``C_ij = Σ_l Σ_k Δ^{(l)}_{ik} R^{(l-1)}_{kj}``, ``Δ^{(l)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["lp_scores", "alti_scores", "logit_scores", "normalize_rows", "rollout", "alti_logit_combine"]
+__all__ = [
+    "lp_order",
+    "lp_measure",
+    "lp_scores",
+    "alti_scores",
+    "logit_scores",
+    "normalize_rows",
+    "rollout",
+    "alti_logit_combine",
+]
+
+
+def lp_order(measure: str) -> float | None:
+    """The order p of an ℓp measure name (``"l1"``, ``"l2"``, ``"l3.5"``, ``"linf"``), or None for other names.
+
+    Example:
+        >>> lp_order("l2"), lp_order("linf"), lp_order("alti")
+        (2.0, inf, None)
+    """
+    if not measure.startswith("l") or measure == "logit":
+        return None
+    try:
+        p = float(measure[1:])
+    except ValueError:
+        return None
+    return p if p >= 1 else None
+
+
+def lp_measure(p: float) -> str:
+    """The measure name of an ℓp norm: ``lp_measure(2.0) == "l2"``, ``lp_measure(inf) == "linf"``."""
+    return "linf" if math.isinf(p) else f"l{p:g}"
 
 
 def lp_scores(contrib: Tensor, p: float = 2.0) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ._validation import check_layers, check_method, check_model_inputs, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
-from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_scores
+from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_order, lp_scores
 from .decompose import contributions_ref, default_block_rows, iter_row_blocks, tap_contributions
 from .traces import LayerTrace, ModelTrace
 
@@ -28,6 +28,7 @@ __all__ = [
     "interactions",
     "contributions",
     "layer_maps",
+    "layer_maps_ref",
     "alti_logit",
     "reconstruction_error",
 ]
@@ -68,7 +69,7 @@ def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype) -> ModelTr
     return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
 
 
-def layer_maps(
+def layer_maps_ref(
     layer: LayerTrace,
     activation: str,
     measures: Sequence[str],
@@ -76,12 +77,13 @@ def layer_maps(
     projection: Tensor | None = None,
     block_rows: int | None = None,
 ) -> dict[str, Tensor]:
-    """Several ``[B, N, N]`` maps of one layer from a single pass over row blocks of ``T_i(x_j)``.
+    """Several ``[B, N, N]`` maps of one layer from a single pass over row blocks of ``T_i(x_j)``: the reference.
 
     Args:
         layer: the layer trace.
         activation: activation strategy (see :mod:`latim_captum.activations`).
-        measures: any of ``"l1"``, ``"l2"``, ``"alti"``, ``"logit"`` (eq 7's Δ, needs ``projection``).
+        measures: any of ``"l1"``, ``"l2"`` (any ``"l<p>"``, ``"linf"``), ``"alti"``, ``"logit"`` (eq 7's Δ, needs
+            ``projection``).
         projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
         block_rows: query rows per block (default: from a fixed memory budget).
     """
@@ -92,8 +94,8 @@ def layer_maps(
     for start, stop in iter_row_blocks(n, block_rows or default_block_rows(layer)):
         contrib = contributions_ref(layer, activation, start, stop, shares=shares)
         for m in measures:
-            if m in ("l1", "l2"):
-                out[m][:, start:stop] = lp_scores(contrib, p=float(m[1]))
+            if lp_order(m) is not None:
+                out[m][:, start:stop] = lp_scores(contrib, p=lp_order(m))
             elif m == "alti":
                 out[m][:, start:stop] = alti_scores(
                     contrib, layer.residual[:, start:stop], output[:, start:stop], start
@@ -121,20 +123,25 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _maps(
+def layer_maps(
     layer: LayerTrace,
     activation: str,
     measures: Sequence[str],
     *,
-    projection: Tensor | None,
-    block_rows: int | None,
-    backend: str,
+    projection: Tensor | None = None,
+    block_rows: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, Tensor]:
+    """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures) on either backend.
+
+    Example:
+        >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))       # doctest: +SKIP
+    """
     if resolve_backend(backend, layer.residual.device) == "fast":
         from .fast import layer_maps_fast
 
         return layer_maps_fast(layer, activation, measures, projection=projection, block=block_rows)
-    return layer_maps(layer, activation, measures, projection=projection, block_rows=block_rows)
+    return layer_maps_ref(layer, activation, measures, projection=projection, block_rows=block_rows)
 
 
 class AltiLogit(NamedTuple):
@@ -190,7 +197,7 @@ def alti_logit(
     deltas, alti_maps = [], []
     offset = readout.target_bias(targets)
     for layer in tr.layers:
-        maps = _maps(
+        maps = layer_maps(
             layer, activation, ("alti", "logit"), projection=projection, block_rows=block_rows, backend=backend
         )
         deltas.append(maps["logit"])
@@ -254,7 +261,9 @@ def interactions(
     # filled layer by layer: no second copy of the [B, L, N, N] result (torch.stack would double the peak)
     result = tr.embeddings.new_zeros(bsz, len(selected), n, n)
     for pos, idx in enumerate(selected):
-        maps = _maps(tr.layers[idx], activation, (method,), projection=None, block_rows=block_rows, backend=backend)
+        maps = layer_maps(
+            tr.layers[idx], activation, (method,), projection=None, block_rows=block_rows, backend=backend
+        )
         result[:, pos] = maps[method]
     return result
 

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
                              "x_forward": wall / fwd}  # fmt: skip
                     if n <= args.ref_max_n:
                         layer0 = tr.layers[0]
-                        ref_fn = partial(lc.layer_maps, layer0, "silu", measures, projection=proj)
+                        ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
                         wref, _, _ = timed(ref_fn, device)
                         fast_fn = partial(layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec)
                         w1, _, _ = timed(fast_fn, device)

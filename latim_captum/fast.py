@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .aggregate import lp_order
 from .decompose import tap_contributions
 from .ssm import d_inner_of
 from .traces import LayerTrace, Mamba1SSM
@@ -279,8 +280,8 @@ def layer_maps_fast(
         >>> maps = layer_maps_fast(layer, "silu_gate", ("l2",), block=64)  # doctest: +SKIP
     """
     for m in measures:
-        if m not in MEASURES:
-            raise ValueError(f"unknown measure {m!r}; choose from {', '.join(MEASURES)}")
+        if m not in MEASURES and lp_order(m) is None:
+            raise ValueError(f"unknown measure {m!r}; choose from {', '.join(MEASURES)} or any 'l<p>' (p >= 1)")
     if "logit" in measures and projection is None:
         raise ValueError("measure 'logit' needs a projection")
     bsz, n, d_model = layer.residual.shape
@@ -297,7 +298,7 @@ def layer_maps_fast(
     d = d_inner_of(layer.ssm)
     direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
     ctx = _context(layer, activation, direct_budget)
-    need_t = any(m in ("l1", "l2", "alti") for m in measures)
+    need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     output = layer.block_output
     with torch.no_grad(), matmul_precision(precision):
         for r0 in range(start, stop, block):
@@ -318,9 +319,9 @@ def layer_maps_fast(
                 contrib = _project(gated, layer.out_weight, precision)
                 del gated
                 for m in measures:
-                    if m in ("l1", "l2"):
+                    if lp_order(m) is not None:
                         out[m][:, o0:o1, c0:c1] = torch.linalg.vector_norm(
-                            contrib, ord=float(m[1]), dim=1, dtype=dtype
+                            contrib, ord=lp_order(m), dim=1, dtype=dtype
                         )
                 if "alti" in measures:
                     lo, hi = max(r0, c0), min(r1, c1)

@@ -7,7 +7,7 @@ import torch
 
 import latim_captum as lc
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.api import layer_maps
+from latim_captum.api import layer_maps_ref as layer_maps
 from latim_captum.fast import LatimMemoryError, auto_block, layer_maps_fast, tile_bytes
 from latim_captum.single_query import alti_logit_row
 

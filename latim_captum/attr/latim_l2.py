@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from latim_captum.adapters import ModelAdapter
-from latim_captum.aggregate import lp_scores
-from latim_captum.api import interactions, trace
-from latim_captum.decompose import contributions_ref, default_block_rows, iter_row_blocks, tap_contributions
+from latim_captum.aggregate import lp_measure
+from latim_captum.api import layer_maps, trace
 
 from ._base import TokenMapAttribution, TokenMaps
 
@@ -62,34 +61,10 @@ class LatimL2(TokenMapAttribution):
 
     def compute_maps(self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target) -> TokenMaps:
         activation, dtype = self.options["activation"], self.options["dtype"]
-        if self.p in (1.0, 2.0):
-            maps = interactions(
-                self.adapter,
-                input_ids,
-                inputs_embeds,
-                method=f"l{int(self.p)}",
-                activation=activation,
-                layers=layers,
-                attention_mask=attention_mask,
-                dtype=dtype,
-            )
-            return TokenMaps(maps)
-        return TokenMaps(self._lp_maps(input_ids, inputs_embeds, attention_mask, layers, activation, dtype))
-
-    def _lp_maps(self, input_ids, inputs_embeds, attention_mask, layers, activation, dtype) -> Tensor:
-        """Any other p: the same row-block loop as :func:`latim_captum.api.layer_maps`, with ``lp_scores(p)``."""
         tr = trace(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
-        per_layer = []
-        for idx in layers:
-            layer = tr.layers[idx]
-            shares = tap_contributions(layer, activation)
-            bsz, n, _ = layer.residual.shape
-            out = layer.residual.new_zeros(bsz, n, n)
-            for start, stop in iter_row_blocks(n, default_block_rows(layer)):
-                contrib = contributions_ref(layer, activation, start, stop, shares=shares)
-                out[:, start:stop] = lp_scores(contrib, p=self.p)
-            per_layer.append(out)
-        return torch.stack(per_layer, dim=1)
+        measure = lp_measure(self.p)
+        per_layer = [layer_maps(tr.layers[idx], activation, (measure,))[measure] for idx in layers]
+        return TokenMaps(torch.stack(per_layer, dim=1))
 
     def __repr__(self) -> str:
         p = "inf" if math.isinf(self.p) else f"{self.p:g}"
