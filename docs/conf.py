@@ -14,7 +14,9 @@ author = "latim-captum developers"
 copyright = "2025, latim-captum developers"
 release = "0.1.0"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax", "myst_parser"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_enable_extensions = ["dollarmath"]
 html_theme = "alabaster"
 html_static_path: list[str] = []
 exclude_patterns = ["_build", "_generated/*.py"]
