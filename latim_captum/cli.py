@@ -22,8 +22,15 @@ def _tiny_models() -> dict[str, torch.nn.Module]:
     mamba1 = MambaForCausalLM(MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=2, vocab_size=32))
     mamba2 = Mamba2ForCausalLM(
         Mamba2Config(
-            hidden_size=32, expand=2, num_heads=8, head_dim=8, n_groups=2, state_size=8, chunk_size=4,
-            num_hidden_layers=2, vocab_size=32,
+            hidden_size=32,
+            expand=2,
+            num_heads=8,
+            head_dim=8,
+            n_groups=2,
+            state_size=8,
+            chunk_size=4,
+            num_hidden_layers=2,
+            vocab_size=32,
         )
     )
     return {"mamba1": mamba1.eval(), "mamba2": mamba2.eval()}
