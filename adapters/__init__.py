@@ -14,6 +14,7 @@ from torch import nn
 
 from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
 from .hf_bamba import HFBambaAdapter
+from .hf_granite import HFGraniteMoeHybridAdapter
 from .hf_hybrid import HFHybridAdapter
 from .hf_jamba import HFJambaAdapter
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
@@ -39,6 +40,7 @@ ADAPTERS: list[type[ModelAdapter]] = [
     HFMamba2Adapter,
     HFJambaAdapter,
     HFBambaAdapter,
+    HFGraniteMoeHybridAdapter,
 ]
 
 

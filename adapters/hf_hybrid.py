@@ -91,6 +91,16 @@ def attention_trace(
     return trace, attention_output(trace)
 
 
+def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | AttentionTrace:
+    """The same mixer with its output scaled (folded into ``W_o`` and ``b_o``, so ``T`` scales with it)."""
+    return replace(
+        trace,
+        mixer_output=trace.mixer_output * scale,
+        out_weight=trace.out_weight * scale,
+        out_bias=None if trace.out_bias is None else trace.out_bias * scale,
+    )
+
+
 class HFHybridAdapter(ModelAdapter):
     """Adapter base for HF hybrids laid out as ``<Family>ForCausalLM.model.layers[i]`` with a ``mamba`` or
     ``self_attn`` mixer and a ``feed_forward`` per block.
@@ -144,6 +154,31 @@ class HFHybridAdapter(ModelAdapter):
     @property
     def activation_name(self) -> str:
         return str(self.model.config.hidden_act)
+
+    @property
+    def residual_multiplier(self) -> float:
+        """Scale the block applies to each sublayer's output before adding it to the residual (Granite)."""
+        return 1.0
+
+    @property
+    def logits_multiplier(self) -> float:
+        """Scale the LM head applies to its logits (Granite's ``1 / logits_scaling``)."""
+        return 1.0
+
+    def readout(self, final_hidden: Tensor, logits: Tensor | None, dtype: torch.dtype):
+        """The base readout with the logits multiplier folded into the unembedding (and bias)."""
+        scale = self.logits_multiplier
+        if scale == 1.0 or logits is None:
+            return super().readout(final_hidden, logits, dtype)
+        out = super().readout(final_hidden, logits / scale, dtype)
+        if out is None:
+            return None
+        return replace(
+            out,
+            unembedding=out.unembedding * scale,
+            bias=None if out.bias is None else out.bias * scale,
+            logits=logits.detach().to(dtype),
+        )
 
     # -- per sublayer --------------------------------------------------------------------------------------------
     def mamba_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
@@ -217,6 +252,8 @@ class HFHybridAdapter(ModelAdapter):
                     mixer, recomputed = self.mamba_trace(block, cap, dtype)
                 else:
                     mixer, recomputed = self.attention_trace(block, cap, attn_kwargs.get(idx, {}), mask, dtype)
+                if self.residual_multiplier != 1.0:
+                    mixer, recomputed = _scaled(mixer, self.residual_multiplier), recomputed * self.residual_multiplier
                 if verify:
                     self._verify(idx, recomputed, mixer.mixer_output, mask, tol)
                 layers.append(replace(mixer, layer=idx))
