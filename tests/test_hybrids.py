@@ -231,3 +231,34 @@ def test_trace_leaves_model_as_found(family):
     assert model.training
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
+
+
+def test_inseq_methods_run_unchanged_on_a_hybrid():
+    """The Inseq method ``latim`` gives ALTI-Logit rows on a hybrid; ``latim_alti`` keeps one map per sublayer."""
+    inseq = pytest.importorskip("inseq")
+    from test_inseq import FAST, PROMPT, TEXT, make_tokenizer
+
+    tok = make_tokenizer()
+    model, _ = build_hybrid("bamba", seed=3)
+    model.config.pad_token_id, model.config.eos_token_id = 0, 1
+    seq = inseq.load_model(model, "latim", tokenizer=tok).attribute(PROMPT, TEXT, **FAST).sequence_attributions[0]
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    ref = latim_captum.alti_logit(model, ids[:, :-1], target=ids[:, 1:])
+    n_prompt = len(PROMPT.split())
+    for col, step in enumerate(range(n_prompt, ids.shape[1])):
+        torch.testing.assert_close(seq.target_attributions[:step, col], ref.scores[0, step - 1, :step])
+    alti = inseq.load_model(model, "latim_alti", tokenizer=tok).attribute(PROMPT, TEXT, **FAST)
+    assert alti.sequence_attributions[0].target_attributions.shape[-1] == 2 * model.config.num_hidden_layers
+
+
+def test_unsupported_hybrid_family_is_refused():
+    transformers = importlib.import_module("transformers")
+    if not hasattr(transformers, "FalconH1Config"):
+        pytest.skip("transformers has no FalconH1")
+    cfg = transformers.FalconH1Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2,
+        mamba_d_state=8, mamba_chunk_size=4,
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="FalconH1ForCausalLM is not a supported"):
+        get_adapter(transformers.FalconH1ForCausalLM(cfg))
