@@ -13,12 +13,17 @@ from __future__ import annotations
 from torch import nn
 
 from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
+from .hf_bamba import HFBambaAdapter
+from .hf_granite import HFGraniteMoeHybridAdapter
+from .hf_hybrid import HFHybridAdapter
+from .hf_jamba import HFJambaAdapter
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
 from .hf_mamba2 import HFMamba2Adapter
 
 __all__ = [
     "ADAPTERS",
     "CapturedLayer",
+    "HFHybridAdapter",
     "ModelAdapter",
     "TraceMismatchError",
     "get_adapter",
@@ -29,7 +34,14 @@ __all__ = [
 ]
 
 #: adapter classes tried in order by :func:`get_adapter`
-ADAPTERS: list[type[ModelAdapter]] = [HFMambaAdapter, HFFalconMambaAdapter, HFMamba2Adapter]
+ADAPTERS: list[type[ModelAdapter]] = [
+    HFMambaAdapter,
+    HFFalconMambaAdapter,
+    HFMamba2Adapter,
+    HFJambaAdapter,
+    HFBambaAdapter,
+    HFGraniteMoeHybridAdapter,
+]
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:

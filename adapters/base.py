@@ -113,7 +113,16 @@ class ModelAdapter(ABC):
 
     @property
     def n_layers(self) -> int:
+        """Number of blocks."""
         return len(self.blocks)
+
+    @property
+    def n_sublayers(self) -> int:
+        """Number of residual sublayers in a trace (``ModelTrace.n_layers``; layer indices of the maps count these).
+
+        One per block for pure Mamba models; hybrid adapters split blocks into mixer + MLP sublayers.
+        """
+        return self.n_layers
 
     @property
     def vocab_size(self) -> int:

@@ -17,8 +17,8 @@ from ._validation import check_layers, check_method, check_model_inputs, check_t
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_order, lp_scores
-from .decompose import contributions_ref, default_block_rows, iter_row_blocks, tap_contributions
-from .traces import LayerTrace, ModelTrace
+from .decompose import iter_row_blocks, sublayer_block_rows, sublayer_contributions, sublayer_shares
+from .traces import LayerTrace, ModelTrace, SublayerTrace
 
 __all__ = [
     "METHODS",
@@ -69,30 +69,35 @@ def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype) -> ModelTr
     return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
 
 
+def _check_activation(activation: str, tr: ModelTrace) -> None:
+    # hybrids may start with an attention sublayer: check against the Mamba layers' activation
+    check_activation(activation, tr.activation or "silu")
+
+
 def layer_maps_ref(
-    layer: LayerTrace,
+    layer: SublayerTrace,
     activation: str,
     measures: Sequence[str],
     *,
     projection: Tensor | None = None,
     block_rows: int | None = None,
 ) -> dict[str, Tensor]:
-    """Several ``[B, N, N]`` maps of one layer from a single pass over row blocks of ``T_i(x_j)``: the reference.
+    """Several ``[B, N, N]`` maps of one sublayer from a single pass over row blocks of ``T_i(x_j)``: the reference.
 
     Args:
-        layer: the layer trace.
-        activation: activation strategy (see :mod:`latim_captum.activations`).
+        layer: the sublayer trace (Mamba, attention or MLP/MoE).
+        activation: activation strategy for Mamba layers (see :mod:`latim_captum.activations`).
         measures: any of ``"l1"``, ``"l2"`` (any ``"l<p>"``, ``"linf"``), ``"alti"``, ``"logit"`` (eq 7's Δ, needs
             ``projection``).
         projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
         block_rows: query rows per block (default: from a fixed memory budget).
     """
     bsz, n, _ = layer.residual.shape
-    shares = tap_contributions(layer, activation)
+    shares = sublayer_shares(layer, activation)
     out = {m: layer.residual.new_zeros(bsz, n, n) for m in measures}
     output = layer.block_output
-    for start, stop in iter_row_blocks(n, block_rows or default_block_rows(layer)):
-        contrib = contributions_ref(layer, activation, start, stop, shares=shares)
+    for start, stop in iter_row_blocks(n, block_rows or sublayer_block_rows(layer)):
+        contrib = sublayer_contributions(layer, activation, start, stop, shares=shares)
         for m in measures:
             if lp_order(m) is not None:
                 out[m][:, start:stop] = lp_scores(contrib, p=lp_order(m))
@@ -124,7 +129,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def layer_maps(
-    layer: LayerTrace,
+    layer: SublayerTrace,
     activation: str,
     measures: Sequence[str],
     *,
@@ -134,10 +139,12 @@ def layer_maps(
 ) -> dict[str, Tensor]:
     """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures) on either backend.
 
+    The tiled fast path covers Mamba layers; attention and token-wise sublayers of hybrids always take the reference.
+
     Example:
         >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))       # doctest: +SKIP
     """
-    if resolve_backend(backend, layer.residual.device) == "fast":
+    if isinstance(layer, LayerTrace) and resolve_backend(backend, layer.residual.device) == "fast":
         from .fast import layer_maps_fast
 
         return layer_maps_fast(layer, activation, measures, projection=projection, block=block_rows)
@@ -187,7 +194,7 @@ def alti_logit(
     """
     check_backend(backend)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    check_activation(activation, tr.layers[0].activation)
+    _check_activation(activation, tr)
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
@@ -231,7 +238,9 @@ def interactions(
         method: ``"l2"``/``"l1"`` (eq 5), ``"alti"`` (eq 6), ``"alti_logit"`` (eq 8, all layers aggregated).
         activation: the additive ``f`` of eq 19: ``"silu"`` (paper default), ``"identity"``, ``"taylor1"``,
             ``"taylor2"``, ``"silu_gate"`` (exact for SiLU models).
-        layers: layer indices for the per-layer methods (None = all; negatives allowed). Ignored by ALTI-Logit.
+        layers: indices into ``ModelTrace.layers`` for the per-layer methods (None = all; negatives allowed):
+            the residual sublayers, which are the blocks of a pure Mamba model; a hybrid's block ``b`` gives two,
+            its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. Ignored by ALTI-Logit.
         attention_mask: ``[B, N]`` padding mask.
         target: ALTI-Logit target token(s): an int, ``[B]`` or ``[B, N]``; default the predicted next token.
         dtype: compute dtype (float32 or float64), whatever the model's dtype.
@@ -253,7 +262,7 @@ def interactions(
     check_method(method, METHODS)
     check_backend(backend)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    check_activation(activation, tr.layers[0].activation)
+    _check_activation(activation, tr)
     if method == "alti_logit":
         return alti_logit(tr, activation=activation, target=target, block_rows=block_rows, backend=backend).scores
     selected = check_layers(layers, tr.n_layers)
@@ -293,7 +302,7 @@ def contributions(
         raise TypeError(f"layer must be one int index, got {layer!r}")
     (idx,) = check_layers(layer, tr.n_layers)
     layer_trace = tr.layers[idx]
-    out = contributions_ref(layer_trace, activation)
+    out = sublayer_contributions(layer_trace, activation)
     if include_residual:
         n = out.shape[1]
         pos = torch.arange(n, device=out.device)
@@ -322,12 +331,12 @@ def reconstruction_error(
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     errors = []
     for layer in tr.layers:
-        shares = tap_contributions(layer, activation)
+        shares = sublayer_shares(layer, activation)
         n = layer.residual.shape[1]
         summed = torch.cat(
             [
-                contributions_ref(layer, activation, start, stop, shares=shares).sum(2)
-                for start, stop in iter_row_blocks(n, default_block_rows(layer))
+                sublayer_contributions(layer, activation, start, stop, shares=shares).sum(2)
+                for start, stop in iter_row_blocks(n, sublayer_block_rows(layer))
             ],
             dim=1,
         )

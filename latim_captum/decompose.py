@@ -19,10 +19,21 @@ import torch
 from torch import Tensor
 
 from .activations import check_activation, conv_taps, tap_shares
+from .attention import attention_contributions_ref
 from .ssm import d_inner_of, hidden_attention
-from .traces import LayerTrace, Mamba1SSM
+from .traces import AttentionTrace, LayerTrace, Mamba1SSM, SublayerTrace, TokenwiseTrace
 
-__all__ = ["tap_contributions", "token_values_ref", "contributions_ref", "iter_row_blocks", "default_block_rows"]
+__all__ = [
+    "tap_contributions",
+    "token_values_ref",
+    "contributions_ref",
+    "tokenwise_contributions",
+    "sublayer_shares",
+    "sublayer_contributions",
+    "sublayer_block_rows",
+    "iter_row_blocks",
+    "default_block_rows",
+]
 
 #: elements of the largest temporary a row block may allocate (2**25 float32 = 128 MiB)
 DEFAULT_BLOCK_ELEMENTS = 2**25
@@ -104,3 +115,61 @@ def contributions_ref(
     values = token_values_ref(trace, shares, start, stop)
     gated = values * trace.out_gate[:, start:stop, None, :]
     return gated @ trace.out_weight.T
+
+
+# -- every sublayer of the residual stream -------------------------------------------------------------------------
+# The one dispatch point on the sublayer type: a fast path that handles LayerTrace itself falls back to these for
+# attention and token-wise sublayers.
+
+
+def tokenwise_contributions(trace: TokenwiseTrace, start: int = 0, stop: int | None = None) -> Tensor:
+    """``T_i(x_j) = δ_ij F(LN(x_i))`` for query rows ``[start, stop)``, ``[B, rows, N, D]``: an MLP mixes no tokens."""
+    bsz, n, d_model = trace.residual.shape
+    stop = n if stop is None else stop
+    out = trace.residual.new_zeros(bsz, stop - start, n, d_model)
+    rows = torch.arange(start, stop, device=out.device)
+    out[:, rows - start, rows] = trace.mixer_output[:, start:stop]
+    if trace.mask is not None:
+        out = out * trace.mask[:, start:stop, None, None].to(out.dtype)
+    return out
+
+
+def sublayer_shares(trace: SublayerTrace, activation: str) -> Tensor | None:
+    """:func:`tap_contributions` for a Mamba layer (reused across row blocks), None for other sublayers."""
+    return tap_contributions(trace, activation) if isinstance(trace, LayerTrace) else None
+
+
+def sublayer_contributions(
+    trace: SublayerTrace,
+    activation: str = "silu",
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    shares: Tensor | None = None,
+) -> Tensor:
+    """``T_i(x_j)`` of any sublayer for query rows ``[start, stop)``, ``[B, rows, N, D]``.
+
+    Mamba layers go through :func:`contributions_ref` with ``activation``; attention through
+    :func:`~latim_captum.attention.attention_contributions_ref` (exact given the softmax weights); MLP/MoE through
+    :func:`tokenwise_contributions`. In every case ``Σ_j T_i(x_j) + trace.offset`` reconstructs ``trace.mixer_output``
+    when the decomposition is exact.
+
+    Example:
+        >>> t = sublayer_contributions(tr.layers[1], "silu_gate")              # doctest: +SKIP
+    """
+    if isinstance(trace, LayerTrace):
+        return contributions_ref(trace, activation, start, stop, shares=shares)
+    if isinstance(trace, AttentionTrace):
+        return attention_contributions_ref(trace, start, stop)
+    if isinstance(trace, TokenwiseTrace):
+        return tokenwise_contributions(trace, start, stop)
+    raise TypeError(f"unknown sublayer trace {type(trace).__name__}")
+
+
+def sublayer_block_rows(trace: SublayerTrace, budget: int = DEFAULT_BLOCK_ELEMENTS) -> int:
+    """:func:`default_block_rows` for any sublayer (attention also holds ``[B, H, rows, N]`` weights)."""
+    if isinstance(trace, LayerTrace):
+        return default_block_rows(trace, budget)
+    bsz, n, d_model = trace.residual.shape
+    heads = trace.weights.shape[1] if isinstance(trace, AttentionTrace) else 1
+    return max(1, min(n, budget // (bsz * n * max(d_model, heads, 1))))

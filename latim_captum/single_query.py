@@ -27,11 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_position, check_target
-from .activations import check_activation
 from .adapters import ModelAdapter
-from .api import AltiLogit, _as_trace
+from .api import AltiLogit, _as_trace, _check_activation, layer_maps_ref
 from .fast import auto_block, layer_maps_fast
-from .traces import ModelTrace
+from .traces import LayerTrace, ModelTrace, SublayerTrace
 
 __all__ = ["alti_logit_row"]
 
@@ -67,7 +66,7 @@ def alti_logit_row(
         :class:`AltiLogit` with ``scores [B, N]``, ``targets [B]``, ``logits [B]``, ``offset [B]``.
     """
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    check_activation(activation, tr.layers[0].activation)
+    _check_activation(activation, tr)
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
@@ -82,21 +81,28 @@ def alti_logit_row(
     u = readout.unembedding[targets] * readout.norm_weight * readout.norm_scale[:, q, None]  # [B, D]
     projection = torch.zeros_like(tr.embeddings)
     projection[:, q] = u
+    ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
     if block is None:
-        block = auto_block(tr.layers[0], precision=precision)
+        block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
     chunk = chunk or 4 * block
 
-    def delta_row(layer) -> Tensor:
-        maps = layer_maps_fast(layer, activation, ("logit",), projection=projection, block=block, rows=(q, q + 1))
-        return maps["logit"][:, 0]  # [B, N]
+    def row_maps(layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
+        if isinstance(layer, LayerTrace):
+            return layer_maps_fast(
+                layer, activation, (measure,), projection=projection, block=block, rows=rows, precision=precision
+            )[measure]
+        # attention / token-wise sublayers of hybrids: the reference path (full [B, N, N] for this layer)
+        return layer_maps_ref(layer, activation, (measure,), projection=projection)[measure][:, rows[0] : rows[1]]
+
+    def delta_row(layer: SublayerTrace) -> Tensor:
+        return row_maps(layer, "logit", (q, q + 1))[:, 0]  # [B, N]
 
     w = delta_row(tr.layers[-1])
     for layer in reversed(tr.layers[:-1]):
         folded = torch.zeros_like(w)
         for r0 in range(0, q + 1, chunk):
             r1 = min(q + 1, r0 + chunk)
-            rows = layer_maps_fast(layer, activation, ("alti",), block=block, rows=(r0, r1), precision=precision)
-            folded += torch.einsum("br,brn->bn", w[:, r0:r1], rows["alti"])
+            folded += torch.einsum("br,brn->bn", w[:, r0:r1], row_maps(layer, "alti", (r0, r1)))
         w = folded + delta_row(layer)
     w[:, q] += (u * tr.embeddings[:, q]).sum(-1)
     offset = readout.target_bias(targets[:, None])[:, 0]

@@ -13,7 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Mamba1SSM", "Mamba2SSM", "SSMParams", "LayerTrace", "Readout", "ModelTrace"]
+__all__ = [
+    "Mamba1SSM",
+    "Mamba2SSM",
+    "SSMParams",
+    "LayerTrace",
+    "AttentionTrace",
+    "TokenwiseTrace",
+    "SublayerTrace",
+    "sublayer_kind",
+    "Readout",
+    "ModelTrace",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,96 @@ class LayerTrace:
 
 
 @dataclass(frozen=True)
+class AttentionTrace:
+    """One attention sublayer: ``y_i = x_i + Σ_h W_O^h Σ_j A^h_ij v^h_j + b_O`` with ``v^h_j = W_V^h LN(x_j) + b_V``.
+
+    The softmax weights ``A^h`` (causal mask, padding, sliding window already applied) are held fixed, so the
+    decomposition ``T_i(x_j) = Σ_h W_O^h A^h_ij v^h_j`` (Kobayashi et al. 2020; the paper's eq 4) is exact given
+    them. Rotary embeddings act on queries and keys only, so they live inside ``A``.
+
+    Attributes:
+        layer: index of the model block this sublayer belongs to.
+        residual: sublayer input ``x``, ``[B, N, D]``.
+        mixer_input: ``LN(x)``, ``[B, N, D]``.
+        mixer_output: the model's own attention output (multipliers included), ``[B, N, D]``.
+        mask: ``[B, N]`` padding mask or None.
+        weights: ``A``, ``[B, H, N, N]`` (rows of padded queries are zero).
+        values: ``v`` (value bias included), ``[B, H_kv, N, d_head]``; head ``h`` reads kv head
+            ``h // (H / H_kv)`` (grouped-query attention).
+        out_weight: ``W_O`` with any output multiplier folded in, ``[D, H * d_head]``.
+        out_bias: ``b_O`` (multiplier folded in) or None: an offset attributed to no token.
+    """
+
+    layer: int
+    residual: Tensor
+    mixer_input: Tensor
+    mixer_output: Tensor
+    mask: Tensor | None
+    weights: Tensor
+    values: Tensor
+    out_weight: Tensor
+    out_bias: Tensor | None
+
+    @property
+    def block_output(self) -> Tensor:
+        """``y_i = x_i + attn(LN(x))_i``, ``[B, N, D]``."""
+        return self.residual + self.mixer_output
+
+    @property
+    def offset(self) -> Tensor:
+        """The output-projection bias (no token's), ``[D]``."""
+        if self.out_bias is None:
+            return self.residual.new_zeros(self.residual.shape[-1])
+        return self.out_bias
+
+
+@dataclass(frozen=True)
+class TokenwiseTrace:
+    """A sublayer that mixes no tokens (MLP or MoE): ``y_i = x_i + F(LN(x_i))``.
+
+    Its output at i belongs to token i at that point of the residual stream: ``T_i(x_j) = δ_ij F(LN(x_i))``. Its
+    ALTI map is therefore the identity and its ALTI-Logit term ``Δ_ii = F(LN(x_i)) · u_i`` is carried back to the
+    input tokens by the rollout of the sublayers below, like any contribution of token i.
+
+    Attributes:
+        layer: index of the model block this sublayer belongs to.
+        residual: sublayer input, ``[B, N, D]``.
+        mixer_output: ``F(LN(x_i))`` as the model added it (biases and multipliers included), ``[B, N, D]``.
+        mask: ``[B, N]`` padding mask or None.
+        kind: ``"mlp"`` or ``"moe"``.
+    """
+
+    layer: int
+    residual: Tensor
+    mixer_output: Tensor
+    mask: Tensor | None
+    kind: str = "mlp"
+
+    @property
+    def block_output(self) -> Tensor:
+        return self.residual + self.mixer_output
+
+    @property
+    def offset(self) -> Tensor:
+        """Zero: the whole output (biases included) is token i's own."""
+        return self.residual.new_zeros(self.residual.shape[-1])
+
+
+#: every sublayer of the residual stream; each has ``layer``, ``residual``, ``mixer_output``, ``mask``,
+#: ``block_output`` and ``offset`` (``Σ_j T_i(x_j) + offset = mixer_output_i`` for an exact decomposition)
+SublayerTrace = LayerTrace | AttentionTrace | TokenwiseTrace
+
+
+def sublayer_kind(layer: SublayerTrace) -> str:
+    """``"mamba1"``, ``"mamba2"``, ``"attention"``, ``"mlp"`` or ``"moe"``."""
+    if isinstance(layer, LayerTrace):
+        return layer.variant
+    if isinstance(layer, AttentionTrace):
+        return "attention"
+    return layer.kind
+
+
+@dataclass(frozen=True)
 class Readout:
     """Final norm and unembedding: ``logit_w(i) = U_w · (w_f ⊙ x_i^{(L)} · s_i) + b_w``.
 
@@ -154,25 +255,41 @@ class Readout:
 
 @dataclass(frozen=True)
 class ModelTrace:
-    """A traced forward pass: the embeddings, every block's trace and (for LM heads) the readout.
+    """A traced forward pass: the embeddings, every sublayer's trace and (for LM heads) the readout.
+
+    ``layers`` lists the sublayers of the residual stream in order: one :class:`LayerTrace` per block for a pure
+    Mamba model; for a hybrid, each block gives its token mixer (:class:`LayerTrace` or :class:`AttentionTrace`)
+    then its MLP/MoE (:class:`TokenwiseTrace`). Each sublayer's ``layer`` names its model block; ``layers=``
+    arguments of the API index this list (see :attr:`kinds`).
 
     Attributes:
         embeddings: ``x^{(0)}``, ``[B, N, D]``.
-        layers: one :class:`LayerTrace` per block, in order.
+        layers: the sublayer traces, in order; ``layers[s].residual == layers[s-1].block_output``.
         readout: final norm + unembedding, or None for a model without an LM head.
         mask: ``[B, N]`` padding mask or None.
         dtype: the compute dtype of every tensor here.
     """
 
     embeddings: Tensor
-    layers: list[LayerTrace]
+    layers: list[SublayerTrace]
     readout: Readout | None
     mask: Tensor | None
     dtype: torch.dtype
 
     @property
     def n_layers(self) -> int:
+        """Number of residual sublayers (= blocks for a pure Mamba model)."""
         return len(self.layers)
+
+    @property
+    def kinds(self) -> list[str]:
+        """:func:`sublayer_kind` of every sublayer, e.g. ``["mamba2", "mlp", "attention", "mlp"]``."""
+        return [sublayer_kind(layer) for layer in self.layers]
+
+    @property
+    def activation(self) -> str | None:
+        """The conv activation of the Mamba layers (None when the model has none)."""
+        return next((layer.activation for layer in self.layers if isinstance(layer, LayerTrace)), None)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -187,7 +187,7 @@ class TokenMapAttribution(Attribution):
         """
         if layer is DEFAULT:
             layer = self.default_layer
-        n_layers = self.adapter.n_layers
+        n_layers = self.adapter.n_sublayers
         if not self.per_layer:
             if layer is not None:
                 raise ValueError(f"{self.get_name()} aggregates every layer; layer must be None, got {layer!r}")

@@ -22,8 +22,14 @@ def as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype: to
     if isinstance(model_or_trace, ModelTrace):
         if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
             raise ValueError("pass inputs with a model, not with a ModelTrace (it already holds them)")
-        return model_or_trace
-    return _trace(model_or_trace, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+        tr = model_or_trace
+    else:
+        tr = _trace(model_or_trace, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+    if any(kind not in ("mamba1", "mamba2") for kind in tr.kinds):
+        raise NotImplementedError(
+            f"the Mamba baselines are defined for pure Mamba models; this trace has sublayers {sorted(set(tr.kinds))}"
+        )
+    return tr
 
 
 def model_inputs(

@@ -1,0 +1,289 @@
+"""Shared structure of the Hugging Face Mamba/attention hybrids (Jamba, Bamba, ...).
+
+A hybrid block is two sublayers of the residual stream::
+
+    x' = x + M(LN_1(x))          M: a Mamba mixer (decomposed by LaTIM) or attention (decomposed given A)
+    y  = x' + F(LN_2(x'))        F: an MLP or MoE (token-wise: T_i(x'_j) = δ_ij F(LN_2(x'_i)))
+
+so the trace lists, per block ``b``, the mixer sublayer (index ``2b``) then the MLP/MoE sublayer (``2b + 1``). The MLP
+output is recovered as ``y − x'`` from the block's own input and output, so the residual chain of the trace is the
+model's to rounding and ALTI-Logit's rows still sum to the logit. Families subclass :class:`HFHybridAdapter` and say
+where the mixer/attention live and which multipliers apply.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from latim_captum.attention import attention_output, attention_weights
+from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, SublayerTrace, TokenwiseTrace
+
+from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
+from .hf_common import weight
+
+__all__ = ["HFHybridAdapter", "attention_trace"]
+
+
+def _linear(x: Tensor, layer: nn.Linear, dtype: torch.dtype) -> Tensor:
+    out = x @ weight(layer.weight, dtype).T
+    return out if layer.bias is None else out + weight(layer.bias, dtype)
+
+
+def attention_trace(
+    attn: nn.Module,
+    hidden: Tensor,
+    residual: Tensor,
+    mixer_output: Tensor,
+    mask: Tensor | None,
+    dtype: torch.dtype,
+    *,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    sliding_window: int | None = None,
+    output_multiplier: float = 1.0,
+) -> tuple[AttentionTrace, Tensor]:
+    """Recompute a Llama-style attention module (``q_proj``/``k_proj``/``v_proj``/``o_proj``, ``head_dim``,
+    ``scaling``, optional rotary through its module's ``apply_rotary_pos_emb``) in ``dtype``.
+
+    Args:
+        attn: the attention module.
+        hidden: its input ``LN(x)``, ``[B, N, D]``.
+        residual: the sublayer's residual input ``x``.
+        mixer_output: what the model added to the residual (multipliers included).
+        mask: ``[B, N]`` padding mask in ``dtype`` or None.
+        dtype: compute dtype.
+        position_embeddings: the ``(cos, sin)`` the module received, or None for attention without rotary.
+        sliding_window: the module's window, if any.
+        output_multiplier: a scale the model applies to the attention output (folded into ``W_O`` and ``b_O``).
+
+    Returns:
+        The trace and the recomputed attention output (multiplier included).
+    """
+    h = hidden.to(dtype)
+    bsz, n, _ = h.shape
+    head_dim = int(attn.head_dim)
+    query = _linear(h, attn.q_proj, dtype).view(bsz, n, -1, head_dim).transpose(1, 2)
+    key = _linear(h, attn.k_proj, dtype).view(bsz, n, -1, head_dim).transpose(1, 2)
+    value = _linear(h, attn.v_proj, dtype).view(bsz, n, -1, head_dim).transpose(1, 2)
+    if position_embeddings is not None:
+        rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        cos, sin = (t.to(dtype) for t in position_embeddings)
+        query, key = rotary(query, key, cos, sin)
+    weights = attention_weights(query, key, float(attn.scaling), mask, sliding_window=sliding_window)
+    out_w = weight(attn.o_proj.weight, dtype) * output_multiplier
+    out_b = weight(attn.o_proj.bias, dtype)
+    trace = AttentionTrace(
+        layer=-1,
+        residual=residual.to(dtype),
+        mixer_input=h,
+        mixer_output=mixer_output.to(dtype),
+        mask=mask,
+        weights=weights,
+        values=value,
+        out_weight=out_w,
+        out_bias=None if out_b is None else out_b * output_multiplier,
+    )
+    return trace, attention_output(trace)
+
+
+def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | AttentionTrace:
+    """The same mixer with its output scaled (folded into ``W_o`` and ``b_o``, so ``T`` scales with it)."""
+    return replace(
+        trace,
+        mixer_output=trace.mixer_output * scale,
+        out_weight=trace.out_weight * scale,
+        out_bias=None if trace.out_bias is None else trace.out_bias * scale,
+    )
+
+
+class HFHybridAdapter(ModelAdapter):
+    """Adapter base for HF hybrids laid out as ``<Family>ForCausalLM.model.layers[i]`` with a ``mamba`` or
+    ``self_attn`` mixer and a ``feed_forward`` per block.
+
+    Subclasses set ``causal_lm_class``/``base_class`` and implement :meth:`mamba_trace`; override the structural
+    accessors where a family names things differently.
+    """
+
+    causal_lm_class: ClassVar[str] = ""
+    base_class: ClassVar[str] = ""
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return type(model).__name__ in (cls.causal_lm_class, cls.base_class)
+
+    # -- structure ---------------------------------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.model if type(self.model).__name__ == self.causal_lm_class else self.model
+
+    @property
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.backbone.layers)
+
+    @property
+    def n_sublayers(self) -> int:
+        """Two residual sublayers per block: the mixer (``2b``), then the MLP/MoE (``2b + 1``)."""
+        return 2 * self.n_layers
+
+    def block_kind(self, block: nn.Module) -> str:
+        """``"mamba"`` or ``"attention"``."""
+        return "mamba" if getattr(block, "mamba", None) is not None else "attention"
+
+    def mixer(self, block: nn.Module) -> nn.Module:
+        return block.mamba if self.block_kind(block) == "mamba" else block.self_attn
+
+    def feed_forward(self, block: nn.Module) -> nn.Module:
+        return block.feed_forward
+
+    def ffn_kind(self, block: nn.Module) -> str:
+        """``"moe"`` for a sparse mixture of experts, else ``"mlp"``."""
+        return "moe" if "moe" in type(self.feed_forward(block)).__name__.lower() else "mlp"
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return self.backbone.embed_tokens
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.backbone.final_layernorm
+
+    @property
+    def lm_head(self) -> nn.Module | None:
+        return getattr(self.model, "lm_head", None)
+
+    @property
+    def activation_name(self) -> str:
+        return str(self.model.config.hidden_act)
+
+    @property
+    def residual_multiplier(self) -> float:
+        """Scale the block applies to each sublayer's output before adding it to the residual (Granite)."""
+        return 1.0
+
+    @property
+    def logits_multiplier(self) -> float:
+        """Scale the LM head applies to its logits (Granite's ``1 / logits_scaling``)."""
+        return 1.0
+
+    def readout(self, final_hidden: Tensor, logits: Tensor | None, dtype: torch.dtype):
+        """The base readout with the logits multiplier folded into the unembedding (and bias)."""
+        scale = self.logits_multiplier
+        if scale == 1.0 or logits is None:
+            return super().readout(final_hidden, logits, dtype)
+        out = super().readout(final_hidden, logits / scale, dtype)
+        if out is None:
+            return None
+        return replace(
+            out,
+            unembedding=out.unembedding * scale,
+            bias=None if out.bias is None else out.bias * scale,
+            logits=logits.detach().to(dtype),
+        )
+
+    # -- per sublayer --------------------------------------------------------------------------------------------
+    def mamba_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
+        """Recompute a block's Mamba mixer; the trace's ``mixer_output`` is what the block adds to the residual."""
+        raise NotImplementedError
+
+    def mixer_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
+        return self.mamba_trace(block, captured, dtype)
+
+    def attention_trace(
+        self, block: nn.Module, captured: CapturedLayer, kwargs: dict, mask: Tensor | None, dtype: torch.dtype
+    ) -> tuple[AttentionTrace, Tensor]:
+        """Recompute a block's attention from its captured input and keyword arguments (rotary ``cos, sin``)."""
+        attn = self.mixer(block)
+        return attention_trace(
+            attn,
+            captured.mixer_input,
+            captured.block_input,
+            captured.mixer_output,
+            mask,
+            dtype,
+            position_embeddings=kwargs.get("position_embeddings"),
+            sliding_window=getattr(attn, "sliding_window", None),
+        )
+
+    # -- tracing ------------------------------------------------------------------------------------------------
+    def capture(self, input_ids, inputs_embeds, attention_mask):
+        """The base capture plus each attention module's keyword arguments (rotary embeddings)."""
+        self._attn_kwargs: dict[int, dict] = {}
+        handles = []
+
+        def attn_pre(idx: int):
+            def hook(_module, _args, kwargs):
+                self._attn_kwargs[idx] = {
+                    k: v for k, v in kwargs.items() if k == "position_embeddings" and v is not None
+                }
+
+            return hook
+
+        try:
+            for idx, block in enumerate(self.blocks):
+                if self.block_kind(block) == "attention":
+                    handles.append(self.mixer(block).register_forward_pre_hook(attn_pre(idx), with_kwargs=True))
+            return super().capture(input_ids, inputs_embeds, attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def trace(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        verify: bool = True,
+    ) -> ModelTrace:
+        """Run the model once; return a :class:`ModelTrace` with two sublayers per block (mixer, then MLP/MoE).
+
+        Each mixer is recomputed in ``dtype`` and checked against the model's output on the non-padded tokens
+        (padded queries of attention layers are not defined by the model).
+        """
+        captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
+        attn_kwargs, self._attn_kwargs = self._attn_kwargs, {}
+        tol = verification_tolerance(self.model_dtype)
+        mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
+        layers: list[SublayerTrace] = []
+        with torch.no_grad():
+            for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
+                if self.block_kind(block) == "mamba":
+                    mixer, recomputed = self.mamba_trace(block, cap, dtype)
+                else:
+                    mixer, recomputed = self.attention_trace(block, cap, attn_kwargs.get(idx, {}), mask, dtype)
+                if self.residual_multiplier != 1.0:
+                    mixer, recomputed = _scaled(mixer, self.residual_multiplier), recomputed * self.residual_multiplier
+                if verify:
+                    self._verify(idx, recomputed, mixer.mixer_output, mask, tol)
+                layers.append(replace(mixer, layer=idx))
+                after_mixer = mixer.block_output
+                layers.append(
+                    TokenwiseTrace(
+                        layer=idx,
+                        residual=after_mixer,
+                        mixer_output=cap.block_output.to(dtype) - after_mixer,
+                        mask=mask,
+                        kind=self.ffn_kind(block),
+                    )
+                )
+            readout = self.readout(captured[-1].block_output, logits, dtype)
+        return ModelTrace(
+            embeddings=captured[0].block_input.to(dtype), layers=layers, readout=readout, mask=mask, dtype=dtype
+        )
+
+    def _verify(self, idx: int, recomputed: Tensor, reference: Tensor, mask: Tensor | None, tol: float) -> None:
+        if mask is not None:
+            keep = mask.bool()
+            recomputed, reference = recomputed[keep], reference[keep]
+        err = relative_error(recomputed, reference)
+        if err > tol:
+            raise TraceMismatchError(
+                f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
+                f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"
+            )
