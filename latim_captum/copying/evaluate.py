@@ -178,7 +178,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Table 2",
         "",
-        f"| Method | ours @ paper layer{f' ({pl + 1})' if pl is not None else ''} | ours @ best layer | "
+        f"| Method | ours @ paper layer{f' ({pl + 1})' if pl is not None else ''} or aggregated | ours @ best layer | "
         "Paper (AUC / AP / R@K) |",
         "| --- | --- | --- | --- |",
     ]
