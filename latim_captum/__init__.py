@@ -12,8 +12,38 @@ Example:
 """
 
 from .activations import ACTIVATIONS
-from .api import METHODS, AltiLogit, alti_logit, contributions, interactions, layer_maps, reconstruction_error, trace
+from .api import (
+    METHODS,
+    AltiLogit,
+    alti_logit,
+    contributions,
+    interactions,
+    layer_maps,
+    layer_maps_ref,
+    reconstruction_error,
+    trace,
+)
+from .attr import (
+    LatimALTI,
+    LatimALTILogit,
+    LatimL2,
+    LatimLLMAttribution,
+    MambaAttention,
+    MambaAttribution,
+    MambaLRP,
+    TokenMapAttribution,
+)
+from .baselines import mamba_attention, mamba_attribution, mamba_lrp
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
+
+# Inseq is an optional extra (latim-captum[inseq]): when it is installed, importing the package registers the
+# Inseq methods latim, latim_alti_logit, latim_alti and latim_l2 (Inseq 0.7 has no plugin entry points).
+try:
+    import inseq as _inseq_package
+except ImportError:  # the extra is not installed
+    _inseq_package = None
+if _inseq_package is not None:
+    from . import inseq as inseq_methods  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -21,15 +51,27 @@ __all__ = [
     "ACTIVATIONS",
     "METHODS",
     "AltiLogit",
+    "LatimALTI",
+    "LatimALTILogit",
+    "LatimL2",
+    "LatimLLMAttribution",
     "LayerTrace",
+    "MambaAttention",
+    "MambaAttribution",
+    "MambaLRP",
     "Mamba1SSM",
     "Mamba2SSM",
     "ModelTrace",
     "Readout",
+    "TokenMapAttribution",
     "alti_logit",
     "contributions",
     "interactions",
     "layer_maps",
+    "layer_maps_ref",
+    "mamba_attention",
+    "mamba_attribution",
+    "mamba_lrp",
     "reconstruction_error",
     "trace",
 ]

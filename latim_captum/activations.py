@@ -4,17 +4,17 @@ The causal conv gives ``ψ_s = Σ_k ψ_s^{(k)}`` with ``ψ_s^{(k)} = W_c^{(k)} (
 the bias is counted once, on the current token's tap, footnote 3). LaTIM replaces ``act(ψ_s)`` by
 ``Σ_k f(ψ_s^{(k)})`` so that each tap, hence each token, gets its own share:
 
-=============  ==========================================  =============================================
-strategy       ``f(ψ_s^{(k)})``                             exact when
-=============  ==========================================  =============================================
-``silu``       ``SiLU(ψ_s^{(k)})`` (paper default)          never for SiLU models (an approximation)
-``identity``   ``ψ_s^{(k)}``                                the model has no activation (``hidden_act``
-                                                            ``"linear"``/``"identity"``)
-``taylor1``    ``ψ_s^{(k)} / 2`` (SiLU to first order at 0) never
-``taylor2``    ``ψ/2 + ψ²/4`` (second order at 0)           never
-``silu_gate``  ``σ(ψ_s) · ψ_s^{(k)}``, ``σ(ψ_s)`` held fixed  always for SiLU models: ``Σ_k σ(ψ_s)ψ_s^{(k)} =``
-                                                            ``σ(ψ_s)ψ_s = SiLU(ψ_s)``
-=============  ==========================================  =============================================
+=============  =================================================  =================================================
+strategy       ``f(ψ_s^{(k)})``                                   exact when
+=============  =================================================  =================================================
+``silu``       ``SiLU(ψ_s^{(k)})`` (paper default)                never for SiLU models (an approximation)
+``identity``   ``ψ_s^{(k)}``                                      the model has no activation (``hidden_act``
+                                                                  ``"linear"``/``"identity"``)
+``taylor1``    ``ψ_s^{(k)} / 2`` (SiLU to first order at 0)       never
+``taylor2``    ``ψ/2 + ψ²/4`` (second order at 0)                 never
+``silu_gate``  ``σ(ψ_s) · ψ_s^{(k)}``, ``σ(ψ_s)`` held fixed      always for SiLU models: ``Σ_k σ(ψ_s)ψ_s^{(k)} =``
+                                                                  ``σ(ψ_s)ψ_s = SiLU(ψ_s)``
+=============  =================================================  =================================================
 """
 
 from __future__ import annotations

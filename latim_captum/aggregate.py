@@ -3,19 +3,51 @@
 All reducers take a block of query rows ``[B, rows, N, D]`` of ``T_i(x_j)`` and return ``[B, rows, N]``, so the
 caller never needs more than one row block of vectors alive.
 
-=================  ==========================================================================================
-LaTIM (ℓp)         ``C_ij = ‖T_i(x_j)‖_p``  (eq 5)
-LaTIM (ALTI)       ``C_ij ∝ [‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1]_+``, ``T'_i(x_j) = T_i(x_j) + δ_ij x_i``  (eq 6)
-LaTIM (ALTI-Logit) ``C_ij = Σ_l Σ_k Δ^{(l)}_{ik} R^{(l-1)}_{kj}``, ``Δ^{(l)}_{ik} = T^{(l)}_i(x_k) · u_i``  (eqs 7-8)
-=================  ==========================================================================================
+==================  ==================================================================================================
+LaTIM (ℓp)          ``C_ij = ‖T_i(x_j)‖_p``  (eq 5)
+LaTIM (ALTI)        ``C_ij ∝ [‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1]_+``, ``T'_i(x_j) = T_i(x_j) + δ_ij x_i``  (eq 6)
+LaTIM (ALTI-Logit)  ``C_ij = Σ_l Σ_k Δ^{(l)}_{ik} R^{(l-1)}_{kj}``, ``Δ^{(l)}_{ik} = T^{(l)}_i(x_k) · u_i``  (eqs 7-8)
+==================  ==================================================================================================
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["lp_scores", "alti_scores", "logit_scores", "normalize_rows", "rollout", "alti_logit_combine"]
+__all__ = [
+    "lp_order",
+    "lp_measure",
+    "lp_scores",
+    "alti_scores",
+    "logit_scores",
+    "normalize_rows",
+    "rollout",
+    "alti_logit_combine",
+]
+
+
+def lp_order(measure: str) -> float | None:
+    """The order p of an ℓp measure name (``"l1"``, ``"l2"``, ``"l3.5"``, ``"linf"``), or None for other names.
+
+    Example:
+        >>> lp_order("l2"), lp_order("linf"), lp_order("alti")
+        (2.0, inf, None)
+    """
+    if not measure.startswith("l") or measure == "logit":
+        return None
+    try:
+        p = float(measure[1:])
+    except ValueError:
+        return None
+    return p if p >= 1 else None
+
+
+def lp_measure(p: float) -> str:
+    """The measure name of an ℓp norm: ``lp_measure(2.0) == "l2"``, ``lp_measure(inf) == "linf"``."""
+    return "linf" if math.isinf(p) else f"l{p:g}"
 
 
 def lp_scores(contrib: Tensor, p: float = 2.0) -> Tensor:
@@ -58,7 +90,8 @@ def alti_scores(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 
     with_residual = contrib.clone()
     with_residual[:, idx, start + idx] += residual
     y = output[:, :, None, :]
-    proximity = torch.linalg.vector_norm(y, ord=1, dim=-1) - torch.linalg.vector_norm(y - with_residual, ord=1, dim=-1)
+    # Σ_d (|y| − |y − T'|) == ‖y‖_1 − ‖y − T'‖_1, but exactly 0 for T' = 0 whatever the summation order
+    proximity = (y.abs() - (y - with_residual).abs()).sum(-1)
     scores = torch.relu(proximity)
     degenerate = scores.sum(-1, keepdim=True) <= 0
     if bool(degenerate.any()):

@@ -16,22 +16,25 @@ from torch import Tensor, nn
 from ._validation import check_layers, check_method, check_model_inputs, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
-from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_scores
+from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_order, lp_scores
 from .decompose import contributions_ref, default_block_rows, iter_row_blocks, tap_contributions
 from .traces import LayerTrace, ModelTrace
 
 __all__ = [
     "METHODS",
+    "BACKENDS",
     "AltiLogit",
     "trace",
     "interactions",
     "contributions",
     "layer_maps",
+    "layer_maps_ref",
     "alti_logit",
     "reconstruction_error",
 ]
 
 METHODS: tuple[str, ...] = ("l1", "l2", "alti", "alti_logit")
+BACKENDS: tuple[str, ...] = ("auto", "ref", "fast")
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -66,7 +69,7 @@ def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype) -> ModelTr
     return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
 
 
-def layer_maps(
+def layer_maps_ref(
     layer: LayerTrace,
     activation: str,
     measures: Sequence[str],
@@ -74,12 +77,13 @@ def layer_maps(
     projection: Tensor | None = None,
     block_rows: int | None = None,
 ) -> dict[str, Tensor]:
-    """Several ``[B, N, N]`` maps of one layer from a single pass over row blocks of ``T_i(x_j)``.
+    """Several ``[B, N, N]`` maps of one layer from a single pass over row blocks of ``T_i(x_j)``: the reference.
 
     Args:
         layer: the layer trace.
         activation: activation strategy (see :mod:`latim_captum.activations`).
-        measures: any of ``"l1"``, ``"l2"``, ``"alti"``, ``"logit"`` (eq 7's Δ, needs ``projection``).
+        measures: any of ``"l1"``, ``"l2"`` (any ``"l<p>"``, ``"linf"``), ``"alti"``, ``"logit"`` (eq 7's Δ, needs
+            ``projection``).
         projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
         block_rows: query rows per block (default: from a fixed memory budget).
     """
@@ -90,8 +94,8 @@ def layer_maps(
     for start, stop in iter_row_blocks(n, block_rows or default_block_rows(layer)):
         contrib = contributions_ref(layer, activation, start, stop, shares=shares)
         for m in measures:
-            if m in ("l1", "l2"):
-                out[m][:, start:stop] = lp_scores(contrib, p=float(m[1]))
+            if lp_order(m) is not None:
+                out[m][:, start:stop] = lp_scores(contrib, p=lp_order(m))
             elif m == "alti":
                 out[m][:, start:stop] = alti_scores(
                     contrib, layer.residual[:, start:stop], output[:, start:stop], start
@@ -103,6 +107,41 @@ def layer_maps(
             else:
                 raise ValueError(f"unknown measure {m!r}")
     return out
+
+
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` naming ``backend`` unless it is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"`` means the tiled fast path on CUDA and the reference path elsewhere."""
+    check_backend(backend)
+    if backend == "auto":
+        return "fast" if device.type == "cuda" else "ref"
+    return backend
+
+
+def layer_maps(
+    layer: LayerTrace,
+    activation: str,
+    measures: Sequence[str],
+    *,
+    projection: Tensor | None = None,
+    block_rows: int | None = None,
+    backend: str = "auto",
+) -> dict[str, Tensor]:
+    """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures) on either backend.
+
+    Example:
+        >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))       # doctest: +SKIP
+    """
+    if resolve_backend(backend, layer.residual.device) == "fast":
+        from .fast import layer_maps_fast
+
+        return layer_maps_fast(layer, activation, measures, projection=projection, block=block_rows)
+    return layer_maps_ref(layer, activation, measures, projection=projection, block_rows=block_rows)
 
 
 class AltiLogit(NamedTuple):
@@ -132,6 +171,7 @@ def alti_logit(
     target: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
+    backend: str = "auto",
 ) -> AltiLogit:
     """ALTI-Logit (eqs 7-8) over all layers, with the logits and offsets its rows sum to.
 
@@ -145,6 +185,7 @@ def alti_logit(
         >>> torch.allclose(res.scores.sum(-1), res.logits - res.offset)          # doctest: +SKIP
         True
     """
+    check_backend(backend)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     check_activation(activation, tr.layers[0].activation)
     readout = tr.readout
@@ -156,7 +197,9 @@ def alti_logit(
     deltas, alti_maps = [], []
     offset = readout.target_bias(targets)
     for layer in tr.layers:
-        maps = layer_maps(layer, activation, ("alti", "logit"), projection=projection, block_rows=block_rows)
+        maps = layer_maps(
+            layer, activation, ("alti", "logit"), projection=projection, block_rows=block_rows, backend=backend
+        )
         deltas.append(maps["logit"])
         alti_maps.append(maps["alti"])
         offset = offset + projection @ layer.offset
@@ -178,6 +221,7 @@ def interactions(
     target: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """LaTIM token-to-token maps: ``C[b, l, i, j]`` = how much token j contributes to token i at layer l.
 
@@ -191,7 +235,10 @@ def interactions(
         attention_mask: ``[B, N]`` padding mask.
         target: ALTI-Logit target token(s): an int, ``[B]`` or ``[B, N]``; default the predicted next token.
         dtype: compute dtype (float32 or float64), whatever the model's dtype.
-        block_rows: query rows per block (memory bound); default from a fixed budget.
+        block_rows: query rows per block (memory bound); default from a fixed budget (``"ref"``) or from the
+            free device memory (``"fast"``, where it is the side of a square rows × columns tile).
+        backend: ``"ref"`` (readable reference, materialises one row block of ``T``), ``"fast"`` (tiled, fused
+            reductions, :mod:`latim_captum.fast`) or ``"auto"`` (fast on CUDA, ref elsewhere); same values.
 
     Returns:
         ``[B, len(layers), N, N]`` for per-layer methods, ``[B, N, N]`` for ``"alti_logit"``; lower-triangular.
@@ -204,13 +251,21 @@ def interactions(
         torch.Size([1, 2, 4, 4])
     """
     check_method(method, METHODS)
+    check_backend(backend)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     check_activation(activation, tr.layers[0].activation)
     if method == "alti_logit":
-        return alti_logit(tr, activation=activation, target=target, block_rows=block_rows).scores
+        return alti_logit(tr, activation=activation, target=target, block_rows=block_rows, backend=backend).scores
     selected = check_layers(layers, tr.n_layers)
-    per_layer = [layer_maps(tr.layers[idx], activation, (method,), block_rows=block_rows)[method] for idx in selected]
-    return torch.stack(per_layer, dim=1)
+    bsz, n = tr.shape
+    # filled layer by layer: no second copy of the [B, L, N, N] result (torch.stack would double the peak)
+    result = tr.embeddings.new_zeros(bsz, len(selected), n, n)
+    for pos, idx in enumerate(selected):
+        maps = layer_maps(
+            tr.layers[idx], activation, (method,), projection=None, block_rows=block_rows, backend=backend
+        )
+        result[:, pos] = maps[method]
+    return result
 
 
 def contributions(

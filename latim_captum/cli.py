@@ -30,6 +30,7 @@ DEMO_METHODS = (
     "alti_logit_silu_gate",
     "saliency",
     "input_x_gradient",
+    "mamba_attention",
 )
 
 

@@ -17,8 +17,8 @@ Built in:
   ``LLMGradientAttribution`` does); ``integrated_gradients`` = Captum ``IntegratedGradients`` on the embeddings
   from a zero-embedding baseline (``n_steps=16``), summed over D. Rows are batched (the input replicated per
   row), up to 256 sequences per pass.
-- Baselines (slots the lead fills): ``mamba_attention``, ``mamba_attribution``, ``mamba_lrp``, imported lazily
-  from ``latim_captum.baselines``; :func:`available_methods` lists only those importable.
+- Baselines: ``mamba_attention`` (per layer), ``mamba_attribution``, ``mamba_lrp`` (aggregated, target = the true
+  next token), imported lazily from ``latim_captum.baselines``; :func:`available_methods` lists those importable.
 
 Example:
     >>> from transformers import MambaConfig, MambaForCausalLM
@@ -167,10 +167,10 @@ for _kind, _label in (
     )
 
 
-# --- Baselines: slots for latim_captum.baselines (written in parallel; the lead wires them) -------------------------
-# Each slot imports `latim_captum.baselines.<name>` lazily and calls `fn(model, input_ids)`. Whether the result is
-# per layer is read from its shape: [B, L, N, N] per layer, [B, N, N] aggregated.
-# TODO(lead): if the baselines' signatures differ (e.g. need `layers=`), adjust `_baseline` below.
+# --- Baselines (latim_captum.baselines) ---------------------------------------------------------------------------
+# Each slot imports `latim_captum.baselines.<name>` lazily and calls `fn(model, input_ids)`; the gradient-based ones
+# (Mamba-Attribution, MambaLRP) explain the true next token, like ALTI-Logit and the Captum methods above. Whether the
+# result is per layer is read from its shape: [B, L, N, N] per layer, [B, N, N] aggregated.
 
 BASELINES = {
     "mamba_attention": "Mamba-Attention",
@@ -192,7 +192,9 @@ def _baseline(name: str) -> Callable[[nn.Module, Tensor], Tensor]:
         fn = _baseline_fn(name)
         if fn is None:
             raise ValueError(f"method {name!r} needs latim_captum.baselines.{name}, which is not installed")
-        return fn(model, input_ids)
+        if name == "mamba_attention":
+            return fn(model, input_ids)
+        return fn(model, input_ids, target=next_token_targets(input_ids))
 
     return call
 

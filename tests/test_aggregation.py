@@ -151,3 +151,20 @@ def test_block_rows_do_not_change_results(kind):
         full = latim_captum.interactions(tr, method=method, block_rows=9)
         blocked = latim_captum.interactions(tr, method=method, block_rows=2)
         assert torch.allclose(full, blocked, atol=1e-12), method
+
+
+@pytest.mark.parametrize("backend", ["ref", "fast"])
+def test_any_lp_order_on_both_backends(kind, backend):
+    """Eq 5 with p = 3 and p = ∞ (``"l3"``, ``"linf"``) on the reference and the tiled path, and via LatimL2."""
+    from latim_captum import LatimL2
+    from latim_captum.api import layer_maps
+
+    model = build(kind, seed=12)
+    ids = random_ids(1, 6, seed=1)
+    tr = latim_captum.trace(model, ids, dtype=torch.float64)
+    t = latim_captum.contributions(tr, layer=1)
+    maps = layer_maps(tr.layers[1], "silu", ("l3", "linf"), backend=backend)
+    assert torch.allclose(maps["l3"], t.norm(p=3, dim=-1), atol=1e-10)
+    assert torch.allclose(maps["linf"], t.abs().amax(-1), atol=1e-10)
+    row = LatimL2(model, p=3, dtype=torch.float64).attribute(ids, layer=1)
+    assert torch.allclose(row, t.norm(p=3, dim=-1)[:, -1], atol=1e-10)

@@ -1,0 +1,78 @@
+"""Shared plumbing of the baselines: inputs to a trace or to embeddings, targets, rows, normalisations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from latim_captum._validation import check_model_inputs, check_position, check_target
+from latim_captum.adapters import ModelAdapter, get_adapter
+from latim_captum.api import trace as _trace
+from latim_captum.traces import ModelTrace
+
+__all__ = ["as_trace", "model_inputs", "resolve_targets", "query_rows", "row_minmax", "COMPUTE_DTYPES"]
+
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype: torch.dtype) -> ModelTrace:
+    """A :class:`ModelTrace` from a trace (inputs must then be None) or from a model and its inputs."""
+    if isinstance(model_or_trace, ModelTrace):
+        if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
+            raise ValueError("pass inputs with a model, not with a ModelTrace (it already holds them)")
+        return model_or_trace
+    return _trace(model_or_trace, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+
+
+def model_inputs(
+    model: nn.Module | ModelAdapter,
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    attention_mask: Tensor | None,
+    dtype: torch.dtype,
+    method: str,
+) -> tuple[ModelAdapter, Tensor, Tensor | None]:
+    """Adapter, embeddings ``x^{(0)}`` in ``dtype`` (a fresh leaf that requires grad) and the checked mask.
+
+    Raises:
+        TypeError: a :class:`ModelTrace` (gradient methods need the model), or a bad compute dtype.
+    """
+    if isinstance(model, ModelTrace):
+        raise TypeError(f"{method} differentiates through the model: pass the model, not a ModelTrace")
+    if dtype not in COMPUTE_DTYPES:
+        raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    adapter = get_adapter(model)
+    input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
+    with torch.no_grad():
+        embeds = adapter.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+    return adapter, embeds.detach().to(dtype).requires_grad_(True), attention_mask
+
+
+def resolve_targets(target, logits: Tensor) -> Tensor:
+    """Per-position target ids ``[B, N]``: ``target`` checked, or the predicted next token at each position."""
+    bsz, n, vocab = logits.shape
+    return check_target(target, bsz, n, vocab, logits.detach().argmax(-1))
+
+
+def query_rows(position: int | None, seq_len: int) -> list[int]:
+    """The query rows to compute: every row, or only ``position`` (negative allowed)."""
+    if position is None:
+        return list(range(seq_len))
+    return [check_position(position, seq_len)]
+
+
+def row_minmax(scores: Tensor, valid: Tensor, dims: Sequence[int]) -> Tensor:
+    """Min-max normalise ``scores`` over ``dims`` using only entries where ``valid``; invalid entries become 0.
+
+    A group whose valid entries are all equal (zero range) maps them to 1: every entry is the maximum.
+    """
+    big = torch.finfo(scores.dtype).max
+    low = torch.where(valid, scores, torch.full_like(scores, big)).amin(dim=tuple(dims), keepdim=True)
+    high = torch.where(valid, scores, torch.full_like(scores, -big)).amax(dim=tuple(dims), keepdim=True)
+    span = high - low
+    flat = span <= 0
+    normed = (scores - low) / torch.where(flat, torch.ones_like(span), span)
+    normed = torch.where(flat, torch.ones_like(normed), normed)
+    return torch.where(valid, normed, torch.zeros_like(normed))

@@ -1,0 +1,200 @@
+"""Mamba-Attribution (Ali et al., 2024): gradient-weighted hidden attention, aggregated over layers with rollout.
+
+For the prediction at query position i (target logit ``y = logit_{w(i)}(i)``), each selected layer l gives a map
+``Ã^{(l)}`` over the rows ``i' ≤ i``; the maps are rolled out with the residual identity (Abnar & Zuidema)::
+
+    Â^{(l)} = rownorm(Ã^{(l)} + I)          R = Â^{(l_last)} ⋯ Â^{(l_first)}          map[i, :] = R[i, :]
+
+Two definitions of ``Ã^{(l)}``:
+
+``gradient="hidden"`` (default): the reference code (``vim/xai_utils.py: generate_mamba_attr``). It weights the
+positive, row-min-max-normalised, channel-averaged hidden attention (:func:`attention_rows` with ``positive=True``)
+column-wise by a per-token saliency of the block's input hidden states ``x^{(l-1)}``::
+
+    s^{(l)}_j = minmax_{j ≤ i}( max_D (∂y/∂x^{(l-1)}_j)^+ )            Ã^{(l)}_{i',j} = P^{+(l)}_{i',j} · s^{(l)}_j
+
+The reference explains one (class-token) row; for a causal LM we use each row's own target, so row i of the map
+needs the gradient of ``y_i`` (one backward pass per row) and the rows ``i' ≤ i`` of every layer. The gradient is
+the model's own (its autograd forward), so every adapter is supported.
+
+``gradient="attention"``: Chefer et al.'s Transformer-Attribution rule applied to the hidden attention, the form
+the paper describes: ``Ã^{(l)} = mean_c (∂y/∂M^{(l)} ⊙ M^{(l)})^+`` (mean over channels; Mamba-2: over heads, with
+``∂y/∂M`` taken per head). ``∂y/∂M`` comes from a differentiable replay of the forward
+(:mod:`latim_captum.adapters.replay`) where each layer's token mixing is ``Σ_s M_{i,s} ⊙ φ_s`` with ``M`` a leaf
+tensor; the replay reproduces the model's logits. Hugging Face Mamba / FalconMamba / Mamba2 only.
+
+In both, entries above the diagonal and padded rows/columns are 0 and every computed row sums to 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from latim_captum._validation import check_layers
+from latim_captum.adapters import ModelAdapter
+from latim_captum.adapters.base import _first_tensor
+from latim_captum.adapters.replay import replay_logits
+from latim_captum.aggregate import normalize_rows
+from latim_captum.ssm import hidden_attention
+from latim_captum.traces import Mamba2SSM, SSMParams
+
+from ._common import as_trace, model_inputs, query_rows, resolve_targets, row_minmax
+from .mamba_attention import layer_attention
+
+__all__ = ["GRADIENTS", "mamba_attribution", "rollout_row"]
+
+GRADIENTS: tuple[str, ...] = ("hidden", "attention")
+
+
+def rollout_row(maps: list[Tensor], row: int) -> Tensor:
+    """Row ``row`` of ``rownorm(Ã_L + I) ⋯ rownorm(Ã_1 + I)`` for maps ``[B, r, r]`` (``r > row``), ``[B, r]``.
+
+    Example:
+        >>> rollout_row([torch.zeros(1, 2, 2)], 1)   # no attention: all mass stays on the token itself
+        tensor([[0., 1.]])
+    """
+    bsz, r, _ = maps[0].shape
+    eye = torch.eye(r, dtype=maps[0].dtype, device=maps[0].device)
+    out = eye[row].expand(bsz, r).clone()
+    for layer_map in reversed(maps):
+        out = torch.einsum("bk,bkj->bj", out, normalize_rows(layer_map + eye))
+    return out
+
+
+def _hidden_saliency(
+    adapter: ModelAdapter, embeds: Tensor, mask: Tensor | None, rows: list[int], target, selected: list[int]
+) -> tuple[dict[int, Tensor], Tensor]:
+    """``max_D (∂y_i/∂x^{(l-1)})^+`` for each query row i: ``{i: [L_sel, B, N]}``, and the targets ``[B, N]``."""
+    model = adapter.model
+    captured: list[Tensor] = []
+
+    def pre_hook(_module, args, kwargs):
+        captured.append(_first_tensor(args, kwargs, "hidden_states"))
+
+    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True) for block in adapter.blocks]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            leaf = embeds.detach().to(adapter.model_dtype).requires_grad_(True)
+            logits = adapter.output_logits(adapter.forward(None, leaf, mask))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if logits is None:
+        raise ValueError(f"{type(model).__name__} has no LM head; Mamba-Attribution needs logits")
+    targets = resolve_targets(target, logits)
+    inputs = [captured[idx] for idx in selected]
+    out = {}
+    with torch.enable_grad():  # callers (e.g. Captum's attribute) may run under no_grad
+        for i in rows:
+            score = logits[:, i].gather(-1, targets[:, i, None]).sum()
+            grads = torch.autograd.grad(score, inputs, retain_graph=True)
+            out[i] = torch.stack([g.to(embeds.dtype).clamp(min=0).amax(-1) for g in grads])
+    return out, targets
+
+
+def _attention_gradients(
+    adapter: ModelAdapter, embeds: Tensor, mask: Tensor | None, rows: list[int], target, selected: list[int]
+) -> dict[int, list[Tensor]]:
+    """``mean_c (∂y_i/∂M ⊙ M)^+`` per selected layer for each query row i: ``{i: [[B, N, N], ...]}``."""
+    leaves: dict[int, Tensor] = {}
+
+    def mixing(layer: int, ssm: SSMParams, phi: Tensor) -> Tensor:
+        full = hidden_attention(ssm)  # [B, N, N, d]
+        if isinstance(ssm, Mamba2SSM):
+            leaf = full[..., :: ssm.head_dim].detach().requires_grad_(True)  # per head
+            per_channel = leaf.repeat_interleave(ssm.head_dim, dim=-1)
+        else:
+            leaf = full.detach().requires_grad_(True)
+            per_channel = leaf
+        leaves[layer] = leaf
+        return torch.einsum("bisc,bsc->bic", per_channel, phi)
+
+    with torch.enable_grad():
+        logits = replay_logits(adapter, embeds, mask, mixing=mixing)
+    targets = resolve_targets(target, logits)
+    inputs = [leaves[idx] for idx in selected]
+    out = {}
+    with torch.enable_grad():  # callers (e.g. Captum's attribute) may run under no_grad
+        for i in rows:
+            score = logits[:, i].gather(-1, targets[:, i, None]).sum()
+            grads = torch.autograd.grad(score, inputs, retain_graph=True)
+            out[i] = [(g * m).clamp(min=0).mean(-1).detach() for g, m in zip(grads, inputs)]
+    return out
+
+
+def _valid(mask: Tensor | None, n: int, bsz: int, device) -> Tensor:
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    valid = causal.expand(bsz, n, n)
+    if mask is not None:
+        keep = mask.bool()
+        valid = valid & keep[:, :, None] & keep[:, None, :]
+    return valid
+
+
+def mamba_attribution(
+    model: nn.Module | ModelAdapter,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    layers: int | Sequence[int] | None = None,
+    target: int | Sequence[int] | Tensor | None = None,
+    position: int | None = None,
+    gradient: str = "hidden",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Mamba-Attribution: ``A[b, i, j]`` = rolled-out gradient-weighted hidden attention of prediction i on token j.
+
+    Args:
+        model: a supported Mamba model with an LM head, or its adapter (not a trace: it needs gradients).
+        input_ids: ``[B, N]`` token ids (or ``inputs_embeds``: ``[B, N, D]``).
+        attention_mask: ``[B, N]`` padding mask.
+        layers: layers entering the rollout (None = all; the reference starts at a chosen layer, e.g.
+            ``layers=range(15, 24)``).
+        target: token whose logit row i explains: an int, ``[B]`` or ``[B, N]``; default the predicted next token.
+        position: compute only this query row (one backward pass instead of N).
+        gradient: ``"hidden"`` (reference code, default) or ``"attention"`` (Chefer-style ``∂y/∂M ⊙ M``); see the
+            module docstring.
+        dtype: compute dtype (float32 or float64).
+
+    Returns:
+        ``[B, N, N]`` (lower-triangular, rows sum to 1 except padded rows, which are 0), or ``[B, N]`` (row
+        ``position``) when ``position`` is given.
+
+    Example:
+        >>> attr = mamba_attribution(model, ids, position=-1)       # doctest: +SKIP
+        >>> attr.sum(-1)                                           # doctest: +SKIP
+        tensor([1.])
+    """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
+    adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_attribution")
+    bsz, n = embeds.shape[:2]
+    selected = check_layers(layers, adapter.n_layers)
+    rows = query_rows(position, n)
+    valid = _valid(mask, n, bsz, embeds.device)
+    top = max(rows) + 1
+    if gradient == "hidden":
+        saliency, _ = _hidden_saliency(adapter, embeds, mask, rows, target, selected)
+        tr = as_trace(adapter, None, embeds, mask, dtype)
+        positive = [layer_attention(tr.layers[idx], list(range(top)), "minmax", positive=True) for idx in selected]
+    else:
+        weighted = _attention_gradients(adapter, embeds, mask, rows, target, selected)
+    out = embeds.new_zeros(bsz, len(rows), n)
+    for k, i in enumerate(rows):
+        if gradient == "hidden":
+            cols = valid[:, i]  # tokens j ≤ i that are not padding
+            s = row_minmax(saliency[i], cols.expand_as(saliency[i]), dims=(2,))  # [L, B, N]
+            maps = [p[:, : i + 1, : i + 1] * s_l[:, None, : i + 1] for p, s_l in zip(positive, s)]
+        else:
+            maps = [(w * valid)[:, : i + 1, : i + 1] for w in weighted[i]]
+        out[:, k, : i + 1] = rollout_row(maps, i)
+    if mask is not None:
+        out = out * mask[:, rows, None].to(out.dtype)
+    return out[:, 0] if position is not None else out

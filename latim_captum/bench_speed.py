@@ -1,0 +1,259 @@
+"""Speed benchmark of the fast LaTIM path: wall time, peak memory and achieved TFLOP/s against the GEMM floor.
+
+The dominant term of ℓ2/ALTI maps is projecting every causal ``(i, j)`` pair's ``d_inner`` vector through ``W_o``:
+``2 · N(N+1)/2 · d_inner · d_model`` FLOPs per layer (the dense-GEMM floor reported here). Achieved TFLOP/s =
+floor / wall time, and its fraction of the GPU's dense matmul peak measured in the same run with a large matmul of
+the same precision (fp32 models use TF32 for the ``W_o`` GEMM, bf16 models bf16 with fp32 accumulation).
+
+Ratios reported per point: to the ``_ref`` path (timed on one layer, ×n_layers, only up to N = 2048: it materialises
+``[rows, N, d, R]``), to Captum's ``LayerIntegratedGradients`` (50 steps, one prediction) for one-query ALTI-Logit,
+and to one plain forward pass. Points whose predicted time exceeds ``--point-budget`` seconds are skipped and listed.
+
+Usage::
+
+    python benchmarks/speed.py --quick --out /tmp/bench      # tiny, CPU, < 1 minute
+    python benchmarks/speed.py --out bench_out                # full, CUDA (≈ 8 minutes on an H100)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+
+__all__ = ["main", "build_model", "matmul_peak"]
+
+
+def build_model(kind: str, quick: bool, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """Random-weight model with the shapes of mamba-130m / mamba2-130m (tiny in quick mode)."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    layers, hidden, vocab = (2, 64, 256) if quick else (24, 768, 50280)
+    if kind == "mamba1":
+        cfg = MambaConfig(hidden_size=hidden, num_hidden_layers=layers, state_size=16, expand=2, vocab_size=vocab)
+        model = MambaForCausalLM(cfg)
+    else:
+        heads = 2 * hidden // 64
+        cfg = Mamba2Config(
+            hidden_size=hidden, num_hidden_layers=layers, state_size=16 if quick else 128, expand=2,
+            head_dim=64, num_heads=heads, n_groups=1, chunk_size=16 if quick else 256, vocab_size=vocab,
+        )  # fmt: skip
+        model = Mamba2ForCausalLM(cfg)
+    cfg.use_cache = False
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float, object]:
+    """Wall seconds, peak memory (GiB, CUDA only; 0 on CPU) and the result of ``fn()``."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    wall = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return wall, peak, out
+
+
+def matmul_peak(precision: str, device: torch.device, size: int = 8192) -> float:
+    """Dense matmul TFLOP/s of this device for ``precision`` (``tf32``/``bf16``/``highest``)."""
+    from .fast import matmul_precision
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    with matmul_precision(precision):
+        a @ b
+        reps = 10 if device.type == "cuda" else 1
+        wall, _, _ = timed(lambda: [a @ b for _ in range(reps)], device)
+    return 2 * size**3 * reps / wall / 1e12
+
+
+def _lig_seconds(model, ids: torch.Tensor, device: torch.device, steps: int = 50) -> float:
+    """Captum ``LayerIntegratedGradients`` (``steps`` steps) for the last position's predicted token."""
+    from captum.attr import LayerIntegratedGradients
+
+    with torch.no_grad():
+        target = int(model(ids).logits[0, -1].argmax())
+
+    def forward(x):
+        return model(x).logits[:, -1]
+
+    lig = LayerIntegratedGradients(forward, model.backbone.embeddings)
+    wall, _, _ = timed(
+        lambda: lig.attribute(ids, baselines=torch.zeros_like(ids), target=target, n_steps=steps,
+                              internal_batch_size=max(1, min(steps, 2**16 // ids.shape[1]))),
+        device,
+    )  # fmt: skip
+    return wall
+
+
+def run(args: argparse.Namespace) -> dict:
+    import latim_captum as lc
+
+    from .fast import dominant_flops, layer_maps_fast
+    from .single_query import alti_logit_row
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    quick = args.quick
+    lengths = (
+        [int(x) for x in args.lengths.split(",")]
+        if args.lengths
+        else ([16, 24] if quick else [512, 2048, 8192, 16384])
+    )
+    single_lengths = [int(x) for x in args.single_lengths.split(",")] if args.single_lengths else (
+        [16] if quick else [2048, 8192, 32768, 131072])  # fmt: skip
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results: dict = {"device": str(device), "gpu": gpu,
+                     "floor": "2 * N(N+1)/2 * d_inner * d_model FLOPs per layer (W_o projection of every causal pair)",
+                     "peak_tflops": {}, "points": [], "single_query": [], "skipped": []}  # fmt: skip
+    for dtype in dtypes.values():
+        prec = "bf16" if dtype == torch.bfloat16 else "tf32"
+        results["peak_tflops"][prec] = matmul_peak(prec, device, 1024 if quick else 8192)
+    t_start = time.perf_counter()
+    for kind in args.models.split(","):
+        for dname in args.dtypes.split(","):
+            dtype = dtypes[dname]
+            prec = "bf16" if dtype == torch.bfloat16 else "tf32"
+            model = build_model(kind, quick, dtype, device)
+            cfg = model.config
+            d_model = cfg.hidden_size
+            d_inner = getattr(cfg, "intermediate_size", None) or cfg.expand * cfg.hidden_size
+            n_layers = cfg.num_hidden_layers
+            last_wall, last_n = None, 1
+            for n in lengths:
+                point = {"model": kind, "dtype": dname, "precision": prec, "N": n, "n_layers": n_layers}
+                if last_wall is not None and last_wall * (n / last_n) ** 2 > args.point_budget:
+                    results["skipped"].append(
+                        {**point, "why": f"predicted {last_wall * (n / last_n) ** 2:.0f}s > budget"}
+                    )
+                    continue
+                ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+                fwd, _, _ = timed(partial(model, ids), device)  # warm-up
+                fwd, _, _ = timed(partial(model, ids), device)
+                t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
+                point.update(forward_s=fwd, trace_s=t_trace)
+                flops = dominant_flops(n, d_inner, d_model) * n_layers
+                for method in ("l2", "alti", "alti_logit"):
+                    measures = {"l2": ("l2",), "alti": ("alti",), "alti_logit": ("alti", "logit")}[method]
+                    proj = tr.readout.projection(tr.readout.logits.argmax(-1)) if method == "alti_logit" else None
+
+                    def all_layers(tr=tr, measures=measures, proj=proj, prec=prec):
+                        outs = []
+                        for layer in tr.layers:
+                            outs.append(layer_maps_fast(layer, "silu", measures, projection=proj, precision=prec))
+                        return outs
+
+                    wall, peak, _ = timed(all_layers, device)
+                    entry = {"wall_s": wall, "peak_gib": peak, "tflops": flops / wall / 1e12,
+                             "frac_peak": flops / wall / 1e12 / results["peak_tflops"][prec],
+                             "x_forward": wall / fwd}  # fmt: skip
+                    if n <= args.ref_max_n:
+                        layer0 = tr.layers[0]
+                        ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
+                        wref, _, _ = timed(ref_fn, device)
+                        fast_fn = partial(layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec)
+                        w1, _, _ = timed(fast_fn, device)
+                        entry["speedup_vs_ref"] = wref / w1
+                    point[method] = entry
+                    last_wall = wall
+                last_n = n
+                del tr
+                results["points"].append(point)
+                print(json.dumps(point), flush=True)
+            # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
+            last_wall, last_n = None, 1
+            for n in single_lengths:
+                point = {"model": kind, "dtype": dname, "N": n}
+                if last_wall is not None and last_wall * (n / last_n) ** 2 > args.point_budget:
+                    results["skipped"].append(
+                        {
+                            **point,
+                            "mode": "single_query",
+                            "why": f"predicted {last_wall * (n / last_n) ** 2:.0f}s > budget",
+                        }
+                    )
+                    continue
+                ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+                try:
+                    wall, peak, _ = timed(partial(alti_logit_row, model, ids, position=-1, precision=prec), device)
+                except (MemoryError, torch.OutOfMemoryError) as err:
+                    results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
+                    break
+                point.update(wall_s=wall, peak_gib=peak)
+                if n <= args.lig_max_n:
+                    point["lig50_s"] = _lig_seconds(model, ids, device)
+                    point["speedup_vs_lig50"] = point["lig50_s"] / wall
+                results["single_query"].append(point)
+                print(json.dumps(point), flush=True)
+                last_wall, last_n = wall, n
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    results["total_s"] = time.perf_counter() - t_start
+    return results
+
+
+def to_markdown(results: dict) -> str:
+    lines = [f"# LaTIM speed ({results['gpu']})", "", f"Floor: {results['floor']}.",
+             f"Matmul peak (TFLOP/s): {json.dumps({k: round(v, 1) for k, v in results['peak_tflops'].items()})}", "",
+             "| model | dtype | N | method | wall s | peak GiB | TFLOP/s | % peak | × ref | wall / forward |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in results["points"]:
+        for method in ("l2", "alti", "alti_logit"):
+            e = p[method]
+            ref = f"{e['speedup_vs_ref']:.1f}" if "speedup_vs_ref" in e else "—"
+            lines.append(
+                f"| {p['model']} | {p['dtype']} | {p['N']} | {method} | {e['wall_s']:.3f} | {e['peak_gib']:.2f} | "
+                f"{e['tflops']:.1f} | {100 * e['frac_peak']:.0f} | {ref} | {e['x_forward']:.0f} |"
+            )
+    lines += ["", "Single query (ALTI-Logit of the last token, all layers):", "",
+              "| model | dtype | N | wall s | peak GiB | LIG-50 s | × LIG-50 |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in results["single_query"]:
+        lig = f"{p['lig50_s']:.2f} | {p['speedup_vs_lig50']:.1f}" if "lig50_s" in p else "— | —"
+        lines.append(f"| {p['model']} | {p['dtype']} | {p['N']} | {p['wall_s']:.2f} | {p['peak_gib']:.2f} | {lig} |")
+    if results["skipped"]:
+        lines += ["", "Skipped:", ""] + [f"- {json.dumps(s)}" for s in results["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latim bench speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models and lengths (CPU, < 1 minute)")
+    parser.add_argument("--out", required=True, help="output directory for speed.json and speed.md")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--models", default="mamba1,mamba2")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--lengths", default=None, help="comma-separated N for all-layer maps")
+    parser.add_argument("--single-lengths", default=None, help="comma-separated N for the single-query mode")
+    parser.add_argument("--ref-max-n", type=int, default=2048, help="largest N timed on the _ref path")
+    parser.add_argument("--lig-max-n", type=int, default=2048, help="largest N timed with Captum LIG")
+    parser.add_argument("--point-budget", type=float, default=60.0, help="skip points predicted slower (s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write ``speed.json`` and ``speed.md`` to ``--out``."""
+    args = build_parser().parse_args(argv)
+    results = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(results, indent=1))
+    (out / "speed.md").write_text(to_markdown(results))
+    print(to_markdown(results))
+    return 0

@@ -1,0 +1,424 @@
+"""LaTIM as Inseq attribution methods: ``inseq.load_model(model, "latim")`` for HF Mamba / FalconMamba / Mamba-2.
+
+Importing this module (``import latim_captum`` does it when Inseq is installed) registers four methods; Inseq 0.7
+finds methods through the live subclasses of its ``FeatureAttribution`` and has no entry points, so the import is
+required:
+
+==================  =====================================================================  ==========================
+method              what a step holds                                                      extra dimension
+==================  =====================================================================  ==========================
+``latim``           ALTI-Logit ``C_ij`` (eq 8) for the logit of the token generated at i+1  none (one score per token)
+``latim_alti_logit`` same as ``latim``                                                     none
+``latim_alti``      ALTI ``C^{(l)}_ij`` (eq 6) of every layer                              ``Model Layer``
+``latim_l2``        ``‖T^{(l)}_i(x_j)‖_2`` (eq 5) of every layer                           ``Model Layer``
+==================  =====================================================================  ==========================
+
+At generation step t (predicting token t from prefix ``0..t-1``) the target attributions are row ``i = t-1`` of the
+token-to-token map: ``target_attributions[j, t] = C_{t-1, j}``. Per-layer maps keep the layer as a third dimension,
+Inseq's multi-dimensional pattern (as for its attention methods), so ``out.aggregate()`` averages layers,
+``out.aggregate("mean", select_idx=l)`` picks layer ``l`` and ``out.show()`` draws the result.
+
+How it runs: the whole batch is traced once when attribution starts, and every Inseq step slices its row from that
+map, so Inseq's own per-step loop (step scores, ``attr_pos_start``/``attr_pos_end``, padding, batching,
+``output_step_attributions``) works as for its built-in methods. (Inseq's final-step mode, used by its attention
+methods, refuses step scores; the per-step loop over a cached map costs the same and keeps them.) The model is
+called directly, not through Inseq's ``forward_with_output``.
+
+Adding a method: any token-map function
+``fn(model_or_trace, input_ids=None, inputs_embeds=None, *, attention_mask=None, layers=None, target=None, **kw)``
+returning ``[B, L, N, N]`` (per layer) or ``[B, N, N]`` becomes an Inseq method with a thin subclass::
+
+    class MambaLRPAttribution(TokenMapAttribution):
+        method_name = "mamba_lrp"
+        token_map = staticmethod(mamba_lrp)
+        token_map_kwargs = {}          # fixed keyword arguments for fn (e.g. {"method": "l2"})
+        uses_target = True             # fn explains the next token: it gets target=[B, N] next-token ids
+
+Keyword arguments of ``fn`` (other than the reserved ones above) can be passed to ``model.attribute(...)``
+(e.g. ``activation="silu_gate"``, ``layers=[0, 2]``) and are recorded in ``out.info["attribution_args"]``.
+Intermediate (abstract) classes must list Inseq's ``Registry`` among their bases, as :class:`TokenMapAttribution`
+does, so that Inseq does not register them.
+
+Example:
+    >>> import inseq, latim_captum                                              # doctest: +SKIP
+    >>> model = inseq.load_model(mamba, "latim", tokenizer=tokenizer)           # doctest: +SKIP
+    >>> out = model.attribute("the cat", generation_args={"max_new_tokens": 3}, step_scores=["probability"])
+    >>> out.show()                                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from inseq.attr.feat.internals_attribution import InternalsAttributionRegistry
+from inseq.attr.step_functions import get_step_function
+from inseq.data import FeatureAttributionSequenceOutput, FeatureAttributionStepOutput
+from inseq.data.aggregation_functions import DEFAULT_ATTRIBUTION_AGGREGATE_DICT
+from inseq.utils import Registry, extract_signature_args
+from torch import Tensor
+
+from .adapters import get_adapter
+from .api import alti_logit, interactions
+from .baselines import mamba_attention, mamba_attribution, mamba_lrp
+
+__all__ = [
+    "TokenMapAttribution",
+    "TokenMapSequenceOutput",
+    "TokenMapStepOutput",
+    "LatimAltiLogitAttribution",
+    "LatimAttribution",
+    "LatimALTIAttribution",
+    "LatimL2Attribution",
+    "METHOD_NAMES",
+    "BASELINE_METHOD_NAMES",
+    "MambaAttentionAttribution",
+    "MambaAttributionAttribution",
+    "MambaLRPAttribution",
+]
+
+logger = logging.getLogger(__name__)
+
+#: arguments the base class fills in itself; users cannot pass them through ``model.attribute``
+RESERVED_ARGS = ("model_or_trace", "model", "input_ids", "inputs_embeds", "attention_mask", "target")
+
+#: the extra (third) dimension of per-layer maps, named for Inseq's granular views
+_LAYER_DIM_NAMES = {
+    "source_attributions": {0: "Input Tokens", 1: "Generated Tokens", 2: "Model Layer"},
+    "target_attributions": {0: "Input Tokens", 1: "Generated Tokens", 2: "Model Layer"},
+}
+_TOKEN_DIM_NAMES = {
+    "source_attributions": {0: "Input Tokens", 1: "Generated Tokens"},
+    "target_attributions": {0: "Input Tokens", 1: "Generated Tokens"},
+}
+
+
+def _default_aggregate_dict() -> dict[str, Any]:
+    """A private copy of Inseq's default aggregation functions.
+
+    Inseq's own ``__post_init__`` updates the module-level default dict in place (and its gradient outputs write
+    ``"scores": "vnorm"`` into it), so one method's settings leak into every later output. Only the ``spans`` entries
+    are taken, which are the defaults as shipped.
+    """
+    shared = DEFAULT_ATTRIBUTION_AGGREGATE_DICT
+    return {
+        "source_attributions": {"spans": shared["source_attributions"].get("spans", "absmax")},
+        "target_attributions": {"spans": shared["target_attributions"].get("spans", "absmax")},
+        "step_scores": {"spans": copy.deepcopy(shared["step_scores"]["spans"])},
+    }
+
+
+def _int_keys(names: dict[str, dict[Any, str]]) -> dict[str, dict[int, str]]:
+    # JSON turns the integer dimension indices into strings; Inseq's viewers look them up by int
+    return {key: {int(dim): label for dim, label in dims.items()} for key, dims in names.items()}
+
+
+def _plain_settings(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named attributes that JSON can hold (an aggregator given as a class or pipeline object cannot)."""
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str | int) and plain(v) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, str | int | float | bool)
+
+    return {name: copy.deepcopy(getattr(obj, name)) for name in names if plain(getattr(obj, name, None))}
+
+
+@dataclass(eq=False, repr=False)
+class TokenMapSequenceOutput(FeatureAttributionSequenceOutput):
+    """Inseq sequence output of a token-map method: ``[T_attr, T_steps]`` or ``[T_attr, T_steps, n_layers]``.
+
+    With a layer dimension (``_num_dimensions == 1``) the default aggregator averages layers (Inseq's
+    multi-dimensional convention); without one the scores are final and are shown as they are.
+
+    Unlike Inseq's classes it neither reads nor writes Inseq's shared default dicts, and it keeps its settings
+    (layer dimension, aggregator, dimension names) through ``out.save()`` / ``FeatureAttributionOutput.load()``.
+    """
+
+    def __post_init__(self):
+        if self._num_dimensions is None:
+            self._num_dimensions = 0
+        defaults = _default_aggregate_dict()
+        defaults.update(copy.deepcopy(self._dict_aggregate_fn or {}))
+        self._dict_aggregate_fn = defaults
+        names = _LAYER_DIM_NAMES if self._num_dimensions == 1 else _TOKEN_DIM_NAMES
+        self._attribution_dim_names = _int_keys({**copy.deepcopy(names), **(self._attribution_dim_names or {})})
+        if self._aggregator is None:
+            self._aggregator = ["mean"] * self._num_dimensions
+        elif isinstance(self._aggregator, tuple):
+            self._aggregator = list(self._aggregator)
+        if self.attr_pos_end is None or self.attr_pos_end > len(self.target):
+            self.attr_pos_end = len(self.target)
+
+    def __json_encode__(self) -> dict[str, Any]:
+        # Inseq saves only the public fields and rebuilds the rest with defaults on load, which loses the layer
+        # dimension and the aggregator: save the settings too (those that are plain data).
+        out = super().__json_encode__()
+        out.update(_plain_settings(self, ("_aggregator", "_dict_aggregate_fn", "_attribution_dim_names")))
+        out["_num_dimensions"] = self._num_dimensions
+        return out
+
+
+@dataclass(eq=False, repr=False)
+class TokenMapStepOutput(FeatureAttributionStepOutput):
+    """One generation step of a token-map method: ``[B, prefix_len]`` or ``[B, prefix_len, n_layers]``."""
+
+    _sequence_cls: type[FeatureAttributionSequenceOutput] = TokenMapSequenceOutput
+
+    def get_sequence_cls(self, **kwargs) -> TokenMapSequenceOutput:
+        return TokenMapSequenceOutput(_num_dimensions=self._num_dimensions, **kwargs)
+
+    def __json_encode__(self) -> dict[str, Any]:
+        out = super().__json_encode__()
+        out["_num_dimensions"] = self._num_dimensions
+        return out
+
+    def _recover_from_safetensors(self) -> TokenMapStepOutput:
+        # FeatureAttributionOutput.load calls this on step outputs, which Inseq's step class lacks; steps are
+        # saved as numpy arrays, so turning them back into float32 tensors is all that is needed
+        return self.torch().to(torch.float32)
+
+
+class _CheckedMethodMeta(type(InternalsAttributionRegistry)):
+    """Refuses a concrete subclass without its own ``method_name`` or ``token_map`` *before* the class exists.
+
+    (A check in ``__init_subclass__`` would run after Python has linked the class into ``__subclasses__()``, where
+    Inseq's registry would find a nameless class and fail for every method until it is garbage-collected.)
+    """
+
+    def __new__(mcls, name, bases, namespace, **kwargs):
+        concrete = Registry not in bases and any(isinstance(base, _CheckedMethodMeta) for base in bases)
+        if concrete:
+            if not isinstance(namespace.get("method_name"), str):
+                raise TypeError(f"{name} must set its own method_name (the Inseq identifier)")
+            token_map = namespace.get("token_map")
+            if token_map is None:
+                token_map = next((getattr(b, "token_map", None) for b in bases if hasattr(b, "token_map")), None)
+            if token_map is None:
+                raise TypeError(f"{name} must set token_map = staticmethod(fn)")
+        return super().__new__(mcls, name, bases, namespace, **kwargs)
+
+
+class TokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass=_CheckedMethodMeta):
+    """Base of the Inseq methods built on a token-to-token map function (see the module docstring).
+
+    Subclasses set :attr:`method_name` (the Inseq identifier) and :attr:`token_map`; listing ``Registry`` among
+    this class's bases keeps it out of Inseq's method registry.
+    """
+
+    #: ``fn(model_or_trace, input_ids=None, inputs_embeds=None, *, attention_mask, layers, target, ...)``
+    token_map: ClassVar[Callable[..., Tensor]]
+    #: fixed keyword arguments for :attr:`token_map`
+    token_map_kwargs: ClassVar[dict[str, Any]] = {}
+    #: whether :attr:`token_map` explains a target token (it then gets ``target=`` the next token at each position)
+    uses_target: ClassVar[bool] = False
+
+    def __init__(self, attribution_model, **kwargs):
+        super().__init__(attribution_model, **kwargs)
+        self.use_predicted_target = self.uses_target
+        # the map is computed once per batch in attribute() and sliced per step
+        self._cache: dict[str, Any] | None = None
+        self._active: Tensor | None = None
+
+    def hook(self, **kwargs) -> None:
+        """Reject unsupported models when the method is loaded, not deep inside attribution."""
+        model = self.attribution_model.model
+        if self.attribution_model.is_encoder_decoder:
+            raise TypeError(f"Inseq method {self.method_name!r} supports decoder-only Mamba models only")
+        try:
+            get_adapter(model)
+        except TypeError as err:
+            raise TypeError(
+                f"Inseq method {self.method_name!r} needs a Mamba model, got {type(model).__name__}: {err}"
+            ) from err
+        super().hook(**kwargs)
+
+    def get_attribution_args(self, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        exclude = [*RESERVED_ARGS, *self.token_map_kwargs]
+        return extract_signature_args(kwargs, self.token_map, exclude, return_remaining=True)
+
+    def _run_compatibility_checks(self, attributed_fn) -> None:
+        super()._run_compatibility_checks(attributed_fn)
+        default_fn = get_step_function(self.attribution_model.default_attributed_fn_id)
+        if self.uses_target and attributed_fn != default_fn:
+            logger.warning(
+                f"{self.method_name} always explains the logit of the generated token; the custom attributed_fn "
+                "does not change its scores."
+            )
+
+    def compute_maps(self, input_ids: Tensor, attention_mask: Tensor | None, **args) -> Tensor:
+        """The map of every query position except the last (never a query in generation): ``[B, N-1, N-1, *dims]``.
+
+        Args:
+            input_ids: the full sequences ``[B, N]`` (prompt and generated tokens, left-padded).
+            attention_mask: ``[B, N]`` or None.
+            **args: user arguments for :attr:`token_map`.
+        """
+        kwargs = {**args, **self.token_map_kwargs}
+        if self.uses_target:
+            kwargs["target"] = input_ids[:, 1:]
+        mask = None if attention_mask is None else attention_mask[:, :-1]
+        with torch.no_grad():
+            maps = type(self).token_map(self.attribution_model.model, input_ids[:, :-1], attention_mask=mask, **kwargs)
+        if maps.dim() == 4:  # [B, L, N, N] -> [B, N, N, L]: the layer becomes Inseq's extra dimension
+            maps = maps.permute(0, 2, 3, 1)
+        elif maps.dim() != 3:
+            raise ValueError(f"{self.method_name}: the token map must be [B, L, N, N] or [B, N, N], got {maps.shape}")
+        return maps.detach().to("cpu", torch.float32)
+
+    def attribute(self, batch, attributed_fn, *args, attribution_args: dict[str, Any] | None = None, **kwargs):
+        attribution_args = dict(attribution_args or {})
+        ids = batch.input_ids
+        if ids.shape[1] < 2:
+            raise ValueError(f"{self.method_name}: nothing to attribute in a sequence of {ids.shape[1]} token(s)")
+        self._cache = {
+            "ids": ids.detach().to("cpu"),
+            "maps": self.compute_maps(ids, batch.attention_mask, **attribution_args),
+        }
+        try:
+            # the user arguments were used above; the per-step calls get none
+            return super().attribute(batch, attributed_fn, *args, attribution_args={}, **kwargs)
+        finally:
+            self._cache, self._active = None, None
+
+    def filtered_attribute_step(self, batch, target_ids, attributed_fn, target_attention_mask=None, **kwargs):
+        # which rows of the full batch are still generating at this step (Inseq filters finished ones out)
+        self._active = None if target_attention_mask is None else target_attention_mask.reshape(-1).bool().cpu()
+        return super().filtered_attribute_step(batch, target_ids, attributed_fn, target_attention_mask, **kwargs)
+
+    def attribute_step(self, attribute_fn_main_args: dict[str, Any], attribution_args: dict[str, Any] | None = None):
+        if self._cache is None:
+            raise RuntimeError(f"{self.method_name}: attribute_step runs only inside attribute()")
+        step_ids = attribute_fn_main_args["additional_forward_args"][0].to("cpu")
+        step = step_ids.shape[1]
+        rows = slice(None) if self._active is None else self._active
+        ids, maps = self._cache["ids"][rows], self._cache["maps"][rows]
+        if not torch.equal(ids[:, :step], step_ids):
+            raise RuntimeError(f"{self.method_name}: step batch does not match the batch being attributed")
+        scores = maps[:, step - 1, :step]
+        return TokenMapStepOutput(
+            source_attributions=None,
+            target_attributions=scores,
+            step_scores={},
+            _num_dimensions=scores.dim() - 2,
+        )
+
+
+def latim_layer_map(
+    method: str,
+    model_or_trace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    layers: int | list[int] | None = None,
+    target: Tensor | None = None,
+    activation: str = "silu",
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+) -> Tensor:
+    """Per-layer LaTIM maps ``[B, L, N, N]``: :func:`latim_captum.interactions` with ``method`` ``"l2"``/``"alti"``."""
+    del target  # per-layer maps do not depend on the output token
+    return interactions(
+        model_or_trace,
+        input_ids,
+        inputs_embeds,
+        method=method,
+        attention_mask=attention_mask,
+        layers=layers,
+        activation=activation,
+        dtype=dtype,
+        block_rows=block_rows,
+    )
+
+
+def latim_alti_logit_map(
+    model_or_trace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    target: Tensor | None = None,
+    activation: str = "silu",
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+) -> Tensor:
+    """ALTI-Logit maps ``[B, N, N]`` (:func:`latim_captum.alti_logit`'s scores); all layers are aggregated."""
+    return alti_logit(
+        model_or_trace,
+        input_ids,
+        inputs_embeds,
+        attention_mask=attention_mask,
+        target=target,
+        activation=activation,
+        dtype=dtype,
+        block_rows=block_rows,
+    ).scores
+
+
+class LatimAltiLogitAttribution(TokenMapAttribution):
+    """LaTIM (ALTI-Logit, eqs 7-8): contribution of each prefix token to the logit of the generated token.
+
+    ``C_ij = u_i · x_i^{(0)} δ_ij + Σ_l Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``; for an exact activation strategy
+    a step's scores sum to the logit minus the bias offset. Arguments: ``activation``, ``dtype``, ``block_rows``.
+    """
+
+    method_name = "latim_alti_logit"
+    token_map = staticmethod(latim_alti_logit_map)
+    uses_target = True
+
+
+class LatimAttribution(LatimAltiLogitAttribution):
+    """``latim``: LaTIM's output-level method, ALTI-Logit (same as ``latim_alti_logit``)."""
+
+    method_name = "latim"
+
+
+class LatimALTIAttribution(TokenMapAttribution):
+    """LaTIM (ALTI, eq 6) per layer: rows are non-negative and sum to 1. Arguments: ``layers``, ``activation``, ..."""
+
+    method_name = "latim_alti"
+    token_map = staticmethod(functools.partial(latim_layer_map, "alti"))
+
+
+class LatimL2Attribution(TokenMapAttribution):
+    """LaTIM (ℓ2, eq 5) per layer: ``‖T^{(l)}_i(x_j)‖_2``. Arguments: ``layers``, ``activation``, ..."""
+
+    method_name = "latim_l2"
+    token_map = staticmethod(functools.partial(latim_layer_map, "l2"))
+
+
+#: the Inseq identifiers this module registers
+METHOD_NAMES: tuple[str, ...] = ("latim", "latim_alti_logit", "latim_alti", "latim_l2")
+#: the paper's baselines, registered the same way
+BASELINE_METHOD_NAMES: tuple[str, ...] = ("mamba_attention", "mamba_attribution", "mamba_lrp")
+
+
+class MambaAttentionAttribution(TokenMapAttribution):
+    """Mamba-Attention (Ali et al., 2024) per layer: the channel-averaged implicit attention of eq 15."""
+
+    method_name = "mamba_attention"
+    token_map = staticmethod(mamba_attention)
+
+
+class MambaAttributionAttribution(TokenMapAttribution):
+    """Mamba-Attribution (Ali et al., 2024): gradient-weighted implicit attention, rolled out over layers."""
+
+    method_name = "mamba_attribution"
+    token_map = staticmethod(mamba_attribution)
+    uses_target = True
+
+
+class MambaLRPAttribution(TokenMapAttribution):
+    """MambaLRP (Jafari et al., 2024): relevance of each input token for the generated token's logit."""
+
+    method_name = "mamba_lrp"
+    token_map = staticmethod(mamba_lrp)
+    uses_target = True

@@ -1,0 +1,256 @@
+"""Baselines (Mamba-Attention, Mamba-Attribution, MambaLRP): maths on hand-set weights, shapes, causality, rows,
+conservation, the replayed forward, and argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import MambaConfig, MambaForCausalLM
+
+import latim_captum
+from conftest import build, left_pad_mask, random_ids
+from latim_captum.adapters import get_adapter, relative_error
+from latim_captum.adapters.base import ModelAdapter
+from latim_captum.adapters.replay import replay_logits
+from latim_captum.baselines import mamba_attention, mamba_attribution, mamba_lrp
+from latim_captum.ssm import hidden_attention
+
+F64 = torch.float64
+# HF's torch fallbacks compute norms and A in float32 even in a float64 model, so our float64 replay can only match
+# its logits to float32 rounding
+HF_FP32_ROUNDING = 1e-5
+
+
+def _hand_model(gate: float = 1.0) -> MambaForCausalLM:
+    """One Mamba-1 layer, d_model = d_inner = 2, state 1, conv kernel 1, no activation, hand-set weights.
+
+    x = h, B_s = h_{s,0}, C_i = h_{i,1}, Δ = softplus(log(e-1)) = 1, A = -1, so
+    ``M_{i,s} = h_{i,1} h_{s,0} e^{-(i-s)}`` in both channels.
+    """
+    cfg = MambaConfig(
+        vocab_size=3, hidden_size=2, expand=1, state_size=1, conv_kernel=1, time_step_rank=1, num_hidden_layers=1,
+        hidden_act="linear", layer_norm_epsilon=0.0, use_conv_bias=False, use_cache=False, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = MambaForCausalLM(cfg).double().eval()
+    mixer = model.backbone.layers[0].mixer
+    with torch.no_grad():
+        model.backbone.embeddings.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0], [2.0, 0.5]]))
+        model.backbone.layers[0].norm.weight.fill_(1.0)
+        model.backbone.norm_f.weight.fill_(1.0)
+        mixer.in_proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [gate, 0.0], [0.0, gate]]))
+        mixer.conv1d.weight.fill_(1.0)
+        mixer.x_proj.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        mixer.dt_proj.weight.zero_()
+        mixer.dt_proj.bias.fill_(math.log(math.e - 1))
+        mixer.A_log.zero_()
+        mixer.D.fill_(0.5)
+        mixer.out_proj.weight.copy_(torch.tensor([[1.0, 0.5], [-0.5, 1.0]]))
+        model.lm_head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+    return model
+
+
+def _upper(maps: torch.Tensor) -> torch.Tensor:
+    n = maps.shape[-1]
+    return maps[..., torch.ones(n, n, dtype=torch.bool).triu(1)]
+
+
+# -- replay ---------------------------------------------------------------------------------------------------------
+
+
+def test_replay_reproduces_logits(kind):
+    model = build(kind).double()
+    ids, mask = random_ids(2, 6, seed=3), left_pad_mask(2, 6, [0, 2])
+    adapter = get_adapter(model)
+    reference = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.detach()
+    embeds = adapter.embeddings(ids).detach()
+    plain = replay_logits(adapter, embeds, mask)
+    keep = mask.bool()
+    assert relative_error(plain[keep], reference[keep]) < HF_FP32_ROUNDING, "replay != model logits"
+    lrp = replay_logits(adapter, embeds, mask, lrp=True)
+    torch.testing.assert_close(lrp, plain, rtol=0, atol=1e-12, msg="the LRP rules must not change the forward value")
+
+    def explicit(_layer, ssm, phi):  # Σ_s M_{i,s} ⊙ φ_s with the eq-15 matrix
+        return torch.einsum("bisc,bsc->bic", hidden_attention(ssm), phi)
+
+    via_matrix = replay_logits(adapter, embeds, mask, mixing=explicit)
+    torch.testing.assert_close(via_matrix, plain, rtol=0, atol=1e-10, msg="explicit M must reproduce the scan")
+
+
+def test_replay_rejects_unknown_family():
+    class Other(ModelAdapter):
+        supports = classmethod(lambda cls, m: True)
+        blocks = embeddings = final_norm = lm_head = property(lambda self: None)
+        mixer = mixer_trace = lambda self, *a: None  # noqa: E731
+
+    with pytest.raises(NotImplementedError, match="Other"):
+        replay_logits(Other(torch.nn.Linear(1, 1)), torch.zeros(1, 2, 3))
+
+
+# -- Mamba-Attention ------------------------------------------------------------------------------------------------
+
+
+def test_attention_hand_values():
+    """Eq 15 by hand: h_0 = (1, 1), h_1 = (1, -1) → M = [[1, 0], [-1/e, -1]] in both channels."""
+    model = _hand_model()
+    ids = torch.tensor([[0, 1]])
+    raw = mamba_attention(model, ids, normalize="none", dtype=F64)[0, 0]
+    torch.testing.assert_close(raw, torch.tensor([[1.0, 0.0], [-1 / math.e, -1.0]], dtype=F64))
+    # per-row min-max over (channels, j ≤ i): row 0 has one value (→ 1); row 1 maps -1/e → 1 and -1 → 0
+    normed = mamba_attention(model, ids, dtype=F64)[0, 0]
+    torch.testing.assert_close(normed, torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=F64))
+
+
+def test_attention_is_channel_mean_of_eq15(kind):
+    model = build(kind).double()
+    ids, mask = random_ids(2, 5, seed=1), left_pad_mask(2, 5, [0, 1])
+    tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=F64)
+    maps = mamba_attention(tr, normalize="none", layers=[-1])
+    expected = hidden_attention(tr.layers[-1].ssm).mean(-1) * mask[:, :, None] * mask[:, None, :]
+    torch.testing.assert_close(maps[:, 0], expected.to(F64))
+
+
+# -- shared properties ----------------------------------------------------------------------------------------------
+
+METHODS = {
+    "attention": lambda m, ids, **kw: mamba_attention(m, ids, **kw),
+    "attribution": lambda m, ids, **kw: mamba_attribution(m, ids, **kw),
+    "attribution_chefer": lambda m, ids, **kw: mamba_attribution(m, ids, gradient="attention", **kw),
+    "lrp": lambda m, ids, **kw: mamba_lrp(m, ids, **kw),
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_shapes_causality_rows_padding(kind, method):
+    model = build(kind).double()
+    ids, mask = random_ids(2, 5, seed=2), left_pad_mask(2, 5, [0, 2])
+    fn = METHODS[method]
+    full = fn(model, ids, attention_mask=mask, dtype=F64)
+    per_layer = method == "attention"
+    assert full.shape == ((2, 2, 5, 5) if per_layer else (2, 5, 5))
+    assert torch.all(_upper(full) == 0), "entries above the diagonal must be 0 (causality)"
+    assert torch.all(full[1, ..., :2, :] == 0) and torch.all(full[1, ..., 2:, :2] == 0), "padding must get 0"
+    assert full.abs().sum() > 0
+    for pos in (2, -1):
+        row = fn(model, ids, attention_mask=mask, dtype=F64, position=pos)
+        torch.testing.assert_close(row, full[..., pos, :], msg=f"position={pos} must equal that row of the map")
+    if method.startswith("attribution"):
+        torch.testing.assert_close(full[1, 2:].sum(-1), torch.ones(3, dtype=F64), msg="rollout rows sum to 1")
+
+
+def test_layer_selection_and_model_state():
+    model = build("mamba1").double().train()
+    ids = random_ids(1, 5)
+    both = mamba_attention(model, ids, dtype=F64)
+    torch.testing.assert_close(mamba_attention(model, ids, layers=-1, dtype=F64)[:, 0], both[:, 1])
+    mamba_attribution(model, ids, dtype=F64, position=-1)
+    assert model.training, "the model's train/eval mode must be restored"
+    assert all(not block._forward_pre_hooks for block in model.backbone.layers), "hooks must be removed"
+
+
+# -- Mamba-Attribution ----------------------------------------------------------------------------------------------
+
+
+def test_attribution_single_layer_formula():
+    """One layer: row i = rownorm(P⁺ ⊙ s + I)[i], with s from the model's own gradient."""
+    model = _hand_model(gate=2.0)
+    ids = torch.tensor([[0, 1, 2]])
+    embeds = model.backbone.embeddings(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits
+    target = logits[0, 2].argmax()
+    (grad,) = torch.autograd.grad(logits[0, 2, target], embeds)
+    s = grad[0].clamp(min=0).amax(-1)
+    s = (s - s.min()) / (s.max() - s.min())
+    pos = mamba_attention(model, ids, dtype=F64)  # M⁺ here: M_{2,s} = C_2 B_s e^{-(2-s)} with C_2 = 0.5/rms > 0
+    attn = pos[0, 0] * s[None, :] + torch.eye(3, dtype=F64)
+    expected = (attn / attn.sum(-1, keepdim=True))[2]
+    torch.testing.assert_close(mamba_attribution(model, ids, position=2, dtype=F64)[0], expected)
+
+
+# -- MambaLRP -------------------------------------------------------------------------------------------------------
+
+
+def _zero_biases_(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and "dt" not in name:
+                param.zero_()
+    return model
+
+
+def test_lrp_conservation(kind):
+    """Σ_j R_ij = logit_i with the additive biases zero; with the conv bias the gap is its absorbed relevance."""
+    ids, mask = random_ids(2, 6, seed=4), left_pad_mask(2, 6, [0, 1])
+    model = _zero_biases_(build(kind, seed=5).double())
+    adapter = get_adapter(model)
+    logits = replay_logits(adapter, adapter.embeddings(ids).detach(), mask)
+    rel = mamba_lrp(model, ids, attention_mask=mask, dtype=F64)
+    picked = logits.gather(-1, logits.argmax(-1, keepdim=True))[..., 0] * mask
+    torch.testing.assert_close(rel.sum(-1), picked, rtol=1e-9, atol=1e-9, msg="LRP must conserve the logit")
+    biased = build(kind, seed=5).double()  # default conv bias, perturbed away from 0
+    gap = mamba_lrp(biased, ids, dtype=F64).sum(-1) - get_adapter(biased).model(input_ids=ids).logits.max(-1)[0]
+    assert gap.abs().max() > 1e-3, "the conv bias should absorb some relevance"
+
+
+def test_lrp_matches_latim_identity_decomposition(kind):
+    """1 layer, no conv activation: for j < i, R_ij = ½ u_i · T_i(x_j) (half rule on the gate; LaTIM eq 22/25).
+
+    The conv bias is zeroed: LaTIM gives position s's bias to token s (footnote 3), LRP gives it to no token.
+    """
+    model = _zero_biases_(build(kind, act="linear", layers=1, seed=6).double())
+    ids = random_ids(2, 5, seed=7)
+    rel = mamba_lrp(model, ids, dtype=F64)
+    tr = latim_captum.trace(model, ids, dtype=F64)
+    contrib = latim_captum.contributions(tr, layer=0, activation="identity")
+    u = tr.readout.projection(tr.readout.logits.argmax(-1))
+    expected = 0.5 * torch.einsum("bijd,bid->bij", contrib, u)
+    lower = torch.ones(5, 5, dtype=torch.bool).tril(-1)
+    torch.testing.assert_close(rel[:, lower], expected[:, lower], rtol=1e-6, atol=1e-8)
+
+
+def test_lrp_hand_value_single_token():
+    """One token, no biases: R_00 is the whole logit, written out by hand for the hand-set layer.
+
+    e = (2, ½), h = e / rms(e), B = h_0, C = h_1, Δ = 1 → M_00 = h_0 h_1; v = (M_00 + D) h; g = SiLU(2h);
+    y = e + W_o (v ⊙ g); logit_1 = (y / rms(y))_1.
+    """
+    model = _hand_model(gate=2.0)
+    e = torch.tensor([2.0, 0.5], dtype=F64)
+    h = e / e.square().mean().sqrt()
+    v = (h[0] * h[1] + 0.5) * h
+    y = e + torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=F64) @ (v * torch.nn.functional.silu(2 * h))
+    logit = (y / y.square().mean().sqrt())[1]
+    rel = mamba_lrp(model, torch.tensor([[2]]), dtype=F64, target=1)
+    torch.testing.assert_close(rel[0, 0, 0], logit)
+
+
+# -- errors -----------------------------------------------------------------------------------------------------------
+
+
+def test_errors():
+    model = build("mamba1")
+    ids = random_ids(1, 4)
+    tr = latim_captum.trace(model, ids)
+    with pytest.raises(TypeError, match="ModelTrace"):
+        mamba_lrp(tr)
+    with pytest.raises(TypeError, match="ModelTrace"):
+        mamba_attribution(tr)
+    with pytest.raises(ValueError, match="layers"):
+        mamba_lrp(model, ids, layers=0)
+    with pytest.raises(ValueError, match="'abs'"):
+        mamba_attention(model, ids, normalize="abs")
+    with pytest.raises(ValueError, match="'hessian'"):
+        mamba_attribution(model, ids, gradient="hessian")
+    with pytest.raises(ValueError, match="position 9"):
+        mamba_lrp(model, ids, position=9)
+    with pytest.raises(ValueError, match="position -5"):
+        mamba_attention(tr, position=-5)
+    with pytest.raises(ValueError, match="target token id 99"):
+        mamba_lrp(model, ids, target=99)
+    with pytest.raises(ValueError, match="LM head"):
+        mamba_lrp(model.backbone, ids)
+    with pytest.raises(ValueError, match="LM head"):
+        mamba_attribution(model.backbone, ids)
+    with pytest.raises(ValueError, match="layer 7"):
+        mamba_attention(tr, layers=[7])
