@@ -1,74 +1,312 @@
 """The ``latim`` command line.
 
-``latim demo`` computes LaTIM maps on small offline models and prints them; every command has ``--help``.
+- ``latim demo``: the embedded copy models, every method on a fresh copy example, faithfulness table, heatmaps.
+- ``latim attribute``: one method's map for a text on any supported model (embedded name, local folder, hub name).
+- ``latim error-report``: decomposition error per layer and activation strategy (paper Table 5 metric).
+- ``latim bench copying``: the Table 2 benchmark on a trained copy model.
+
+Every command has ``--help``; bad arguments, missing files and unsupported models end with one ``latim: error:``
+line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
+
+DEMO_METHODS = (
+    "l2",
+    "l2_silu_gate",
+    "alti",
+    "alti_silu_gate",
+    "alti_logit",
+    "alti_logit_silu_gate",
+    "saliency",
+    "input_x_gradient",
+    "mamba_attention",
+)
 
 
-def _tiny_models() -> dict[str, torch.nn.Module]:
-    """Small random-weight Mamba-1 and Mamba-2 models built from configs (no downloads)."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit status 2."""
 
-    torch.manual_seed(0)
-    mamba1 = MambaForCausalLM(MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=2, vocab_size=32))
-    mamba2 = Mamba2ForCausalLM(
-        Mamba2Config(
-            hidden_size=32,
-            expand=2,
-            num_heads=8,
-            head_dim=8,
-            n_groups=2,
-            state_size=8,
-            chunk_size=4,
-            num_hidden_layers=2,
-            vocab_size=32,
-        )
-    )
-    return {"mamba1": mamba1.eval(), "mamba2": mamba2.eval()}
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"latim: error: {message} (see {self.prog} --help)\n")
 
 
-def _print_map(name: str, matrix: torch.Tensor) -> None:
-    print(f"\n{name}")
-    for row in matrix.tolist():
-        print("  " + " ".join(f"{v:7.3f}" for v in row))
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_model(spec: str, device: str = "cpu"):
+    """``(model, tokenizer)`` from an embedded name (``mamba1``/``mamba2``), a local folder or a hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .adapters import get_adapter
+    from .models import COPY_MODELS, load_copy_model
+
+    if spec in COPY_MODELS:
+        model, tok = load_copy_model(spec)
+    else:
+        path = Path(spec)
+        looks_local = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+        if looks_local and not (path.expanduser() / "config.json").is_file():
+            raise FileNotFoundError(f"no model at {spec!r} (expected a folder with config.json)")
+        # hub names are real code paths (from_pretrained), untested offline
+        model = AutoModelForCausalLM.from_pretrained(path.expanduser() if looks_local else spec, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path.expanduser() if looks_local else spec)
+    get_adapter(model)  # TypeError naming the class for unsupported models
+    return model.eval().to(device), tok
+
+
+def _tokens(tok, ids: torch.Tensor) -> list[str]:
+    return [tok.decode([t]) for t in ids.tolist()]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import alti_logit, interactions, reconstruction_error
+    from ._plots import save_heatmap, save_layer_grid, save_side_by_side
+    from .copying.evaluate import PAPER_TABLE2
+    from .copying.metrics import faithfulness
+    from .methods import available_methods, get_method
+    from .models import copy_task_of, load_copy_model
 
-    ids = torch.randint(0, 32, (1, args.length), generator=torch.Generator().manual_seed(args.seed))
-    for variant, model in _tiny_models().items():
-        print(f"=== {variant}: {type(model).__name__}, tokens {ids[0].tolist()}")
-        for method in ("l2", "alti"):
-            maps = interactions(model, ids, method=method, layers=-1, activation=args.activation)
-            _print_map(f"LaTIM ({method}), last layer", maps[0, 0])
-        res = alti_logit(model, ids, activation=args.activation)
-        _print_map("LaTIM (ALTI-Logit), all layers", res.scores[0])
-        delta = (res.logits - res.offset - res.scores.sum(-1)).abs().max().item()
-        print(f"  max |logit - Σ_j C_ij| = {delta:.2e}")
-        for act in ("silu", "silu_gate"):
-            err = reconstruction_error(model, ids, activation=act).tolist()
-            print(f"  reconstruction error per layer with {act}: " + ", ".join(f"{e:.2e}" for e in err))
+    _quiet_transformers()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = args.methods or [m for m in DEMO_METHODS if m in available_methods()]
+    for variant in args.variants:
+        model, tok = load_copy_model(variant)
+        task, _ = copy_task_of(variant)
+        ids = task.sample(1, args.seed)
+        tokens = _tokens(tok, ids[0])
+        with torch.no_grad():
+            pred = model(input_ids=ids).logits[0].argmax(-1)
+        rows = list(task.query_rows)
+        acc = float((pred[rows] == ids[0, [r + 1 for r in rows]]).float().mean())
+        print(
+            f"\n=== {variant}: {type(model).__name__}, {len(model.backbone.layers)} layers, "
+            f"input {''.join(tokens)!r}, copy accuracy on it {acc:.2f}"
+        )
+        print(f"{'method':34s} {'layer':>5s}  {'AUC':>5s} {'AP':>5s} {'R@K':>5s}   paper (AUC/AP/R@K, 50-token task)")
+        side: dict[str, torch.Tensor] = {}
+        summary = {}
+        for name in methods:
+            method = get_method(name)
+            maps = method(model, ids)[0].float()
+            if maps.dim() == 3:
+                scores = [faithfulness(maps[k][None], task.length) for k in range(maps.shape[0])]
+                best = max(range(len(scores)), key=lambda k: scores[k]["auc"])
+                score, layer_s, shown = scores[best], str(best + 1), maps[best]
+                save_layer_grid(maps, tokens, f"{method.label}, {variant}", out / f"{variant}_{name}_layers.png")
+            else:
+                score, layer_s, shown = faithfulness(maps[None], task.length), "all", maps
+            save_heatmap(shown, tokens, f"{method.label} (layer {layer_s}), {variant}", out / f"{variant}_{name}.png")
+            side[f"{method.label} (layer {layer_s})"] = shown
+            summary[name] = {"layer": layer_s, **score}
+            ref = PAPER_TABLE2.get(variant, {}).get(name)
+            ref_s = " / ".join(f"{v:.2f}" for v in ref) if ref else ""
+            print(
+                f"{method.label:34s} {layer_s:>5s}  {score['auc']:5.2f} {score['ap']:5.2f} "
+                f"{score['recall_at_k']:5.2f}   {ref_s}"
+            )
+        save_side_by_side(side, tokens, f"{variant}: source <SEP> copy", out / f"{variant}_side_by_side.png")
+        (out / f"{variant}_scores.json").write_text(
+            json.dumps({"input": "".join(tokens), "accuracy": acc, "methods": summary}, indent=2) + "\n"
+        )
+    print(f"\nfigures and scores written to {out.resolve()}")
+    return 0
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from ._plots import save_heatmap
+    from .api import alti_logit, interactions
+    from .methods import get_method
+
+    _quiet_transformers()
+    method = get_method(args.method)
+    model, tok = load_model(args.model, args.device)
+    text = args.text + (args.target or "")
+    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(args.device)
+    if ids.shape[1] < 2:
+        raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
+    if method.family == "latim" and method.per_layer:
+        act = "silu_gate" if args.method.endswith("silu_gate") else "silu"
+        base = args.method.replace("_silu_gate", "")
+        maps = interactions(model, ids, method=base, activation=act, layers=args.layer)[0, 0]
+        layer_s = str(args.layer)
+    elif args.method.startswith("alti_logit") and args.target is None:
+        act = "silu_gate" if args.method.endswith("silu_gate") else "silu"
+        maps = alti_logit(model, ids, activation=act).scores[0]  # target: the model's own prediction
+        layer_s = "all"
+    else:
+        maps = method(model, ids)[0]
+        if maps.dim() == 3:
+            from ._validation import check_layers
+
+            maps = maps[check_layers(args.layer, maps.shape[0])[0]]
+            layer_s = str(args.layer)
+        else:
+            layer_s = "all"
+    tokens = _tokens(tok, ids[0])
+    save_heatmap(maps, tokens, f"{method.label} (layer {layer_s})", args.out)
+    print(f"wrote {args.out} ({len(tokens)} tokens, method {args.method}, layer {layer_s})")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "method": args.method,
+                    "layer": layer_s,
+                    "tokens": tokens,
+                    "scores": maps.float().cpu().tolist(),
+                }
+            )
+            + "\n"
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_error_report(args: argparse.Namespace) -> int:
+    from .activations import ACTIVATIONS
+    from .api import reconstruction_error
+    from .models import COPY_MODELS, copy_task_of
+
+    _quiet_transformers()
+    specs = [args.model] if args.model else list(COPY_MODELS)
+    for spec in specs:
+        model, tok = load_model(spec, args.device)
+        if args.text:
+            ids = tok(args.text, return_tensors="pt", add_special_tokens=False).input_ids
+        elif spec in COPY_MODELS:
+            task, seed = copy_task_of(spec)
+            ids = task.sample(args.samples, seed + 1000)
+        else:
+            raise ValueError("--text is needed for a model other than the embedded ones")
+        ids = ids.to(args.device)
+        n_layers = len(model.backbone.layers)
+        print(
+            f"\n{spec}: relative error ‖Σ_j T_i(x_j) + b − mixer(h)_i‖ / ‖mixer(h)_i‖ on {ids.shape[0]}×"
+            f"{ids.shape[1]} tokens"
+        )
+        print(f"{'activation':12s} " + " ".join(f"{'layer ' + str(k + 1):>10s}" for k in range(n_layers)))
+        for act in ACTIVATIONS:
+            errs = reconstruction_error(model, ids, activation=act).tolist()
+            print(f"{act:12s} " + " ".join(f"{e:10.2e}" for e in errs))
+    return 0
+
+
+def cmd_bench_copying(args: argparse.Namespace) -> int:
+    from .copying.data import CopyTask
+    from .copying.evaluate import evaluate_model, load_model_dir, render_markdown, write_report
+    from .models import COPY_MODELS, copy_model_path
+
+    _quiet_transformers()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but CUDA is not available")
+    if args.model:
+        path = Path(args.model)
+    elif args.scale == "tiny":
+        path = copy_model_path(args.variant)
+    else:
+        path = Path("runs") / f"copy-{args.variant}-paper"
+    model, _, meta = load_model_dir(path)
+    model.to(args.device)
+    task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
+    n = args.n_samples or meta.get("n_eval", 128)
+    report = evaluate_model(
+        model,
+        task,
+        n_samples=n,
+        seed=int(meta.get("seed", 0)),
+        methods=args.methods,
+        batch=args.batch,
+        quiet=args.quiet,
+    )
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    report["meta"] = {
+        "model": str(path) if args.model or args.scale != "tiny" else f"embedded {COPY_MODELS[args.variant]}",
+        "scale": args.scale,
+        "device": device,
+        "seed": meta.get("seed"),
+        "steps": meta.get("steps"),
+        "train_device": meta.get("device"),
+        "train_eval_token_acc": meta.get("eval_token_acc"),
+    }
+    stem = f"copying-{args.variant}-{args.scale}"
+    json_path, md_path = write_report(report, args.out, stem)
+    print(render_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latim", description="LaTIM token-to-token interactions for Mamba models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compute and print LaTIM maps on small offline models")
-    demo.add_argument("--length", type=int, default=8, help="number of tokens (default 8)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the random input")
-    demo.add_argument("--activation", default="silu", help="activation strategy (default silu)")
+    parser = _Parser(prog="latim", description="LaTIM token-to-token interactions for Mamba models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="run every method on the embedded copy models; table + heatmaps")
+    demo.add_argument("--out", default="latim-demo", help="output folder for the PNGs (default ./latim-demo)")
+    demo.add_argument("--seed", type=int, default=12345, help="seed of the fresh copy example")
+    demo.add_argument("--variants", nargs="+", choices=["mamba1", "mamba2"], default=["mamba1", "mamba2"])
+    demo.add_argument("--methods", nargs="+", default=None, help=f"registry names (default {' '.join(DEMO_METHODS)})")
     demo.set_defaults(func=cmd_demo)
+
+    attr = sub.add_parser("attribute", help="one method's token-to-token map for a text")
+    attr.add_argument("--model", required=True, help="mamba1 / mamba2 (embedded), a local folder, or a hub name")
+    attr.add_argument("--text", required=True, help="input text")
+    attr.add_argument(
+        "--target",
+        default=None,
+        help="continuation appended to the text; ALTI-Logit and gradient "
+        "methods then explain each true next token (default: the model's own predictions)",
+    )
+    attr.add_argument(
+        "--method",
+        default="alti_logit",
+        help="registry name: l2, alti, alti_logit, *_silu_gate, "
+        "saliency, input_x_gradient, integrated_gradients, ... (default alti_logit)",
+    )
+    attr.add_argument("--layer", type=int, default=-1, help="0-based layer for per-layer methods (default -1: last)")
+    attr.add_argument("--out", required=True, help="PNG file to write")
+    attr.add_argument("--json", default=None, help="also write the scores and tokens as JSON")
+    attr.add_argument("--device", default="cpu")
+    attr.set_defaults(func=cmd_attribute)
+
+    err = sub.add_parser("error-report", help="decomposition error per layer and activation strategy (Table 5)")
+    err.add_argument("--model", default=None, help="embedded name, folder or hub name (default: both embedded)")
+    err.add_argument("--text", default=None, help="input text (default: fresh copy samples)")
+    err.add_argument("--samples", type=int, default=8, help="copy samples for the embedded models (default 8)")
+    err.add_argument("--device", default="cpu")
+    err.set_defaults(func=cmd_error_report)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    copying = bench_sub.add_parser("copying", help="copying faithfulness (paper Table 2) of a trained copy model")
+    copying.add_argument("--variant", choices=["mamba1", "mamba2"], required=True)
+    copying.add_argument(
+        "--scale",
+        choices=["tiny", "paper"],
+        default="tiny",
+        help="tiny: the embedded model; paper: runs/copy-<variant>-paper unless --model",
+    )
+    copying.add_argument("--model", default=None, help="folder written by latim_captum.copying.train")
+    copying.add_argument("--device", default="cpu")
+    copying.add_argument("--n-samples", type=int, default=None, help="evaluation samples (default: the model's)")
+    copying.add_argument("--batch", type=int, default=32, help="samples per attribution call")
+    copying.add_argument("--methods", nargs="+", default=None, help="registry names (default: all available)")
+    copying.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
+    copying.add_argument("--quiet", action="store_true", help="no progress bars")
+    copying.set_defaults(func=cmd_bench_copying)
     return parser
 
 
@@ -77,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"latim: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"latim: error: {msg}", file=sys.stderr)
         return 2
 
 

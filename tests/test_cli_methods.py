@@ -1,0 +1,200 @@
+"""Method registry and the ``latim`` command line (demo, attribute, error-report, bench copying, errors)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from latim_captum.cli import main
+from latim_captum.methods import METHOD_REGISTRY, available_methods, get_method, next_token_targets
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path) -> bool:
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        if fh.read(8) != PNG_MAGIC:
+            return False
+    with Image.open(path) as img:
+        return img.size[0] > 100 and img.size[1] > 100
+
+
+def test_registry_shapes_and_causality():
+    from conftest import build
+
+    model = build("mamba2", layers=2)
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    for name in ("l2", "alti_silu_gate", "alti_logit", "saliency", "input_x_gradient", "integrated_gradients"):
+        maps = get_method(name)(model, ids)
+        assert maps.shape == ((2, 2, 6, 6) if METHOD_REGISTRY[name].per_layer else (2, 6, 6)), name
+        assert not maps.triu(1).any(), f"{name} must be causal"
+    assert not model.training
+    assert {"mamba_attention", "mamba_attribution", "mamba_lrp"} <= set(METHOD_REGISTRY)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        get_method("nope")
+
+
+def test_saliency_row_is_gradient_of_next_token_logit():
+    from conftest import build
+
+    model = build("mamba1", layers=2)
+    ids = torch.tensor([[3, 7, 1, 9, 4]])
+    maps = get_method("saliency")(model, ids)
+    row = 2
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logit = model(inputs_embeds=emb).logits[0, row, ids[0, row + 1]]
+    (grad,) = torch.autograd.grad(logit, emb)
+    torch.testing.assert_close(maps[0, row, : row + 1], grad[0, : row + 1].norm(dim=-1), rtol=1e-4, atol=1e-6)
+    assert torch.equal(next_token_targets(ids), torch.tensor([[7, 1, 9, 4, 4]]))
+
+
+def test_alti_logit_entry_explains_true_next_token():
+    from conftest import build
+    from latim_captum import alti_logit
+
+    model = build("mamba2", layers=2)
+    ids = torch.tensor([[5, 2, 8, 1]])
+    res = alti_logit(model, ids, activation="silu_gate", target=next_token_targets(ids))
+    torch.testing.assert_close(get_method("alti_logit_silu_gate")(model, ids), res.scores)
+    assert res.targets[0, :3].tolist() == [2, 8, 1]
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # one variant and three methods keep it fast; the full default demo is the same code path
+    rc = main(["demo", "--out", str(out), "--variants", "mamba2", "--methods", "l2", "alti_logit", "saliency"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for text in ("mamba2", "LaTIM (ℓ2)", "LaTIM (ALTI-Logit)", "Saliency", "AUC", "0.98 / 0.86 / 0.74"):
+        assert text in printed, text
+    for variant in ("mamba2",):
+        for name in ("l2", "l2_layers", "alti_logit", "saliency", "side_by_side"):
+            assert _is_png(out / f"{variant}_{name}.png"), f"{variant}_{name}.png"
+        scores = json.loads((out / f"{variant}_scores.json").read_text())
+        assert scores["accuracy"] >= 0.9
+        assert 0.0 <= scores["methods"]["l2"]["auc"] <= 1.0
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    from conftest import VOCAB, build
+    from latim_captum.copying import copy_tokenizer
+
+    model = build("mamba1", layers=2)
+    path = tmp_path / "tiny"
+    model.save_pretrained(path)
+    copy_tokenizer(VOCAB).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["alti_logit", "l2", "saliency"])
+def test_attribute_on_saved_model(saved_model, tmp_path, method):
+    fig, scores = tmp_path / "fig.png", tmp_path / "s.json"
+    rc = main(
+        [
+            "attribute",
+            "--model",
+            str(saved_model),
+            "--text",
+            "abc|ab",
+            "--target",
+            "c",
+            "--method",
+            method,
+            "--layer",
+            "1",
+            "--out",
+            str(fig),
+            "--json",
+            str(scores),
+        ]
+    )
+    assert rc == 0 and _is_png(fig)
+    data = json.loads(scores.read_text())
+    assert data["tokens"] == list("abc|abc")
+    matrix = torch.tensor(data["scores"])
+    assert matrix.shape == (7, 7) and not matrix.triu(1).any()
+
+
+def test_error_report(saved_model, capsys):
+    assert main(["error-report", "--model", str(saved_model), "--text", "abcd|abcd"]) == 0
+    printed = capsys.readouterr().out
+    lines = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.strip()}
+    assert float(lines["silu_gate"][0]) < 1e-4, "silu_gate is exact"
+    assert float(lines["silu"][0]) > float(lines["silu_gate"][0])
+
+
+def test_bench_copying_tiny(tmp_path, capsys):
+    rc = main(
+        [
+            "bench",
+            "copying",
+            "--variant",
+            "mamba2",
+            "--n-samples",
+            "4",
+            "--methods",
+            "l2",
+            "alti_logit",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    report = json.loads((tmp_path / "copying-mamba2-tiny.json").read_text())
+    assert report["accuracy"]["token_acc"] >= 0.9
+    assert len(report["methods"]["l2"]["layers"]) == report["n_layers"]
+    assert set(report["reconstruction_error"]) >= {"silu", "silu_gate"}
+    md = (tmp_path / "copying-mamba2-tiny.md").read_text()
+    assert "0.98 / 0.86 / 0.74" in md and "Decomposition error" in md
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["attribute", "--model", "/no/such/dir", "--text", "ab", "--out", "x.png"], "no model at"),
+        (["attribute", "--model", "mamba2", "--text", "ab", "--method", "nope", "--out", "x.png"], "unknown method"),
+        (["bench", "copying", "--variant", "mamba3"], "invalid choice"),
+        (["demo", "--seed", "x"], "invalid int value"),
+        (["bench", "copying", "--variant", "mamba1", "--scale", "paper", "--model", "/no/such"], "no trained model"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("latim: error:") and fragment in err, err
+
+
+def test_unsupported_model_is_one_line(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from latim_captum.copying import copy_tokenizer
+
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=16)).save_pretrained(path)
+    copy_tokenizer(16).save_pretrained(path)
+    capsys.readouterr()  # drop save_pretrained's progress output
+    assert main(["attribute", "--model", str(path), "--text", "ab", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GPT2LMHeadModel" in err, err
+
+
+def test_console_script_help():
+    proc = subprocess.run(
+        [sys.executable, "-m", "latim_captum.cli", "bench", "copying", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "--variant" in proc.stdout and "--scale" in proc.stdout
+
+
+def test_available_methods_without_baselines():
+    names = available_methods()
+    assert {"l2", "alti", "alti_logit", "l2_silu_gate", "saliency", "integrated_gradients"} <= set(names)
