@@ -73,3 +73,17 @@ def test_inseq_baselines_registered_and_match(name):
     got = attr[:, -1]
     assert torch.allclose(got[: last.shape[0]].float(), last.float(), atol=1e-5, equal_nan=False), name
     assert n_prompt < ids.shape[1]
+
+
+def test_mamba_lrp_row_batching_changes_nothing():
+    """Replicating the input per query row (one backward per group) gives the per-row gradients exactly."""
+    from conftest import left_pad_mask
+
+    model = build("mamba2", seed=8).double()
+    ids = random_ids(2, 7, seed=5)
+    mask = left_pad_mask(2, 7, [0, 2])
+    one = mamba_lrp(model, ids, attention_mask=mask, row_batch=1, dtype=torch.float64)
+    many = mamba_lrp(model, ids, attention_mask=mask, row_batch=4, dtype=torch.float64)
+    assert torch.allclose(one, many, atol=1e-12)
+    with pytest.raises(ValueError, match="row_batch must be >= 1"):
+        mamba_lrp(model, ids, row_batch=0)

@@ -45,6 +45,7 @@ def mamba_lrp(
     target: int | Sequence[int] | Tensor | None = None,
     position: int | None = None,
     dtype: torch.dtype = torch.float32,
+    row_batch: int = 32,
 ) -> Tensor:
     """MambaLRP relevance ``R[b, i, j]`` of input token j for the target logit at position i.
 
@@ -56,6 +57,9 @@ def mamba_lrp(
         target: token whose logit row i explains: an int, ``[B]`` or ``[B, N]``; default the predicted next token.
         position: compute only this query row (one backward pass instead of N).
         dtype: compute dtype of the replayed forward (float32 or float64).
+        row_batch: query rows explained per backward pass: the input is replicated once per row, so one pass
+            gives every row of the group (more memory, far fewer passes; rows are independent, so the values are
+            those of one pass per row).
 
     Returns:
         ``[B, N, N]`` (zero above the diagonal), or ``[B, N]`` (row ``position``) when ``position`` is given.
@@ -73,14 +77,25 @@ def mamba_lrp(
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_lrp")
     bsz, n = embeds.shape[:2]
     rows = query_rows(position, n)
-    with torch.enable_grad():
-        logits = replay_logits(adapter, embeds, mask, lrp=True)
-        targets = resolve_targets(target, logits)
-        out = embeds.new_zeros(bsz, len(rows), n)
-        for k, i in enumerate(rows):
-            score = logits[:, i].gather(-1, targets[:, i, None]).sum()
-            (grad,) = torch.autograd.grad(score, embeds, retain_graph=k + 1 < len(rows))
-            out[:, k] = (grad * embeds).sum(-1).detach()
+    if row_batch < 1:
+        raise ValueError(f"row_batch must be >= 1, got {row_batch}")
+    with torch.no_grad():
+        targets = resolve_targets(target, replay_logits(adapter, embeds, mask, lrp=True))
+    out = embeds.new_zeros(bsz, len(rows), n)
+    for g0 in range(0, len(rows), row_batch):
+        group = rows[g0 : g0 + row_batch]
+        r = len(group)
+        with torch.enable_grad():
+            # one copy of the input per query row: rows are independent, so one backward gives them all
+            leaf = embeds.detach()[:, None].expand(bsz, r, n, embeds.shape[-1]).reshape(bsz * r, n, -1)
+            leaf = leaf.clone().requires_grad_(True)
+            rep_mask = None if mask is None else mask[:, None].expand(bsz, r, n).reshape(bsz * r, n)
+            logits = replay_logits(adapter, leaf, rep_mask, lrp=True).view(bsz, r, n, -1)
+            idx = torch.tensor(group, device=logits.device)
+            picked = logits[:, torch.arange(r, device=logits.device), idx]  # [B, r, V]: copy k at its row
+            score = picked.gather(-1, targets[:, idx, None]).sum()
+            (grad,) = torch.autograd.grad(score, leaf)
+        out[:, g0 : g0 + r] = (grad * leaf).sum(-1).detach().view(bsz, r, n)
     if mask is not None:
         out = out * mask[:, rows, None].to(out.dtype)
     return out[:, 0] if position is not None else out
