@@ -194,6 +194,8 @@ def _baseline(name: str) -> Callable[[nn.Module, Tensor], Tensor]:
             raise ValueError(f"method {name!r} needs latim_captum.baselines.{name}, which is not installed")
         if name == "mamba_attention":
             return fn(model, input_ids)
+        if name == "mamba_lrp":  # rows are replicated per backward pass: keep ≤ 256 sequences in flight
+            return fn(model, input_ids, target=next_token_targets(input_ids), row_batch=max(1, 256 // len(input_ids)))
         return fn(model, input_ids, target=next_token_targets(input_ids))
 
     return call
