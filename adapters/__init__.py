@@ -15,10 +15,12 @@ from torch import nn
 from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
 from .hf_mamba2 import HFMamba2Adapter
+from .mamba_ssm import MambaSSMAdapter
 
 __all__ = [
     "ADAPTERS",
     "CapturedLayer",
+    "MambaSSMAdapter",
     "ModelAdapter",
     "TraceMismatchError",
     "get_adapter",
@@ -30,6 +32,18 @@ __all__ = [
 
 #: adapter classes tried in order by :func:`get_adapter`
 ADAPTERS: list[type[ModelAdapter]] = [HFMambaAdapter, HFFalconMambaAdapter, HFMamba2Adapter]
+
+
+def _mamba_ssm_importable() -> bool:
+    try:  # fails on CPU-only machines (it imports its CUDA extension at top level)
+        import mamba_ssm  # noqa: F401
+    except Exception:  # ImportError, OSError from a mismatched CUDA build, ...
+        return False
+    return True
+
+
+if _mamba_ssm_importable():
+    ADAPTERS.append(MambaSSMAdapter)
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
