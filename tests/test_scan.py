@@ -81,3 +81,16 @@ def test_chunk_must_be_positive():
     ssm = _mamba1(1, 3)
     with pytest.raises(ValueError, match="chunk must be >= 1, got 0"):
         selective_scan_chunked(ssm, torch.zeros(1, 3, 6, dtype=F64), 0)
+
+
+def test_benchmark_skips_points_predicted_over_budget():
+    """The speed benchmark's skip rule: time quadratic in N, against the point budget and the time left."""
+    import time
+
+    from latim_captum.bench_speed import _skip_reason
+
+    far = time.perf_counter() + 1000
+    assert _skip_reason(None, 1, 512, 60, far) is None
+    assert _skip_reason(2.0, 512, 1024, 60, far) is None  # 8 s predicted
+    assert "point-budget" in _skip_reason(2.0, 512, 4096, 60, far)  # 128 s predicted
+    assert "left" in _skip_reason(2.0, 512, 1024, 60, time.perf_counter() + 5)
