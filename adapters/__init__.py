@@ -19,11 +19,13 @@ from .hf_hybrid import HFHybridAdapter
 from .hf_jamba import HFJambaAdapter
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
 from .hf_mamba2 import HFMamba2Adapter
+from .mamba_ssm import MambaSSMAdapter
 
 __all__ = [
     "ADAPTERS",
     "CapturedLayer",
     "HFHybridAdapter",
+    "MambaSSMAdapter",
     "ModelAdapter",
     "TraceMismatchError",
     "get_adapter",
@@ -42,6 +44,18 @@ ADAPTERS: list[type[ModelAdapter]] = [
     HFBambaAdapter,
     HFGraniteMoeHybridAdapter,
 ]
+
+
+def _mamba_ssm_importable() -> bool:
+    try:  # fails on CPU-only machines (it imports its CUDA extension at top level)
+        import mamba_ssm  # noqa: F401
+    except Exception:  # ImportError, OSError from a mismatched CUDA build, ...
+        return False
+    return True
+
+
+if _mamba_ssm_importable():
+    ADAPTERS.append(MambaSSMAdapter)
 
 
 def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:

@@ -151,6 +151,11 @@ class ModelAdapter(ABC):
         """Logits from the model's output, or None."""
         return getattr(output, "logits", None)
 
+    def block_io(self, args: tuple, kwargs: dict, output: Any) -> tuple[Tensor | None, Tensor]:
+        """From one block call: its residual-stream input ``x^{(l-1)}`` (None: the pre-hook's ``hidden_states``)
+        and output ``y``. Pre-norm blocks return ``y`` (first of a tuple); fused add+norm layouts override this."""
+        return None, output[0] if isinstance(output, tuple) else output
+
     # -- tracing ------------------------------------------------------------------------------------------------
     def capture(
         self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None
@@ -169,9 +174,11 @@ class ModelAdapter(ABC):
             return hook
 
         def block_post(idx: int):
-            def hook(_module, _args, _kwargs, output):
-                out = output[0] if isinstance(output, tuple) else output
-                captured[idx].block_output = out.detach()
+            def hook(_module, args, kwargs, output):
+                block_input, block_output = self.block_io(args, kwargs, output)
+                if block_input is not None:
+                    captured[idx].block_input = block_input.detach()
+                captured[idx].block_output = block_output.detach()
 
             return hook
 
@@ -213,15 +220,20 @@ class ModelAdapter(ABC):
         return captured, self.output_logits(output)
 
     def readout(self, final_hidden: Tensor, logits: Tensor | None, dtype: torch.dtype) -> Readout | None:
-        """Final RMSNorm + unembedding as a :class:`Readout`, checked against the model's logits."""
+        """Final norm (RMSNorm, or LayerNorm: centring is linear, its bias an offset) + unembedding as a
+        :class:`Readout`, checked against the model's logits."""
         head = self.lm_head
         if head is None or logits is None:
             return None
         norm = self.final_norm
+        center = isinstance(norm, nn.LayerNorm)
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-5)))
         hidden = final_hidden.to(dtype)
-        scale = torch.rsqrt(hidden.square().mean(-1) + eps)
+        centred = hidden - hidden.mean(-1, keepdim=True) if center else hidden
+        scale = torch.rsqrt(centred.square().mean(-1) + eps)
         weight = norm.weight.detach().to(dtype)
+        norm_bias = getattr(norm, "bias", None)
+        norm_bias = norm_bias.detach().to(dtype) if isinstance(norm_bias, Tensor) else None
         bias = head.bias.detach().to(dtype) if getattr(head, "bias", None) is not None else None
         readout = Readout(
             final_hidden=hidden,
@@ -230,8 +242,13 @@ class ModelAdapter(ABC):
             unembedding=head.weight.detach().to(dtype),
             bias=bias,
             logits=logits.detach().to(dtype),
+            center=center,
+            norm_bias=norm_bias,
         )
-        recomputed = (hidden * scale[..., None] * weight) @ readout.unembedding.T
+        normed = centred * scale[..., None] * weight
+        if norm_bias is not None:
+            normed = normed + norm_bias
+        recomputed = normed @ readout.unembedding.T
         if bias is not None:
             recomputed = recomputed + bias
         err = relative_error(recomputed, readout.logits)

@@ -3,7 +3,7 @@ followed by an MLP or a sparse MoE.
 
 The Jamba mixer is Mamba-1 with *learned* RMSNorms on Δ_low, B and C (``dt_layernorm``, ``b_layernorm``,
 ``c_layernorm``): like FalconMamba's weightless ones they only change the fixed SSM parameters, so
-:func:`~adapters.hf_mamba.mamba1_mixer_trace` takes them as its ``dt_bc_norm``.
+:func:`~adapters.hf_mamba.mamba1_mixer_trace` takes them as its ``dt_bc_norms``.
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ the same precision (fp32 models use TF32 for the ``W_o`` GEMM, bf16 models bf16 
 
 Ratios reported per point: to the ``_ref`` path (timed on one layer, ×n_layers, only up to N = 2048: it materialises
 ``[rows, N, d, R]``), to Captum's ``LayerIntegratedGradients`` (50 steps, one prediction) for one-query ALTI-Logit,
-and to one plain forward pass. Points whose predicted time exceeds ``--point-budget`` seconds are skipped and listed.
+and to one plain forward pass. Every (model, dtype) pair is warmed up once (Triton JIT of mamba-ssm's kernels)
+before anything is timed and gets an equal share of ``--total-budget``; a point whose time, predicted quadratic in N
+from the previous one, exceeds ``--point-budget`` or the time left is skipped and listed with the reason.
 
 Usage::
 
     python benchmarks/speed.py --quick --out /tmp/bench      # tiny, CPU, < 1 minute
-    python benchmarks/speed.py --out bench_out                # full, CUDA (≈ 8 minutes on an H100)
+    python benchmarks/speed.py --out bench_out                # full, CUDA (≤ 7.5 minutes of timing + start-up)
 """
 
 from __future__ import annotations
@@ -101,6 +103,38 @@ def _lig_seconds(model, ids: torch.Tensor, device: torch.device, steps: int = 50
     return wall
 
 
+def _skip_reason(last_wall: float | None, last_n: int, n: int, point_budget: float, end: float) -> str | None:
+    """Why a point of length ``n`` is skipped (its time predicted as quadratic in N from the last point), or None."""
+    left = end - time.perf_counter()
+    if last_wall is None:
+        return None if left > 0 else "no time left in this model's share of --total-budget"
+    predicted = last_wall * (n / last_n) ** 2
+    if predicted > point_budget:
+        return f"predicted {predicted:.0f}s > --point-budget {point_budget:.0f}s"
+    if predicted > left:
+        return f"predicted {predicted:.0f}s > {max(left, 0):.0f}s left in this model's share of --total-budget"
+    return None
+
+
+def _warm_up(model, n: int, precision: str, device: torch.device) -> float:
+    """One untimed pass of everything the benchmark times, at length ``n``; returns its seconds."""
+    import latim_captum as lc
+
+    from .fast import layer_maps_fast
+    from .single_query import alti_logit_row
+
+    start = time.perf_counter()
+    ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
+    with torch.no_grad():
+        model(ids)
+    tr = lc.trace(model, ids)
+    proj = tr.readout.projection(tr.readout.logits.argmax(-1))
+    layer_maps_fast(tr.layers[0], "silu", ("alti", "logit", "l2"), projection=proj, precision=precision)
+    alti_logit_row(tr, position=-1, precision=precision)
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def run(args: argparse.Namespace) -> dict:
     import latim_captum as lc
 
@@ -112,10 +146,10 @@ def run(args: argparse.Namespace) -> dict:
     lengths = (
         [int(x) for x in args.lengths.split(",")]
         if args.lengths
-        else ([16, 24] if quick else [512, 2048, 8192, 16384])
+        else ([16, 24] if quick else [512, 2048, 4096, 8192, 16384])
     )
     single_lengths = [int(x) for x in args.single_lengths.split(",")] if args.single_lengths else (
-        [16] if quick else [2048, 8192, 32768, 131072])  # fmt: skip
+        [16] if quick else [2048, 8192, 32768])  # fmt: skip
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results: dict = {"device": str(device), "gpu": gpu,
@@ -125,85 +159,89 @@ def run(args: argparse.Namespace) -> dict:
         prec = "bf16" if dtype == torch.bfloat16 else "tf32"
         results["peak_tflops"][prec] = matmul_peak(prec, device, 1024 if quick else 8192)
     t_start = time.perf_counter()
-    for kind in args.models.split(","):
-        for dname in args.dtypes.split(","):
-            dtype = dtypes[dname]
-            prec = "bf16" if dtype == torch.bfloat16 else "tf32"
-            model = build_model(kind, quick, dtype, device)
-            cfg = model.config
-            d_model = cfg.hidden_size
-            d_inner = getattr(cfg, "intermediate_size", None) or cfg.expand * cfg.hidden_size
-            n_layers = cfg.num_hidden_layers
-            last_wall, last_n = None, 1
-            for n in lengths:
-                point = {"model": kind, "dtype": dname, "precision": prec, "N": n, "n_layers": n_layers}
-                if last_wall is not None and last_wall * (n / last_n) ** 2 > args.point_budget:
-                    results["skipped"].append(
-                        {**point, "why": f"predicted {last_wall * (n / last_n) ** 2:.0f}s > budget"}
-                    )
-                    continue
-                ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
-                fwd, _, _ = timed(partial(model, ids), device)  # warm-up
-                fwd, _, _ = timed(partial(model, ids), device)
-                t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
-                point.update(forward_s=fwd, trace_s=t_trace)
-                flops = dominant_flops(n, d_inner, d_model) * n_layers
-                for method in ("l2", "alti", "alti_logit"):
-                    measures = {"l2": ("l2",), "alti": ("alti",), "alti_logit": ("alti", "logit")}[method]
-                    proj = tr.readout.projection(tr.readout.logits.argmax(-1)) if method == "alti_logit" else None
+    total_budget = args.total_budget if args.total_budget is not None else (80.0 if quick else 450.0)
+    deadline = t_start + total_budget
+    combos = [(k, dn) for k in args.models.split(",") for dn in args.dtypes.split(",")]
+    results["total_budget_s"] = total_budget
+    results["warmup_s"] = {}
+    for combo_idx, (kind, dname) in enumerate(combos):
+        # one (model, dtype) pair: an equal share of the time left
+        combo_end = time.perf_counter() + (deadline - time.perf_counter()) / (len(combos) - combo_idx)
+        dtype = dtypes[dname]
+        prec = "bf16" if dtype == torch.bfloat16 else "tf32"
+        model = build_model(kind, quick, dtype, device)
+        # warm-up (Triton JIT/autotune of mamba-ssm's kernels, cuBLAS handles) before anything is timed
+        results["warmup_s"][f"{kind}/{dname}"] = _warm_up(model, min(lengths[0], 256), prec, device)
+        maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
+        cfg = model.config
+        d_model = cfg.hidden_size
+        d_inner = getattr(cfg, "intermediate_size", None) or cfg.expand * cfg.hidden_size
+        n_layers = cfg.num_hidden_layers
+        last_wall, last_n = None, 1
+        for n in lengths:
+            point = {"model": kind, "dtype": dname, "precision": prec, "N": n, "n_layers": n_layers}
+            why = _skip_reason(last_wall, last_n, n, args.point_budget, maps_end)
+            if why:
+                results["skipped"].append({**point, "why": why})
+                continue
+            point_start = time.perf_counter()
+            ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+            fwd, _, _ = timed(partial(model, ids), device)  # warm-up
+            fwd, _, _ = timed(partial(model, ids), device)
+            t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
+            point.update(forward_s=fwd, trace_s=t_trace)
+            flops = dominant_flops(n, d_inner, d_model) * n_layers
+            for method in ("l2", "alti", "alti_logit"):
+                measures = {"l2": ("l2",), "alti": ("alti",), "alti_logit": ("alti", "logit")}[method]
+                proj = tr.readout.projection(tr.readout.logits.argmax(-1)) if method == "alti_logit" else None
 
-                    def all_layers(tr=tr, measures=measures, proj=proj, prec=prec):
-                        outs = []
-                        for layer in tr.layers:
-                            outs.append(layer_maps_fast(layer, "silu", measures, projection=proj, precision=prec))
-                        return outs
+                def all_layers(tr=tr, measures=measures, proj=proj, prec=prec):
+                    outs = []
+                    for layer in tr.layers:
+                        outs.append(layer_maps_fast(layer, "silu", measures, projection=proj, precision=prec))
+                    return outs
 
-                    wall, peak, _ = timed(all_layers, device)
-                    entry = {"wall_s": wall, "peak_gib": peak, "tflops": flops / wall / 1e12,
-                             "frac_peak": flops / wall / 1e12 / results["peak_tflops"][prec],
-                             "x_forward": wall / fwd}  # fmt: skip
-                    if n <= args.ref_max_n:
-                        layer0 = tr.layers[0]
-                        ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
-                        wref, _, _ = timed(ref_fn, device)
-                        fast_fn = partial(layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec)
-                        w1, _, _ = timed(fast_fn, device)
-                        entry["speedup_vs_ref"] = wref / w1
-                    point[method] = entry
-                    last_wall = wall
-                last_n = n
-                del tr
-                results["points"].append(point)
-                print(json.dumps(point), flush=True)
-            # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
-            last_wall, last_n = None, 1
-            for n in single_lengths:
-                point = {"model": kind, "dtype": dname, "N": n}
-                if last_wall is not None and last_wall * (n / last_n) ** 2 > args.point_budget:
-                    results["skipped"].append(
-                        {
-                            **point,
-                            "mode": "single_query",
-                            "why": f"predicted {last_wall * (n / last_n) ** 2:.0f}s > budget",
-                        }
-                    )
-                    continue
-                ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
-                try:
-                    wall, peak, _ = timed(partial(alti_logit_row, model, ids, position=-1, precision=prec), device)
-                except (MemoryError, torch.OutOfMemoryError) as err:
-                    results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
-                    break
-                point.update(wall_s=wall, peak_gib=peak)
-                if n <= args.lig_max_n:
-                    point["lig50_s"] = _lig_seconds(model, ids, device)
-                    point["speedup_vs_lig50"] = point["lig50_s"] / wall
-                results["single_query"].append(point)
-                print(json.dumps(point), flush=True)
-                last_wall, last_n = wall, n
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+                wall, peak, _ = timed(all_layers, device)
+                entry = {"wall_s": wall, "peak_gib": peak, "tflops": flops / wall / 1e12,
+                         "frac_peak": flops / wall / 1e12 / results["peak_tflops"][prec],
+                         "x_forward": wall / fwd}  # fmt: skip
+                if n <= args.ref_max_n:
+                    layer0 = tr.layers[0]
+                    ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
+                    wref, _, _ = timed(ref_fn, device)
+                    fast_fn = partial(layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec)
+                    w1, _, _ = timed(fast_fn, device)
+                    entry["speedup_vs_ref"] = wref / w1
+                point[method] = entry
+            last_wall, last_n = time.perf_counter() - point_start, n
+            del tr
+            results["points"].append(point)
+            print(json.dumps(point), flush=True)
+        # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
+        last_wall, last_n = None, 1
+        for n in single_lengths:
+            point = {"model": kind, "dtype": dname, "N": n}
+            why = _skip_reason(last_wall, last_n, n, args.point_budget, combo_end)
+            if why:
+                results["skipped"].append({**point, "mode": "single_query", "why": why})
+                continue
+            point_start = time.perf_counter()
+            ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+            try:
+                wall, peak, _ = timed(partial(alti_logit_row, model, ids, position=-1, precision=prec), device)
+            except (MemoryError, torch.OutOfMemoryError) as err:
+                results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
+                break
+            point.update(wall_s=wall, peak_gib=peak)
+            if n <= args.lig_max_n:
+                point["lig50_s"] = _lig_seconds(model, ids, device)
+                point["speedup_vs_lig50"] = point["lig50_s"] / wall
+            results["single_query"].append(point)
+            print(json.dumps(point), flush=True)
+            last_wall, last_n = time.perf_counter() - point_start, n
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     results["total_s"] = time.perf_counter() - t_start
     return results
 
@@ -244,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref-max-n", type=int, default=2048, help="largest N timed on the _ref path")
     parser.add_argument("--lig-max-n", type=int, default=2048, help="largest N timed with Captum LIG")
     parser.add_argument("--point-budget", type=float, default=60.0, help="skip points predicted slower (s)")
+    parser.add_argument(
+        "--total-budget", type=float, default=None,
+        help="seconds for the whole run, split equally between (model, dtype) pairs (default 80 quick, 450 full)",
+    )  # fmt: skip
     return parser
 
 

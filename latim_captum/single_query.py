@@ -78,7 +78,7 @@ def alti_logit_row(
         )
     targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
     targets = targets if targets.dim() == 1 else targets[:, q]
-    u = readout.unembedding[targets] * readout.norm_weight * readout.norm_scale[:, q, None]  # [B, D]
+    u = readout.direction(targets) * readout.norm_scale[:, q, None]  # [B, D]
     projection = torch.zeros_like(tr.embeddings)
     projection[:, q] = u
     ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]

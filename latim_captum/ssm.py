@@ -6,12 +6,14 @@ The discretisation is the one Mamba's kernels use: ``Ā_t = exp(Δ_t A)`` and ``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .traces import Mamba2SSM, SSMParams
+from .traces import Mamba1SSM, Mamba2SSM, SSMParams
 
-__all__ = ["hidden_attention", "selective_scan_ref", "d_inner_of"]
+__all__ = ["hidden_attention", "selective_scan", "selective_scan_chunked", "selective_scan_ref", "d_inner_of"]
 
 
 def d_inner_of(ssm: SSMParams) -> int:
@@ -87,3 +89,100 @@ def selective_scan_ref(ssm: SSMParams, phi: Tensor) -> Tensor:
         state = decay * state + (ssm.delta[:, t, :, None] * phi[:, t, :, None]) * ssm.B[:, t, None, :]
         out[:, t] = (state * ssm.C[:, t, None, :]).sum(-1)
     return out
+
+
+def selective_scan_chunked(ssm: SSMParams, phi: Tensor, chunk: int = 64) -> Tensor:
+    """:func:`selective_scan_ref` (no D skip) in ``⌈N / chunk⌉`` vectorised steps instead of ``N``, ``[B, N, d]``.
+
+    The state is carried between chunks; inside a chunk every decay is relative to the chunk, so no exponent is
+    ever positive (no overflow, no cancellation of a long cumsum):
+
+    * Mamba-2 (SSD form): with ``λ_t = Σ_{u ≤ t, u in chunk} Δ_u A``,
+      ``v_t = e^{λ_t} C_t·H_prev + Σ_{s ≤ t} (C_t · B_s) e^{λ_t − λ_s} Δ_s φ_s`` (masked before the ``exp``),
+      ``H_next = e^{λ_last} H_prev + Σ_s e^{λ_last − λ_s} Δ_s φ_s B_s``.
+    * Mamba-1 (a state per channel and state index, too large for the quadratic form): all chunks advance
+      together from zero states, a short scan over chunks gives each chunk's start state, and a second pass reads
+      the outputs (``2·chunk + ⌈N/chunk⌉`` steps; only decays ≤ 1 appear).
+
+    Args:
+        ssm: fixed Δ, A, B, C.
+        phi: SSM input ``[B, N, d]``.
+        chunk: time steps per vectorised step.
+
+    Example:
+        >>> torch.allclose(selective_scan_chunked(ssm, phi), selective_scan_ref(ssm, phi))  # doctest: +SKIP
+        True
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    bsz, n, d = phi.shape
+    out = torch.empty_like(phi)
+    if isinstance(ssm, Mamba2SSM):
+        heads, groups, p = ssm.A.shape[0], ssm.B.shape[2], ssm.head_dim
+        rep = heads // groups
+        state = phi.new_zeros(bsz, heads, p, ssm.B.shape[-1])
+        for c0 in range(0, n, chunk):
+            c1 = min(n, c0 + chunk)
+            length = c1 - c0
+            delta = ssm.delta[:, c0:c1]  # [B, L, H]
+            lam = torch.cumsum(delta * ssm.A, dim=1)  # [B, L, H], chunk-relative, <= 0
+            x = phi[:, c0:c1].reshape(bsz, length, heads, p)
+            b_h = ssm.B[:, c0:c1].repeat_interleave(rep, dim=2)  # [B, L, H, S]
+            c_h = ssm.C[:, c0:c1].repeat_interleave(rep, dim=2)
+            y = torch.einsum("blhs,bhps->blhp", c_h, state) * torch.exp(lam)[..., None]
+            gap = lam[:, :, None] - lam[:, None, :]  # [B, t, s, H]
+            causal = torch.ones(length, length, dtype=torch.bool, device=phi.device).tril()[None, :, :, None]
+            decay = torch.exp(torch.where(causal, gap, torch.full_like(gap, float("-inf"))))
+            mix = torch.einsum("bthn,bshn->btsh", c_h, b_h) * decay * delta[:, None]
+            y = y + torch.einsum("btsh,bshp->bthp", mix, x)
+            out[:, c0:c1] = y.reshape(bsz, length, d)
+            carry = torch.exp(lam[:, -1:] - lam) * delta  # [B, L, H]
+            state = torch.exp(lam[:, -1])[..., None, None] * state + torch.einsum("bsh,bshp,bshn->bhpn", carry, x, b_h)
+        return out
+    return _mamba1_two_pass(ssm, phi, chunk)
+
+
+def _mamba1_two_pass(ssm: Mamba1SSM, phi: Tensor, chunk: int) -> Tensor:
+    """Mamba-1 scan with every chunk advanced at once: ``2·chunk + ⌈N/chunk⌉`` vectorised steps.
+
+    Pass 1 runs each chunk from a zero state; the chunk-start states then follow from one short scan over chunks
+    (``S_{c+1} = e^{A ΣΔ_c} S_c + H^{local}_c``); pass 2 reruns each chunk from its true start state, reading
+    ``v_t = C_t · H_t``. Only decays ≤ 1 appear. The tail is padded with ``Δ = 0`` (decay 1, no input).
+    """
+    bsz, n, d = phi.shape
+    state_size = ssm.A.shape[-1]
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+
+    def split(t: Tensor) -> Tensor:  # [B, N, k] -> [B, chunks, chunk, k]
+        return torch.nn.functional.pad(t, (0, 0, 0, pad)).view(bsz, n_chunks, chunk, t.shape[-1])
+
+    delta, inputs = split(ssm.delta), split(ssm.delta * phi)
+    b_in, c_out = split(ssm.B), split(ssm.C)
+
+    def run(h: Tensor, read: bool) -> Tensor:
+        out = phi.new_empty(bsz, n_chunks, chunk, d) if read else h
+        for t in range(chunk):
+            h = torch.exp(delta[:, :, t, :, None] * ssm.A) * h + inputs[:, :, t, :, None] * b_in[:, :, t, None, :]
+            if read:
+                out[:, :, t] = (h * c_out[:, :, t, None, :]).sum(-1)
+        return out if read else h
+
+    local_end = run(phi.new_zeros(bsz, n_chunks, d, state_size), read=False)
+    chunk_decay = torch.exp(delta.sum(2)[..., None] * ssm.A)  # [B, chunks, d, R]
+    starts = phi.new_empty(bsz, n_chunks, d, state_size)
+    state = phi.new_zeros(bsz, d, state_size)
+    for c in range(n_chunks):
+        starts[:, c] = state
+        state = chunk_decay[:, c] * state + local_end[:, c]
+    return run(starts, read=True).reshape(bsz, n_chunks * chunk, d)[:, :n]
+
+
+def selective_scan(ssm: SSMParams, phi: Tensor) -> Tensor:
+    """The SSM output without the D skip, ``[B, N, d]``: :func:`selective_scan_chunked` (the adapters' scan).
+
+    Chunks of 64 steps for Mamba-2; ``⌈√N⌉`` for Mamba-1 (fewest vectorised steps).
+    """
+    if isinstance(ssm, Mamba2SSM):
+        return selective_scan_chunked(ssm, phi, 64)
+    return selective_scan_chunked(ssm, phi, max(1, math.isqrt(phi.shape[1] - 1) + 1))

@@ -233,6 +233,9 @@ class Readout:
         unembedding: ``U``, ``[V, D]``.
         bias: ``[V]`` or None.
         logits: the model's own logits, ``[B, N, V]``, upcast.
+        center: the final norm is a LayerNorm: it subtracts the mean first (a linear map, folded into
+            :meth:`direction`) and ``s_i`` is the rsqrt of the centred variance.
+        norm_bias: the final norm's bias ``β`` or None; ``U_w · β`` is an offset no token owns.
     """
 
     final_hidden: Tensor
@@ -241,16 +244,26 @@ class Readout:
     unembedding: Tensor
     bias: Tensor | None
     logits: Tensor
+    center: bool = False
+    norm_bias: Tensor | None = None
+
+    def direction(self, target: Tensor) -> Tensor:
+        """``U_w ⊙ w_f`` for targets of any shape, ``[..., D]``; centred (``P = I − 11ᵀ/D``) for a LayerNorm."""
+        vec = self.unembedding[target] * self.norm_weight
+        return vec - vec.mean(-1, keepdim=True) if self.center else vec
 
     def projection(self, target: Tensor) -> Tensor:
-        """The vectors ``u_i = U_{w(i)} ⊙ w_f · s_i`` for per-position targets ``[B, N]``, shape ``[B, N, D]``."""
-        return self.unembedding[target] * self.norm_weight * self.norm_scale[..., None]
+        """The vectors ``u_i = P (U_{w(i)} ⊙ w_f) · s_i`` for per-position targets ``[B, N]``, shape ``[B, N, D]``."""
+        return self.direction(target) * self.norm_scale[..., None]
 
     def target_bias(self, target: Tensor) -> Tensor:
-        """``b_{w(i)}`` for per-position targets, ``[B, N]`` (zeros when the head has no bias)."""
-        if self.bias is None:
-            return torch.zeros(target.shape, dtype=self.unembedding.dtype, device=target.device)
-        return self.bias[target]
+        """``b_{w(i)} + U_{w(i)} · β`` for per-position targets, ``[B, N]`` (zeros without either bias)."""
+        out = torch.zeros(target.shape, dtype=self.unembedding.dtype, device=target.device)
+        if self.bias is not None:
+            out = out + self.bias[target]
+        if self.norm_bias is not None:
+            out = out + self.unembedding[target] @ self.norm_bias
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,222 @@
+"""Mixer maths shared by every adapter: a Mamba-1 or Mamba-2 mixer recomputed from plain weight tensors.
+
+The Hugging Face and mamba-ssm implementations store the same parameters under different attribute names; their
+adapters read the attributes and call :func:`mamba1_layer` / :func:`mamba2_layer`, which know nothing about model
+classes.
+
+Mamba-1::
+
+    [x | z] = W_in h (+ b_in)            ψ = conv(x) + b_c        φ = act(ψ)        (padding zeroed)
+    [Δ_low | B | C] = W_xproj φ          Δ = softplus(W_dt Δ_low + b_dt)          A = -exp(A_log)
+    v = SSM(φ; Δ, A, B, C) + D ⊙ φ       out = W_o (v ⊙ SiLU(z)) (+ b_o)
+
+Mamba-2::
+
+    [z | xBC | dt] = W_in h (+ b_in)     [x | B | C] = act(conv(xBC) + b_c)       (padding zeroed)
+    Δ = clamp(softplus(dt + dt_bias), dt_limit)              A = -exp(A_log)  (one scalar per head)
+    v = SSD(x; Δ, A, B, C) + D ⊙ x       out = W_o (γ ⊙ v) (+ b_o)                (eq 24)
+
+with ``γ`` from :func:`gated_norm_scale` (gated RMSNorm, gate before or after the norm) or ``SiLU(z)`` (no norm).
+
+Example:
+    >>> trace, out = mamba1_layer(h, None, x, y, weights, activation="silu", dtype=torch.float64)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latim_captum.ssm import selective_scan
+from latim_captum.traces import LayerTrace, Mamba1SSM, Mamba2SSM
+
+from .hf_common import activation_fn, apply_padding_mask, causal_depthwise_conv
+
+__all__ = ["Mamba1Weights", "Mamba2Weights", "mamba1_layer", "mamba2_layer", "gated_norm_scale", "linear"]
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x Wᵀ (+ b)``."""
+    out = x @ w.T
+    return out if b is None else out + b
+
+
+def gated_norm_scale(
+    v: Tensor, z: Tensor, norm_weight: Tensor, groups: int, eps: float, norm_before_gate: bool = False
+) -> Tensor:
+    """``γ`` with ``norm_out = γ ⊙ v`` for Mamba-2's gated RMSNorm over ``groups`` equal channel groups.
+
+    Gate then norm (HF, mamba-ssm default): ``u = v ⊙ SiLU(z)``, ``γ = w ⊙ SiLU(z) ⊙ rsqrt(mean_group(u²) + ε)``.
+    Norm then gate (``norm_before_gate=True``): ``γ = w ⊙ SiLU(z) ⊙ rsqrt(mean_group(v²) + ε)``.
+    """
+    gate = F.silu(z)
+    u = v if norm_before_gate else v * gate
+    grouped = u.view(*u.shape[:-1], groups, -1)
+    inv_rms = torch.rsqrt(grouped.square().mean(-1, keepdim=True) + eps).expand_as(grouped).reshape(u.shape)
+    return norm_weight * gate * inv_rms
+
+
+@dataclass(frozen=True)
+class Mamba1Weights:
+    """Parameters of one Mamba-1 mixer, already detached and in the compute dtype.
+
+    ``dt_bc_eps`` is FalconMamba's weightless RMSNorm ε on Δ_low, B and C (None: no such norms);
+    ``dt_bc_norms`` are a family's own norms on Δ_low, B, C (Jamba's learned RMSNorms), applied instead.
+    """
+
+    in_proj_weight: Tensor
+    in_proj_bias: Tensor | None
+    conv_weight: Tensor  # [d, K]
+    conv_bias: Tensor | None
+    x_proj_weight: Tensor
+    dt_rank: int
+    state_size: int
+    dt_proj_weight: Tensor
+    dt_proj_bias: Tensor
+    A_log: Tensor
+    D: Tensor
+    out_proj_weight: Tensor
+    out_proj_bias: Tensor | None
+    dt_bc_eps: float | None = None
+    dt_bc_norms: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None = (
+        None
+    )
+
+
+@dataclass(frozen=True)
+class Mamba2Weights:
+    """Parameters of one Mamba-2 mixer, detached and in the compute dtype.
+
+    ``norm_weight`` None means no gated norm (the output gate is ``SiLU(z)``); ``D`` is per head or per channel.
+    """
+
+    in_proj_weight: Tensor
+    in_proj_bias: Tensor | None
+    conv_weight: Tensor  # [conv_dim, K]
+    conv_bias: Tensor | None
+    heads: int
+    head_dim: int
+    groups: int
+    state_size: int
+    dt_bias: Tensor
+    dt_limit: tuple[float, float]
+    A_log: Tensor
+    D: Tensor
+    norm_weight: Tensor | None
+    norm_eps: float
+    norm_groups: int
+    norm_before_gate: bool
+    out_proj_weight: Tensor
+    out_proj_bias: Tensor | None
+
+
+def _rms(x: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
+def mamba1_layer(
+    h: Tensor, mask: Tensor | None, residual: Tensor, mixer_output: Tensor, w: Mamba1Weights, activation: str
+) -> tuple[LayerTrace, Tensor]:
+    """Trace of one Mamba-1 mixer from its input ``h`` ``[B, N, D]`` (compute dtype) and weights.
+
+    Returns the :class:`LayerTrace` (``layer=-1``) and the recomputed mixer output, for verification.
+    """
+    d = w.conv_weight.shape[0]
+    projected = linear(apply_padding_mask(h, mask), w.in_proj_weight, w.in_proj_bias)
+    x, z = projected[..., :d], projected[..., d:]
+    psi = causal_depthwise_conv(x, w.conv_weight, w.conv_bias)
+    phi = apply_padding_mask(activation_fn(activation)(psi), mask)
+    dt_low, b_ssm, c_ssm = torch.split(phi @ w.x_proj_weight.T, [w.dt_rank, w.state_size, w.state_size], dim=-1)
+    if w.dt_bc_norms is not None:
+        dt_low, b_ssm, c_ssm = (norm(t) for norm, t in zip(w.dt_bc_norms, (dt_low, b_ssm, c_ssm)))
+    elif w.dt_bc_eps is not None:
+        dt_low, b_ssm, c_ssm = (_rms(t, w.dt_bc_eps) for t in (dt_low, b_ssm, c_ssm))
+    delta = F.softplus(linear(dt_low, w.dt_proj_weight, w.dt_proj_bias))
+    ssm = Mamba1SSM(delta=delta, A=-torch.exp(w.A_log), B=b_ssm, C=c_ssm)
+    gate = F.silu(z)
+    v = selective_scan(ssm, phi) + w.D * phi
+    recomputed = linear(v * gate, w.out_proj_weight, w.out_proj_bias)
+    trace = LayerTrace(
+        layer=-1,
+        residual=residual,
+        mixer_input=h,
+        mixer_output=mixer_output,
+        mask=mask,
+        conv_input=x,
+        conv_weight=w.conv_weight,
+        conv_bias=w.conv_bias,
+        pre_activation=psi,
+        activation=activation,
+        ssm=ssm,
+        skip=w.D,
+        out_gate=gate,
+        out_weight=w.out_proj_weight,
+        out_bias=w.out_proj_bias,
+    )
+    return trace, recomputed
+
+
+def mamba2_layer(
+    h: Tensor, mask: Tensor | None, residual: Tensor, mixer_output: Tensor, w: Mamba2Weights, activation: str
+) -> tuple[LayerTrace, Tensor]:
+    """Trace of one Mamba-2 mixer (only the x channels are decomposed; B, C and Δ are fixed parameters).
+
+    Raises:
+        NotImplementedError: the in-projection has an extra gated-MLP part (mamba-ssm's ``d_ssm < d_inner``).
+    """
+    d = w.heads * w.head_dim
+    conv_dim = d + 2 * w.groups * w.state_size
+    projected = linear(apply_padding_mask(h, mask), w.in_proj_weight, w.in_proj_bias)
+    d_mlp = (projected.shape[-1] - 2 * d - 2 * w.groups * w.state_size - w.heads) // 2
+    if d_mlp != 0:
+        raise NotImplementedError(
+            f"Mamba-2 mixer with a gated-MLP part ({d_mlp} channels, d_ssm={d} < d_inner) is not supported"
+        )
+    z, xbc, dt = torch.split(projected, [d, conv_dim, w.heads], dim=-1)
+    psi_all = causal_depthwise_conv(xbc, w.conv_weight, w.conv_bias)
+    phi_all = apply_padding_mask(activation_fn(activation)(psi_all), mask)
+    phi, b_ssm, c_ssm = torch.split(phi_all, [d, w.groups * w.state_size, w.groups * w.state_size], dim=-1)
+    low, high = w.dt_limit
+    delta = torch.clamp(F.softplus(dt + w.dt_bias), min=low, max=high)
+    bsz, n = h.shape[:2]
+    ssm = Mamba2SSM(
+        delta=delta,
+        A=-torch.exp(w.A_log),
+        B=b_ssm.reshape(bsz, n, w.groups, w.state_size),
+        C=c_ssm.reshape(bsz, n, w.groups, w.state_size),
+        head_dim=w.head_dim,
+    )
+    if w.D.numel() == w.heads:
+        skip = w.D.repeat_interleave(w.head_dim)
+    elif w.D.numel() == d:  # mamba-ssm's D_has_hdim
+        skip = w.D.reshape(d)
+    else:
+        raise NotImplementedError(f"D with {w.D.numel()} entries fits neither {w.heads} heads nor {d} channels")
+    v = selective_scan(ssm, phi) + skip * phi
+    if w.norm_weight is None:
+        gamma = F.silu(z)
+    else:
+        gamma = gated_norm_scale(v, z, w.norm_weight, w.norm_groups, w.norm_eps, w.norm_before_gate)
+    recomputed = linear(gamma * v, w.out_proj_weight, w.out_proj_bias)
+    trace = LayerTrace(
+        layer=-1,
+        residual=residual,
+        mixer_input=h,
+        mixer_output=mixer_output,
+        mask=mask,
+        conv_input=xbc[..., :d],
+        conv_weight=w.conv_weight[:d],
+        conv_bias=None if w.conv_bias is None else w.conv_bias[:d],
+        pre_activation=psi_all[..., :d],
+        activation=activation,
+        ssm=ssm,
+        skip=skip,
+        out_gate=gamma,
+        out_weight=w.out_proj_weight,
+        out_bias=w.out_proj_bias,
+    )
+    return trace, recomputed
