@@ -7,7 +7,7 @@ import torch
 
 import latim_captum as lc
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.api import layer_maps
+from latim_captum.api import layer_maps_ref as layer_maps  # the oracle (layer_maps dispatches to fast on CUDA)
 from latim_captum.fast import layer_maps_fast
 from latim_captum.single_query import alti_logit_row
 

@@ -2,7 +2,8 @@
 
 Paper scale (``--scale paper``): 8 layers, d_model 512, vocab 32, state 16 (Mamba-1) / 128 (Mamba-2), mimetic
 initialisation in layer 4 only, AdamW lr 7e-4, inverse-square-root schedule with 500 warm-up steps, 5,000 steps,
-batch 256, 5,000 training / 128 evaluation samples of a 50-token string, no dropout, no clipping.
+batch 256, 128 evaluation samples of a 50-token string, no dropout, no clipping. Training strings: 500,000 fresh
+ones by default instead of the paper's 5,000, which our Mamba-1 memorises (see ``PAPER_N_TRAIN``).
 
 Loss: next-token cross-entropy on the copy part only — the rows ``L..2L-1`` whose next token is a copied token
 (the source is random, so its tokens cannot be predicted and would only add noise to the loss).
@@ -38,6 +39,12 @@ from .mimetic import mimetic_init_
 
 __all__ = ["PRESETS", "build_model", "evaluate_copy", "main", "train"]
 
+# The paper's 5,000 fixed training strings are memorised, not copied, by our 8-layer Mamba-1 in 5,000 steps of 256
+# (H100, bf16, seed 0: train loss 0.0000 from step 2,500, held-out token accuracy 0.038 = chance). Fresh strings
+# (500,000, each seen ~2.5 times) make the model learn to copy (Mamba-2: held-out token accuracy 0.9995). Pass
+# --n-train 5000 for the paper's literal setting.
+PAPER_N_TRAIN = 500_000
+
 # per-scale, per-variant settings; command-line flags override any of them
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {
@@ -52,7 +59,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             batch=256,
             lr=7e-4,
             warmup=500,
-            n_train=5000,
+            n_train=PAPER_N_TRAIN,
             n_eval=128,
             eval_every=500,
         ),
@@ -67,7 +74,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             batch=256,
             lr=7e-4,
             warmup=500,
-            n_train=5000,
+            n_train=PAPER_N_TRAIN,
             n_eval=128,
             eval_every=500,
             head_dim=64,
