@@ -33,6 +33,8 @@ nitpicky = False
 def _make_figures(app) -> None:
     """Regenerate the comparison figures from the script, so the docs always show what the code does."""
     runpy.run_path(str(HERE / "make_figures.py"), run_name="__main__")
+    (HERE / "_generated").mkdir(exist_ok=True)
+    runpy.run_path(str(HERE / "scripts" / "hybrid_figure.py"))["main"](str(HERE / "_generated" / "hybrid_l2_maps.png"))
 
 
 def setup(app):

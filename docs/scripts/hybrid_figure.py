@@ -17,7 +17,7 @@ from transformers import BambaConfig, BambaForCausalLM  # noqa: E402
 import latim_captum  # noqa: E402
 
 
-def main(path: str = "docs/_static/hybrid_l2_maps.png") -> None:
+def main(path: str = "docs/_generated/hybrid_l2_maps.png") -> None:
     torch.manual_seed(0)
     cfg = BambaConfig(
         vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
