@@ -51,6 +51,10 @@ class HFBackboneAdapter(ModelAdapter):
 
     causal_lm_class: ClassVar[str] = ""
     base_class: ClassVar[str] = ""
+    #: where the parts live: ``model.<backbone_attr>`` (absent on a base model), then on the backbone
+    backbone_attr: ClassVar[str] = "backbone"
+    embeddings_attr: ClassVar[str] = "embeddings"
+    final_norm_attr: ClassVar[str] = "norm_f"
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -58,7 +62,7 @@ class HFBackboneAdapter(ModelAdapter):
 
     @property
     def backbone(self) -> nn.Module:
-        return self.model.backbone if hasattr(self.model, "backbone") else self.model
+        return getattr(self.model, self.backbone_attr, self.model)
 
     @property
     def blocks(self) -> Sequence[nn.Module]:
@@ -69,11 +73,11 @@ class HFBackboneAdapter(ModelAdapter):
 
     @property
     def embeddings(self) -> nn.Module:
-        return self.backbone.embeddings
+        return getattr(self.backbone, self.embeddings_attr)
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.backbone.norm_f
+        return getattr(self.backbone, self.final_norm_attr)
 
     @property
     def lm_head(self) -> nn.Module | None:

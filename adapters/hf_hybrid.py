@@ -14,9 +14,7 @@ where the mixer/attention live and which multipliers apply.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from dataclasses import replace
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +22,8 @@ from torch import Tensor, nn
 from latim_captum.attention import attention_output, attention_weights
 from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, SublayerTrace, TokenwiseTrace
 
-from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
-from .hf_common import weight
+from .base import CapturedLayer, TraceMismatchError, relative_error, verification_tolerance
+from .hf_common import HFBackboneAdapter, weight
 
 __all__ = ["HFHybridAdapter", "attention_trace"]
 
@@ -101,7 +99,7 @@ def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | At
     )
 
 
-class HFHybridAdapter(ModelAdapter):
+class HFHybridAdapter(HFBackboneAdapter):
     """Adapter base for HF hybrids laid out as ``<Family>ForCausalLM.model.layers[i]`` with a ``mamba`` or
     ``self_attn`` mixer and a ``feed_forward`` per block.
 
@@ -109,22 +107,11 @@ class HFHybridAdapter(ModelAdapter):
     accessors where a family names things differently.
     """
 
-    causal_lm_class: ClassVar[str] = ""
-    base_class: ClassVar[str] = ""
-
-    @classmethod
-    def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ in (cls.causal_lm_class, cls.base_class)
+    backbone_attr = "model"
+    embeddings_attr = "embed_tokens"
+    final_norm_attr = "final_layernorm"
 
     # -- structure ---------------------------------------------------------------------------------------------
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.model if type(self.model).__name__ == self.causal_lm_class else self.model
-
-    @property
-    def blocks(self) -> Sequence[nn.Module]:
-        return list(self.backbone.layers)
-
     @property
     def n_sublayers(self) -> int:
         """Two residual sublayers per block: the mixer (``2b``), then the MLP/MoE (``2b + 1``)."""
@@ -143,22 +130,6 @@ class HFHybridAdapter(ModelAdapter):
     def ffn_kind(self, block: nn.Module) -> str:
         """``"moe"`` for a sparse mixture of experts, else ``"mlp"``."""
         return "moe" if "moe" in type(self.feed_forward(block)).__name__.lower() else "mlp"
-
-    @property
-    def embeddings(self) -> nn.Module:
-        return self.backbone.embed_tokens
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.backbone.final_layernorm
-
-    @property
-    def lm_head(self) -> nn.Module | None:
-        return getattr(self.model, "lm_head", None)
-
-    @property
-    def activation_name(self) -> str:
-        return str(self.model.config.hidden_act)
 
     @property
     def residual_multiplier(self) -> float:

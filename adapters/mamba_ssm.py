@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,8 +28,8 @@ from torch import Tensor, nn
 
 from latim_captum.traces import LayerTrace
 
-from .base import CapturedLayer, ModelAdapter
-from .hf_common import weight
+from .base import CapturedLayer
+from .hf_common import HFBackboneAdapter, weight
 from .mixers import Mamba1Weights, Mamba2Weights, mamba1_layer, mamba2_layer
 
 __all__ = ["MambaSSMAdapter", "mamba_ssm_config_from_hf", "mamba_ssm_state_dict_from_hf"]
@@ -39,7 +38,7 @@ MAMBA1_MIXERS = ("Mamba",)
 MAMBA2_MIXERS = ("Mamba2", "Mamba2Simple")
 
 
-class MambaSSMAdapter(ModelAdapter):
+class MambaSSMAdapter(HFBackboneAdapter):
     """Adapter for mamba-ssm language models (``mamba_ssm.models.mixer_seq_simple``).
 
     Raises:
@@ -49,6 +48,7 @@ class MambaSSMAdapter(ModelAdapter):
 
     name = "mamba-ssm"
     model_class_names = ("MambaLMHeadModel", "MixerModel")
+    embeddings_attr = "embedding"  # the one name that differs from HF's layout
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -61,29 +61,6 @@ class MambaSSMAdapter(ModelAdapter):
         if name == "MambaLMHeadModel":
             return hasattr(getattr(model, "backbone", None), "embedding")
         return name == "MixerModel" and hasattr(model, "embedding")
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone if hasattr(self.model, "backbone") else self.model
-
-    @property
-    def blocks(self) -> Sequence[nn.Module]:
-        return list(self.backbone.layers)
-
-    def mixer(self, block: nn.Module) -> nn.Module:
-        return block.mixer
-
-    @property
-    def embeddings(self) -> nn.Module:
-        return self.backbone.embedding
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.backbone.norm_f
-
-    @property
-    def lm_head(self) -> nn.Module | None:
-        return getattr(self.model, "lm_head", None)
 
     def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None) -> Any:
         """mamba-ssm models take token ids only and have no padding mask; embeddings go through a hook."""
