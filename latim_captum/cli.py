@@ -30,7 +30,10 @@ DEMO_METHODS = (
     "alti_logit_silu_gate",
     "saliency",
     "input_x_gradient",
+    "integrated_gradients",
     "mamba_attention",
+    "mamba_attribution",
+    "mamba_lrp",
 )
 
 
