@@ -20,7 +20,7 @@ from latim_captum.traces import LayerTrace
 
 from .base import CapturedLayer
 from .hf_common import HFBackboneAdapter, weight
-from .mixers import Mamba1Weights, mamba1_layer
+from .mixers import Mamba1Weights, layer_from_capture, mamba1_layer
 
 __all__ = ["HFMambaAdapter", "HFFalconMambaAdapter", "mamba1_mixer_trace"]
 
@@ -57,15 +57,7 @@ def mamba1_mixer_trace(
         dt_bc_eps=dt_bc_eps,
         dt_bc_norms=dt_bc_norms,
     )
-    mask = None if captured.mixer_mask is None else captured.mixer_mask.to(dtype)
-    return mamba1_layer(
-        captured.mixer_input.to(dtype),
-        mask,
-        captured.block_input.to(dtype),
-        captured.mixer_output.to(dtype),
-        weights,
-        activation,
-    )
+    return layer_from_capture(mamba1_layer, captured, weights, activation, dtype)
 
 
 class HFMambaAdapter(HFBackboneAdapter):

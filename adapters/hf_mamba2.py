@@ -19,7 +19,7 @@ from latim_captum.traces import LayerTrace
 
 from .base import CapturedLayer
 from .hf_common import HFBackboneAdapter, weight
-from .mixers import Mamba2Weights, gated_norm_scale, mamba2_layer
+from .mixers import Mamba2Weights, gated_norm_scale, layer_from_capture, mamba2_layer
 
 __all__ = ["HFMamba2Adapter", "gated_norm_scale", "mamba2_mixer_trace"]
 
@@ -50,15 +50,7 @@ def mamba2_mixer_trace(
         out_proj_weight=weight(mixer.out_proj.weight, dtype),
         out_proj_bias=weight(mixer.out_proj.bias, dtype),
     )
-    mask = None if captured.mixer_mask is None else captured.mixer_mask.to(dtype)
-    return mamba2_layer(
-        captured.mixer_input.to(dtype),
-        mask,
-        captured.block_input.to(dtype),
-        captured.mixer_output.to(dtype),
-        weights,
-        activation,
-    )
+    return layer_from_capture(mamba2_layer, captured, weights, activation, dtype)
 
 
 class HFMamba2Adapter(HFBackboneAdapter):

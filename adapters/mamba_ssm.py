@@ -30,7 +30,7 @@ from latim_captum.traces import LayerTrace
 
 from .base import CapturedLayer
 from .hf_common import HFBackboneAdapter, weight
-from .mixers import Mamba1Weights, Mamba2Weights, mamba1_layer, mamba2_layer
+from .mixers import Mamba1Weights, Mamba2Weights, layer_from_capture, mamba1_layer, mamba2_layer
 
 __all__ = ["MambaSSMAdapter", "mamba_ssm_config_from_hf", "mamba_ssm_state_dict_from_hf"]
 
@@ -89,15 +89,11 @@ class MambaSSMAdapter(HFBackboneAdapter):
 
     def mixer_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
         mixer = block.mixer
-        args = (
-            captured.mixer_input.to(dtype),
-            None,
-            captured.block_input.to(dtype),
-            captured.mixer_output.to(dtype),
-        )
         if type(mixer).__name__ in MAMBA1_MIXERS:
-            return mamba1_layer(*args, _mamba1_weights(mixer, dtype), str(mixer.activation))
-        return mamba2_layer(*args, _mamba2_weights(mixer, dtype), str(mixer.activation))
+            return layer_from_capture(
+                mamba1_layer, captured, _mamba1_weights(mixer, dtype), str(mixer.activation), dtype
+            )
+        return layer_from_capture(mamba2_layer, captured, _mamba2_weights(mixer, dtype), str(mixer.activation), dtype)
 
 
 def _check_block(idx: int, block: nn.Module) -> None:

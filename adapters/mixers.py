@@ -34,6 +34,7 @@ from torch import Tensor
 from latim_captum.ssm import selective_scan
 from latim_captum.traces import LayerTrace, Mamba1SSM, Mamba2SSM
 
+from .base import CapturedLayer
 from .hf_common import activation_fn, apply_padding_mask, causal_depthwise_conv
 
 __all__ = ["Mamba1Weights", "Mamba2Weights", "mamba1_layer", "mamba2_layer", "gated_norm_scale", "linear"]
@@ -220,3 +221,22 @@ def mamba2_layer(
         out_bias=w.out_proj_bias,
     )
     return trace, recomputed
+
+
+def layer_from_capture(
+    layer_fn: Callable[..., tuple[LayerTrace, Tensor]],
+    captured: CapturedLayer,
+    weights: Mamba1Weights | Mamba2Weights,
+    activation: str,
+    dtype: torch.dtype,
+) -> tuple[LayerTrace, Tensor]:
+    """Run :func:`mamba1_layer` / :func:`mamba2_layer` on what the hooks captured, in the compute ``dtype``."""
+    mask = None if captured.mixer_mask is None else captured.mixer_mask.to(dtype)
+    return layer_fn(
+        captured.mixer_input.to(dtype),
+        mask,
+        captured.block_input.to(dtype),
+        captured.mixer_output.to(dtype),
+        weights,
+        activation,
+    )
