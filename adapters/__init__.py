@@ -19,6 +19,7 @@ from .hf_hybrid import HFHybridAdapter
 from .hf_jamba import HFJambaAdapter
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
 from .hf_mamba2 import HFMamba2Adapter
+from .hf_nemotron_h import HFNemotronHAdapter
 from .mamba_ssm import MambaSSMAdapter
 
 __all__ = [
@@ -43,6 +44,7 @@ ADAPTERS: list[type[ModelAdapter]] = [
     HFJambaAdapter,
     HFBambaAdapter,
     HFGraniteMoeHybridAdapter,
+    HFNemotronHAdapter,
 ]
 
 

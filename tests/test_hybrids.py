@@ -25,7 +25,7 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attent
 def _config(family: str, act: str, attn: str, proj_bias: bool):
     """(config, model class, expected mixer kinds per block) of a tiny ``family`` model."""
     transformers = importlib.import_module("transformers")
-    names = {"bamba": "Bamba", "jamba": "Jamba", "granite": "GraniteMoeHybrid"}
+    names = {"bamba": "Bamba", "jamba": "Jamba", "granite": "GraniteMoeHybrid", "nemotron_h": "NemotronH"}
     cfg_cls = getattr(transformers, f"{names[family]}Config", None)
     model_cls = getattr(transformers, f"{names[family]}ForCausalLM", None)
     if cfg_cls is None or model_cls is None:
@@ -70,6 +70,25 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
             attention_multiplier=0.2,
         )
         kinds = ["mamba2", "attention", "mamba2"]
+    elif family == "nemotron_h":
+        # single-sublayer blocks (pattern "ME*-"): here ``kinds`` lists every sublayer
+        cfg = cfg_cls(
+            **COMMON,
+            layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+            head_dim=8,
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            mamba_hidden_act=act,
+            n_groups=2,
+            ssm_state_size=8,
+            chunk_size=4,
+            use_bias=proj_bias,
+            n_routed_experts=3,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            moe_shared_expert_intermediate_size=20,
+        )
+        kinds = ["mamba2", "moe", "attention", "mlp"]
     else:
         cfg = cfg_cls(
             **COMMON,
@@ -97,7 +116,8 @@ def build_hybrid(family: str, *, act: str = "silu", seed: int = 0, attn: str = "
     return perturb_(model_cls(cfg).eval(), seed=seed + 1), kinds
 
 
-FAMILIES = ("bamba", "jamba", "granite")
+FAMILIES = ("bamba", "jamba", "granite", "nemotron_h")
+SINGLE_SUBLAYER = ("nemotron_h",)  # one residual sublayer per block
 
 
 @pytest.fixture(params=FAMILIES)
@@ -110,16 +130,24 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_sublayers_kinds_and_layer_indices(family):
-    """A hybrid block is two residual sublayers: its mixer (index 2b) then its MLP/MoE (2b + 1)."""
+    """A hybrid block is two residual sublayers: its mixer (index 2b) then its MLP/MoE (2b + 1); a NemotronH block
+    is one sublayer (b), whatever its kind."""
     model, kinds = build_hybrid(family)
     tr = latim_captum.trace(model, random_ids(2, 6), dtype=torch.float64)
-    assert get_adapter(model).n_layers == len(kinds)
-    assert tr.n_layers == 2 * len(kinds)
-    assert tr.kinds[0::2] == kinds
-    assert set(tr.kinds[1::2]) <= {"mlp", "moe"}
-    if family in ("jamba", "granite"):
+    adapter = get_adapter(model)
+    assert adapter.n_layers == len(kinds)
+    assert adapter.n_sublayers == tr.n_layers
+    if family in SINGLE_SUBLAYER:
+        assert tr.n_layers == len(kinds)
+        assert tr.kinds == kinds
+        assert [layer.layer for layer in tr.layers] == list(range(len(kinds)))
+    else:
+        assert tr.n_layers == 2 * len(kinds)
+        assert tr.kinds[0::2] == kinds
+        assert set(tr.kinds[1::2]) <= {"mlp", "moe"}
+        assert [layer.layer for layer in tr.layers] == [b for b in range(len(kinds)) for _ in range(2)]
+    if family in ("jamba", "granite", "nemotron_h"):
         assert "moe" in tr.kinds, "the expert layers must be traced as MoE sublayers"
-    assert [layer.layer for layer in tr.layers] == [b for b in range(len(kinds)) for _ in range(2)]
     for prev, nxt in zip(tr.layers, tr.layers[1:]):
         assert torch.equal(nxt.residual, prev.block_output), "sublayers must chain along the residual stream"
     torch.testing.assert_close(tr.layers[-1].block_output, tr.readout.final_hidden)
