@@ -14,6 +14,7 @@ from torch import nn
 
 from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
 from .hf_bamba import HFBambaAdapter
+from .hf_falcon_h1 import HFFalconH1Adapter
 from .hf_granite import HFGraniteMoeHybridAdapter
 from .hf_hybrid import HFHybridAdapter
 from .hf_jamba import HFJambaAdapter
@@ -45,6 +46,7 @@ ADAPTERS: list[type[ModelAdapter]] = [
     HFBambaAdapter,
     HFGraniteMoeHybridAdapter,
     HFNemotronHAdapter,
+    HFFalconH1Adapter,
 ]
 
 

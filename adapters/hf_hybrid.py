@@ -44,6 +44,7 @@ def attention_trace(
     position_embeddings: tuple[Tensor, Tensor] | None = None,
     sliding_window: int | None = None,
     output_multiplier: float = 1.0,
+    scaling: float | None = None,
 ) -> tuple[AttentionTrace, Tensor]:
     """Recompute a Llama-style attention module (``q_proj``/``k_proj``/``v_proj``/``o_proj``, ``head_dim``,
     ``scaling``, optional rotary through its module's ``apply_rotary_pos_emb``) in ``dtype``.
@@ -58,6 +59,8 @@ def attention_trace(
         position_embeddings: the ``(cos, sin)`` the module received, or None for attention without rotary.
         sliding_window: the module's window, if any.
         output_multiplier: a scale the model applies to the attention output (folded into ``W_O`` and ``b_O``).
+        scaling: the softmax scale of ``q·k`` (default the module's ``scaling``; FalconH1 folds its key multiplier
+            in, rotary being linear in ``k``).
 
     Returns:
         The trace and the recomputed attention output (multiplier included).
@@ -72,7 +75,8 @@ def attention_trace(
         rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         cos, sin = (t.to(dtype) for t in position_embeddings)
         query, key = rotary(query, key, cos, sin)
-    weights = attention_weights(query, key, float(attn.scaling), mask, sliding_window=sliding_window)
+    scale = float(attn.scaling) if scaling is None else scaling
+    weights = attention_weights(query, key, scale, mask, sliding_window=sliding_window)
     out_w = weight(attn.o_proj.weight, dtype) * output_multiplier
     out_b = weight(attn.o_proj.bias, dtype)
     trace = AttentionTrace(
@@ -101,10 +105,12 @@ def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | At
 
 @dataclass
 class _Verified:
-    """A token-mixing sublayer's trace with its independently recomputed output, checked by :meth:`trace`."""
+    """A token-mixing sublayer's trace with its independently recomputed output, checked by :meth:`trace`;
+    ``in_trace=False`` for a part that is verified on its own but listed inside a combined sublayer."""
 
     trace: LayerTrace | AttentionTrace
     recomputed: Tensor
+    in_trace: bool = True
 
 
 def _unwrap(sub: _Verified | SublayerTrace) -> SublayerTrace:
@@ -280,7 +286,8 @@ class HFHybridAdapter(HFBackboneAdapter):
                 for sub in sublayers:
                     if verify and isinstance(sub, _Verified):
                         self._verify(idx, sub.recomputed, sub.trace.mixer_output, mask, tol)
-                layers.extend(replace(_unwrap(sub), layer=idx) for sub in sublayers)
+                listed = [sub for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
+                layers.extend(replace(_unwrap(sub), layer=idx) for sub in listed)
             readout = self.readout(captured[-1].block_output, logits, dtype)
         return ModelTrace(
             embeddings=captured[0].block_input.to(dtype), layers=layers, readout=readout, mask=mask, dtype=dtype
