@@ -352,3 +352,24 @@ def test_single_query_and_captum_on_a_hybrid(family):
         LatimALTI(model).attribute(ids, layer=tr.n_layers)
     with pytest.raises(NotImplementedError, match="pure Mamba models"):
         latim_captum.mamba_attention(model, ids)
+
+
+@pytest.mark.parametrize("rms_norm,norm_before_gate", [(True, True), (False, True)])
+def test_falcon_h1_gate_variants_reconstruct_exactly(rms_norm, norm_before_gate):
+    """FalconH1's other Mamba-2 gates (the gated RMSNorm after the gate is the test config's): norm then gate, and no
+    norm (``u = v ⊙ SiLU(z)``); the parallel sublayer reconstructs exactly in both."""
+    cfg, model_cls, _ = _config("falcon_h1", "silu", "sdpa", True)
+    cfg.mamba_rms_norm, cfg.mamba_norm_before_gate = rms_norm, norm_before_gate
+    torch.manual_seed(0)
+    model = perturb_(model_cls(cfg).eval(), seed=1)
+    ids, mask = random_ids(2, 7, seed=2), left_pad_mask(2, 7, [0, 2])
+    err = latim_captum.reconstruction_error(model, ids, attention_mask=mask, activation="silu_gate")
+    assert bool((err < EXACT_TOL).all()), err.tolist()
+    tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
+    mixers = [layer for layer in tr.layers if isinstance(layer, ParallelTrace)]
+    assert len(mixers) == cfg.num_hidden_layers
+    for layer in mixers:
+        mamba, attn = layer.parts
+        assert mamba.out_gate.shape == mamba.mixer_input.shape[:2] + (64,)
+        # the parts' outputs add up to what the block added (the model rounds the sum in fp32)
+        assert _rel(mamba.mixer_output + attn.mixer_output, layer.mixer_output) < EXACT_TOL
