@@ -14,11 +14,13 @@ from torch import nn
 
 from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
 from .hf_bamba import HFBambaAdapter
+from .hf_falcon_h1 import HFFalconH1Adapter
 from .hf_granite import HFGraniteMoeHybridAdapter
 from .hf_hybrid import HFHybridAdapter
 from .hf_jamba import HFJambaAdapter
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
 from .hf_mamba2 import HFMamba2Adapter
+from .hf_nemotron_h import HFNemotronHAdapter
 from .mamba_ssm import MambaSSMAdapter
 
 __all__ = [
@@ -43,6 +45,8 @@ ADAPTERS: list[type[ModelAdapter]] = [
     HFJambaAdapter,
     HFBambaAdapter,
     HFGraniteMoeHybridAdapter,
+    HFNemotronHAdapter,
+    HFFalconH1Adapter,
 ]
 
 

@@ -14,7 +14,7 @@ where the mixer/attention live and which multipliers apply.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,7 @@ def attention_trace(
     position_embeddings: tuple[Tensor, Tensor] | None = None,
     sliding_window: int | None = None,
     output_multiplier: float = 1.0,
+    scaling: float | None = None,
 ) -> tuple[AttentionTrace, Tensor]:
     """Recompute a Llama-style attention module (``q_proj``/``k_proj``/``v_proj``/``o_proj``, ``head_dim``,
     ``scaling``, optional rotary through its module's ``apply_rotary_pos_emb``) in ``dtype``.
@@ -58,6 +59,8 @@ def attention_trace(
         position_embeddings: the ``(cos, sin)`` the module received, or None for attention without rotary.
         sliding_window: the module's window, if any.
         output_multiplier: a scale the model applies to the attention output (folded into ``W_O`` and ``b_O``).
+        scaling: the softmax scale of ``q·k`` (default the module's ``scaling``; FalconH1 folds its key multiplier
+            in, rotary being linear in ``k``).
 
     Returns:
         The trace and the recomputed attention output (multiplier included).
@@ -72,7 +75,8 @@ def attention_trace(
         rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         cos, sin = (t.to(dtype) for t in position_embeddings)
         query, key = rotary(query, key, cos, sin)
-    weights = attention_weights(query, key, float(attn.scaling), mask, sliding_window=sliding_window)
+    scale = float(attn.scaling) if scaling is None else scaling
+    weights = attention_weights(query, key, scale, mask, sliding_window=sliding_window)
     out_w = weight(attn.o_proj.weight, dtype) * output_multiplier
     out_b = weight(attn.o_proj.bias, dtype)
     trace = AttentionTrace(
@@ -99,6 +103,20 @@ def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | At
     )
 
 
+@dataclass
+class _Verified:
+    """A token-mixing sublayer's trace with its independently recomputed output, checked by :meth:`trace`;
+    ``in_trace=False`` for a part that is verified on its own but listed inside a combined sublayer."""
+
+    trace: LayerTrace | AttentionTrace
+    recomputed: Tensor
+    in_trace: bool = True
+
+
+def _unwrap(sub: _Verified | SublayerTrace) -> SublayerTrace:
+    return sub.trace if isinstance(sub, _Verified) else sub
+
+
 class HFHybridAdapter(HFBackboneAdapter):
     """Adapter base for HF hybrids laid out as ``<Family>ForCausalLM.model.layers[i]`` with a ``mamba`` or
     ``self_attn`` mixer and a ``feed_forward`` per block.
@@ -112,10 +130,16 @@ class HFHybridAdapter(HFBackboneAdapter):
     final_norm_attr = "final_layernorm"
 
     # -- structure ---------------------------------------------------------------------------------------------
+    def sublayers_per_block(self, block: nn.Module) -> int:
+        """Residual sublayers a block adds to the trace: two here (mixer, then MLP/MoE); single-sublayer blocks
+        (NemotronH) override this together with :meth:`block_traces`."""
+        return 2
+
     @property
     def n_sublayers(self) -> int:
-        """Two residual sublayers per block: the mixer (``2b``), then the MLP/MoE (``2b + 1``)."""
-        return 2 * self.n_layers
+        """Residual sublayers of the whole trace: the sum of :meth:`sublayers_per_block` (``2 * n_layers`` for
+        mixer + MLP blocks)."""
+        return sum(self.sublayers_per_block(block) for block in self.blocks)
 
     def block_kind(self, block: nn.Module) -> str:
         """``"mamba"`` or ``"attention"``."""
@@ -180,6 +204,40 @@ class HFHybridAdapter(HFBackboneAdapter):
             sliding_window=getattr(attn, "sliding_window", None),
         )
 
+    def mixer_sublayer(
+        self, block: nn.Module, cap: CapturedLayer, attn_kwargs: dict, mask: Tensor | None, dtype: torch.dtype
+    ) -> tuple[LayerTrace | AttentionTrace, Tensor]:
+        """The block's token-mixing sublayer (Mamba or attention) with the residual multiplier folded in, and the
+        recomputed output to verify."""
+        if self.block_kind(block) == "mamba":
+            mixer, recomputed = self.mamba_trace(block, cap, dtype)
+        else:
+            mixer, recomputed = self.attention_trace(block, cap, attn_kwargs, mask, dtype)
+        if self.residual_multiplier != 1.0:
+            mixer, recomputed = _scaled(mixer, self.residual_multiplier), recomputed * self.residual_multiplier
+        return mixer, recomputed
+
+    def block_traces(
+        self,
+        idx: int,
+        block: nn.Module,
+        cap: CapturedLayer,
+        attn_kwargs: dict,
+        mask: Tensor | None,
+        dtype: torch.dtype,
+    ) -> list[_Verified | TokenwiseTrace]:
+        """The block's sublayers in residual order: its mixer (to verify), then the MLP/MoE read as ``y − x'``."""
+        mixer, recomputed = self.mixer_sublayer(block, cap, attn_kwargs, mask, dtype)
+        after_mixer = mixer.block_output
+        ffn = TokenwiseTrace(
+            layer=idx,
+            residual=after_mixer,
+            mixer_output=cap.block_output.to(dtype) - after_mixer,
+            mask=mask,
+            kind=self.ffn_kind(block),
+        )
+        return [_Verified(mixer, recomputed), ffn]
+
     # -- tracing ------------------------------------------------------------------------------------------------
     def capture(self, input_ids, inputs_embeds, attention_mask):
         """The base capture plus each attention module's keyword arguments (rotary embeddings)."""
@@ -212,7 +270,7 @@ class HFHybridAdapter(HFBackboneAdapter):
         dtype: torch.dtype = torch.float32,
         verify: bool = True,
     ) -> ModelTrace:
-        """Run the model once; return a :class:`ModelTrace` with two sublayers per block (mixer, then MLP/MoE).
+        """Run the model once; return a :class:`ModelTrace` with the sublayers of :meth:`block_traces` for every block.
 
         Each mixer is recomputed in ``dtype`` and checked against the model's output on the non-padded tokens
         (padded queries of attention layers are not defined by the model).
@@ -224,25 +282,12 @@ class HFHybridAdapter(HFBackboneAdapter):
         layers: list[SublayerTrace] = []
         with torch.no_grad():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
-                if self.block_kind(block) == "mamba":
-                    mixer, recomputed = self.mamba_trace(block, cap, dtype)
-                else:
-                    mixer, recomputed = self.attention_trace(block, cap, attn_kwargs.get(idx, {}), mask, dtype)
-                if self.residual_multiplier != 1.0:
-                    mixer, recomputed = _scaled(mixer, self.residual_multiplier), recomputed * self.residual_multiplier
-                if verify:
-                    self._verify(idx, recomputed, mixer.mixer_output, mask, tol)
-                layers.append(replace(mixer, layer=idx))
-                after_mixer = mixer.block_output
-                layers.append(
-                    TokenwiseTrace(
-                        layer=idx,
-                        residual=after_mixer,
-                        mixer_output=cap.block_output.to(dtype) - after_mixer,
-                        mask=mask,
-                        kind=self.ffn_kind(block),
-                    )
-                )
+                sublayers = self.block_traces(idx, block, cap, attn_kwargs.get(idx, {}), mask, dtype)
+                for sub in sublayers:
+                    if verify and isinstance(sub, _Verified):
+                        self._verify(idx, sub.recomputed, sub.trace.mixer_output, mask, tol)
+                listed = [sub for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
+                layers.extend(replace(_unwrap(sub), layer=idx) for sub in listed)
             readout = self.readout(captured[-1].block_output, logits, dtype)
         return ModelTrace(
             embeddings=captured[0].block_input.to(dtype), layers=layers, readout=readout, mask=mask, dtype=dtype

@@ -21,7 +21,7 @@ from torch import Tensor
 from .activations import check_activation, conv_taps, tap_shares
 from .attention import attention_contributions_ref
 from .ssm import d_inner_of, hidden_attention
-from .traces import AttentionTrace, LayerTrace, Mamba1SSM, SublayerTrace, TokenwiseTrace
+from .traces import AttentionTrace, LayerTrace, Mamba1SSM, ParallelTrace, SublayerTrace, TokenwiseTrace
 
 __all__ = [
     "tap_contributions",
@@ -151,7 +151,8 @@ def sublayer_contributions(
 
     Mamba layers go through :func:`contributions_ref` with ``activation``; attention through
     :func:`~latim_captum.attention.attention_contributions_ref` (exact given the softmax weights); MLP/MoE through
-    :func:`tokenwise_contributions`. In every case ``Σ_j T_i(x_j) + trace.offset`` reconstructs ``trace.mixer_output``
+    :func:`tokenwise_contributions`; parallel mixers (:class:`~latim_captum.traces.ParallelTrace`) as the sum of
+    their parts' contributions. In every case ``Σ_j T_i(x_j) + trace.offset`` reconstructs ``trace.mixer_output``
     when the decomposition is exact.
 
     Example:
@@ -163,6 +164,8 @@ def sublayer_contributions(
         return attention_contributions_ref(trace, start, stop)
     if isinstance(trace, TokenwiseTrace):
         return tokenwise_contributions(trace, start, stop)
+    if isinstance(trace, ParallelTrace):
+        return sum(sublayer_contributions(part, activation, start, stop) for part in trace.parts)
     raise TypeError(f"unknown sublayer trace {type(trace).__name__}")
 
 
@@ -170,6 +173,8 @@ def sublayer_block_rows(trace: SublayerTrace, budget: int = DEFAULT_BLOCK_ELEMEN
     """:func:`default_block_rows` for any sublayer (attention also holds ``[B, H, rows, N]`` weights)."""
     if isinstance(trace, LayerTrace):
         return default_block_rows(trace, budget)
+    if isinstance(trace, ParallelTrace):
+        return min(sublayer_block_rows(part, budget) for part in trace.parts)
     bsz, n, d_model = trace.residual.shape
     heads = trace.weights.shape[1] if isinstance(trace, AttentionTrace) else 1
     return max(1, min(n, budget // (bsz * n * max(d_model, heads, 1))))

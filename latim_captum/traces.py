@@ -20,6 +20,7 @@ __all__ = [
     "LayerTrace",
     "AttentionTrace",
     "TokenwiseTrace",
+    "ParallelTrace",
     "SublayerTrace",
     "sublayer_kind",
     "Readout",
@@ -205,13 +206,48 @@ class TokenwiseTrace:
         return self.residual.new_zeros(self.residual.shape[-1])
 
 
+@dataclass(frozen=True)
+class ParallelTrace:
+    """Token mixers run side by side on the same input and summed into one residual update (FalconH1's attention
+    and Mamba-2): ``y_i = x_i + Σ_p M_p(LN(x))_i``.
+
+    Contributions add: ``T_i(x_j) = Σ_p T^p_i(x_j)`` and ``offset = Σ_p offset_p``, each part decomposed the way its
+    type allows (its multipliers folded into its own trace).
+
+    Attributes:
+        layer: index of the model block this sublayer belongs to.
+        residual: sublayer input, ``[B, N, D]``.
+        mixer_output: what the block added to the residual (the parts' sum as the model rounded it), ``[B, N, D]``.
+        mask: ``[B, N]`` padding mask or None.
+        parts: the parallel mixers, each a :class:`LayerTrace` or :class:`AttentionTrace` on the same ``residual``.
+    """
+
+    layer: int
+    residual: Tensor
+    mixer_output: Tensor
+    mask: Tensor | None
+    parts: tuple[LayerTrace | AttentionTrace, ...]
+
+    @property
+    def block_output(self) -> Tensor:
+        return self.residual + self.mixer_output
+
+    @property
+    def offset(self) -> Tensor:
+        """``Σ_p offset_p``: the parts' output biases, owned by no token."""
+        return sum((part.offset for part in self.parts), self.residual.new_zeros(self.residual.shape[-1]))
+
+
 #: every sublayer of the residual stream; each has ``layer``, ``residual``, ``mixer_output``, ``mask``,
 #: ``block_output`` and ``offset`` (``Σ_j T_i(x_j) + offset = mixer_output_i`` for an exact decomposition)
-SublayerTrace = LayerTrace | AttentionTrace | TokenwiseTrace
+SublayerTrace = LayerTrace | AttentionTrace | TokenwiseTrace | ParallelTrace
 
 
 def sublayer_kind(layer: SublayerTrace) -> str:
-    """``"mamba1"``, ``"mamba2"``, ``"attention"``, ``"mlp"`` or ``"moe"``."""
+    """``"mamba1"``, ``"mamba2"``, ``"attention"``, ``"mlp"``, ``"moe"``, or its parts' joined by ``+`` for a
+    :class:`ParallelTrace` (``"mamba2+attention"``)."""
+    if isinstance(layer, ParallelTrace):
+        return "+".join(sublayer_kind(part) for part in layer.parts)
     if isinstance(layer, LayerTrace):
         return layer.variant
     if isinstance(layer, AttentionTrace):
@@ -302,7 +338,8 @@ class ModelTrace:
     @property
     def activation(self) -> str | None:
         """The conv activation of the Mamba layers (None when the model has none)."""
-        return next((layer.activation for layer in self.layers if isinstance(layer, LayerTrace)), None)
+        flat = (part for layer in self.layers for part in getattr(layer, "parts", (layer,)))
+        return next((layer.activation for layer in flat if isinstance(layer, LayerTrace)), None)
 
     @property
     def shape(self) -> tuple[int, int]:

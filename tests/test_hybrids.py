@@ -15,7 +15,7 @@ import latim_captum
 from conftest import VOCAB, left_pad_mask, perturb_, random_ids
 from latim_captum.adapters import get_adapter
 from latim_captum.attention import attention_contributions_ref
-from latim_captum.traces import AttentionTrace, LayerTrace, TokenwiseTrace
+from latim_captum.traces import AttentionTrace, LayerTrace, ParallelTrace, TokenwiseTrace
 
 EXACT_TOL = 1e-5  # fp32 models (the MoE grouped matmul runs in fp32 only); unsupported variants miss by O(0.1-1)
 
@@ -25,7 +25,13 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attent
 def _config(family: str, act: str, attn: str, proj_bias: bool):
     """(config, model class, expected mixer kinds per block) of a tiny ``family`` model."""
     transformers = importlib.import_module("transformers")
-    names = {"bamba": "Bamba", "jamba": "Jamba", "granite": "GraniteMoeHybrid"}
+    names = {
+        "bamba": "Bamba",
+        "jamba": "Jamba",
+        "granite": "GraniteMoeHybrid",
+        "nemotron_h": "NemotronH",
+        "falcon_h1": "FalconH1",
+    }
     cfg_cls = getattr(transformers, f"{names[family]}Config", None)
     model_cls = getattr(transformers, f"{names[family]}ForCausalLM", None)
     if cfg_cls is None or model_cls is None:
@@ -70,6 +76,54 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
             attention_multiplier=0.2,
         )
         kinds = ["mamba2", "attention", "mamba2"]
+    elif family == "nemotron_h":
+        # single-sublayer blocks (pattern "ME*-"): here ``kinds`` lists every sublayer
+        cfg = cfg_cls(
+            **COMMON,
+            layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+            head_dim=8,
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            mamba_hidden_act=act,
+            n_groups=2,
+            ssm_state_size=8,
+            chunk_size=4,
+            use_bias=proj_bias,
+            n_routed_experts=3,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            moe_shared_expert_intermediate_size=20,
+        )
+        kinds = ["mamba2", "moe", "attention", "mlp"]
+    elif family == "falcon_h1":
+        # parallel attention + Mamba-2 per block; every µP multiplier away from 1 so that a forgotten one fails the
+        # trace verification (mixers and logits), the gated norm on (norm after the gate: the HF default is before)
+        cfg = cfg_cls(
+            **COMMON,
+            num_hidden_layers=2,
+            hidden_act=act,
+            mamba_d_ssm=64,
+            mamba_n_heads=4,
+            mamba_d_head=16,
+            mamba_n_groups=2,
+            mamba_d_state=8,
+            mamba_chunk_size=4,
+            mamba_rms_norm=True,
+            mamba_norm_before_gate=False,
+            mamba_proj_bias=proj_bias,
+            projectors_bias=True,
+            attention_bias=True,
+            attention_in_multiplier=0.7,
+            attention_out_multiplier=1.3,
+            ssm_in_multiplier=0.8,
+            ssm_out_multiplier=1.4,
+            ssm_multipliers=[0.9, 1.1, 1.2, 0.8, 1.5],
+            key_multiplier=4.0,
+            embedding_multiplier=2.0,
+            lm_head_multiplier=0.5,
+            mlp_multipliers=[1.2, 0.7],
+        )
+        kinds = ["mamba2+attention", "mamba2+attention"]
     else:
         cfg = cfg_cls(
             **COMMON,
@@ -97,7 +151,8 @@ def build_hybrid(family: str, *, act: str = "silu", seed: int = 0, attn: str = "
     return perturb_(model_cls(cfg).eval(), seed=seed + 1), kinds
 
 
-FAMILIES = ("bamba", "jamba", "granite")
+FAMILIES = ("bamba", "jamba", "granite", "nemotron_h", "falcon_h1")
+SINGLE_SUBLAYER = ("nemotron_h",)  # one residual sublayer per block
 
 
 @pytest.fixture(params=FAMILIES)
@@ -110,16 +165,24 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_sublayers_kinds_and_layer_indices(family):
-    """A hybrid block is two residual sublayers: its mixer (index 2b) then its MLP/MoE (2b + 1)."""
+    """A hybrid block is two residual sublayers: its mixer (index 2b) then its MLP/MoE (2b + 1); a NemotronH block
+    is one sublayer (b), whatever its kind."""
     model, kinds = build_hybrid(family)
     tr = latim_captum.trace(model, random_ids(2, 6), dtype=torch.float64)
-    assert get_adapter(model).n_layers == len(kinds)
-    assert tr.n_layers == 2 * len(kinds)
-    assert tr.kinds[0::2] == kinds
-    assert set(tr.kinds[1::2]) <= {"mlp", "moe"}
-    if family in ("jamba", "granite"):
+    adapter = get_adapter(model)
+    assert adapter.n_layers == len(kinds)
+    assert adapter.n_sublayers == tr.n_layers
+    if family in SINGLE_SUBLAYER:
+        assert tr.n_layers == len(kinds)
+        assert tr.kinds == kinds
+        assert [layer.layer for layer in tr.layers] == list(range(len(kinds)))
+    else:
+        assert tr.n_layers == 2 * len(kinds)
+        assert tr.kinds[0::2] == kinds
+        assert set(tr.kinds[1::2]) <= {"mlp", "moe"}
+        assert [layer.layer for layer in tr.layers] == [b for b in range(len(kinds)) for _ in range(2)]
+    if family in ("jamba", "granite", "nemotron_h"):
         assert "moe" in tr.kinds, "the expert layers must be traced as MoE sublayers"
-    assert [layer.layer for layer in tr.layers] == [b for b in range(len(kinds)) for _ in range(2)]
     for prev, nxt in zip(tr.layers, tr.layers[1:]):
         assert torch.equal(nxt.residual, prev.block_output), "sublayers must chain along the residual stream"
     torch.testing.assert_close(tr.layers[-1].block_output, tr.readout.final_hidden)
@@ -146,19 +209,22 @@ def test_every_sublayer_reconstructs_exactly(family, activation, act):
 def test_attention_weights_and_contributions_match_eager_oracle(family):
     """Independent oracle: the eager attention's own softmax weights (rotary, GQA, causal mask, padding) and
     T_i(x_j) = r Σ_h W_O^h A^h_ij (W_V^h LN(x_j) + b_V) written out head by head from the module's weights
-    (r: Granite's residual multiplier, 1 elsewhere)."""
+    (r: Granite's residual multiplier, FalconH1's attention output multiplier, 1 elsewhere; FalconH1's attention
+    sits inside the parallel sublayer and reads ``m_attn_in · LN(x)``)."""
     model, kinds = build_hybrid(family, seed=4, attn="eager")
     ids, mask = random_ids(2, 6, seed=5), left_pad_mask(2, 6, [0, 2])
     out = model(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
     attn_weights = [a for a in out.attentions if a is not None]
     tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
-    attn_layers = [layer for layer in tr.layers if isinstance(layer, AttentionTrace)]
-    assert len(attn_layers) == kinds.count("attention") == len(attn_weights)
+    parts = [part for layer in tr.layers for part in getattr(layer, "parts", (layer,))]
+    attn_layers = [layer for layer in parts if isinstance(layer, AttentionTrace)]
+    assert len(attn_layers) == sum("attention" in kind for kind in kinds) == len(attn_weights)
     keep = mask.bool()
     for layer, theirs in zip(attn_layers, attn_weights):
         ours = layer.weights.permute(0, 2, 1, 3)[keep]  # [tokens, H, N] of non-padded queries
         torch.testing.assert_close(ours, theirs.double().permute(0, 2, 1, 3)[keep], atol=1e-5, rtol=1e-4)
-        attn = get_adapter(model).mixer(model.model.layers[layer.layer])
+        block = model.model.layers[layer.layer]
+        attn = getattr(block, "self_attn", None) or get_adapter(model).mixer(block)
         h, heads, hd = layer.mixer_input, layer.weights.shape[1], attn.head_dim
         w_v, w_o = attn.v_proj.weight.double(), attn.o_proj.weight.double()
         b_v = attn.v_proj.bias.double() if attn.v_proj.bias is not None else torch.zeros(w_v.shape[0]).double()
@@ -168,7 +234,7 @@ def test_attention_weights_and_contributions_match_eager_oracle(family):
             v = h @ w_v[kv * hd : (kv + 1) * hd].T + b_v[kv * hd : (kv + 1) * hd]  # [B, N, hd]
             proj = v @ w_o[:, head * hd : (head + 1) * hd].T  # [B, N, D]
             oracle += layer.weights[:, head, :, :, None] * proj[:, None]
-        r = float(getattr(model.config, "residual_multiplier", 1.0))
+        r = float(getattr(model.config, "residual_multiplier", getattr(model.config, "attention_out_multiplier", 1.0)))
         assert _rel(attention_contributions_ref(layer), r * oracle) < 1e-12
 
 
@@ -197,7 +263,7 @@ def test_alti_rows_and_mlp_maps(family):
             torch.testing.assert_close(alti[:, idx], torch.eye(6).expand(2, 6, 6))
             torch.testing.assert_close(l2[:, idx], torch.diag_embed(layer.mixer_output.norm(dim=-1)))
         else:
-            assert isinstance(layer, (AttentionTrace, LayerTrace))
+            assert isinstance(layer, (AttentionTrace, LayerTrace, ParallelTrace))
             assert bool((l2[:, idx].tril(-1) > 0).any()), f"sublayer {idx} should mix tokens"
 
 
@@ -253,15 +319,15 @@ def test_inseq_methods_run_unchanged_on_a_hybrid():
 
 def test_unsupported_hybrid_family_is_refused():
     transformers = importlib.import_module("transformers")
-    if not hasattr(transformers, "FalconH1Config"):
-        pytest.skip("transformers has no FalconH1")
-    cfg = transformers.FalconH1Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2,
-        mamba_d_state=8, mamba_chunk_size=4,
+    if not hasattr(transformers, "Zamba2Config"):
+        pytest.skip("transformers has no Zamba2")
+    cfg = transformers.Zamba2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, n_mamba_heads=4, mamba_d_state=8, chunk_size=4, mamba_ngroups=1,
+        layers_block_type=["mamba", "hybrid"],
     )  # fmt: skip
-    with pytest.raises(TypeError, match="FalconH1ForCausalLM is not a supported"):
-        get_adapter(transformers.FalconH1ForCausalLM(cfg))
+    with pytest.raises(TypeError, match="Zamba2ForCausalLM is not a supported"):
+        get_adapter(transformers.Zamba2ForCausalLM(cfg))
 
 
 def test_single_query_and_captum_on_a_hybrid(family):
@@ -286,3 +352,24 @@ def test_single_query_and_captum_on_a_hybrid(family):
         LatimALTI(model).attribute(ids, layer=tr.n_layers)
     with pytest.raises(NotImplementedError, match="pure Mamba models"):
         latim_captum.mamba_attention(model, ids)
+
+
+@pytest.mark.parametrize("rms_norm,norm_before_gate", [(True, True), (False, True)])
+def test_falcon_h1_gate_variants_reconstruct_exactly(rms_norm, norm_before_gate):
+    """FalconH1's other Mamba-2 gates (the gated RMSNorm after the gate is the test config's): norm then gate, and no
+    norm (``u = v ⊙ SiLU(z)``); the parallel sublayer reconstructs exactly in both."""
+    cfg, model_cls, _ = _config("falcon_h1", "silu", "sdpa", True)
+    cfg.mamba_rms_norm, cfg.mamba_norm_before_gate = rms_norm, norm_before_gate
+    torch.manual_seed(0)
+    model = perturb_(model_cls(cfg).eval(), seed=1)
+    ids, mask = random_ids(2, 7, seed=2), left_pad_mask(2, 7, [0, 2])
+    err = latim_captum.reconstruction_error(model, ids, attention_mask=mask, activation="silu_gate")
+    assert bool((err < EXACT_TOL).all()), err.tolist()
+    tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
+    mixers = [layer for layer in tr.layers if isinstance(layer, ParallelTrace)]
+    assert len(mixers) == cfg.num_hidden_layers
+    for layer in mixers:
+        mamba, attn = layer.parts
+        assert mamba.out_gate.shape == mamba.mixer_input.shape[:2] + (64,)
+        # the parts' outputs add up to what the block added (the model rounds the sum in fp32)
+        assert _rel(mamba.mixer_output + attn.mixer_output, layer.mixer_output) < EXACT_TOL
