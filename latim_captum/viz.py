@@ -156,6 +156,7 @@ def plot_comparison(
     *,
     causal_mask: bool = True,
     title: str | None = None,
+    ncols: int = 4,
 ) -> Figure:
     """Several methods on the same input, one panel each (like the paper's Figure 1).
 
@@ -167,6 +168,7 @@ def plot_comparison(
         tokens: N labels.
         causal_mask: blank out the upper triangle of maps.
         title: figure title.
+        ncols: maps per row (more methods wrap onto further rows).
 
     Examples:
         >>> fig = plot_comparison({"ALTI": torch.rand(4, 4), "ℓ2": torch.rand(4, 4)}, list("abcd"))
@@ -186,9 +188,14 @@ def plot_comparison(
     k = len(arrays)
     if ndims.pop() == 2:
         size = _panel_size(n)
-        fig = Figure(figsize=(k * (size + 1.0), size + 0.5), layout="constrained")
-        for ax, (name, arr) in zip(fig.subplots(1, k, squeeze=False).flat, arrays.items()):
+        ncols = max(1, min(ncols, k))
+        nrows = math.ceil(k / ncols)
+        fig = Figure(figsize=(ncols * (size + 1.0), nrows * size + 0.5), layout="constrained")
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+        for ax, (name, arr) in zip(axes, arrays.items()):
             _draw_map(ax, arr, labels, name, causal_mask)
+        for ax in axes[k:]:
+            ax.set_axis_off()
     else:
         width = float(np.clip(2.5 + 0.3 * n, 7.0, 16.0))
         fig = Figure(figsize=(width, 1.8 * k + 0.8), layout="constrained")

@@ -80,3 +80,13 @@ def test_bad_inputs():
         plot_comparison({"a": torch.rand(3), "b": torch.rand(3, 3)})
     with pytest.raises(ValueError, match=r"different lengths \[3, 4\]"):
         plot_comparison({"a": torch.rand(3), "b": torch.rand(4)})
+
+
+def test_comparison_wraps_into_rows():
+    """Many methods wrap onto rows of ``ncols`` maps; spare axes are hidden."""
+    from latim_captum.viz import plot_comparison
+
+    fig = plot_comparison({f"m{k}": torch.rand(5, 5) for k in range(6)}, list("abcde"), ncols=4)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert len(titled) == 6
+    assert sum(1 for ax in fig.axes if not ax.axison) == 2
