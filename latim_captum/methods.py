@@ -18,7 +18,7 @@ Built in:
   from a zero-embedding baseline (``n_steps=16``), summed over D. Rows are batched (the input replicated per
   row), up to 256 sequences per pass.
 - Baselines: ``mamba_attention`` (per layer), ``mamba_attribution``, ``mamba_lrp`` (aggregated, target = the true
-  next token), imported lazily from ``latim_captum.baselines``; :func:`available_methods` lists those importable.
+  next token), from ``latim_captum.baselines``.
 
 Example:
     >>> from transformers import MambaConfig, MambaForCausalLM
@@ -30,12 +30,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from . import baselines
 
 __all__ = ["METHOD_REGISTRY", "Method", "available_methods", "get_method", "next_token_targets", "register_method"]
 
@@ -168,9 +169,9 @@ for _kind, _label in (
 
 
 # --- Baselines (latim_captum.baselines) ---------------------------------------------------------------------------
-# Each slot imports `latim_captum.baselines.<name>` lazily and calls `fn(model, input_ids)`; the gradient-based ones
-# (Mamba-Attribution, MambaLRP) explain the true next token, like ALTI-Logit and the Captum methods above. Whether the
-# result is per layer is read from its shape: [B, L, N, N] per layer, [B, N, N] aggregated.
+# Each entry calls `latim_captum.baselines.<name>` as `fn(model, input_ids)`; the gradient-based ones
+# (Mamba-Attribution, MambaLRP) explain the true next token, like ALTI-Logit and the Captum methods above.
+# Mamba-Attention is per layer ([B, L, N, N]); the other two aggregate the whole model ([B, N, N]).
 
 BASELINES = {
     "mamba_attention": "Mamba-Attention",
@@ -179,19 +180,10 @@ BASELINES = {
 }
 
 
-def _baseline_fn(name: str) -> Callable[..., Tensor] | None:
-    try:
-        module = importlib.import_module("latim_captum.baselines")
-    except ImportError:
-        return None
-    return getattr(module, name, None)
-
-
 def _baseline(name: str) -> Callable[[nn.Module, Tensor], Tensor]:
+    fn = getattr(baselines, name)
+
     def call(model: nn.Module, input_ids: Tensor) -> Tensor:
-        fn = _baseline_fn(name)
-        if fn is None:
-            raise ValueError(f"method {name!r} needs latim_captum.baselines.{name}, which is not installed")
         if name == "mamba_attention":
             return fn(model, input_ids)
         if name == "mamba_lrp":  # rows are replicated per backward pass: keep ≤ 256 sequences in flight
@@ -202,15 +194,14 @@ def _baseline(name: str) -> Callable[[nn.Module, Tensor], Tensor]:
 
 
 for _name, _label in BASELINES.items():
-    # per_layer is checked against the returned shape in get_method; registered as per layer (LaTIM-like)
-    register_method(_name, _label, per_layer=True, family="baseline")(_baseline(_name))
+    register_method(_name, _label, per_layer=_name == "mamba_attention", family="baseline")(_baseline(_name))
 
 
 def available_methods(include_baselines: bool = True) -> list[str]:
-    """Registered method names whose code can run here (baselines only when ``latim_captum.baselines`` has them)."""
+    """Registered method names (the baselines only with ``include_baselines``)."""
     names = []
     for name, method in METHOD_REGISTRY.items():
-        if method.family == "baseline" and (not include_baselines or _baseline_fn(name) is None):
+        if method.family == "baseline" and not include_baselines:
             continue
         names.append(name)
     return names
@@ -220,24 +211,4 @@ def get_method(name: str) -> Method:
     """The registered :class:`Method` called ``name``; a clear ``ValueError`` for unknown or missing ones."""
     if name not in METHOD_REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_REGISTRY)}")
-    method = METHOD_REGISTRY[name]
-    if method.family == "baseline":
-        if _baseline_fn(name) is None:
-            raise ValueError(f"method {name!r} needs latim_captum.baselines.{name}, which is not installed")
-
-        def fn(model: nn.Module, ids: Tensor, _call=method.fn) -> Tensor:
-            return _call(model, ids)
-
-        # the baseline's own output decides per layer vs aggregated
-        return _ShapeAdaptive(name=name, label=method.label, per_layer=True, fn=fn, family="baseline")
-    return method
-
-
-class _ShapeAdaptive(Method):
-    """A method whose per-layer-ness is read from its output: ``[B, L, N, N]`` or ``[B, N, N]``."""
-
-    def __call__(self, model: nn.Module, input_ids: Tensor) -> Tensor:
-        maps = self.fn(model, input_ids)
-        if maps.dim() not in (3, 4):
-            raise RuntimeError(f"method {self.name!r} returned a {maps.dim()}-d map, expected [B,(L,)N,N]")
-        return maps
+    return METHOD_REGISTRY[name]

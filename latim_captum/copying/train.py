@@ -45,74 +45,40 @@ __all__ = ["PRESETS", "build_model", "evaluate_copy", "main", "train"]
 # --n-train 5000 for the paper's literal setting.
 PAPER_N_TRAIN = 500_000
 
+# per-scale settings shared by both variants; the variants differ only in state size (and Mamba-2's head size)
+_PAPER = dict(
+    layers=8,
+    d_model=512,
+    length=50,
+    vocab=32,
+    mimetic_layers=[3],
+    steps=5000,
+    batch=256,
+    lr=7e-4,
+    warmup=500,
+    n_train=PAPER_N_TRAIN,
+    n_eval=128,
+    eval_every=500,
+)
+_TINY = dict(
+    layers=2,
+    d_model=64,
+    length=10,
+    vocab=16,
+    mimetic_layers=[1],
+    steps=1500,
+    batch=64,
+    lr=3e-3,
+    warmup=100,
+    n_train=5000,
+    n_eval=128,
+    eval_every=250,
+)
+
 # per-scale, per-variant settings; command-line flags override any of them
 PRESETS: dict[str, dict[str, dict]] = {
-    "paper": {
-        "mamba1": dict(
-            layers=8,
-            d_model=512,
-            state=16,
-            length=50,
-            vocab=32,
-            mimetic_layers=[3],
-            steps=5000,
-            batch=256,
-            lr=7e-4,
-            warmup=500,
-            n_train=PAPER_N_TRAIN,
-            n_eval=128,
-            eval_every=500,
-        ),
-        "mamba2": dict(
-            layers=8,
-            d_model=512,
-            state=128,
-            length=50,
-            vocab=32,
-            mimetic_layers=[3],
-            steps=5000,
-            batch=256,
-            lr=7e-4,
-            warmup=500,
-            n_train=PAPER_N_TRAIN,
-            n_eval=128,
-            eval_every=500,
-            head_dim=64,
-        ),
-    },
-    "tiny": {
-        "mamba1": dict(
-            layers=2,
-            d_model=64,
-            state=16,
-            length=10,
-            vocab=16,
-            mimetic_layers=[1],
-            steps=1500,
-            batch=64,
-            lr=3e-3,
-            warmup=100,
-            n_train=5000,
-            n_eval=128,
-            eval_every=250,
-        ),
-        "mamba2": dict(
-            layers=2,
-            d_model=64,
-            state=32,
-            length=10,
-            vocab=16,
-            mimetic_layers=[1],
-            steps=1500,
-            batch=64,
-            lr=3e-3,
-            warmup=100,
-            n_train=5000,
-            n_eval=128,
-            eval_every=250,
-            head_dim=16,
-        ),
-    },
+    "paper": {"mamba1": {**_PAPER, "state": 16}, "mamba2": {**_PAPER, "state": 128, "head_dim": 64}},
+    "tiny": {"mamba1": {**_TINY, "state": 16}, "mamba2": {**_TINY, "state": 32, "head_dim": 16}},
 }
 
 
