@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from latim_captum._precision import fp32_math
 from latim_captum.traces import LayerTrace, ModelTrace, Readout
 
 __all__ = ["ModelAdapter", "CapturedLayer", "TraceMismatchError", "relative_error", "verification_tolerance"]
@@ -281,7 +282,7 @@ class ModelAdapter(ABC):
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
         tol = verification_tolerance(self.model_dtype)
         layers = []
-        with torch.no_grad():
+        with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
                 layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:

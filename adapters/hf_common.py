@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from .base import ModelAdapter
 
-__all__ = ["HFBackboneAdapter", "causal_depthwise_conv", "apply_padding_mask", "weight", "activation_fn"]
+__all__ = [
+    "HFBackboneAdapter",
+    "causal_depthwise_conv",
+    "apply_padding_mask",
+    "weight",
+    "activation_fn",
+    "gated_norm_groups",
+]
 
 
 def weight(param: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -32,6 +39,24 @@ def causal_depthwise_conv(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | No
     kernel = conv_weight.shape[-1]
     out = F.conv1d(x.transpose(1, 2), conv_weight[:, None, :], conv_bias, padding=kernel - 1, groups=x.shape[-1])
     return out[..., : x.shape[1]].transpose(1, 2)
+
+
+def gated_norm_groups(norm: nn.Module, width: int) -> int:
+    """Channel groups over which a Mamba-2 gated RMSNorm takes its mean square, as the installed module does it.
+
+    ``rsqrt(mean_group(u²) + ε)`` over ``width / group_size`` groups. Read from the module, not the config: the
+    same ``n_groups`` config normalises over *all* channels in transformers ≤ 5.17 (``MambaRMSNormGated`` had no
+    ``group_size``) and per group later, so a trace must follow the code that actually ran.
+
+    Example:
+        >>> gated_norm_groups(model.backbone.layers[0].mixer.norm, 128)  # doctest: +SKIP
+        2
+    """
+    if getattr(norm, "group_size", None) is not None:
+        return width // int(norm.group_size)
+    if getattr(norm, "n_groups", None) is not None:
+        return int(norm.n_groups)
+    return 1
 
 
 def activation_fn(name: str):

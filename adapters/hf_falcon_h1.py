@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from latim_captum.traces import LayerTrace, ParallelTrace, TokenwiseTrace
 
 from .base import CapturedLayer
-from .hf_common import weight
+from .hf_common import gated_norm_groups, weight
 from .hf_hybrid import HFHybridAdapter, _scaled, _Verified, attention_trace
 from .mixers import Mamba2Weights, mamba2_layer
 
@@ -63,7 +63,7 @@ def falcon_h1_mamba_trace(mixer: nn.Module, captured: CapturedLayer, dtype: torc
         D=weight(mixer.D, dtype),
         norm_weight=weight(mixer.norm.weight, dtype) if has_norm else None,
         norm_eps=float(mixer.norm.variance_epsilon) if has_norm else 0.0,
-        norm_groups=int(mixer.n_groups),
+        norm_groups=gated_norm_groups(mixer.norm, int(mixer.norm.weight.shape[0])) if has_norm else 1,
         norm_before_gate=bool(mixer.norm.norm_before_gate) if has_norm else False,
         out_proj_weight=weight(mixer.out_proj.weight, dtype),
         out_proj_bias=weight(mixer.out_proj.bias, dtype),

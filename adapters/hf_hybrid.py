@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from latim_captum._precision import fp32_math
 from latim_captum.attention import attention_output, attention_weights
 from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, SublayerTrace, TokenwiseTrace
 
@@ -280,7 +281,7 @@ class HFHybridAdapter(HFBackboneAdapter):
         tol = verification_tolerance(self.model_dtype)
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
-        with torch.no_grad():
+        with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
                 sublayers = self.block_traces(idx, block, cap, attn_kwargs.get(idx, {}), mask, dtype)
                 for sub in sublayers:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from latim_captum.traces import LayerTrace
 
 from .base import CapturedLayer
-from .hf_common import HFBackboneAdapter, weight
+from .hf_common import HFBackboneAdapter, gated_norm_groups, weight
 from .mixers import Mamba2Weights, gated_norm_scale, layer_from_capture, mamba2_layer
 
 __all__ = ["HFMamba2Adapter", "gated_norm_scale", "mamba2_mixer_trace"]
@@ -45,7 +45,7 @@ def mamba2_mixer_trace(
         D=weight(mixer.D, dtype),
         norm_weight=weight(mixer.norm.weight, dtype),
         norm_eps=float(mixer.norm.variance_epsilon),
-        norm_groups=int(mixer.n_groups),
+        norm_groups=gated_norm_groups(mixer.norm, int(mixer.norm.weight.shape[0])),
         norm_before_gate=False,
         out_proj_weight=weight(mixer.out_proj.weight, dtype),
         out_proj_bias=weight(mixer.out_proj.bias, dtype),

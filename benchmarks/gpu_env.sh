@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prepare a bare CUDA machine (torch + transformers preinstalled, no network) to run our GPU tests and benchmarks.
 # Source it from the repository root: `source benchmarks/gpu_env.sh`.
-#   .sd/wheels/wheels.tar.xz.part*  prebuilt mamba-ssm + causal-conv1d wheels (from ../shared/tools/mamba-kernels.sh)
+#   .sd/wheels/site.tar.xz.part*    mamba-ssm + causal-conv1d built by ../shared/tools/mamba-kernels.sh, unpacked from
+#                                   their wheels with stripped .so files (56 MiB: fits the 64 MiB carry with .whl)
 #   .whl/*.whl                      pure-Python wheels missing there (captum, inseq, ...)
 if [ -d .sd/wheels ]; then
-  mkdir -p /tmp/kw && cat .sd/wheels/wheels.tar.xz.part* | xz -d | tar x -C /tmp/kw \
-    && python3 -m pip install -q --no-deps --no-index /tmp/kw/*.whl \
+  mkdir -p /tmp/kwsite && cat .sd/wheels/site.tar.xz.part* | xz -d -T0 | tar x -C /tmp/kwsite \
+    && export PYTHONPATH=/tmp/kwsite${PYTHONPATH:+:$PYTHONPATH} \
     && python3 -c "import mamba_ssm, causal_conv1d; print('mamba_ssm', mamba_ssm.__version__)"
 fi
 if [ -d .whl ]; then

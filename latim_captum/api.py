@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._precision import fp32_math
 from ._validation import check_layers, check_method, check_model_inputs, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
@@ -92,6 +93,11 @@ def layer_maps_ref(
         projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
         block_rows: query rows per block (default: from a fixed memory budget).
     """
+    with fp32_math():
+        return _layer_maps_ref(layer, activation, measures, projection, block_rows)
+
+
+def _layer_maps_ref(layer, activation, measures, projection, block_rows) -> dict[str, Tensor]:
     bsz, n, _ = layer.residual.shape
     shares = sublayer_shares(layer, activation)
     out = {m: layer.residual.new_zeros(bsz, n, n) for m in measures}

@@ -95,9 +95,10 @@ def _lig_seconds(model, ids: torch.Tensor, device: torch.device, steps: int = 50
         return model(x).logits[:, -1]
 
     lig = LayerIntegratedGradients(forward, model.backbone.embeddings)
+    # ≤ 8192 tokens per backward pass: all 50 steps at once need tens of GB at N = 512 (24 layers)
     wall, _, _ = timed(
         lambda: lig.attribute(ids, baselines=torch.zeros_like(ids), target=target, n_steps=steps,
-                              internal_batch_size=max(1, min(steps, 2**16 // ids.shape[1]))),
+                              internal_batch_size=max(1, min(steps, 2**13 // ids.shape[1]))),
         device,
     )  # fmt: skip
     return wall
@@ -133,6 +134,16 @@ def _warm_up(model, n: int, precision: str, device: torch.device) -> float:
     alti_logit_row(tr, position=-1, precision=precision)
     _sync(device)
     return time.perf_counter() - start
+
+
+def _save(results: dict, out: str | None) -> None:
+    """Write ``speed.json`` / ``speed.md`` now, so a run stopped by a time limit keeps every finished point."""
+    if out is None:
+        return
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "speed.json").write_text(json.dumps(results, indent=1))
+    (path / "speed.md").write_text(to_markdown(results))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -217,6 +228,7 @@ def run(args: argparse.Namespace) -> dict:
             del tr
             results["points"].append(point)
             print(json.dumps(point), flush=True)
+            _save(results, args.out)
         # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
         last_wall, last_n = None, 1
         for n in single_lengths:
@@ -234,10 +246,14 @@ def run(args: argparse.Namespace) -> dict:
                 break
             point.update(wall_s=wall, peak_gib=peak)
             if n <= args.lig_max_n:
-                point["lig50_s"] = _lig_seconds(model, ids, device)
-                point["speedup_vs_lig50"] = point["lig50_s"] / wall
+                try:
+                    point["lig50_s"] = _lig_seconds(model, ids, device)
+                    point["speedup_vs_lig50"] = point["lig50_s"] / wall
+                except torch.OutOfMemoryError as err:
+                    point["lig50_error"] = f"out of memory: {str(err)[:120]}"
             results["single_query"].append(point)
             print(json.dumps(point), flush=True)
+            _save(results, args.out)
             last_wall, last_n = time.perf_counter() - point_start, n
         del model
         if device.type == "cuda":
@@ -264,6 +280,8 @@ def to_markdown(results: dict) -> str:
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in results["single_query"]:
         lig = f"{p['lig50_s']:.2f} | {p['speedup_vs_lig50']:.1f}" if "lig50_s" in p else "— | —"
+        if "lig50_error" in p:
+            lig = "OOM | —"
         lines.append(f"| {p['model']} | {p['dtype']} | {p['N']} | {p['wall_s']:.2f} | {p['peak_gib']:.2f} | {lig} |")
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {json.dumps(s)}" for s in results["skipped"]]
@@ -293,9 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write ``speed.json`` and ``speed.md`` to ``--out``."""
     args = build_parser().parse_args(argv)
     results = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(results, indent=1))
-    (out / "speed.md").write_text(to_markdown(results))
+    _save(results, args.out)
     print(to_markdown(results))
     return 0

@@ -234,6 +234,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         seed=int(meta.get("seed", 0)),
         methods=args.methods,
         batch=args.batch,
+        max_sequences=args.max_sequences,
         quiet=args.quiet,
     )
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
@@ -306,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     copying.add_argument("--device", default="cpu")
     copying.add_argument("--n-samples", type=int, default=None, help="evaluation samples (default: the model's)")
     copying.add_argument("--batch", type=int, default=32, help="samples per attribution call")
+    copying.add_argument(
+        "--max-sequences",
+        type=int,
+        default=None,
+        help="sequences per backward pass of the gradient methods and MambaLRP, which replicate the input per query "
+        "row (default 256; lower it on a CPU, where the PyTorch fallback paths need far more memory)",
+    )
     copying.add_argument("--methods", nargs="+", default=None, help="registry names (default: all available)")
     copying.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
     copying.add_argument("--quiet", action="store_true", help="no progress bars")

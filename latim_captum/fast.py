@@ -28,12 +28,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ._precision import fp32_math
 from .aggregate import lp_order
 from .decompose import tap_contributions
 from .ssm import d_inner_of
@@ -60,15 +62,12 @@ class LatimMemoryError(MemoryError):
 
 @contextlib.contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
-    """Allow TF32 inside the block when ``precision == "tf32"``; restore the global flag afterwards."""
+    """Allow TF32 matmuls inside the block only when ``precision == "tf32"`` (never TF32 convolutions); the global
+    flags come back afterwards."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    old_cuda = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    with fp32_math(tf32_matmul=precision == "tf32"):
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old_cuda
 
 
 def tile_bytes(layer: LayerTrace, rows: int, cols: int, precision: str = "highest") -> int:
@@ -122,13 +121,20 @@ class _LayerContext:
     gate: Tensor  # [B, d, N]
     skip: Tensor  # [d]
     direct_budget: int  # elements for the Mamba-1 diagonal sub-blocks
+    anchor_rows: int  # Mamba-1 rows sharing one factorisation anchor
 
     @property
     def mamba1(self) -> bool:
         return isinstance(self.layer.ssm, Mamba1SSM)
 
 
-def _context(layer: LayerTrace, activation: str, direct_budget: int) -> _LayerContext:
+def default_anchor_rows(n: int) -> int:
+    """Mamba-1 rows per factorisation anchor: ≈ √(N/2), which balances the direct (N·a·d·R) and factor (N²/a·d·R)
+    elementwise work, as a power of two in [16, 128]."""
+    return int(min(128, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n / 2)))))))
+
+
+def _context(layer: LayerTrace, activation: str, direct_budget: int, anchor_rows: int) -> _LayerContext:
     shares = tap_contributions(layer, activation).transpose(-1, -2).contiguous()  # [K, B, d, N]
     lam = torch.cumsum(layer.ssm.delta.to(torch.float64), dim=1)
     return _LayerContext(
@@ -138,6 +144,7 @@ def _context(layer: LayerTrace, activation: str, direct_budget: int) -> _LayerCo
         gate=layer.out_gate.transpose(1, 2),
         skip=layer.skip,
         direct_budget=direct_budget,
+        anchor_rows=anchor_rows,
     )
 
 
@@ -203,30 +210,45 @@ def _gated_tile(ctx: _LayerContext, r0: int, r1: int, c0: int, c1: int) -> Tenso
     d = ctx.gate.shape[1]
     kernel = ctx.shares.shape[0]
     values = ctx.gate.new_zeros(bsz, d, r1 - r0, c1 - c0)
-    s_hi = min(c1 + kernel - 1, r1)  # sources j + k' that feed these columns; none beyond the last row
     if ctx.mamba1:
-        ssm = layer.ssm
-        f_hi = min(s_hi, r0)
-        if f_hi > c0:  # sources before the row block: factorised around r0, a batched GEMM over channels
-            dtype = ssm.delta.dtype
-            back = (ctx.lam[:, r0, None] - ctx.lam[:, c0:f_hi]).to(dtype)  # [B, s, d], ≥ 0
-            right = torch.exp(back[..., None] * ssm.A) * ssm.B[:, c0:f_hi, None, :] * ssm.delta[:, c0:f_hi, :, None]
-            folded = values.new_zeros(bsz, d, ssm.A.shape[-1], c1 - c0)
-            _add_taps(folded, right.permute(0, 2, 3, 1), ctx.shares, c0, c1, c0)
-            ahead = (ctx.lam[:, r0:r1] - ctx.lam[:, r0, None]).to(dtype)  # [B, r, d], ≥ 0
-            left = torch.exp(ahead[..., None] * ssm.A) * ssm.C[:, r0:r1, None, :]  # [B, r, d, R]
-            values += left.permute(0, 2, 1, 3) @ folded
-        d0 = max(c0, r0)
-        if s_hi > d0:  # sources inside the row block: the direct formula
-            mixing = _mamba1_direct(ctx, r0, r1, d0, s_hi)
-            _add_skip(mixing, ctx.skip, r0, r1, d0, s_hi)
-            _add_taps(values, mixing, ctx.shares, c0, c1, d0)
-    elif s_hi > c0:
-        mixing = _mamba2_mixing(ctx, r0, r1, c0, s_hi)
-        _add_skip(mixing, ctx.skip, r0, r1, c0, s_hi)
-        _add_taps(values, mixing, ctx.shares, c0, c1, c0)
+        # anchors every few rows: the direct formula (elementwise, ∝ rows·sources·d·R) only covers each anchor's
+        # own rows × rows; everything before an anchor goes through the factorised batched GEMM
+        for a in range(r0, r1, ctx.anchor_rows):
+            b = min(r1, a + ctx.anchor_rows)
+            _mamba1_anchor_rows(ctx, values[:, :, a - r0 : b - r0], a, b, c0, c1)
+    else:
+        s_hi = min(c1 + kernel - 1, r1)  # sources j + k' that feed these columns; none beyond the last row
+        if s_hi > c0:
+            mixing = _mamba2_mixing(ctx, r0, r1, c0, s_hi)
+            _add_skip(mixing, ctx.skip, r0, r1, c0, s_hi)
+            _add_taps(values, mixing, ctx.shares, c0, c1, c0)
     values *= ctx.gate[:, :, r0:r1, None]
     return values
+
+
+def _mamba1_anchor_rows(ctx: _LayerContext, values: Tensor, a: int, b: int, c0: int, c1: int) -> None:
+    """Add Mamba-1's ungated ``v_{i←j}`` for rows ``[a, b)`` and columns ``[c0, c1)`` into ``values``, in place.
+
+    Sources before ``a`` factorise around the anchor ``a`` (both factors ≤ 1); sources in ``[a, b)`` use eq 15.
+    """
+    ssm = ctx.layer.ssm
+    bsz, d = values.shape[:2]
+    s_hi = min(c1 + ctx.shares.shape[0] - 1, b)  # sources j + k' that feed these columns; none beyond the last row
+    f_hi = min(s_hi, a)
+    if f_hi > c0:
+        dtype = ssm.delta.dtype
+        back = (ctx.lam[:, a, None] - ctx.lam[:, c0:f_hi]).to(dtype)  # [B, s, d], ≥ 0
+        right = torch.exp(back[..., None] * ssm.A) * ssm.B[:, c0:f_hi, None, :] * ssm.delta[:, c0:f_hi, :, None]
+        folded = values.new_zeros(bsz, d, ssm.A.shape[-1], c1 - c0)
+        _add_taps(folded, right.permute(0, 2, 3, 1), ctx.shares, c0, c1, c0)
+        ahead = (ctx.lam[:, a:b] - ctx.lam[:, a, None]).to(dtype)  # [B, r, d], ≥ 0
+        left = torch.exp(ahead[..., None] * ssm.A) * ssm.C[:, a:b, None, :]  # [B, r, d, R]
+        values += left.permute(0, 2, 1, 3) @ folded
+    d0 = max(c0, a)
+    if s_hi > d0:
+        mixing = _mamba1_direct(ctx, a, b, d0, s_hi)
+        _add_skip(mixing, ctx.skip, a, b, d0, s_hi)
+        _add_taps(values, mixing, ctx.shares, c0, c1, d0)
 
 
 def _add_skip(mixing: Tensor, skip: Tensor, r0: int, r1: int, s0: int, s1: int) -> None:
@@ -259,6 +281,7 @@ def layer_maps_fast(
     budget_bytes: int | None = None,
     out: dict[str, Tensor] | None = None,
     rows: tuple[int, int] | None = None,
+    anchor_rows: int | None = None,
 ) -> dict[str, Tensor]:
     """The maps of :func:`latim_captum.api.layer_maps` (same values) without materialising ``[rows, N, D]``.
 
@@ -272,6 +295,7 @@ def layer_maps_fast(
         budget_bytes: memory for one tile (default: half the free device memory).
         out: preallocated ``[B, N, N]`` maps to fill (e.g. slices of an all-layer result).
         rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]`` (memory O(rows·N)).
+        anchor_rows: Mamba-1 rows per factorisation anchor (default :func:`default_anchor_rows`).
 
     Returns:
         ``{measure: [B, N, N]}``, or ``[B, stop − start, N]`` with ``rows``.
@@ -297,7 +321,11 @@ def layer_maps_fast(
     dtype = layer.residual.dtype
     d = d_inner_of(layer.ssm)
     direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
-    ctx = _context(layer, activation, direct_budget)
+    if anchor_rows is None:
+        anchor_rows = default_anchor_rows(n)
+    if anchor_rows < 1:
+        raise ValueError(f"anchor_rows must be ≥ 1, got {anchor_rows}")
+    ctx = _context(layer, activation, direct_budget, anchor_rows)
     need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     output = layer.block_output
     with torch.no_grad(), matmul_precision(precision):

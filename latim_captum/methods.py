@@ -38,7 +38,20 @@ from torch import Tensor, nn
 
 from . import baselines
 
-__all__ = ["METHOD_REGISTRY", "Method", "available_methods", "get_method", "next_token_targets", "register_method"]
+__all__ = [
+    "DEFAULT_MAX_SEQUENCES",
+    "METHOD_REGISTRY",
+    "Method",
+    "available_methods",
+    "get_method",
+    "next_token_targets",
+    "register_method",
+]
+
+
+#: replicated sequences per backward pass of the row-replicating methods (a GPU with mamba-ssm's kernels holds this
+#: easily at N ≈ 100; the PyTorch fallback paths need far fewer on a CPU)
+DEFAULT_MAX_SEQUENCES = 256
 
 
 @dataclass(frozen=True)
@@ -49,18 +62,23 @@ class Method:
         name: registry key (CLI ``--method``).
         label: name for tables and figures.
         per_layer: True if ``fn`` returns ``[B, L, N, N]``, False for one aggregated ``[B, N, N]`` map.
-        fn: ``fn(model, input_ids) -> maps``.
+        fn: ``fn(model, input_ids) -> maps`` (``fn(model, input_ids, max_sequences)`` if ``replicates_rows``).
         family: ``"latim"``, ``"gradient"`` or ``"baseline"``.
+        replicates_rows: the method replicates the input once per query row for batched backward passes;
+            ``max_sequences`` bounds how many replicas are in flight (memory ∝ max_sequences · N).
     """
 
     name: str
     label: str
     per_layer: bool
-    fn: Callable[[nn.Module, Tensor], Tensor]
+    fn: Callable[..., Tensor]
     family: str
+    replicates_rows: bool = False
 
-    def __call__(self, model: nn.Module, input_ids: Tensor) -> Tensor:
-        maps = self.fn(model, input_ids)
+    def __call__(self, model: nn.Module, input_ids: Tensor, *, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> Tensor:
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+        maps = self.fn(model, input_ids, max_sequences) if self.replicates_rows else self.fn(model, input_ids)
         expected = 4 if self.per_layer else 3
         if maps.dim() != expected:
             raise RuntimeError(f"method {self.name!r} returned a {maps.dim()}-d map, expected {expected}-d")
@@ -70,11 +88,13 @@ class Method:
 METHOD_REGISTRY: dict[str, Method] = {}
 
 
-def register_method(name: str, label: str, per_layer: bool, family: str):
+def register_method(name: str, label: str, per_layer: bool, family: str, replicates_rows: bool = False):
     """Decorator: add ``fn(model, input_ids) -> maps`` to :data:`METHOD_REGISTRY` under ``name``."""
 
-    def wrap(fn: Callable[[nn.Module, Tensor], Tensor]) -> Callable[[nn.Module, Tensor], Tensor]:
-        METHOD_REGISTRY[name] = Method(name=name, label=label, per_layer=per_layer, fn=fn, family=family)
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        METHOD_REGISTRY[name] = Method(
+            name=name, label=label, per_layer=per_layer, fn=fn, family=family, replicates_rows=replicates_rows
+        )
         return fn
 
     return wrap
@@ -106,7 +126,7 @@ for _m, _label in (("l2", "LaTIM (ℓ2)"), ("alti", "LaTIM (ALTI)"), ("alti_logi
 # --- Captum gradient methods ----------------------------------------------------------------------------------------
 
 
-def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: int = 256) -> Tensor:
+def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: int = DEFAULT_MAX_SEQUENCES) -> Tensor:
     """``[B, N, N]`` gradient maps; row i explains the logit of ``input_ids[i + 1]`` at position i.
 
     Rows are batched: the sequence is replicated once per query row (``[R·B, N, D]``) and replica r reads the logit
@@ -163,8 +183,8 @@ for _kind, _label in (
     ("input_x_gradient", "Input×Gradient"),
     ("integrated_gradients", "Integrated Gradients"),
 ):
-    register_method(_kind, _label, per_layer=False, family="gradient")(
-        lambda model, ids, _k=_kind: _gradient_maps(model, ids, _k)
+    register_method(_kind, _label, per_layer=False, family="gradient", replicates_rows=True)(
+        lambda model, ids, max_sequences, _k=_kind: _gradient_maps(model, ids, _k, max_batch=max_sequences)
     )
 
 
@@ -180,21 +200,29 @@ BASELINES = {
 }
 
 
-def _baseline(name: str) -> Callable[[nn.Module, Tensor], Tensor]:
+def _baseline(name: str) -> Callable[..., Tensor]:
     fn = getattr(baselines, name)
+
+    if name == "mamba_lrp":  # rows are replicated per backward pass: keep ≤ max_sequences sequences in flight
+
+        def call_rows(model: nn.Module, input_ids: Tensor, max_sequences: int) -> Tensor:
+            row_batch = max(1, max_sequences // len(input_ids))
+            return fn(model, input_ids, target=next_token_targets(input_ids), row_batch=row_batch)
+
+        return call_rows
 
     def call(model: nn.Module, input_ids: Tensor) -> Tensor:
         if name == "mamba_attention":
             return fn(model, input_ids)
-        if name == "mamba_lrp":  # rows are replicated per backward pass: keep ≤ 256 sequences in flight
-            return fn(model, input_ids, target=next_token_targets(input_ids), row_batch=max(1, 256 // len(input_ids)))
         return fn(model, input_ids, target=next_token_targets(input_ids))
 
     return call
 
 
 for _name, _label in BASELINES.items():
-    register_method(_name, _label, per_layer=_name == "mamba_attention", family="baseline")(_baseline(_name))
+    register_method(
+        _name, _label, per_layer=_name == "mamba_attention", family="baseline", replicates_rows=_name == "mamba_lrp"
+    )(_baseline(_name))
 
 
 def available_methods(include_baselines: bool = True) -> list[str]:

@@ -141,3 +141,31 @@ def test_padding_matches_unpadded_run(kind):
         pad = latim_captum.interactions(model, padded, attention_mask=mask, method=method, dtype=torch.float64)
         assert torch.allclose(pad[..., 3:, 3:], plain, atol=1e-9), method
         assert bool((pad[..., 3:, :3] == 0).all()), f"{method}: real tokens must give padding nothing"
+
+
+class _WholeWidthGatedNorm(torch.nn.Module):
+    """transformers ≤ 5.17's ``MambaRMSNormGated``: one mean square over every channel, whatever ``n_groups``."""
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight.detach().clone())
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states, gate=None):
+        h = hidden_states.float()
+        if gate is not None:
+            h = h * F.silu(gate.float())
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(hidden_states.dtype)
+
+
+@pytest.mark.parametrize("norm", ["grouped", "whole_width"])
+def test_mamba2_gated_norm_groups_follow_the_installed_module(norm):
+    """The trace reads the norm's grouping from the module that ran: per group (``group_size``) or all channels."""
+    model = build("mamba2", seed=5)  # n_groups = 2: the two readings give different outputs
+    if norm == "whole_width":
+        for block in model.backbone.layers:
+            old = block.mixer.norm
+            block.mixer.norm = _WholeWidthGatedNorm(old.weight, old.variance_epsilon)
+    err = latim_captum.reconstruction_error(model, random_ids(2, 9, seed=4), activation="silu_gate")
+    assert float(err.max()) < EXACT_TOL, err

@@ -43,10 +43,14 @@ def test_fast_maps_equal_reference(traces, key):
             for activation in activations:
                 ref = layer_maps(layer, activation, MEASURES, projection=proj)
                 for block in blocks:
-                    fast = layer_maps_fast(layer, activation, MEASURES, projection=proj, block=block)
-                    for m in MEASURES:
-                        msg = f"{key} {activation} {dtype} block={block} layer {layer.layer} {m}"
-                        assert _rel(fast[m], ref[m]) < tol, msg
+                    # Mamba-1 anchors: one per row, several per tile (2 < 8), the default (one per tile here)
+                    for anchor in (1, 2, None) if key[0] != "mamba2" and block >= 8 else (None,):
+                        fast = layer_maps_fast(
+                            layer, activation, MEASURES, projection=proj, block=block, anchor_rows=anchor
+                        )
+                        for m in MEASURES:
+                            msg = f"{key} {activation} {dtype} block={block} anchor={anchor} layer {layer.layer} {m}"
+                            assert _rel(fast[m], ref[m]) < tol, msg
 
 
 def test_fast_rows_subset_and_strong_decay():
@@ -57,10 +61,11 @@ def test_fast_rows_subset_and_strong_decay():
     tr = lc.trace(model, random_ids(1, 30, seed=2), dtype=torch.float64)
     layer = tr.layers[0]
     ref = layer_maps(layer, "silu", ("l2", "alti"))
-    fast = layer_maps_fast(layer, "silu", ("l2", "alti"), block=4, rows=(9, 17))
-    for m in ("l2", "alti"):
-        assert fast[m].shape == (1, 8, 30), m
-        assert _rel(fast[m], ref[m][:, 9:17]) < 1e-10, m
+    for anchor in (1, 3, None):
+        fast = layer_maps_fast(layer, "silu", ("l2", "alti"), block=8, rows=(9, 17), anchor_rows=anchor)
+        for m in ("l2", "alti"):
+            assert fast[m].shape == (1, 8, 30), m
+            assert _rel(fast[m], ref[m][:, 9:17]) < 1e-10, (m, anchor)
     with pytest.raises(ValueError, match=r"\(5, 40\)"):
         layer_maps_fast(layer, "silu", ("l2",), rows=(5, 40))
 

@@ -136,3 +136,28 @@ def test_trace_reuse_rejects_inputs(model):
     tr = latim_captum.trace(model, random_ids(1, 4))
     with pytest.raises(ValueError, match="not with a ModelTrace"):
         latim_captum.interactions(tr, random_ids(1, 4))
+
+
+def test_tf32_flags_off_while_recomputing_and_restored(model, monkeypatch):
+    """Recomputation and the reference maps run in IEEE fp32 (no TF32 conv/matmul); the user's flags come back."""
+    from latim_captum.fast import layer_maps_fast
+
+    adapter = get_adapter(model)
+    seen = []
+    original = type(adapter).mixer_trace
+
+    def spy(self, *args, **kwargs):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(adapter), "mixer_trace", spy)
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as many training scripts do
+    try:
+        tr = latim_captum.trace(adapter, random_ids(1, 6))
+        assert seen and all(flags == (False, False) for flags in seen), seen
+        latim_captum.interactions(tr, method="alti", backend="ref")
+        layer_maps_fast(tr.layers[0], "silu", ("l2",), precision="highest")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

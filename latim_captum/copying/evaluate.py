@@ -88,6 +88,7 @@ def evaluate_model(
     seed: int = 0,
     methods: Sequence[str] | None = None,
     batch: int = 32,
+    max_sequences: int | None = None,
     quiet: bool = False,
 ) -> dict:
     """Accuracy, faithfulness of each method and reconstruction error of a copy model on held-out samples.
@@ -99,6 +100,8 @@ def evaluate_model(
         seed: the training seed (the evaluation set is drawn with ``seed + 1``).
         methods: registry names (default: every available one).
         batch: samples per attribution call.
+        max_sequences: replicated sequences per backward pass of the row-replicating methods (default
+            :data:`~latim_captum.methods.DEFAULT_MAX_SEQUENCES`; lower it on a CPU).
 
     Returns:
         ``{"accuracy": {...}, "methods": {name: {"label", "per_layer", "layers": [{auc, ap, recall_at_k}, ...]
@@ -106,7 +109,7 @@ def evaluate_model(
     """
     from ..activations import ACTIVATIONS
     from ..api import reconstruction_error
-    from ..methods import available_methods, get_method
+    from ..methods import DEFAULT_MAX_SEQUENCES, available_methods, get_method
 
     variant = variant_of(model)
     device = next(model.parameters()).device
@@ -117,7 +120,11 @@ def evaluate_model(
     for name in _progress(names, "methods", quiet):
         method = get_method(name)
         t0 = time.time()
-        chunks = [method(model, ids[s : s + batch].to(device)).float().cpu() for s in range(0, n_samples, batch)]
+        cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
+        chunks = [
+            method(model, ids[s : s + batch].to(device), max_sequences=cap).float().cpu()
+            for s in range(0, n_samples, batch)
+        ]
         maps = torch.cat(chunks)
         entry: dict = {"label": method.label, "family": method.family, "seconds": time.time() - t0}
         if maps.dim() == 4:

@@ -242,7 +242,8 @@ def train(args: argparse.Namespace) -> dict:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.eval().to("cpu").save_pretrained(out, safe_serialization=True)
+    # 15 MB shards: every file of a paper-scale model (54 MB in fp32) fits size-limited transfers and LFS-free hosting
+    model.eval().to("cpu").save_pretrained(out, safe_serialization=True, max_shard_size="15MB")
     copy_tokenizer(args.vocab).save_pretrained(out)
     (out / "training_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
