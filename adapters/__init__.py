@@ -21,6 +21,7 @@ from .hf_jamba import HFJambaAdapter
 from .hf_mamba import HFFalconMambaAdapter, HFMambaAdapter
 from .hf_mamba2 import HFMamba2Adapter
 from .hf_nemotron_h import HFNemotronHAdapter
+from .hf_zamba2 import HFZamba2Adapter
 from .mamba_ssm import MambaSSMAdapter
 
 __all__ = [
@@ -47,6 +48,7 @@ ADAPTERS: list[type[ModelAdapter]] = [
     HFGraniteMoeHybridAdapter,
     HFNemotronHAdapter,
     HFFalconH1Adapter,
+    HFZamba2Adapter,
 ]
 
 

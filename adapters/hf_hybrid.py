@@ -107,11 +107,15 @@ def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | At
 @dataclass
 class _Verified:
     """A token-mixing sublayer's trace with its independently recomputed output, checked by :meth:`trace`;
-    ``in_trace=False`` for a part that is verified on its own but listed inside a combined sublayer."""
+    ``in_trace=False`` for a part that is verified on its own but listed inside a combined sublayer. ``reference``
+    replaces the trace's ``mixer_output`` as what ``recomputed`` must match (an intermediate tensor of the block,
+    named by ``what`` in the error)."""
 
     trace: LayerTrace | AttentionTrace
     recomputed: Tensor
     in_trace: bool = True
+    reference: Tensor | None = None
+    what: str = "mixer output"
 
 
 def _unwrap(sub: _Verified | SublayerTrace) -> SublayerTrace:
@@ -286,7 +290,8 @@ class HFHybridAdapter(HFBackboneAdapter):
                 sublayers = self.block_traces(idx, block, cap, attn_kwargs.get(idx, {}), mask, dtype)
                 for sub in sublayers:
                     if verify and isinstance(sub, _Verified):
-                        self._verify(idx, sub.recomputed, sub.trace.mixer_output, mask, tol)
+                        reference = sub.trace.mixer_output if sub.reference is None else sub.reference
+                        self._verify(idx, sub.recomputed, reference, mask, tol, sub.what)
                 listed = [sub for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
                 layers.extend(replace(_unwrap(sub), layer=idx) for sub in listed)
             readout = self.readout(captured[-1].block_output, logits, dtype)
@@ -294,13 +299,21 @@ class HFHybridAdapter(HFBackboneAdapter):
             embeddings=captured[0].block_input.to(dtype), layers=layers, readout=readout, mask=mask, dtype=dtype
         )
 
-    def _verify(self, idx: int, recomputed: Tensor, reference: Tensor, mask: Tensor | None, tol: float) -> None:
+    def _verify(
+        self,
+        idx: int,
+        recomputed: Tensor,
+        reference: Tensor,
+        mask: Tensor | None,
+        tol: float,
+        what: str = "mixer output",
+    ) -> None:
         if mask is not None:
             keep = mask.bool()
             recomputed, reference = recomputed[keep], reference[keep]
         err = relative_error(recomputed, reference)
         if err > tol:
             raise TraceMismatchError(
-                f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
+                f"layer {idx}: recomputed {what} differs from the model's by {err:.2e} (relative, "
                 f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"
             )

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "IDENTITY_NAMES", "SILU_NAMES", "conv_taps", "tap_shares", "check_activation"]
+__all__ = ["ACTIVATIONS", "IDENTITY_NAMES", "SILU_NAMES", "conv_taps", "tap_shares", "tap_gains", "check_activation"]
 
 ACTIVATIONS: tuple[str, ...] = ("silu", "identity", "taylor1", "taylor2", "silu_gate")
 SILU_NAMES = frozenset({"silu", "swish"})
@@ -87,4 +87,31 @@ def tap_shares(taps: Tensor, pre_activation: Tensor, activation: str) -> Tensor:
         return taps / 2 + taps.square() / 4
     if activation == "silu_gate":
         return torch.sigmoid(pre_activation) * taps
+    raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+def tap_gains(taps: Tensor, pre_activation: Tensor, activation: str) -> Tensor:
+    """Per-channel gains ``r`` with ``f(ψ_s^{(k)}) = r_s^{(k)} ⊙ ψ_s^{(k)}`` (:func:`tap_shares` as a fixed linear map
+    of its tap), ``[K, B, N, d]``.
+
+    A tap that is itself a sum of parts (the conv input of a Zamba2 hybrid layer, split over source tokens) is then
+    shared out linearly, each part getting ``r ⊙ part``: the parts' shares add up to the tap's share for every
+    strategy, exact or not. ``silu``: ``σ(ψ^{(k)})``; ``identity``: 1; ``taylor1``: ½; ``taylor2``: ``½ + ψ^{(k)}/4``;
+    ``silu_gate``: ``σ(ψ_s)``.
+
+    Example:
+        >>> psi = torch.randn(1, 5, 3); taps = conv_taps(psi, torch.randn(3, 2), None)
+        >>> torch.allclose(tap_gains(taps, psi, "taylor2") * taps, tap_shares(taps, psi, "taylor2"))
+        True
+    """
+    if activation == "silu":
+        return torch.sigmoid(taps)
+    if activation == "identity":
+        return torch.ones_like(taps)
+    if activation == "taylor1":
+        return torch.full_like(taps, 0.5)
+    if activation == "taylor2":
+        return 0.5 + taps / 4
+    if activation == "silu_gate":
+        return torch.sigmoid(pre_activation).expand_as(taps).clone()
     raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")

@@ -8,6 +8,13 @@ LaTIM (ℓp)          ``C_ij = ‖T_i(x_j)‖_p``  (eq 5)
 LaTIM (ALTI)        ``C_ij ∝ [‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1]_+``, ``T'_i(x_j) = T_i(x_j) + δ_ij x_i``  (eq 6)
 LaTIM (ALTI-Logit)  ``C_ij = Σ_l Σ_k Δ^{(l)}_{ik} R^{(l-1)}_{kj}``, ``Δ^{(l)}_{ik} = T^{(l)}_i(x_k) · u_i``  (eqs 7-8)
 ==================  ==================================================================================================
+
+**Embedding columns.** A sublayer that also reads the input embeddings (a Zamba2 hybrid layer,
+:class:`~latim_captum.traces.SharedBlockTrace`) has ``2N`` contribution vectors per row, ``T_i(x_k)`` then
+``T_i(e_k)``. The reducers work on them as they are (ALTI's proximities are normalised jointly over all ``2N``), and
+its ``[B, N, 2N]`` maps ``[A^x | A^e]`` enter the aggregation with the embedding half connected straight to the input
+tokens: ``R ← A^x R + A^e`` (:func:`rollout`, :func:`alti_logit_combine`). :func:`fold_embedding_columns` adds each
+token's two columns for a per-token map.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ __all__ = [
     "alti_scores",
     "logit_scores",
     "normalize_rows",
+    "fold_embedding_columns",
     "rollout",
     "alti_logit_combine",
 ]
@@ -74,7 +82,8 @@ def alti_scores(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 
     distribution and the rollout of ALTI-Logit stays conservative.
 
     Args:
-        contrib: ``T_i(x_j)`` for the rows, ``[B, rows, N, D]`` (residual not included).
+        contrib: ``T_i(x_j)`` for the rows, ``[B, rows, N, D]`` (residual not included), or ``[B, rows, 2N, D]`` with
+            embedding columns (the residual goes to the stream column i; rows sum to 1 over all ``2N``).
         residual: ``x_i`` of the rows, ``[B, rows, D]``; added to ``T_i(x_i)`` (the residual is token i's own).
         output: ``y_i`` of the rows (the block output), ``[B, rows, D]``.
         start: index of the first row.
@@ -109,28 +118,64 @@ def logit_scores(contrib: Tensor, projection: Tensor) -> Tensor:
     return torch.einsum("brjd,brd->brj", contrib, projection)
 
 
+def fold_embedding_columns(scores: Tensor, n: int, dim: int = -1) -> Tensor:
+    """Add the embedding column ``N + k`` to the stream column ``k`` when ``scores`` has ``2N`` entries along ``dim``
+    (unchanged with ``N``): a token's total over its two sources.
+
+    Example:
+        >>> fold_embedding_columns(torch.tensor([[0.5, 0.1, 0.3, 0.1]]), 2)
+        tensor([[0.8000, 0.2000]])
+    """
+    if scores.shape[dim] == n:
+        return scores
+    if scores.shape[dim] != 2 * n:
+        raise ValueError(f"expected {n} or {2 * n} columns along dim {dim}, got {scores.shape[dim]}")
+    return scores.narrow(dim, 0, n) + scores.narrow(dim, n, n)
+
+
+def _through(layer_map: Tensor, flow: Tensor | None) -> Tensor:
+    """``A R`` for a ``[B, N, N]`` map; ``A^x R + A^e`` for a ``[B, N, 2N]`` map with embedding columns; R = I for
+    ``flow=None``."""
+    n = layer_map.shape[-2]
+    stream = layer_map[..., :n] if flow is None else layer_map[..., :n] @ flow
+    return stream if layer_map.shape[-1] == n else stream + layer_map[..., n:]
+
+
 def rollout(maps: list[Tensor]) -> Tensor:
-    """``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` for per-layer ``[B, N, N]`` maps whose rows sum to 1 (identity for none)."""
+    """``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` for per-layer ``[B, N, N]`` maps whose rows sum to 1 (identity for none).
+
+    A ``[B, N, 2N]`` map ``[A^x | A^e]`` (a sublayer with embedding columns) adds its embedding half directly,
+    ``R^{(l)} = A^x R^{(l-1)} + A^e``: the embedding ``e_k`` is input token k itself. Rows still sum to 1.
+
+    Example:
+        >>> a = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])
+        >>> rollout([a, a])
+        tensor([[[1.0000, 0.0000],
+                 [0.7500, 0.2500]]])
+    """
     if not maps:
         raise ValueError("rollout needs at least one layer map")
-    out = maps[0]
-    for layer_map in maps[1:]:
-        out = layer_map @ out
+    out = None
+    for layer_map in maps:
+        out = _through(layer_map, out)
     return out
 
 
 def alti_logit_combine(deltas: list[Tensor], alti_maps: list[Tensor], direct: Tensor) -> Tensor:
     """ALTI-Logit (eq 8): ``C = Σ_l Δ^{(l)} R^{(l-1)} + diag(direct)``.
 
+    A sublayer with embedding columns gives ``[B, N, 2N]`` ``Δ = [Δ^x | Δ^e]`` and ALTI map ``[A^x | A^e]``: its term
+    is ``Δ^x R^{(l-1)} + Δ^e`` and its rollout step ``R^{(l)} = A^x R^{(l-1)} + A^e`` (see :func:`rollout`).
+
     Args:
-        deltas: per layer ``Δ^{(l)}`` (eq 7), ``[B, N, N]``.
-        alti_maps: per layer ALTI maps ``P^{(l)}`` (rows sum to 1), ``[B, N, N]``; ``R^{(0)} = I``.
+        deltas: per layer ``Δ^{(l)}`` (eq 7), ``[B, N, N]`` (or ``[B, N, 2N]``).
+        alti_maps: per layer ALTI maps ``P^{(l)}`` (rows sum to 1), ``[B, N, N]`` (or ``[B, N, 2N]``); ``R^{(0)} = I``.
         direct: the embedding's direct path ``u_i · x_i^{(0)}``, ``[B, N]`` (token i's own, before any layer).
     """
     bsz, n = direct.shape
     flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)
     total = torch.diag_embed(direct)
     for delta, layer_map in zip(deltas, alti_maps):
-        total = total + delta @ flow
-        flow = layer_map @ flow
+        total = total + _through(delta, flow)
+        flow = _through(layer_map, flow)
     return total

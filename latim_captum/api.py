@@ -17,9 +17,9 @@ from ._precision import fp32_math
 from ._validation import check_layers, check_method, check_model_inputs, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
-from .aggregate import alti_logit_combine, alti_scores, logit_scores, lp_order, lp_scores
+from .aggregate import alti_logit_combine, alti_scores, fold_embedding_columns, logit_scores, lp_order, lp_scores
 from .decompose import iter_row_blocks, sublayer_block_rows, sublayer_contributions, sublayer_shares
-from .traces import LayerTrace, ModelTrace, SublayerTrace
+from .traces import LayerTrace, ModelTrace, SublayerTrace, has_embedding_columns
 
 __all__ = [
     "METHODS",
@@ -82,41 +82,52 @@ def layer_maps_ref(
     *,
     projection: Tensor | None = None,
     block_rows: int | None = None,
+    embedding_columns: bool = False,
 ) -> dict[str, Tensor]:
     """Several ``[B, N, N]`` maps of one sublayer from a single pass over row blocks of ``T_i(x_j)``: the reference.
 
+    A Zamba2 hybrid layer (:class:`~latim_captum.traces.SharedBlockTrace`) has two contribution vectors per source
+    token k, from its stream ``x_k`` and from its embedding ``e_k``. By default its maps are per token: ℓp of the
+    token's total vector ``T_i(x_k) + T_i(e_k)``; ALTI and logit add the token's two columns (ALTI's proximities are
+    normalised jointly over all ``2N`` vectors, so rows still sum to 1; Δ is linear, so both readings agree). With
+    ``embedding_columns=True`` its maps keep both, ``[B, N, 2N]`` (stream columns, then embedding columns: what
+    the rollout of ALTI-Logit needs); other sublayers are unaffected.
+
     Args:
-        layer: the sublayer trace (Mamba, attention or MLP/MoE).
+        layer: the sublayer trace (Mamba, attention, MLP/MoE, parallel or shared-block).
         activation: activation strategy for Mamba layers (see :mod:`latim_captum.activations`).
         measures: any of ``"l1"``, ``"l2"`` (any ``"l<p>"``, ``"linf"``), ``"alti"``, ``"logit"`` (eq 7's Δ, needs
             ``projection``).
         projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
         block_rows: query rows per block (default: from a fixed memory budget).
+        embedding_columns: keep the embedding columns of a sublayer that has them.
     """
     with fp32_math():
-        return _layer_maps_ref(layer, activation, measures, projection, block_rows)
+        return _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns)
 
 
-def _layer_maps_ref(layer, activation, measures, projection, block_rows) -> dict[str, Tensor]:
+def _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns) -> dict[str, Tensor]:
     bsz, n, _ = layer.residual.shape
+    cols = 2 * n if embedding_columns and has_embedding_columns(layer) else n
     shares = sublayer_shares(layer, activation)
-    out = {m: layer.residual.new_zeros(bsz, n, n) for m in measures}
+    out = {m: layer.residual.new_zeros(bsz, n, cols) for m in measures}
     output = layer.block_output
     for start, stop in iter_row_blocks(n, block_rows or sublayer_block_rows(layer)):
         contrib = sublayer_contributions(layer, activation, start, stop, shares=shares)
         for m in measures:
             if lp_order(m) is not None:
-                out[m][:, start:stop] = lp_scores(contrib, p=lp_order(m))
-            elif m == "alti":
-                out[m][:, start:stop] = alti_scores(
-                    contrib, layer.residual[:, start:stop], output[:, start:stop], start
-                )
+                vectors = contrib if cols == contrib.shape[2] else fold_embedding_columns(contrib, n, dim=2)
+                out[m][:, start:stop] = lp_scores(vectors, p=lp_order(m))
+                continue
+            if m == "alti":
+                scores = alti_scores(contrib, layer.residual[:, start:stop], output[:, start:stop], start)
             elif m == "logit":
                 if projection is None:
                     raise ValueError("measure 'logit' needs a projection")
-                out[m][:, start:stop] = logit_scores(contrib, projection[:, start:stop])
+                scores = logit_scores(contrib, projection[:, start:stop])
             else:
                 raise ValueError(f"unknown measure {m!r}")
+            out[m][:, start:stop] = scores if cols == scores.shape[-1] else fold_embedding_columns(scores, n)
     return out
 
 
@@ -142,10 +153,13 @@ def layer_maps(
     projection: Tensor | None = None,
     block_rows: int | None = None,
     backend: str = "auto",
+    embedding_columns: bool = False,
 ) -> dict[str, Tensor]:
-    """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures) on either backend.
+    """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures and
+    ``embedding_columns``) on either backend.
 
-    The tiled fast path covers Mamba layers; attention and token-wise sublayers of hybrids always take the reference.
+    The tiled fast path covers Mamba layers; attention, token-wise, parallel and shared-block (Zamba2 hybrid)
+    sublayers always take the reference, whatever ``backend`` says.
 
     Example:
         >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))       # doctest: +SKIP
@@ -154,7 +168,9 @@ def layer_maps(
         from .fast import layer_maps_fast
 
         return layer_maps_fast(layer, activation, measures, projection=projection, block=block_rows)
-    return layer_maps_ref(layer, activation, measures, projection=projection, block_rows=block_rows)
+    return layer_maps_ref(
+        layer, activation, measures, projection=projection, block_rows=block_rows, embedding_columns=embedding_columns
+    )
 
 
 class AltiLogit(NamedTuple):
@@ -191,7 +207,9 @@ def alti_logit(
     ``C_ij = u_i · x_i^{(0)} δ_ij + Σ_l Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``, with
     ``u_i = U_{w(i)} ⊙ w_f · s_i`` (the unembedding row of the target through the final RMSNorm's fixed scale)
     and ``R`` the ALTI rollout of the residual stream. ``target`` defaults to the model's predicted next token at
-    each position.
+    each position. A sublayer that reads the input embeddings (Zamba2's hybrid layers) adds
+    ``Δ^x R^{(l-1)} + Δ^e``: its embedding contributions belong to the input tokens directly (see
+    :func:`latim_captum.aggregate.alti_logit_combine`).
 
     Example:
         >>> res = alti_logit(model, input_ids, activation="silu_gate")           # doctest: +SKIP
@@ -211,7 +229,13 @@ def alti_logit(
     offset = readout.target_bias(targets)
     for layer in tr.layers:
         maps = layer_maps(
-            layer, activation, ("alti", "logit"), projection=projection, block_rows=block_rows, backend=backend
+            layer,
+            activation,
+            ("alti", "logit"),
+            projection=projection,
+            block_rows=block_rows,
+            backend=backend,
+            embedding_columns=True,
         )
         deltas.append(maps["logit"])
         alti_maps.append(maps["alti"])
@@ -293,11 +317,14 @@ def contributions(
     attention_mask: Tensor | None = None,
     include_residual: bool = False,
     dtype: torch.dtype = torch.float32,
+    embedding_columns: bool = False,
 ) -> Tensor:
     """Raw contribution vectors ``T_i(x_j)`` of one layer (eqs 22 / 25), ``[B, N, N, D]``: for short inputs.
 
     With ``include_residual=True`` the residual ``x_i`` is added to ``T_i(x_i)`` (ALTI's ``T'``), so for an exact
-    strategy ``Σ_j T'_i(x_j) + b_o`` is the block output.
+    strategy ``Σ_j T'_i(x_j) + b_o`` is the block output. For a Zamba2 hybrid layer the vector of token j is
+    ``T_i(x_j) + T_i(e_j)`` (its stream and its embedding); ``embedding_columns=True`` keeps them apart,
+    ``[B, N, 2N, D]`` (stream columns, then embedding columns).
 
     Example:
         >>> t = contributions(model, ids, layer=0, activation="silu_gate")      # doctest: +SKIP
@@ -309,6 +336,8 @@ def contributions(
     (idx,) = check_layers(layer, tr.n_layers)
     layer_trace = tr.layers[idx]
     out = sublayer_contributions(layer_trace, activation)
+    if not embedding_columns:
+        out = fold_embedding_columns(out, layer_trace.residual.shape[1], dim=2)
     if include_residual:
         n = out.shape[1]
         pos = torch.arange(n, device=out.device)

@@ -21,7 +21,13 @@ from torch import Tensor
 
 from .traces import AttentionTrace
 
-__all__ = ["attention_weights", "head_values", "attention_contributions_ref", "attention_output"]
+__all__ = [
+    "attention_weights",
+    "head_values",
+    "attention_contributions_ref",
+    "attention_value_paths",
+    "attention_output",
+]
 
 
 def attention_weights(
@@ -90,10 +96,24 @@ def attention_contributions_ref(trace: AttentionTrace, start: int = 0, stop: int
         True
     """
     n = trace.residual.shape[1]
-    stop = n if stop is None else stop
-    bsz, heads = trace.weights.shape[:2]
-    values = head_values(trace.values, heads)  # [B, H, N, d_head]
+    return attention_value_paths(trace.weights, trace.values, trace.out_weight, start, n if stop is None else stop)
+
+
+def attention_value_paths(weights: Tensor, values: Tensor, out_weight: Tensor, start: int, stop: int) -> Tensor:
+    """``Σ_h A^h_ij W_O^h v^h_j`` for query rows ``[start, stop)`` and every j, ``[B, rows, N, D]``.
+
+    The plain-tensor core of :func:`attention_contributions_ref`, also used for attention inside a shared block
+    (:mod:`latim_captum.shared`), where the values of each source are passed separately.
+
+    Args:
+        weights: ``A``, ``[B, H, N, N]``.
+        values: ``[B, H_kv, N, d_head]``.
+        out_weight: ``W_O``, ``[D, H * d_head]``.
+        start, stop: query rows.
+    """
+    heads = weights.shape[1]
+    values = head_values(values, heads)  # [B, H, N, d_head]
     d_head = values.shape[-1]
-    w_o = trace.out_weight.view(-1, heads, d_head)  # [D, H, d_head]
+    w_o = out_weight.view(-1, heads, d_head)  # [D, H, d_head]
     projected = torch.einsum("bhjc,ehc->bhje", values, w_o)  # W_O^h v^h_j: [B, H, N, D]
-    return torch.einsum("bhrj,bhje->brje", trace.weights[:, :, start:stop], projected)
+    return torch.einsum("bhrj,bhje->brje", weights[:, :, start:stop], projected)

@@ -18,16 +18,27 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .activations import check_activation, conv_taps, tap_shares
+from .activations import check_activation, conv_taps, tap_gains, tap_shares
 from .attention import attention_contributions_ref
+from .shared import shared_input_parts, shared_rows_per_block
 from .ssm import d_inner_of, hidden_attention
-from .traces import AttentionTrace, LayerTrace, Mamba1SSM, ParallelTrace, SublayerTrace, TokenwiseTrace
+from .traces import (
+    AttentionTrace,
+    LayerTrace,
+    Mamba1SSM,
+    ParallelTrace,
+    SharedBlockTrace,
+    SublayerTrace,
+    TokenwiseTrace,
+)
 
 __all__ = [
     "tap_contributions",
+    "layer_tap_gains",
     "token_values_ref",
     "contributions_ref",
     "tokenwise_contributions",
+    "shared_block_contributions",
     "sublayer_shares",
     "sublayer_contributions",
     "sublayer_block_rows",
@@ -66,6 +77,17 @@ def tap_contributions(trace: LayerTrace, activation: str) -> Tensor:
     if trace.mask is not None:
         shares = shares * trace.mask[None, :, :, None].to(shares.dtype)
     return shares
+
+
+def layer_tap_gains(trace: LayerTrace, activation: str) -> Tensor:
+    """The gains ``r`` of :func:`~latim_captum.activations.tap_gains` for every tap and position (zero at padded
+    positions), ``[K, B, N, d]``: ``tap_contributions(trace, activation) == r ⊙ conv_taps(...)``."""
+    check_activation(activation, trace.activation)
+    taps = conv_taps(trace.conv_input, trace.conv_weight, trace.conv_bias)
+    gains = tap_gains(taps, trace.pre_activation, activation)
+    if trace.mask is not None:
+        gains = gains * trace.mask[None, :, :, None].to(gains.dtype)
+    return gains
 
 
 def token_values_ref(trace: LayerTrace, shares: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
@@ -134,8 +156,61 @@ def tokenwise_contributions(trace: TokenwiseTrace, start: int = 0, stop: int | N
     return out
 
 
+def shared_block_contributions(
+    trace: SharedBlockTrace,
+    activation: str = "silu",
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    gains: Tensor | None = None,
+    budget: int = DEFAULT_BLOCK_ELEMENTS,
+) -> Tensor:
+    """``[T_i(x_k) | T_i(e_k)]`` of a Zamba2 hybrid layer for query rows ``[start, stop)``, ``[B, rows, 2N, D]``.
+
+    With the Mamba's gates fixed (Δ, B, C, ``γ`` and the activation strategy's tap gains ``r``, see
+    :func:`layer_tap_gains`), its output at i is linear in its conv inputs ``P_j``::
+
+        v_{i←P_j} = K_ij ⊙ P_j,    K_ij = Σ_k (M_{i,s} + δ_{i,s} D) ⊙ r_s^{(k)} ⊙ w_k     (s = j + K-1-k)
+
+    so each source's share of every conv input (:func:`~latim_captum.shared.shared_input_parts`) is carried through
+    it column by column: ``v_{i←src_k} = Σ_j K_ij ⊙ P^src_jk`` (no ``[N, N, N]`` temporary: a batched matmul over
+    j per channel), plus the conv bias ``Σ_s (M_{i,s} + δ_{i,s} D) ⊙ r_s^{(K-1)} ⊙ b_c`` on the stream column of s
+    (the current token, footnote 3), then ``T_i = W_o (γ_i ⊙ v_i)``. The parts' sum is the plain LaTIM
+    decomposition of the Mamba, so with ``silu_gate`` (SiLU models) or ``identity`` (linear ones) the columns
+    reconstruct the layer's output exactly: ``Σ_k T_i(x_k) + T_i(e_k) + b_o = mixer_output_i``.
+
+    Args:
+        trace: the hybrid layer.
+        activation: the activation strategy.
+        start, stop: query rows.
+        gains: :func:`layer_tap_gains` of ``trace.mamba`` (reused across row blocks), or None.
+        budget: elements a block of :func:`~latim_captum.shared.shared_input_parts` may allocate.
+    """
+    mamba = trace.mamba
+    n = trace.residual.shape[1]
+    stop = n if stop is None else stop
+    if gains is None:
+        gains = layer_tap_gains(mamba, activation)
+    kernel = token_values_ref(mamba, gains * mamba.conv_weight.T[:, None, None, :], start, stop)  # K_ij
+    stream = torch.zeros_like(kernel)
+    embedding = torch.zeros_like(kernel)
+    for j0, j1 in iter_row_blocks(stop, shared_rows_per_block(trace, budget)):  # K_ij = 0 for j > i
+        stream_parts, embedding_parts = shared_input_parts(trace, j0, j1)
+        stream += torch.einsum("bijc,bjkc->bikc", kernel[:, :, j0:j1], stream_parts)
+        embedding += torch.einsum("bijc,bjkc->bikc", kernel[:, :, j0:j1], embedding_parts)
+    if mamba.conv_bias is not None:
+        bias_shares = torch.zeros_like(gains)
+        bias_shares[-1] = gains[-1] * mamba.conv_bias
+        stream += token_values_ref(mamba, bias_shares, start, stop)
+    gate = mamba.out_gate[:, start:stop, None, :]
+    return torch.cat([stream * gate, embedding * gate], dim=2) @ mamba.out_weight.T
+
+
 def sublayer_shares(trace: SublayerTrace, activation: str) -> Tensor | None:
-    """:func:`tap_contributions` for a Mamba layer (reused across row blocks), None for other sublayers."""
+    """What a sublayer reuses across row blocks: :func:`tap_contributions` for a Mamba layer, the tap gains of
+    :func:`layer_tap_gains` for a Zamba2 hybrid layer, None for other sublayers."""
+    if isinstance(trace, SharedBlockTrace):
+        return layer_tap_gains(trace.mamba, activation)
     return tap_contributions(trace, activation) if isinstance(trace, LayerTrace) else None
 
 
@@ -152,8 +227,10 @@ def sublayer_contributions(
     Mamba layers go through :func:`contributions_ref` with ``activation``; attention through
     :func:`~latim_captum.attention.attention_contributions_ref` (exact given the softmax weights); MLP/MoE through
     :func:`tokenwise_contributions`; parallel mixers (:class:`~latim_captum.traces.ParallelTrace`) as the sum of
-    their parts' contributions. In every case ``Σ_j T_i(x_j) + trace.offset`` reconstructs ``trace.mixer_output``
-    when the decomposition is exact.
+    their parts' contributions; a Zamba2 hybrid layer (:class:`~latim_captum.traces.SharedBlockTrace`) through
+    :func:`shared_block_contributions`, with ``2N`` columns (``T_i(x_k)``, then ``T_i(e_k)``). In every case
+    ``Σ_j T_i(x_j) + trace.offset`` (over every column) reconstructs ``trace.mixer_output`` when the decomposition is
+    exact.
 
     Example:
         >>> t = sublayer_contributions(tr.layers[1], "silu_gate")              # doctest: +SKIP
@@ -166,6 +243,8 @@ def sublayer_contributions(
         return tokenwise_contributions(trace, start, stop)
     if isinstance(trace, ParallelTrace):
         return sum(sublayer_contributions(part, activation, start, stop) for part in trace.parts)
+    if isinstance(trace, SharedBlockTrace):
+        return shared_block_contributions(trace, activation, start, stop, gains=shares)
     raise TypeError(f"unknown sublayer trace {type(trace).__name__}")
 
 
@@ -175,6 +254,11 @@ def sublayer_block_rows(trace: SublayerTrace, budget: int = DEFAULT_BLOCK_ELEMEN
         return default_block_rows(trace, budget)
     if isinstance(trace, ParallelTrace):
         return min(sublayer_block_rows(part, budget) for part in trace.parts)
+    if isinstance(trace, SharedBlockTrace):
+        # the kernel K, two source values and the [rows, 2N, D] vectors (the parts have their own budget)
+        bsz, n, d_model = trace.residual.shape
+        per_row = bsz * n * (3 * d_inner_of(trace.mamba.ssm) + 2 * d_model)
+        return max(1, min(n, budget // per_row))
     bsz, n, d_model = trace.residual.shape
     heads = trace.weights.shape[1] if isinstance(trace, AttentionTrace) else 1
     return max(1, min(n, budget // (bsz * n * max(d_model, heads, 1))))

@@ -300,9 +300,19 @@ def layer_maps_fast(
     Returns:
         ``{measure: [B, N, N]}``, or ``[B, stop − start, N]`` with ``rows``.
 
+    Raises:
+        TypeError: ``layer`` is not a Mamba sublayer (:class:`~latim_captum.traces.LayerTrace`): attention,
+            token-wise, parallel and Zamba2 shared-block sublayers have only the reference path
+            (:func:`latim_captum.api.layer_maps_ref`, ``backend="ref"``; ``"auto"`` picks it for them).
+
     Example:
         >>> maps = layer_maps_fast(layer, "silu_gate", ("l2",), block=64)  # doctest: +SKIP
     """
+    if not isinstance(layer, LayerTrace):
+        raise TypeError(
+            f"the tiled fast path decomposes Mamba sublayers (LayerTrace) only, not {type(layer).__name__}; use "
+            "latim_captum.layer_maps_ref or backend='ref' (backend='auto' picks the reference for such sublayers)"
+        )
     for m in measures:
         if m not in MEASURES and lp_order(m) is None:
             raise ValueError(f"unknown measure {m!r}; choose from {', '.join(MEASURES)} or any 'l<p>' (p >= 1)")

@@ -7,6 +7,9 @@ row ``q`` evaluate the sum backwards (Horner's scheme, a vector–matrix product
     for l = L-1 … 1:   w ← w P^{(l)} + Δ^{(l)}_q          (row vector times the layer's ALTI map)
     C_q = w + (u_q · x^{(0)}_q) e_q
 
+A layer with embedding columns (Zamba2's hybrid layers: ``Δ = [Δ^x | Δ^e]``, ``P = [A^x | A^e]``) sends the
+embedding halves of ``Δ_q`` and of ``w P`` straight to ``C_q`` and keeps ``w ← w A^x + Δ^x_q`` in the recursion.
+
 ``Δ^{(l)}_q`` is one row of eq 7 (``N·d`` work). ``w P^{(l)}`` needs the ALTI rows ``k ≤ q`` of every layer but the
 last; they are streamed in row chunks and folded into ``w`` at once, so the memory beyond the trace is O(N) plus
 one tile and one ``[chunk, N]`` slab: it grows as O(N·d), not O(N²). The time is that of ALTI maps of ``L − 1``
@@ -91,19 +94,32 @@ def alti_logit_row(
             return layer_maps_fast(
                 layer, activation, (measure,), projection=projection, block=block, rows=rows, precision=precision
             )[measure]
-        # attention / token-wise sublayers of hybrids: the reference path (full [B, N, N] for this layer)
-        return layer_maps_ref(layer, activation, (measure,), projection=projection)[measure][:, rows[0] : rows[1]]
+        # attention / token-wise / shared-block sublayers of hybrids: the reference path (full maps for this layer,
+        # with the embedding columns of a Zamba2 hybrid layer kept: [B, N, 2N])
+        maps = layer_maps_ref(layer, activation, (measure,), projection=projection, embedding_columns=True)
+        return maps[measure][:, rows[0] : rows[1]]
+
+    # contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
+    # columns: R^{(l)} = A^x R^{(l-1)} + A^e) bypass the rest of the rollout and are collected here
+    from_embeddings = torch.zeros_like(tr.embeddings[..., 0])
+
+    def stream_part(scores: Tensor) -> Tensor:
+        if scores.shape[-1] == n:
+            return scores
+        from_embeddings.add_(scores[..., n:])
+        return scores[..., :n]
 
     def delta_row(layer: SublayerTrace) -> Tensor:
-        return row_maps(layer, "logit", (q, q + 1))[:, 0]  # [B, N]
+        return stream_part(row_maps(layer, "logit", (q, q + 1))[:, 0])  # [B, N]
 
     w = delta_row(tr.layers[-1])
     for layer in reversed(tr.layers[:-1]):
         folded = torch.zeros_like(w)
         for r0 in range(0, q + 1, chunk):
             r1 = min(q + 1, r0 + chunk)
-            folded += torch.einsum("br,brn->bn", w[:, r0:r1], row_maps(layer, "alti", (r0, r1)))
+            folded += stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], row_maps(layer, "alti", (r0, r1))))
         w = folded + delta_row(layer)
+    w = w + from_embeddings
     w[:, q] += (u * tr.embeddings[:, q]).sum(-1)
     offset = readout.target_bias(targets[:, None])[:, 0]
     for layer in tr.layers:

@@ -21,7 +21,10 @@ __all__ = [
     "AttentionTrace",
     "TokenwiseTrace",
     "ParallelTrace",
+    "SharedTransformerTrace",
+    "SharedBlockTrace",
     "SublayerTrace",
+    "has_embedding_columns",
     "sublayer_kind",
     "Readout",
     "ModelTrace",
@@ -238,21 +241,139 @@ class ParallelTrace:
         return sum((part.offset for part in self.parts), self.residual.new_zeros(self.residual.shape[-1]))
 
 
+@dataclass(frozen=True)
+class SharedTransformerTrace:
+    """A transformer block over the residual stream *and* the input embeddings whose output feeds a Mamba layer's
+    input (Zamba2's shared block): no residual inside, every gate and normalisation scale held fixed::
+
+        a_j = Σ_h W_O^h Σ_k A^h_jk v^h_k,    v_k = W_V LN_1([x_k ; e_k]) = v^x_k + v^e_k    (LN_1 linear given its rms)
+        τ_j = W_down (g_j ⊙ W_up (n_j ⊙ a_j) + b_up) + b_down                                (g_j = act(gate_j) fixed)
+        output_j = W τ_j
+
+    so ``W τ_j = Σ_k (τ^x_jk + τ^e_jk) + W c_j`` with ``c_j = W_down (g_j ⊙ b_up) + b_down`` (see
+    :func:`latim_captum.shared.shared_input_parts`). Per-layer LoRA adapters of a shared block are folded into
+    ``W_V`` and ``W_up``.
+
+    Attributes:
+        weights: the softmax weights ``A``, ``[B, H, N, N]`` (causal, padding; rotary inside).
+        stream_values: ``v^x_k`` (the stream half of ``LN_1``'s output through ``W_V``), ``[B, H_kv, N, d_head]``.
+        embedding_values: ``v^e_k`` (the embedding half), ``[B, H_kv, N, d_head]``.
+        attn_out_weight: ``W_O``, ``[D, H * d_head]``.
+        ffn_scale: ``n_j``: the pre-MLP RMSNorm as a fixed per-position scale (weight times rsqrt), ``[B, N, D]``.
+        ffn_gate: ``g_j = act(gate_j)``, ``[B, N, I]``.
+        ffn_up_weight: ``W_up`` (adapter folded in), ``[I, D]``.
+        ffn_up_bias: ``b_up`` or None.
+        ffn_down_weight: ``W_down``, ``[D, I]``.
+        ffn_down_bias: ``b_down`` or None.
+        out_weight: ``W``, ``[D, D]``.
+        output: ``W τ_j`` as recomputed (checked against the model's), ``[B, N, D]``.
+    """
+
+    weights: Tensor
+    stream_values: Tensor
+    embedding_values: Tensor
+    attn_out_weight: Tensor
+    ffn_scale: Tensor
+    ffn_gate: Tensor
+    ffn_up_weight: Tensor
+    ffn_up_bias: Tensor | None
+    ffn_down_weight: Tensor
+    ffn_down_bias: Tensor | None
+    out_weight: Tensor
+    output: Tensor
+
+    @property
+    def bias_path(self) -> Tensor:
+        """``W c_j``: the part of ``W τ_j`` that comes from the MLP's biases, no source token's, ``[B, N, D]``."""
+        out = self.ffn_gate.new_zeros(*self.ffn_gate.shape[:2], self.ffn_down_weight.shape[0])
+        if self.ffn_up_bias is not None:
+            out = out + (self.ffn_gate * self.ffn_up_bias) @ self.ffn_down_weight.T
+        if self.ffn_down_bias is not None:
+            out = out + self.ffn_down_bias
+        return out @ self.out_weight.T
+
+
+@dataclass(frozen=True)
+class SharedBlockTrace:
+    """A Mamba layer whose input also reads a shared transformer over the stream and the input embeddings
+    (Zamba2's hybrid layer): ``y_i = x_i + Mamba(u)_i`` with ``u_j = s_j ⊙ (x_j + W τ_j(x, e))``.
+
+    With the Mamba's gates held fixed (the activation strategy's tap gains, Δ, B, C, the gated norm ``γ``) its
+    output is a linear map of its conv inputs, ``Σ_j L_ij(P_j)``, and each conv input splits over source tokens:
+    ``P_j = W_x u_j + b_x = Σ_k (P^x_jk + P^e_jk)``. The contributions therefore come from two sources per token
+    ``k``: ``T_i(x_k) = Σ_j L_ij(P^x_jk)`` (the residual stream, carried back by the rollout like any sublayer's)
+    and ``T_i(e_k) = Σ_j L_ij(P^e_jk)`` (the embedding, which *is* input token k: its rollout is the identity).
+    What no source token owns inside ``u_j`` (the MLP biases ``W c_j``), the in-projection bias ``b_x`` and the
+    conv bias belong to position j's own stream part ``x_j``, the way LaTIM gives a plain Mamba layer's biases to
+    the current token; the out-projection bias is the offset.
+
+    :func:`latim_captum.decompose.sublayer_contributions` gives ``2N`` columns for it: ``T_i(x_k)`` then
+    ``T_i(e_k)`` (see :func:`has_embedding_columns`).
+
+    Attributes:
+        layer: index of the model block.
+        residual: ``x``, ``[B, N, D]``.
+        mixer_output: what the block added to the residual (the Mamba output), ``[B, N, D]``.
+        mask: ``[B, N]`` padding mask or None.
+        mamba: the Mamba mixer on ``u`` (its ``mixer_input``), residual ``x``.
+        shared: the shared transformer ``τ`` and its linear ``W``.
+        input_scale: ``s_j`` (the Mamba's pre-norm weight times its rsqrt, fixed), ``[B, N, D]``.
+        input_weight: ``W_x``: the rows of the Mamba in-projection that make the decomposed conv channels, ``[d, D]``.
+        input_bias: ``b_x`` or None.
+    """
+
+    layer: int
+    residual: Tensor
+    mixer_output: Tensor
+    mask: Tensor | None
+    mamba: LayerTrace
+    shared: SharedTransformerTrace
+    input_scale: Tensor
+    input_weight: Tensor
+    input_bias: Tensor | None
+
+    @property
+    def block_output(self) -> Tensor:
+        return self.residual + self.mixer_output
+
+    @property
+    def offset(self) -> Tensor:
+        """The Mamba's out-projection bias (no token's), ``[D]``."""
+        return self.mamba.offset
+
+
 #: every sublayer of the residual stream; each has ``layer``, ``residual``, ``mixer_output``, ``mask``,
-#: ``block_output`` and ``offset`` (``Σ_j T_i(x_j) + offset = mixer_output_i`` for an exact decomposition)
-SublayerTrace = LayerTrace | AttentionTrace | TokenwiseTrace | ParallelTrace
+#: ``block_output`` and ``offset`` (``Σ_j T_i(x_j) + offset = mixer_output_i`` for an exact decomposition; the
+#: sum also runs over the embedding columns of a :class:`SharedBlockTrace`)
+SublayerTrace = LayerTrace | AttentionTrace | TokenwiseTrace | ParallelTrace | SharedBlockTrace
+
+
+def has_embedding_columns(layer: SublayerTrace) -> bool:
+    """Whether the sublayer's contributions also come straight from the input embeddings: its contribution vectors
+    and maps then have ``2N`` columns, ``T_i(x_k)`` (k < N) then ``T_i(e_k)`` (column ``N + k``)."""
+    return isinstance(layer, SharedBlockTrace)
 
 
 def sublayer_kind(layer: SublayerTrace) -> str:
-    """``"mamba1"``, ``"mamba2"``, ``"attention"``, ``"mlp"``, ``"moe"``, or its parts' joined by ``+`` for a
-    :class:`ParallelTrace` (``"mamba2+attention"``)."""
+    """``"mamba1"``, ``"mamba2"``, ``"attention"``, ``"mlp"``, ``"moe"``, its parts' joined by ``+`` for a
+    :class:`ParallelTrace` (``"mamba2+attention"``), ``"shared+mamba2"`` for a :class:`SharedBlockTrace`."""
     if isinstance(layer, ParallelTrace):
         return "+".join(sublayer_kind(part) for part in layer.parts)
+    if isinstance(layer, SharedBlockTrace):
+        return f"shared+{layer.mamba.variant}"
     if isinstance(layer, LayerTrace):
         return layer.variant
     if isinstance(layer, AttentionTrace):
         return "attention"
     return layer.kind
+
+
+def _token_mixers(layer: SublayerTrace) -> tuple:
+    if isinstance(layer, ParallelTrace):
+        return layer.parts
+    if isinstance(layer, SharedBlockTrace):
+        return (layer.mamba,)
+    return (layer,)
 
 
 @dataclass(frozen=True)
@@ -308,7 +429,8 @@ class ModelTrace:
 
     ``layers`` lists the sublayers of the residual stream in order: one :class:`LayerTrace` per block for a pure
     Mamba model; for a hybrid, each block gives its token mixer (:class:`LayerTrace` or :class:`AttentionTrace`)
-    then its MLP/MoE (:class:`TokenwiseTrace`). Each sublayer's ``layer`` names its model block; ``layers=``
+    then its MLP/MoE (:class:`TokenwiseTrace`); a Zamba2 block is one :class:`LayerTrace` or
+    :class:`SharedBlockTrace`. Each sublayer's ``layer`` names its model block; ``layers=``
     arguments of the API index this list (see :attr:`kinds`).
 
     Attributes:
@@ -338,7 +460,7 @@ class ModelTrace:
     @property
     def activation(self) -> str | None:
         """The conv activation of the Mamba layers (None when the model has none)."""
-        flat = (part for layer in self.layers for part in getattr(layer, "parts", (layer,)))
+        flat = (part for layer in self.layers for part in _token_mixers(layer))
         return next((layer.activation for layer in flat if isinstance(layer, LayerTrace)), None)
 
     @property

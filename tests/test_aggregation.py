@@ -7,7 +7,7 @@ import torch
 
 import latim_captum
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.aggregate import alti_scores, rollout
+from latim_captum.aggregate import alti_logit_combine, alti_scores, fold_embedding_columns, rollout
 
 
 @pytest.mark.parametrize("method", ["l1", "l2", "alti", "alti_logit"])
@@ -55,6 +55,36 @@ def test_alti_formula_by_hand():
     y = t.sum(2) + x  # (2, 3)
     # T'_0 = (1, 0): ‖y‖1 - ‖y - T'_0‖1 = 5 - 4 = 1 ; T'_1 = (0, 2) + (1, 1) = (1, 3): 5 - 1 = 4
     assert torch.allclose(alti_scores(t, x, y, start=1), torch.tensor([[[0.2, 0.8]]]))
+
+
+def test_rollout_and_alti_logit_with_embedding_columns_by_hand():
+    """A sublayer with embedding columns ([A^x | A^e], [Δ^x | Δ^e], a Zamba2 hybrid layer) enters the rollout as
+    R ← A^x R + A^e and ALTI-Logit as Δ^x R + Δ^e: the embedding e_k is input token k itself. Rows of R still sum
+    to 1; a first such layer gives R = A^x + A^e."""
+    gen = torch.Generator().manual_seed(0)
+    n = 4
+
+    def rows(cols: int) -> torch.Tensor:
+        m = torch.rand(2, n, cols, generator=gen, dtype=torch.float64)
+        return m / m.sum(-1, keepdim=True)
+
+    def rand(cols: int) -> torch.Tensor:
+        return torch.randn(2, n, cols, generator=gen, dtype=torch.float64)
+
+    p1, p2, p3 = rows(n), rows(2 * n), rows(n)
+    d1, d2, d3 = rand(n), rand(2 * n), rand(n)
+    direct = torch.randn(2, n, generator=gen, dtype=torch.float64)
+    r1 = p1
+    r2 = p2[..., :n] @ r1 + p2[..., n:]
+    torch.testing.assert_close(rollout([p1, p2, p3]), p3 @ r2)
+    torch.testing.assert_close(rollout([p1, p2, p3]).sum(-1), torch.ones(2, n, dtype=torch.float64))
+    torch.testing.assert_close(rollout([p2]), p2[..., :n] + p2[..., n:])
+    expected = torch.diag_embed(direct) + d1 + (d2[..., :n] @ r1 + d2[..., n:]) + d3 @ r2
+    torch.testing.assert_close(alti_logit_combine([d1, d2, d3], [p1, p2, p3], direct), expected)
+    torch.testing.assert_close(fold_embedding_columns(p2, n), p2[..., :n] + p2[..., n:])
+    assert fold_embedding_columns(p1, n) is p1
+    with pytest.raises(ValueError, match="expected 4 or 8 columns"):
+        fold_embedding_columns(rows(3), n)
 
 
 @pytest.mark.parametrize("activation", ["identity"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import latim_captum
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.activations import conv_taps, tap_shares
+from latim_captum.activations import ACTIVATIONS, conv_taps, tap_gains, tap_shares
 from latim_captum.ssm import hidden_attention, selective_scan_ref
 
 EXACT_TOL = 1e-5
@@ -169,3 +169,15 @@ def test_mamba2_gated_norm_groups_follow_the_installed_module(norm):
             block.mixer.norm = _WholeWidthGatedNorm(old.weight, old.variance_epsilon)
     err = latim_captum.reconstruction_error(model, random_ids(2, 9, seed=4), activation="silu_gate")
     assert float(err.max()) < EXACT_TOL, err
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_tap_gains_are_the_shares_as_a_linear_map(activation):
+    """f(ψ^{(k)}) = r^{(k)} ⊙ ψ^{(k)} for every strategy, so a tap split into parts shares out linearly (the nested
+    decomposition of a Zamba2 hybrid layer) and its parts' shares add up to the tap's."""
+    gen = torch.Generator().manual_seed(0)
+    conv_input = torch.randn(2, 7, 5, generator=gen, dtype=torch.float64)
+    weight, bias = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    taps = conv_taps(conv_input, weight, bias)
+    psi = taps.sum(0)
+    torch.testing.assert_close(tap_gains(taps, psi, activation) * taps, tap_shares(taps, psi, activation))

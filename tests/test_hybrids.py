@@ -15,7 +15,7 @@ import latim_captum
 from conftest import VOCAB, left_pad_mask, perturb_, random_ids
 from latim_captum.adapters import get_adapter
 from latim_captum.attention import attention_contributions_ref
-from latim_captum.traces import AttentionTrace, LayerTrace, ParallelTrace, TokenwiseTrace
+from latim_captum.traces import AttentionTrace, LayerTrace, ParallelTrace, SharedBlockTrace, TokenwiseTrace
 
 EXACT_TOL = 1e-5  # fp32 models (the MoE grouped matmul runs in fp32 only); unsupported variants miss by O(0.1-1)
 
@@ -31,6 +31,7 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
         "granite": "GraniteMoeHybrid",
         "nemotron_h": "NemotronH",
         "falcon_h1": "FalconH1",
+        "zamba2": "Zamba2",
     }
     cfg_cls = getattr(transformers, f"{names[family]}Config", None)
     model_cls = getattr(transformers, f"{names[family]}ForCausalLM", None)
@@ -124,6 +125,26 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
             mlp_multipliers=[1.2, 0.7],
         )
         kinds = ["mamba2+attention", "mamba2+attention"]
+    elif family == "zamba2":
+        # single-sublayer blocks; the two hybrid layers share one transformer block (num_mem_blocks=1) with their own
+        # LoRA adapters (attention and MLP), rotary on, biases in the in/out projections and the MLP (``proj_bias``);
+        # ``act`` is the Mamba conv activation (set on the mixers by build_hybrid), the MLP keeps GELU
+        cfg = cfg_cls(
+            **{**COMMON, "num_key_value_heads": 4},  # the attention adapters need as many kv heads as heads
+            num_hidden_layers=4,
+            layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+            hidden_act="gelu",
+            n_mamba_heads=4,
+            mamba_d_state=8,
+            mamba_ngroups=2,
+            chunk_size=4,
+            add_bias_linear=proj_bias,
+            use_shared_attention_adapter=True,
+            adapter_rank=4,
+            use_mem_rope=True,
+            num_mem_blocks=1,
+        )
+        kinds = ["mamba2", "shared+mamba2", "mamba2", "shared+mamba2"]
     else:
         cfg = cfg_cls(
             **COMMON,
@@ -148,11 +169,30 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
 def build_hybrid(family: str, *, act: str = "silu", seed: int = 0, attn: str = "sdpa", proj_bias: bool = True):
     cfg, model_cls, kinds = _config(family, act, attn, proj_bias)
     torch.manual_seed(seed)
-    return perturb_(model_cls(cfg).eval(), seed=seed + 1), kinds
+    model = perturb_(model_cls(cfg).eval(), seed=seed + 1)
+    if family == "zamba2":
+        _zamba2_setup_(model, act)
+    return model, kinds
 
 
-FAMILIES = ("bamba", "jamba", "granite", "nemotron_h", "falcon_h1")
-SINGLE_SUBLAYER = ("nemotron_h",)  # one residual sublayer per block
+def _zamba2_mixers(model) -> list:
+    return [getattr(block, "mamba_decoder", block).mamba for block in model.model.layers]
+
+
+def _zamba2_setup_(model, act: str) -> None:
+    """Zamba2's Mamba conv activation is fixed to SiLU by the model: set ``act`` on every mixer (the attribute its
+    forward reads); scale each hybrid layer's linear so that ``‖W τ‖`` is comparable to ``‖x‖`` (at init it is a few
+    per cent, which would let the shared block's decomposition hide in the tolerance)."""
+    for mixer in _zamba2_mixers(model):
+        mixer.activation = act
+    with torch.no_grad():
+        for block in model.model.layers:
+            if hasattr(block, "linear"):
+                block.linear.weight.mul_(25.0)
+
+
+FAMILIES = ("bamba", "jamba", "granite", "nemotron_h", "falcon_h1", "zamba2")
+SINGLE_SUBLAYER = ("nemotron_h", "zamba2")  # one residual sublayer per block
 
 
 @pytest.fixture(params=FAMILIES)
@@ -211,6 +251,8 @@ def test_attention_weights_and_contributions_match_eager_oracle(family):
     T_i(x_j) = r Σ_h W_O^h A^h_ij (W_V^h LN(x_j) + b_V) written out head by head from the module's weights
     (r: Granite's residual multiplier, FalconH1's attention output multiplier, 1 elsewhere; FalconH1's attention
     sits inside the parallel sublayer and reads ``m_attn_in · LN(x)``)."""
+    if family == "zamba2":
+        pytest.skip("Zamba2's attention lives inside its shared block: test_zamba2_shared_block_matches_oracle")
     model, kinds = build_hybrid(family, seed=4, attn="eager")
     ids, mask = random_ids(2, 6, seed=5), left_pad_mask(2, 6, [0, 2])
     out = model(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
@@ -263,7 +305,7 @@ def test_alti_rows_and_mlp_maps(family):
             torch.testing.assert_close(alti[:, idx], torch.eye(6).expand(2, 6, 6))
             torch.testing.assert_close(l2[:, idx], torch.diag_embed(layer.mixer_output.norm(dim=-1)))
         else:
-            assert isinstance(layer, (AttentionTrace, LayerTrace, ParallelTrace))
+            assert isinstance(layer, (AttentionTrace, LayerTrace, ParallelTrace, SharedBlockTrace))
             assert bool((l2[:, idx].tril(-1) > 0).any()), f"sublayer {idx} should mix tokens"
 
 
@@ -299,13 +341,14 @@ def test_trace_leaves_model_as_found(family):
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
 
 
-def test_inseq_methods_run_unchanged_on_a_hybrid():
+@pytest.mark.parametrize("name", ["bamba", "zamba2"])
+def test_inseq_methods_run_unchanged_on_a_hybrid(name):
     """The Inseq method ``latim`` gives ALTI-Logit rows on a hybrid; ``latim_alti`` keeps one map per sublayer."""
     inseq = pytest.importorskip("inseq")
     from test_inseq import FAST, PROMPT, TEXT, make_tokenizer
 
     tok = make_tokenizer()
-    model, _ = build_hybrid("bamba", seed=3)
+    model, _ = build_hybrid(name, seed=3)
     model.config.pad_token_id, model.config.eos_token_id = 0, 1
     seq = inseq.load_model(model, "latim", tokenizer=tok).attribute(PROMPT, TEXT, **FAST).sequence_attributions[0]
     ids = tok(TEXT, return_tensors="pt").input_ids
@@ -314,20 +357,7 @@ def test_inseq_methods_run_unchanged_on_a_hybrid():
     for col, step in enumerate(range(n_prompt, ids.shape[1])):
         torch.testing.assert_close(seq.target_attributions[:step, col], ref.scores[0, step - 1, :step])
     alti = inseq.load_model(model, "latim_alti", tokenizer=tok).attribute(PROMPT, TEXT, **FAST)
-    assert alti.sequence_attributions[0].target_attributions.shape[-1] == 2 * model.config.num_hidden_layers
-
-
-def test_unsupported_hybrid_family_is_refused():
-    transformers = importlib.import_module("transformers")
-    if not hasattr(transformers, "Zamba2Config"):
-        pytest.skip("transformers has no Zamba2")
-    cfg = transformers.Zamba2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, n_mamba_heads=4, mamba_d_state=8, chunk_size=4, mamba_ngroups=1,
-        layers_block_type=["mamba", "hybrid"],
-    )  # fmt: skip
-    with pytest.raises(TypeError, match="Zamba2ForCausalLM is not a supported"):
-        get_adapter(transformers.Zamba2ForCausalLM(cfg))
+    assert alti.sequence_attributions[0].target_attributions.shape[-1] == get_adapter(model).n_sublayers
 
 
 def test_single_query_and_captum_on_a_hybrid(family):
@@ -373,3 +403,262 @@ def test_falcon_h1_gate_variants_reconstruct_exactly(rms_norm, norm_before_gate)
         assert mamba.out_gate.shape == mamba.mixer_input.shape[:2] + (64,)
         # the parts' outputs add up to what the block added (the model rounds the sum in fp32)
         assert _rel(mamba.mixer_output + attn.mixer_output, layer.mixer_output) < EXACT_TOL
+
+
+# -- Zamba2: a Mamba whose input reads a shared transformer over the stream and the embeddings ----------------------
+
+
+def _zamba2(**overrides):
+    """A tiny perturbed Zamba2 (the ``build_hybrid`` one, or a variant of its config)."""
+    cfg, model_cls, _ = _config("zamba2", "silu", overrides.pop("attn", "sdpa"), overrides.pop("proj_bias", True))
+    act = overrides.pop("act", "silu")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    torch.manual_seed(0)
+    model = perturb_(model_cls(cfg).eval(), seed=1)
+    _zamba2_setup_(model, act)
+    return model
+
+
+def _mixer_outputs(model, **inputs) -> list[torch.Tensor]:
+    """Each Mamba mixer's own output in a real forward pass (forward hooks on the mixers)."""
+    outs, handles = [], []
+    for mixer in _zamba2_mixers(model):
+        handles.append(mixer.register_forward_hook(lambda _m, _a, out: outs.append(out.detach().double())))
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outs
+
+
+@pytest.mark.parametrize("activation,act", [("silu_gate", "silu"), ("identity", "linear")])
+def test_zamba2_stream_and_embedding_parts_rebuild_the_mixer_output(activation, act):
+    """A hybrid layer's contributions come from two sources per token: Σ_k T_i(x_k) + Σ_k T_i(e_k) + b_o is the
+    mixer output the model computed (read by a hook), exact for identity / silu_gate; the embedding part is no
+    rounding error; both halves are causal; plain Mamba layers have N columns."""
+    model, kinds = build_hybrid("zamba2", act=act, seed=3)
+    ids, mask = random_ids(3, 7, seed=2), left_pad_mask(3, 7, [0, 2, 3])
+    tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
+    assert tr.kinds == kinds
+    keep = mask.bool()
+    upper = torch.triu(torch.ones(7, 7, dtype=torch.bool), diagonal=1)
+    for idx, (layer, real) in enumerate(zip(tr.layers, _mixer_outputs(model, input_ids=ids, attention_mask=mask))):
+        t = latim_captum.contributions(tr, layer=idx, activation=activation, embedding_columns=True)
+        if not isinstance(layer, SharedBlockTrace):
+            assert t.shape == (3, 7, 7, 32)
+            continue
+        assert t.shape == (3, 7, 14, 32)
+        stream, embedding = t[:, :, :7], t[:, :, 7:]
+        rebuilt = stream.sum(2) + embedding.sum(2) + layer.offset
+        assert _rel(rebuilt[keep], real[keep]) < EXACT_TOL, f"layer {idx}"
+        share = float(embedding.sum(2)[keep].norm() / stream.sum(2)[keep].norm())  # 5e-3 to 1e-2 here
+        assert share > 100 * EXACT_TOL, f"the embeddings should matter here, not hide in the tolerance ({share:.1e})"
+        assert float(stream[:, upper].abs().max()) == 0.0 and float(embedding[:, upper].abs().max()) == 0.0
+        folded = latim_captum.contributions(tr, layer=idx, activation=activation)
+        torch.testing.assert_close(folded, stream + embedding, rtol=0, atol=0)
+
+
+def _rms(t: torch.Tensor, norm) -> torch.Tensor:
+    return torch.rsqrt(t.square().mean(-1, keepdim=True) + norm.variance_epsilon)
+
+
+def _zamba2_oracle_columns(block, rank: int, probs: torch.Tensor, got: dict) -> torch.Tensor:
+    """``[T_i(x_k) | T_i(e_k)]`` of one hybrid layer (batch 1, no biases but the conv's), ``[1, N, 2N, D]``, from the
+    layer's own modules and what its real forward saw (``got``: x, e, the attention output a, the MLP input m, the
+    Mamba's pre-norm input x + W τ; ``probs``: the eager softmax weights)."""
+    import torch.nn.functional as F
+
+    from latim_captum.ssm import selective_scan_ref
+    from latim_captum.traces import Mamba2SSM
+
+    st, mixer = block.shared_transformer, block.mamba_decoder.mamba
+    attn, mlp, pre_norm = st.self_attn, st.feed_forward, block.mamba_decoder.input_layernorm
+    x, e = got["x"], got["e"]
+    n, d_model = x.shape[1:]
+    scale1 = _rms(torch.cat([x, e], -1), st.input_layernorm) * st.input_layernorm.weight
+    inter = mlp.intermediate_size
+    mlp_gate = mlp.act_fn((mlp.gate_up_proj(got["m"]) + mlp.gate_up_proj_adapter_list[rank](got["m"]))[..., :inter])
+    mixer_scale = _rms(got["pre"], pre_norm) * pre_norm.weight
+
+    def shared_from(h):  # W τ at every j from LN_1's output h of one source token
+        v = (attn.v_proj(h) + attn.linear_v_adapter_list[rank](h)).view(1, n, -1, attn.head_dim)
+        mixed = torch.einsum("bhjk,bkhc->bjhc", probs, v).reshape(1, n, -1)
+        m = attn.o_proj(mixed) * _rms(got["a"], st.pre_ff_layernorm) * st.pre_ff_layernorm.weight
+        up = (mlp.gate_up_proj(m) + mlp.gate_up_proj_adapter_list[rank](m))[..., inter:]
+        return block.linear(mlp.down_proj(mlp_gate * up))
+
+    # the Mamba's fixed gates, from its real input
+    d, groups, state = mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size
+    z, xbc, dt = mixer.in_proj(got["pre"] * mixer_scale).split([d, mixer.conv_dim, mixer.num_heads], -1)
+    conv = mixer.conv1d
+    psi = F.conv1d(xbc.transpose(1, 2), conv.weight, conv.bias, padding=3, groups=xbc.shape[-1])[..., :n]
+    phi, b_ssm, c_ssm = F.silu(psi.transpose(1, 2)).split([d, groups * state, groups * state], -1)
+    ssm = Mamba2SSM(
+        delta=torch.clamp(F.softplus(dt + mixer.dt_bias), min=mixer.time_step_limit[0]),
+        A=-torch.exp(mixer.A_log),
+        B=b_ssm.reshape(1, n, groups, state),
+        C=c_ssm.reshape(1, n, groups, state),
+        head_dim=mixer.head_dim,
+    )
+    skip = mixer.D.repeat_interleave(mixer.head_dim)
+    silu_z = F.silu(z)
+    grouped = ((selective_scan_ref(ssm, phi) + skip * phi) * silu_z).view(1, n, groups, -1)
+    inv_rms = torch.rsqrt(grouped.square().mean(-1, keepdim=True) + mixer.norm.variance_epsilon)
+    gamma = inv_rms.expand_as(grouped).reshape(1, n, d) * silu_z * mixer.norm.weight
+    sigma = torch.sigmoid(psi.transpose(1, 2)[..., :d])
+
+    def frozen_mamba(u, bias_at=None):  # the Mamba with its gates fixed, on a mixer-input part u [1, N, D]
+        taps = F.conv1d(mixer.in_proj(u)[..., d : 2 * d].transpose(1, 2), conv.weight[:d], None, padding=3, groups=d)
+        phi_part = sigma * taps[..., :n].transpose(1, 2)
+        if bias_at is not None:  # the conv bias rides on the current token's tap
+            phi_part[:, bias_at] += sigma[:, bias_at] * conv.bias[:d]
+        return mixer.out_proj(gamma * (selective_scan_ref(ssm, phi_part) + skip * phi_part))
+
+    columns = torch.zeros(1, n, 2 * n, d_model, dtype=x.dtype)
+    for k in range(n):
+        h = torch.zeros(1, n, 2 * d_model, dtype=x.dtype)
+        h[:, k, d_model:] = (e * scale1[..., d_model:])[:, k]
+        columns[:, :, n + k] = frozen_mamba(mixer_scale * shared_from(h))
+        h = torch.zeros(1, n, 2 * d_model, dtype=x.dtype)
+        h[:, k, :d_model] = (x * scale1[..., :d_model])[:, k]
+        own = torch.zeros_like(x)
+        own[:, k] = x[:, k]
+        columns[:, :, k] = frozen_mamba(mixer_scale * (own + shared_from(h)), bias_at=k)
+    return columns
+
+
+def test_zamba2_shared_block_matches_oracle():
+    """Independent oracle for T_i(x_k) and T_i(e_k) of every hybrid layer, written from the float64 model's own
+    modules (:func:`_zamba2_oracle_columns`): the shared block applied to token k's source alone (the model's softmax
+    weights from ``output_attentions``, its norms' rms, its MLP gate, all read from the real forward), the Mamba's
+    pre-norm, then the Mamba-2 with its gates fixed (Δ, B, C, σ(ψ), γ of the real forward) run by the step-by-step
+    recurrence ``selective_scan_ref`` instead of the decomposition's matrix; the conv bias rides on x_k at k. (The
+    model's norms and scan round through fp32 even in float64, hence 1e-5.)"""
+    model = _zamba2(attn="eager", proj_bias=False).double()
+    ids = random_ids(1, 6, seed=12)
+    seen: dict[int, dict] = {}
+    handles = []
+
+    def grab(idx: int, name: str, pos: int = 0):
+        def hook(_module, args):
+            seen.setdefault(idx, {})[name] = args[pos].detach()
+
+        return hook
+
+    hybrids = [(idx, block) for idx, block in enumerate(model.model.layers) if hasattr(block, "shared_transformer")]
+    for idx, block in hybrids:
+        st = block.shared_transformer
+        handles += [
+            block.register_forward_pre_hook(grab(idx, "x")),
+            block.register_forward_pre_hook(grab(idx, "e", 1)),
+            st.pre_ff_layernorm.register_forward_pre_hook(grab(idx, "a")),
+            st.feed_forward.register_forward_pre_hook(grab(idx, "m")),
+            block.mamba_decoder.input_layernorm.register_forward_pre_hook(grab(idx, "pre")),
+        ]
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_attentions=True, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    attentions = [a for a in out.attentions if a is not None]
+    assert len(attentions) == len(hybrids) == 2
+    tr = latim_captum.trace(model, ids, dtype=torch.float64)
+    for rank, ((idx, block), probs) in enumerate(zip(hybrids, attentions)):
+        with torch.no_grad():
+            expected = _zamba2_oracle_columns(block, rank, probs, seen[idx])
+        ours = latim_captum.contributions(tr, layer=idx, activation="silu_gate", embedding_columns=True)
+        for k in range(6):
+            assert _rel(ours[:, :, k], expected[:, :, k]) < 1e-5, f"T_i(x_{k}) of layer {idx}"
+            assert _rel(ours[:, :, 6 + k], expected[:, :, 6 + k]) < 1e-5, f"T_i(e_{k}) of layer {idx}"
+
+
+def test_zamba2_maps_fold_each_token_and_roll_out_both_sources():
+    """Per-layer maps are per token (ℓ2 of T_i(x_k) + T_i(e_k); ALTI adds the token's two jointly normalised
+    columns, rows sum to 1 with or without the split); the ALTI rollout of LatimALTI takes R ← A^x R + A^e, and so
+    differs from the plain product of the folded maps."""
+    from latim_captum import LatimALTI, LatimL2
+    from latim_captum.aggregate import rollout
+
+    model, _ = build_hybrid("zamba2", seed=5)
+    ids = random_ids(2, 6, seed=7)
+    tr = latim_captum.trace(model, ids, dtype=torch.float64)
+    idx = tr.kinds.index("shared+mamba2")
+    split = latim_captum.layer_maps(tr.layers[idx], "silu_gate", ("l2", "alti"), embedding_columns=True)
+    folded = latim_captum.layer_maps(tr.layers[idx], "silu_gate", ("l2", "alti"))
+    t = latim_captum.contributions(tr, layer=idx, activation="silu_gate", embedding_columns=True)
+    torch.testing.assert_close(folded["l2"], (t[:, :, :6] + t[:, :, 6:]).norm(dim=-1))
+    torch.testing.assert_close(split["l2"], t.norm(dim=-1))
+    torch.testing.assert_close(folded["alti"], split["alti"][..., :6] + split["alti"][..., 6:])
+    torch.testing.assert_close(split["alti"].sum(-1), torch.ones(2, 6, dtype=torch.float64))
+    # the residual x_i (and x_j inside u_j) takes most of each row; the embeddings' share is small but real
+    assert float(split["alti"][..., 6:].sum(-1).max()) > 1e-3, "the embedding columns should carry weight"
+    alti = LatimALTI(model, activation="silu_gate", dtype=torch.float64).attribute(ids, layer="rollout")
+    maps = [latim_captum.layer_maps(lay, "silu_gate", ("alti",), embedding_columns=True)["alti"] for lay in tr.layers]
+    torch.testing.assert_close(alti, rollout(maps)[:, -1])
+    torch.testing.assert_close(alti.sum(-1), torch.ones(2, dtype=torch.float64))
+    l2 = LatimL2(model, activation="silu_gate", dtype=torch.float64).attribute(ids, layer=idx)
+    torch.testing.assert_close(l2, folded["l2"][:, -1])
+    naive = rollout(list(latim_captum.interactions(tr, method="alti", activation="silu_gate").unbind(1)))
+    assert float((naive[:, -1] - alti).abs().max()) > 1e-5  # float64: equal maps would agree to ~1e-16
+
+
+def test_zamba2_variants_reconstruct_exactly():
+    """Other shared-block layouts: grouped-query attention without adapters or rotary, two transformer blocks for
+    three hybrid layers (block ids cycle), a SiLU MLP, ``use_conv_bias=False`` (Zamba2 applies its conv bias anyway),
+    a hybrid first layer."""
+    model = _zamba2(
+        num_key_value_heads=2,
+        use_shared_attention_adapter=False,
+        use_mem_rope=False,
+        num_mem_blocks=2,
+        num_hidden_layers=5,
+        layers_block_type=["hybrid", "mamba", "hybrid", "hybrid", "mamba"],
+        hybrid_layer_ids=[0, 2, 3],
+        hidden_act="silu",
+        use_conv_bias=False,
+    )
+    ids, mask = random_ids(2, 7, seed=2), left_pad_mask(2, 7, [0, 2])
+    err = latim_captum.reconstruction_error(model, ids, attention_mask=mask, activation="silu_gate")
+    assert bool((err < EXACT_TOL).all()), err.tolist()
+    tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
+    assert tr.kinds == ["shared+mamba2", "mamba2", "shared+mamba2", "shared+mamba2", "mamba2"]
+    res = latim_captum.alti_logit(tr, activation="silu_gate")
+    keep = mask.bool()
+    gap = (res.scores.sum(-1) - (res.logits - res.offset))[keep]
+    assert float(gap.abs().max()) < EXACT_TOL * float(res.logits.abs().max())
+
+
+def test_zamba2_backends_and_baselines():
+    """The tiled fast path handles the plain Mamba-2 layers and leaves the hybrid ones to the reference (same maps
+    as backend="ref"; called directly on a hybrid layer it refuses, naming the reference); the reference's row and
+    position blocks change nothing; the Mamba baselines refuse Zamba2 clearly."""
+    from latim_captum.decompose import shared_block_contributions
+    from latim_captum.fast import layer_maps_fast
+
+    model, _ = build_hybrid("zamba2", seed=6)
+    ids = random_ids(1, 6, seed=3)
+    tr = latim_captum.trace(model, ids, dtype=torch.float64)
+    for method in ("l2", "alti", "alti_logit"):
+        ref = latim_captum.interactions(tr, method=method, activation="silu_gate", backend="ref")
+        fast = latim_captum.interactions(tr, method=method, activation="silu_gate", backend="fast")
+        torch.testing.assert_close(fast, ref)
+    with pytest.raises(TypeError, match="backend='ref'"):
+        layer_maps_fast(tr.layers[1], "silu_gate", ("l2",))
+    # row blocks of queries and blocks of positions j (a tiny memory budget) give the same vectors and maps
+    hybrid = tr.layers[1]
+    whole = shared_block_contributions(hybrid, "silu_gate")
+    blocked = torch.cat([shared_block_contributions(hybrid, "silu_gate", a, a + 2, budget=1) for a in (0, 2, 4)], 1)
+    torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-14)
+    one = latim_captum.layer_maps_ref(tr.layers[1], "silu_gate", ("l2", "alti"))
+    rows = latim_captum.layer_maps_ref(tr.layers[1], "silu_gate", ("l2", "alti"), block_rows=2)
+    for measure in ("l2", "alti"):
+        torch.testing.assert_close(rows[measure], one[measure], rtol=1e-12, atol=1e-14)
+    with pytest.raises(NotImplementedError, match="pure Mamba models"):
+        latim_captum.mamba_attention(model, ids)
+    for baseline in (latim_captum.mamba_attribution, latim_captum.mamba_lrp):
+        with pytest.raises(NotImplementedError, match="pure Mamba models|no differentiable replay for HFZamba2"):
+            baseline(model, ids)

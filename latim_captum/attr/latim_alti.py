@@ -7,7 +7,7 @@ from torch import nn
 
 from latim_captum.adapters import ModelAdapter
 from latim_captum.aggregate import rollout
-from latim_captum.api import interactions
+from latim_captum.api import interactions, layer_maps, trace
 
 from ._base import TokenMapAttribution, TokenMaps
 
@@ -23,7 +23,9 @@ class LatimALTI(TokenMapAttribution):
 
     ``layer``: ``"rollout"`` (the default) multiplies the per-layer maps, ``R = P^{(L)} ⋯ P^{(1)}``, so row i says
     how much of the last layer's representation at i comes from each input token; an int, a list or ``"all"`` give
-    per-layer maps.
+    per-layer maps. A Zamba2 hybrid layer also reads the input embeddings: its per-layer map adds each token's
+    stream and embedding columns, and the rollout takes ``R ← A^x R + A^e`` (see
+    :func:`latim_captum.aggregate.rollout`).
 
     Args:
         model: a supported Mamba model.
@@ -52,15 +54,19 @@ class LatimALTI(TokenMapAttribution):
         super().__init__(model, activation=activation, dtype=dtype)
 
     def compute_maps(self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target) -> TokenMaps:
+        if mode == "rollout":
+            activation, dtype = self.options["activation"], self.options["dtype"]
+            tr = trace(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+            # embedding columns kept: a Zamba2 hybrid layer's embedding half joins the rollout directly
+            maps = [layer_maps(layer, activation, ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
+            return TokenMaps(rollout(maps))
         maps = interactions(
             self.adapter,
             input_ids,
             inputs_embeds,
             method="alti",
-            layers=None if mode == "rollout" else layers,
+            layers=layers,
             attention_mask=attention_mask,
             **self.options,
         )
-        if mode == "rollout":
-            return TokenMaps(rollout(list(maps.unbind(1))))
         return TokenMaps(maps)
