@@ -9,7 +9,7 @@ source benchmarks/gpu_env.sh > "$out/env.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 if [ "$what" != bench ]; then
   # one file per run, full reports (-rA) and short tracebacks, so a failure is readable from the log alone
-  for f in tests/test_fast_cuda.py tests/test_captum_attr.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py; do
+  for f in tests/test_captum_attr.py tests/test_fast_cuda.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py; do
     name=$(basename "$f" .py)
     timeout 240 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda "$f" > "$out/$name.log" 2>&1
     echo "$name rc=$? $(tail -1 "$out/$name.log")"
