@@ -173,9 +173,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Copying faithfulness — {variant} ({meta.get('scale', '?')} scale)",
         "",
-        f"- model: `{meta.get('model', '?')}`; device: {meta.get('device', '?')}; "
-        f"training seed {meta.get('seed', '?')}"
-        f", {meta.get('steps', '?')} steps",
+        f"- model: `{meta.get('model', '?')}`; evaluated on: {meta.get('device', '?')}; "
+        f"trained on: {meta.get('train_device') or '?'}, seed {meta.get('seed', '?')}, {meta.get('steps', '?')} steps",
         f"- task: strings of {report['task']['length']} tokens, vocabulary {report['task']['vocab_size']}; "
         f"{report['n_samples']} evaluation samples (seed {report['eval_seed']})",
         f"- copy accuracy (teacher forcing): token {report['accuracy']['token_acc']:.4f}, "
