@@ -235,6 +235,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         methods=args.methods,
         batch=args.batch,
         max_sequences=args.max_sequences,
+        backend=args.backend,
         quiet=args.quiet,
     )
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
@@ -307,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     copying.add_argument("--device", default="cpu")
     copying.add_argument("--n-samples", type=int, default=None, help="evaluation samples (default: the model's)")
     copying.add_argument("--batch", type=int, default=32, help="samples per attribution call")
+    copying.add_argument(
+        "--backend",
+        choices=["auto", "ref", "fast"],
+        default="auto",
+        help="LaTIM's path: auto (fast on CUDA, reference elsewhere); fast is much quicker on a CPU too, same maps",
+    )
     copying.add_argument(
         "--max-sequences",
         type=int,

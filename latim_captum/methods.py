@@ -62,7 +62,8 @@ class Method:
         name: registry key (CLI ``--method``).
         label: name for tables and figures.
         per_layer: True if ``fn`` returns ``[B, L, N, N]``, False for one aggregated ``[B, N, N]`` map.
-        fn: ``fn(model, input_ids) -> maps`` (``fn(model, input_ids, max_sequences)`` if ``replicates_rows``).
+        fn: ``fn(model, input_ids) -> maps``; ``fn(model, input_ids, backend=...)`` for the ``"latim"`` family,
+            ``fn(model, input_ids, max_sequences)`` if ``replicates_rows``.
         family: ``"latim"``, ``"gradient"`` or ``"baseline"``.
         replicates_rows: the method replicates the input once per query row for batched backward passes;
             ``max_sequences`` bounds how many replicas are in flight (memory ∝ max_sequences · N).
@@ -75,10 +76,24 @@ class Method:
     family: str
     replicates_rows: bool = False
 
-    def __call__(self, model: nn.Module, input_ids: Tensor, *, max_sequences: int = DEFAULT_MAX_SEQUENCES) -> Tensor:
+    def __call__(
+        self,
+        model: nn.Module,
+        input_ids: Tensor,
+        *,
+        max_sequences: int = DEFAULT_MAX_SEQUENCES,
+        backend: str = "auto",
+    ) -> Tensor:
+        """The maps; ``max_sequences`` bounds row-replicating methods, ``backend`` picks LaTIM's path (``"auto"``,
+        ``"ref"``, ``"fast"``: same maps to 1e-4, the fast one also much faster on a CPU)."""
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
-        maps = self.fn(model, input_ids, max_sequences) if self.replicates_rows else self.fn(model, input_ids)
+        if self.family == "latim":
+            maps = self.fn(model, input_ids, backend=backend)
+        elif self.replicates_rows:
+            maps = self.fn(model, input_ids, max_sequences)
+        else:
+            maps = self.fn(model, input_ids)
         expected = 4 if self.per_layer else 3
         if maps.dim() != expected:
             raise RuntimeError(f"method {self.name!r} returned a {maps.dim()}-d map, expected {expected}-d")
@@ -112,8 +127,12 @@ def _latim(method: str, activation: str) -> Callable[[nn.Module, Tensor], Tensor
     from .api import alti_logit, interactions
 
     if method == "alti_logit":
-        return lambda model, ids: alti_logit(model, ids, activation=activation, target=next_token_targets(ids)).scores
-    return lambda model, ids: interactions(model, ids, method=method, activation=activation)
+        return lambda model, ids, backend="auto": (
+            alti_logit(model, ids, activation=activation, target=next_token_targets(ids), backend=backend).scores
+        )
+    return lambda model, ids, backend="auto": interactions(
+        model, ids, method=method, activation=activation, backend=backend
+    )
 
 
 for _m, _label in (("l2", "LaTIM (ℓ2)"), ("alti", "LaTIM (ALTI)"), ("alti_logit", "LaTIM (ALTI-Logit)")):

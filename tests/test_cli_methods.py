@@ -40,6 +40,25 @@ def test_registry_shapes_and_causality():
         get_method("nope")
 
 
+def test_method_options_backend_and_max_sequences():
+    """LaTIM entries give the same maps on either backend; row-replicating ones the same with any replica cap."""
+    from conftest import build
+
+    model = build("mamba1", layers=2)
+    ids = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(1))
+    for name in ("l2", "alti_silu_gate", "alti_logit"):
+        ref, fast = (get_method(name)(model, ids, backend=b) for b in ("ref", "fast"))
+        assert float((fast - ref).abs().max() / ref.abs().max()) < 1e-4, name
+    for name in ("saliency", "mamba_lrp"):
+        torch.testing.assert_close(
+            get_method(name)(model, ids, max_sequences=1), get_method(name)(model, ids, max_sequences=256)
+        )
+    with pytest.raises(ValueError, match="max_sequences must be >= 1, got 0"):
+        get_method("saliency")(model, ids, max_sequences=0)
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        get_method("l2")(model, ids, backend="gpu")
+
+
 def test_saliency_row_is_gradient_of_next_token_logit():
     from conftest import build
 

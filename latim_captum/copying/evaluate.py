@@ -89,6 +89,7 @@ def evaluate_model(
     methods: Sequence[str] | None = None,
     batch: int = 32,
     max_sequences: int | None = None,
+    backend: str = "auto",
     quiet: bool = False,
 ) -> dict:
     """Accuracy, faithfulness of each method and reconstruction error of a copy model on held-out samples.
@@ -102,6 +103,7 @@ def evaluate_model(
         batch: samples per attribution call.
         max_sequences: replicated sequences per backward pass of the row-replicating methods (default
             :data:`~latim_captum.methods.DEFAULT_MAX_SEQUENCES`; lower it on a CPU).
+        backend: LaTIM's path (``"auto"``: fast on CUDA, reference elsewhere; ``"fast"`` on a CPU is much faster).
 
     Returns:
         ``{"accuracy": {...}, "methods": {name: {"label", "per_layer", "layers": [{auc, ap, recall_at_k}, ...]
@@ -122,7 +124,7 @@ def evaluate_model(
         t0 = time.time()
         cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
         chunks = [
-            method(model, ids[s : s + batch].to(device), max_sequences=cap).float().cpu()
+            method(model, ids[s : s + batch].to(device), max_sequences=cap, backend=backend).float().cpu()
             for s in range(0, n_samples, batch)
         ]
         maps = torch.cat(chunks)
@@ -149,6 +151,7 @@ def evaluate_model(
         "methods": results,
         "reconstruction_error": errors,
         "reconstruction_error_samples": int(err_ids.shape[0]),
+        "backend": backend,
     }
 
 
