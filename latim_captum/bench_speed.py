@@ -15,6 +15,10 @@ Usage::
 
     python benchmarks/speed.py --quick --out /tmp/bench      # tiny, CPU, < 1 minute
     python benchmarks/speed.py --out bench_out                # full, CUDA (≤ 7.5 minutes of timing + start-up)
+    python benchmarks/speed.py --kernel triton --models mamba2 --single-lengths none --out bench_triton
+
+``--kernel triton`` times the fused kernel of :mod:`latim_captum.triton_tile` (autotuned during the warm-up) in
+place of the PyTorch tiles; models it does not cover are listed as skipped.
 """
 
 from __future__ import annotations
@@ -117,8 +121,9 @@ def _skip_reason(last_wall: float | None, last_n: int, n: int, point_budget: flo
     return None
 
 
-def _warm_up(model, n: int, precision: str, device: torch.device) -> float:
-    """One untimed pass of everything the benchmark times, at length ``n``; returns its seconds."""
+def _warm_up(model, n: int, precision: str, device: torch.device, kernel: str = "torch") -> float:
+    """One untimed pass of everything the benchmark times, at length ``n``; returns its seconds (with
+    ``kernel="triton"``, every measure set once: each is its own autotuning key)."""
     import latim_captum as lc
 
     from .fast import layer_maps_fast
@@ -131,6 +136,9 @@ def _warm_up(model, n: int, precision: str, device: torch.device) -> float:
     tr = lc.trace(model, ids)
     proj = tr.readout.projection(tr.readout.logits.argmax(-1))
     layer_maps_fast(tr.layers[0], "silu", ("alti", "logit", "l2"), projection=proj, precision=precision)
+    if kernel != "torch":
+        for measures in (("l2",), ("alti",), ("alti", "logit")):
+            layer_maps_fast(tr.layers[0], "silu", measures, projection=proj, precision=precision, kernel=kernel)
     alti_logit_row(tr, position=-1, precision=precision)
     _sync(device)
     return time.perf_counter() - start
@@ -154,16 +162,11 @@ def run(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = args.quick
-    lengths = (
-        [int(x) for x in args.lengths.split(",")]
-        if args.lengths
-        else ([16, 24] if quick else [512, 2048, 4096, 8192, 16384])
-    )
-    single_lengths = [int(x) for x in args.single_lengths.split(",")] if args.single_lengths else (
-        [16] if quick else [2048, 8192, 32768])  # fmt: skip
+    lengths = _lengths(args.lengths, [16, 24] if quick else [512, 2048, 4096, 8192, 16384])
+    single_lengths = _lengths(args.single_lengths, [16] if quick else [2048, 8192, 32768])
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    results: dict = {"device": str(device), "gpu": gpu,
+    results: dict = {"device": str(device), "gpu": gpu, "kernel": args.kernel,
                      "floor": "2 * N(N+1)/2 * d_inner * d_model FLOPs per layer (W_o projection of every causal pair)",
                      "peak_tflops": {}, "points": [], "single_query": [], "skipped": []}  # fmt: skip
     for dtype in dtypes.values():
@@ -181,15 +184,20 @@ def run(args: argparse.Namespace) -> dict:
         dtype = dtypes[dname]
         prec = "bf16" if dtype == torch.bfloat16 else "tf32"
         model = build_model(kind, quick, dtype, device)
-        # warm-up (Triton JIT/autotune of mamba-ssm's kernels, cuBLAS handles) before anything is timed
-        results["warmup_s"][f"{kind}/{dname}"] = _warm_up(model, min(lengths[0], 256), prec, device)
+        maps_lengths = lengths
+        if args.kernel == "triton" and kind not in _triton_variants():
+            results["skipped"].append({"model": kind, "dtype": dname, "why": "kernel='triton' does not cover it"})
+            maps_lengths = []
+        # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
+        kernel = args.kernel if maps_lengths else "torch"
+        results["warmup_s"][f"{kind}/{dname}"] = _warm_up(model, min((lengths or [256])[0], 256), prec, device, kernel)
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         cfg = model.config
         d_model = cfg.hidden_size
         d_inner = getattr(cfg, "intermediate_size", None) or cfg.expand * cfg.hidden_size
         n_layers = cfg.num_hidden_layers
         last_wall, last_n = None, 1
-        for n in lengths:
+        for n in maps_lengths:
             point = {"model": kind, "dtype": dname, "precision": prec, "N": n, "n_layers": n_layers}
             why = _skip_reason(last_wall, last_n, n, args.point_budget, maps_end)
             if why:
@@ -206,10 +214,12 @@ def run(args: argparse.Namespace) -> dict:
                 measures = {"l2": ("l2",), "alti": ("alti",), "alti_logit": ("alti", "logit")}[method]
                 proj = tr.readout.projection(tr.readout.logits.argmax(-1)) if method == "alti_logit" else None
 
-                def all_layers(tr=tr, measures=measures, proj=proj, prec=prec):
+                def all_layers(tr=tr, measures=measures, proj=proj, prec=prec, kernel=kernel):
                     outs = []
                     for layer in tr.layers:
-                        outs.append(layer_maps_fast(layer, "silu", measures, projection=proj, precision=prec))
+                        outs.append(
+                            layer_maps_fast(layer, "silu", measures, projection=proj, precision=prec, kernel=kernel)
+                        )
                     return outs
 
                 wall, peak, _ = timed(all_layers, device)
@@ -220,7 +230,9 @@ def run(args: argparse.Namespace) -> dict:
                     layer0 = tr.layers[0]
                     ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
                     wref, _, _ = timed(ref_fn, device)
-                    fast_fn = partial(layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec)
+                    fast_fn = partial(
+                        layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec, kernel=kernel
+                    )
                     w1, _, _ = timed(fast_fn, device)
                     entry["speedup_vs_ref"] = wref / w1
                 point[method] = entry
@@ -262,8 +274,25 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+def _lengths(spec: str | None, default: list[int]) -> list[int]:
+    """Comma-separated lengths, ``"none"`` for none, or ``default``."""
+    if not spec:
+        return default
+    return [] if spec.strip().lower() == "none" else [int(x) for x in spec.split(",")]
+
+
+def _triton_variants() -> tuple[str, ...]:
+    """Model kinds ``kernel="triton"`` covers (none without triton)."""
+    try:
+        from .triton_tile import VARIANTS
+    except ImportError:
+        return ()
+    return VARIANTS
+
+
 def to_markdown(results: dict) -> str:
-    lines = [f"# LaTIM speed ({results['gpu']})", "", f"Floor: {results['floor']}.",
+    kernel = results.get("kernel", "torch")
+    lines = [f"# LaTIM speed ({results['gpu']}, kernel={kernel})", "", f"Floor: {results['floor']}.",
              f"Matmul peak (TFLOP/s): {json.dumps({k: round(v, 1) for k, v in results['peak_tflops'].items()})}", "",
              "| model | dtype | N | method | wall s | peak GiB | TFLOP/s | % peak | × ref | wall / forward |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -295,8 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None)
     parser.add_argument("--models", default="mamba1,mamba2")
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--lengths", default=None, help="comma-separated N for all-layer maps")
-    parser.add_argument("--single-lengths", default=None, help="comma-separated N for the single-query mode")
+    parser.add_argument("--lengths", default=None, help="comma-separated N for all-layer maps ('none': none)")
+    parser.add_argument(
+        "--single-lengths", default=None, help="comma-separated N for the single-query mode ('none': none)"
+    )
+    parser.add_argument(
+        "--kernel", default="torch", choices=("torch", "triton"),
+        help="tiles of the fast path: PyTorch ops, or the fused Triton kernel (latim_captum.triton_tile)",
+    )  # fmt: skip
     parser.add_argument("--ref-max-n", type=int, default=2048, help="largest N timed on the _ref path")
     parser.add_argument("--lig-max-n", type=int, default=2048, help="largest N timed with Captum LIG")
     parser.add_argument("--point-budget", type=float, default=60.0, help="skip points predicted slower (s)")

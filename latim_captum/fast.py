@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
+#: implementations of the tiles: PyTorch ops, or the fused Triton kernel of :mod:`latim_captum.triton_tile`
+KERNELS: tuple[str, ...] = ("torch", "triton")
 MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
 #: bytes a tile may use when the device cannot report its free memory (CPU)
 DEFAULT_TILE_BYTES = 256 * 2**20
@@ -174,6 +176,11 @@ def _mamba1_direct(ctx: _LayerContext, r0: int, r1: int, s0: int, s1: int) -> Te
 
 def _mamba2_mixing(ctx: _LayerContext, r0: int, r1: int, s0: int, s1: int) -> Tensor:
     """Causal per-channel ``M[b, c, i, s]`` of Mamba-2 (per head, expanded to its channels), ``[B, d, r, s]``."""
+    return _mamba2_head_mixing(ctx, r0, r1, s0, s1).repeat_interleave(ctx.layer.ssm.head_dim, dim=1)
+
+
+def _mamba2_head_mixing(ctx: _LayerContext, r0: int, r1: int, s0: int, s1: int) -> Tensor:
+    """Causal ``M[b, h, i, s]`` of Mamba-2 per head (0 for ``s > i``, no D skip), ``[B, H, r, s]``."""
     ssm = ctx.layer.ssm
     heads, groups = ssm.A.shape[0], ssm.B.shape[2]
     dtype = ssm.delta.dtype
@@ -183,8 +190,7 @@ def _mamba2_mixing(ctx: _LayerContext, r0: int, r1: int, s0: int, s1: int) -> Te
     rows = torch.arange(r0, r1, device=gap.device)[:, None]
     src = torch.arange(s0, s1, device=gap.device)[None, :]
     log_decay = torch.where(src <= rows, gap * ssm.A[:, None, None], torch.full_like(gap, float("-inf")))
-    mix = cb * torch.exp(log_decay) * ssm.delta[:, s0:s1].transpose(1, 2)[:, :, None, :]
-    return mix.repeat_interleave(ssm.head_dim, dim=1)
+    return cb * torch.exp(log_decay) * ssm.delta[:, s0:s1].transpose(1, 2)[:, :, None, :]
 
 
 def _add_taps(values: Tensor, mixing: Tensor, shares: Tensor, c0: int, c1: int, s0: int) -> None:
@@ -282,6 +288,8 @@ def layer_maps_fast(
     out: dict[str, Tensor] | None = None,
     rows: tuple[int, int] | None = None,
     anchor_rows: int | None = None,
+    kernel: str = "torch",
+    kernel_config: dict | None = None,
 ) -> dict[str, Tensor]:
     """The maps of :func:`latim_captum.api.layer_maps` (same values) without materialising ``[rows, N, D]``.
 
@@ -296,11 +304,19 @@ def layer_maps_fast(
         out: preallocated ``[B, N, N]`` maps to fill (e.g. slices of an all-layer result).
         rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]`` (memory O(rows·N)).
         anchor_rows: Mamba-1 rows per factorisation anchor (default :func:`default_anchor_rows`).
+        kernel: ``"torch"`` (tiles of PyTorch ops) or ``"triton"`` (the fused kernel of
+            :mod:`latim_captum.triton_tile`: float32 traces, measures l1/l2/alti/logit, CUDA or
+            ``TRITON_INTERPRET=1``). With ``"triton"``, ``block`` is the number of query rows per launch (default
+            from ``budget_bytes``), each launch covering every causal column, and Mamba-1's ``anchor_rows`` must be
+            a multiple of the kernel's row block (16 when autotuned).
+        kernel_config: Triton block sizes (see :func:`latim_captum.triton_tile.tile_sums`; default autotuned).
 
     Returns:
         ``{measure: [B, N, N]}``, or ``[B, stop − start, N]`` with ``rows``.
 
     Raises:
+        ValueError: ``kernel="triton"`` for what the kernel does not cover (the message says what).
+        ImportError: ``kernel="triton"`` without the ``triton`` package.
         TypeError: ``layer`` is not a Mamba sublayer (:class:`~latim_captum.traces.LayerTrace`): attention,
             token-wise, parallel and Zamba2 shared-block sublayers have only the reference path
             (:func:`latim_captum.api.layer_maps_ref`, ``backend="ref"``; ``"auto"`` picks it for them).
@@ -318,12 +334,25 @@ def layer_maps_fast(
             raise ValueError(f"unknown measure {m!r}; choose from {', '.join(MEASURES)} or any 'l<p>' (p >= 1)")
     if "logit" in measures and projection is None:
         raise ValueError("measure 'logit' needs a projection")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "triton":
+        triton_tile = _triton_tile()
+        triton_tile.check_supported(layer, measures)
     bsz, n, d_model = layer.residual.shape
     start, stop = (0, n) if rows is None else rows
     if not 0 <= start < stop <= n:
         raise ValueError(f"rows {rows!r} must satisfy 0 <= start < stop <= {n}")
+    if anchor_rows is None:
+        anchor_rows = default_anchor_rows(n)
+    if anchor_rows < 1:
+        raise ValueError(f"anchor_rows must be ≥ 1, got {anchor_rows}")
     if block is None:
-        block = auto_block(layer, budget_bytes, precision)
+        if kernel == "triton":
+            budget = budget_bytes or _free_bytes(layer.residual.device) // 2
+            block = triton_tile.launch_rows(layer, budget, anchor_rows)
+        else:
+            block = auto_block(layer, budget_bytes, precision)
     if block < 1:
         raise ValueError(f"block must be ≥ 1, got {block}")
     if out is None:
@@ -331,22 +360,26 @@ def layer_maps_fast(
     dtype = layer.residual.dtype
     d = d_inner_of(layer.ssm)
     direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
-    if anchor_rows is None:
-        anchor_rows = default_anchor_rows(n)
-    if anchor_rows < 1:
-        raise ValueError(f"anchor_rows must be ≥ 1, got {anchor_rows}")
     ctx = _context(layer, activation, direct_budget, anchor_rows)
     need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     output = layer.block_output
     with torch.no_grad(), matmul_precision(precision):
         for r0 in range(start, stop, block):
             r1 = min(stop, r0 + block)
-            y = output[:, r0:r1].transpose(1, 2)[..., None]  # [B, D, r, 1]
             o0, o1 = r0 - start, r1 - start  # rows of the output maps
+            wu = projection[:, r0:r1] @ layer.out_weight if "logit" in measures else None  # [B, r, d]
+            if kernel == "triton":  # every causal column of these rows in one launch: [5, B, r, r1] sums
+                sums = triton_tile.tile_sums(ctx, r0, r1, measures, precision=precision, wu=wu, config=kernel_config)
+                for m in measures:
+                    if m == "alti":
+                        out[m][:, o0:o1, :r1] = _normalise_alti(torch.relu(sums[3]), sums[2])
+                    else:
+                        out[m][:, o0:o1, :r1] = {"l2": sums[0].sqrt(), "l1": sums[1], "logit": sums[4]}[m]
+                continue
+            y = output[:, r0:r1].transpose(1, 2)[..., None]  # [B, D, r, 1]
             if "alti" in measures:
                 l1_rows = layer.residual.new_zeros(bsz, r1 - r0, n)
                 y_abs = y.abs()
-            wu = projection[:, r0:r1] @ layer.out_weight if "logit" in measures else None  # [B, r, d]
             for c0 in range(0, r1, block):
                 c1 = min(r1, c0 + block)
                 gated = _gated_tile(ctx, r0, r1, c0, c1)
@@ -372,15 +405,27 @@ def layer_maps_fast(
                     proximity = contrib.sub_(y).abs_().neg_().add_(y_abs).sum(1)
                     out["alti"][:, o0:o1, c0:c1] = torch.relu(proximity)
             if "alti" in measures:
-                scores = out["alti"][:, o0:o1]
-                degenerate = scores.sum(-1, keepdim=True) <= 0
-                if bool(degenerate.any()):
-                    scores = torch.where(degenerate, l1_rows, scores)
-                total = scores.sum(-1, keepdim=True)
-                out["alti"][:, o0:o1] = torch.where(
-                    total > 0, scores / torch.where(total > 0, total, torch.ones_like(total)), scores
-                )
+                out["alti"][:, o0:o1] = _normalise_alti(out["alti"][:, o0:o1], l1_rows)
     return out
+
+
+def _normalise_alti(scores: Tensor, l1_rows: Tensor) -> Tensor:
+    """Complete rows of clipped ALTI proximities divided by their sum; a row with none positive (degenerate) takes
+    ``‖T'_i(x_j)‖_1`` (``l1_rows``) instead; rows summing to 0 stay 0."""
+    degenerate = scores.sum(-1, keepdim=True) <= 0
+    if bool(degenerate.any()):
+        scores = torch.where(degenerate, l1_rows, scores)
+    total = scores.sum(-1, keepdim=True)
+    return torch.where(total > 0, scores / torch.where(total > 0, total, torch.ones_like(total)), scores)
+
+
+def _triton_tile():
+    """:mod:`latim_captum.triton_tile`, or an ``ImportError`` saying that ``kernel="triton"`` needs triton."""
+    try:
+        from . import triton_tile
+    except ImportError as err:
+        raise ImportError(f"kernel='triton' needs the triton package (pip install triton): {err}") from err
+    return triton_tile
 
 
 def dominant_flops(n: int, d_inner: int, d_model: int, rows: int | None = None) -> float:

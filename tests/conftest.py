@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-from transformers import (
+
+if not torch.cuda.is_available():
+    # tests/test_triton_tile.py runs the fused kernel in Triton's interpreter: it must be on before anything (here
+    # transformers) first imports triton, which decides then how its own library functions are compiled
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from transformers import (  # noqa: E402
     FalconMambaConfig,
     FalconMambaForCausalLM,
     Mamba2Config,

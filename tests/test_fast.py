@@ -110,3 +110,19 @@ def test_single_query_row_equals_full_alti_logit(kind):
         assert float(gap) < 1e-4 * float(row.logits.abs().max()), "eq 8: row sums to the logit"
     with pytest.raises(ValueError, match="position 17"):
         alti_logit_row(tr, position=17)
+
+
+def test_triton_kernel_without_triton_says_so(traces, monkeypatch):
+    """``kernel="triton"`` names the missing package (CI has no triton; elsewhere its import is made to fail)."""
+    import sys
+
+    import latim_captum
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, "latim_captum.triton_tile", raising=False)
+    monkeypatch.delattr(latim_captum, "triton_tile", raising=False)
+    layer = traces[("mamba2", "silu")][torch.float32].layers[0]
+    with pytest.raises(ImportError, match="needs the triton package"):
+        layer_maps_fast(layer, "silu", ("l2",), kernel="triton")
+    with pytest.raises(ValueError, match="'cuda'"):
+        layer_maps_fast(layer, "silu", ("l2",), kernel="cuda")

@@ -1,0 +1,161 @@
+"""The fused Triton kernel (latim_captum.triton_tile, ``layer_maps_fast(kernel="triton")``) against the oracle.
+
+Without CUDA the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, which conftest.py sets before triton is
+first imported: tiny shapes only, it is slow); skipped where triton is not installed (CI).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import latim_captum as lc  # noqa: E402
+from conftest import VOCAB, build, left_pad_mask, perturb_, random_ids  # noqa: E402
+from latim_captum.api import layer_maps_ref  # noqa: E402
+from latim_captum.fast import layer_maps_fast  # noqa: E402
+
+MEASURES = ("l1", "l2", "alti", "logit")
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
+# (block sizes, Mamba-1 anchor rows). Mamba-2: BC = 8 = head_dim puts one head in a channel chunk, BC = 16, 32 span
+# heads (and a ragged d_inner = 48). Mamba-1: one anchor per row tile (8), two row tiles per anchor (4 | 8), one
+# anchor per launch (16 > N)
+CONFIGS = (
+    ({"BI": 8, "BJ": 8, "BC": 32, "BD": 32}, 8),
+    ({"BI": 4, "BJ": 8, "BC": 8, "BD": 16}, 8),
+    ({"BI": 16, "BJ": 4, "BC": 16, "BD": 16}, 16),
+)
+KEYS = ("mamba2", "mamba2_ragged", "mamba1", "mamba1_ragged")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _traces(device: str = "cpu", n: int = 13) -> dict[str, lc.ModelTrace]:
+    """The conftest Mamba-2 and Mamba-1 (d_model 32, d_inner 64, K 4) and ragged ones (d_model 24, d_inner 48, K 3),
+    N tokens with left padding, float32."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    common = dict(hidden_size=24, expand=2, state_size=4, conv_kernel=3, vocab_size=VOCAB, num_hidden_layers=1)
+    torch.manual_seed(5)
+    ragged2 = Mamba2ForCausalLM(Mamba2Config(num_heads=6, head_dim=8, n_groups=3, chunk_size=4, **common))
+    ragged1 = MambaForCausalLM(MambaConfig(**common))
+    models = {
+        "mamba2": build("mamba2", layers=1, seed=3),
+        "mamba2_ragged": perturb_(ragged2.eval(), seed=6),
+        "mamba1": build("mamba1", layers=1, seed=3),
+        "mamba1_ragged": perturb_(ragged1.eval(), seed=7),
+    }
+    ids = random_ids(2, n, seed=5).to(device)
+    mask = left_pad_mask(2, n, [0, 4]).to(device)
+    return {k: lc.trace(m.to(device), ids, attention_mask=mask) for k, m in models.items()}
+
+
+@pytest.fixture(scope="module")
+def traces():
+    return _traces()
+
+
+def _check(layer, proj, ref, fast, tol=1e-4, **kwargs) -> dict[str, float]:
+    tri = layer_maps_fast(layer, "silu", MEASURES, projection=proj, kernel="triton", **kwargs)
+    errors = {}
+    for m in MEASURES:
+        errors[m] = max(_rel(tri[m], ref[m]), _rel(tri[m], fast[m]))
+        assert errors[m] < tol, f"{m} {kwargs}: {errors[m]:.2e}"
+    return errors
+
+
+@interpreter_only
+@pytest.mark.parametrize("key", KEYS)
+def test_triton_maps_equal_reference_and_torch_tiles(traces, key):
+    """Every measure, several block shapes (ragged in rows, columns, d_inner and d_model), launches of all rows or
+    of 5 rows (N = 13), left padding: the kernel equals the oracle and the PyTorch tiles to 1e-4."""
+    tr = traces[key]
+    layer = tr.layers[0]
+    assert layer.residual.dtype == torch.float32
+    proj = tr.readout.projection(tr.readout.logits.argmax(-1))
+    ref = layer_maps_ref(layer, "silu", MEASURES, projection=proj)
+    fast = layer_maps_fast(layer, "silu", MEASURES, projection=proj, block=6)
+    worst = 0.0
+    for config, anchor in CONFIGS:
+        for block in (None, 5) if config is CONFIGS[0][0] else (None,):
+            errors = _check(layer, proj, ref, fast, kernel_config=config, block=block, anchor_rows=anchor)
+            worst = max(worst, *errors.values())
+    print(f"{key}: max relative error {worst:.2e}")
+
+
+@interpreter_only
+def test_triton_mamba1_strong_decay_and_rows():
+    """A large |A|·Δ (decay factors underflow across anchors) and a row subset, as in test_fast."""
+    model = build("mamba1", layers=1, seed=7)
+    with torch.no_grad():
+        model.backbone.layers[0].mixer.A_log.add_(3.0)
+    layer = lc.trace(model, random_ids(1, 30, seed=2)).layers[0]
+    ref = layer_maps_ref(layer, "silu", ("l2", "alti"))
+    config = {"BI": 4, "BJ": 8, "BC": 32, "BD": 32}
+    for anchor in (4, 8):
+        tri = layer_maps_fast(
+            layer, "silu", ("l2", "alti"), rows=(9, 25), anchor_rows=anchor, kernel="triton", kernel_config=config
+        )
+        for m in ("l2", "alti"):
+            assert tri[m].shape == (1, 16, 30)
+            assert _rel(tri[m], ref[m][:, 9:25]) < 1e-4, (m, anchor)
+    with pytest.raises(ValueError, match="anchor_rows=6 must be a multiple"):
+        layer_maps_fast(layer, "silu", ("l2",), anchor_rows=6, kernel="triton", kernel_config=config)
+
+
+@interpreter_only
+def test_triton_rows_subset_out_and_precisions(traces):
+    """``rows=`` and a preallocated ``out`` work as on the PyTorch tiles; TF32 and bf16 inputs of ``tl.dot`` stay
+    within the CUDA test's bounds (the interpreter has no TF32: it is exact there)."""
+    layer = traces["mamba2"].layers[0]
+    config = CONFIGS[0][0]
+    ref = layer_maps_ref(layer, "silu_gate", ("l2", "alti"))
+    part = layer_maps_fast(layer, "silu_gate", ("l2", "alti"), rows=(4, 11), kernel="triton", kernel_config=config)
+    for m in ("l2", "alti"):
+        assert part[m].shape == (2, 7, 13)
+        assert _rel(part[m], ref[m][:, 4:11]) < 1e-4, m
+    out = {"l2": torch.zeros(2, 13, 13)}
+    assert layer_maps_fast(layer, "silu_gate", ("l2",), out=out, kernel="triton", kernel_config=config) is out
+    assert _rel(out["l2"], ref["l2"]) < 1e-4
+    for precision, tol in (("tf32", 2e-2), ("bf16", 5e-2)):
+        maps = layer_maps_fast(layer, "silu_gate", ("l2",), precision=precision, kernel="triton", kernel_config=config)
+        assert _rel(maps["l2"], ref["l2"]) < tol, precision
+
+
+def test_triton_refuses_what_it_does_not_cover(traces):
+    layer = traces["mamba2"].layers[0]
+    with pytest.raises(ValueError, match="'cuda'"):
+        layer_maps_fast(layer, "silu", ("l2",), kernel="cuda")
+    with pytest.raises(ValueError, match=r"l1, l2, alti and logit, not \['l3'\]"):
+        layer_maps_fast(layer, "silu", ("l3",), kernel="triton")
+    model = build("mamba2", layers=1, seed=3).double()
+    tr64 = lc.trace(model, random_ids(1, 5, seed=1), dtype=torch.float64)
+    with pytest.raises(ValueError, match="float32, not torch.float64"):
+        layer_maps_fast(tr64.layers[0], "silu", ("l2",), kernel="triton")
+    with pytest.raises(TypeError, match="LayerTrace"):
+        layer_maps_fast(object(), "silu", ("l2",), kernel="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
+def test_triton_on_cuda_matches_reference():
+    """The compiled kernel, autotuned and with a fixed config, against the oracle (IEEE fp32), and TF32 / bf16."""
+    for key, tr in _traces("cuda", n=70).items():
+        layer = tr.layers[0]
+        proj = tr.readout.projection(tr.readout.logits.argmax(-1))
+        ref = layer_maps_ref(layer, "silu", MEASURES, projection=proj)
+        fast = layer_maps_fast(layer, "silu", MEASURES, projection=proj, block=6)
+        for config in (None, {"BI": 16, "BJ": 16, "BC": 16, "BD": 32}):
+            for block in (None, 5):
+                errors = _check(layer, proj, ref, fast, kernel_config=config, block=block, anchor_rows=16)
+                print(key, config, block, {m: f"{e:.1e}" for m, e in errors.items()})
+        for precision, tol in (("tf32", 2e-2), ("bf16", 5e-2)):
+            maps = layer_maps_fast(layer, "silu", ("l2", "alti"), precision=precision, kernel="triton")
+            for m in ("l2", "alti"):
+                assert _rel(maps[m], ref[m]) < tol, f"{key} {precision} {m}"
