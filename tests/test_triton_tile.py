@@ -159,3 +159,54 @@ def test_triton_on_cuda_matches_reference():
             maps = layer_maps_fast(layer, "silu", ("l2", "alti"), precision=precision, kernel="triton")
             for m in ("l2", "alti"):
                 assert _rel(maps[m], ref[m]) < tol, f"{key} {precision} {m}"
+
+
+_COMPILE = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from latim_captum.triton_tile import _CANDIDATES, _tile_kernel
+
+fn = _tile_kernel
+results = []
+for state, mode, precision, alti in json.loads(sys.argv[1]):
+    bi, bj, bc, bd, warps, stages = _CANDIDATES[0]
+    constexprs = dict(K=4, HEAD_DIM=1 if state else 64, STATE=state, ANCHOR=16 if state else 0, MODE=mode,
+                      WANT_L1=True, WANT_L2=True, WANT_ALTI=alti, PRECISION=precision, INTERPRET=False,
+                      BI=bi, BJ=bj, BC=bc, BD=bd)
+    signature = {
+        name: "constexpr" if name in constexprs else
+        ("*bf16" if name == "w_ptr" and precision == 2 else "*fp32") if name.endswith("_ptr") else "i32"
+        for name in fn.arg_names
+    }
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "num_stages": stages})
+    results.append("wgmma" in kernel.asm["ptx"])
+print(json.dumps(results))
+"""
+
+
+def test_kernel_compiles_for_hopper():
+    """The kernel compiles to sm_90 (ptxas from the triton wheel, no GPU needed) for both variants, both modes and
+    the three precisions, and its TF32 / bf16 W_o products are Hopper tensor-core instructions (wgmma)."""
+    import json
+    import subprocess
+    import sys
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("triton has no NVIDIA backend here")
+    cases = [(0, 0, 1, True), (0, 0, 0, False), (0, 0, 2, True), (0, 1, 0, False), (16, 0, 1, True), (16, 1, 0, False)]
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    uses_wgmma = json.loads(done.stdout.strip().splitlines()[-1])
+    # MODE 1 (logit) has no W_o product; IEEE fp32 ("highest") cannot use tensor cores: FMA
+    assert uses_wgmma == [mode == 0 and precision != 0 for _, mode, precision, _ in cases], uses_wgmma
