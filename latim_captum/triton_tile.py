@@ -67,7 +67,7 @@ def _gated_chunk(
     gate_ptr, sg_i, sg_c,  # this sequence's output gate [N, d]
     skip_ptr,  # [d]
     i, j, j0, c0, r0, r1, d_inner, near,
-    K: tl.constexpr, HEAD_DIM: tl.constexpr, STATE: tl.constexpr,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, STATE: tl.constexpr, EVEN_C: tl.constexpr,
     BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     """``G[i, j, c]`` for rows ``i`` ``[BI]``, columns ``j = j0 + arange(BJ)`` and channels ``[c0, c0 + BC)``,
@@ -75,54 +75,49 @@ def _gated_chunk(
 
     The mixing holds sources ``[base, src_end)`` (Mamba-2: ``base = 0``); Mamba-1 (``STATE = R > 0``) adds the
     sources before ``base`` through its factors. ``near``: the tile meets the band ``0 ≤ i − j < K`` where a tap's
-    source is the row itself (the D skip)."""
+    source is the row itself (the D skip). ``EVEN_C``: ``BC`` divides ``d_inner`` (no channel masks)."""
+    # every operand is indexed in the [BI, BJ, BC] layout of the result (so its broadcasts need no shuffles)
     c = c0 + tl.arange(0, BC)
-    c_ok = c < d_inner
-    row_ok = i < r1
+    i3 = i[:, None, None]
+    j3 = j[None, :, None]
+    c3 = c[None, None, :]
+    c_ok = _in_range(c3, d_inner, EVEN_C)
+    row_ok = i3 < r1
     values = tl.zeros([BI, BJ, BC], dtype=tl.float32)
     if STATE > 0:
         if j0 < base:  # sources before the anchor: Σ_r left[i, c, r] folded[c, r, j] (taps already folded in)
-            lc_ok = row_ok[:, None] & c_ok[None, :]
-            jc_ok = (j < base)[:, None] & c_ok[None, :]
             for r in range(STATE):
-                left = tl.load(
-                    left_ptr + (i - r0)[:, None] * sl_i + c[None, :] * sl_c + r * sl_r, mask=lc_ok, other=0.0
-                )
-                fold = tl.load(fold_ptr + c[None, :] * sf_c + r * sf_r + j[:, None] * sf_j, mask=jc_ok, other=0.0)
-                values += left[:, None, :] * fold[None, :, :]
+                left = tl.load(left_ptr + (i3 - r0) * sl_i + c3 * sl_c + r * sl_r, mask=row_ok & c_ok, other=0.0)
+                fold = tl.load(fold_ptr + c3 * sf_c + r * sf_r + j3 * sf_j, mask=(j3 < base) & c_ok, other=0.0)
+                values += left * fold
     if j0 + BJ + K - 2 >= base:  # some tap reads a source the mixing holds
         for k in tl.static_range(K):
-            s = j + (K - 1 - k)  # tap k of source s reads token j
+            s = j3 + (K - 1 - k)  # tap k of source s reads token j
             s_ok = (s >= base) & (s < src_end)  # M[i, s] = 0 for s > i
-            share = tl.load(
-                sh_ptr + k * ss_k + s[:, None] * ss_s + c[None, :] * ss_c,
-                mask=s_ok[:, None] & c_ok[None, :],
-                other=0.0,
-            )  # [BJ, BC]
-            pair_ok = row_ok[:, None] & s_ok[None, :]
+            share = tl.load(sh_ptr + k * ss_k + s * ss_s + c3 * ss_c, mask=s_ok & c_ok, other=0.0)  # [1, BJ, BC]
             if HEAD_DIM % BC == 0:  # the chunk lies in one head: one [BI, BJ] mixing tile for all its channels
-                mix = tl.load(
-                    mix_ptr + (c0 // HEAD_DIM) * sm_h + (i - r0)[:, None] * sm_i + (s - base)[None, :] * sm_s,
-                    mask=pair_ok,
-                    other=0.0,
-                )[:, :, None]
+                head = c0 // HEAD_DIM
+                mix_ok = row_ok & s_ok
             else:
-                head = c // HEAD_DIM
-                mix = tl.load(
-                    mix_ptr
-                    + head[None, None, :] * sm_h
-                    + (i - r0)[:, None, None] * sm_i
-                    + (s - base)[None, :, None] * sm_s,
-                    mask=pair_ok[:, :, None] & c_ok[None, None, :],
-                    other=0.0,
-                )
-            values += mix * share[None, :, :]
+                head = c3 // HEAD_DIM
+                mix_ok = row_ok & s_ok & c_ok
+            mix = tl.load(mix_ptr + head * sm_h + (i3 - r0) * sm_i + (s - base) * sm_s, mask=mix_ok, other=0.0)
+            values += mix * share
             if near:  # the D skip acts on φ_i: it adds D to the diagonal s = i of M
-                skip = tl.load(skip_ptr + c, mask=c_ok, other=0.0)
-                own = (i[:, None] == s[None, :])[:, :, None]
-                values += tl.where(own, skip[None, None, :] * share[None, :, :], 0.0)
-    gate = tl.load(gate_ptr + i[:, None] * sg_i + c[None, :] * sg_c, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-    return values * gate[:, None, :]
+                skip = tl.load(skip_ptr + c3, mask=c_ok, other=0.0)
+                values += tl.where(i3 == s, skip * share, 0.0)
+    gate = tl.load(gate_ptr + i3 * sg_i + c3 * sg_c, mask=row_ok & c_ok, other=0.0)  # [BI, 1, BC]
+    return values * gate
+
+
+@triton.jit
+def _in_range(index, size, EVEN: tl.constexpr):
+    """``index < size``, constant true (and so no mask at all) when the blocks divide ``size``."""
+    if EVEN:
+        ok = tl.full(index.shape, 1, tl.int1)
+    else:
+        ok = index < size
+    return ok
 
 
 @triton.jit
@@ -160,6 +155,7 @@ def _tile_kernel(
     WANT_L1: tl.constexpr, WANT_L2: tl.constexpr, WANT_ALTI: tl.constexpr,
     PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
+    EVEN_C: tl.constexpr, EVEN_D: tl.constexpr,  # from the block sizes (triton.heuristics)
 ):  # fmt: skip
     n_col_tiles = (r1 + BJ - 1) // BJ
     row_tile = tl.program_id(0) // n_col_tiles
@@ -194,11 +190,11 @@ def _tile_kernel(
                 g = _gated_chunk(
                     mix_b, sm_h, sm_i, sm_s, base, src_end, left_b, sl_i, sl_c, sl_r, fold_b, sf_c, sf_r, sf_j,
                     sh_b, ss_k, ss_c, ss_s, gate_b, sg_i, sg_c, skip_ptr,
-                    i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, BI, BJ, BC,
+                    i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, EVEN_C, BI, BJ, BC,
                 )  # fmt: skip
                 u = tl.load(
                     u_ptr + b * su_b + (i - r0)[:, None] * su_i + c[None, :] * su_c,
-                    mask=row_ok[:, None] & (c < d_inner)[None, :],
+                    mask=row_ok[:, None] & _in_range(c, d_inner, EVEN_C)[None, :],
                     other=0.0,
                 )
                 logit += tl.sum(g * u[:, None, :], axis=2)
@@ -211,18 +207,18 @@ def _tile_kernel(
             own = (i[:, None] == j[None, :])[:, :, None]
             for o0 in range(0, d_model, BD):
                 o = o0 + tl.arange(0, BD)
-                o_ok = o < d_model
+                o_ok = _in_range(o, d_model, EVEN_D)
                 acc = tl.zeros([BI * BJ, BD], dtype=tl.float32)
                 for c0 in range(0, d_inner, BC):
                     c = c0 + tl.arange(0, BC)
                     g = _gated_chunk(
                         mix_b, sm_h, sm_i, sm_s, base, src_end, left_b, sl_i, sl_c, sl_r, fold_b, sf_c, sf_r, sf_j,
                         sh_b, ss_k, ss_c, ss_s, gate_b, sg_i, sg_c, skip_ptr,
-                        i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, BI, BJ, BC,
+                        i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, EVEN_C, BI, BJ, BC,
                     )  # fmt: skip
                     w = tl.load(
                         w_ptr + o[None, :] * sw_o + c[:, None] * sw_c,
-                        mask=(c < d_inner)[:, None] & o_ok[None, :],
+                        mask=_in_range(c, d_inner, EVEN_C)[:, None] & o_ok[None, :],
                         other=0.0,
                     )  # [BC, BD] = W_oᵀ
                     acc = _dot(tl.reshape(g, [BI * BJ, BC]), w, acc, PRECISION, INTERPRET)
@@ -286,11 +282,14 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return kept
 
 
+_kernel = triton.heuristics(
+    {"EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0, "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0}
+)(_tile_kernel)
 _autotuned = triton.autotune(
     configs=_autotune_configs(),
     key=["d_inner", "d_model", "K", "HEAD_DIM", "STATE", "ANCHOR", "MODE", "WANT_ALTI", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
-)(_tile_kernel)
+)(_kernel)
 
 
 def check_supported(layer: LayerTrace, measures: Sequence[str]) -> None:
@@ -453,5 +452,5 @@ def tile_sums(
             _autotuned[grid](*args, MODE=mode, **common)
         else:
             grid = (triton.cdiv(r1 - r0, config["BI"]) * triton.cdiv(r1, config["BJ"]), bsz)
-            _tile_kernel[grid](*args, MODE=mode, **common, **config)
+            _kernel[grid](*args, MODE=mode, **common, **config)
     return sums
