@@ -244,38 +244,54 @@ def _tile_kernel(
                 tl.store(out_b + 3 * so_q, proximity, mask=keep)
 
 
-#: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages): 8 warps, the fp32 accumulator [BI·BJ, BD] at most
-#: 16K elements, chosen from a ptxas sweep for sm_90 (triton 3.9) as those that spill little or nothing
-_CANDIDATES = (
-    (16, 16, 16, 64, 8, 2),
-    (16, 16, 16, 64, 8, 3),
-    (16, 16, 32, 64, 8, 2),
-    (16, 16, 32, 32, 8, 2),
-    (16, 16, 16, 32, 8, 3),
-    (8, 16, 16, 128, 8, 2),
-    (8, 16, 16, 128, 8, 3),
-    (8, 16, 32, 128, 8, 2),
-    (16, 8, 16, 128, 8, 2),
-    (8, 16, 16, 64, 8, 2),
-)
+#: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32 accumulator
+#: [BI·BJ, BD] at most 16K elements, those that spill little or nothing in a ptxas sweep for sm_90 (triton 3.9, TF32)
+_CANDIDATES = {
+    "mamba2": (
+        (16, 16, 16, 64, 8, 2),
+        (16, 16, 16, 64, 8, 3),
+        (16, 16, 32, 64, 8, 2),
+        (16, 16, 32, 64, 8, 3),
+        (16, 16, 32, 32, 8, 2),
+        (16, 16, 16, 32, 8, 2),
+        (16, 32, 16, 32, 8, 2),
+        (32, 16, 16, 32, 8, 2),
+        (8, 16, 16, 128, 8, 2),
+        (8, 16, 16, 64, 8, 2),
+    ),
+    "mamba1": (
+        (8, 16, 16, 128, 8, 2),
+        (8, 16, 16, 128, 8, 3),
+        (8, 16, 16, 64, 8, 2),
+        (8, 16, 32, 64, 8, 2),
+        (16, 8, 16, 128, 8, 2),
+        (16, 16, 16, 32, 8, 2),
+    ),
+}
 
 
 def _autotune_configs() -> list[triton.Config]:
     return [
         triton.Config({"BI": bi, "BJ": bj, "BC": bc, "BD": bd}, num_warps=warps, num_stages=stages)
-        for bi, bj, bc, bd, warps, stages in _CANDIDATES
+        for bi, bj, bc, bd, warps, stages in sorted(set(_CANDIDATES["mamba2"] + _CANDIDATES["mamba1"]))
     ]
 
 
+def _candidate(config: triton.Config) -> tuple[int, ...]:
+    meta = config.kwargs
+    return meta["BI"], meta["BJ"], meta["BC"], meta["BD"], config.num_warps, config.num_stages
+
+
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Mamba-1 row tiles must not straddle an anchor (``BI`` divides ``ANCHOR``); the logit launch has no ``D``
-    blocks (one config per ``BI, BJ, BC``)."""
+    """The variant's candidates; Mamba-1 row tiles must not straddle an anchor (``BI`` divides ``ANCHOR``); the
+    logit launch has no ``D`` blocks (one config per ``BI, BJ, BC``)."""
+    variant = "mamba1" if kwargs.get("STATE", 0) else "mamba2"
     anchor = kwargs.get("ANCHOR", 0)
     kept, seen = [], set()
     for config in configs:
         meta = config.kwargs
         shape = (meta["BI"], meta["BJ"], meta["BC"]) if kwargs.get("MODE") == 1 else id(config)
-        if (anchor and anchor % meta["BI"]) or shape in seen:
+        if _candidate(config) not in _CANDIDATES[variant] or (anchor and anchor % meta["BI"]) or shape in seen:
             continue
         seen.add(shape)
         kept.append(config)
@@ -397,7 +413,7 @@ def tile_sums(
     interpret = _interpreting()
     if config is None and interpret:
         config = DEFAULT_CONFIG
-    row_block = min(c[0] for c in _CANDIDATES) if config is None else config["BI"]
+    row_block = min(c[0] for c in _CANDIDATES["mamba1"]) if config is None else config["BI"]
     if mamba1 and anchor_rows % row_block:
         raise ValueError(
             f"anchor_rows={anchor_rows} must be a multiple of the kernel's row block BI ({row_block}"

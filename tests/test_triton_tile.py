@@ -171,10 +171,10 @@ from latim_captum.triton_tile import _CANDIDATES, _tile_kernel
 fn = _tile_kernel
 results = []
 for state, mode, precision, alti in json.loads(sys.argv[1]):
-    bi, bj, bc, bd, warps, stages = _CANDIDATES[0]
+    bi, bj, bc, bd, warps, stages = _CANDIDATES["mamba1" if state else "mamba2"][0]
     constexprs = dict(K=4, HEAD_DIM=1 if state else 64, STATE=state, ANCHOR=16 if state else 0, MODE=mode,
                       WANT_L1=True, WANT_L2=True, WANT_ALTI=alti, PRECISION=precision, INTERPRET=False,
-                      BI=bi, BJ=bj, BC=bc, BD=bd)
+                      BI=bi, BJ=bj, BC=bc, BD=bd, EVEN_C=True, EVEN_D=True)
     signature = {
         name: "constexpr" if name in constexprs else
         ("*bf16" if name == "w_ptr" and precision == 2 else "*fp32") if name.endswith("_ptr") else "i32"
@@ -210,3 +210,19 @@ def test_kernel_compiles_for_hopper():
     uses_wgmma = json.loads(done.stdout.strip().splitlines()[-1])
     # MODE 1 (logit) has no W_o product; IEEE fp32 ("highest") cannot use tensor cores: FMA
     assert uses_wgmma == [mode == 0 and precision != 0 for _, mode, precision, _ in cases], uses_wgmma
+
+
+def test_autotune_candidates_cover_every_variant():
+    """Each variant keeps candidates (Mamba-1: with the default anchors and the smallest, 8), their row blocks divide
+    the anchors, and the logit launch (no D blocks) tries each pair-tile shape once."""
+    from latim_captum.fast import default_anchor_rows
+    from latim_captum.triton_tile import _autotune_configs, _prune
+
+    configs = _autotune_configs()
+    for state, anchors in ((0, (0,)), (16, (8, *{default_anchor_rows(n) for n in (64, 512, 2048, 32768)}))):
+        for anchor in anchors:
+            full = _prune(configs, {}, STATE=state, ANCHOR=anchor, MODE=0)
+            logit = _prune(configs, {}, STATE=state, ANCHOR=anchor, MODE=1)
+            assert full and logit and len(logit) <= len(full)
+            assert all(anchor % c.kwargs["BI"] == 0 for c in full + logit)
+            assert len({(c.kwargs["BI"], c.kwargs["BJ"], c.kwargs["BC"]) for c in logit}) == len(logit)
