@@ -24,17 +24,13 @@ from .mixers import Mamba2Weights, gated_norm_scale, layer_from_capture, mamba2_
 __all__ = ["HFMamba2Adapter", "gated_norm_scale", "mamba2_mixer_trace"]
 
 
-def mamba2_mixer_trace(
-    mixer: nn.Module, captured: CapturedLayer, dtype: torch.dtype, activation: str
-) -> tuple[LayerTrace, Tensor]:
-    """Recompute a HF-style Mamba-2 mixer (``in_proj``, ``conv1d``, ``dt_bias``, ``A_log``, ``D``, gated ``norm``,
-    ``out_proj``) from its captured input; returns the trace (``layer`` unset: -1) and the recomputed output.
-    """
-    weights = Mamba2Weights(
+def hf_mamba2_weights(mixer: nn.Module, dtype: torch.dtype, conv_bias: bool) -> Mamba2Weights:
+    """The weights of a HF-style Mamba-2 mixer in ``dtype`` (the conv bias only where the mixer applies it)."""
+    return Mamba2Weights(
         in_proj_weight=weight(mixer.in_proj.weight, dtype),
         in_proj_bias=weight(mixer.in_proj.bias, dtype),
         conv_weight=weight(mixer.conv1d.weight, dtype)[:, 0, :],
-        conv_bias=weight(mixer.conv1d.bias, dtype) if mixer.use_conv_bias else None,
+        conv_bias=weight(mixer.conv1d.bias, dtype) if conv_bias else None,
         heads=int(mixer.num_heads),
         head_dim=int(mixer.head_dim),
         groups=int(mixer.n_groups),
@@ -50,6 +46,15 @@ def mamba2_mixer_trace(
         out_proj_weight=weight(mixer.out_proj.weight, dtype),
         out_proj_bias=weight(mixer.out_proj.bias, dtype),
     )
+
+
+def mamba2_mixer_trace(
+    mixer: nn.Module, captured: CapturedLayer, dtype: torch.dtype, activation: str
+) -> tuple[LayerTrace, Tensor]:
+    """Recompute a HF-style Mamba-2 mixer (``in_proj``, ``conv1d``, ``dt_bias``, ``A_log``, ``D``, gated ``norm``,
+    ``out_proj``) from its captured input; returns the trace (``layer`` unset: -1) and the recomputed output.
+    """
+    weights = hf_mamba2_weights(mixer, dtype, conv_bias=bool(mixer.use_conv_bias))
     return layer_from_capture(mamba2_layer, captured, weights, activation, dtype)
 
 

@@ -37,6 +37,7 @@ from latim_captum.traces import LayerTrace, SharedBlockTrace, SharedTransformerT
 from .base import CapturedLayer
 from .hf_common import weight
 from .hf_hybrid import HFHybridAdapter, _Verified
+from .hf_mamba2 import hf_mamba2_weights
 from .mixers import Mamba2Weights, mamba2_layer
 
 __all__ = ["HFZamba2Adapter", "zamba2_mamba_weights"]
@@ -44,27 +45,7 @@ __all__ = ["HFZamba2Adapter", "zamba2_mamba_weights"]
 
 def zamba2_mamba_weights(mixer: nn.Module, dtype: torch.dtype) -> Mamba2Weights:
     """The weights of a ``Zamba2MambaMixer`` in ``dtype`` (its conv bias is always used)."""
-    d = int(mixer.intermediate_size)
-    return Mamba2Weights(
-        in_proj_weight=weight(mixer.in_proj.weight, dtype),
-        in_proj_bias=weight(mixer.in_proj.bias, dtype),
-        conv_weight=weight(mixer.conv1d.weight, dtype)[:, 0, :],
-        conv_bias=weight(mixer.conv1d.bias, dtype),
-        heads=int(mixer.num_heads),
-        head_dim=int(mixer.head_dim),
-        groups=int(mixer.n_groups),
-        state_size=int(mixer.ssm_state_size),
-        dt_bias=weight(mixer.dt_bias, dtype),
-        dt_limit=tuple(float(v) for v in mixer.time_step_limit),
-        A_log=weight(mixer.A_log, dtype),
-        D=weight(mixer.D, dtype),
-        norm_weight=weight(mixer.norm.weight, dtype),
-        norm_eps=float(mixer.norm.variance_epsilon),
-        norm_groups=d // int(mixer.norm.group_size),
-        norm_before_gate=False,
-        out_proj_weight=weight(mixer.out_proj.weight, dtype),
-        out_proj_bias=weight(mixer.out_proj.bias, dtype),
-    )
+    return hf_mamba2_weights(mixer, dtype, conv_bias=True)
 
 
 def _mixer_activation(mixer: nn.Module) -> str:
