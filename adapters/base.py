@@ -61,6 +61,15 @@ def _first_tensor(args: tuple, kwargs: dict, name: str) -> Tensor:
     return kwargs[name]
 
 
+def _cuda_kernel_on_cpu(err: RuntimeError, device: torch.device) -> RuntimeError:
+    """The reason, said plainly, when a forward on ``device`` reached a CUDA-only kernel."""
+    return RuntimeError(
+        f"the model's forward on {device} called a CUDA-only kernel ({str(err).splitlines()[0]}); transformers "
+        "dispatches to mamba-ssm / causal-conv1d whenever they are installed, whatever the device: run the model "
+        "on CUDA, or use an environment without those packages for CPU work"
+    )
+
+
 class ModelAdapter(ABC):
     """Maps one model family onto the standard trace. Subclass it and register the subclass in ``adapters``.
 
@@ -208,7 +217,12 @@ class ModelAdapter(ABC):
                 handles.append(mixer.register_forward_hook(mixer_post(idx), with_kwargs=True))
             self.model.eval()
             with torch.no_grad():
-                output = self.forward(input_ids, inputs_embeds, attention_mask)
+                try:
+                    output = self.forward(input_ids, inputs_embeds, attention_mask)
+                except RuntimeError as err:
+                    if self.device.type != "cuda" and "is_cuda()" in str(err):
+                        raise _cuda_kernel_on_cpu(err, self.device) from err
+                    raise
         finally:
             for handle in handles:
                 handle.remove()

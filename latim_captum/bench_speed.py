@@ -137,9 +137,9 @@ def _warm_up(model, n: int, precision: str, device: torch.device, kernel: str = 
     proj = tr.readout.projection(tr.readout.logits.argmax(-1))
     layer_maps_fast(tr.layers[0], "silu", ("alti", "logit", "l2"), projection=proj, precision=precision)
     if kernel != "torch":
-        for measures in (("l2",), ("alti",), ("alti", "logit")):
+        for measures in (("l2",), ("alti",), ("logit",), ("alti", "logit")):
             layer_maps_fast(tr.layers[0], "silu", measures, projection=proj, precision=precision, kernel=kernel)
-    alti_logit_row(tr, position=-1, precision=precision)
+    alti_logit_row(tr, position=-1, precision=precision, kernel=kernel)
     _sync(device)
     return time.perf_counter() - start
 
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
             results["skipped"].append({"model": kind, "dtype": dname, "why": "kernel='triton' does not cover it"})
             maps_lengths = []
         # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
-        kernel = args.kernel if maps_lengths else "torch"
+        kernel = args.kernel if kind in _triton_variants() or args.kernel == "torch" else "torch"
         results["warmup_s"][f"{kind}/{dname}"] = _warm_up(model, min((lengths or [256])[0], 256), prec, device, kernel)
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         cfg = model.config
@@ -252,7 +252,9 @@ def run(args: argparse.Namespace) -> dict:
             point_start = time.perf_counter()
             ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
             try:
-                wall, peak, _ = timed(partial(alti_logit_row, model, ids, position=-1, precision=prec), device)
+                wall, peak, _ = timed(
+                    partial(alti_logit_row, model, ids, position=-1, precision=prec, kernel=kernel), device
+                )
             except (MemoryError, torch.OutOfMemoryError) as err:
                 results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
                 break

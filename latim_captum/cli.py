@@ -227,6 +227,21 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     model.to(args.device)
     task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
     n = args.n_samples or meta.get("n_eval", 128)
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    run_meta = {
+        "model": str(path) if args.model or args.scale != "tiny" else f"embedded {COPY_MODELS[args.variant]}",
+        "scale": args.scale,
+        "device": device,
+        "seed": meta.get("seed"),
+        "steps": meta.get("steps"),
+        "train_device": meta.get("device"),
+        "train_eval_token_acc": meta.get("eval_token_acc"),
+    }
+    stem = f"copying-{args.variant}-{args.scale}"
+
+    def write_partial(report: dict) -> None:
+        write_report({**report, "meta": run_meta}, args.out, stem)
+
     report = evaluate_model(
         model,
         task,
@@ -237,18 +252,9 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         max_sequences=args.max_sequences,
         backend=args.backend,
         quiet=args.quiet,
+        on_update=write_partial,
     )
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
-    report["meta"] = {
-        "model": str(path) if args.model or args.scale != "tiny" else f"embedded {COPY_MODELS[args.variant]}",
-        "scale": args.scale,
-        "device": device,
-        "seed": meta.get("seed"),
-        "steps": meta.get("steps"),
-        "train_device": meta.get("device"),
-        "train_eval_token_acc": meta.get("eval_token_acc"),
-    }
-    stem = f"copying-{args.variant}-{args.scale}"
+    report["meta"] = run_meta
     json_path, md_path = write_report(report, args.out, stem)
     print(render_markdown(report))
     print(f"wrote {json_path} and {md_path}")

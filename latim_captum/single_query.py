@@ -51,6 +51,7 @@ def alti_logit_row(
     block: int | None = None,
     chunk: int | None = None,
     precision: str = "highest",
+    kernel: str = "torch",
 ) -> AltiLogit:
     """Row ``position`` of :func:`latim_captum.alti_logit` (same values), in O(N) memory beyond the trace.
 
@@ -64,6 +65,8 @@ def alti_logit_row(
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
         precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
+        kernel: tiles of the Mamba sublayers, ``"torch"`` or ``"triton"`` (see
+            :func:`latim_captum.fast.layer_maps_fast`; with ``"triton"`` the rows per launch follow free memory).
 
     Returns:
         :class:`AltiLogit` with ``scores [B, N]``, ``targets [B]``, ``logits [B]``, ``offset [B]``.
@@ -92,7 +95,14 @@ def alti_logit_row(
     def row_maps(layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
         if isinstance(layer, LayerTrace):
             return layer_maps_fast(
-                layer, activation, (measure,), projection=projection, block=block, rows=rows, precision=precision
+                layer,
+                activation,
+                (measure,),
+                projection=projection,
+                block=block if kernel == "torch" else None,
+                rows=rows,
+                precision=precision,
+                kernel=kernel,
             )[measure]
         # attention / token-wise / shared-block sublayers of hybrids: the reference path (full maps for this layer,
         # with the embedding columns of a Zamba2 hybrid layer kept: [B, N, 2N])

@@ -8,7 +8,8 @@ channels), R = Mamba-1 state size, H = Mamba-2 heads, G = groups, S = Mamba-2 st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -467,3 +468,24 @@ class ModelTrace:
     def shape(self) -> tuple[int, int]:
         """``(batch, seq_len)``."""
         return tuple(self.embeddings.shape[:2])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> ModelTrace:
+        """The same trace with every tensor on ``device``: trace a model where it runs (e.g. a GPU with mamba-ssm's
+        kernels), then compute or compare maps elsewhere. The compute dtype is kept.
+
+        Example:
+            >>> cpu_trace = trace(model.cuda(), ids.cuda()).to("cpu")        # doctest: +SKIP
+            >>> maps = interactions(cpu_trace, method="alti")                 # doctest: +SKIP
+        """
+        return _moved(self, torch.device(device))
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """``value`` with its tensors on ``device``: through trace dataclasses, lists and tuples; other values as is."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if is_dataclass(value) and not isinstance(value, type):
+        return type(value)(**{f.name: _moved(getattr(value, f.name), device) for f in fields(value)})
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    return value

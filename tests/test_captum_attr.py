@@ -17,6 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaModel
 import latim_captum
 from conftest import VOCAB, build, left_pad_mask, random_ids
 from latim_captum import LatimALTI, LatimALTILogit, LatimL2, LatimLLMAttribution, TokenMapAttribution
+from latim_captum.adapters import verification_tolerance
 from latim_captum.aggregate import lp_scores
 
 CLASSES = (LatimL2, LatimALTI, LatimALTILogit)
@@ -336,23 +337,56 @@ def test_llm_attribution_result_and_plots(m1):
         LatimLLMAttribution(Saliency(m1), tokenizer)
 
 
+def _reference_maps(tr) -> dict:
+    """Each class's full default map from the reference maths (``backend="ref"``), for a trace on any device."""
+    from latim_captum.aggregate import rollout
+    from latim_captum.api import layer_maps_ref
+
+    alti = [layer_maps_ref(layer, "silu", ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
+    return {
+        LatimL2: latim_captum.interactions(tr, method="l2", layers=-1, backend="ref")[:, 0],
+        LatimALTI: rollout(alti),
+        LatimALTILogit: latim_captum.alti_logit(tr, activation="silu_gate", backend="ref").scores,
+    }
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_reference_maps_are_the_classes_maps(kind):
+    """The oracle of ``test_cuda``, checked on CPU: it is what the classes return (so a CUDA gap is the device's)."""
+    model = build(kind, seed=12)
+    ids = random_ids(2, 9, seed=12)
+    ref = _reference_maps(latim_captum.trace(model, ids))
+    for cls, kw in ((LatimL2, {}), (LatimALTI, {}), (LatimALTILogit, {"activation": "silu_gate"})):
+        got = cls(model, **kw).attribute(ids, return_matrix=True)
+        assert torch.allclose(got, ref[cls], atol=1e-6, rtol=1e-5), cls.__name__
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
 def test_cuda(kind):
+    """The classes on a CUDA model (mamba-ssm's kernels when installed) give the reference maths of the same
+    forward pass computed on CPU (the trace moved there), to 1e-4 relative.
+
+    A CPU forward of the model is not the oracle: with mamba-ssm / causal-conv1d installed, transformers (5.x)
+    sends CPU tensors to their CUDA kernels, and the kernels' own rounding (TF32 in Mamba-2's SSD) is the model's,
+    not ours to match."""
     model = build(kind, seed=12).cuda()
     ids = random_ids(2, 9, seed=12).cuda()
-    cpu = build(kind, seed=12)
-    with torch.no_grad():  # how far the model's own CUDA forward (mamba-ssm kernels if installed) is from the CPU one
-        logit_gap = float((model(ids).logits.cpu() - cpu(ids.cpu()).logits).abs().max())
+    mask = torch.ones_like(ids)
+    ref = _reference_maps(latim_captum.trace(model, ids, attention_mask=mask).to("cpu"))
     for cls, kw in ((LatimL2, {}), (LatimALTI, {}), (LatimALTILogit, {"activation": "silu_gate"})):
-        got = cls(model, **kw).attribute(ids, additional_forward_args=torch.ones_like(ids))
+        got = cls(model, **kw).attribute(ids, additional_forward_args=mask, return_matrix=True)
         assert got.device.type == "cuda"
-        ref = cls(cpu, **kw).attribute(ids.cpu())
-        gap = float((got.cpu() - ref).abs().max())
-        scale = float(ref.abs().max())
-        msg = f"{cls.__name__}: max |cuda − cpu| {gap:.2e} (scale {scale:.2e}; logits gap {logit_gap:.2e})"
-        assert torch.allclose(got.cpu(), ref, atol=1e-3, rtol=1e-3), msg
+        gap = float((got.cpu() - ref[cls]).abs().max() / ref[cls].abs().max())
+        print(f"{kind} {cls.__name__}: max |cuda − cpu reference| / max |reference| = {gap:.2e}")
+        assert gap < 1e-4, f"{cls.__name__}: {gap:.2e}"
     emb = _embed(model, ids)
     attr, delta = LatimALTILogit(model, activation="silu_gate").attribute(emb, return_convergence_delta=True)
-    assert attr.is_cuda and delta.abs().max() < 1e-2
+    with torch.no_grad():
+        logits = model(ids).logits[:, -1].max(-1).values
+    # the delta compares our decomposition with the model's own logits: the kernels' rounding enters it, bounded
+    # by the relative gap the trace accepts between our recomputation and an fp32 model's forward
+    rel_delta = float(delta.abs().max() / logits.abs().max())
+    print(f"{kind}: ALTI-Logit convergence delta on CUDA, relative to the target logit: {rel_delta:.2e}")
+    assert attr.is_cuda and rel_delta < verification_tolerance(torch.float32)

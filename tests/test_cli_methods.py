@@ -175,6 +175,26 @@ def test_bench_copying_tiny(tmp_path, capsys):
     assert "0.98 / 0.86 / 0.74" in md and "Decomposition error" in md
 
 
+def test_copying_report_is_written_after_every_method(tmp_path):
+    """A run cut short by a time limit keeps the rows it finished: the report is rewritten after each method."""
+    from latim_captum.copying.data import CopyTask
+    from latim_captum.copying.evaluate import evaluate_model, load_model_dir, render_markdown
+    from latim_captum.models import copy_model_path
+
+    model, _, meta = load_model_dir(copy_model_path("mamba1"))
+    seen: list[tuple[list[str], bool]] = []
+
+    def on_update(report: dict) -> None:
+        render_markdown({**report, "meta": {}})  # a partial report must render
+        seen.append((list(report["methods"]), bool(report["reconstruction_error"])))
+
+    final = evaluate_model(
+        model, CopyTask(**meta["task"]), n_samples=2, methods=["l2", "alti"], quiet=True, on_update=on_update
+    )
+    assert seen == [([], True), (["l2"], True), (["l2", "alti"], True)]
+    assert list(final["methods"]) == ["l2", "alti"]
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

@@ -105,6 +105,22 @@ def test_hooks_removed_when_forward_raises(model):
     assert not model.training
 
 
+def test_cuda_only_kernel_on_cpu_is_explained(model):
+    """transformers 5.x calls mamba-ssm / causal-conv1d whenever they are installed, even for CPU tensors; the
+    kernel's own message ("Expected x.is_cuda() to be true") becomes one that says why and what to do."""
+
+    def cuda_kernel(*_args, **_kwargs):
+        raise RuntimeError("Expected x.is_cuda() to be true, but got false.  (Could this error message be improved?)")
+
+    handle = model.backbone.layers[1].mixer.register_forward_pre_hook(cuda_kernel)
+    try:
+        with pytest.raises(RuntimeError, match="on cpu called a CUDA-only kernel .*run the model on CUDA") as exc:
+            latim_captum.LatimALTI(model).attribute(random_ids(1, 4))
+    finally:
+        handle.remove()
+    assert "is_cuda()" in str(exc.value.__cause__) and _hook_count(model) == 0
+
+
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
 def test_bf16_model_matches_fp32_and_is_left_untouched(kind):
     """bf16 weights → float32 maps within bf16 tolerance of the fp32 model's; dtype and train mode restored."""
@@ -130,6 +146,37 @@ def test_inputs_embeds_equal_input_ids(kind):
         a = latim_captum.interactions(model, ids, method=method)
         b = latim_captum.interactions(model, inputs_embeds=embeds, method=method)
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["mamba2", "zamba2", "jamba"])
+def test_trace_moves_between_devices(family):
+    """``ModelTrace.to``: every tensor moves (nested shared-block and attention traces included), nothing else
+    changes, and the maps of the moved-back trace are the original's."""
+    from dataclasses import fields, is_dataclass
+
+    from test_hybrids import build_hybrid
+
+    model = build("mamba2", seed=4) if family == "mamba2" else build_hybrid(family, seed=4)[0]
+    tr = latim_captum.trace(model, random_ids(2, 6, seed=4))
+
+    def leaves(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif is_dataclass(value):
+            for f in fields(value):
+                yield from leaves(getattr(value, f.name))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from leaves(v)
+
+    before = list(leaves(tr))
+    on_meta = tr.to("meta")
+    after = list(leaves(on_meta))
+    assert len(after) == len(before) > 10 and all(t.device.type == "meta" for t in after)
+    assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(after, before))
+    assert on_meta.kinds == tr.kinds and all(t.device.type == "cpu" for t in leaves(tr))
+    back = tr.to("cpu")  # rebuilt dataclasses, same tensors: the maps must not change
+    assert torch.equal(latim_captum.interactions(back, method="alti"), latim_captum.interactions(tr, method="alti"))
 
 
 def test_trace_reuse_rejects_inputs(model):

@@ -37,13 +37,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _traces(device: str = "cpu", n: int = 13) -> dict[str, lc.ModelTrace]:
-    """The conftest Mamba-2 and Mamba-1 (d_model 32, d_inner 64, K 4) and ragged ones (d_model 24, d_inner 48, K 3),
-    N tokens with left padding, float32."""
+    """The conftest Mamba-2 and Mamba-1 (d_model 32, d_inner 64, K 4) and ragged ones (d_model 24, d_inner 48, K 3,
+    Mamba-2 head_dim 6), N tokens with left padding, float32."""
     from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
     common = dict(hidden_size=24, expand=2, state_size=4, conv_kernel=3, vocab_size=VOCAB, num_hidden_layers=1)
     torch.manual_seed(5)
-    ragged2 = Mamba2ForCausalLM(Mamba2Config(num_heads=6, head_dim=8, n_groups=3, chunk_size=4, **common))
+    # 8 heads of 6 channels (heads straddle every channel chunk), 2 groups: causal-conv1d (used on CUDA whenever
+    # mamba-ssm's kernels are installed) needs its channels (48 + 2·2·4 = 64) and the in-projection's width
+    # (2·48 + 16 + 8 = 120) to be multiples of 8
+    ragged2 = Mamba2ForCausalLM(Mamba2Config(num_heads=8, head_dim=6, n_groups=2, chunk_size=4, **common))
     ragged1 = MambaForCausalLM(MambaConfig(**common))
     models = {
         "mamba2": build("mamba2", layers=1, seed=3),
@@ -142,6 +145,37 @@ def test_triton_refuses_what_it_does_not_cover(traces):
         layer_maps_fast(object(), "silu", ("l2",), kernel="triton")
 
 
+def _single_query_gap(device: str) -> float:
+    """Largest relative gap of one ALTI-Logit row, fused kernel vs PyTorch tiles, on a 2-layer model per variant."""
+    from latim_captum.single_query import alti_logit_row
+
+    worst = 0.0
+    for kind in ("mamba1", "mamba2"):
+        model = build(kind, layers=2, seed=9).to(device)
+        ids = random_ids(2, 13, seed=9).to(device)
+        mask = left_pad_mask(2, 13, [0, 3]).to(device)
+        tr = lc.trace(model, ids, attention_mask=mask)
+        for position in (-1, 6):
+            torch_row = alti_logit_row(tr, position=position, kernel="torch")
+            tri_row = alti_logit_row(tr, position=position, kernel="triton")
+            assert torch.equal(tri_row.targets, torch_row.targets)
+            worst = max(worst, _rel(tri_row.scores, torch_row.scores))
+    return worst
+
+
+@interpreter_only
+def test_single_query_with_triton_kernel(monkeypatch):
+    """``alti_logit_row(kernel="triton")``: the row of the PyTorch tiles (which tests/test_single_query.py checks
+    against the full ALTI-Logit map), with the kernel's own rows per launch, and the kernel really runs."""
+    from latim_captum import triton_tile
+
+    launches = []
+    real = triton_tile.tile_sums
+    monkeypatch.setattr(triton_tile, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
+    assert _single_query_gap("cpu") < 1e-5
+    assert ("alti",) in launches and ("logit",) in launches
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
 def test_triton_on_cuda_matches_reference():
@@ -159,6 +193,7 @@ def test_triton_on_cuda_matches_reference():
             maps = layer_maps_fast(layer, "silu", ("l2", "alti"), precision=precision, kernel="triton")
             for m in ("l2", "alti"):
                 assert _rel(maps[m], ref[m]) < tol, f"{key} {precision} {m}"
+    assert _single_query_gap("cuda") < 1e-4
 
 
 _COMPILE = """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -91,6 +91,7 @@ def evaluate_model(
     max_sequences: int | None = None,
     backend: str = "auto",
     quiet: bool = False,
+    on_update: Callable[[dict], None] | None = None,
 ) -> dict:
     """Accuracy, faithfulness of each method and reconstruction error of a copy model on held-out samples.
 
@@ -104,6 +105,8 @@ def evaluate_model(
         max_sequences: replicated sequences per backward pass of the row-replicating methods (default
             :data:`~latim_captum.methods.DEFAULT_MAX_SEQUENCES`; lower it on a CPU).
         backend: LaTIM's path (``"auto"``: fast on CUDA, reference elsewhere; ``"fast"`` on a CPU is much faster).
+        on_update: called with the report so far after the reconstruction errors and after every method, so a run
+            cut short (a time limit on a lent GPU) still leaves the rows it finished.
 
     Returns:
         ``{"accuracy": {...}, "methods": {name: {"label", "per_layer", "layers": [{auc, ap, recall_at_k}, ...]
@@ -116,13 +119,29 @@ def evaluate_model(
     variant = variant_of(model)
     device = next(model.parameters()).device
     ids = task.sample(max(n_samples, 128), seed + 1)[:n_samples]
-    accuracy = evaluate_copy(model, task, ids)
+    err_ids = ids[: min(n_samples, batch)].to(device)
+    report: dict = {
+        "variant": variant,
+        "n_layers": len(model.backbone.layers),
+        "paper_layer": PAPER_LAYER[variant] if len(model.backbone.layers) > PAPER_LAYER[variant] else None,
+        "task": task.to_dict(),
+        "n_samples": n_samples,
+        "eval_seed": seed + 1,
+        "accuracy": evaluate_copy(model, task, ids),
+        "methods": {},
+        "reconstruction_error": {},
+        "reconstruction_error_samples": int(err_ids.shape[0]),
+        "backend": backend,
+    }
+    for act in _progress(list(ACTIVATIONS), "reconstruction error", quiet):
+        report["reconstruction_error"][act] = [float(e) for e in reconstruction_error(model, err_ids, activation=act)]
+    if on_update is not None:
+        on_update(report)
     names = list(methods) if methods is not None else available_methods()
-    results: dict[str, dict] = {}
+    cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
     for name in _progress(names, "methods", quiet):
         method = get_method(name)
         t0 = time.time()
-        cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
         chunks = [
             method(model, ids[s : s + batch].to(device), max_sequences=cap, backend=backend).float().cpu()
             for s in range(0, n_samples, batch)
@@ -135,24 +154,10 @@ def evaluate_model(
         else:
             entry["per_layer"] = False
             entry["all"] = faithfulness(maps, task.length)
-        results[name] = entry
-    errors = {}
-    err_ids = ids[: min(n_samples, batch)].to(device)
-    for act in _progress(list(ACTIVATIONS), "reconstruction error", quiet):
-        errors[act] = [float(e) for e in reconstruction_error(model, err_ids, activation=act)]
-    return {
-        "variant": variant,
-        "n_layers": len(model.backbone.layers),
-        "paper_layer": PAPER_LAYER[variant] if len(model.backbone.layers) > PAPER_LAYER[variant] else None,
-        "task": task.to_dict(),
-        "n_samples": n_samples,
-        "eval_seed": seed + 1,
-        "accuracy": accuracy,
-        "methods": results,
-        "reconstruction_error": errors,
-        "reconstruction_error_samples": int(err_ids.shape[0]),
-        "backend": backend,
-    }
+        report["methods"][name] = entry
+        if on_update is not None:
+            on_update(report)
+    return report
 
 
 def _fmt(m: dict) -> str:
