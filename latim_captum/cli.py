@@ -324,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sequences",
         type=int,
         default=None,
-        help="sequences per backward pass of the gradient methods and MambaLRP, which replicate the input per query "
-        "row (default 256; lower it on a CPU, where the PyTorch fallback paths need far more memory)",
+        help="sequences per backward pass of the gradient methods, Mamba-Attribution and MambaLRP, which replicate "
+        "the input per query row (default 256; lower it on a CPU, where the PyTorch fallback paths need more memory)",
     )
     copying.add_argument("--methods", nargs="+", default=None, help="registry names (default: all available)")
     copying.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")

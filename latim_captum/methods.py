@@ -222,7 +222,7 @@ BASELINES = {
 def _baseline(name: str) -> Callable[..., Tensor]:
     fn = getattr(baselines, name)
 
-    if name == "mamba_lrp":  # rows are replicated per backward pass: keep ≤ max_sequences sequences in flight
+    if name in ("mamba_lrp", "mamba_attribution"):  # rows replicated per backward: ≤ max_sequences in flight
 
         def call_rows(model: nn.Module, input_ids: Tensor, max_sequences: int) -> Tensor:
             row_batch = max(1, max_sequences // len(input_ids))
@@ -240,7 +240,11 @@ def _baseline(name: str) -> Callable[..., Tensor]:
 
 for _name, _label in BASELINES.items():
     register_method(
-        _name, _label, per_layer=_name == "mamba_attention", family="baseline", replicates_rows=_name == "mamba_lrp"
+        _name,
+        _label,
+        per_layer=_name == "mamba_attention",
+        family="baseline",
+        replicates_rows=_name in ("mamba_lrp", "mamba_attribution"),
     )(_baseline(_name))
 
 

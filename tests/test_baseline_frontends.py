@@ -75,15 +75,23 @@ def test_inseq_baselines_registered_and_match(name):
     assert n_prompt < ids.shape[1]
 
 
-def test_mamba_lrp_row_batching_changes_nothing():
-    """Replicating the input per query row (one backward per group) gives the per-row gradients exactly."""
+@pytest.mark.parametrize("name", ["mamba_lrp", "mamba_attribution"])
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_row_batching_changes_nothing(name, kind):
+    """Replicating the input per query row (one backward per group) gives the per-row gradients exactly, whatever
+    the group size (one that does not divide N included), with padding and per-row targets."""
     from conftest import left_pad_mask
+    from latim_captum import baselines
 
-    model = build("mamba2", seed=8).double()
+    fn = getattr(baselines, name)
+    model = build(kind, seed=8).double()
     ids = random_ids(2, 7, seed=5)
     mask = left_pad_mask(2, 7, [0, 2])
-    one = mamba_lrp(model, ids, attention_mask=mask, row_batch=1, dtype=torch.float64)
-    many = mamba_lrp(model, ids, attention_mask=mask, row_batch=4, dtype=torch.float64)
-    assert torch.allclose(one, many, atol=1e-12)
+    target = random_ids(2, 7, seed=6)
+    one = fn(model, ids, attention_mask=mask, target=target, row_batch=1, dtype=torch.float64)
+    for row_batch in (3, 7, 64):
+        many = fn(model, ids, attention_mask=mask, target=target, row_batch=row_batch, dtype=torch.float64)
+        assert torch.allclose(one, many, atol=1e-12), row_batch
+    assert one[:, 2:].abs().sum() > 0  # a map, not zeros on both sides
     with pytest.raises(ValueError, match="row_batch must be >= 1"):
-        mamba_lrp(model, ids, row_batch=0)
+        fn(model, ids, row_batch=0)
