@@ -2,12 +2,30 @@
 # Every CUDA check of the repo in one call on a bare CUDA machine (see gpu_env.sh), logs under $OUT (or ./gpu-out).
 # Usage from the repository root: bash benchmarks/gpu_checks.sh [tests|bench|all|triton] [seconds for the benchmark]
 # (triton: the fused kernel's CUDA test, then the benchmark of kernel='triton' only)
+#   bash benchmarks/gpu_checks.sh train mamba1|mamba2      paper-scale copy model, 5,000 steps: $OUT/copy-<v>-paper.tar.part*
+#   bash benchmarks/gpu_checks.sh copying mamba1|mamba2 DIR   Table 2 on the GPU from a trained model folder
+# A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
+# in a second call carrying the weights (the evaluation runs on the PyTorch path without them).
 set -u
 what=${1:-all}; bench_s=${2:-300}
 out=${OUT:-./gpu-out}; mkdir -p "$out"
 # shellcheck disable=SC1091
 source benchmarks/gpu_env.sh > "$out/env.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+if [ "$what" = train ]; then
+  timeout 540 python3 -m latim_captum.copying.train --variant "$2" --scale paper --device cuda --bf16 --quiet \
+    --max-minutes 8.2 --out "/tmp/copy-$2-paper" > "$out/train_$2.log" 2>&1
+  echo "train $2 rc=$?"; head -12 "/tmp/copy-$2-paper/metrics.json"
+  # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x)
+  tar c -C /tmp "copy-$2-paper" | split -d -b 15M - "$out/copy-$2-paper.tar.part"
+  exit 0
+fi
+if [ "$what" = copying ]; then
+  python3 benchmarks/copying.py --variant "$2" --scale paper --device cuda --model "$3" --out "$out/copy" --quiet \
+    > "$out/copy_$2.log" 2>&1
+  echo "copying $2 rc=$?"; head -25 "$out/copy/copying-$2-paper.md" 2>/dev/null
+  exit 0
+fi
 if [ "$what" = triton ]; then
   timeout 400 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_triton_tile.py \
     > "$out/test_triton_tile.log" 2>&1
