@@ -2,7 +2,7 @@
 # Every CUDA check of the repo in one call on a bare CUDA machine (see gpu_env.sh), logs under $OUT (or ./gpu-out).
 # Usage from the repository root: bash benchmarks/gpu_checks.sh [tests|bench|all|triton] [seconds for the benchmark]
 # (triton: the fused kernel's CUDA test, then the benchmark of kernel='triton' only)
-#   bash benchmarks/gpu_checks.sh train mamba1|mamba2      paper-scale copy model, 5,000 steps: $OUT/copy-<v>-paper.tar.part*
+#   bash benchmarks/gpu_checks.sh train mamba1|mamba2        5,000-step copy model as $OUT/copy-<v>-paper.tar.part*
 #   bash benchmarks/gpu_checks.sh copying mamba1|mamba2 DIR   Table 2 on the GPU from a trained model folder
 # A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
 # in a second call carrying the weights (the evaluation runs on the PyTorch path without them).
