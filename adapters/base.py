@@ -151,10 +151,18 @@ class ModelAdapter(ABC):
         return self.embeddings.weight.device
 
     def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None) -> Any:
-        """Call the model the way its users do (no cache); return its output object."""
-        return self.model(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
-        )
+        """Call the model the way its users do (no cache); return its output object.
+
+        Raises:
+            RuntimeError: as the model does; a CPU model that reached a CUDA-only kernel gets the reason said."""
+        try:
+            return self.model(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+            )
+        except RuntimeError as err:
+            if self.device.type != "cuda" and "is_cuda()" in str(err):
+                raise _cuda_kernel_on_cpu(err, self.device) from err
+            raise
 
     @staticmethod
     def output_logits(output: Any) -> Tensor | None:
@@ -217,12 +225,7 @@ class ModelAdapter(ABC):
                 handles.append(mixer.register_forward_hook(mixer_post(idx), with_kwargs=True))
             self.model.eval()
             with torch.no_grad():
-                try:
-                    output = self.forward(input_ids, inputs_embeds, attention_mask)
-                except RuntimeError as err:
-                    if self.device.type != "cuda" and "is_cuda()" in str(err):
-                        raise _cuda_kernel_on_cpu(err, self.device) from err
-                    raise
+                output = self.forward(input_ids, inputs_embeds, attention_mask)
         finally:
             for handle in handles:
                 handle.remove()

@@ -189,12 +189,11 @@ def run(args: argparse.Namespace) -> dict:
         dtype = dtypes[dname]
         prec = "bf16" if dtype == torch.bfloat16 else "tf32"
         model = build_model(kind, quick, dtype, device)
-        maps_lengths = lengths
-        if args.kernel == "triton" and kind not in _triton_variants():
+        maps_lengths, kernel = lengths, args.kernel
+        if kernel == "triton" and kind not in _triton_variants():
             results["skipped"].append({"model": kind, "dtype": dname, "why": "kernel='triton' does not cover it"})
-            maps_lengths = []
+            maps_lengths, kernel = [], "torch"
         # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
-        kernel = args.kernel if kind in _triton_variants() or args.kernel == "torch" else "torch"
         results["warmup_s"][f"{kind}/{dname}"] = _warm_up(model, min((lengths or [256])[0], 256), prec, device, kernel)
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         cfg = model.config

@@ -219,10 +219,14 @@ BASELINES = {
 }
 
 
+#: baselines that replicate the input once per query row for batched backward passes (their ``row_batch``)
+ROW_REPLICATING_BASELINES = ("mamba_lrp", "mamba_attribution")
+
+
 def _baseline(name: str) -> Callable[..., Tensor]:
     fn = getattr(baselines, name)
 
-    if name in ("mamba_lrp", "mamba_attribution"):  # rows replicated per backward: ≤ max_sequences in flight
+    if name in ROW_REPLICATING_BASELINES:  # keep ≤ max_sequences sequences in flight
 
         def call_rows(model: nn.Module, input_ids: Tensor, max_sequences: int) -> Tensor:
             row_batch = max(1, max_sequences // len(input_ids))
@@ -244,7 +248,7 @@ for _name, _label in BASELINES.items():
         _label,
         per_layer=_name == "mamba_attention",
         family="baseline",
-        replicates_rows=_name in ("mamba_lrp", "mamba_attribution"),
+        replicates_rows=_name in ROW_REPLICATING_BASELINES,
     )(_baseline(_name))
 
 

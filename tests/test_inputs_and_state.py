@@ -109,6 +109,8 @@ def test_cuda_only_kernel_on_cpu_is_explained(model):
     """transformers 5.x calls mamba-ssm / causal-conv1d whenever they are installed, even for CPU tensors; the
     kernel's own message ("Expected x.is_cuda() to be true") becomes one that says why and what to do."""
 
+    from latim_captum.baselines import mamba_attribution
+
     def cuda_kernel(*_args, **_kwargs):
         raise RuntimeError("Expected x.is_cuda() to be true, but got false.  (Could this error message be improved?)")
 
@@ -116,6 +118,8 @@ def test_cuda_only_kernel_on_cpu_is_explained(model):
     try:
         with pytest.raises(RuntimeError, match="on cpu called a CUDA-only kernel .*run the model on CUDA") as exc:
             latim_captum.LatimALTI(model).attribute(random_ids(1, 4))
+        with pytest.raises(RuntimeError, match="on cpu called a CUDA-only kernel"):  # the gradient baselines too
+            mamba_attribution(model, random_ids(1, 4))
     finally:
         handle.remove()
     assert "is_cuda()" in str(exc.value.__cause__) and _hook_count(model) == 0

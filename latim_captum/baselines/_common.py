@@ -12,7 +12,16 @@ from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.api import trace as _trace
 from latim_captum.traces import ModelTrace
 
-__all__ = ["as_trace", "model_inputs", "resolve_targets", "query_rows", "row_minmax", "COMPUTE_DTYPES"]
+__all__ = [
+    "as_trace",
+    "model_inputs",
+    "resolve_targets",
+    "query_rows",
+    "replicate_rows",
+    "group_score",
+    "row_minmax",
+    "COMPUTE_DTYPES",
+]
 
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
@@ -67,6 +76,24 @@ def query_rows(position: int | None, seq_len: int) -> list[int]:
     if position is None:
         return list(range(seq_len))
     return [check_position(position, seq_len)]
+
+
+def replicate_rows(embeds: Tensor, mask: Tensor | None, copies: int) -> tuple[Tensor, Tensor | None]:
+    """``copies`` copies of every example, ``[B·copies, N, D]`` as a fresh leaf that requires grad, and the mask
+    repeated alike: copy k of example b is row ``b·copies + k``, so one backward pass can explain ``copies`` query
+    rows at once (copies are independent; the score of copy k reads only its row)."""
+    bsz, n, width = embeds.shape
+    leaf = embeds.detach()[:, None].expand(bsz, copies, n, width).reshape(bsz * copies, n, width)
+    rep_mask = None if mask is None else mask[:, None].expand(bsz, copies, n).reshape(bsz * copies, n)
+    return leaf.clone().requires_grad_(True), rep_mask
+
+
+def group_score(logits: Tensor, group: Sequence[int], targets: Tensor) -> Tensor:
+    """``Σ_b Σ_k logit_{target[b, i_k]}(copy k, row i_k)`` for query rows ``group = [i_0, i_1, …]`` of replicated
+    logits ``[B, copies ≥ len(group), N, V]``: its gradient holds, in copy k, row ``i_k``'s gradient alone."""
+    idx = torch.tensor(list(group), device=logits.device)
+    picked = logits[:, torch.arange(len(group), device=logits.device), idx]  # [B, g, V]: copy k at its row
+    return picked.gather(-1, targets[:, idx, None]).sum()
 
 
 def row_minmax(scores: Tensor, valid: Tensor, dims: Sequence[int]) -> Tensor:

@@ -41,7 +41,15 @@ from latim_captum.aggregate import normalize_rows
 from latim_captum.ssm import hidden_attention
 from latim_captum.traces import Mamba2SSM, SSMParams
 
-from ._common import as_trace, model_inputs, query_rows, resolve_targets, row_minmax
+from ._common import (
+    as_trace,
+    group_score,
+    model_inputs,
+    query_rows,
+    replicate_rows,
+    resolve_targets,
+    row_minmax,
+)
 from .mamba_attention import layer_attention
 
 __all__ = ["GRADIENTS", "mamba_attribution", "rollout_row"]
@@ -79,7 +87,7 @@ def _hidden_saliency(
     ``r`` rows (copy k carries row k of the group; copies are independent, so each gets its own row's gradient):
     ``r`` × the activations' memory for ``1/r`` of the backward passes (``row_batch=1``: one pass per row)."""
     model = adapter.model
-    bsz, n, width = embeds.shape
+    bsz, n, _ = embeds.shape
     r = min(row_batch, len(rows))
     captured: list[Tensor] = []
 
@@ -91,9 +99,7 @@ def _hidden_saliency(
     try:
         model.eval()
         with torch.enable_grad():  # callers (e.g. Captum's attribute) may run under no_grad
-            leaf = embeds.detach().to(adapter.model_dtype)[:, None].expand(bsz, r, n, width)
-            leaf = leaf.reshape(bsz * r, n, width).clone().requires_grad_(True)
-            rep_mask = None if mask is None else mask[:, None].expand(bsz, r, n).reshape(bsz * r, n)
+            leaf, rep_mask = replicate_rows(embeds.to(adapter.model_dtype), mask, r)
             logits = _logits(adapter, leaf, rep_mask).view(bsz, r, n, -1)
     finally:
         for handle in handles:
@@ -105,10 +111,7 @@ def _hidden_saliency(
     with torch.enable_grad():
         for g0 in range(0, len(rows), r):
             group = rows[g0 : g0 + r]
-            idx = torch.tensor(group, device=logits.device)
-            picked = logits[:, torch.arange(len(group), device=logits.device), idx]  # [B, g, V]: copy k, row k
-            score = picked.gather(-1, targets[:, idx, None]).sum()
-            grads = torch.autograd.grad(score, inputs, retain_graph=g0 + r < len(rows))
+            grads = torch.autograd.grad(group_score(logits, group, targets), inputs, retain_graph=g0 + r < len(rows))
             per_row = torch.stack([g.to(embeds.dtype).clamp(min=0).amax(-1).view(bsz, r, n) for g in grads])
             for k, i in enumerate(group):
                 out[i] = per_row[:, :, k]  # [L_sel, B, N]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from latim_captum.adapters import ModelAdapter
 from latim_captum.adapters.replay import replay_logits
 
-from ._common import model_inputs, query_rows, resolve_targets
+from ._common import group_score, model_inputs, query_rows, replicate_rows, resolve_targets
 
 __all__ = ["mamba_lrp"]
 
@@ -86,15 +86,9 @@ def mamba_lrp(
         group = rows[g0 : g0 + row_batch]
         r = len(group)
         with torch.enable_grad():
-            # one copy of the input per query row: rows are independent, so one backward gives them all
-            leaf = embeds.detach()[:, None].expand(bsz, r, n, embeds.shape[-1]).reshape(bsz * r, n, -1)
-            leaf = leaf.clone().requires_grad_(True)
-            rep_mask = None if mask is None else mask[:, None].expand(bsz, r, n).reshape(bsz * r, n)
+            leaf, rep_mask = replicate_rows(embeds, mask, r)  # one copy per query row: one backward for them all
             logits = replay_logits(adapter, leaf, rep_mask, lrp=True).view(bsz, r, n, -1)
-            idx = torch.tensor(group, device=logits.device)
-            picked = logits[:, torch.arange(r, device=logits.device), idx]  # [B, r, V]: copy k at its row
-            score = picked.gather(-1, targets[:, idx, None]).sum()
-            (grad,) = torch.autograd.grad(score, leaf)
+            (grad,) = torch.autograd.grad(group_score(logits, group, targets), leaf)
         out[:, g0 : g0 + r] = (grad * leaf).sum(-1).detach().view(bsz, r, n)
     if mask is not None:
         out = out * mask[:, rows, None].to(out.dtype)
