@@ -27,7 +27,7 @@ if [ "$what" = copying ]; then
   exit 0
 fi
 if [ "$what" = triton ]; then
-  timeout 400 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_triton_tile.py \
+  timeout 400 python3 -m pytest -q -s -rA --tb=short -p no:cacheprovider -m cuda tests/test_triton_tile.py \
     > "$out/test_triton_tile.log" 2>&1
   echo "test_triton_tile rc=$? $(tail -1 "$out/test_triton_tile.log")"
   timeout "$((bench_s + 120))" python3 benchmarks/speed.py --kernel triton --single-lengths none \
@@ -40,7 +40,7 @@ if [ "$what" != bench ]; then
   for f in tests/test_captum_attr.py tests/test_fast_cuda.py tests/test_triton_tile.py tests/test_mamba_ssm_cuda.py \
       tests/test_copying_cuda.py; do
     name=$(basename "$f" .py)
-    timeout 240 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda "$f" > "$out/$name.log" 2>&1
+    timeout 240 python3 -m pytest -q -s -rA --tb=short -p no:cacheprovider -m cuda "$f" > "$out/$name.log" 2>&1
     echo "$name rc=$? $(tail -1 "$out/$name.log")"
   done
 fi

@@ -16,8 +16,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 
-__all__ = ["fp32_math"]
+__all__ = ["fp32_math", "round_tf32"]
 
 
 @contextlib.contextmanager
@@ -32,3 +33,18 @@ def fp32_math(tf32_matmul: bool = False) -> Iterator[None]:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_matmul
         torch.backends.cudnn.allow_tf32 = old_conv
+
+
+def round_tf32(t: Tensor) -> Tensor:
+    """``t`` (float32) rounded to the nearest TF32 value: 10 mantissa bits, ties away from zero, as PTX's
+    ``cvt.rna.tf32.f32``; finite values. The fused kernel rounds its operands this way, and the tests emulate TF32
+    GEMMs on a CPU with it.
+
+    Example:
+        >>> round_tf32(torch.tensor([1.0 + 2**-11, 1.0 + 2**-12]))   # a tie rounds away from zero
+        tensor([1.0010, 1.0000])
+    """
+    if t.dtype != torch.float32:
+        raise ValueError(f"round_tf32 takes float32, not {t.dtype}")
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & -0x2000).view(torch.float32)

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._precision import round_tf32
 from .traces import LayerTrace, Mamba1SSM
 
 __all__ = ["VARIANTS", "SUMS", "DEFAULT_CONFIG", "check_supported", "tile_sums", "launch_rows"]
@@ -121,17 +122,35 @@ def _in_range(index, size, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _round_tf32(v):
+    """``v`` rounded to the nearest TF32 value (10 mantissa bits, ties away from zero: ``cvt.rna.tf32.f32``), as
+    :func:`latim_captum._precision.round_tf32`; finite inputs."""
+    bits = v.to(tl.int32, bitcast=True)
+    return ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round_bf16(v):
+    """``v`` rounded to the nearest bf16 value (ties to even), kept in fp32; finite inputs."""
+    bits = v.to(tl.int32, bitcast=True)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & -0x10000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _dot(g, w, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-    """``acc + g @ w`` in fp32: IEEE fp32 inputs (0), TF32 (1) or bf16 (2)."""
-    if PRECISION == 2:
-        g16 = g.to(tl.bfloat16)
-        w16 = w.to(tl.bfloat16)
-        if INTERPRET:  # the interpreter multiplies bf16 bit patterns: products of bf16 values are exact in fp32
-            out = tl.dot(g16.to(tl.float32), w16.to(tl.float32), acc, input_precision="ieee")
+    """``acc + g @ w`` in fp32: IEEE fp32 inputs (0), TF32 (1) or bf16 (2).
+
+    TF32: ``g`` is rounded to nearest here and ``w`` before the launch. Handed fp32 operands, Triton's TF32 dot keeps
+    their leading bits without rounding (triton-lang/triton#4574: markedly less accurate than PyTorch's TF32), a
+    biased error that ALTI's normalisation amplifies; rounded, the products are those of cuBLAS's TF32 and of the
+    CPU emulation the tests use (the interpreter multiplies the rounded operands exactly)."""
+    if PRECISION == 1:
+        out = tl.dot(_round_tf32(g), w, acc, input_precision="tf32")
+    elif PRECISION == 2:
+        if INTERPRET:  # the interpreter truncates fp32 → bf16 and multiplies bf16 bit patterns: round here, in fp32
+            out = tl.dot(_round_bf16(g), w.to(tl.float32), acc, input_precision="ieee")
         else:
-            out = tl.dot(g16, w16, acc)
-    elif PRECISION == 1:
-        out = tl.dot(g, w, acc, input_precision="tf32")
+            out = tl.dot(g.to(tl.bfloat16, fp_downcast_rounding="rtne"), w, acc)
     else:
         out = tl.dot(g, w, acc, input_precision="ieee")
     return out
@@ -431,7 +450,9 @@ def tile_sums(
         left, folded = sums, sums[..., None]  # not read
         head_dim, state = layer.ssm.head_dim, 0
     gate = layer.out_gate  # [B, N, d]
-    out_weight = layer.out_weight.to(torch.bfloat16) if precision == "bf16" else layer.out_weight
+    out_weight = {"bf16": lambda w: w.to(torch.bfloat16), "tf32": round_tf32}.get(precision, lambda w: w)(
+        layer.out_weight
+    )
     y, x = layer.block_output, layer.residual
     u = wu if wu is not None else sums[0]  # not read without the logit
     common = dict(

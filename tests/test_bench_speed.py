@@ -1,0 +1,48 @@
+"""The speed benchmark (``latim bench speed``): its quick CPU run, and a warm-up that leaves nothing to tune in the
+timed points."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import build
+from latim_captum import bench_speed, fast, single_query
+
+
+def test_quick_run_writes_every_ratio(tmp_path):
+    """A ``--quick`` run times every method at each length, with the ratios the issue asks for, and writes both
+    reports."""
+    args = bench_speed.build_parser().parse_args(["--quick", "--out", str(tmp_path), "--device", "cpu"])
+    results = bench_speed.run(args)
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["points"] == results["points"] and results["points"]
+    for point in results["points"]:
+        for method in ("l2", "alti", "alti_logit"):
+            entry = point[method]
+            assert entry["wall_s"] > 0 and entry["x_forward"] > 0 and entry["speedup_vs_ref"] > 0
+    assert results["single_query"]
+    assert all(p["wall_s"] > 0 and p["speedup_vs_lig50"] > 0 for p in results["single_query"])
+    assert "| model | dtype | N | method |" in (tmp_path / "speed.md").read_text()
+
+
+def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
+    """Mamba-1's anchor size is part of the fused kernel's autotuning key and grows with N: the warm-up runs each
+    measure set at the anchor of every timed length, so no timed point pays for autotuning."""
+    calls = []
+    real = fast.layer_maps_fast
+
+    def recording(layer, activation, measures, *args, kernel="torch", anchor_rows=None, **kwargs):
+        calls.append((tuple(measures), kernel, anchor_rows))
+        return real(layer, activation, measures, *args, anchor_rows=anchor_rows, **kwargs)  # the PyTorch tiles
+
+    monkeypatch.setattr(fast, "layer_maps_fast", recording)
+    monkeypatch.setattr(single_query, "layer_maps_fast", recording)
+    model = build("mamba1", layers=1, seed=0)
+    lengths = [512, 2048, 8192]
+    bench_speed._warm_up(model, 16, "tf32", torch.device("cpu"), kernel="triton", lengths=lengths)
+    tuned = {(measures, anchor) for measures, kernel, anchor in calls if kernel == "triton"}
+    for n in lengths:
+        for measures in (("l2",), ("alti",), ("logit",), ("alti", "logit")):
+            assert (measures, fast.default_anchor_rows(n)) in tuned, (n, measures)
