@@ -450,9 +450,11 @@ def tile_sums(
         left, folded = sums, sums[..., None]  # not read
         head_dim, state = layer.ssm.head_dim, 0
     gate = layer.out_gate  # [B, N, d]
-    out_weight = {"bf16": lambda w: w.to(torch.bfloat16), "tf32": round_tf32}.get(precision, lambda w: w)(
-        layer.out_weight
-    )
+    out_weight = layer.out_weight  # rounded once here for the reduced precisions (G is rounded in the kernel)
+    if precision == "bf16":
+        out_weight = out_weight.to(torch.bfloat16)
+    elif precision == "tf32":
+        out_weight = round_tf32(out_weight)
     y, x = layer.block_output, layer.residual
     u = wu if wu is not None else sums[0]  # not read without the logit
     common = dict(

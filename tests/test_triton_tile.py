@@ -220,9 +220,9 @@ def test_single_query_with_triton_kernel(monkeypatch):
 def test_triton_on_cuda_matches_reference():
     """The compiled kernel against the oracle in IEEE fp32 (autotuned and fixed configs, to 1e-4), and in TF32 / bf16
     against the same arithmetic emulated in float64 (operands rounded, exact products; to 1e-4), with two fixed
-    configs. Distances to the fp32 oracle, of the kernel and of the PyTorch tiles at the same
-    precision, and each model's worst ALTI row condition are printed: they say how much the precision costs. Every
-    case runs and prints before the test fails, so one GPU call reports them all."""
+    configs. The distances to the fp32 oracle (of the kernel, of the PyTorch tiles at the same precision and of the
+    emulation) and each model's worst ALTI row condition are printed: they say what the precision costs. Every case
+    runs and prints before the test fails, so one GPU call reports them all."""
     from latim_captum.triton_tile import _CANDIDATES
 
     failures = []
