@@ -37,17 +37,15 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
     model_cls = getattr(transformers, f"{names[family]}ForCausalLM", None)
     if cfg_cls is None or model_cls is None:
         pytest.skip(f"transformers {transformers.__version__} has no {names[family]} models")
+    # the Mamba-2 mixer of the Bamba-style configs (Bamba, Granite, Falcon-H1): 4 heads of 16, 2 groups, state 8
+    mamba2_kw = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=4)
     if family == "bamba":
         cfg = cfg_cls(
             **COMMON,
             num_hidden_layers=3,
             attn_layer_indices=[1],
             hidden_act=act,
-            mamba_n_heads=4,
-            mamba_d_head=16,
-            mamba_n_groups=2,
-            mamba_d_state=8,
-            mamba_chunk_size=4,
+            **mamba2_kw,
             mamba_proj_bias=proj_bias,
             attention_bias=True,
             mlp_bias=True,
@@ -60,11 +58,7 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
             num_hidden_layers=3,
             layer_types=["mamba", "attention", "mamba"],
             hidden_act=act,
-            mamba_n_heads=4,
-            mamba_d_head=16,
-            mamba_n_groups=2,
-            mamba_d_state=8,
-            mamba_chunk_size=4,
+            **mamba2_kw,
             mamba_proj_bias=proj_bias,
             attention_bias=True,
             num_local_experts=3,
@@ -104,11 +98,7 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
             num_hidden_layers=2,
             hidden_act=act,
             mamba_d_ssm=64,
-            mamba_n_heads=4,
-            mamba_d_head=16,
-            mamba_n_groups=2,
-            mamba_d_state=8,
-            mamba_chunk_size=4,
+            **mamba2_kw,
             mamba_rms_norm=True,
             mamba_norm_before_gate=False,
             mamba_proj_bias=proj_bias,
