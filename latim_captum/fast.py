@@ -308,7 +308,7 @@ def layer_maps_fast(
             :mod:`latim_captum.triton_tile`: float32 traces, measures l1/l2/alti/logit, CUDA or
             ``TRITON_INTERPRET=1``). With ``"triton"``, ``block`` is the number of query rows per launch (default
             from ``budget_bytes``), each launch covering every causal column, and Mamba-1's ``anchor_rows`` must be
-            a multiple of the kernel's row block (8 when autotuned).
+            a multiple of the kernel's row block (4 when autotuned).
         kernel_config: Triton block sizes (see :func:`latim_captum.triton_tile.tile_sums`; default autotuned).
 
     Returns:

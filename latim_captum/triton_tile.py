@@ -264,7 +264,9 @@ def _tile_kernel(
 
 
 #: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32 accumulator
-#: [BI·BJ, BD] at most 16K elements, those that spill little or nothing in a ptxas sweep for sm_90 (triton 3.9, TF32)
+#: [BI·BJ, BD] at most 16K elements, those that spill little or nothing in a ptxas sweep for sm_90 (triton 3.9, TF32).
+#: The last ones (BD = 256, 64 pairs per tile) rebuild each chunk of G 3 times for d_model = 768 instead of 6 or 12:
+#: G, not the W_o product, dominates the measured time (Mamba-1 most), so they may win despite the smaller tiles
 _CANDIDATES = {
     "mamba2": (
         (16, 16, 16, 64, 8, 2),
@@ -277,6 +279,7 @@ _CANDIDATES = {
         (32, 16, 16, 32, 8, 2),
         (8, 16, 16, 128, 8, 2),
         (8, 16, 16, 64, 8, 2),
+        (8, 8, 16, 256, 8, 2),
     ),
     "mamba1": (
         (8, 16, 16, 128, 8, 2),
@@ -285,6 +288,8 @@ _CANDIDATES = {
         (8, 16, 32, 64, 8, 2),
         (16, 8, 16, 128, 8, 2),
         (16, 16, 16, 32, 8, 2),
+        (8, 8, 16, 256, 8, 2),
+        (4, 16, 16, 256, 8, 2),
     ),
 }
 
