@@ -28,6 +28,7 @@ __all__ = [
     "lp_order",
     "lp_measure",
     "lp_scores",
+    "alti_proximity",
     "alti_scores",
     "logit_scores",
     "normalize_rows",
@@ -74,6 +75,28 @@ def normalize_rows(scores: Tensor) -> Tensor:
     return torch.where(total > 0, scores / torch.where(total > 0, total, torch.ones_like(total)), scores)
 
 
+def alti_proximity(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 0) -> Tensor:
+    """ALTI's unclipped proximities ``‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1``, ``[B, rows, N]`` (arguments as
+    :func:`alti_scores`, before its clipping and row normalisation).
+
+    Example:
+        >>> t = torch.zeros(1, 1, 2, 3); t[0, 0, 0] = 1.0
+        >>> alti_proximity(t, torch.ones(1, 1, 3), t[:, :, 0] + 1.0, start=1)
+        tensor([[[3., 3.]]])
+    """
+    return _proximity(contrib, residual, output, start)[0]
+
+
+def _proximity(contrib: Tensor, residual: Tensor, output: Tensor, start: int) -> tuple[Tensor, Tensor]:
+    rows = contrib.shape[1]
+    idx = torch.arange(rows, device=contrib.device)
+    with_residual = contrib.clone()
+    with_residual[:, idx, start + idx] += residual
+    y = output[:, :, None, :]
+    # Σ_d (|y| − |y − T'|) == ‖y‖_1 − ‖y − T'‖_1, but exactly 0 for T' = 0 whatever the summation order
+    return (y.abs() - (y - with_residual).abs()).sum(-1), with_residual
+
+
 def alti_scores(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 0) -> Tensor:
     """ALTI (eq 6) for query rows ``[start, start + rows)``: rows are non-negative and sum to 1.
 
@@ -94,13 +117,7 @@ def alti_scores(contrib: Tensor, residual: Tensor, output: Tensor, start: int = 
         >>> alti_scores(t, x, t[:, :, 0] + x, start=1)
         tensor([[[0.5000, 0.5000]]])
     """
-    rows = contrib.shape[1]
-    idx = torch.arange(rows, device=contrib.device)
-    with_residual = contrib.clone()
-    with_residual[:, idx, start + idx] += residual
-    y = output[:, :, None, :]
-    # Σ_d (|y| − |y − T'|) == ‖y‖_1 − ‖y − T'‖_1, but exactly 0 for T' = 0 whatever the summation order
-    proximity = (y.abs() - (y - with_residual).abs()).sum(-1)
+    proximity, with_residual = _proximity(contrib, residual, output, start)
     scores = torch.relu(proximity)
     degenerate = scores.sum(-1, keepdim=True) <= 0
     if bool(degenerate.any()):

@@ -136,6 +136,7 @@ def _warm_up(
 
     from .fast import default_anchor_rows, layer_maps_fast
     from .single_query import alti_logit_row
+    from .traces import Mamba1SSM
 
     start = time.perf_counter()
     ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
@@ -145,7 +146,10 @@ def _warm_up(
     proj = tr.readout.projection(tr.readout.logits.argmax(-1))
     layer_maps_fast(tr.layers[0], "silu", ("alti", "logit", "l2"), projection=proj, precision=precision)
     if kernel != "torch":
-        for anchor in sorted({default_anchor_rows(length) for length in (n, *lengths)}):
+        # Mamba-2 has no anchors (one key per measure set whatever N): anchor_rows=None, tuned once
+        mamba1 = isinstance(tr.layers[0].ssm, Mamba1SSM)
+        anchors = sorted({default_anchor_rows(length) for length in (n, *lengths)}) if mamba1 else [None]
+        for anchor in anchors:
             for measures in (("l2",), ("alti",), ("logit",), ("alti", "logit")):
                 layer_maps_fast(
                     tr.layers[0], "silu", measures, projection=proj, precision=precision, kernel=kernel,

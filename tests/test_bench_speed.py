@@ -29,20 +29,24 @@ def test_quick_run_writes_every_ratio(tmp_path):
 
 def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     """Mamba-1's anchor size is part of the fused kernel's autotuning key and grows with N: the warm-up runs each
-    measure set at the anchor of every timed length, so no timed point pays for autotuning."""
+    measure set at the anchor of every timed length, so no timed point pays for autotuning. Mamba-2 has no anchors:
+    each measure set runs once."""
     calls = []
     real = fast.layer_maps_fast
 
     def recording(layer, activation, measures, *args, kernel="torch", anchor_rows=None, **kwargs):
-        calls.append((tuple(measures), kernel, anchor_rows))
+        if kernel == "triton" and "rows" not in kwargs:  # the maps of the warm-up loop, not the single query's rows
+            calls.append((tuple(measures), anchor_rows))
         return real(layer, activation, measures, *args, anchor_rows=anchor_rows, **kwargs)  # the PyTorch tiles
 
     monkeypatch.setattr(fast, "layer_maps_fast", recording)
     monkeypatch.setattr(single_query, "layer_maps_fast", recording)
-    model = build("mamba1", layers=1, seed=0)
+    measure_sets = [("l2",), ("alti",), ("logit",), ("alti", "logit")]
     lengths = [512, 2048, 8192]
-    bench_speed._warm_up(model, 16, "tf32", torch.device("cpu"), kernel="triton", lengths=lengths)
-    tuned = {(measures, anchor) for measures, kernel, anchor in calls if kernel == "triton"}
+    bench_speed._warm_up(build("mamba1", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
     for n in lengths:
-        for measures in (("l2",), ("alti",), ("logit",), ("alti", "logit")):
-            assert (measures, fast.default_anchor_rows(n)) in tuned, (n, measures)
+        for measures in measure_sets:
+            assert (measures, fast.default_anchor_rows(n)) in calls, (n, measures)
+    calls.clear()
+    bench_speed._warm_up(build("mamba2", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
+    assert calls == [(measures, None) for measures in measure_sets]

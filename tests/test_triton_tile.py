@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 import latim_captum as lc  # noqa: E402
 from conftest import VOCAB, build, left_pad_mask, perturb_, random_ids  # noqa: E402
 from latim_captum._precision import round_tf32  # noqa: E402
-from latim_captum.aggregate import alti_scores, lp_scores  # noqa: E402
+from latim_captum.aggregate import alti_proximity, alti_scores, lp_scores  # noqa: E402
 from latim_captum.api import layer_maps_ref  # noqa: E402
 from latim_captum.decompose import contributions_ref, tap_contributions, token_values_ref  # noqa: E402
 from latim_captum.fast import layer_maps_fast  # noqa: E402
@@ -42,11 +42,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def _alti_condition(layer) -> torch.Tensor:
     """``κ_i = ‖y_i‖_1 / Σ_j max(0, ‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1)`` per query row, ``[B, N]``: how much ALTI's row
     normalisation amplifies an error of the contributions (a fraction of ``‖y_i‖_1``)."""
-    contrib = contributions_ref(layer, "silu").double()
-    y, x = layer.block_output.double(), layer.residual.double()
-    own = torch.arange(contrib.shape[1], device=contrib.device)
-    contrib[:, own, own] += x
-    proximity = (y[:, :, None].abs() - (y[:, :, None] - contrib).abs()).sum(-1)
+    y = layer.block_output.double()
+    proximity = alti_proximity(contributions_ref(layer, "silu").double(), layer.residual.double(), y)
     return y.abs().sum(-1) / torch.relu(proximity).sum(-1)
 
 
