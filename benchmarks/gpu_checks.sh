@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every CUDA check of the repo in one call on a bare CUDA machine (see gpu_env.sh), logs under $OUT (or ./gpu-out).
 # Usage from the repository root: bash benchmarks/gpu_checks.sh [tests|bench|all|triton] [seconds for the benchmark]
-# (triton: the fused kernel's CUDA test, then the benchmark of kernel='triton' only)
+# (triton: the Triton kernels' CUDA test, one layer by path (benchmarks/kernel_paths.py), then the benchmark of
+#  kernel='triton' only)
 #   bash benchmarks/gpu_checks.sh train mamba1|mamba2        5,000-step copy model as $OUT/copy-<v>-paper.tar.part*
 #   bash benchmarks/gpu_checks.sh copying mamba1|mamba2 DIR   Table 2 on the GPU from a trained model folder
 # A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
@@ -27,9 +28,12 @@ if [ "$what" = copying ]; then
   exit 0
 fi
 if [ "$what" = triton ]; then
-  timeout 400 python3 -m pytest -q -s -rA --tb=short -p no:cacheprovider -m cuda tests/test_triton_tile.py \
-    > "$out/test_triton_tile.log" 2>&1
+  timeout "${TEST_S:-300}" python3 -m pytest -q -s -rA --tb=short -p no:cacheprovider -m cuda \
+    tests/test_triton_tile.py > "$out/test_triton_tile.log" 2>&1
   echo "test_triton_tile rc=$? $(tail -1 "$out/test_triton_tile.log")"
+  timeout "${PATHS_S:-150}" python3 benchmarks/kernel_paths.py --lengths "${PATHS_N:-512,2048}" --out "$out/paths" \
+    > "$out/paths.log" 2>&1
+  echo "kernel_paths rc=$?"; cat "$out/paths/kernel_paths.md" 2>/dev/null || tail -5 "$out/paths.log"
   timeout "$((bench_s + 120))" python3 benchmarks/speed.py --kernel triton --single-lengths none \
     --out "$out/bench_triton" --total-budget "$bench_s" > "$out/speed_triton.log" 2>&1
   echo "speed triton rc=$?"; head -30 "$out/bench_triton/speed.md" 2>/dev/null

@@ -350,7 +350,7 @@ def layer_maps_fast(
     if block is None:
         if kernel == "triton":
             budget = budget_bytes or _free_bytes(layer.residual.device) // 2
-            block = triton_tile.launch_rows(layer, budget, anchor_rows)
+            block = triton_tile.launch_rows(layer, budget, anchor_rows, measures, precision)
         else:
             block = auto_block(layer, budget_bytes, precision)
     if block < 1:

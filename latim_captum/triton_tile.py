@@ -40,6 +40,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._precision import round_tf32
+from .ssm import d_inner_of
 from .traces import LayerTrace, Mamba1SSM
 
 __all__ = ["VARIANTS", "SUMS", "DEFAULT_CONFIG", "check_supported", "tile_sums", "launch_rows"]
@@ -68,7 +69,7 @@ def _gated_chunk(
     gate_ptr, sg_i, sg_c,  # this sequence's output gate [N, d]
     skip_ptr,  # [d]
     i, j, j0, c0, r0, r1, d_inner, near,
-    K: tl.constexpr, HEAD_DIM: tl.constexpr, STATE: tl.constexpr, EVEN_C: tl.constexpr,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, STATE: tl.constexpr, STATE_P: tl.constexpr, EVEN_C: tl.constexpr,
     BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     """``G[i, j, c]`` for rows ``i`` ``[BI]``, columns ``j = j0 + arange(BJ)`` and channels ``[c0, c0 + BC)``,
@@ -76,7 +77,9 @@ def _gated_chunk(
 
     The mixing holds sources ``[base, src_end)`` (Mamba-2: ``base = 0``); Mamba-1 (``STATE = R > 0``) adds the
     sources before ``base`` through its factors. ``near``: the tile meets the band ``0 ≤ i − j < K`` where a tap's
-    source is the row itself (the D skip). ``EVEN_C``: ``BC`` divides ``d_inner`` (no channel masks)."""
+    source is the row itself (the D skip). ``EVEN_C``: ``BC`` divides ``d_inner`` (no channel masks). ``STATE_P``:
+    ``STATE`` padded to a power of two ≥ 16, the contraction of Mamba-1's factor product as one batched ``tl.dot``
+    (tiles of at least 16 × 16; smaller ones add the ``R`` products one by one)."""
     # every operand is indexed in the [BI, BJ, BC] layout of the result (so its broadcasts need no shuffles)
     c = c0 + tl.arange(0, BC)
     i3 = i[:, None, None]
@@ -87,10 +90,26 @@ def _gated_chunk(
     values = tl.zeros([BI, BJ, BC], dtype=tl.float32)
     if STATE > 0:
         if j0 < base:  # sources before the anchor: Σ_r left[i, c, r] folded[c, r, j] (taps already folded in)
-            for r in range(STATE):
-                left = tl.load(left_ptr + (i3 - r0) * sl_i + c3 * sl_c + r * sl_r, mask=row_ok & c_ok, other=0.0)
-                fold = tl.load(fold_ptr + c3 * sf_c + r * sf_r + j3 * sf_j, mask=(j3 < base) & c_ok, other=0.0)
-                values += left * fold
+            if BI >= 16 and BJ >= 16:  # one [BI, R] @ [R, BJ] product per channel, batched over the chunk
+                r = tl.arange(0, STATE_P)
+                r_ok = r < STATE
+                c_ok1 = _in_range(c, d_inner, EVEN_C)
+                left = tl.load(
+                    left_ptr + (i - r0)[None, :, None] * sl_i + c[:, None, None] * sl_c + r[None, None, :] * sl_r,
+                    mask=(i < r1)[None, :, None] & c_ok1[:, None, None] & r_ok[None, None, :],
+                    other=0.0,
+                )  # [BC, BI, R]
+                fold = tl.load(
+                    fold_ptr + c[:, None, None] * sf_c + r[None, :, None] * sf_r + j[None, None, :] * sf_j,
+                    mask=c_ok1[:, None, None] & r_ok[None, :, None] & (j < base)[None, None, :],
+                    other=0.0,
+                )  # [BC, R, BJ]
+                values += tl.permute(tl.dot(left, fold, input_precision="ieee"), (1, 2, 0))
+            else:
+                for r in range(STATE):
+                    left = tl.load(left_ptr + (i3 - r0) * sl_i + c3 * sl_c + r * sl_r, mask=row_ok & c_ok, other=0.0)
+                    fold = tl.load(fold_ptr + c3 * sf_c + r * sf_r + j3 * sf_j, mask=(j3 < base) & c_ok, other=0.0)
+                    values += left * fold
     if j0 + BJ + K - 2 >= base:  # some tap reads a source the mixing holds
         for k in tl.static_range(K):
             s = j3 + (K - 1 - k)  # tap k of source s reads token j
@@ -137,23 +156,111 @@ def _round_bf16(v):
 
 
 @triton.jit
-def _dot(g, w, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
-    """``acc + g @ w`` in fp32: IEEE fp32 inputs (0), TF32 (1) or bf16 (2).
+def _round_to(v, PRECISION: tl.constexpr):
+    """``v`` rounded to the operand precision of the ``W_o`` product (TF32 or bf16, kept in fp32; IEEE: as is)."""
+    if PRECISION == 1:
+        v = _round_tf32(v)
+    elif PRECISION == 2:
+        v = _round_bf16(v)
+    return v
+
+
+@triton.jit
+def _dot(g, w, acc, PRECISION: tl.constexpr, INTERPRET: tl.constexpr, ROUNDED: tl.constexpr):
+    """``acc + g @ w`` in fp32: IEEE fp32 inputs (0), TF32 (1) or bf16 (2). ``ROUNDED``: ``g`` already holds values
+    of that precision (the staged kernels round it once, when they store it).
 
     TF32: ``g`` is rounded to nearest here and ``w`` before the launch. Handed fp32 operands, Triton's TF32 dot keeps
     their leading bits without rounding (triton-lang/triton#4574: markedly less accurate than PyTorch's TF32), a
     biased error that ALTI's normalisation amplifies; rounded, the products are those of cuBLAS's TF32 and of the
     CPU emulation the tests use (the interpreter multiplies the rounded operands exactly)."""
     if PRECISION == 1:
-        out = tl.dot(_round_tf32(g), w, acc, input_precision="tf32")
+        if not ROUNDED:
+            g = _round_tf32(g)
+        out = tl.dot(g, w, acc, input_precision="tf32")
     elif PRECISION == 2:
         if INTERPRET:  # the interpreter truncates fp32 → bf16 and multiplies bf16 bit patterns: round here, in fp32
-            out = tl.dot(_round_bf16(g), w.to(tl.float32), acc, input_precision="ieee")
+            if not ROUNDED:
+                g = _round_bf16(g)
+            out = tl.dot(g.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        elif ROUNDED:
+            out = tl.dot(g, w, acc)
         else:
             out = tl.dot(g.to(tl.bfloat16, fp_downcast_rounding="rtne"), w, acc)
     else:
         out = tl.dot(g, w, acc, input_precision="ieee")
     return out
+
+
+@triton.jit
+def _tile_sources(row_tile, r0, r1, STATE: tl.constexpr, ANCHOR: tl.constexpr, BI: tl.constexpr):
+    """``(anchor, base, src_end)``: the mixing of the row tile holds sources ``[base, src_end)`` (Mamba-2: all of
+    them; Mamba-1: ``[anchor row, anchor row + ANCHOR)``, earlier ones through the anchor's factors)."""
+    if STATE > 0:
+        anchor = (row_tile * BI) // ANCHOR
+        base = r0 + anchor * ANCHOR
+        src_end = tl.minimum(base + ANCHOR, r1)
+    else:
+        anchor = 0
+        base = 0
+        src_end = r1
+    return anchor, base, src_end
+
+
+@triton.jit
+def _add_block_sums(
+    acc, ip, row_ok, own, o0, d_model,
+    y_ptr, sy_i, sy_o, x_ptr, sx_i, sx_o,  # this sequence's block output y and residual x [N, D]
+    sum_sq, sum_abs, sum_abs_res, proximity,
+    WANT_L1: tl.constexpr, WANT_L2: tl.constexpr, WANT_ALTI: tl.constexpr, RESIDUAL: tl.constexpr,
+    BD: tl.constexpr, EVEN_D: tl.constexpr,
+):  # fmt: skip
+    """The :data:`SUMS` of ``T[p, o]`` for one block of ``o`` (``acc``, ``[pairs, BD]``, pair ``p`` of query row
+    ``ip[p]``) added to the running ``[pairs]`` ones: sums over ``D`` are additive across blocks. Everything stays in
+    the GEMM accumulator's 2-D layout (a ``[BI, BJ, BD]`` view costs registers and shuffles).
+
+    ``RESIDUAL``: ALTI's ``T'_i(x_i) = T_i(x_i) + x_i`` is formed here; otherwise ``T' = T`` for every pair, and the
+    caller redoes the pairs ``j = i`` (a ``[pairs, BD]`` residual tile would not fit in registers beside ``acc``)."""
+    o = o0 + tl.arange(0, BD)
+    o_ok = _in_range(o, d_model, EVEN_D)
+    if WANT_L2:
+        sum_sq += tl.sum(acc * acc, axis=1)
+    if WANT_L1 or (WANT_ALTI and not RESIDUAL):
+        sum_abs += tl.sum(tl.abs(acc), axis=1)
+    if WANT_ALTI:
+        io_ok = row_ok[:, None] & o_ok[None, :]
+        y = tl.load(y_ptr + ip[:, None] * sy_i + o[None, :] * sy_o, mask=io_ok, other=0.0)
+        if RESIDUAL:  # only the pairs j = i read the residual
+            acc += tl.load(x_ptr + ip[:, None] * sx_i + o[None, :] * sx_o, mask=io_ok & own[:, None], other=0.0)
+            sum_abs_res += tl.sum(tl.abs(acc), axis=1)
+        # |y| − |y − T'| is exactly 0 where T' = 0 (j > i, padding), whatever the order of the sums
+        proximity += tl.sum(tl.abs(y) - tl.abs(y - acc), axis=1)
+    return sum_sq, sum_abs, sum_abs_res, proximity
+
+
+@triton.jit
+def _store_sums(
+    out_p, so_q, keep, sum_sq, sum_abs, sum_abs_res, proximity,
+    WANT_L1: tl.constexpr, WANT_L2: tl.constexpr, WANT_ALTI: tl.constexpr,
+):  # fmt: skip
+    if WANT_L2:
+        tl.store(out_p, sum_sq, mask=keep)
+    if WANT_L1:
+        tl.store(out_p + so_q, sum_abs, mask=keep)
+    if WANT_ALTI:
+        tl.store(out_p + 2 * so_q, sum_abs_res, mask=keep)
+        tl.store(out_p + 3 * so_q, proximity, mask=keep)
+
+
+@triton.jit
+def _pairs(i0, j0, r1, BI: tl.constexpr, BJ: tl.constexpr):
+    """Query row, source column, row in range, causal-and-in-range and ``j = i`` of the ``BI·BJ`` pairs of a tile,
+    row-major (the layout of ``G`` in the ``W_o`` product)."""
+    p = tl.arange(0, BI * BJ)
+    ip = i0 + p // BJ
+    jp = j0 + p % BJ
+    row_ok = ip < r1
+    return ip, jp, row_ok, row_ok & (jp <= ip), ip == jp
 
 
 @triton.jit
@@ -174,7 +281,7 @@ def _tile_kernel(
     WANT_L1: tl.constexpr, WANT_L2: tl.constexpr, WANT_ALTI: tl.constexpr,
     PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr,
-    EVEN_C: tl.constexpr, EVEN_D: tl.constexpr,  # from the block sizes (triton.heuristics)
+    EVEN_C: tl.constexpr, EVEN_D: tl.constexpr, STATE_P: tl.constexpr,  # from the arguments (triton.heuristics)
 ):  # fmt: skip
     n_col_tiles = (r1 + BJ - 1) // BJ
     row_tile = tl.program_id(0) // n_col_tiles
@@ -185,14 +292,7 @@ def _tile_kernel(
     i = i0 + tl.arange(0, BI)
     j = j0 + tl.arange(0, BJ)
     if j0 <= i0 + BI - 1:  # the tile holds causal pairs (j ≤ i)
-        if STATE > 0:  # Mamba-1: the row tile's anchor; the mixing holds sources [anchor, anchor + ANCHOR)
-            anchor = (row_tile * BI) // ANCHOR
-            base = r0 + anchor * ANCHOR
-            src_end = tl.minimum(base + ANCHOR, r1)
-        else:
-            anchor = 0
-            base = 0
-            src_end = r1
+        anchor, base, src_end = _tile_sources(row_tile, r0, r1, STATE, ANCHOR, BI)
         mix_b = mix_ptr + b * sm_b
         left_b = left_ptr + b * sl_b
         fold_b = fold_ptr + anchor * sf_t + b * sf_b
@@ -209,7 +309,7 @@ def _tile_kernel(
                 g = _gated_chunk(
                     mix_b, sm_h, sm_i, sm_s, base, src_end, left_b, sl_i, sl_c, sl_r, fold_b, sf_c, sf_r, sf_j,
                     sh_b, ss_k, ss_c, ss_s, gate_b, sg_i, sg_c, skip_ptr,
-                    i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, EVEN_C, BI, BJ, BC,
+                    i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, STATE_P, EVEN_C, BI, BJ, BC,
                 )  # fmt: skip
                 u = tl.load(
                     u_ptr + b * su_b + (i - r0)[:, None] * su_i + c[None, :] * su_c,
@@ -219,11 +319,11 @@ def _tile_kernel(
                 logit += tl.sum(g * u[:, None, :], axis=2)
             tl.store(out_b + 4 * so_q, logit, mask=keep)
         else:
-            sum_sq = tl.zeros([BI, BJ], dtype=tl.float32)
-            sum_abs = tl.zeros([BI, BJ], dtype=tl.float32)
-            sum_abs_res = tl.zeros([BI, BJ], dtype=tl.float32)
-            proximity = tl.zeros([BI, BJ], dtype=tl.float32)
-            own = (i[:, None] == j[None, :])[:, :, None]
+            ip, jp, row_ok_p, keep_p, own = _pairs(i0, j0, r1, BI, BJ)
+            sum_sq = tl.zeros([BI * BJ], dtype=tl.float32)
+            sum_abs = tl.zeros([BI * BJ], dtype=tl.float32)
+            sum_abs_res = tl.zeros([BI * BJ], dtype=tl.float32)
+            proximity = tl.zeros([BI * BJ], dtype=tl.float32)
             for o0 in range(0, d_model, BD):
                 o = o0 + tl.arange(0, BD)
                 o_ok = _in_range(o, d_model, EVEN_D)
@@ -233,34 +333,108 @@ def _tile_kernel(
                     g = _gated_chunk(
                         mix_b, sm_h, sm_i, sm_s, base, src_end, left_b, sl_i, sl_c, sl_r, fold_b, sf_c, sf_r, sf_j,
                         sh_b, ss_k, ss_c, ss_s, gate_b, sg_i, sg_c, skip_ptr,
-                        i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, EVEN_C, BI, BJ, BC,
+                        i, j, j0, c0, r0, r1, d_inner, near, K, HEAD_DIM, STATE, STATE_P, EVEN_C, BI, BJ, BC,
                     )  # fmt: skip
                     w = tl.load(
                         w_ptr + o[None, :] * sw_o + c[:, None] * sw_c,
                         mask=_in_range(c, d_inner, EVEN_C)[:, None] & o_ok[None, :],
                         other=0.0,
                     )  # [BC, BD] = W_oᵀ
-                    acc = _dot(tl.reshape(g, [BI * BJ, BC]), w, acc, PRECISION, INTERPRET)
-                t = tl.reshape(acc, [BI, BJ, BD])  # T[i, j, o] for this block of o
-                if WANT_L2:
-                    sum_sq += tl.sum(t * t, axis=2)
-                if WANT_L1:
-                    sum_abs += tl.sum(tl.abs(t), axis=2)
-                if WANT_ALTI:
-                    io_ok = row_ok[:, None] & o_ok[None, :]
-                    y = tl.load(y_ptr + b * sy_b + i[:, None] * sy_i + o[None, :] * sy_o, mask=io_ok, other=0.0)
-                    x = tl.load(x_ptr + b * sx_b + i[:, None] * sx_i + o[None, :] * sx_o, mask=io_ok, other=0.0)
-                    t = t + tl.where(own, x[:, None, :], 0.0)  # T'_i(x_i) = T_i(x_i) + x_i
-                    sum_abs_res += tl.sum(tl.abs(t), axis=2)
-                    # |y| − |y − T'| is exactly 0 where T' = 0 (j > i, padding), whatever the order of the sums
-                    proximity += tl.sum(tl.abs(y)[:, None, :] - tl.abs(y[:, None, :] - t), axis=2)
-            if WANT_L2:
-                tl.store(out_b, sum_sq, mask=keep)
-            if WANT_L1:
-                tl.store(out_b + so_q, sum_abs, mask=keep)
-            if WANT_ALTI:
-                tl.store(out_b + 2 * so_q, sum_abs_res, mask=keep)
-                tl.store(out_b + 3 * so_q, proximity, mask=keep)
+                    acc = _dot(tl.reshape(g, [BI * BJ, BC]), w, acc, PRECISION, INTERPRET, False)
+                sum_sq, sum_abs, sum_abs_res, proximity = _add_block_sums(
+                    acc, ip, row_ok_p, own, o0, d_model, y_ptr + b * sy_b, sy_i, sy_o, x_ptr + b * sx_b, sx_i, sx_o,
+                    sum_sq, sum_abs, sum_abs_res, proximity, WANT_L1, WANT_L2, WANT_ALTI, True, BD, EVEN_D,
+                )  # fmt: skip
+            out_p = out_ptr + b * so_b + (ip - r0) * so_i + jp * so_j
+            _store_sums(out_p, so_q, keep_p, sum_sq, sum_abs, sum_abs_res, proximity, WANT_L1, WANT_L2, WANT_ALTI)
+
+
+@triton.jit
+def _tile_of(tiles_ptr, t, r0, BI: tl.constexpr, BJ: tl.constexpr):
+    """Sequence, row tile, first row and first column of entry ``t`` of the causal tile list ``[T, 3]``."""
+    b = tl.load(tiles_ptr + 3 * t)
+    row_tile = tl.load(tiles_ptr + 3 * t + 1)
+    col_tile = tl.load(tiles_ptr + 3 * t + 2)
+    return b, row_tile, r0 + row_tile * BI, col_tile * BJ
+
+
+@triton.jit
+def _gate_kernel(
+    mix_ptr, sm_b, sm_h, sm_i, sm_s,  # as _tile_kernel
+    left_ptr, sl_b, sl_i, sl_c, sl_r,
+    fold_ptr, sf_t, sf_b, sf_c, sf_r, sf_j,
+    sh_ptr, ss_k, ss_b, ss_c, ss_s,
+    gate_ptr, sg_b, sg_i, sg_c,
+    skip_ptr,
+    tiles_ptr,  # [T, 3] int32: sequence, row tile, column tile of each causal tile
+    g_ptr, st_t, st_p, st_c,  # [T, BI·BJ, d] gated values, pairs (i, j) row-major in the tile
+    r0, r1, d_inner,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, STATE: tl.constexpr, ANCHOR: tl.constexpr,
+    PRECISION: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
+    EVEN_C: tl.constexpr, STATE_P: tl.constexpr,  # from the arguments (triton.heuristics)
+):  # fmt: skip
+    """Staged, step 1: ``G`` of one causal tile and one chunk of ``BC`` channels, rounded once to the precision of the
+    ``W_o`` product and stored (bf16 halves the bytes)."""
+    t = tl.program_id(0)
+    c0 = tl.program_id(1) * BC
+    b, row_tile, i0, j0 = _tile_of(tiles_ptr, t, r0, BI, BJ)
+    i = i0 + tl.arange(0, BI)
+    j = j0 + tl.arange(0, BJ)
+    anchor, base, src_end = _tile_sources(row_tile, r0, r1, STATE, ANCHOR, BI)
+    g = _gated_chunk(
+        mix_ptr + b * sm_b, sm_h, sm_i, sm_s, base, src_end, left_ptr + b * sl_b, sl_i, sl_c, sl_r,
+        fold_ptr + anchor * sf_t + b * sf_b, sf_c, sf_r, sf_j, sh_ptr + b * ss_b, ss_k, ss_c, ss_s,
+        gate_ptr + b * sg_b, sg_i, sg_c, skip_ptr,
+        i, j, j0, c0, r0, r1, d_inner, j0 + BJ + K - 2 >= i0, K, HEAD_DIM, STATE, STATE_P, EVEN_C, BI, BJ, BC,
+    )  # fmt: skip
+    g = _round_to(tl.reshape(g, [BI * BJ, BC]), PRECISION)  # rounded: the cast to bf16 below is exact
+    p = tl.arange(0, BI * BJ)
+    c = c0 + tl.arange(0, BC)
+    dest = g_ptr + t.to(tl.int64) * st_t + p[:, None] * st_p + c[None, :] * st_c  # int64: the buffer may be large
+    tl.store(dest, g.to(g_ptr.dtype.element_ty), mask=_in_range(c, d_inner, EVEN_C)[None, :])
+
+
+@triton.jit
+def _project_kernel(
+    g_ptr, st_t, st_p, st_c,  # [T, BI·BJ, d] gated values of _gate_kernel
+    tiles_ptr,  # [T, 3] int32
+    w_ptr, sw_o, sw_c,  # [D, d] W_o
+    y_ptr, sy_b, sy_i, sy_o,  # [B, N, D] block output y
+    out_ptr, so_d, so_q, so_b, so_i, so_j,  # [D blocks, 4, B, rows, r1] the first four SUMS per block of D
+    r0, r1, d_inner, d_model,
+    WANT_L1: tl.constexpr, WANT_L2: tl.constexpr, WANT_ALTI: tl.constexpr,
+    PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_D: tl.constexpr,
+):  # fmt: skip
+    """Staged, step 2: ``T = G W_oᵀ`` of one causal tile and one block of ``BD`` outputs, a plain
+    ``[BI·BJ, d] @ [d, BD]`` GEMM reduced to the sums of that block in its epilogue. The blocks of a tile are
+    neighbouring programs, so ``G`` comes from L2 after the first; the caller adds the blocks' sums (no atomics: the
+    result does not depend on the schedule) and redoes ALTI's pairs ``j = i``, whose residual is left out here."""
+    n_d = tl.cdiv(d_model, BD)
+    t = tl.program_id(0) // n_d
+    od = tl.program_id(0) % n_d
+    b, row_tile, i0, j0 = _tile_of(tiles_ptr, t, r0, BI, BJ)
+    ip, jp, row_ok, keep, own = _pairs(i0, j0, r1, BI, BJ)
+    p = tl.arange(0, BI * BJ)
+    g_t = g_ptr + t.to(tl.int64) * st_t
+    o = od * BD + tl.arange(0, BD)
+    o_ok = _in_range(o, d_model, EVEN_D)
+    acc = tl.zeros([BI * BJ, BD], dtype=tl.float32)
+    for c0 in range(0, d_inner, BK):
+        c = c0 + tl.arange(0, BK)
+        c_ok = _in_range(c, d_inner, EVEN_K)
+        g = tl.load(g_t + p[:, None] * st_p + c[None, :] * st_c, mask=c_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + o[None, :] * sw_o + c[:, None] * sw_c, mask=c_ok[:, None] & o_ok[None, :], other=0.0)
+        acc = _dot(g, w, acc, PRECISION, INTERPRET, True)
+    zero = tl.zeros([BI * BJ], dtype=tl.float32)
+    sum_sq, sum_abs, _, proximity = _add_block_sums(
+        acc, ip, row_ok, own, od * BD, d_model, y_ptr + b * sy_b, sy_i, sy_o, y_ptr, 0, 0,
+        zero, zero, zero, zero, WANT_L1, WANT_L2, WANT_ALTI, False, BD, EVEN_D,
+    )  # fmt: skip
+    out_p = out_ptr + od * so_d + b * so_b + (ip - r0) * so_i + jp * so_j
+    # T' = T here: ALTI's ℓ1 is the ℓ1
+    _store_sums(out_p, so_q, keep, sum_sq, sum_abs, sum_abs, proximity, WANT_L1, WANT_L2, WANT_ALTI)
 
 
 #: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32 accumulator
@@ -322,14 +496,83 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return kept
 
 
+def _state_padded(state: int) -> int:
+    """Mamba-1's state size padded to a power of two ≥ 16 (``tl.dot``'s smallest contraction); 0 for Mamba-2."""
+    return max(16, triton.next_power_of_2(state)) if state else 0
+
+
 _kernel = triton.heuristics(
-    {"EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0, "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0}
+    {
+        "EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0,
+        "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0,
+        "STATE_P": lambda a: _state_padded(a["STATE"]),
+    }
 )(_tile_kernel)
 _autotuned = triton.autotune(
     configs=_autotune_configs(),
     key=["d_inner", "d_model", "K", "HEAD_DIM", "STATE", "ANCHOR", "MODE", "WANT_ALTI", "PRECISION"],
     prune_configs_by={"early_config_prune": _prune},
 )(_kernel)
+
+
+#: pairs per tile of the staged kernels (query rows × source columns) per variant: Mamba-2, one GEMM tile of
+#: BI·BJ = 128 rows (two Hopper warpgroups of 64); Mamba-1, 16 × 16, the smallest tile whose factor product is one
+#: batched tl.dot (a Mamba-1 anchor must be a multiple of BI)
+STAGED_TILE: dict[str, tuple[int, int]] = {"mamba2": (8, 16), "mamba1": (16, 16)}
+#: staged step 1 (gated values): (BC, num_warps); step 2 (GEMM + sums): (BK, BD, num_warps, num_stages) per pairs
+#: per tile. None spills for sm_90 with 128 pairs and BD = 128; the BD = 256 ones spill a little with ALTI's
+#: epilogue, none without; 256 pairs keep the accumulator at 32K elements or less
+_GATE_CANDIDATES = ((16, 4), (32, 4), (32, 8), (64, 8))
+_PROJECT_CANDIDATES = {
+    128: ((32, 128, 8, 3), (32, 128, 8, 4), (64, 128, 8, 3), (32, 256, 8, 3), (16, 256, 8, 4)),
+    256: ((32, 64, 8, 3), (32, 128, 8, 3), (16, 128, 8, 4), (64, 64, 8, 2)),
+}
+
+_gate = triton.heuristics(
+    {"EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0, "STATE_P": lambda a: _state_padded(a["STATE"])}
+)(_gate_kernel)
+_gate_autotuned = triton.autotune(
+    configs=[triton.Config({"BC": bc}, num_warps=warps) for bc, warps in _GATE_CANDIDATES],
+    key=["d_inner", "K", "HEAD_DIM", "STATE", "ANCHOR", "PRECISION", "BI", "BJ"],
+)(_gate)
+_project = triton.heuristics(
+    {"EVEN_K": lambda a: a["d_inner"] % a["BK"] == 0, "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0}
+)(_project_kernel)
+
+
+def _prune_project(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The step-2 candidates of the tile's number of pairs."""
+    kept = _PROJECT_CANDIDATES[kwargs["BI"] * kwargs["BJ"]]
+    return [c for c in configs if (c.kwargs["BK"], c.kwargs["BD"], c.num_warps, c.num_stages) in kept]
+
+
+_project_autotuned = triton.autotune(
+    configs=[
+        triton.Config({"BK": bk, "BD": bd}, num_warps=warps, num_stages=stages)
+        for bk, bd, warps, stages in sorted(set(sum(_PROJECT_CANDIDATES.values(), ())))
+    ],
+    key=["d_inner", "d_model", "WANT_L1", "WANT_L2", "WANT_ALTI", "PRECISION", "BI", "BJ"],
+    prune_configs_by={"early_config_prune": _prune_project},
+)(_project)
+
+
+def causal_tiles(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.device) -> Tensor:
+    """``[T, 3]`` int32 (sequence, row tile, column tile) of every ``bi × bj`` tile of rows ``[r0, r1)`` × columns
+    ``[0, r1)`` that holds a causal pair (``j0 ≤`` the tile's last row), row tile by row tile.
+
+    Example:
+        >>> causal_tiles(1, 0, 4, 2, 2, torch.device("cpu")).tolist()
+        [[0, 0, 0], [0, 1, 0], [0, 1, 1]]
+    """
+    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi), device=device)
+    last_row = torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1
+    per_row_tile = last_row // bj + 1
+    rows = torch.repeat_interleave(row_tiles, per_row_tile)
+    starts = torch.cumsum(per_row_tile, 0) - per_row_tile
+    cols = torch.arange(len(rows), device=device) - torch.repeat_interleave(starts, per_row_tile)
+    one = torch.stack([rows, cols], 1)
+    seqs = torch.arange(bsz, device=device).repeat_interleave(len(one))
+    return torch.cat([seqs[:, None], one.repeat(bsz, 1)], 1).to(torch.int32).contiguous()
 
 
 def check_supported(layer: LayerTrace, measures: Sequence[str]) -> None:
@@ -365,12 +608,32 @@ def _row_elements(layer: LayerTrace, anchor: int) -> tuple[int, int]:
     return max(heads, len(SUMS)) * bsz * n, (4 * heads + len(SUMS)) * bsz * n
 
 
-def launch_rows(layer: LayerTrace, budget_bytes: int, anchor_rows: int = 16) -> int:
-    """Query rows per launch whose mixing, factors and sums fit ``budget_bytes`` and int32 offsets (Mamba-1: a
-    multiple of ``anchor_rows`` when more than one anchor fits)."""
+def _staged_row_bytes(layer: LayerTrace, measures: Sequence[str], precision: str) -> int:
+    """Bytes per query row of the staged kernels' buffers: ``G`` (``[N, d]``, bf16 with ``precision="bf16"``) and
+    the sums per block of ``D``; 0 for measures without the ``W_o`` product (no staged launch)."""
+    if not any(m in measures for m in ("l1", "l2", "alti")):
+        return 0
+    bsz, n, d_model = layer.residual.shape
+    bi, bj = STAGED_TILE[layer.variant]
+    gated = (n + bj) * d_inner_of(layer.ssm) * (2 if precision == "bf16" else 4)
+    blocks = 4 * triton.cdiv(d_model, min(c[1] for c in _PROJECT_CANDIDATES[bi * bj])) * n * 4
+    return bsz * (gated + blocks)
+
+
+def launch_rows(
+    layer: LayerTrace,
+    budget_bytes: int,
+    anchor_rows: int = 16,
+    measures: Sequence[str] = ("l2",),
+    precision: str = "highest",
+) -> int:
+    """Query rows per launch whose mixing, factors, sums and staged buffers (:func:`_staged_row_bytes`) fit
+    ``budget_bytes`` and int32 offsets (Mamba-1: a multiple of ``anchor_rows`` when more
+    than one anchor fits)."""
     n = layer.residual.shape[1]
     largest, total = _row_elements(layer, anchor_rows)
-    rows = max(1, min(n, budget_bytes // (total * layer.residual.element_size()), _MAX_ELEMENTS // largest))
+    row_bytes = total * layer.residual.element_size() + _staged_row_bytes(layer, measures, precision)
+    rows = max(1, min(n, budget_bytes // row_bytes, _MAX_ELEMENTS // largest))
     if isinstance(layer.ssm, Mamba1SSM) and rows < n:
         rows = max(anchor_rows, rows - rows % anchor_rows)
     return rows
@@ -425,7 +688,12 @@ def tile_sums(
         precision: ``"highest"`` (IEEE fp32 ``tl.dot``), ``"tf32"`` or ``"bf16"`` for the ``W_o`` product.
         wu: ``W_oᵀ u_i`` for the rows, ``[B, rows, d]`` (the logit measure).
         config: block sizes ``{"BI", "BJ", "BC", "BD"}`` (+ ``num_warps``, ``num_stages``); default: autotuned on
-            CUDA, :data:`DEFAULT_CONFIG` in the interpreter.
+            CUDA, :data:`DEFAULT_CONFIG` in the interpreter. Staged, ``BI × BJ`` is the pair tile of both steps,
+            ``BC`` the channel chunk of step 1 and of step 2's GEMM, ``BD`` step 2's block of ``D``. The key
+            ``"staged"`` (default ``True``; alone, it keeps the autotuning) picks how the ℓ1/ℓ2/ALTI sums are made:
+            in two steps (``G`` of the causal tiles stored once, then a GEMM whose epilogue reduces ``T``), or in
+            one fused kernel that rebuilds ``G`` in registers for each block of ``D`` (no buffer). The logit has no
+            ``W_o`` product and is always fused.
     """
     from .fast import _mamba2_head_mixing
 
@@ -435,12 +703,20 @@ def tile_sums(
     mamba1 = isinstance(layer.ssm, Mamba1SSM)
     anchor_rows = ctx.anchor_rows if mamba1 else 0
     interpret = _interpreting()
-    if config is None and interpret:
-        config = DEFAULT_CONFIG
-    row_block = min(c[0] for c in _CANDIDATES["mamba1"]) if config is None else config["BI"]
-    if mamba1 and anchor_rows % row_block:
+    config = dict(config or {})
+    staged = config.pop("staged", True)
+    if not config:
+        config = DEFAULT_CONFIG if interpret else None
+    staged_w = staged and any(m in measures for m in ("l1", "l2", "alti"))
+    fused_bi = min(c[0] for c in _CANDIDATES["mamba1"])
+    if config is not None:
+        row_blocks = {config["BI"]}
+    else:  # the fused launches (logit, or everything unstaged) are autotuned down to BI = fused_bi
+        fused = "logit" in measures or not staged_w
+        row_blocks = ({fused_bi} if fused else set()) | ({STAGED_TILE[layer.variant][0]} if staged_w else set())
+    if mamba1 and any(anchor_rows % bi for bi in row_blocks):
         raise ValueError(
-            f"anchor_rows={anchor_rows} must be a multiple of the kernel's row block BI ({row_block}"
+            f"anchor_rows={anchor_rows} must be a multiple of the kernel's row block BI ({max(row_blocks)}"
             f"{' for the autotuned kernel' if config is None else ''})"
         )
     largest, _ = _row_elements(layer, anchor_rows or 1)
@@ -455,35 +731,32 @@ def tile_sums(
         left, folded = sums, sums[..., None]  # not read
         head_dim, state = layer.ssm.head_dim, 0
     gate = layer.out_gate  # [B, N, d]
-    out_weight = layer.out_weight  # rounded once here for the reduced precisions (G is rounded in the kernel)
+    out_weight = layer.out_weight  # rounded once here for the reduced precisions (G is rounded in the kernels)
     if precision == "bf16":
         out_weight = out_weight.to(torch.bfloat16)
     elif precision == "tf32":
         out_weight = round_tf32(out_weight)
     y, x = layer.block_output, layer.residual
     u = wu if wu is not None else sums[0]  # not read without the logit
-    common = dict(
-        K=ctx.shares.shape[0],
-        HEAD_DIM=head_dim,
-        STATE=state,
-        ANCHOR=anchor_rows,
-        WANT_L1="l1" in measures,
-        WANT_L2="l2" in measures,
-        WANT_ALTI="alti" in measures,
-        PRECISION=_PRECISION[precision],
-        INTERPRET=interpret,
-    )
-    modes = ([0] if any(m in measures for m in ("l1", "l2", "alti")) else []) + ([1] if "logit" in measures else [])
+    want = dict(WANT_L1="l1" in measures, WANT_L2="l2" in measures, WANT_ALTI="alti" in measures)
+    shape = dict(K=ctx.shares.shape[0], HEAD_DIM=head_dim, STATE=state, ANCHOR=anchor_rows)
+    gated_args = (
+        mixing, *mixing.stride(),
+        left, *left.stride(),
+        folded, *folded.stride(),
+        ctx.shares, *ctx.shares.stride(),
+        gate, *gate.stride(),
+        ctx.skip,
+    )  # fmt: skip
+    modes = ([0] if any(want.values()) else []) + ([1] if "logit" in measures else [])
     for mode in modes:
         if mode == 1 and wu is None:
             raise ValueError("the logit sums need wu = W_oᵀ u_i")
+        if mode == 0 and staged_w:
+            _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret)
+            continue
         args = (
-            mixing, *mixing.stride(),
-            left, *left.stride(),
-            folded, *folded.stride(),
-            ctx.shares, *ctx.shares.stride(),
-            gate, *gate.stride(),
-            ctx.skip,
+            *gated_args,
             out_weight, *out_weight.stride(),
             y, *y.stride(),
             x, *x.stride(),
@@ -491,6 +764,7 @@ def tile_sums(
             sums, *sums.stride(),
             r0, r1, d_inner, d_model,
         )  # fmt: skip
+        common = dict(**shape, **want, PRECISION=_PRECISION[precision], INTERPRET=interpret)
         if config is None:
             grid = lambda meta: (triton.cdiv(r1 - r0, meta["BI"]) * triton.cdiv(r1, meta["BJ"]), bsz)  # noqa: E731
             _autotuned[grid](*args, MODE=mode, **common)
@@ -498,3 +772,68 @@ def tile_sums(
             grid = (triton.cdiv(r1 - r0, config["BI"]) * triton.cdiv(r1, config["BJ"]), bsz)
             _kernel[grid](*args, MODE=mode, **common, **config)
     return sums
+
+
+def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret) -> None:
+    """The ℓ1/ℓ2/ALTI :data:`SUMS` in two launches: ``G`` of every causal tile into a ``[T, BI·BJ, d]`` buffer
+    (:func:`_gate_kernel`), then its ``W_o`` product and reductions per block of ``D`` (:func:`_project_kernel`),
+    added here; ALTI's pairs ``j = i`` are redone here with the residual, from the same ``G``."""
+    bsz, _, d_model = layer.residual.shape
+    d_inner = layer.out_gate.shape[-1]
+    device = layer.residual.device
+    bi, bj = (config["BI"], config["BJ"]) if config is not None else STAGED_TILE[layer.variant]
+    tiles = causal_tiles(bsz, r0, r1, bi, bj, device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    gated = torch.empty(len(tiles), bi * bj, d_inner, dtype=dtype, device=device)
+    smallest_block = config["BD"] if config is not None else min(c[1] for c in _PROJECT_CANDIDATES[bi * bj])
+    n_d = triton.cdiv(d_model, smallest_block)
+    blocks = sums.new_zeros(n_d, 4, *sums.shape[1:])  # blocks of D the autotuned kernel leaves out stay 0
+    gate_args = (*gated_args, tiles, gated, *gated.stride(), r0, r1, d_inner)
+    project_args = (
+        gated, *gated.stride(),
+        tiles,
+        out_weight, *out_weight.stride(),
+        layer.block_output, *layer.block_output.stride(),
+        blocks, *blocks.stride(),
+        r0, r1, d_inner, d_model,
+    )  # fmt: skip
+    precision_id = _PRECISION[precision]
+    if config is None:
+        _gate_autotuned[lambda meta: (len(tiles), triton.cdiv(d_inner, meta["BC"]))](
+            *gate_args, **shape, PRECISION=precision_id, BI=bi, BJ=bj
+        )
+        _project_autotuned[lambda meta: (len(tiles) * triton.cdiv(d_model, meta["BD"]),)](
+            *project_args, **want, PRECISION=precision_id, INTERPRET=interpret, BI=bi, BJ=bj
+        )
+    else:
+        launch = {k: config[k] for k in ("num_warps", "num_stages") if k in config}
+        _gate[(len(tiles), triton.cdiv(d_inner, config["BC"]))](
+            *gate_args, **shape, PRECISION=precision_id, BI=bi, BJ=bj, BC=config["BC"], **launch
+        )
+        _project[(len(tiles) * n_d,)](
+            *project_args, **want, PRECISION=precision_id, INTERPRET=interpret, BI=bi, BJ=bj,
+            BK=config.get("BK", config["BC"]), BD=config["BD"], **launch,
+        )  # fmt: skip
+    sums[:4] = blocks.sum(0)
+    if want["WANT_ALTI"]:
+        _alti_diagonal(layer, gated, out_weight, sums, r0, r1, bi, bj)
+
+
+def _alti_diagonal(layer, gated: Tensor, out_weight: Tensor, sums: Tensor, r0: int, r1: int, bi: int, bj: int):
+    """ALTI's sums of the pairs ``j = i`` of rows ``[r0, r1)`` with the residual, ``T'_i(x_i) = W_o G[i, i] + x_i``,
+    written into ``sums``; ``G[i, i]`` read from the staged buffer (the operands of the kernel's GEMM, exact products
+    in float64)."""
+    bsz, n, _ = layer.residual.shape
+    device = layer.residual.device
+    rows = torch.arange(r0, r1, device=device)
+    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi), device=device)
+    per_row_tile = (torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1) // bj + 1  # as causal_tiles
+    first = torch.cumsum(per_row_tile, 0) - per_row_tile
+    tile = first[(rows - r0) // bi] + rows // bj  # [rows]
+    tile = tile + torch.arange(bsz, device=device)[:, None] * int(per_row_tile.sum())  # [B, rows]
+    pair = (rows - r0) % bi * bj + rows % bj
+    own = (gated[tile, pair].double() @ out_weight.double().T).float() + layer.residual[:, r0:r1]  # [B, rows, D]
+    y = layer.block_output[:, r0:r1]
+    local = rows - r0
+    sums[2, :, local, rows] = own.abs().sum(-1)
+    sums[3, :, local, rows] = (y.abs() - (y - own).abs()).sum(-1)

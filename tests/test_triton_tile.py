@@ -26,11 +26,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 interpreter_only = pytest.mark.skipif(not INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")
 # (block sizes, Mamba-1 anchor rows). Mamba-2: BC = 8 = head_dim puts one head in a channel chunk, BC = 16, 32 span
 # heads (and a ragged d_inner = 48). Mamba-1: one anchor per row tile (8), two row tiles per anchor (4 | 8), one
-# anchor per launch (16 > N)
+# anchor per launch (16 > N); 16 × 16 tiles form the factor product as one batched tl.dot (the others term by term)
 CONFIGS = (
     ({"BI": 8, "BJ": 8, "BC": 32, "BD": 32}, 8),
     ({"BI": 4, "BJ": 8, "BC": 8, "BD": 16}, 8),
     ({"BI": 16, "BJ": 4, "BC": 16, "BD": 16}, 16),
+    ({"BI": 16, "BJ": 16, "BC": 16, "BD": 16}, 16),
 )
 KEYS = ("mamba2", "mamba2_ragged", "mamba1", "mamba1_ragged")
 
@@ -94,10 +95,12 @@ def _check(layer, proj, ref, fast, tol=1e-4, **kwargs) -> dict[str, float]:
 
 
 @interpreter_only
+@pytest.mark.parametrize("staged", (True, False), ids=("staged", "fused"))
 @pytest.mark.parametrize("key", KEYS)
-def test_triton_maps_equal_reference_and_torch_tiles(traces, key):
+def test_triton_maps_equal_reference_and_torch_tiles(traces, key, staged):
     """Every measure, several block shapes (ragged in rows, columns, d_inner and d_model), launches of all rows or
-    of 5 rows (N = 13), left padding: the kernel equals the oracle and the PyTorch tiles to 1e-4."""
+    of 5 rows (N = 13), left padding, both ways of making the ℓ1/ℓ2/ALTI sums: the kernels equal the oracle and the
+    PyTorch tiles to 1e-4."""
     tr = traces[key]
     layer = tr.layers[0]
     assert layer.residual.dtype == torch.float32
@@ -106,10 +109,53 @@ def test_triton_maps_equal_reference_and_torch_tiles(traces, key):
     fast = layer_maps_fast(layer, "silu", MEASURES, projection=proj, block=6)
     worst = 0.0
     for config, anchor in CONFIGS:
-        for block in (None, 5) if config is CONFIGS[0][0] else (None,):
+        # launches of 5 rows put Mamba-1's anchors inside the sequence: the factor product runs
+        for block in (None, 5) if config in (CONFIGS[0][0], CONFIGS[-1][0]) else (None,):
+            config = dict(config, staged=staged)
             errors = _check(layer, proj, ref, fast, kernel_config=config, block=block, anchor_rows=anchor)
             worst = max(worst, *errors.values())
-    print(f"{key}: max relative error {worst:.2e}")
+    print(f"{key} {'staged' if staged else 'fused'}: max relative error {worst:.2e}")
+
+
+@interpreter_only
+def test_staged_path_really_runs(traces, monkeypatch):
+    """The default ℓ1/ℓ2/ALTI launch is the staged one (G buffer + GEMM), ``staged=False`` the fused one, and the
+    logit always the fused kernel (MODE 1)."""
+    from latim_captum import triton_tile
+
+    seen = []
+    for name in ("_staged_sums", "_alti_diagonal"):
+        real = getattr(triton_tile, name)
+        monkeypatch.setattr(
+            triton_tile, name, lambda *a, _real=real, _name=name, **k: seen.append(_name) or _real(*a, **k)
+        )
+    layer = traces["mamba2"].layers[0]
+    config = CONFIGS[0][0]
+    layer_maps_fast(layer, "silu", ("l2",), kernel="triton", kernel_config=config)
+    assert seen == ["_staged_sums"]
+    layer_maps_fast(layer, "silu", ("alti",), kernel="triton", kernel_config=config)
+    assert seen == ["_staged_sums", "_staged_sums", "_alti_diagonal"]
+    layer_maps_fast(layer, "silu", ("l2", "alti"), kernel="triton", kernel_config=dict(config, staged=False))
+    assert len(seen) == 3
+
+
+def test_causal_tiles_cover_every_causal_pair_once():
+    """The tile list holds each causal pair (j ≤ i) of the launch's rows exactly once, per sequence, and no tile
+    without one; ragged rows and columns, launches that start inside the sequence."""
+    from latim_captum.triton_tile import causal_tiles
+
+    for r0, r1, bi, bj in ((0, 13, 4, 8), (5, 13, 8, 16), (16, 40, 8, 4), (3, 4, 2, 2)):
+        tiles = causal_tiles(2, r0, r1, bi, bj, torch.device("cpu"))
+        assert tiles.dtype == torch.int32
+        counts = torch.zeros(2, r1 - r0, r1, dtype=torch.int64)
+        for b, row_tile, col_tile in tiles.tolist():
+            i = torch.arange(r0 + row_tile * bi, r0 + (row_tile + 1) * bi)[:, None]
+            j = torch.arange(col_tile * bj, (col_tile + 1) * bj)[None, :]
+            inside = (i < r1) & (j <= i)
+            assert inside.any(), (r0, r1, bi, bj, row_tile, col_tile)
+            counts[b, (i - r0).expand_as(inside)[inside], j.expand_as(inside)[inside]] += 1
+        rows = torch.arange(r0, r1)[:, None]
+        assert torch.equal(counts, (torch.arange(r1)[None, :] <= rows).long().expand(2, -1, -1))
 
 
 @interpreter_only
@@ -120,14 +166,17 @@ def test_triton_mamba1_strong_decay_and_rows():
         model.backbone.layers[0].mixer.A_log.add_(3.0)
     layer = lc.trace(model, random_ids(1, 30, seed=2)).layers[0]
     ref = layer_maps_ref(layer, "silu", ("l2", "alti"))
-    config = {"BI": 4, "BJ": 8, "BC": 32, "BD": 32}
-    for anchor in (4, 8):
-        tri = layer_maps_fast(
-            layer, "silu", ("l2", "alti"), rows=(9, 25), anchor_rows=anchor, kernel="triton", kernel_config=config
-        )
-        for m in ("l2", "alti"):
-            assert tri[m].shape == (1, 16, 30)
-            assert _rel(tri[m], ref[m][:, 9:25]) < 1e-4, (m, anchor)
+    small, dot = {"BI": 4, "BJ": 8, "BC": 32, "BD": 32}, {"BI": 16, "BJ": 16, "BC": 16, "BD": 16}
+    for config, anchor in ((small, 4), (small, 8), (dot, 16)):
+        for staged in (True, False):
+            tri = layer_maps_fast(
+                layer, "silu", ("l2", "alti"), rows=(9, 25), anchor_rows=anchor, kernel="triton",
+                kernel_config=dict(config, staged=staged),
+            )  # fmt: skip
+            for m in ("l2", "alti"):
+                assert tri[m].shape == (1, 16, 30)
+                assert _rel(tri[m], ref[m][:, 9:25]) < 1e-4, (m, anchor, staged)
+    config = small
     with pytest.raises(ValueError, match="anchor_rows=6 must be a multiple"):
         layer_maps_fast(layer, "silu", ("l2",), anchor_rows=6, kernel="triton", kernel_config=config)
 
@@ -158,13 +207,14 @@ def test_triton_reduced_precision_is_the_emulated_arithmetic(traces, key):
     for precision in ("tf32", "bf16"):
         emulated = _emulated_maps(layer, precision)
         config, anchor = CONFIGS[1]
-        maps = layer_maps_fast(
-            layer, "silu", ("l2", "alti"), precision=precision, kernel="triton", kernel_config=config,
-            anchor_rows=anchor,
-        )  # fmt: skip
-        for m in ("l2", "alti"):
-            assert _rel(maps[m], emulated[m]) < 1e-5, (precision, m)
-        assert _rel(maps["l2"], ref["l2"]) > 1e-5, precision  # the operands really were rounded
+        for staged in (True, False):
+            maps = layer_maps_fast(
+                layer, "silu", ("l2", "alti"), precision=precision, kernel="triton",
+                kernel_config=dict(config, staged=staged), anchor_rows=anchor,
+            )  # fmt: skip
+            for m in ("l2", "alti"):
+                assert _rel(maps[m], emulated[m]) < 1e-5, (precision, staged, m)
+            assert _rel(maps["l2"], ref["l2"]) > 1e-5, precision  # the operands really were rounded
 
 
 def test_triton_refuses_what_it_does_not_cover(traces):
@@ -214,53 +264,72 @@ def test_single_query_with_triton_kernel(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
-def test_triton_on_cuda_matches_reference():
-    """The compiled kernel against the oracle in IEEE fp32 (autotuned and fixed configs, to 1e-4), and in TF32 / bf16
-    against the same arithmetic emulated in float64 (operands rounded, exact products; to 1e-4), with two fixed
-    configs. The distances to the fp32 oracle (of the kernel, of the PyTorch tiles at the same precision and of the
-    emulation) and each model's worst ALTI row condition are printed: they say what the precision costs. Every case
-    runs and prints before the test fails, so one GPU call reports them all."""
-    from latim_captum.triton_tile import _CANDIDATES
+@pytest.mark.parametrize("key", KEYS)
+def test_triton_on_cuda_matches_reference(key):
+    """The compiled kernels against the oracle in IEEE fp32 (autotuned and fixed configs of both paths, to 1e-4),
+    and in TF32 / bf16 against the same arithmetic emulated in float64 (operands rounded, exact products; to 1e-4),
+    with two fixed configs of each path. The distances to the fp32 oracle (of the kernel, of the PyTorch tiles at the
+    same precision and of the emulation) and each model's worst ALTI row condition are printed: they say what the
+    precision costs. Every case runs and prints before the test fails, so one GPU call reports them all."""
+    from latim_captum.triton_tile import _CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE
 
     failures = []
-    for key, tr in _traces("cuda", n=70).items():
-        variant = "mamba1" if key.startswith("mamba1") else "mamba2"
-        layer = tr.layers[0]
-        proj = tr.readout.projection(tr.readout.logits.argmax(-1))
-        ref = layer_maps_ref(layer, "silu", MEASURES, projection=proj)
-        fast = layer_maps_fast(layer, "silu", MEASURES, projection=proj, block=6)
-        for config in (None, {"BI": 16, "BJ": 16, "BC": 16, "BD": 32}):
-            for block in (None, 5):
-                tri = layer_maps_fast(
-                    layer, "silu", MEASURES, projection=proj, kernel="triton", kernel_config=config, block=block,
-                    anchor_rows=16,
-                )  # fmt: skip
-                errors = {m: max(_rel(tri[m], ref[m]), _rel(tri[m], fast[m])) for m in MEASURES}
-                print(key, "ieee", config, block, {m: f"{e:.1e}" for m, e in errors.items()}, flush=True)
-                failures += [f"{key} ieee {config} {block} {m} {e:.1e}" for m, e in errors.items() if e >= 1e-4]
-        print(key, f"worst ALTI row condition κ = {float(_alti_condition(layer).max()):.0f}")
-        for precision in ("tf32", "bf16"):
-            emulated = _emulated_maps(layer, precision)
-            torch_tiles = layer_maps_fast(layer, "silu", ("l2", "alti"), precision=precision, block=16)
-            # two fixed candidates: autotuning each precision would compile every candidate again (minutes, cold)
-            for candidate in (_CANDIDATES[variant][0], _CANDIDATES[variant][-1]):
-                config = dict(zip(("BI", "BJ", "BC", "BD"), candidate[:4]))
-                anchor = {"anchor_rows": 16} if variant == "mamba1" else {}
-                maps = layer_maps_fast(
-                    layer, "silu", ("l2", "alti"), precision=precision, kernel="triton", kernel_config=config, **anchor
-                )
-                errors = {m: _rel(maps[m], emulated[m]) for m in ("l2", "alti")}
-                print(
-                    key, precision, config, "vs emulation", {m: f"{e:.1e}" for m, e in errors.items()},
-                    "| vs fp32 oracle: kernel", {m: f"{_rel(maps[m], ref[m]):.1e}" for m in ("l2", "alti")},
-                    "torch tiles", {m: f"{_rel(torch_tiles[m], ref[m]):.1e}" for m in ("l2", "alti")},
-                    "emulation", {m: f"{_rel(emulated[m], ref[m]):.1e}" for m in ("l2", "alti")}, flush=True,
-                )  # fmt: skip
-                failures += [f"{key} {precision} {config} {m} {e:.1e}" for m, e in errors.items() if e >= 1e-4]
+    tr = _traces("cuda", n=70)[key]
+    variant = "mamba1" if key.startswith("mamba1") else "mamba2"
+    layer = tr.layers[0]
+    proj = tr.readout.projection(tr.readout.logits.argmax(-1))
+    ref = layer_maps_ref(layer, "silu", MEASURES, projection=proj)
+    fast = layer_maps_fast(layer, "silu", MEASURES, projection=proj, block=6)
+    # autotuned (staged ℓ1/ℓ2/ALTI, fused logit), then fixed configs of each path (autotuning the fused path
+    # too would compile its every candidate again: minutes, cold)
+    for config in (
+        {},
+        {"BI": 16, "BJ": 16, "BC": 16, "BD": 32},
+        {"BI": 8, "BJ": 16, "BC": 32, "BD": 128, "staged": False},
+    ):
+        for block in (None, 5):
+            tri = layer_maps_fast(
+                layer, "silu", MEASURES, projection=proj, kernel="triton", kernel_config=config, block=block,
+                anchor_rows=16,
+            )  # fmt: skip
+            errors = {m: max(_rel(tri[m], ref[m]), _rel(tri[m], fast[m])) for m in MEASURES}
+            print(key, "ieee", config, block, {m: f"{e:.1e}" for m, e in errors.items()}, flush=True)
+            failures += [f"{key} ieee {config} {block} {m} {e:.1e}" for m, e in errors.items() if e >= 1e-4]
+    print(key, f"worst ALTI row condition κ = {float(_alti_condition(layer).max()):.0f}")
+    for precision in ("tf32", "bf16"):
+        emulated = _emulated_maps(layer, precision)
+        torch_tiles = layer_maps_fast(layer, "silu", ("l2", "alti"), precision=precision, block=16)
+        # fixed candidates (autotuning each precision would compile every candidate again: minutes, cold): two
+        # of the fused kernel, two of the staged ones
+        bi, bj = STAGED_TILE[variant]
+        staged = [
+            dict(BI=bi, BJ=bj, BC=bk, BD=bd, num_warps=warps, num_stages=stages, staged=True)
+            for bk, bd, warps, stages in _PROJECT_CANDIDATES[bi * bj][::3]
+        ]
+        fused = [dict(zip(("BI", "BJ", "BC", "BD"), c[:4]), staged=False) for c in _CANDIDATES[variant][::7]]
+        for config in fused + staged:
+            anchor = {"anchor_rows": 16} if variant == "mamba1" else {}
+            maps = layer_maps_fast(
+                layer, "silu", ("l2", "alti"), precision=precision, kernel="triton", kernel_config=config, **anchor
+            )
+            errors = {m: _rel(maps[m], emulated[m]) for m in ("l2", "alti")}
+            print(
+                key, precision, config, "vs emulation", {m: f"{e:.1e}" for m, e in errors.items()},
+                "| vs fp32 oracle: kernel", {m: f"{_rel(maps[m], ref[m]):.1e}" for m in ("l2", "alti")},
+                "torch tiles", {m: f"{_rel(torch_tiles[m], ref[m]):.1e}" for m in ("l2", "alti")},
+                "emulation", {m: f"{_rel(emulated[m], ref[m]):.1e}" for m in ("l2", "alti")}, flush=True,
+            )  # fmt: skip
+            failures += [f"{key} {precision} {config} {m} {e:.1e}" for m, e in errors.items() if e >= 1e-4]
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
+def test_single_query_with_triton_kernel_on_cuda():
+    """``alti_logit_row(kernel="triton")`` on CUDA: the row of the PyTorch tiles, to 1e-4."""
     gap = _single_query_gap("cuda")
     print("single query, kernel vs PyTorch tiles:", f"{gap:.1e}")
-    failures += [f"single query {gap:.1e}"] if gap >= 1e-4 else []
-    assert not failures, "\n".join(failures)
+    assert gap < 1e-4
 
 
 _COMPILE = """
@@ -268,32 +337,48 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from latim_captum.triton_tile import _CANDIDATES, _tile_kernel
+from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _gate_kernel,
+                                      _project_kernel, _tile_kernel)
 
-fn = _tile_kernel
 results = []
-for state, mode, precision, alti in json.loads(sys.argv[1]):
-    bi, bj, bc, bd, warps, stages = _CANDIDATES["mamba1" if state else "mamba2"][0]
-    constexprs = dict(K=4, HEAD_DIM=1 if state else 64, STATE=state, ANCHOR=16 if state else 0, MODE=mode,
-                      WANT_L1=True, WANT_L2=True, WANT_ALTI=alti, PRECISION=precision, INTERPRET=False,
-                      BI=bi, BJ=bj, BC=bc, BD=bd, EVEN_C=True, EVEN_D=True)
+for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
+    shape = dict(K=4, HEAD_DIM=1 if state else 64, STATE=state, ANCHOR=16 if state else 0)
+    want = dict(WANT_L1=True, WANT_L2=True, WANT_ALTI=alti)
+    bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
+    if kernel == "fused":
+        fn = _tile_kernel
+        bi, bj, bc, bd, warps, stages = _CANDIDATES["mamba1" if state else "mamba2"][0]
+        constexprs = dict(**shape, **want, MODE=mode, PRECISION=precision, INTERPRET=False, BI=bi, BJ=bj, BC=bc,
+                          BD=bd, EVEN_C=True, EVEN_D=True, STATE_P=16 if state else 0)
+    elif kernel == "gate":
+        fn = _gate_kernel
+        (bc, warps), stages = _GATE_CANDIDATES[0], 1
+        constexprs = dict(**shape, PRECISION=precision, BI=bi, BJ=bj, BC=bc, EVEN_C=True, STATE_P=16 if state else 0)
+    else:
+        fn = _project_kernel
+        bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
+        bk, bd, warps, stages = _PROJECT_CANDIDATES[bi * bj][0]
+        constexprs = dict(**want, PRECISION=precision, INTERPRET=False, BI=bi, BJ=bj, BK=bk, BD=bd, EVEN_K=True,
+                          EVEN_D=True)
+    bf16 = {"w_ptr", "g_ptr"} if precision == 2 else set()
     signature = {
         name: "constexpr" if name in constexprs else
-        ("*bf16" if name == "w_ptr" and precision == 2 else "*fp32") if name.endswith("_ptr") else "i32"
+        ("*i32" if name == "tiles_ptr" else "*bf16" if name in bf16 else "*fp32") if name.endswith("_ptr") else "i32"
         for name in fn.arg_names
     }
     source = ASTSource(fn=fn, signature=signature,
                        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps, "num_stages": stages})
-    results.append("wgmma" in kernel.asm["ptx"])
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": warps, "num_stages": stages})
+    results.append("wgmma" in compiled.asm["ptx"])
 print(json.dumps(results))
 """
 
 
 def test_kernel_compiles_for_hopper():
-    """The kernel compiles to sm_90 (ptxas from the triton wheel, no GPU needed) for both variants, both modes and
-    the three precisions, and its TF32 / bf16 W_o products are Hopper tensor-core instructions (wgmma)."""
+    """The kernels compile to sm_90 (ptxas from the triton wheel, no GPU needed): the fused one for both variants,
+    both modes and the three precisions, the staged ones (G, then the GEMM) likewise; their TF32 / bf16 W_o products
+    are Hopper tensor-core instructions (wgmma)."""
     import json
     import subprocess
     import sys
@@ -303,15 +388,24 @@ def test_kernel_compiles_for_hopper():
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
         pytest.skip("triton has no NVIDIA backend here")
-    cases = [(0, 0, 1, True), (0, 0, 0, False), (0, 0, 2, True), (0, 1, 0, False), (16, 0, 1, True), (16, 1, 0, False)]
+    fused = [(0, 0, 1, True), (0, 0, 0, False), (0, 0, 2, True), (0, 1, 0, False), (16, 0, 1, True), (16, 1, 0, False)]
+    cases = [("fused", *case) for case in fused]
+    cases += [("gate", state, 0, precision, False) for state in (0, 16) for precision in (0, 1, 2)]
+    cases += [
+        ("project", state, 0, precision, alti)
+        for state in (0, 16)
+        for precision in (0, 1, 2)
+        for alti in (True, False)
+    ]
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run(
-        [sys.executable, "-c", _COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", _COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
     uses_wgmma = json.loads(done.stdout.strip().splitlines()[-1])
-    # MODE 1 (logit) has no W_o product; IEEE fp32 ("highest") cannot use tensor cores: FMA
-    assert uses_wgmma == [mode == 0 and precision != 0 for _, mode, precision, _ in cases], uses_wgmma
+    # the logit (fused MODE 1) and G (gate) have no W_o product; IEEE fp32 ("highest") cannot use tensor cores: FMA
+    expected = [kernel != "gate" and mode == 0 and precision != 0 for kernel, _, mode, precision, _ in cases]
+    assert uses_wgmma == expected, uses_wgmma
 
 
 def test_autotune_candidates_cover_every_variant():
