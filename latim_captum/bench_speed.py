@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> dict:
             t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
             point.update(forward_s=fwd, trace_s=t_trace)
             flops = dominant_flops(n, d_inner, d_model) * n_layers
+            results["points"].append(point)  # saved after each method: a run cut short keeps what it timed
             for method in ("l2", "alti", "alti_logit"):
                 measures = {"l2": ("l2",), "alti": ("alti",), "alti_logit": ("alti", "logit")}[method]
                 proj = tr.readout.projection(tr.readout.logits.argmax(-1)) if method == "alti_logit" else None
@@ -239,7 +240,12 @@ def run(args: argparse.Namespace) -> dict:
                         )
                     return outs
 
-                wall, peak, _ = timed(all_layers, device)
+                try:
+                    wall, peak, _ = timed(all_layers, device)
+                except torch.OutOfMemoryError as err:  # e.g. ALTI-Logit's two [L, N, N] maps at N = 16384
+                    results["skipped"].append({**point, "method": method, "why": f"out of memory: {str(err)[:160]}"})
+                    _save(results, args.out)
+                    continue
                 entry = {"wall_s": wall, "peak_gib": peak, "tflops": flops / wall / 1e12,
                          "frac_peak": flops / wall / 1e12 / results["peak_tflops"][prec],
                          "x_forward": wall / fwd}  # fmt: skip
@@ -253,11 +259,10 @@ def run(args: argparse.Namespace) -> dict:
                     w1, _, _ = timed(fast_fn, device)
                     entry["speedup_vs_ref"] = wref / w1
                 point[method] = entry
+                _save(results, args.out)
             last_wall, last_n = time.perf_counter() - point_start, n
             del tr
-            results["points"].append(point)
             print(json.dumps(point), flush=True)
-            _save(results, args.out)
         # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
         last_wall, last_n = None, 1
         for n in single_lengths:
@@ -317,6 +322,8 @@ def to_markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in results["points"]:
         for method in ("l2", "alti", "alti_logit"):
+            if method not in p:  # not timed yet (a run cut short)
+                continue
             e = p[method]
             ref = f"{e['speedup_vs_ref']:.1f}" if "speedup_vs_ref" in e else "—"
             lines.append(

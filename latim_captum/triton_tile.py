@@ -400,8 +400,8 @@ def _project_kernel(
     tiles_ptr,  # [T, 3] int32
     w_ptr, sw_o, sw_c,  # [D, d] W_o
     y_ptr, sy_b, sy_i, sy_o,  # [B, N, D] block output y
-    out_ptr, so_d, so_q, so_b, so_i, so_j,  # [D blocks, 4, B, rows, r1] the first four SUMS per block of D
-    r0, r1, d_inner, d_model,
+    out_ptr, so_d, so_q, so_b, so_i, so_j,  # [n_blocks, 4, B, rows, r1] the first four SUMS per block of D
+    r0, r1, d_inner, d_model, n_blocks,
     WANT_L1: tl.constexpr, WANT_L2: tl.constexpr, WANT_ALTI: tl.constexpr,
     PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
     BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
@@ -411,30 +411,82 @@ def _project_kernel(
     ``[BI·BJ, d] @ [d, BD]`` GEMM reduced to the sums of that block in its epilogue. The blocks of a tile are
     neighbouring programs, so ``G`` comes from L2 after the first; the caller adds the blocks' sums (no atomics: the
     result does not depend on the schedule) and redoes ALTI's pairs ``j = i``, whose residual is left out here."""
-    n_d = tl.cdiv(d_model, BD)
-    t = tl.program_id(0) // n_d
-    od = tl.program_id(0) % n_d
+    t = tl.program_id(0) // n_blocks
+    od = tl.program_id(0) % n_blocks
     b, row_tile, i0, j0 = _tile_of(tiles_ptr, t, r0, BI, BJ)
     ip, jp, row_ok, keep, own = _pairs(i0, j0, r1, BI, BJ)
-    p = tl.arange(0, BI * BJ)
-    g_t = g_ptr + t.to(tl.int64) * st_t
-    o = od * BD + tl.arange(0, BD)
-    o_ok = _in_range(o, d_model, EVEN_D)
-    acc = tl.zeros([BI * BJ, BD], dtype=tl.float32)
-    for c0 in range(0, d_inner, BK):
-        c = c0 + tl.arange(0, BK)
-        c_ok = _in_range(c, d_inner, EVEN_K)
-        g = tl.load(g_t + p[:, None] * st_p + c[None, :] * st_c, mask=c_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + o[None, :] * sw_o + c[:, None] * sw_c, mask=c_ok[:, None] & o_ok[None, :], other=0.0)
-        acc = _dot(g, w, acc, PRECISION, INTERPRET, True)
     zero = tl.zeros([BI * BJ], dtype=tl.float32)
-    sum_sq, sum_abs, _, proximity = _add_block_sums(
-        acc, ip, row_ok, own, od * BD, d_model, y_ptr + b * sy_b, sy_i, sy_o, y_ptr, 0, 0,
-        zero, zero, zero, zero, WANT_L1, WANT_L2, WANT_ALTI, False, BD, EVEN_D,
-    )  # fmt: skip
+    sum_sq, sum_abs, proximity = zero, zero, zero
+    if od * BD < d_model:  # the blocks past d_model store zeros: every config writes all n_blocks (autotuning)
+        p = tl.arange(0, BI * BJ)
+        g_t = g_ptr + t.to(tl.int64) * st_t
+        o = od * BD + tl.arange(0, BD)
+        o_ok = _in_range(o, d_model, EVEN_D)
+        acc = tl.zeros([BI * BJ, BD], dtype=tl.float32)
+        for c0 in range(0, d_inner, BK):
+            c = c0 + tl.arange(0, BK)
+            c_ok = _in_range(c, d_inner, EVEN_K)
+            g = tl.load(g_t + p[:, None] * st_p + c[None, :] * st_c, mask=c_ok[None, :], other=0.0)
+            w_ptrs = w_ptr + o[None, :] * sw_o + c[:, None] * sw_c
+            w = tl.load(w_ptrs, mask=c_ok[:, None] & o_ok[None, :], other=0.0)
+            acc = _dot(g, w, acc, PRECISION, INTERPRET, True)
+        sum_sq, sum_abs, _, proximity = _add_block_sums(
+            acc, ip, row_ok, own, od * BD, d_model, y_ptr + b * sy_b, sy_i, sy_o, y_ptr, 0, 0,
+            zero, zero, zero, zero, WANT_L1, WANT_L2, WANT_ALTI, False, BD, EVEN_D,
+        )  # fmt: skip
     out_p = out_ptr + od * so_d + b * so_b + (ip - r0) * so_i + jp * so_j
     # T' = T here: ALTI's ℓ1 is the ℓ1
     _store_sums(out_p, so_q, keep, sum_sq, sum_abs, sum_abs, proximity, WANT_L1, WANT_L2, WANT_ALTI)
+
+
+@triton.jit
+def _fold_kernel(
+    lam_ptr, sl_b, sl_i, sl_c,  # [B, N, d] Λ = cumsum Δ, float64
+    a_ptr, sa_c, sa_r,  # [d, R] A
+    bm_ptr, sb_b, sb_i, sb_r,  # [B, N, R] B
+    dt_ptr, sd_b, sd_i, sd_c,  # [B, N, d] Δ
+    sh_ptr, ss_k, ss_b, ss_c, ss_s,  # [K, B, d, N] tap shares f(ψ)
+    out_ptr, so_t, so_b, so_c, so_r, so_j,  # [anchors, B, d, R, cols] folded right factors
+    r0, anchor_rows, d_inner, n_seq, cols,
+    K: tl.constexpr, STATE: tl.constexpr, STATE_P: tl.constexpr, BC: tl.constexpr, BJ: tl.constexpr,
+):  # fmt: skip
+    """Mamba-1's right factors of anchor ``a = r0 + t·anchor_rows`` with the taps folded in, for token columns
+    ``j < a`` (as the PyTorch it replaces: same operations, same order)::
+
+        folded[t, c, r, j] = Σ_k exp(A_{c,r} (Λ_{a,c} − Λ_{s,c})) B_{s,r} Δ_{s,c} f(ψ_s^{(k)})_c,  s = j+K−1−k < a
+
+    One ``[BC, R, BJ]`` block per program; ``Λ`` differences in float64, as everywhere."""
+    t = tl.program_id(0) // n_seq
+    b = tl.program_id(0) % n_seq
+    a = r0 + t * anchor_rows
+    j0 = tl.program_id(2) * BJ
+    if j0 < a:
+        c = tl.program_id(1) * BC + tl.arange(0, BC)
+        r = tl.arange(0, STATE_P)
+        j = j0 + tl.arange(0, BJ)
+        c_ok = c < d_inner
+        r_ok = r < STATE
+        lam_a = tl.load(lam_ptr + b * sl_b + a * sl_i + c * sl_c, mask=c_ok, other=0.0)  # [BC] float64
+        decay_rate = tl.load(
+            a_ptr + c[:, None] * sa_c + r[None, :] * sa_r, mask=c_ok[:, None] & r_ok[None, :], other=0.0
+        )  # [BC, R]
+        acc = tl.zeros([BC, STATE_P, BJ], dtype=tl.float32)
+        for k in tl.static_range(K):
+            s = j + (K - 1 - k)  # tap k of source s reads token j
+            s_ok = s < a
+            cs_ok = c_ok[:, None] & s_ok[None, :]
+            lam_s = tl.load(lam_ptr + b * sl_b + s[None, :] * sl_i + c[:, None] * sl_c, mask=cs_ok, other=0.0)
+            back = (lam_a[:, None] - lam_s).to(tl.float32)  # [BC, BJ], ≥ 0 where it counts
+            rs_ok = r_ok[:, None] & s_ok[None, :]
+            bm = tl.load(bm_ptr + b * sb_b + s[None, :] * sb_i + r[:, None] * sb_r, mask=rs_ok, other=0.0)
+            dt = tl.load(dt_ptr + b * sd_b + s[None, :] * sd_i + c[:, None] * sd_c, mask=cs_ok, other=0.0)
+            sh_b = sh_ptr + k * ss_k + b * ss_b
+            share = tl.load(sh_b + c[:, None] * ss_c + s[None, :] * ss_s, mask=cs_ok, other=0.0)
+            right = tl.exp(back[:, None, :] * decay_rate[:, :, None]) * bm[None, :, :] * dt[:, None, :]
+            acc += tl.where(cs_ok[:, None, :], right * share[:, None, :], 0.0)
+        out_b = out_ptr + t * so_t + b * so_b
+        dest = out_b + c[:, None, None] * so_c + r[None, :, None] * so_r + j[None, None, :] * so_j
+        tl.store(dest, acc, mask=c_ok[:, None, None] & r_ok[None, :, None] & (j < cols)[None, None, :])
 
 
 #: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32 accumulator
@@ -642,9 +694,9 @@ def launch_rows(
 def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mamba-1 mixing for rows ``[r0, r1)`` with anchors ``r0, r0 + anchor_rows, …`` (as
     :func:`latim_captum.fast._mamba1_anchor_rows`): left factors ``[B, rows, d, R]``, folded right factors
-    ``[anchors, B, d, R, cols]`` (columns before each anchor) and eq 15 near the anchors ``[B, d, rows, anchor_rows]``
-    (no D skip: the kernel adds it)."""
-    from .fast import _add_taps, _mamba1_direct
+    ``[anchors, B, d, R, cols]`` (columns before each anchor; :func:`_fold_kernel`, one pass) and eq 15 near the
+    anchors ``[B, d, rows, anchor_rows]`` (no D skip: the kernel adds it)."""
+    from .fast import _mamba1_direct
 
     ssm = ctx.layer.ssm
     bsz, _, d = ssm.delta.shape
@@ -655,14 +707,24 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
     anchor_of_row = r0 + (rows - r0) // anchor_rows * anchor_rows
     ahead = (ctx.lam[:, r0:r1] - ctx.lam[:, anchor_of_row]).to(dtype)  # [B, r, d], ≥ 0
     left = torch.exp(ahead[..., None] * ssm.A) * ssm.C[:, r0:r1, None, :]  # [B, r, d, R]
-    folded = ssm.delta.new_zeros(len(anchors), bsz, d, state, max(1, anchors[-1]))
+    cols = max(1, anchors[-1])
+    folded = ssm.delta.new_empty(len(anchors), bsz, d, state, cols)  # only columns j < anchor are read
+    if anchors[-1] > 0:
+        block_c, block_j = 16, 32
+        grid = (len(anchors) * bsz, triton.cdiv(d, block_c), triton.cdiv(cols, block_j))
+        _fold_kernel[grid](
+            ctx.lam, *ctx.lam.stride(),
+            ssm.A, *ssm.A.stride(),
+            ssm.B, *ssm.B.stride(),
+            ssm.delta, *ssm.delta.stride(),
+            ctx.shares, *ctx.shares.stride(),
+            folded, *folded.stride(),
+            r0, anchor_rows, d, bsz, cols,
+            K=ctx.shares.shape[0], STATE=state, STATE_P=_state_padded(state), BC=block_c, BJ=block_j,
+        )  # fmt: skip
     direct = ssm.delta.new_zeros(bsz, d, r1 - r0, anchor_rows)
-    for t, a in enumerate(anchors):
+    for a in anchors:
         b = min(r1, a + anchor_rows)
-        if a > 0:
-            back = (ctx.lam[:, a, None] - ctx.lam[:, :a]).to(dtype)  # [B, s, d], ≥ 0
-            right = torch.exp(back[..., None] * ssm.A) * ssm.B[:, :a, None, :] * ssm.delta[:, :a, :, None]
-            _add_taps(folded[t, ..., :a], right.permute(0, 2, 3, 1), ctx.shares, 0, a, 0)
         direct[:, :, a - r0 : b - r0, : b - a] = _mamba1_direct(ctx, a, b, a, b)
     return left, folded, direct
 
@@ -785,9 +847,12 @@ def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, 
     tiles = causal_tiles(bsz, r0, r1, bi, bj, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     gated = torch.empty(len(tiles), bi * bj, d_inner, dtype=dtype, device=device)
-    smallest_block = config["BD"] if config is not None else min(c[1] for c in _PROJECT_CANDIDATES[bi * bj])
-    n_d = triton.cdiv(d_model, smallest_block)
-    blocks = sums.new_zeros(n_d, 4, *sums.shape[1:])  # blocks of D the autotuned kernel leaves out stay 0
+    n_d = _project_blocks(
+        d_model, config["BD"] if config is not None else min(c[1] for c in _PROJECT_CANDIDATES[bi * bj])
+    )
+    # pairs j > i are never stored (0); every config stores all n_d blocks of the others, zeros past d_model, so that
+    # autotuning leaves no candidate's sums behind
+    blocks = sums.new_zeros(n_d, 4, *sums.shape[1:])
     gate_args = (*gated_args, tiles, gated, *gated.stride(), r0, r1, d_inner)
     project_args = (
         gated, *gated.stride(),
@@ -795,14 +860,14 @@ def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, 
         out_weight, *out_weight.stride(),
         layer.block_output, *layer.block_output.stride(),
         blocks, *blocks.stride(),
-        r0, r1, d_inner, d_model,
+        r0, r1, d_inner, d_model, n_d,
     )  # fmt: skip
     precision_id = _PRECISION[precision]
     if config is None:
         _gate_autotuned[lambda meta: (len(tiles), triton.cdiv(d_inner, meta["BC"]))](
             *gate_args, **shape, PRECISION=precision_id, BI=bi, BJ=bj
         )
-        _project_autotuned[lambda meta: (len(tiles) * triton.cdiv(d_model, meta["BD"]),)](
+        _project_autotuned[(len(tiles) * n_d,)](
             *project_args, **want, PRECISION=precision_id, INTERPRET=interpret, BI=bi, BJ=bj
         )
     else:
@@ -814,9 +879,17 @@ def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, 
             *project_args, **want, PRECISION=precision_id, INTERPRET=interpret, BI=bi, BJ=bj,
             BK=config.get("BK", config["BC"]), BD=config["BD"], **launch,
         )  # fmt: skip
-    sums[:4] = blocks.sum(0)
+    for q, wanted in enumerate((want["WANT_L2"], want["WANT_L1"], want["WANT_ALTI"], want["WANT_ALTI"])):
+        if wanted:  # the other slots were not written
+            sums[q] = blocks[:, q].sum(0)
     if want["WANT_ALTI"]:
         _alti_diagonal(layer, gated, out_weight, sums, r0, r1, bi, bj)
+
+
+def _project_blocks(d_model: int, smallest_block: int) -> int:
+    """Blocks of ``D`` in step 2's partial sums: enough for the smallest block the launch may use. Autotuning runs
+    configs with larger blocks too, so the kernel writes every block, zeros past ``d_model``."""
+    return triton.cdiv(d_model, smallest_block)
 
 
 def _alti_diagonal(layer, gated: Tensor, out_weight: Tensor, sums: Tensor, r0: int, r1: int, bi: int, bj: int):

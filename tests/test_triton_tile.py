@@ -139,6 +139,22 @@ def test_staged_path_really_runs(traces, monkeypatch):
     assert len(seen) == 3
 
 
+@interpreter_only
+def test_staged_sums_write_every_block_of_d(traces, monkeypatch):
+    """Step 2 with more partial-sum blocks than d_model needs (as when an autotuning candidate has larger blocks of D
+    than the smallest one the buffer is sized for): the blocks past d_model hold zeros and the maps stay exact. (The
+    autotuned case itself needs a GPU: test_triton_autotuned_on_real_widths.)"""
+    from latim_captum import triton_tile
+
+    layer = traces["mamba2_ragged"].layers[0]  # d_model 24 = 2 blocks of 16
+    ref = layer_maps_ref(layer, "silu", ("l1", "l2", "alti"))
+    real = triton_tile._project_blocks
+    monkeypatch.setattr(triton_tile, "_project_blocks", lambda *a: real(*a) + 3)
+    maps = layer_maps_fast(layer, "silu", ("l1", "l2", "alti"), kernel="triton", kernel_config=CONFIGS[2][0])
+    for m in ("l1", "l2", "alti"):
+        assert _rel(maps[m], ref[m]) < 1e-4, m
+
+
 def test_causal_tiles_cover_every_causal_pair_once():
     """The tile list holds each causal pair (j ≤ i) of the launch's rows exactly once, per sequence, and no tile
     without one; ragged rows and columns, launches that start inside the sequence."""
@@ -325,6 +341,30 @@ def test_triton_on_cuda_matches_reference(key):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
+@pytest.mark.parametrize("kind", ("mamba1", "mamba2"))
+def test_triton_autotuned_on_real_widths(kind):
+    """d_model 768, d_inner 1536 (mamba-130m's widths, 1 layer, N = 300): the autotuned kernels (tuned by this very
+    call) equal the PyTorch tiles to 1e-4. The tiny models cannot catch what depends on d_model spanning several
+    blocks of D, e.g. partial sums that one autotuning candidate writes and the chosen one does not."""
+    from latim_captum.bench_speed import build_model
+
+    model = build_model(kind, False, torch.float32, torch.device("cuda"))
+    model.backbone.layers = model.backbone.layers[:1]
+    ids = torch.randint(0, model.config.vocab_size, (1, 300), device="cuda")
+    tr = lc.trace(model, ids)
+    proj = tr.readout.projection(tr.readout.logits.argmax(-1))
+    layer = tr.layers[0]
+    measures = ("l1", "l2", "alti", "logit")
+    torch_tiles = layer_maps_fast(layer, "silu", measures, projection=proj)
+    for anchor in (None, 64):
+        tri = layer_maps_fast(layer, "silu", measures, projection=proj, kernel="triton", anchor_rows=anchor)
+        errors = {m: _rel(tri[m], torch_tiles[m]) for m in measures}
+        print(kind, anchor, {m: f"{e:.1e}" for m, e in errors.items()})
+        assert max(errors.values()) < 1e-4, errors
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
 def test_single_query_with_triton_kernel_on_cuda():
     """``alti_logit_row(kernel="triton")`` on CUDA: the row of the PyTorch tiles, to 1e-4."""
     gap = _single_query_gap("cuda")
@@ -337,8 +377,8 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _gate_kernel,
-                                      _project_kernel, _tile_kernel)
+from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _fold_kernel,
+                                      _gate_kernel, _project_kernel, _tile_kernel)
 
 results = []
 for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
@@ -354,6 +394,9 @@ for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
         fn = _gate_kernel
         (bc, warps), stages = _GATE_CANDIDATES[0], 1
         constexprs = dict(**shape, PRECISION=precision, BI=bi, BJ=bj, BC=bc, EVEN_C=True, STATE_P=16 if state else 0)
+    elif kernel == "fold":
+        fn, warps, stages = _fold_kernel, 4, 1
+        constexprs = dict(K=4, STATE=16, STATE_P=16, BC=16, BJ=32)
     else:
         fn = _project_kernel
         bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
@@ -363,7 +406,8 @@ for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
     bf16 = {"w_ptr", "g_ptr"} if precision == 2 else set()
     signature = {
         name: "constexpr" if name in constexprs else
-        ("*i32" if name == "tiles_ptr" else "*bf16" if name in bf16 else "*fp32") if name.endswith("_ptr") else "i32"
+        ("*i32" if name == "tiles_ptr" else "*fp64" if name == "lam_ptr" else "*bf16" if name in bf16 else "*fp32")
+        if name.endswith("_ptr") else "i32"
         for name in fn.arg_names
     }
     source = ASTSource(fn=fn, signature=signature,
@@ -377,8 +421,8 @@ print(json.dumps(results))
 
 def test_kernel_compiles_for_hopper():
     """The kernels compile to sm_90 (ptxas from the triton wheel, no GPU needed): the fused one for both variants,
-    both modes and the three precisions, the staged ones (G, then the GEMM) likewise; their TF32 / bf16 W_o products
-    are Hopper tensor-core instructions (wgmma)."""
+    both modes and the three precisions, the staged ones (G, then the GEMM) likewise, Mamba-1's factor folding; their
+    TF32 / bf16 W_o products are Hopper tensor-core instructions (wgmma)."""
     import json
     import subprocess
     import sys
@@ -397,14 +441,18 @@ def test_kernel_compiles_for_hopper():
         for precision in (0, 1, 2)
         for alti in (True, False)
     ]
+    cases += [("fold", 16, 0, 0, False)]
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run(
         [sys.executable, "-c", _COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
     uses_wgmma = json.loads(done.stdout.strip().splitlines()[-1])
-    # the logit (fused MODE 1) and G (gate) have no W_o product; IEEE fp32 ("highest") cannot use tensor cores: FMA
-    expected = [kernel != "gate" and mode == 0 and precision != 0 for kernel, _, mode, precision, _ in cases]
+    # the logit (fused MODE 1), G (gate) and Mamba-1's folded factors have no W_o product; IEEE fp32 ("highest")
+    # cannot use tensor cores: FMA
+    expected = [
+        kernel in ("fused", "project") and mode == 0 and precision != 0 for kernel, _, mode, precision, _ in cases
+    ]
     assert uses_wgmma == expected, uses_wgmma
 
 
