@@ -1,4 +1,10 @@
-"""A fused Triton kernel for :func:`latim_captum.fast.layer_maps_fast` (``kernel="triton"``).
+"""Triton kernels for :func:`latim_captum.fast.layer_maps_fast` (``kernel="triton"``).
+
+Two ways to the ℓ1/ℓ2/ALTI sums. **Staged** (default): :func:`_gate_kernel` builds ``G`` of every causal tile once
+into a ``[tiles, BI·BJ, d]`` buffer, and :func:`_project_kernel` is a plain GEMM ``G W_oᵀ`` per tile and block of
+``D`` whose epilogue reduces ``T``; the blocks' sums are added, and ALTI's pairs ``j = i`` redone with the residual,
+on the host. **Fused** (``config={"staged": False}``), below: no buffer, but ``G`` is rebuilt for every block of
+``D``. Mamba-1's tap-folded right factors come from :func:`_fold_kernel` in either case.
 
 The PyTorch tiles write the gated values ``G`` (``[d, rows, cols]``) and ``T = W_o G`` (``[D, rows, cols]``) to
 global memory several times before reducing them; that makes them memory-bound. Here one program owns ``BI`` query
