@@ -17,7 +17,7 @@ Usage::
     python benchmarks/speed.py --out bench_out                # full, CUDA (≤ 7.5 minutes of timing + start-up)
     python benchmarks/speed.py --kernel triton --models mamba2 --single-lengths none --out bench_triton
 
-``--kernel triton`` times the fused kernel of :mod:`latim_captum.triton_tile` (autotuned during the warm-up) in
+``--kernel triton`` times the Triton kernels of :mod:`latim_captum.triton_tile` (autotuned during the warm-up) in
 place of the PyTorch tiles; models it does not cover are listed as skipped.
 """
 
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kernel", default="torch", choices=("torch", "triton"),
-        help="tiles of the fast path: PyTorch ops, or the fused Triton kernel (latim_captum.triton_tile)",
+        help="tiles of the fast path: PyTorch ops, or the Triton kernels (latim_captum.triton_tile)",
     )  # fmt: skip
     parser.add_argument("--ref-max-n", type=int, default=2048, help="largest N timed on the _ref path")
     parser.add_argument("--lig-max-n", type=int, default=2048, help="largest N timed with Captum LIG")

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
-#: implementations of the tiles: PyTorch ops, or the fused Triton kernel of :mod:`latim_captum.triton_tile`
+#: implementations of the tiles: PyTorch ops, or the Triton kernels of :mod:`latim_captum.triton_tile`
 KERNELS: tuple[str, ...] = ("torch", "triton")
 MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
 #: bytes a tile may use when the device cannot report its free memory (CPU)
@@ -304,12 +304,13 @@ def layer_maps_fast(
         out: preallocated ``[B, N, N]`` maps to fill (e.g. slices of an all-layer result).
         rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]`` (memory O(rows·N)).
         anchor_rows: Mamba-1 rows per factorisation anchor (default :func:`default_anchor_rows`).
-        kernel: ``"torch"`` (tiles of PyTorch ops) or ``"triton"`` (the fused kernel of
+        kernel: ``"torch"`` (tiles of PyTorch ops) or ``"triton"`` (the Triton kernels of
             :mod:`latim_captum.triton_tile`: float32 traces, measures l1/l2/alti/logit, CUDA or
             ``TRITON_INTERPRET=1``). With ``"triton"``, ``block`` is the number of query rows per launch (default
             from ``budget_bytes``), each launch covering every causal column, and Mamba-1's ``anchor_rows`` must be
-            a multiple of the kernel's row block (4 when autotuned).
-        kernel_config: Triton block sizes (see :func:`latim_captum.triton_tile.tile_sums`; default autotuned).
+            a multiple of the kernel's row block (16 when autotuned: the default anchors are).
+        kernel_config: Triton block sizes and ``"staged"`` (see :func:`latim_captum.triton_tile.tile_sums`;
+            default autotuned and staged).
 
     Returns:
         ``{measure: [B, N, N]}``, or ``[B, stop − start, N]`` with ``rows``.
