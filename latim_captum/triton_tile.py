@@ -495,6 +495,57 @@ def _fold_kernel(
         tl.store(dest, acc, mask=c_ok[:, None, None] & r_ok[None, :, None] & (j < cols)[None, None, :])
 
 
+@triton.jit
+def _band_kernel(
+    lam_ptr, sl_b, sl_i, sl_c,  # [B, N, d] Λ = cumsum Δ, float64
+    a_ptr, sa_c, sa_r,  # [d, R] A
+    bm_ptr, sb_b, sb_i, sb_r,  # [B, N, R] B
+    cm_ptr, sc_b, sc_i, sc_r,  # [B, N, R] C
+    dt_ptr, sd_b, sd_i, sd_c,  # [B, N, d] Δ
+    out_ptr, so_b, so_c, so_i, so_s,  # [B, d, rows, anchor_rows] eq 15 near the anchors
+    r0, r1, d_inner, n_seq,
+    STATE: tl.constexpr, ANCHOR: tl.constexpr, BC: tl.constexpr,
+):  # fmt: skip
+    """Mamba-1's mixing between the rows and the sources of one anchor window ``[a, a + ANCHOR)`` by eq 15, as
+    :func:`latim_captum.fast._mamba1_direct` (no D skip)::
+
+        M[c, i, s] = Σ_r C_{i,r} exp(A_{c,r} (Λ_{i,c} − Λ_{s,c})) B_{s,r} · Δ_{s,c}      (a ≤ s ≤ i < a + ANCHOR)
+
+    One ``[BC, ANCHOR, ANCHOR]`` block per program; 0 for ``s > i`` and rows past ``r1``."""
+    t = tl.program_id(0) // n_seq
+    b = tl.program_id(0) % n_seq
+    a = r0 + t * ANCHOR
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    i = a + tl.arange(0, ANCHOR)
+    src = a + tl.arange(0, ANCHOR)
+    c_ok = c < d_inner
+    i_ok = i < r1
+    causal = (src[None, :] <= i[:, None]) & i_ok[:, None]  # [rows, sources]; s ≤ i < r1 keeps s in range
+    ci_ok = c_ok[:, None] & i_ok[None, :]
+    cs_ok = c_ok[:, None] & (src < r1)[None, :]
+    lam_i = tl.load(lam_ptr + b * sl_b + i[None, :] * sl_i + c[:, None] * sl_c, mask=ci_ok, other=0.0)  # [BC, rows]
+    lam_s = tl.load(lam_ptr + b * sl_b + src[None, :] * sl_i + c[:, None] * sl_c, mask=cs_ok, other=0.0)
+    gap = (lam_i[:, :, None] - lam_s[:, None, :]).to(tl.float32)  # [BC, rows, sources], ≥ 0 where causal
+    acc = tl.zeros([BC, ANCHOR, ANCHOR], dtype=tl.float32)
+    for r in range(STATE):
+        rate = tl.load(a_ptr + c * sa_c + r * sa_r, mask=c_ok, other=0.0)  # [BC]
+        bm = tl.load(bm_ptr + b * sb_b + src * sb_i + r * sb_r, mask=src < r1, other=0.0)  # [sources]
+        cm = tl.load(cm_ptr + b * sc_b + i * sc_i + r * sc_r, mask=i_ok, other=0.0)  # [rows]
+        decay = tl.exp(tl.where(causal[None, :, :], gap * rate[:, None, None], float("-inf")))
+        acc += decay * bm[None, None, :] * cm[None, :, None]
+    dt = tl.load(dt_ptr + b * sd_b + src[None, :] * sd_i + c[:, None] * sd_c, mask=cs_ok, other=0.0)  # [BC, sources]
+    acc = acc * dt[:, None, :]
+    rows = i - r0
+    dest = (
+        out_ptr
+        + b * so_b
+        + c[:, None, None] * so_c
+        + rows[None, :, None] * so_i
+        + tl.arange(0, ANCHOR)[None, None, :] * so_s
+    )
+    tl.store(dest, acc, mask=c_ok[:, None, None] & i_ok[None, :, None])
+
+
 #: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32 accumulator
 #: [BI·BJ, BD] at most 16K elements, those that spill little or nothing in a ptxas sweep for sm_90 (triton 3.9, TF32).
 #: The last ones (BD = 256, 64 pairs per tile) rebuild each chunk of G 3 times for d_model = 768 instead of 6 or 12:
@@ -701,7 +752,8 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
     """Mamba-1 mixing for rows ``[r0, r1)`` with anchors ``r0, r0 + anchor_rows, …`` (as
     :func:`latim_captum.fast._mamba1_anchor_rows`): left factors ``[B, rows, d, R]``, folded right factors
     ``[anchors, B, d, R, cols]`` (columns before each anchor; :func:`_fold_kernel`, one pass) and eq 15 near the
-    anchors ``[B, d, rows, anchor_rows]`` (no D skip: the kernel adds it)."""
+    anchors ``[B, d, rows, anchor_rows]`` (no D skip: the kernel adds it; :func:`_band_kernel`, one pass, for anchors
+    that are powers of two, else PyTorch)."""
     from .fast import _mamba1_direct
 
     ssm = ctx.layer.ssm
@@ -728,7 +780,21 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
             r0, anchor_rows, d, bsz, cols,
             K=ctx.shares.shape[0], STATE=state, STATE_P=_state_padded(state), BC=block_c, BJ=block_j,
         )  # fmt: skip
-    direct = ssm.delta.new_zeros(bsz, d, r1 - r0, anchor_rows)
+    direct = ssm.delta.new_empty(bsz, d, r1 - r0, anchor_rows)  # every row of the launch is written
+    if anchor_rows & (anchor_rows - 1) == 0:  # a power of two: one Triton pass (tl.arange's sizes)
+        block_c = max(1, min(16, 4096 // anchor_rows**2))
+        _band_kernel[(len(anchors) * bsz, triton.cdiv(d, block_c))](
+            ctx.lam, *ctx.lam.stride(),
+            ssm.A, *ssm.A.stride(),
+            ssm.B, *ssm.B.stride(),
+            ssm.C, *ssm.C.stride(),
+            ssm.delta, *ssm.delta.stride(),
+            direct, *direct.stride(),
+            r0, r1, d, bsz,
+            STATE=state, ANCHOR=anchor_rows, BC=block_c, num_warps=8 if anchor_rows >= 64 else 4,
+        )  # fmt: skip
+        return left, folded, direct
+    direct.zero_()
     for a in anchors:
         b = min(r1, a + anchor_rows)
         direct[:, :, a - r0 : b - r0, : b - a] = _mamba1_direct(ctx, a, b, a, b)

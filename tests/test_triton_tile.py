@@ -183,7 +183,8 @@ def test_triton_mamba1_strong_decay_and_rows():
     layer = lc.trace(model, random_ids(1, 30, seed=2)).layers[0]
     ref = layer_maps_ref(layer, "silu", ("l2", "alti"))
     small, dot = {"BI": 4, "BJ": 8, "BC": 32, "BD": 32}, {"BI": 16, "BJ": 16, "BC": 16, "BD": 16}
-    for config, anchor in ((small, 4), (small, 8), (dot, 16)):
+    # anchor 12: not a power of two, eq 15 near the anchors from PyTorch instead of _band_kernel
+    for config, anchor in ((small, 4), (small, 8), (small, 12), (dot, 16)):
         for staged in (True, False):
             tri = layer_maps_fast(
                 layer, "silu", ("l2", "alti"), rows=(9, 25), anchor_rows=anchor, kernel="triton",
@@ -377,8 +378,8 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _fold_kernel,
-                                      _gate_kernel, _project_kernel, _tile_kernel)
+from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _band_kernel,
+                                      _fold_kernel, _gate_kernel, _project_kernel, _tile_kernel)
 
 results = []
 for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
@@ -397,6 +398,9 @@ for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
     elif kernel == "fold":
         fn, warps, stages = _fold_kernel, 4, 1
         constexprs = dict(K=4, STATE=16, STATE_P=16, BC=16, BJ=32)
+    elif kernel == "band":
+        fn, warps, stages = _band_kernel, 4, 1
+        constexprs = dict(STATE=16, ANCHOR=32, BC=4)
     else:
         fn = _project_kernel
         bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
@@ -441,14 +445,14 @@ def test_kernel_compiles_for_hopper():
         for precision in (0, 1, 2)
         for alti in (True, False)
     ]
-    cases += [("fold", 16, 0, 0, False)]
+    cases += [("fold", 16, 0, 0, False), ("band", 16, 0, 0, False)]
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run(
         [sys.executable, "-c", _COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
     uses_wgmma = json.loads(done.stdout.strip().splitlines()[-1])
-    # the logit (fused MODE 1), G (gate) and Mamba-1's folded factors have no W_o product; IEEE fp32 ("highest")
+    # the logit (fused MODE 1), G (gate) and Mamba-1's factors (fold, band) have no W_o product; IEEE fp32 ("highest")
     # cannot use tensor cores: FMA
     expected = [
         kernel in ("fused", "project") and mode == 0 and precision != 0 for kernel, _, mode, precision, _ in cases
