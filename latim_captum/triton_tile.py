@@ -665,6 +665,14 @@ _project_autotuned = triton.autotune(
 )(_project)
 
 
+def _causal_tile_counts(r0: int, r1: int, bi: int, bj: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per row tile of rows ``[r0, r1)``: how many column tiles hold a causal pair (those with ``j0 ≤`` its last row),
+    and where its tiles start in one sequence's part of :func:`causal_tiles`."""
+    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi), device=device)
+    per_row_tile = (torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1) // bj + 1
+    return per_row_tile, torch.cumsum(per_row_tile, 0) - per_row_tile
+
+
 def causal_tiles(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.device) -> Tensor:
     """``[T, 3]`` int32 (sequence, row tile, column tile) of every ``bi × bj`` tile of rows ``[r0, r1)`` × columns
     ``[0, r1)`` that holds a causal pair (``j0 ≤`` the tile's last row), row tile by row tile.
@@ -673,11 +681,8 @@ def causal_tiles(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.dev
         >>> causal_tiles(1, 0, 4, 2, 2, torch.device("cpu")).tolist()
         [[0, 0, 0], [0, 1, 0], [0, 1, 1]]
     """
-    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi), device=device)
-    last_row = torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1
-    per_row_tile = last_row // bj + 1
-    rows = torch.repeat_interleave(row_tiles, per_row_tile)
-    starts = torch.cumsum(per_row_tile, 0) - per_row_tile
+    per_row_tile, starts = _causal_tile_counts(r0, r1, bi, bj, device)
+    rows = torch.repeat_interleave(torch.arange(len(per_row_tile), device=device), per_row_tile)
     cols = torch.arange(len(rows), device=device) - torch.repeat_interleave(starts, per_row_tile)
     one = torch.stack([rows, cols], 1)
     seqs = torch.arange(bsz, device=device).repeat_interleave(len(one))
@@ -725,7 +730,7 @@ def _staged_row_bytes(layer: LayerTrace, measures: Sequence[str], precision: str
     bsz, n, d_model = layer.residual.shape
     bi, bj = STAGED_TILE[layer.variant]
     gated = (n + bj) * d_inner_of(layer.ssm) * (2 if precision == "bf16" else 4)
-    blocks = 4 * triton.cdiv(d_model, min(c[1] for c in _PROJECT_CANDIDATES[bi * bj])) * n * 4
+    blocks = 4 * _project_blocks(d_model, bi * bj) * n * 4
     return bsz * (gated + blocks)
 
 
@@ -919,9 +924,7 @@ def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, 
     tiles = causal_tiles(bsz, r0, r1, bi, bj, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     gated = torch.empty(len(tiles), bi * bj, d_inner, dtype=dtype, device=device)
-    n_d = _project_blocks(
-        d_model, config["BD"] if config is not None else min(c[1] for c in _PROJECT_CANDIDATES[bi * bj])
-    )
+    n_d = _project_blocks(d_model, bi * bj, config)
     # pairs j > i are never stored (0); every config stores all n_d blocks of the others, zeros past d_model, so that
     # autotuning leaves no candidate's sums behind
     blocks = sums.new_zeros(n_d, 4, *sums.shape[1:])
@@ -958,22 +961,22 @@ def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, 
         _alti_diagonal(layer, gated, out_weight, sums, r0, r1, bi, bj)
 
 
-def _project_blocks(d_model: int, smallest_block: int) -> int:
-    """Blocks of ``D`` in step 2's partial sums: enough for the smallest block the launch may use. Autotuning runs
-    configs with larger blocks too, so the kernel writes every block, zeros past ``d_model``."""
-    return triton.cdiv(d_model, smallest_block)
+def _project_blocks(d_model: int, pairs: int, config: dict | None = None) -> int:
+    """Blocks of ``D`` in step 2's partial sums: enough for the config's block, or autotuned (``config=None``) for the
+    smallest candidate block of tiles of ``pairs`` pairs. Autotuning runs configs with larger blocks too, so the
+    kernel writes every block, zeros past ``d_model``."""
+    smallest = config["BD"] if config is not None else min(c[1] for c in _PROJECT_CANDIDATES[pairs])
+    return triton.cdiv(d_model, smallest)
 
 
 def _alti_diagonal(layer, gated: Tensor, out_weight: Tensor, sums: Tensor, r0: int, r1: int, bi: int, bj: int):
     """ALTI's sums of the pairs ``j = i`` of rows ``[r0, r1)`` with the residual, ``T'_i(x_i) = W_o G[i, i] + x_i``,
     written into ``sums``; ``G[i, i]`` read from the staged buffer (the operands of the kernel's GEMM, exact products
     in float64)."""
-    bsz, n, _ = layer.residual.shape
+    bsz = layer.residual.shape[0]
     device = layer.residual.device
     rows = torch.arange(r0, r1, device=device)
-    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi), device=device)
-    per_row_tile = (torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1) // bj + 1  # as causal_tiles
-    first = torch.cumsum(per_row_tile, 0) - per_row_tile
+    per_row_tile, first = _causal_tile_counts(r0, r1, bi, bj, device)
     tile = first[(rows - r0) // bi] + rows // bj  # [rows]
     tile = tile + torch.arange(bsz, device=device)[:, None] * int(per_row_tile.sum())  # [B, rows]
     pair = (rows - r0) % bi * bj + rows % bj

@@ -193,9 +193,8 @@ def test_triton_mamba1_strong_decay_and_rows():
             for m in ("l2", "alti"):
                 assert tri[m].shape == (1, 16, 30)
                 assert _rel(tri[m], ref[m][:, 9:25]) < 1e-4, (m, anchor, staged)
-    config = small
     with pytest.raises(ValueError, match="anchor_rows=6 must be a multiple"):
-        layer_maps_fast(layer, "silu", ("l2",), anchor_rows=6, kernel="triton", kernel_config=config)
+        layer_maps_fast(layer, "silu", ("l2",), anchor_rows=6, kernel="triton", kernel_config=small)
 
 
 @interpreter_only
