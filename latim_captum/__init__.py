@@ -13,6 +13,7 @@ Example:
 
 from .activations import ACTIVATIONS
 from .api import (
+    BACKENDS,
     METHODS,
     AltiLogit,
     alti_logit,
@@ -34,6 +35,7 @@ from .attr import (
     TokenMapAttribution,
 )
 from .baselines import mamba_attention, mamba_attribution, mamba_lrp
+from .single_query import alti_logit_row, alti_rollout_row
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
 # Inseq is an optional extra (latim-captum[inseq]): when it is installed, importing the package registers the
@@ -49,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "BACKENDS",
     "METHODS",
     "AltiLogit",
     "LatimALTI",
@@ -65,6 +68,8 @@ __all__ = [
     "Readout",
     "TokenMapAttribution",
     "alti_logit",
+    "alti_logit_row",
+    "alti_rollout_row",
     "contributions",
     "interactions",
     "layer_maps",

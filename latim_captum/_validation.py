@@ -9,7 +9,7 @@ from torch import Tensor
 
 from latim_captum.adapters import ModelAdapter
 
-__all__ = ["check_model_inputs", "check_layers", "check_position", "check_method", "check_target"]
+__all__ = ["check_model_inputs", "check_layers", "check_position", "check_rows", "check_method", "check_target"]
 
 
 def check_model_inputs(
@@ -105,6 +105,16 @@ def check_position(position: int, seq_len: int) -> int:
     if not -seq_len <= position < seq_len:
         raise ValueError(f"position {position} is out of range for a sequence of length {seq_len}")
     return position % seq_len
+
+
+def check_rows(rows: tuple[int, int] | None, seq_len: int) -> tuple[int, int]:
+    """``(start, stop)`` of a query-row range (``None``: every row); ``ValueError`` naming it when out of range."""
+    if rows is None:
+        return 0, seq_len
+    start, stop = rows
+    if not 0 <= start < stop <= seq_len:
+        raise ValueError(f"rows {tuple(rows)!r} must satisfy 0 <= start < stop <= {seq_len}")
+    return start, stop
 
 
 def check_method(method: str, methods: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ._precision import fp32_math
-from ._validation import check_layers, check_method, check_model_inputs, check_target
+from ._validation import check_layers, check_method, check_model_inputs, check_rows, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import alti_logit_combine, alti_scores, fold_embedding_columns, logit_scores, lp_order, lp_scores
@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 METHODS: tuple[str, ...] = ("l1", "l2", "alti", "alti_logit")
-BACKENDS: tuple[str, ...] = ("auto", "ref", "fast")
+#: LaTIM's paths: ``"ref"`` (readable reference), ``"fast"`` (PyTorch tiles, :mod:`latim_captum.fast`), ``"triton"``
+#: (the Triton kernels of :mod:`latim_captum.triton_tile`, CUDA), ``"auto"`` (fast on CUDA, ref elsewhere)
+BACKENDS: tuple[str, ...] = ("auto", "ref", "fast", "triton")
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -83,6 +85,7 @@ def layer_maps_ref(
     projection: Tensor | None = None,
     block_rows: int | None = None,
     embedding_columns: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:
     """Several ``[B, N, N]`` maps of one sublayer from a single pass over row blocks of ``T_i(x_j)``: the reference.
 
@@ -101,23 +104,30 @@ def layer_maps_ref(
         projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
         block_rows: query rows per block (default: from a fixed memory budget).
         embedding_columns: keep the embedding columns of a sublayer that has them.
+        rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]``.
     """
+    bsz, n, _ = layer.residual.shape
+    first, last = check_rows(rows, n)
     with fp32_math():
-        return _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns)
+        return _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns, first, last)
 
 
-def _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns) -> dict[str, Tensor]:
+def _layer_maps_ref(
+    layer, activation, measures, projection, block_rows, embedding_columns, first, last
+) -> dict[str, Tensor]:
     bsz, n, _ = layer.residual.shape
     cols = 2 * n if embedding_columns and has_embedding_columns(layer) else n
     shares = sublayer_shares(layer, activation)
-    out = {m: layer.residual.new_zeros(bsz, n, cols) for m in measures}
+    out = {m: layer.residual.new_zeros(bsz, last - first, cols) for m in measures}
     output = layer.block_output
-    for start, stop in iter_row_blocks(n, block_rows or sublayer_block_rows(layer)):
+    for start, stop in iter_row_blocks(last - first, block_rows or sublayer_block_rows(layer)):
+        start, stop = first + start, first + stop
+        o0, o1 = start - first, stop - first
         contrib = sublayer_contributions(layer, activation, start, stop, shares=shares)
         for m in measures:
             if lp_order(m) is not None:
                 vectors = contrib if cols == contrib.shape[2] else fold_embedding_columns(contrib, n, dim=2)
-                out[m][:, start:stop] = lp_scores(vectors, p=lp_order(m))
+                out[m][:, o0:o1] = lp_scores(vectors, p=lp_order(m))
                 continue
             if m == "alti":
                 scores = alti_scores(contrib, layer.residual[:, start:stop], output[:, start:stop], start)
@@ -127,7 +137,7 @@ def _layer_maps_ref(layer, activation, measures, projection, block_rows, embeddi
                 scores = logit_scores(contrib, projection[:, start:stop])
             else:
                 raise ValueError(f"unknown measure {m!r}")
-            out[m][:, start:stop] = scores if cols == scores.shape[-1] else fold_embedding_columns(scores, n)
+            out[m][:, o0:o1] = scores if cols == scores.shape[-1] else fold_embedding_columns(scores, n)
     return out
 
 
@@ -145,6 +155,19 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def check_precision(precision: str, backend: str, device: torch.device) -> None:
+    """``ValueError`` for an unknown ``precision``, or a reduced one on a path that computes in the compute dtype."""
+    from .fast import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "highest" and resolve_backend(backend, device) == "ref":
+        raise ValueError(
+            f"precision={precision!r} sets the W_o product of backend='fast' or 'triton'; backend={backend!r} "
+            f"takes the reference path on {device.type}, which computes in the compute dtype only"
+        )
+
+
 def layer_maps(
     layer: SublayerTrace,
     activation: str,
@@ -154,22 +177,45 @@ def layer_maps(
     block_rows: int | None = None,
     backend: str = "auto",
     embedding_columns: bool = False,
+    precision: str = "highest",
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:
     """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures and
-    ``embedding_columns``) on either backend.
+    ``embedding_columns``) on any backend (:data:`BACKENDS`); the same values up to rounding.
 
-    The tiled fast path covers Mamba layers; attention, token-wise, parallel and shared-block (Zamba2 hybrid)
-    sublayers always take the reference, whatever ``backend`` says.
+    The tiled paths (``"fast"``, ``"triton"``: :func:`latim_captum.fast.layer_maps_fast` with ``kernel="torch"`` or
+    ``"triton"``) cover Mamba layers; attention, token-wise, parallel and shared-block (Zamba2 hybrid) sublayers
+    always take the reference, whatever ``backend`` says. ``precision`` (``"highest"``, ``"tf32"``, ``"bf16"``) is
+    that of the tiled paths' ``W_o`` product; ``rows=(start, stop)`` keeps query rows ``[start, stop)`` only, in
+    ``[B, stop − start, N]`` maps (memory O(rows·N)).
 
     Example:
-        >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))       # doctest: +SKIP
+        >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))                             # doctest: +SKIP
+        >>> maps = layer_maps(tr.layers[0], "silu", ("alti",), backend="triton", precision="tf32")  # doctest: +SKIP
     """
-    if isinstance(layer, LayerTrace) and resolve_backend(backend, layer.residual.device) == "fast":
+    resolved = resolve_backend(backend, layer.residual.device)
+    check_precision(precision, backend, layer.residual.device)
+    if isinstance(layer, LayerTrace) and resolved in ("fast", "triton"):
         from .fast import layer_maps_fast
 
-        return layer_maps_fast(layer, activation, measures, projection=projection, block=block_rows)
+        return layer_maps_fast(
+            layer,
+            activation,
+            measures,
+            projection=projection,
+            block=block_rows,
+            precision=precision,
+            rows=rows,
+            kernel="triton" if resolved == "triton" else "torch",
+        )
     return layer_maps_ref(
-        layer, activation, measures, projection=projection, block_rows=block_rows, embedding_columns=embedding_columns
+        layer,
+        activation,
+        measures,
+        projection=projection,
+        block_rows=block_rows,
+        embedding_columns=embedding_columns,
+        rows=rows,
     )
 
 
@@ -201,6 +247,7 @@ def alti_logit(
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
+    precision: str = "highest",
 ) -> AltiLogit:
     """ALTI-Logit (eqs 7-8) over all layers, with the logits and offsets its rows sum to.
 
@@ -219,6 +266,7 @@ def alti_logit(
     check_backend(backend)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     _check_activation(activation, tr)
+    check_precision(precision, backend, tr.embeddings.device)
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
@@ -236,6 +284,7 @@ def alti_logit(
             block_rows=block_rows,
             backend=backend,
             embedding_columns=True,
+            precision=precision,
         )
         deltas.append(maps["logit"])
         alti_maps.append(maps["alti"])
@@ -259,6 +308,7 @@ def interactions(
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
+    precision: str = "highest",
 ) -> Tensor:
     """LaTIM token-to-token maps: ``C[b, l, i, j]`` = how much token j contributes to token i at layer l.
 
@@ -277,7 +327,11 @@ def interactions(
         block_rows: query rows per block (memory bound); default from a fixed budget (``"ref"``) or from the
             free device memory (``"fast"``, where it is the side of a square rows × columns tile).
         backend: ``"ref"`` (readable reference, materialises one row block of ``T``), ``"fast"`` (tiled, fused
-            reductions, :mod:`latim_captum.fast`) or ``"auto"`` (fast on CUDA, ref elsewhere); same values.
+            reductions, :mod:`latim_captum.fast`), ``"triton"`` (the fast path's Triton kernels, CUDA, float32;
+            the fastest on a GPU, compiled and autotuned on first use) or ``"auto"`` (fast on CUDA, ref elsewhere);
+            same values.
+        precision: the tiled paths' ``W_o`` product: ``"highest"`` (the compute dtype), ``"tf32"`` or ``"bf16"``
+            (tensor cores; ~1e-4 and ~1e-3 relative).
 
     Returns:
         ``[B, len(layers), N, N]`` for per-layer methods, ``[B, N, N]`` for ``"alti_logit"``; lower-triangular.
@@ -293,15 +347,18 @@ def interactions(
     check_backend(backend)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     _check_activation(activation, tr)
+    check_precision(precision, backend, tr.embeddings.device)
     if method == "alti_logit":
-        return alti_logit(tr, activation=activation, target=target, block_rows=block_rows, backend=backend).scores
+        return alti_logit(
+            tr, activation=activation, target=target, block_rows=block_rows, backend=backend, precision=precision
+        ).scores
     selected = check_layers(layers, tr.n_layers)
     bsz, n = tr.shape
     # filled layer by layer: no second copy of the [B, L, N, N] result (torch.stack would double the peak)
     result = tr.embeddings.new_zeros(bsz, len(selected), n, n)
     for pos, idx in enumerate(selected):
         maps = layer_maps(
-            tr.layers[idx], activation, (method,), projection=None, block_rows=block_rows, backend=backend
+            tr.layers[idx], activation, (method,), block_rows=block_rows, backend=backend, precision=precision
         )
         result[:, pos] = maps[method]
     return result

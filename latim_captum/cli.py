@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from .api import BACKENDS
+from .fast import PRECISIONS
+
 __all__ = ["build_parser", "main"]
 
 DEMO_METHODS = (
@@ -142,17 +145,18 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(args.device)
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
+    path = {"backend": args.backend, "precision": args.precision}  # LaTIM's path; other families ignore it
     if method.family == "latim" and method.per_layer:
         act = "silu_gate" if args.method.endswith("silu_gate") else "silu"
         base = args.method.replace("_silu_gate", "")
-        maps = interactions(model, ids, method=base, activation=act, layers=args.layer)[0, 0]
+        maps = interactions(model, ids, method=base, activation=act, layers=args.layer, **path)[0, 0]
         layer_s = str(args.layer)
     elif args.method.startswith("alti_logit") and args.target is None:
         act = "silu_gate" if args.method.endswith("silu_gate") else "silu"
-        maps = alti_logit(model, ids, activation=act).scores[0]  # target: the model's own prediction
+        maps = alti_logit(model, ids, activation=act, **path).scores[0]  # target: the model's own prediction
         layer_s = "all"
     else:
-        maps = method(model, ids)[0]
+        maps = method(model, ids, **path)[0]
         if maps.dim() == 3:
             from ._validation import check_layers
 
@@ -291,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument("--out", required=True, help="PNG file to write")
     attr.add_argument("--json", default=None, help="also write the scores and tokens as JSON")
     attr.add_argument("--device", default="cpu")
+    attr.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="LaTIM's path: auto (fast on CUDA, reference elsewhere), ref, fast, triton (CUDA kernels); same maps",
+    )
+    attr.add_argument(
+        "--precision", choices=PRECISIONS, default="highest", help="LaTIM's W_o product on fast/triton (tf32, bf16)"
+    )
     attr.set_defaults(func=cmd_attribute)
 
     err = sub.add_parser("error-report", help="decomposition error per layer and activation strategy (Table 5)")
@@ -316,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     copying.add_argument("--batch", type=int, default=32, help="samples per attribution call")
     copying.add_argument(
         "--backend",
-        choices=["auto", "ref", "fast"],
+        choices=BACKENDS,
         default="auto",
         help="LaTIM's path: auto (fast on CUDA, reference elsewhere); fast is much quicker on a CPU too, same maps",
     )

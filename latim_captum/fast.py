@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ._precision import fp32_math
+from ._validation import check_rows
 from .aggregate import lp_order
 from .decompose import tap_contributions
 from .ssm import d_inner_of
@@ -341,9 +342,7 @@ def layer_maps_fast(
         triton_tile = _triton_tile()
         triton_tile.check_supported(layer, measures)
     bsz, n, d_model = layer.residual.shape
-    start, stop = (0, n) if rows is None else rows
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"rows {rows!r} must satisfy 0 <= start < stop <= {n}")
+    start, stop = check_rows(rows, n)
     if anchor_rows is None:
         anchor_rows = default_anchor_rows(n)
     if anchor_rows < 1:

@@ -323,6 +323,8 @@ def latim_layer_map(
     activation: str = "silu",
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
+    backend: str = "auto",
+    precision: str = "highest",
 ) -> Tensor:
     """Per-layer LaTIM maps ``[B, L, N, N]``: :func:`latim_captum.interactions` with ``method`` ``"l2"``/``"alti"``."""
     del target  # per-layer maps do not depend on the output token
@@ -336,6 +338,8 @@ def latim_layer_map(
         activation=activation,
         dtype=dtype,
         block_rows=block_rows,
+        backend=backend,
+        precision=precision,
     )
 
 
@@ -349,6 +353,8 @@ def latim_alti_logit_map(
     activation: str = "silu",
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
+    backend: str = "auto",
+    precision: str = "highest",
 ) -> Tensor:
     """ALTI-Logit maps ``[B, N, N]`` (:func:`latim_captum.alti_logit`'s scores); all layers are aggregated."""
     return alti_logit(
@@ -360,6 +366,8 @@ def latim_alti_logit_map(
         activation=activation,
         dtype=dtype,
         block_rows=block_rows,
+        backend=backend,
+        precision=precision,
     ).scores
 
 
@@ -367,7 +375,8 @@ class LatimAltiLogitAttribution(TokenMapAttribution):
     """LaTIM (ALTI-Logit, eqs 7-8): contribution of each prefix token to the logit of the generated token.
 
     ``C_ij = u_i · x_i^{(0)} δ_ij + Σ_l Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``; for an exact activation strategy
-    a step's scores sum to the logit minus the bias offset. Arguments: ``activation``, ``dtype``, ``block_rows``.
+    a step's scores sum to the logit minus the bias offset. Arguments: ``activation``, ``dtype``, ``block_rows``,
+    ``backend``, ``precision`` (LaTIM's path, see :func:`latim_captum.interactions`).
     """
 
     method_name = "latim_alti_logit"

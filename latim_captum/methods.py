@@ -62,7 +62,8 @@ class Method:
         name: registry key (CLI ``--method``).
         label: name for tables and figures.
         per_layer: True if ``fn`` returns ``[B, L, N, N]``, False for one aggregated ``[B, N, N]`` map.
-        fn: ``fn(model, input_ids) -> maps``; ``fn(model, input_ids, backend=...)`` for the ``"latim"`` family,
+        fn: ``fn(model, input_ids) -> maps``; ``fn(model, input_ids, backend=..., precision=...)`` for the
+            ``"latim"`` family,
             ``fn(model, input_ids, max_sequences)`` if ``replicates_rows``.
         family: ``"latim"``, ``"gradient"`` or ``"baseline"``.
         replicates_rows: the method replicates the input once per query row for batched backward passes;
@@ -83,13 +84,15 @@ class Method:
         *,
         max_sequences: int = DEFAULT_MAX_SEQUENCES,
         backend: str = "auto",
+        precision: str = "highest",
     ) -> Tensor:
-        """The maps; ``max_sequences`` bounds row-replicating methods, ``backend`` picks LaTIM's path (``"auto"``,
-        ``"ref"``, ``"fast"``: same maps to 1e-4, the fast one also much faster on a CPU)."""
+        """The maps; ``max_sequences`` bounds row-replicating methods; ``backend`` and ``precision`` pick LaTIM's
+        path (:data:`latim_captum.BACKENDS`: ``"auto"``, ``"ref"``, ``"fast"``, ``"triton"``, same maps to 1e-4, the
+        fast one also much faster on a CPU; ``precision`` of its ``W_o`` product), unused by the other families."""
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
         if self.family == "latim":
-            maps = self.fn(model, input_ids, backend=backend)
+            maps = self.fn(model, input_ids, backend=backend, precision=precision)
         elif self.replicates_rows:
             maps = self.fn(model, input_ids, max_sequences)
         else:
@@ -127,11 +130,13 @@ def _latim(method: str, activation: str) -> Callable[[nn.Module, Tensor], Tensor
     from .api import alti_logit, interactions
 
     if method == "alti_logit":
-        return lambda model, ids, backend="auto": (
-            alti_logit(model, ids, activation=activation, target=next_token_targets(ids), backend=backend).scores
+        return lambda model, ids, backend="auto", precision="highest": (
+            alti_logit(
+                model, ids, activation=activation, target=next_token_targets(ids), backend=backend, precision=precision
+            ).scores
         )
-    return lambda model, ids, backend="auto": interactions(
-        model, ids, method=method, activation=activation, backend=backend
+    return lambda model, ids, backend="auto", precision="highest": interactions(
+        model, ids, method=method, activation=activation, backend=backend, precision=precision
     )
 
 

@@ -16,6 +16,9 @@ one tile and one ``[chunk, N]`` slab: it grows as O(N·d), not O(N²). The time 
 layers restricted to rows ``≤ q`` (≈ (L−1)·q²·d·D FLOPs): ALTI's rows need every contribution vector, so no exact
 formulation avoids them; the ℓp/Δ rows of a single query alone are O(N·d·D).
 
+The ALTI rollout's row ``q`` (``R^{(L)}_q``, :func:`alti_rollout_row`) is the same recursion with no Δ:
+``w ← P^{(L)}_q``, then ``w ← w P^{(l)}`` down to the first layer.
+
 Example:
     >>> row = alti_logit_row(model, ids, position=-1, activation="silu_gate")     # doctest: +SKIP
     >>> torch.allclose(row.scores.sum(-1), row.logits - row.offset)               # doctest: +SKIP
@@ -31,11 +34,85 @@ from torch import Tensor, nn
 
 from ._validation import check_position, check_target
 from .adapters import ModelAdapter
-from .api import AltiLogit, _as_trace, _check_activation, layer_maps_ref
-from .fast import auto_block, layer_maps_fast
+from .api import AltiLogit, _as_trace, _check_activation, check_backend, check_precision, layer_maps, resolve_backend
+from .fast import auto_block
 from .traces import LayerTrace, ModelTrace, SublayerTrace
 
-__all__ = ["alti_logit_row"]
+__all__ = ["alti_logit_row", "alti_rollout_row"]
+
+
+class _RowStream:
+    """Rows of one trace's per-layer maps and the Horner step ``w ← w P^{(l)}`` over rows ``≤ q`` in chunks.
+
+    Contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
+    columns: ``R^{(l)} = A^x R^{(l-1)} + A^e``) bypass the rest of the recursion and are collected in
+    ``from_embeddings``.
+    """
+
+    def __init__(
+        self,
+        tr: ModelTrace,
+        q: int,
+        activation: str,
+        projection: Tensor | None,
+        *,
+        block: int | None,
+        chunk: int | None,
+        precision: str,
+        backend: str,
+    ) -> None:
+        self.q, self.activation, self.projection = q, activation, projection
+        self.precision, self.backend = precision, backend
+        self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
+        ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
+        if block is None:
+            block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
+        self.block, self.chunk = block, chunk or 4 * block
+        self.n = tr.shape[1]
+        self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
+
+    def maps(self, layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
+        """Rows ``[start, stop)`` of one map, ``[B, rows, N]`` (``[B, rows, 2N]`` with embedding columns)."""
+        # attention / token-wise / shared-block sublayers of hybrids take the reference path
+        maps = layer_maps(
+            layer,
+            self.activation,
+            (measure,),
+            projection=self.projection,
+            block_rows=self.block if self.tiled and isinstance(layer, LayerTrace) else None,
+            backend=self.backend,
+            embedding_columns=True,
+            precision=self.precision,
+            rows=rows,
+        )
+        return maps[measure]
+
+    def stream_part(self, scores: Tensor) -> Tensor:
+        """The stream columns of ``scores``; its embedding columns go to ``from_embeddings``."""
+        if scores.shape[-1] == self.n:
+            return scores
+        self.from_embeddings.add_(scores[..., self.n :])
+        return scores[..., : self.n]
+
+    def row(self, layer: SublayerTrace, measure: str) -> Tensor:
+        """Row ``q`` of one map (stream part), ``[B, N]``."""
+        return self.stream_part(self.maps(layer, measure, (self.q, self.q + 1))[:, 0])
+
+    def through(self, w: Tensor, layer: SublayerTrace) -> Tensor:
+        """``w P^{(l)}`` (stream part) for ``w`` zero beyond ``q``: ALTI rows ``≤ q`` only, ``chunk`` at a time."""
+        folded = torch.zeros_like(w)
+        for r0 in range(0, self.q + 1, self.chunk):
+            r1 = min(self.q + 1, r0 + self.chunk)
+            folded += self.stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], self.maps(layer, "alti", (r0, r1))))
+        return folded
+
+
+def _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position):
+    check_backend(backend)
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    _check_activation(activation, tr)
+    check_precision(precision, backend, tr.embeddings.device)
+    return tr, check_position(position, tr.shape[1])
 
 
 def alti_logit_row(
@@ -51,7 +128,7 @@ def alti_logit_row(
     block: int | None = None,
     chunk: int | None = None,
     precision: str = "highest",
-    kernel: str = "torch",
+    backend: str = "fast",
 ) -> AltiLogit:
     """Row ``position`` of :func:`latim_captum.alti_logit` (same values), in O(N) memory beyond the trace.
 
@@ -65,19 +142,18 @@ def alti_logit_row(
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
         precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
-        kernel: tiles of the Mamba sublayers, ``"torch"`` or ``"triton"`` (see
-            :func:`latim_captum.fast.layer_maps_fast`; with ``"triton"`` the rows per launch follow free memory).
+        backend: path of the Mamba sublayers (:data:`latim_captum.api.BACKENDS`): ``"fast"`` (PyTorch tiles, the
+            default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
+            follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
 
     Returns:
         :class:`AltiLogit` with ``scores [B, N]``, ``targets [B]``, ``logits [B]``, ``offset [B]``.
     """
-    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    _check_activation(activation, tr)
+    tr, q = _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position)
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
     bsz, n = tr.shape
-    q = check_position(position, n)
     if target is not None and torch.as_tensor(target).dim() > 1:
         raise ValueError(
             f"target for one position must be an int or [batch], got shape {tuple(torch.as_tensor(target).shape)}"
@@ -87,52 +163,60 @@ def alti_logit_row(
     u = readout.direction(targets) * readout.norm_scale[:, q, None]  # [B, D]
     projection = torch.zeros_like(tr.embeddings)
     projection[:, q] = u
-    ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
-    if block is None:
-        block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
-    chunk = chunk or 4 * block
-
-    def row_maps(layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
-        if isinstance(layer, LayerTrace):
-            return layer_maps_fast(
-                layer,
-                activation,
-                (measure,),
-                projection=projection,
-                block=block if kernel == "torch" else None,
-                rows=rows,
-                precision=precision,
-                kernel=kernel,
-            )[measure]
-        # attention / token-wise / shared-block sublayers of hybrids: the reference path (full maps for this layer,
-        # with the embedding columns of a Zamba2 hybrid layer kept: [B, N, 2N])
-        maps = layer_maps_ref(layer, activation, (measure,), projection=projection, embedding_columns=True)
-        return maps[measure][:, rows[0] : rows[1]]
-
-    # contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
-    # columns: R^{(l)} = A^x R^{(l-1)} + A^e) bypass the rest of the rollout and are collected here
-    from_embeddings = torch.zeros_like(tr.embeddings[..., 0])
-
-    def stream_part(scores: Tensor) -> Tensor:
-        if scores.shape[-1] == n:
-            return scores
-        from_embeddings.add_(scores[..., n:])
-        return scores[..., :n]
-
-    def delta_row(layer: SublayerTrace) -> Tensor:
-        return stream_part(row_maps(layer, "logit", (q, q + 1))[:, 0])  # [B, N]
-
-    w = delta_row(tr.layers[-1])
+    stream = _RowStream(tr, q, activation, projection, block=block, chunk=chunk, precision=precision, backend=backend)
+    w = stream.row(tr.layers[-1], "logit")
     for layer in reversed(tr.layers[:-1]):
-        folded = torch.zeros_like(w)
-        for r0 in range(0, q + 1, chunk):
-            r1 = min(q + 1, r0 + chunk)
-            folded += stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], row_maps(layer, "alti", (r0, r1))))
-        w = folded + delta_row(layer)
-    w = w + from_embeddings
+        w = stream.through(w, layer) + stream.row(layer, "logit")
+    w = w + stream.from_embeddings
     w[:, q] += (u * tr.embeddings[:, q]).sum(-1)
     offset = readout.target_bias(targets[:, None])[:, 0]
     for layer in tr.layers:
         offset = offset + u @ layer.offset
     logits = readout.logits[:, q].gather(-1, targets[:, None])[:, 0]
     return AltiLogit(scores=w, targets=targets, logits=logits, offset=offset)
+
+
+def alti_rollout_row(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    position: int = -1,
+    activation: str = "silu",
+    attention_mask: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    block: int | None = None,
+    chunk: int | None = None,
+    precision: str = "highest",
+    backend: str = "fast",
+) -> Tensor:
+    """Row ``position`` of the ALTI rollout ``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` (:func:`latim_captum.aggregate.rollout`
+    of every layer's ALTI map), ``[B, N]``, in O(N) memory beyond the trace; it sums to 1.
+
+    ``w ← P^{(L)}_q``, then ``w ← w P^{(l)}`` for ``l = L − 1 … 1`` (embedding columns of a Zamba2 hybrid layer go
+    straight to the result, as in ``R^{(l)} = A^x R^{(l-1)} + A^e``).
+
+    Args:
+        model: a supported Mamba model, its adapter, or a :class:`ModelTrace`.
+        input_ids, inputs_embeds, attention_mask: the inputs (with a model).
+        position: the query token (negative counts from the end).
+        activation: activation strategy.
+        dtype: compute dtype.
+        block: tile side of the fast path (default from free memory).
+        chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
+        precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
+        backend: path of the Mamba sublayers (:data:`latim_captum.api.BACKENDS`): ``"fast"`` (PyTorch tiles, the
+            default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
+            follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
+
+    Example:
+        >>> row = alti_rollout_row(model, ids, position=-1)                 # doctest: +SKIP
+        >>> torch.allclose(row.sum(-1), torch.ones(1))                      # doctest: +SKIP
+        True
+    """
+    tr, q = _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position)
+    stream = _RowStream(tr, q, activation, None, block=block, chunk=chunk, precision=precision, backend=backend)
+    w = stream.row(tr.layers[-1], "alti")
+    for layer in reversed(tr.layers[:-1]):
+        w = stream.through(w, layer)
+    return w + stream.from_embeddings

@@ -8,7 +8,7 @@ import json
 import torch
 
 from conftest import build
-from latim_captum import bench_speed, fast, single_query
+from latim_captum import bench_speed, fast
 
 
 def test_quick_run_writes_every_ratio(tmp_path):
@@ -35,12 +35,11 @@ def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     real = fast.layer_maps_fast
 
     def recording(layer, activation, measures, *args, kernel="torch", anchor_rows=None, **kwargs):
-        if kernel == "triton" and "rows" not in kwargs:  # the maps of the warm-up loop, not the single query's rows
+        if kernel == "triton" and kwargs.get("rows") is None:  # the warm-up loop's maps, not the single query's rows
             calls.append((tuple(measures), anchor_rows))
         return real(layer, activation, measures, *args, anchor_rows=anchor_rows, **kwargs)  # the PyTorch tiles
 
     monkeypatch.setattr(fast, "layer_maps_fast", recording)
-    monkeypatch.setattr(single_query, "layer_maps_fast", recording)
     measure_sets = [("l2",), ("alti",), ("logit",), ("alti", "logit")]
     lengths = [512, 2048, 8192]
     bench_speed._warm_up(build("mamba1", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)

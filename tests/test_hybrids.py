@@ -374,6 +374,40 @@ def test_single_query_and_captum_on_a_hybrid(family):
         latim_captum.mamba_attention(model, ids)
 
 
+def test_query_rows_on_a_hybrid(family):
+    """Query rows of every sublayer kind (embedding columns kept) are the full maps' rows; the ALTI rollout's row
+    (:func:`alti_rollout_row`) and the Captum classes' one-row ``attribute`` equal the full maps' rows."""
+    from latim_captum import LatimALTI, LatimALTILogit, alti_rollout_row
+    from latim_captum.aggregate import rollout
+    from latim_captum.api import layer_maps_ref
+
+    model, _ = build_hybrid(family, seed=5)
+    ids = random_ids(2, 8, seed=3)
+    mask = left_pad_mask(2, 8, [0, 2])
+    tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
+    proj = tr.readout.projection(tr.readout.logits.argmax(-1))
+    full_alti = []
+    for layer in tr.layers:
+        full = layer_maps_ref(layer, "silu", ("l2", "alti", "logit"), projection=proj, embedding_columns=True)
+        full_alti.append(full["alti"])
+        for rows in ((0, 3), (5, 8)):
+            part = layer_maps_ref(
+                layer, "silu", ("l2", "alti", "logit"), projection=proj, embedding_columns=True, rows=rows
+            )
+            for m, scores in part.items():
+                torch.testing.assert_close(scores, full[m][:, rows[0] : rows[1]], rtol=0, atol=1e-12)
+    full_rollout = rollout(full_alti)
+    for position in (-1, 4):
+        row = alti_rollout_row(tr, position=position, block=3, chunk=2)
+        torch.testing.assert_close(row, full_rollout[:, position], rtol=0, atol=1e-12)
+        for cls, layer in ((LatimALTI, "rollout"), (LatimALTI, "all"), (LatimALTILogit, None)):
+            method = cls(model, dtype=torch.float64)
+            kwargs = {} if layer is None else {"layer": layer}
+            whole = method.attribute(ids, None, mask, position=position, return_matrix=True, **kwargs)
+            got = method.attribute(ids, None, mask, position=position, **kwargs)
+            torch.testing.assert_close(got, whole[..., position, :], rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("rms_norm,norm_before_gate", [(True, True), (False, True)])
 def test_falcon_h1_gate_variants_reconstruct_exactly(rms_norm, norm_before_gate):
     """FalconH1's other Mamba-2 gates (the gated RMSNorm after the gate is the test config's): norm then gate, and no

@@ -160,6 +160,18 @@ def test_alti_rows_sum_to_one_and_l2_matches_interactions(mamba1, tok):
         assert out.info["attribution_args"] == {"layers": [0, 2]}
 
 
+def test_backend_and_precision_pass_through_and_are_checked(mamba1, tok):
+    """LaTIM's ``backend``/``precision`` are Inseq attribution arguments: ``fast`` gives the ``ref`` maps, they are
+    recorded in ``info``, and a reduced precision on the reference path is refused by name."""
+    model = inseq.load_model(mamba1, "latim", tokenizer=tok)
+    ref = scores(model.attribute(PROMPT, TEXT, backend="ref", **FAST))
+    out = model.attribute(PROMPT, TEXT, backend="fast", precision="tf32", **FAST)
+    torch.testing.assert_close(scores(out), ref, rtol=1e-4, atol=1e-5, equal_nan=True)
+    assert out.info["attribution_args"] == {"backend": "fast", "precision": "tf32"}
+    with pytest.raises(ValueError, match="precision='bf16' sets the W_o product"):
+        model.attribute(PROMPT, TEXT, backend="ref", precision="bf16", **FAST)
+
+
 # ---------------------------------------------------------------- Inseq's own outputs
 
 

@@ -258,8 +258,8 @@ def _single_query_gap(device: str) -> float:
         mask = left_pad_mask(2, 13, [0, 3]).to(device)
         tr = lc.trace(model, ids, attention_mask=mask)
         for position in (-1, 6):
-            torch_row = alti_logit_row(tr, position=position, kernel="torch")
-            tri_row = alti_logit_row(tr, position=position, kernel="triton")
+            torch_row = alti_logit_row(tr, position=position, backend="fast")
+            tri_row = alti_logit_row(tr, position=position, backend="triton")
             assert torch.equal(tri_row.targets, torch_row.targets)
             worst = max(worst, _rel(tri_row.scores, torch_row.scores))
     return worst
@@ -267,7 +267,7 @@ def _single_query_gap(device: str) -> float:
 
 @interpreter_only
 def test_single_query_with_triton_kernel(monkeypatch):
-    """``alti_logit_row(kernel="triton")``: the row of the PyTorch tiles (which tests/test_single_query.py checks
+    """``alti_logit_row(backend="triton")``: the row of the PyTorch tiles (which tests/test_single_query.py checks
     against the full ALTI-Logit map), with the kernel's own rows per launch, and the kernel really runs."""
     from latim_captum import triton_tile
 
@@ -276,6 +276,52 @@ def test_single_query_with_triton_kernel(monkeypatch):
     monkeypatch.setattr(triton_tile, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
     assert _single_query_gap("cpu") < 1e-5
     assert ("alti",) in launches and ("logit",) in launches
+
+
+def _backend_gaps(device: str) -> dict[str, float]:
+    """``backend="triton"`` through the public API and the Captum classes against ``backend="fast"``: per-layer maps,
+    the ALTI rollout's row and ALTI-Logit's row (single-query path), both variants."""
+    from latim_captum import LatimALTI, LatimALTILogit, LatimL2
+
+    def maps(model, ids, mask, name: str, backend: str) -> torch.Tensor:
+        if name == "interactions":
+            return lc.interactions(model, ids, method="alti", attention_mask=mask, backend=backend)
+        if name == "l2_row":
+            return LatimL2(model, backend=backend).attribute(ids, None, mask, layer="all", position=7)
+        cls = LatimALTI if name == "rollout_row" else LatimALTILogit
+        return cls(model, backend=backend).attribute(ids, None, mask)
+
+    gaps: dict[str, float] = {}
+    for kind in ("mamba1", "mamba2"):
+        model = build(kind, layers=2, seed=4).to(device)
+        ids = random_ids(2, 11, seed=4).to(device)
+        mask = left_pad_mask(2, 11, [0, 3]).to(device)
+        for name in ("interactions", "l2_row", "rollout_row", "alti_logit_row"):
+            gaps[f"{kind} {name}"] = _rel(maps(model, ids, mask, name, "triton"), maps(model, ids, mask, name, "fast"))
+    return gaps
+
+
+@interpreter_only
+def test_triton_backend_of_the_public_api(monkeypatch):
+    """``backend="triton"`` (functions and Captum classes) gives the maps of ``backend="fast"``, and really runs the
+    kernels."""
+    from latim_captum import triton_tile
+
+    launches = []
+    real = triton_tile.tile_sums
+    monkeypatch.setattr(triton_tile, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
+    gaps = _backend_gaps("cpu")
+    assert max(gaps.values()) < 1e-5, gaps
+    assert {("alti",), ("l2",), ("logit",)} <= set(launches)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
+def test_triton_backend_of_the_public_api_on_cuda():
+    """``backend="triton"`` on CUDA: the maps of ``backend="fast"`` to 1e-4 (IEEE float32 on both)."""
+    gaps = _backend_gaps("cuda")
+    print("triton vs fast backend:", {k: f"{v:.1e}" for k, v in gaps.items()})
+    assert max(gaps.values()) < 1e-4, gaps
 
 
 @pytest.mark.cuda
@@ -366,7 +412,7 @@ def test_triton_autotuned_on_real_widths(kind):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
 def test_single_query_with_triton_kernel_on_cuda():
-    """``alti_logit_row(kernel="triton")`` on CUDA: the row of the PyTorch tiles, to 1e-4."""
+    """``alti_logit_row(backend="triton")`` on CUDA: the row of the PyTorch tiles, to 1e-4."""
     gap = _single_query_gap("cuda")
     print("single query, kernel vs PyTorch tiles:", f"{gap:.1e}")
     assert gap < 1e-4

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from latim_captum._validation import check_layers, check_model_inputs, check_position
 from latim_captum.adapters import ModelAdapter, get_adapter
 
-__all__ = ["TokenMapAttribution", "TokenMaps", "LayerSpec", "DEFAULT"]
+__all__ = ["TokenMapAttribution", "TokenMaps", "LayerSpec", "DEFAULT", "row_as_map"]
 
 
 class _Default:
@@ -28,6 +28,13 @@ class _Default:
 
 #: sentinel for "the class's default layer selection" (``layer`` not given)
 DEFAULT: Any = _Default()
+
+
+def row_as_map(row: Tensor, position: int) -> Tensor:
+    """A query row ``[..., N]`` as the ``[..., N, N]`` map that holds it at row ``position`` and zeros elsewhere."""
+    maps = row.new_zeros(*row.shape, row.shape[-1])
+    maps[..., position, :] = row
+    return maps
 
 
 class TokenMaps(NamedTuple):
@@ -174,9 +181,7 @@ class TokenMapAttribution(Attribution):
             return fn(self.forward_func, input_ids, inputs_embeds, attention_mask=attention_mask, **kwargs)
         kwargs["position"] = position
         row = fn(self.forward_func, input_ids, inputs_embeds, attention_mask=attention_mask, **kwargs)
-        maps = row.new_zeros(*row.shape, row.shape[-1])
-        maps[..., position, :] = row
-        return maps
+        return row_as_map(row, position)
 
     # -- argument handling -------------------------------------------------------------------------------------
     def resolve_layer(self, layer: Any) -> LayerSpec:

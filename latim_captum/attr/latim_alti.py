@@ -7,9 +7,11 @@ from torch import nn
 
 from latim_captum.adapters import ModelAdapter
 from latim_captum.aggregate import rollout
-from latim_captum.api import interactions, layer_maps, trace
+from latim_captum.api import layer_maps, trace
+from latim_captum.single_query import alti_rollout_row
 
-from ._base import TokenMapAttribution, TokenMaps
+from ._base import TokenMapAttribution, TokenMaps, row_as_map
+from ._latim_options import path_options, per_layer_maps
 
 __all__ = ["LatimALTI"]
 
@@ -32,6 +34,13 @@ class LatimALTI(TokenMapAttribution):
         activation: the additive ``f`` of eq 19 (``"silu"``, ``"identity"``, ``"taylor1"``, ``"taylor2"``,
             ``"silu_gate"``).
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
+        backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
+            ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.
+        precision: the tiled paths' ``W_o`` product, ``"highest"``, ``"tf32"`` or ``"bf16"``.
+
+    ``attribute`` without ``return_matrix`` computes only the query row: ``O(N·d·D)`` per layer for per-layer maps;
+    the rollout's row (:func:`latim_captum.alti_rollout_row`) still needs every lower layer's rows up to the query,
+    but in O(N) memory per layer instead of ``N × N`` maps.
 
     Examples:
         >>> import torch
@@ -47,26 +56,39 @@ class LatimALTI(TokenMapAttribution):
     per_layer = True
     default_layer = "rollout"
     layer_modes = ("rollout",)
+    row_capable = True
 
     def __init__(
-        self, model: nn.Module | ModelAdapter, *, activation: str = "silu", dtype: torch.dtype = torch.float32
+        self,
+        model: nn.Module | ModelAdapter,
+        *,
+        activation: str = "silu",
+        dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+        precision: str = "highest",
     ) -> None:
-        super().__init__(model, activation=activation, dtype=dtype)
+        super().__init__(model, **path_options(activation, dtype, backend, precision))
 
-    def compute_maps(self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target) -> TokenMaps:
+    def compute_maps(
+        self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None
+    ) -> TokenMaps:
+        opts = self.options
+        if mode == "rollout" and position is not None:
+            row = alti_rollout_row(
+                self.adapter, input_ids, inputs_embeds, position=position, attention_mask=attention_mask, **opts
+            )
+            return TokenMaps(row_as_map(row, position))
         if mode == "rollout":
-            activation, dtype = self.options["activation"], self.options["dtype"]
-            tr = trace(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+            tr = trace(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=opts["dtype"])
             # embedding columns kept: a Zamba2 hybrid layer's embedding half joins the rollout directly
-            maps = [layer_maps(layer, activation, ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
+            maps = [
+                layer_maps(
+                    layer, opts["activation"], ("alti",), embedding_columns=True, backend=opts["backend"],
+                    precision=opts["precision"],
+                )["alti"]
+                for layer in tr.layers
+            ]  # fmt: skip
             return TokenMaps(rollout(maps))
-        maps = interactions(
-            self.adapter,
-            input_ids,
-            inputs_embeds,
-            method="alti",
-            layers=layers,
-            attention_mask=attention_mask,
-            **self.options,
+        return TokenMaps(
+            per_layer_maps(self, "alti", layers, input_ids, inputs_embeds, attention_mask, position=position)
         )
-        return TokenMaps(maps)

@@ -7,8 +7,10 @@ from torch import nn
 
 from latim_captum.adapters import ModelAdapter
 from latim_captum.api import alti_logit
+from latim_captum.single_query import alti_logit_row
 
-from ._base import TokenMapAttribution, TokenMaps
+from ._base import TokenMapAttribution, TokenMaps, row_as_map
+from ._latim_options import path_options
 
 __all__ = ["LatimALTILogit"]
 
@@ -35,6 +37,12 @@ class LatimALTILogit(TokenMapAttribution):
         model: a supported Mamba model with an LM head (``*ForCausalLM``).
         activation: the additive ``f`` of eq 19.
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
+        backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
+            ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.
+        precision: the tiled paths' ``W_o`` product, ``"highest"``, ``"tf32"`` or ``"bf16"``.
+
+    ``attribute`` without ``return_matrix`` computes only the query row (:func:`latim_captum.alti_logit_row`): the
+    lower layers' ALTI rows up to the query are streamed, so the memory grows as O(N·d), not O(N²).
 
     Examples:
         >>> import torch
@@ -52,18 +60,42 @@ class LatimALTILogit(TokenMapAttribution):
     default_layer = None
     uses_target = True
     has_delta = True
+    row_capable = True
 
     def __init__(
-        self, model: nn.Module | ModelAdapter, *, activation: str = "silu", dtype: torch.dtype = torch.float32
+        self,
+        model: nn.Module | ModelAdapter,
+        *,
+        activation: str = "silu",
+        dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+        precision: str = "highest",
     ) -> None:
-        super().__init__(model, activation=activation, dtype=dtype)
+        super().__init__(model, **path_options(activation, dtype, backend, precision))
         if self.adapter.lm_head is None:
             raise TypeError(
                 f"ALTI-Logit explains a logit and needs a model with an LM head; {type(model).__name__} has none"
             )
 
-    def compute_maps(self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target) -> TokenMaps:
-        res = alti_logit(
-            self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, target=target, **self.options
+    def compute_maps(
+        self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None
+    ) -> TokenMaps:
+        if position is None:
+            res = alti_logit(
+                self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, target=target, **self.options
+            )
+            return TokenMaps(res.scores, res.logits - res.offset)
+        if target is not None and target.dim() == 2:  # one target per position (the LLM front end): this row's
+            target = target[:, position]
+        res = alti_logit_row(
+            self.adapter,
+            input_ids,
+            inputs_embeds,
+            position=position,
+            attention_mask=attention_mask,
+            target=target,
+            **self.options,
         )
-        return TokenMaps(res.scores, res.logits - res.offset)
+        totals = res.scores.new_zeros(res.scores.shape)  # [B, N]: what each row sums to, zero off the query
+        totals[:, position] = res.logits - res.offset
+        return TokenMaps(row_as_map(res.scores, position), totals)

@@ -9,9 +9,9 @@ from torch import nn
 
 from latim_captum.adapters import ModelAdapter
 from latim_captum.aggregate import lp_measure
-from latim_captum.api import layer_maps, trace
 
 from ._base import TokenMapAttribution, TokenMaps
+from ._latim_options import path_options, per_layer_maps
 
 __all__ = ["LatimL2"]
 
@@ -29,6 +29,11 @@ class LatimL2(TokenMapAttribution):
         activation: the additive ``f`` of eq 19 (``"silu"``, ``"identity"``, ``"taylor1"``, ``"taylor2"``,
             ``"silu_gate"``).
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
+        backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
+            ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.
+        precision: the tiled paths' ``W_o`` product, ``"highest"``, ``"tf32"`` or ``"bf16"``.
+
+    ``attribute`` without ``return_matrix`` computes only the query row (O(N·d·D) per layer).
 
     Examples:
         >>> import torch
@@ -45,6 +50,7 @@ class LatimL2(TokenMapAttribution):
     display_name = "LaTIM (ℓ2)"
     per_layer = True
     default_layer = -1
+    row_capable = True
 
     def __init__(
         self,
@@ -53,18 +59,21 @@ class LatimL2(TokenMapAttribution):
         p: float = 2.0,
         activation: str = "silu",
         dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
+        precision: str = "highest",
     ) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (p >= 1):
             raise ValueError(f"p must be a number >= 1 (or math.inf), got {p!r}")
-        super().__init__(model, activation=activation, dtype=dtype)
+        super().__init__(model, **path_options(activation, dtype, backend, precision))
         self.p = float(p)
 
-    def compute_maps(self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target) -> TokenMaps:
-        activation, dtype = self.options["activation"], self.options["dtype"]
-        tr = trace(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+    def compute_maps(
+        self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None
+    ) -> TokenMaps:
         measure = lp_measure(self.p)
-        per_layer = [layer_maps(tr.layers[idx], activation, (measure,))[measure] for idx in layers]
-        return TokenMaps(torch.stack(per_layer, dim=1))
+        return TokenMaps(
+            per_layer_maps(self, measure, layers, input_ids, inputs_embeds, attention_mask, position=position)
+        )
 
     def __repr__(self) -> str:
         p = "inf" if math.isinf(self.p) else f"{self.p:g}"

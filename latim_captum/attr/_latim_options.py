@@ -1,0 +1,52 @@
+"""What the three LaTIM Captum classes share: their path options and their per-layer maps (full or one row)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latim_captum.api import check_backend, layer_maps, trace
+from latim_captum.fast import PRECISIONS
+
+from ._base import TokenMapAttribution, row_as_map
+
+__all__ = ["path_options", "per_layer_maps"]
+
+
+def path_options(activation: str, dtype: torch.dtype, backend: str, precision: str) -> dict[str, Any]:
+    """The keyword options of a LaTIM class, ``backend`` and ``precision`` checked by name (``ValueError``)."""
+    check_backend(backend)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return {"activation": activation, "dtype": dtype, "backend": backend, "precision": precision}
+
+
+def per_layer_maps(
+    method: TokenMapAttribution,
+    measure: str,
+    layers: list[int],
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    attention_mask: Tensor | None,
+    *,
+    position: int | None = None,
+) -> Tensor:
+    """``[B, L, N, N]`` maps of ``measure`` at ``layers``; with ``position``, only that query row is computed (the
+    rest of each map is zero).
+
+    ``T_i(x_j)`` of one row costs ``O(N·d·D)`` per layer, against ``O(N²·d·D)`` for the full map.
+    """
+    opts = method.options
+    tr = trace(method.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=opts["dtype"])
+    rows = None if position is None else (position, position + 1)
+    maps = [
+        layer_maps(
+            tr.layers[idx], opts["activation"], (measure,), backend=opts["backend"], precision=opts["precision"],
+            rows=rows,
+        )[measure]
+        for idx in layers
+    ]  # fmt: skip
+    stacked = torch.stack(maps, dim=1)
+    return stacked if position is None else row_as_map(stacked[:, :, 0], position)
