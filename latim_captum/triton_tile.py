@@ -22,10 +22,11 @@ The epilogue of each ``D`` block adds (sums over ``D`` are additive across block
 ``W_o`` product: a second launch of the same kernel (``MODE=1``) reduces ``G`` against ``W_oᵀ u_i`` instead. ALTI's
 row normalisation, its ℓ1 fallback for degenerate rows and the ``√`` stay in :mod:`latim_captum.fast`.
 
-The mixing ``M`` comes from PyTorch, per launch of query rows ``[r0, r1)``, with the helpers (and so the numerics,
-``Λ = cumsum Δ`` in float64) of :mod:`latim_captum.fast`:
+The mixing ``M`` is made per launch of query rows ``[r0, r1)``, with the numerics (``Λ = cumsum Δ`` in float64) of
+:mod:`latim_captum.fast`:
 
-* Mamba-2: per head, ``M_{h(c)}[i, s]`` for all sources ``s < r1`` (``[B, H, rows, r1]``).
+* Mamba-2: per head, ``M_{h(c)}[i, s]`` for all sources ``s < r1`` (``[B, H, rows, r1]``), in one pass of
+  :func:`_mix_kernel` (``C·B`` as a ``tl.dot``, the decay and ``Δ`` in its epilogue).
 * Mamba-1: per channel, around anchors every ``ANCHOR`` rows (one per row tile). Sources before the tile's anchor
   ``a`` factorise, with the taps folded into the right factor (``[anchors, B, d, R, cols]``), so that in the kernel
   ``Σ_k M_c[i, s] f(ψ_s^{(k)})_c = Σ_r left[i, c, r] folded_a[c, r, j]``; sources in ``[a, a + ANCHOR)`` use eq 15
@@ -49,7 +50,7 @@ from ._precision import round_tf32
 from .ssm import d_inner_of
 from .traces import LayerTrace, Mamba1SSM
 
-__all__ = ["VARIANTS", "SUMS", "DEFAULT_CONFIG", "check_supported", "tile_sums", "launch_rows"]
+__all__ = ["VARIANTS", "SUMS", "DEFAULT_CONFIG", "check_supported", "tile_sums", "launch_rows", "mamba2_mixing"]
 
 #: the Mamba layer variants (:attr:`LayerTrace.variant`) the kernel covers
 VARIANTS: tuple[str, ...] = ("mamba1", "mamba2")
@@ -58,6 +59,9 @@ SUMS: tuple[str, ...] = ("sum_sq", "sum_abs", "sum_abs_res", "proximity", "logit
 #: block sizes used without autotuning (the interpreter)
 DEFAULT_CONFIG = {"BI": 16, "BJ": 16, "BC": 32, "BD": 64, "num_warps": 4, "num_stages": 2}
 _PRECISION = {"highest": 0, "tf32": 1, "bf16": 2}
+#: rows × sources of one program of :func:`_mix_kernel` (tl.dot needs ≥ 16 on each side; 8 warps: no spills at
+#: mamba2-130m's state 128 with sm_90's ptxas)
+_MIX_TILE = (64, 64)
 #: elements of the largest tensor the kernel indexes (its offsets are int32)
 _MAX_ELEMENTS = 2**31 - 1
 
@@ -577,6 +581,82 @@ _CANDIDATES = {
 }
 
 
+@triton.jit
+def _mix_kernel(
+    c_ptr, sc_b, sc_i, sc_g, sc_n,  # C [B, N, G, S]
+    b_ptr, sb_b, sb_s, sb_g, sb_n,  # B [B, N, G, S]
+    lam_ptr, sl_b, sl_i, sl_h,  # Λ = cumsum Δ, float64 [B, N, H]
+    a_ptr,  # A [H]
+    dt_ptr, sd_b, sd_s, sd_h,  # Δ [B, N, H]
+    m_ptr, sm_b, sm_h, sm_i, sm_s,  # out: M [B, H, rows, r1]
+    r0, r1, heads, heads_per_group,
+    STATE: tl.constexpr, STATE_P: tl.constexpr, BI: tl.constexpr, BS: tl.constexpr,
+):  # fmt: skip
+    """Mamba-2's causal mixing of one head, rows ``[r0, r1)`` × sources ``[0, r1)``, in one pass (eq 13)::
+
+        M_h[i, s] = (C_i · B_s) exp(A_h (Λ_{i,h} − Λ_{s,h})) Δ_{s,h}   for s ≤ i,   0 for s > i
+
+    (:func:`latim_captum.fast._mamba2_head_mixing` is its ``_ref``: the same operations, ``Λ`` differences in
+    float64, on ``[B, H, rows, r1]`` planes it writes several times)."""
+    bh = tl.program_id(2)
+    b = bh // heads
+    h = bh % heads
+    g = h // heads_per_group
+    i = r0 + tl.program_id(0) * BI + tl.arange(0, BI)
+    s = tl.program_id(1) * BS + tl.arange(0, BS)
+    i_ok = i < r1
+    s_ok = s < r1
+    causal = s[None, :] <= i[:, None]
+    mix = tl.zeros([BI, BS], dtype=tl.float32)
+    if tl.program_id(1) * BS <= r0 + tl.program_id(0) * BI + BI - 1:  # the tile holds a pair s ≤ i
+        n = tl.arange(0, STATE_P)
+        n_ok = n < STATE
+        c = tl.load(
+            c_ptr + b * sc_b + i[:, None] * sc_i + g * sc_g + n[None, :] * sc_n,
+            mask=i_ok[:, None] & n_ok[None, :], other=0.0,
+        )  # fmt: skip
+        src = tl.load(
+            b_ptr + b * sb_b + s[None, :] * sb_s + g * sb_g + n[:, None] * sb_n,
+            mask=n_ok[:, None] & s_ok[None, :], other=0.0,
+        )  # fmt: skip
+        cb = tl.dot(c, src, input_precision="ieee")  # [BI, BS]
+        lam_i = tl.load(lam_ptr + b * sl_b + i * sl_i + h * sl_h, mask=i_ok, other=0.0)
+        lam_s = tl.load(lam_ptr + b * sl_b + s * sl_i + h * sl_h, mask=s_ok, other=0.0)
+        gap = (lam_i[:, None] - lam_s[None, :]).to(tl.float32)  # float64 difference, as the reference
+        rate = tl.load(a_ptr + h)
+        decay = tl.exp(tl.where(causal, gap * rate, float("-inf")))
+        dt = tl.load(dt_ptr + b * sd_b + s * sd_s + h * sd_h, mask=s_ok, other=0.0)
+        mix = cb * decay * dt[None, :]
+    dest = m_ptr + b.to(tl.int64) * sm_b + h * sm_h + (i - r0)[:, None] * sm_i + s[None, :] * sm_s
+    tl.store(dest, mix, mask=i_ok[:, None] & s_ok[None, :])
+
+
+def mamba2_mixing(ctx, r0: int, r1: int) -> Tensor:
+    """``M[b, h, i, s]`` of a Mamba-2 layer for rows ``[r0, r1)`` and sources ``[0, r1)``, ``[B, H, rows, r1]``
+    (:func:`_mix_kernel`; equal to :func:`latim_captum.fast._mamba2_head_mixing` up to rounding).
+
+    Example:
+        >>> mixing = mamba2_mixing(ctx, 0, 128)  # doctest: +SKIP
+    """
+    ssm = ctx.layer.ssm
+    bsz = ssm.delta.shape[0]
+    heads, groups, state = ssm.A.shape[0], ssm.B.shape[2], ssm.B.shape[3]
+    out = ssm.delta.new_empty(bsz, heads, r1 - r0, r1)
+    bi, bs = _MIX_TILE
+    grid = (triton.cdiv(r1 - r0, bi), triton.cdiv(r1, bs), bsz * heads)
+    _mix_kernel[grid](
+        ssm.C, *ssm.C.stride(),
+        ssm.B, *ssm.B.stride(),
+        ctx.lam, *ctx.lam.stride(),
+        ssm.A,
+        ssm.delta, *ssm.delta.stride(),
+        out, *out.stride(),
+        r0, r1, heads, heads // groups,
+        STATE=state, STATE_P=_state_padded(state), BI=bi, BS=bs, num_warps=8,  # 4 warps spill at state 128
+    )  # fmt: skip
+    return out
+
+
 def _autotune_configs() -> list[triton.Config]:
     return [
         triton.Config({"BI": bi, "BJ": bj, "BC": bc, "BD": bd}, num_warps=warps, num_stages=stages)
@@ -718,8 +798,8 @@ def _row_elements(layer: LayerTrace, anchor: int) -> tuple[int, int]:
         direct = bsz * d * anchor
         return max(folded, sums), folded + bsz * d * state + direct + sums
     heads = layer.ssm.A.shape[0]
-    # the mixing's temporaries (Λ differences in float64, decay, C·B) count ≈ 4 planes per head
-    return max(heads, len(SUMS)) * bsz * n, (4 * heads + len(SUMS)) * bsz * n
+    # the mixing (one plane per head, written once by _mix_kernel: no temporaries) and the sums
+    return max(heads, len(SUMS)) * bsz * n, (heads + len(SUMS)) * bsz * n
 
 
 def _staged_row_bytes(layer: LayerTrace, measures: Sequence[str], precision: str) -> int:
@@ -834,8 +914,6 @@ def tile_sums(
             one fused kernel that rebuilds ``G`` in registers for each block of ``D`` (no buffer). The logit has no
             ``W_o`` product and is always fused.
     """
-    from .fast import _mamba2_head_mixing
-
     layer = ctx.layer
     bsz, _, d_model = layer.residual.shape
     d_inner = ctx.gate.shape[1]
@@ -866,7 +944,7 @@ def tile_sums(
         left, folded, mixing = _mamba1_factors(ctx, r0, r1, anchor_rows)
         head_dim, state = 1, layer.ssm.A.shape[-1]
     else:
-        mixing = _mamba2_head_mixing(ctx, r0, r1, 0, r1).contiguous()  # [B, H, rows, r1]
+        mixing = mamba2_mixing(ctx, r0, r1)  # [B, H, rows, r1]
         left, folded = sums, sums[..., None]  # not read
         head_dim, state = layer.ssm.head_dim, 0
     gate = layer.out_gate  # [B, N, d]

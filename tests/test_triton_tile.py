@@ -385,6 +385,45 @@ def test_triton_on_cuda_matches_reference(key):
     assert not failures, "\n".join(failures)
 
 
+def _mixing_gaps(tr) -> list[float]:
+    """:func:`mamba2_mixing` (one Triton pass) against its ``_ref`` (PyTorch) for several row ranges, relative."""
+    from latim_captum.fast import _context, _mamba2_head_mixing
+    from latim_captum.triton_tile import mamba2_mixing
+
+    layer = tr.layers[0]
+    n = layer.residual.shape[1]
+    ctx = _context(layer, "silu", 1 << 20, 16)
+    gaps = []
+    for r0, r1 in ((0, n), (5, n), (3, n - 4), (n - 1, n)):
+        got = mamba2_mixing(ctx, r0, r1)
+        ref = _mamba2_head_mixing(ctx, r0, r1, 0, r1)
+        assert got.shape == ref.shape
+        assert float(got.abs().triu(diagonal=r0 + 1).max()) == 0.0, "sources after the row must be 0"
+        gaps.append(_rel(got, ref))
+    return gaps
+
+
+@interpreter_only
+@pytest.mark.parametrize("key", ("mamba2", "mamba2_ragged"))
+def test_mamba2_mixing_kernel_equals_reference(traces, key):
+    """The mixing of one Triton pass (groups, ragged heads, row ranges not starting at 0) is the PyTorch mixing."""
+    assert max(_mixing_gaps(traces[key])) < 1e-6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
+def test_mamba2_mixing_kernel_on_real_widths():
+    """mamba2-130m's widths (24 heads, state 128, N = 300): the mixing kernel equals its PyTorch ``_ref``."""
+    from latim_captum.bench_speed import build_model
+
+    model = build_model("mamba2", False, torch.float32, torch.device("cuda"))
+    model.backbone.layers = model.backbone.layers[:1]
+    ids = torch.randint(0, model.config.vocab_size, (1, 300), device="cuda")
+    gaps = _mixing_gaps(lc.trace(model, ids))
+    print("mixing kernel vs PyTorch:", [f"{g:.1e}" for g in gaps])
+    assert max(gaps) < 1e-5
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
 @pytest.mark.parametrize("kind", ("mamba1", "mamba2"))
@@ -424,7 +463,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _band_kernel,
-                                      _fold_kernel, _gate_kernel, _project_kernel, _tile_kernel)
+                                      _MIX_TILE, _fold_kernel, _gate_kernel, _mix_kernel, _project_kernel,
+                                      _tile_kernel)
 
 results = []
 for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
@@ -446,6 +486,9 @@ for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
     elif kernel == "band":
         fn, warps, stages = _band_kernel, 4, 1
         constexprs = dict(STATE=16, ANCHOR=32, BC=4)
+    elif kernel == "mix":
+        fn, warps, stages = _mix_kernel, 8, 1
+        constexprs = dict(STATE=128, STATE_P=128, BI=_MIX_TILE[0], BS=_MIX_TILE[1])
     else:
         fn = _project_kernel
         bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
@@ -470,8 +513,8 @@ print(json.dumps(results))
 
 def test_kernel_compiles_for_hopper():
     """The kernels compile to sm_90 (ptxas from the triton wheel, no GPU needed): the fused one for both variants,
-    both modes and the three precisions, the staged ones (G, then the GEMM) likewise, Mamba-1's factor folding; their
-    TF32 / bf16 W_o products are Hopper tensor-core instructions (wgmma)."""
+    both modes and the three precisions, the staged ones (G, then the GEMM) likewise, Mamba-1's factor folding and
+    band, Mamba-2's mixing; their TF32 / bf16 W_o products are Hopper tensor-core instructions (wgmma)."""
     import json
     import subprocess
     import sys
@@ -490,15 +533,15 @@ def test_kernel_compiles_for_hopper():
         for precision in (0, 1, 2)
         for alti in (True, False)
     ]
-    cases += [("fold", 16, 0, 0, False), ("band", 16, 0, 0, False)]
+    cases += [("fold", 16, 0, 0, False), ("band", 16, 0, 0, False), ("mix", 0, 0, 0, False)]
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run(
         [sys.executable, "-c", _COMPILE, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
     uses_wgmma = json.loads(done.stdout.strip().splitlines()[-1])
-    # the logit (fused MODE 1), G (gate) and Mamba-1's factors (fold, band) have no W_o product; IEEE fp32 ("highest")
-    # cannot use tensor cores: FMA
+    # the logit (fused MODE 1), G (gate), Mamba-1's factors (fold, band) and Mamba-2's mixing (mix) have no W_o
+    # product; IEEE fp32 ("highest") cannot use tensor cores: FMA
     expected = [
         kernel in ("fused", "project") and mode == 0 and precision != 0 for kernel, _, mode, precision, _ in cases
     ]
