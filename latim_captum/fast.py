@@ -107,24 +107,6 @@ def auto_block(layer: LayerTrace, budget_bytes: int | None = None, precision: st
     return lo if lo < 16 or lo == n else lo - lo % 16
 
 
-def triton_launch_rows(
-    layer: LayerTrace,
-    measures: Sequence[str],
-    precision: str = "highest",
-    budget_bytes: int | None = None,
-    anchor_rows: int | None = None,
-) -> int:
-    """Query rows per launch of ``kernel="triton"`` (:func:`latim_captum.triton_tile.launch_rows`) within
-    ``budget_bytes`` (default: half the free device memory).
-
-    Example:
-        >>> rows = triton_launch_rows(layer, ("alti",), "tf32")  # doctest: +SKIP
-    """
-    budget = budget_bytes or _free_bytes(layer.residual.device) // 2
-    anchor = default_anchor_rows(layer.residual.shape[1]) if anchor_rows is None else anchor_rows
-    return _triton_tile().launch_rows(layer, budget, anchor, measures, precision)
-
-
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -367,7 +349,8 @@ def layer_maps_fast(
         raise ValueError(f"anchor_rows must be ≥ 1, got {anchor_rows}")
     if block is None:
         if kernel == "triton":
-            block = triton_launch_rows(layer, measures, precision, budget_bytes, anchor_rows)
+            budget = budget_bytes or _free_bytes(layer.residual.device) // 2
+            block = triton_tile.launch_rows(layer, budget, anchor_rows, measures, precision)
         else:
             block = auto_block(layer, budget_bytes, precision)
     if block < 1:

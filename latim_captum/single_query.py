@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ._validation import check_position, check_target
 from .adapters import ModelAdapter
 from .api import AltiLogit, _as_trace, _check_activation, check_backend, check_precision, layer_maps, resolve_backend
-from .fast import auto_block, triton_launch_rows
+from .fast import auto_block
 from .traces import LayerTrace, ModelTrace, SublayerTrace
 
 __all__ = ["alti_logit_row", "alti_rollout_row"]
@@ -63,15 +63,10 @@ class _RowStream:
     ) -> None:
         self.q, self.activation, self.projection = q, activation, projection
         self.precision, self.backend = precision, backend
-        resolved = resolve_backend(backend, tr.embeddings.device)
-        self.tiled = resolved == "fast"
+        self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
         ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
         if block is None:
             block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
-        if chunk is None and resolved == "triton" and ssm_layers:
-            # one launch per chunk: each call rebuilds the layer's context (and Mamba-1's factors), so chunks as
-            # large as the kernel's own launches
-            chunk = triton_launch_rows(ssm_layers[0], ("alti",), precision)
         self.block, self.chunk = block, chunk or 4 * block
         self.n = tr.shape[1]
         self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
@@ -145,8 +140,7 @@ def alti_logit_row(
         target: the token the row explains (an int or ``[B]``); default the predicted next token at ``position``.
         dtype: compute dtype.
         block: tile side of the fast path (default from free memory).
-        chunk: ALTI rows folded into ``w`` per step (default ``4·block``; with ``"triton"``, the rows of one of its
-            launches, from free memory).
+        chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
         precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
         backend: path of the Mamba sublayers (:data:`latim_captum.api.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
@@ -209,8 +203,7 @@ def alti_rollout_row(
         activation: activation strategy.
         dtype: compute dtype.
         block: tile side of the fast path (default from free memory).
-        chunk: ALTI rows folded into ``w`` per step (default ``4·block``; with ``"triton"``, the rows of one of its
-            launches, from free memory).
+        chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
         precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
         backend: path of the Mamba sublayers (:data:`latim_captum.api.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
