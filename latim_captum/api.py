@@ -106,8 +106,7 @@ def layer_maps_ref(
         embedding_columns: keep the embedding columns of a sublayer that has them.
         rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]``.
     """
-    bsz, n, _ = layer.residual.shape
-    first, last = check_rows(rows, n)
+    first, last = check_rows(rows, layer.residual.shape[1])
     with fp32_math():
         return _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns, first, last)
 

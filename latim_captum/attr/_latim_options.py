@@ -40,13 +40,13 @@ def per_layer_maps(
     """
     opts = method.options
     tr = trace(method.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=opts["dtype"])
-    rows = None if position is None else (position, position + 1)
-    maps = [
-        layer_maps(
+    bsz, n = tr.shape
+    rows = (0, n) if position is None else (position, position + 1)
+    # filled layer by layer: no second copy of the [B, L, rows, N] result (torch.stack would double the peak)
+    result = tr.embeddings.new_zeros(bsz, len(layers), rows[1] - rows[0], n)
+    for pos, idx in enumerate(layers):
+        result[:, pos] = layer_maps(
             tr.layers[idx], opts["activation"], (measure,), backend=opts["backend"], precision=opts["precision"],
             rows=rows,
-        )[measure]
-        for idx in layers
-    ]  # fmt: skip
-    stacked = torch.stack(maps, dim=1)
-    return stacked if position is None else row_as_map(stacked[:, :, 0], position)
+        )[measure]  # fmt: skip
+    return result if position is None else row_as_map(result[:, :, 0], position)
