@@ -156,10 +156,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def check_precision(precision: str, backend: str, device: torch.device) -> None:
     """``ValueError`` for an unknown ``precision``, or a reduced one on a path that computes in the compute dtype."""
-    from .fast import PRECISIONS
+    from .fast import check_precision_name
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision_name(precision)
     if precision != "highest" and resolve_backend(backend, device) == "ref":
         raise ValueError(
             f"precision={precision!r} sets the W_o product of backend='fast' or 'triton'; backend={backend!r} "

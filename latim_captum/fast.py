@@ -44,6 +44,7 @@ from .traces import LayerTrace, Mamba1SSM
 
 __all__ = [
     "PRECISIONS",
+    "check_precision_name",
     "LatimMemoryError",
     "layer_maps_fast",
     "tile_bytes",
@@ -63,12 +64,17 @@ class LatimMemoryError(MemoryError):
     """A request cannot fit in the device's free memory; the message gives the estimate."""
 
 
+def check_precision_name(precision: str) -> None:
+    """``ValueError`` naming ``precision`` unless it is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
 @contextlib.contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
     """Allow TF32 matmuls inside the block only when ``precision == "tf32"`` (never TF32 convolutions); the global
     flags come back afterwards."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision_name(precision)
     with fp32_math(tf32_matmul=precision == "tf32"):
         yield
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from latim_captum.api import check_backend, layer_maps, trace
-from latim_captum.fast import PRECISIONS
+from latim_captum.fast import check_precision_name
 
 from ._base import TokenMapAttribution, row_as_map
 
@@ -18,8 +18,7 @@ __all__ = ["path_options", "per_layer_maps"]
 def path_options(activation: str, dtype: torch.dtype, backend: str, precision: str) -> dict[str, Any]:
     """The keyword options of a LaTIM class, ``backend`` and ``precision`` checked by name (``ValueError``)."""
     check_backend(backend)
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision_name(precision)
     return {"activation": activation, "dtype": dtype, "backend": backend, "precision": precision}
 
 
