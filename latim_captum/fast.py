@@ -418,9 +418,8 @@ def layer_maps_fast(
 def _normalise_alti(scores: Tensor, l1_rows: Tensor) -> Tensor:
     """Complete rows of clipped ALTI proximities divided by their sum; a row with none positive (degenerate) takes
     ``‖T'_i(x_j)‖_1`` (``l1_rows``) instead; rows summing to 0 stay 0."""
-    degenerate = scores.sum(-1, keepdim=True) <= 0
-    if bool(degenerate.any()):
-        scores = torch.where(degenerate, l1_rows, scores)
+    # no host branch on whether any row is degenerate: reading that back would stall the host on the GPU's queue
+    scores = torch.where(scores.sum(-1, keepdim=True) <= 0, l1_rows, scores)
     total = scores.sum(-1, keepdim=True)
     return torch.where(total > 0, scores / torch.where(total > 0, total, torch.ones_like(total)), scores)
 

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -745,12 +746,28 @@ _project_autotuned = triton.autotune(
 )(_project)
 
 
-def _causal_tile_counts(r0: int, r1: int, bi: int, bj: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per row tile of rows ``[r0, r1)``: how many column tiles hold a causal pair (those with ``j0 ≤`` its last row),
-    and where its tiles start in one sequence's part of :func:`causal_tiles`."""
-    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi), device=device)
+def _causal_tile_counts(r0: int, r1: int, bi: int, bj: int) -> tuple[Tensor, Tensor]:
+    """Per row tile of rows ``[r0, r1)`` (CPU int64): how many column tiles hold a causal pair (those with ``j0 ≤`` its
+    last row), and where its tiles start in one sequence's part of :func:`causal_tiles`."""
+    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi))
     per_row_tile = (torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1) // bj + 1
     return per_row_tile, torch.cumsum(per_row_tile, 0) - per_row_tile
+
+
+@functools.lru_cache(maxsize=64)
+def _tile_layout(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`causal_tiles` and the first tile of each row tile, on ``device``.
+
+    Built on the host and cached: on CUDA, sizing ``repeat_interleave``'s output from device counts would stall the
+    host on the GPU's queue at every launch, leaving the GPU idle while the next kernels are enqueued.
+    """
+    per_row_tile, starts = _causal_tile_counts(r0, r1, bi, bj)
+    rows = torch.repeat_interleave(torch.arange(len(per_row_tile)), per_row_tile)
+    cols = torch.arange(len(rows)) - torch.repeat_interleave(starts, per_row_tile)
+    one = torch.stack([rows, cols], 1)
+    seqs = torch.arange(bsz).repeat_interleave(len(one))
+    tiles = torch.cat([seqs[:, None], one.repeat(bsz, 1)], 1).to(torch.int32)
+    return tiles.to(device), starts.to(device)
 
 
 def causal_tiles(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.device) -> Tensor:
@@ -761,12 +778,7 @@ def causal_tiles(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.dev
         >>> causal_tiles(1, 0, 4, 2, 2, torch.device("cpu")).tolist()
         [[0, 0, 0], [0, 1, 0], [0, 1, 1]]
     """
-    per_row_tile, starts = _causal_tile_counts(r0, r1, bi, bj, device)
-    rows = torch.repeat_interleave(torch.arange(len(per_row_tile), device=device), per_row_tile)
-    cols = torch.arange(len(rows), device=device) - torch.repeat_interleave(starts, per_row_tile)
-    one = torch.stack([rows, cols], 1)
-    seqs = torch.arange(bsz, device=device).repeat_interleave(len(one))
-    return torch.cat([seqs[:, None], one.repeat(bsz, 1)], 1).to(torch.int32).contiguous()
+    return _tile_layout(bsz, r0, r1, bi, bj, torch.device(device))[0]
 
 
 def check_supported(layer: LayerTrace, measures: Sequence[str]) -> None:
@@ -1053,10 +1065,10 @@ def _alti_diagonal(layer, gated: Tensor, out_weight: Tensor, sums: Tensor, r0: i
     in float64)."""
     bsz = layer.residual.shape[0]
     device = layer.residual.device
+    tiles, first = _tile_layout(bsz, r0, r1, bi, bj, device)
     rows = torch.arange(r0, r1, device=device)
-    per_row_tile, first = _causal_tile_counts(r0, r1, bi, bj, device)
     tile = first[(rows - r0) // bi] + rows // bj  # [rows]
-    tile = tile + torch.arange(bsz, device=device)[:, None] * int(per_row_tile.sum())  # [B, rows]
+    tile = tile + torch.arange(bsz, device=device)[:, None] * (len(tiles) // bsz)  # [B, rows]
     pair = (rows - r0) % bi * bj + rows % bj
     own = (gated[tile, pair].double() @ out_weight.double().T).float() + layer.residual[:, r0:r1]  # [B, rows, D]
     y = layer.block_output[:, r0:r1]
