@@ -45,6 +45,27 @@ def relative_error(estimate: Tensor, reference: Tensor) -> float:
     return float((est - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+def _logits_error(
+    normed: Tensor, unembedding: Tensor, bias: Tensor | None, logits: Tensor, chunk_elements: int = 2**26
+) -> float:
+    """:func:`relative_error` of ``normed @ unembeddingᵀ (+ bias)`` against ``logits``, in row chunks of about
+    ``chunk_elements`` logits: never ``[B, N, V]`` recomputed or in float64 (at N = 131072 and V = 50280 one fp32
+    copy is 26 GB)."""
+    flat_normed = normed.reshape(-1, normed.shape[-1])
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    step = max(1, chunk_elements // logits.shape[-1])
+    sq_err = logits.new_zeros((), dtype=torch.float64)
+    sq_ref = logits.new_zeros((), dtype=torch.float64)
+    for start in range(0, flat_logits.shape[0], step):  # sums stay on the device: one sync at the end
+        recomputed = flat_normed[start : start + step] @ unembedding.T
+        if bias is not None:
+            recomputed = recomputed + bias
+        reference = flat_logits[start : start + step].double()
+        sq_err += (recomputed.double() - reference).square().sum()
+        sq_ref += reference.square().sum()
+    return float(sq_err.sqrt() / sq_ref.sqrt().clamp_min(1e-30))
+
+
 def verification_tolerance(model_dtype: torch.dtype) -> float:
     """Largest relative gap between our recomputation and the model's forward accepted for a model dtype.
 
@@ -266,10 +287,7 @@ class ModelAdapter(ABC):
         normed = centred * scale[..., None] * weight
         if norm_bias is not None:
             normed = normed + norm_bias
-        recomputed = normed @ readout.unembedding.T
-        if bias is not None:
-            recomputed = recomputed + bias
-        err = relative_error(recomputed, readout.logits)
+        err = _logits_error(normed, readout.unembedding, bias, readout.logits)
         if err > verification_tolerance(self.model_dtype):
             raise TraceMismatchError(
                 f"recomputed logits differ from the model's by {err:.2e} (relative); the final norm or LM head of "

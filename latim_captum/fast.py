@@ -369,13 +369,16 @@ def layer_maps_fast(
     ctx = _context(layer, activation, direct_budget, anchor_rows)
     need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     output = layer.block_output
+    workspace = triton_tile.Workspace(start, stop, block) if kernel == "triton" else None
     with torch.no_grad(), matmul_precision(precision):
         for r0 in range(start, stop, block):
             r1 = min(stop, r0 + block)
             o0, o1 = r0 - start, r1 - start  # rows of the output maps
             wu = projection[:, r0:r1] @ layer.out_weight if "logit" in measures else None  # [B, r, d]
             if kernel == "triton":  # every causal column of these rows in one launch: [5, B, r, r1] sums
-                sums = triton_tile.tile_sums(ctx, r0, r1, measures, precision=precision, wu=wu, config=kernel_config)
+                sums = triton_tile.tile_sums(
+                    ctx, r0, r1, measures, precision=precision, wu=wu, config=kernel_config, workspace=workspace
+                )
                 for m in measures:
                     if m == "alti":
                         out[m][:, o0:o1, :r1] = _normalise_alti(torch.relu(sums[3]), sums[2])

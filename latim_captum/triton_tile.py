@@ -39,8 +39,10 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -51,7 +53,9 @@ from ._precision import round_tf32
 from .ssm import d_inner_of
 from .traces import LayerTrace, Mamba1SSM
 
-__all__ = ["VARIANTS", "SUMS", "DEFAULT_CONFIG", "check_supported", "tile_sums", "launch_rows", "mamba2_mixing"]
+__all__ = [
+    "VARIANTS", "SUMS", "DEFAULT_CONFIG", "Workspace", "check_supported", "tile_sums", "launch_rows", "mamba2_mixing",
+]  # fmt: skip
 
 #: the Mamba layer variants (:attr:`LayerTrace.variant`) the kernel covers
 VARIANTS: tuple[str, ...] = ("mamba1", "mamba2")
@@ -274,7 +278,7 @@ def _pairs(i0, j0, r1, BI: tl.constexpr, BJ: tl.constexpr):
     return ip, jp, row_ok, row_ok & (jp <= ip), ip == jp
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
 def _tile_kernel(
     mix_ptr, sm_b, sm_h, sm_i, sm_s,  # [B, H, rows, r1] (Mamba-2) or [B, d, rows, ANCHOR] (Mamba-1) mixing
     left_ptr, sl_b, sl_i, sl_c, sl_r,  # Mamba-1: [B, rows, d, R] left factors
@@ -369,7 +373,7 @@ def _tile_of(tiles_ptr, t, r0, BI: tl.constexpr, BJ: tl.constexpr):
     return b, row_tile, r0 + row_tile * BI, col_tile * BJ
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
 def _gate_kernel(
     mix_ptr, sm_b, sm_h, sm_i, sm_s,  # as _tile_kernel
     left_ptr, sl_b, sl_i, sl_c, sl_r,
@@ -405,7 +409,7 @@ def _gate_kernel(
     tl.store(dest, g.to(g_ptr.dtype.element_ty), mask=_in_range(c, d_inner, EVEN_C)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
 def _project_kernel(
     g_ptr, st_t, st_p, st_c,  # [T, BI·BJ, d] gated values of _gate_kernel
     tiles_ptr,  # [T, 3] int32
@@ -450,7 +454,7 @@ def _project_kernel(
     _store_sums(out_p, so_q, keep, sum_sq, sum_abs, sum_abs, proximity, WANT_L1, WANT_L2, WANT_ALTI)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r0"])  # one binary whatever the launch's rows
 def _fold_kernel(
     lam_ptr, sl_b, sl_i, sl_c,  # [B, N, d] Λ = cumsum Δ, float64
     a_ptr, sa_c, sa_r,  # [d, R] A
@@ -500,7 +504,7 @@ def _fold_kernel(
         tl.store(dest, acc, mask=c_ok[:, None, None] & r_ok[None, :, None] & (j < cols)[None, None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
 def _band_kernel(
     lam_ptr, sl_b, sl_i, sl_c,  # [B, N, d] Λ = cumsum Δ, float64
     a_ptr, sa_c, sa_r,  # [d, R] A
@@ -582,7 +586,7 @@ _CANDIDATES = {
 }
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
 def _mix_kernel(
     c_ptr, sc_b, sc_i, sc_g, sc_n,  # C [B, N, G, S]
     b_ptr, sb_b, sb_s, sb_g, sb_n,  # B [B, N, G, S]
@@ -632,9 +636,10 @@ def _mix_kernel(
     tl.store(dest, mix, mask=i_ok[:, None] & s_ok[None, :])
 
 
-def mamba2_mixing(ctx, r0: int, r1: int) -> Tensor:
+def mamba2_mixing(ctx, r0: int, r1: int, workspace: Workspace | None = None) -> Tensor:
     """``M[b, h, i, s]`` of a Mamba-2 layer for rows ``[r0, r1)`` and sources ``[0, r1)``, ``[B, H, rows, r1]``
-    (:func:`_mix_kernel`; equal to :func:`latim_captum.fast._mamba2_head_mixing` up to rounding).
+    (:func:`_mix_kernel`; equal to :func:`latim_captum.fast._mamba2_head_mixing` up to rounding), in ``workspace``
+    when given.
 
     Example:
         >>> mixing = mamba2_mixing(ctx, 0, 128)  # doctest: +SKIP
@@ -642,7 +647,11 @@ def mamba2_mixing(ctx, r0: int, r1: int) -> Tensor:
     ssm = ctx.layer.ssm
     bsz = ssm.delta.shape[0]
     heads, groups, state = ssm.A.shape[0], ssm.B.shape[2], ssm.B.shape[3]
-    out = ssm.delta.new_empty(bsz, heads, r1 - r0, r1)
+    shape = (bsz, heads, r1 - r0, r1)
+    if workspace is None:
+        out = ssm.delta.new_empty(shape)
+    else:
+        out = workspace.take("mixing", shape, ssm.delta.dtype, ssm.delta.device, bsz * heads * workspace.most_pairs())
     bi, bs = _MIX_TILE
     grid = (triton.cdiv(r1 - r0, bi), triton.cdiv(r1, bs), bsz * heads)
     _mix_kernel[grid](
@@ -744,6 +753,51 @@ _project_autotuned = triton.autotune(
     key=["d_inner", "d_model", "WANT_L1", "WANT_L2", "WANT_ALTI", "PRECISION", "BI", "BJ"],
     prune_configs_by={"early_config_prune": _prune_project},
 )(_project)
+
+
+@dataclass
+class Workspace:
+    """Buffers reused by every launch of one layer's query rows ``[start, stop)``, ``rows`` per launch.
+
+    Each buffer is sized once, for the largest launch. Sized per launch, a buffer grows with the launch's last row;
+    the allocator, short of memory for a new block of a budget's size, then frees its cache (a device-wide sync) at
+    every launch: at N = 32768 that left the GPU idle 70 % of the time.
+
+    Example:
+        >>> ws = Workspace(0, 100, 40)
+        >>> ws.most_pairs(), ws.most_tiles(8, 16)   # the launch [40, 80) and the last one [80, 100)
+        (3200, 21)
+    """
+
+    start: int
+    stop: int
+    rows: int
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+
+    def _largest_launches(self) -> list[tuple[int, int]]:
+        """The last launch and the full one before it: every other launch has as many rows and an earlier end."""
+        last = self.start + (self.stop - self.start - 1) // self.rows * self.rows
+        return [(last, self.stop)] + ([(last - self.rows, last)] if last > self.start else [])
+
+    def most_pairs(self) -> int:
+        """Most ``rows × columns`` of one launch (columns ``[0, r1)``)."""
+        return max((r1 - r0) * r1 for r0, r1 in self._largest_launches())
+
+    def most_tiles(self, bi: int, bj: int) -> int:
+        """Most causal ``bi × bj`` tiles of one launch, per sequence."""
+        return max(int(_causal_tile_counts(r0, r1, bi, bj)[0].sum()) for r0, r1 in self._largest_launches())
+
+    def take(self, key: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device, capacity: int) -> Tensor:
+        """A contiguous ``shape`` view of buffer ``key`` (uninitialised), allocated with ``capacity`` elements
+        (or ``shape``'s, if more) the first time."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
+            self.buffers.pop(key, None)
+            buffer = None  # the old block is free before the new one is allocated
+            buffer = torch.empty(max(numel, capacity), dtype=dtype, device=device)
+            self.buffers[key] = buffer
+        return buffer[:numel].view(shape)
 
 
 def _causal_tile_counts(r0: int, r1: int, bi: int, bj: int) -> tuple[Tensor, Tensor]:
@@ -907,6 +961,7 @@ def tile_sums(
     precision: str = "highest",
     wu: Tensor | None = None,
     config: dict | None = None,
+    workspace: Workspace | None = None,
 ) -> Tensor:
     """The :data:`SUMS` of every causal pair of query rows ``[r0, r1)`` × sources ``[0, r1)``, ``[5, B, rows, r1]``.
 
@@ -925,6 +980,8 @@ def tile_sums(
             in two steps (``G`` of the causal tiles stored once, then a GEMM whose epilogue reduces ``T``), or in
             one fused kernel that rebuilds ``G`` in registers for each block of ``D`` (no buffer). The logit has no
             ``W_o`` product and is always fused.
+        workspace: buffers of the staged kernels and of Mamba-2's mixing shared by the launches of one layer
+            (:class:`Workspace`); default: allocated for this launch.
     """
     layer = ctx.layer
     bsz, _, d_model = layer.residual.shape
@@ -956,7 +1013,7 @@ def tile_sums(
         left, folded, mixing = _mamba1_factors(ctx, r0, r1, anchor_rows)
         head_dim, state = 1, layer.ssm.A.shape[-1]
     else:
-        mixing = mamba2_mixing(ctx, r0, r1)  # [B, H, rows, r1]
+        mixing = mamba2_mixing(ctx, r0, r1, workspace)  # [B, H, rows, r1]
         left, folded = sums, sums[..., None]  # not read
         head_dim, state = layer.ssm.head_dim, 0
     gate = layer.out_gate  # [B, N, d]
@@ -982,7 +1039,9 @@ def tile_sums(
         if mode == 1 and wu is None:
             raise ValueError("the logit sums need wu = W_oᵀ u_i")
         if mode == 0 and staged_w:
-            _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret)
+            _staged_sums(
+                layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret, workspace
+            )
             continue
         args = (
             *gated_args,
@@ -1003,7 +1062,9 @@ def tile_sums(
     return sums
 
 
-def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret) -> None:
+def _staged_sums(
+    layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret, workspace
+) -> None:
     """The ℓ1/ℓ2/ALTI :data:`SUMS` in two launches: ``G`` of every causal tile into a ``[T, BI·BJ, d]`` buffer
     (:func:`_gate_kernel`), then its ``W_o`` product and reductions per block of ``D`` (:func:`_project_kernel`),
     added here; ALTI's pairs ``j = i`` are redone here with the residual, from the same ``G``."""
@@ -1013,11 +1074,18 @@ def _staged_sums(layer, gated_args, sums, out_weight, r0, r1, precision, shape, 
     bi, bj = (config["BI"], config["BJ"]) if config is not None else STAGED_TILE[layer.variant]
     tiles = causal_tiles(bsz, r0, r1, bi, bj, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    gated = torch.empty(len(tiles), bi * bj, d_inner, dtype=dtype, device=device)
     n_d = _project_blocks(d_model, bi * bj, config)
+    gated_shape, blocks_shape = (len(tiles), bi * bj, d_inner), (n_d, 4, *sums.shape[1:])
+    if workspace is None:
+        gated = torch.empty(gated_shape, dtype=dtype, device=device)
+        blocks = sums.new_empty(blocks_shape)
+    else:
+        most_tiles = bsz * workspace.most_tiles(bi, bj)
+        gated = workspace.take("gated", gated_shape, dtype, device, most_tiles * bi * bj * d_inner)
+        blocks = workspace.take("blocks", blocks_shape, sums.dtype, device, n_d * 4 * bsz * workspace.most_pairs())
     # pairs j > i are never stored (0); every config stores all n_d blocks of the others, zeros past d_model, so that
     # autotuning leaves no candidate's sums behind
-    blocks = sums.new_zeros(n_d, 4, *sums.shape[1:])
+    blocks.zero_()
     gate_args = (*gated_args, tiles, gated, *gated.stride(), r0, r1, d_inner)
     project_args = (
         gated, *gated.stride(),

@@ -93,6 +93,35 @@ def test_unsupported_variant_fails_loudly_and_removes_hooks(model):
     assert _hook_count(model) == 0
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_chunked_logits_check_equals_the_whole_check(bias):
+    """The readout check streams row chunks (no [B, N, V] copy); its error is the plain relative error."""
+    from adapters.base import _logits_error, relative_error
+
+    # float64: the products of each chunk then agree with those of one product to the last bits
+    gen = torch.Generator().manual_seed(3)
+    f64 = dict(generator=gen, dtype=torch.float64)
+    normed, unembedding = torch.randn(2, 7, 8, **f64), torch.randn(11, 8, **f64)
+    head_bias = torch.randn(11, **f64) if bias else None
+    whole = normed @ unembedding.T + (head_bias if bias else 0)
+    logits = whole + 0.01 * torch.randn(whole.shape, **f64)
+    expected = relative_error(whole, logits)
+    assert expected > 1e-4
+    for chunk in (1, 11, 30, 2**26):  # one row, one row exactly, uneven chunks, everything at once
+        assert _logits_error(normed, unembedding, head_bias, logits, chunk) == pytest.approx(expected, rel=1e-12)
+
+
+def test_unsupported_lm_head_fails_loudly(model):
+    """A head whose logits we cannot reproduce (here scaled) raises instead of a silently wrong ALTI-Logit."""
+    handle = model.lm_head.register_forward_hook(lambda _m, _a, out: out * 1.5)
+    try:
+        with pytest.raises(TraceMismatchError, match="recomputed logits differ"):
+            latim_captum.interactions(model, random_ids(1, 5), method="alti_logit")
+    finally:
+        handle.remove()
+    assert _hook_count(model) == 0
+
+
 def test_hooks_removed_when_forward_raises(model):
     def boom(*_args, **_kwargs):
         raise RuntimeError("boom")

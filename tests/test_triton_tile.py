@@ -212,6 +212,49 @@ def test_triton_rows_subset_and_out(traces):
     assert _rel(out["l2"], ref["l2"]) < 1e-4
 
 
+@pytest.mark.parametrize("start,stop,rows", [(0, 100, 40), (0, 13, 13), (5, 77, 9), (0, 64, 16), (30, 31, 4)])
+def test_workspace_is_sized_for_the_largest_launch(start, stop, rows):
+    """The workspace's capacity is the maximum over the actual launches, not an estimate."""
+    from latim_captum.triton_tile import Workspace, causal_tiles
+
+    ws = Workspace(start, stop, rows)
+    launches = [(r0, min(stop, r0 + rows)) for r0 in range(start, stop, rows)]
+    assert ws.most_pairs() == max((r1 - r0) * r1 for r0, r1 in launches)
+    for bi, bj in ((8, 16), (16, 16), (4, 8)):
+        cpu = torch.device("cpu")
+        assert ws.most_tiles(bi, bj) == max(len(causal_tiles(1, r0, r1, bi, bj, cpu)) for r0, r1 in launches)
+
+
+@interpreter_only
+@pytest.mark.parametrize("key", ("mamba2_ragged", "mamba1"))
+def test_launches_share_one_workspace(traces, key, monkeypatch):
+    """Several launches per layer reuse buffers allocated once (no allocation per launch), and give the maps of one
+    launch."""
+    import latim_captum.triton_tile as tt
+
+    layer = traces[key].layers[0]
+    config, anchor = CONFIGS[0]
+    one = layer_maps_fast(layer, "silu", ("l2", "alti"), kernel="triton", kernel_config=config, anchor_rows=anchor)
+    allocations = []
+    take = tt.Workspace.take
+
+    def counting_take(self, key_, shape, dtype, device, capacity):
+        before = self.buffers.get(key_)
+        out = take(self, key_, shape, dtype, device, capacity)
+        if self.buffers[key_] is not before:
+            allocations.append(key_)
+        return out
+
+    monkeypatch.setattr(tt.Workspace, "take", counting_take)
+    several = layer_maps_fast(
+        layer, "silu", ("l2", "alti"), kernel="triton", kernel_config=config, anchor_rows=anchor, block=anchor
+    )  # fmt: skip
+    expected = ["gated", "blocks"] + (["mixing"] if key.startswith("mamba2") else [])
+    assert sorted(allocations) == sorted(expected)  # once each, for 2 launches of 8 rows (N = 13)
+    for m in ("l2", "alti"):
+        assert _rel(several[m], one[m]) < 1e-6, m
+
+
 @interpreter_only
 @pytest.mark.parametrize("key", KEYS)
 def test_triton_reduced_precision_is_the_emulated_arithmetic(traces, key):
