@@ -96,7 +96,7 @@ def test_unsupported_variant_fails_loudly_and_removes_hooks(model):
 @pytest.mark.parametrize("bias", [False, True])
 def test_chunked_logits_check_equals_the_whole_check(bias):
     """The readout check streams row chunks (no [B, N, V] copy); its error is the plain relative error."""
-    from adapters.base import _logits_error, relative_error
+    from latim_captum.adapters.base import _logits_error, relative_error
 
     # float64: the products of each chunk then agree with those of one product to the last bits
     gen = torch.Generator().manual_seed(3)
