@@ -35,6 +35,11 @@ import torch
 __all__ = ["main", "build_model", "matmul_peak"]
 
 
+#: model kinds (random weights with the shapes of mamba-130m / mamba2-130m) and dtypes the benchmark builds
+MODELS: tuple[str, ...] = ("mamba1", "mamba2")
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def build_model(
     kind: str, quick: bool, dtype: torch.dtype, device: torch.device, n_layers: int | None = None
 ) -> torch.nn.Module:
@@ -42,6 +47,8 @@ def build_model(
     the widths with fewer (or more) layers."""
     from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODELS)}")
     torch.manual_seed(0)
     layers, hidden, vocab = (2, 64, 256) if quick else (24, 768, 50280)
     layers = n_layers or layers
@@ -189,7 +196,8 @@ def run(args: argparse.Namespace) -> dict:
     quick = args.quick
     lengths = _lengths(args.lengths, [16, 24] if quick else [512, 2048, 4096, 8192, 16384])
     single_lengths = _lengths(args.single_lengths, [16] if quick else [2048, 8192, 32768])
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    models = _choices(args.models, MODELS, "--models")
+    dtypes = {name: DTYPES[name] for name in _choices(args.dtypes, tuple(DTYPES), "--dtypes")}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results: dict = {"device": str(device), "gpu": gpu, "kernel": args.kernel,
                      "floor": "2 * N(N+1)/2 * d_inner * d_model FLOPs per layer (W_o projection of every causal pair)",
@@ -200,7 +208,7 @@ def run(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     total_budget = args.total_budget if args.total_budget is not None else (80.0 if quick else 450.0)
     deadline = t_start + total_budget
-    combos = [(k, dn) for k in args.models.split(",") for dn in args.dtypes.split(",")]
+    combos = [(k, dn) for k in models for dn in dtypes]
     results["total_budget_s"] = total_budget
     results["warmup_s"] = {}
     for combo_idx, (kind, dname) in enumerate(combos):
@@ -310,10 +318,27 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _lengths(spec: str | None, default: list[int]) -> list[int]:
-    """Comma-separated lengths, ``"none"`` for none, or ``default``."""
+    """Comma-separated lengths, ``"none"`` for none, or ``default``; ``ValueError`` naming a bad one."""
     if not spec:
         return default
-    return [] if spec.strip().lower() == "none" else [int(x) for x in spec.split(",")]
+    if spec.strip().lower() == "none":
+        return []
+    try:
+        lengths = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"lengths must be comma-separated integers or 'none', got {spec!r}") from None
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"lengths must be ≥ 1, got {spec!r}")
+    return lengths
+
+
+def _choices(spec: str, allowed: Sequence[str], option: str) -> list[str]:
+    """The comma-separated names of ``spec``, each one of ``allowed`` (else a ``ValueError`` naming it)."""
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    unknown = [x for x in names if x not in allowed]
+    if unknown or not names:
+        raise ValueError(f"{option}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(allowed)}")
+    return names
 
 
 def _triton_variants() -> tuple[str, ...]:
@@ -356,6 +381,12 @@ def to_markdown(results: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latim bench speed", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options on ``parser`` (this module's own parser, and ``latim bench speed``'s)."""
     parser.add_argument("--quick", action="store_true", help="tiny models and lengths (CPU, < 1 minute)")
     parser.add_argument("--out", required=True, help="output directory for speed.json and speed.md")
     parser.add_argument("--device", default=None)
@@ -376,12 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--total-budget", type=float, default=None,
         help="seconds for the whole run, split equally between (model, dtype) pairs (default 80 quick, 450 full)",
     )  # fmt: skip
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write ``speed.json`` and ``speed.md`` to ``--out``."""
-    args = build_parser().parse_args(argv)
+    return run_and_save(build_parser().parse_args(argv))
+
+
+def run_and_save(args: argparse.Namespace) -> int:
+    """Run the benchmark of parsed ``args``, write ``speed.json`` and ``speed.md`` to ``args.out``, print the table."""
     results = run(args)
     _save(results, args.out)
     print(to_markdown(results))

@@ -4,6 +4,8 @@
 - ``latim attribute``: one method's map for a text on any supported model (embedded name, local folder, hub name).
 - ``latim error-report``: decomposition error per layer and activation strategy (paper Table 5 metric).
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
+- ``latim bench speed``: speed and memory of the fast path against ``_ref``, LIG-50 and a forward pass
+  (:mod:`latim_captum.bench_speed`, also ``benchmarks/speed.py``).
 
 Every command has ``--help``; bad arguments, missing files and unsupported models end with one ``latim: error:``
 line and exit status 2.
@@ -344,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     copying.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
     copying.add_argument("--quiet", action="store_true", help="no progress bars")
     copying.set_defaults(func=cmd_bench_copying)
+
+    from . import bench_speed
+
+    speed = bench_sub.add_parser(
+        "speed", help="speed and memory of the fast path vs _ref, LIG-50 and a forward pass (--quick: CPU, < 1 min)"
+    )
+    bench_speed.add_arguments(speed)
+    speed.set_defaults(func=bench_speed.run_and_save)
     return parser
 
 

@@ -888,14 +888,22 @@ def launch_rows(
     precision: str = "highest",
 ) -> int:
     """Query rows per launch whose mixing, factors, sums and staged buffers (:func:`_staged_row_bytes`) fit
-    ``budget_bytes`` and int32 offsets (Mamba-1: a multiple of ``anchor_rows`` when more
-    than one anchor fits)."""
+    ``budget_bytes`` and int32 offsets (Mamba-1: a multiple of ``anchor_rows`` when more than one anchor fits;
+    Mamba-2: a multiple of the staged row tile when more than one tile fits).
+
+    Example:
+        >>> launch_rows(layer, 2**30)  # doctest: +SKIP
+        96
+    """
     n = layer.residual.shape[1]
     largest, total = _row_elements(layer, anchor_rows)
     row_bytes = total * layer.residual.element_size() + _staged_row_bytes(layer, measures, precision)
     rows = max(1, min(n, budget_bytes // row_bytes, _MAX_ELEMENTS // largest))
-    if isinstance(layer.ssm, Mamba1SSM) and rows < n:
-        rows = max(anchor_rows, rows - rows % anchor_rows)
+    mamba1 = isinstance(layer.ssm, Mamba1SSM)
+    # Mamba-2: a partial last row tile computes its masked rows all the same (26 rows in tiles of 8 waste 6 of 32)
+    step = anchor_rows if mamba1 else STAGED_TILE[layer.variant][0]
+    if rows < n and (mamba1 or rows >= step):
+        rows = max(step, rows - rows % step)
     return rows
 
 

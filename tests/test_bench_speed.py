@@ -49,3 +49,19 @@ def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     calls.clear()
     bench_speed._warm_up(build("mamba2", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
     assert calls == [(measures, None) for measures in measure_sets]
+
+
+def test_latim_bench_speed_command(tmp_path, capsys):
+    """``latim bench speed`` takes the benchmark's options, writes both reports and prints the table."""
+    from latim_captum import cli
+
+    out = tmp_path / "speed"
+    quick = ["bench", "speed", "--quick", "--device", "cpu", "--models", "mamba2", "--dtypes", "fp32"]
+    assert cli.main([*quick, "--out", str(out)]) == 0
+    saved = json.loads((out / "speed.json").read_text())
+    assert {p["model"] for p in saved["points"]} == {"mamba2"} and saved["single_query"]
+    assert "| model | dtype | N | method |" in capsys.readouterr().out
+    bad_options = ((["--models", "mamba3"], "mamba3"), (["--dtypes", "fp16"], "fp16"), (["--lengths", "2k"], "2k"))
+    for bad, named in bad_options:
+        assert cli.main(["bench", "speed", "--out", str(out), *bad]) == 2
+        assert "latim: error:" in (err := capsys.readouterr().err) and named in err

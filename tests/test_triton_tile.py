@@ -225,6 +225,33 @@ def test_workspace_is_sized_for_the_largest_launch(start, stop, rows):
         assert ws.most_tiles(bi, bj) == max(len(causal_tiles(1, r0, r1, bi, bj, cpu)) for r0, r1 in launches)
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_launch_rows_fit_the_budget_in_whole_row_tiles(traces, key):
+    """Rows per launch fit the budget and, when a launch has fewer rows than the layer, fill whole row tiles
+    (Mamba-2's staged tile rows; Mamba-1's anchors); more budget never gives fewer rows."""
+    from latim_captum.triton_tile import STAGED_TILE, _row_elements, _staged_row_bytes, launch_rows
+
+    layer = traces[key].layers[0]
+    n = layer.residual.shape[1]
+    anchor = 4
+    mamba1 = key.startswith("mamba1")
+    step = anchor if mamba1 else STAGED_TILE["mamba2"][0]
+    row_bytes = _row_elements(layer, anchor)[1] * 4 + _staged_row_bytes(layer, ("l2", "alti"), "tf32")
+    previous = 0
+    for budget_rows in range(1, n + 2):
+        rows = launch_rows(layer, budget_rows * row_bytes, anchor, ("l2", "alti"), "tf32")
+        assert rows >= previous
+        previous = rows
+        if budget_rows >= n:
+            assert rows == n
+        elif budget_rows >= step:
+            assert rows % step == 0 and rows <= budget_rows and rows > budget_rows - step
+        elif mamba1:
+            assert rows == anchor  # an anchor is the smallest launch
+        else:
+            assert rows == budget_rows
+
+
 @interpreter_only
 @pytest.mark.parametrize("key", ("mamba2_ragged", "mamba1"))
 def test_launches_share_one_workspace(traces, key, monkeypatch):
