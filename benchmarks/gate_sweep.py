@@ -44,8 +44,9 @@ def _fill_ms(numel: int, dtype: torch.dtype) -> float:
     return _bench(lambda: buffer.fill_(1.0))
 
 
-def sweep_point(layer, rows: int, precision: str, candidates) -> dict:
-    """Every candidate's gate time for one launch of the last ``rows`` rows, the fill floor and the whole launch."""
+def sweep_point(layer, rows: int, precision: str, candidates, channels_contiguous: bool = False) -> dict:
+    """Every candidate's gate time for one launch of the last ``rows`` rows, the fill floor and the whole launch;
+    ``channels_contiguous``: the tap shares' layout (``latim_captum.triton_tile.SHARES_CHANNELS_CONTIGUOUS``)."""
     import triton
 
     from latim_captum import triton_tile
@@ -58,10 +59,13 @@ def sweep_point(layer, rows: int, precision: str, candidates) -> dict:
         raise ValueError(f"Mamba-1 rows per launch must be a multiple of {bi}, got {rows}")
     sweep = triton.autotune(
         configs=[triton.Config({"BC": bc}, num_warps=warps) for bc, warps in candidates],
-        key=["d_inner", "K", "HEAD_DIM", "STATE", "ANCHOR", "PRECISION", "BI", "BJ"],
-        cache_results=False,  # every candidate timed in this run
+        # the launch's rows in the key: Triton's disk cache of autotuning (TRITON_CACHE_AUTOTUNING) would otherwise
+        # return the timings of another point
+        key=["d_inner", "K", "HEAD_DIM", "STATE", "ANCHOR", "PRECISION", "BI", "BJ", "r0", "r1", "ss_c"],
+        cache_results=False,
     )(triton_tile._gate)
     kept, triton_tile._gate_autotuned = triton_tile._gate_autotuned, sweep
+    kept_layout, triton_tile.SHARES_CHANNELS_CONTIGUOUS = triton_tile.SHARES_CHANNELS_CONTIGUOUS, channels_contiguous
     try:
         anchor = rows if layer.variant == "mamba1" and rows < 128 else None
         layer_maps_fast(
@@ -84,15 +88,19 @@ def sweep_point(layer, rows: int, precision: str, candidates) -> dict:
         for cfg, t in measured.items()
     }
     best = min(timings, key=timings.get)
-    # the whole launch with the shipped gate candidates (mixing + gate + project + sums), same timer
-    launch_ms = _bench(
-        lambda: layer_maps_fast(
-            layer, "silu", ("l2",), precision=precision, kernel="triton", rows=(n - rows, n), block=rows,
-            anchor_rows=anchor,
-        )
-    )  # fmt: skip
+    # the whole launch with the shipped gate candidates (mixing + gate + project + sums), same timer and layout
+    try:
+        launch_ms = _bench(
+            lambda: layer_maps_fast(
+                layer, "silu", ("l2",), precision=precision, kernel="triton", rows=(n - rows, n), block=rows,
+                anchor_rows=anchor,
+            )
+        )  # fmt: skip
+    finally:
+        triton_tile.SHARES_CHANNELS_CONTIGUOUS = kept_layout
     return {
-        "variant": layer.variant, "N": n, "rows": rows, "precision": precision, "g_gib": g_bytes / 2**30,
+        "variant": layer.variant, "N": n, "rows": rows, "precision": precision,
+        "shares": "channels" if channels_contiguous else "sequence", "g_gib": g_bytes / 2**30,
         "fill_ms": fill_ms, "fill_tb_s": g_bytes / fill_ms / 1e9,
         "candidates": {f"BC={bc},warps={w}": ms for (bc, w), ms in sorted(timings.items())},
         "best": f"BC={best[0]},warps={best[1]}", "best_ms": timings[best],
@@ -105,20 +113,20 @@ def to_markdown(results: list[dict], gpu: str) -> str:
     lines = [
         f"# `_gate_kernel` against the write bandwidth ({gpu})",
         "",
-        "| model | N | rows | precision | G GiB | fill ms (TB/s) | best config | gate ms (TB/s) | fill / gate | "
-        "whole launch ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | N | rows | precision | shares contiguous along | G GiB | fill ms (TB/s) | best config | "
+        "gate ms (TB/s) | fill / gate | whole launch ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['variant']} | {r['N']} | {r['rows']} | {r['precision']} | {r['g_gib']:.2f} | "
+            f"| {r['variant']} | {r['N']} | {r['rows']} | {r['precision']} | {r['shares']} | {r['g_gib']:.2f} | "
             f"{r['fill_ms']:.2f} ({r['fill_tb_s']:.2f}) | {r['best']} | {r['best_ms']:.2f} ({r['best_tb_s']:.2f}) | "
             f"{r['best_vs_fill']:.2f} | {r['launch_ms']:.2f} |"
         )
     lines += ["", "Every candidate (ms):", ""]
     for r in results:
         cells = ", ".join(f"{k}: {v:.2f}" for k, v in r["candidates"].items())
-        lines.append(f"* {r['variant']} N={r['N']} rows={r['rows']} {r['precision']}: {cells}")
+        lines.append(f"* {r['variant']} N={r['N']} rows={r['rows']} {r['precision']} {r['shares']}: {cells}")
     return "\n".join(lines)
 
 
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="mamba2,mamba1")
     parser.add_argument("--precisions", default="tf32,bf16")
     parser.add_argument("--points", default="2048:2048,32768:24", help="comma-separated N:rows")
+    parser.add_argument("--shares", default="sequence,channels", help="memory layouts of the tap shares to time")
+    parser.add_argument("--candidates", default=None, help="BC:num_warps,... (default: all of CANDIDATES)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -136,23 +146,27 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda")
     gpu = torch.cuda.get_device_name(device)
+    candidates = CANDIDATES
+    if args.candidates:
+        candidates = tuple(tuple(int(v) for v in c.split(":")) for c in args.candidates.split(","))
     results = []
     for variant in args.models.split(","):
         model = build_model(variant, False, torch.float32, device, n_layers=1)
         for point in args.points.split(","):
             n, rows = (int(v) for v in point.split(":"))
-            if variant == "mamba1":
-                rows = max(16, rows - rows % 16)
+            if variant == "mamba1":  # whole anchors, and few enough rows for int32 offsets of the folded factors
+                rows = max(16, min(rows, 512) // 16 * 16)
             ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
             layer = lc.trace(model, ids).layers[0]
             for precision in args.precisions.split(","):
-                try:
-                    result = sweep_point(layer, rows, precision, CANDIDATES)
-                except Exception as err:  # one point's failure (a candidate that does not compile) ends no run
-                    print(f"{variant} {point} {precision}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-                    continue
-                print(json.dumps(result), flush=True)
-                results.append(result)
+                for layout in args.shares.split(","):
+                    try:
+                        result = sweep_point(layer, rows, precision, candidates, layout == "channels")
+                    except Exception as err:  # one point's failure (a candidate that does not compile) ends no run
+                        print(f"{variant} {point} {precision} {layout}: {type(err).__name__}: {err}", file=sys.stderr)
+                        continue
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
             del layer
             torch.cuda.empty_cache()
     report = to_markdown(results, gpu)

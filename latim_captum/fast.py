@@ -143,8 +143,15 @@ def default_anchor_rows(n: int) -> int:
     return int(min(128, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n / 2)))))))
 
 
-def _context(layer: LayerTrace, activation: str, direct_budget: int, anchor_rows: int) -> _LayerContext:
-    shares = tap_contributions(layer, activation).transpose(-1, -2).contiguous()  # [K, B, d, N]
+def _context(
+    layer: LayerTrace, activation: str, direct_budget: int, anchor_rows: int, channels_contiguous: bool = False
+) -> _LayerContext:
+    """The layer's tensors for the tiles; the tap shares are ``[K, B, d, N]`` with the sequence contiguous in memory
+    (the PyTorch tiles' slices), or the channels (``channels_contiguous``: a view of ``[K, B, N, d]``, the layout of
+    ``G``'s rows that the Triton kernels write)."""
+    shares = tap_contributions(layer, activation).transpose(-1, -2)  # [K, B, d, N]
+    if not channels_contiguous:
+        shares = shares.contiguous()
     lam = torch.cumsum(layer.ssm.delta.to(torch.float64), dim=1)
     return _LayerContext(
         layer=layer,
@@ -366,7 +373,8 @@ def layer_maps_fast(
     dtype = layer.residual.dtype
     d = d_inner_of(layer.ssm)
     direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
-    ctx = _context(layer, activation, direct_budget, anchor_rows)
+    channels_contiguous = kernel == "triton" and triton_tile.SHARES_CHANNELS_CONTIGUOUS
+    ctx = _context(layer, activation, direct_budget, anchor_rows, channels_contiguous)
     need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     output = layer.block_output
     workspace = triton_tile.Workspace(start, stop, block) if kernel == "triton" else None

@@ -64,6 +64,9 @@ SUMS: tuple[str, ...] = ("sum_sq", "sum_abs", "sum_abs_res", "proximity", "logit
 #: block sizes used without autotuning (the interpreter)
 DEFAULT_CONFIG = {"BI": 16, "BJ": 16, "BC": 32, "BD": 64, "num_warps": 4, "num_stages": 2}
 _PRECISION = {"highest": 0, "tf32": 1, "bf16": 2}
+#: the tap shares in memory with the channels contiguous (``[K, B, N, d]``, as ``G``'s rows and the gate), not the
+#: sequence (the kernels take any strides)
+SHARES_CHANNELS_CONTIGUOUS = False
 #: rows × sources of one program of :func:`_mix_kernel` (tl.dot needs ≥ 16 on each side; 8 warps: no spills at
 #: mamba2-130m's state 128 with sm_90's ptxas)
 _MIX_TILE = (64, 64)
