@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every CUDA check of the repo in one call on a bare CUDA machine (see gpu_env.sh), logs under $OUT (or ./gpu-out).
-# Usage from the repository root: bash benchmarks/gpu_checks.sh [tests|bench|all|triton] [seconds for the benchmark]
+# Usage from the repository root: bash benchmarks/gpu_checks.sh [tests|bench|all|triton|cuda-tests] [seconds for the
+# benchmark] (cuda-tests: every CUDA test, in parallel processes)
 # (triton: the Triton kernels' CUDA test, one layer by path (benchmarks/kernel_paths.py), then the benchmark of
 #  kernel='triton' only)
 #   bash benchmarks/gpu_checks.sh train mamba1|mamba2        5,000-step copy model as $OUT/copy-<v>-paper.tar.part*
@@ -25,6 +26,30 @@ if [ "$what" = copying ]; then
   python3 benchmarks/copying.py --variant "$2" --scale paper --device cuda --model "$3" --out "$out/copy" --quiet \
     > "$out/copy_$2.log" 2>&1
   echo "copying $2 rc=$?"; head -25 "$out/copy/copying-$2-paper.md" 2>/dev/null
+  exit 0
+fi
+if [ "$what" = cuda-tests ]; then
+  # every CUDA test at once, in parallel processes (one GPU has room for all: ~3 min instead of ~12 in turn); one
+  # summary line per selection, then every log in one file ($out/cuda-tests.txt)
+  i=0
+  for sel in real_widths single_query "reference and mamba1 and not ragged" "reference and mamba1_ragged" \
+      "reference and mamba2 and not ragged" "reference and mamba2_ragged" \
+      "not real_widths and not single_query and not reference"; do
+    (timeout "${TEST_S:-420}" python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda \
+      tests/test_triton_tile.py -k "$sel" > "$out/t$i.log" 2>&1
+     echo "test_triton_tile -k '$sel' rc=$? $(tail -1 "$out/t$i.log")" > "$out/t$i.rc") &
+    i=$((i + 1))
+  done
+  for f in tests/test_fast_cuda.py tests/test_captum_attr.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py; do
+    (timeout "${TEST_S:-420}" python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda "$f" \
+      > "$out/t$i.log" 2>&1
+     echo "$(basename "$f") rc=$? $(tail -1 "$out/t$i.log")" > "$out/t$i.rc") &
+    i=$((i + 1))
+  done
+  wait
+  cat "$out"/t*.rc | tee "$out/cuda-tests.txt"
+  for log in "$out"/t*.log; do echo "=== $log"; cat "$log"; done >> "$out/cuda-tests.txt"
+  rm -f "$out"/t*.log "$out"/t*.rc
   exit 0
 fi
 if [ "$what" = triton ]; then

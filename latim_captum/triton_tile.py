@@ -65,8 +65,9 @@ SUMS: tuple[str, ...] = ("sum_sq", "sum_abs", "sum_abs_res", "proximity", "logit
 DEFAULT_CONFIG = {"BI": 16, "BJ": 16, "BC": 32, "BD": 64, "num_warps": 4, "num_stages": 2}
 _PRECISION = {"highest": 0, "tf32": 1, "bf16": 2}
 #: the tap shares in memory with the channels contiguous (``[K, B, N, d]``, as ``G``'s rows and the gate), not the
-#: sequence (the kernels take any strides)
-SHARES_CHANNELS_CONTIGUOUS = False
+#: sequence (the kernels take any strides): on the H100, Mamba-2's step 1 5.70 against 6.36 ms (TF32) and 5.30
+#: against 6.04 ms (bf16) at N = 2048 (benchmarks/gate_sweep.py); Mamba-1's the same
+SHARES_CHANNELS_CONTIGUOUS = True
 #: rows × sources of one program of :func:`_mix_kernel` (tl.dot needs ≥ 16 on each side; 8 warps: no spills at
 #: mamba2-130m's state 128 with sm_90's ptxas)
 _MIX_TILE = (64, 64)
@@ -724,7 +725,7 @@ STAGED_TILE: dict[str, tuple[int, int]] = {"mamba2": (8, 16), "mamba1": (16, 16)
 #: staged step 1 (gated values): (BC, num_warps); step 2 (GEMM + sums): (BK, BD, num_warps, num_stages) per pairs
 #: per tile. None spills for sm_90 with 128 pairs and BD = 128; the BD = 256 ones spill a little with ALTI's
 #: epilogue, none without; 256 pairs keep the accumulator at 32K elements or less
-_GATE_CANDIDATES = ((16, 4), (32, 4), (32, 8), (64, 8))
+_GATE_CANDIDATES = ((16, 4), (32, 4), (32, 8), (64, 4))
 _PROJECT_CANDIDATES = {
     128: ((32, 128, 8, 3), (32, 128, 8, 4), (64, 128, 8, 3), (32, 256, 8, 3), (16, 256, 8, 4)),
     256: ((32, 64, 8, 3), (32, 128, 8, 3), (16, 128, 8, 4), (64, 64, 8, 2)),
