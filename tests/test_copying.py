@@ -195,3 +195,21 @@ def test_embedded_models_copy(name):
     assert not model.training and next(model.parameters()).dtype == torch.float32
     text = task.encode_text(fresh[:1])[0]
     assert tok(text).input_ids == fresh[0].tolist()
+
+
+def test_mamba2_widths_that_causal_conv1d_refuses_are_named():
+    """HF Mamba-2 with causal-conv1d on CUDA needs the in-projection width to be a multiple of 8: such a model is
+    refused before training, with the width in the message; the presets pass."""
+    from latim_captum.copying.train import PRESETS, _check_conv_kernel_layout, build_model
+
+    small = build_model("mamba2", layers=1, d_model=128, state=128, vocab=32, head_dim=64)  # 2·256 + 256 + 4 = 772
+    with pytest.raises(ValueError, match="772"):
+        _check_conv_kernel_layout(small)
+    _check_conv_kernel_layout(build_model("mamba2", layers=1, d_model=256, state=128, vocab=32, head_dim=64))
+    for scale in ("tiny", "paper"):
+        preset = {"head_dim": 64, **PRESETS[scale]["mamba2"]}
+        _check_conv_kernel_layout(
+            build_model("mamba2", layers=1, d_model=preset["d_model"], state=preset["state"], vocab=32,
+                        head_dim=preset["head_dim"])
+        )  # fmt: skip
+    _check_conv_kernel_layout(build_model("mamba1", layers=1, d_model=100, state=16, vocab=32))  # not Mamba-2

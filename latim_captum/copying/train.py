@@ -82,6 +82,25 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+def _check_conv_kernel_layout(model: torch.nn.Module) -> None:
+    """``ValueError`` before training when HF Mamba-2's evaluation path would fail in causal-conv1d's CUDA kernel.
+
+    With causal-conv1d installed, HF's Mamba-2 forward outside training hands the kernel a view of the in-projection
+    ``[2·d_inner + 2·groups·state + heads]`` whose width must be a multiple of 8 (e.g. d_model 128 with head_dim 64:
+    772 is not), and the kernel raises only at the first evaluation, after the first training steps."""
+    cfg = model.config
+    if getattr(cfg, "model_type", "") != "mamba2":
+        return
+    d_inner = cfg.expand * cfg.hidden_size
+    width = 2 * d_inner + 2 * cfg.n_groups * cfg.state_size + cfg.num_heads
+    if width % 8:
+        raise ValueError(
+            f"Mamba-2 on CUDA: the in-projection width 2·d_inner + 2·groups·state + heads = {width} must be a "
+            f"multiple of 8 for causal-conv1d (d_model {cfg.hidden_size}, state {cfg.state_size}, {cfg.num_heads} "
+            "heads); choose d_model and head_dim to make it one (e.g. a multiple of 8 heads)"
+        )
+
+
 def build_model(
     variant: str, *, layers: int, d_model: int, state: int, vocab: int, head_dim: int = 64, length: int = 50
 ) -> nn.Module:
@@ -187,6 +206,8 @@ def train(args: argparse.Namespace) -> dict:
         head_dim=args.head_dim,
         length=args.length,
     )
+    if device.type == "cuda":
+        _check_conv_kernel_layout(model)
     if args.mimetic_layers:
         mimetic_init_(model, args.mimetic_layers, a_scale=args.mimetic_a_scale)
     model.to(device).train()
