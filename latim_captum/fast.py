@@ -56,6 +56,8 @@ PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
 #: implementations of the tiles: PyTorch ops, or the Triton kernels of :mod:`latim_captum.triton_tile`
 KERNELS: tuple[str, ...] = ("torch", "triton")
 MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
+#: measures of the W_o product: the staged Triton launches (the logit is fused)
+_STAGED: tuple[str, ...] = ("l1", "l2", "alti")
 #: bytes a tile may use when the device cannot report its free memory (CPU)
 DEFAULT_TILE_BYTES = 256 * 2**20
 
@@ -131,6 +133,9 @@ class _LayerContext:
     skip: Tensor  # [d]
     direct_budget: int  # elements for the Mamba-1 diagonal sub-blocks
     anchor_rows: int  # Mamba-1 rows sharing one factorisation anchor
+    # the tap shares with the channels contiguous in memory (a [K, B, d, N] view) for the Triton staged step 1 and
+    # Mamba-1's fold; None: those read ``shares``
+    staged_shares: Tensor | None = None
 
     @property
     def mamba1(self) -> bool:
@@ -144,14 +149,21 @@ def default_anchor_rows(n: int) -> int:
 
 
 def _context(
-    layer: LayerTrace, activation: str, direct_budget: int, anchor_rows: int, channels_contiguous: bool = False
+    layer: LayerTrace,
+    activation: str,
+    direct_budget: int,
+    anchor_rows: int,
+    *,
+    sequence_contiguous: bool = True,
+    staged_channels: bool = False,
 ) -> _LayerContext:
-    """The layer's tensors for the tiles; the tap shares are ``[K, B, d, N]`` with the sequence contiguous in memory
-    (the PyTorch tiles' slices), or the channels (``channels_contiguous``: a view of ``[K, B, N, d]``, the layout of
-    ``G``'s rows that the Triton kernels write)."""
-    shares = tap_contributions(layer, activation).transpose(-1, -2)  # [K, B, d, N]
-    if not channels_contiguous:
-        shares = shares.contiguous()
+    """The layer's tensors for the tiles. The tap shares ``[K, B, d, N]`` are held with the sequence contiguous in
+    memory (``shares``: the PyTorch tiles' slices and the fused Triton kernel's loads) and/or, with
+    ``staged_channels``, with the channels contiguous (``staged_shares``, a view of ``[K, B, N, d]``: the layout of
+    ``G``'s rows that the staged step 1 writes). Each layout costs ``K·B·N·d`` values, so only those the launches
+    read are made; without ``sequence_contiguous``, ``shares`` is the channel-contiguous view."""
+    tap = tap_contributions(layer, activation).transpose(-1, -2)  # [K, B, d, N], channels contiguous
+    shares = tap.contiguous() if sequence_contiguous else tap
     lam = torch.cumsum(layer.ssm.delta.to(torch.float64), dim=1)
     return _LayerContext(
         layer=layer,
@@ -161,6 +173,7 @@ def _context(
         skip=layer.skip,
         direct_budget=direct_budget,
         anchor_rows=anchor_rows,
+        staged_shares=tap if staged_channels else None,
     )
 
 
@@ -373,8 +386,14 @@ def layer_maps_fast(
     dtype = layer.residual.dtype
     d = d_inner_of(layer.ssm)
     direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
-    channels_contiguous = kernel == "triton" and triton_tile.SHARES_CHANNELS_CONTIGUOUS
-    ctx = _context(layer, activation, direct_budget, anchor_rows, channels_contiguous)
+    # Triton: the staged step 1 reads the shares channel-contiguous, the fused kernel (the logit; everything when not
+    # staged) sequence-contiguous: on the H100 each is markedly slower in the other's layout
+    staged = kernel == "triton" and (kernel_config or {}).get("staged", True)
+    staged_channels = staged and triton_tile.SHARES_CHANNELS_CONTIGUOUS and any(m in _STAGED for m in measures)
+    fused = kernel != "triton" or "logit" in measures or not staged_channels
+    ctx = _context(
+        layer, activation, direct_budget, anchor_rows, sequence_contiguous=fused, staged_channels=staged_channels
+    )
     need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     output = layer.block_output
     workspace = triton_tile.Workspace(start, stop, block) if kernel == "triton" else None

@@ -923,6 +923,7 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
     bsz, _, d = ssm.delta.shape
     state = ssm.A.shape[-1]
     dtype = ssm.delta.dtype
+    staged_shares = ctx.staged_shares if ctx.staged_shares is not None else ctx.shares
     anchors = list(range(r0, r1, anchor_rows))
     rows = torch.arange(r0, r1, device=ssm.delta.device)
     anchor_of_row = r0 + (rows - r0) // anchor_rows * anchor_rows
@@ -938,7 +939,7 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
             ssm.A, *ssm.A.stride(),
             ssm.B, *ssm.B.stride(),
             ssm.delta, *ssm.delta.stride(),
-            ctx.shares, *ctx.shares.stride(),
+            staged_shares, *staged_shares.stride(),
             folded, *folded.stride(),
             r0, anchor_rows, d, bsz, cols,
             K=ctx.shares.shape[0], STATE=state, STATE_P=_state_padded(state), BC=block_c, BJ=block_j,
@@ -1038,25 +1039,40 @@ def tile_sums(
     u = wu if wu is not None else sums[0]  # not read without the logit
     want = dict(WANT_L1="l1" in measures, WANT_L2="l2" in measures, WANT_ALTI="alti" in measures)
     shape = dict(K=ctx.shares.shape[0], HEAD_DIM=head_dim, STATE=state, ANCHOR=anchor_rows)
-    gated_args = (
-        mixing, *mixing.stride(),
-        left, *left.stride(),
-        folded, *folded.stride(),
-        ctx.shares, *ctx.shares.stride(),
-        gate, *gate.stride(),
-        ctx.skip,
-    )  # fmt: skip
+    staged_shares = ctx.staged_shares if ctx.staged_shares is not None else ctx.shares
+
+    def gated_args(shares: Tensor) -> tuple:
+        return (
+            mixing, *mixing.stride(),
+            left, *left.stride(),
+            folded, *folded.stride(),
+            shares, *shares.stride(),
+            gate, *gate.stride(),
+            ctx.skip,
+        )  # fmt: skip
+
     modes = ([0] if any(want.values()) else []) + ([1] if "logit" in measures else [])
     for mode in modes:
         if mode == 1 and wu is None:
             raise ValueError("the logit sums need wu = W_oᵀ u_i")
         if mode == 0 and staged_w:
             _staged_sums(
-                layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret, workspace
+                layer,
+                gated_args(staged_shares),
+                sums,
+                out_weight,
+                r0,
+                r1,
+                precision,
+                shape,
+                want,
+                config,
+                interpret,
+                workspace,
             )
             continue
         args = (
-            *gated_args,
+            *gated_args(ctx.shares),
             out_weight, *out_weight.stride(),
             y, *y.stride(),
             x, *x.stride(),

@@ -455,6 +455,43 @@ def test_triton_on_cuda_matches_reference(key):
     assert not failures, "\n".join(failures)
 
 
+def test_context_holds_the_share_layouts_the_launches_read(traces):
+    """The staged step 1 reads the tap shares channel-contiguous, the fused kernel and the PyTorch tiles
+    sequence-contiguous; each layout is made only when asked for, and both hold the same values."""
+    from latim_captum.decompose import tap_contributions
+    from latim_captum.fast import _context
+
+    layer = traces["mamba2"].layers[0]
+    expected = tap_contributions(layer, "silu").transpose(-1, -2)  # [K, B, d, N]
+    both = _context(layer, "silu", 1 << 20, 16, sequence_contiguous=True, staged_channels=True)
+    assert both.shares.stride(-1) == 1 and both.staged_shares.stride(-2) == 1
+    assert torch.equal(both.shares, expected) and torch.equal(both.staged_shares, expected)
+    staged_only = _context(layer, "silu", 1 << 20, 16, sequence_contiguous=False, staged_channels=True)
+    assert staged_only.shares.stride(-2) == 1 and staged_only.staged_shares is staged_only.shares
+    assert _context(layer, "silu", 1 << 20, 16).staged_shares is None
+
+
+@interpreter_only
+@pytest.mark.parametrize("key", ("mamba2_ragged", "mamba1"))
+def test_triton_maps_do_not_depend_on_the_share_layout(traces, key, monkeypatch):
+    """The kernels take any strides: the maps with channel-contiguous shares for step 1 are those with the
+    sequence-contiguous ones, for the staged measures alone and with the fused logit."""
+    import latim_captum.triton_tile as tt
+
+    layer = traces[key].layers[0]
+    config, anchor = CONFIGS[0]
+    proj = torch.randn_like(traces[key].embeddings)
+    for measures in (("l2", "alti"), ("alti", "logit")):
+        maps = {}
+        for channels in (False, True):
+            monkeypatch.setattr(tt, "SHARES_CHANNELS_CONTIGUOUS", channels)
+            maps[channels] = layer_maps_fast(
+                layer, "silu", measures, projection=proj, kernel="triton", kernel_config=config, anchor_rows=anchor
+            )  # fmt: skip
+        for m in measures:
+            assert torch.equal(maps[False][m], maps[True][m]), (measures, m)
+
+
 def _mixing_gaps(tr) -> list[float]:
     """:func:`mamba2_mixing` (one Triton pass) against its ``_ref`` (PyTorch) for several row ranges, relative."""
     from latim_captum.fast import _context, _mamba2_head_mixing
