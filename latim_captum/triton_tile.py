@@ -1057,19 +1057,9 @@ def tile_sums(
             raise ValueError("the logit sums need wu = W_oᵀ u_i")
         if mode == 0 and staged_w:
             _staged_sums(
-                layer,
-                gated_args(staged_shares),
-                sums,
-                out_weight,
-                r0,
-                r1,
-                precision,
-                shape,
-                want,
-                config,
-                interpret,
+                layer, gated_args(staged_shares), sums, out_weight, r0, r1, precision, shape, want, config, interpret,
                 workspace,
-            )
+            )  # fmt: skip
             continue
         args = (
             *gated_args(ctx.shares),
