@@ -56,8 +56,6 @@ PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
 #: implementations of the tiles: PyTorch ops, or the Triton kernels of :mod:`latim_captum.triton_tile`
 KERNELS: tuple[str, ...] = ("torch", "triton")
 MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
-#: measures of the W_o product: the staged Triton launches (the logit is fused)
-_STAGED: tuple[str, ...] = ("l1", "l2", "alti")
 #: bytes a tile may use when the device cannot report its free memory (CPU)
 DEFAULT_TILE_BYTES = 256 * 2**20
 
@@ -133,9 +131,8 @@ class _LayerContext:
     skip: Tensor  # [d]
     direct_budget: int  # elements for the Mamba-1 diagonal sub-blocks
     anchor_rows: int  # Mamba-1 rows sharing one factorisation anchor
-    # the tap shares with the channels contiguous in memory (a [K, B, d, N] view) for the Triton staged step 1 and
-    # Mamba-1's fold; None: those read ``shares``
-    staged_shares: Tensor | None = None
+    # the tap shares read by the Triton staged step 1 and Mamba-1's fold: channel-contiguous when asked, else shares
+    staged_shares: Tensor
 
     @property
     def mamba1(self) -> bool:
@@ -160,8 +157,9 @@ def _context(
     """The layer's tensors for the tiles. The tap shares ``[K, B, d, N]`` are held with the sequence contiguous in
     memory (``shares``: the PyTorch tiles' slices and the fused Triton kernel's loads) and/or, with
     ``staged_channels``, with the channels contiguous (``staged_shares``, a view of ``[K, B, N, d]``: the layout of
-    ``G``'s rows that the staged step 1 writes). Each layout costs ``K·B·N·d`` values, so only those the launches
-    read are made; without ``sequence_contiguous``, ``shares`` is the channel-contiguous view."""
+    ``G``'s rows that the staged step 1 writes; otherwise ``staged_shares`` is ``shares``). Each layout costs
+    ``K·B·N·d`` values, so only those the launches read are made; without ``sequence_contiguous``, ``shares`` is the
+    channel-contiguous view."""
     tap = tap_contributions(layer, activation).transpose(-1, -2)  # [K, B, d, N], channels contiguous
     shares = tap.contiguous() if sequence_contiguous else tap
     lam = torch.cumsum(layer.ssm.delta.to(torch.float64), dim=1)
@@ -173,7 +171,7 @@ def _context(
         skip=layer.skip,
         direct_budget=direct_budget,
         anchor_rows=anchor_rows,
-        staged_shares=tap if staged_channels else None,
+        staged_shares=tap if staged_channels else shares,
     )
 
 
@@ -389,7 +387,9 @@ def layer_maps_fast(
     # Triton: the staged step 1 reads the shares channel-contiguous, the fused kernel (the logit; everything when not
     # staged) sequence-contiguous: on the H100 each is markedly slower in the other's layout
     staged = kernel == "triton" and (kernel_config or {}).get("staged", True)
-    staged_channels = staged and triton_tile.SHARES_CHANNELS_CONTIGUOUS and any(m in _STAGED for m in measures)
+    staged_channels = (
+        staged and triton_tile.SHARES_CHANNELS_CONTIGUOUS and any(m in triton_tile.STAGED_MEASURES for m in measures)
+    )
     fused = kernel != "triton" or "logit" in measures or not staged_channels
     ctx = _context(
         layer, activation, direct_budget, anchor_rows, sequence_contiguous=fused, staged_channels=staged_channels

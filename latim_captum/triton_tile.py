@@ -64,6 +64,8 @@ SUMS: tuple[str, ...] = ("sum_sq", "sum_abs", "sum_abs_res", "proximity", "logit
 #: block sizes used without autotuning (the interpreter)
 DEFAULT_CONFIG = {"BI": 16, "BJ": 16, "BC": 32, "BD": 64, "num_warps": 4, "num_stages": 2}
 _PRECISION = {"highest": 0, "tf32": 1, "bf16": 2}
+#: the measures of the ``W_o`` product: made by the staged launches (the logit has none and is always fused)
+STAGED_MEASURES: tuple[str, ...] = ("l1", "l2", "alti")
 #: the tap shares in memory with the channels contiguous (``[K, B, N, d]``, as ``G``'s rows and the gate), not the
 #: sequence (the kernels take any strides): on the H100, Mamba-2's step 1 5.70 against 6.36 ms (TF32) and 5.30
 #: against 6.04 ms (bf16) at N = 2048 (benchmarks/gate_sweep.py); Mamba-1's the same
@@ -875,7 +877,7 @@ def _row_elements(layer: LayerTrace, anchor: int) -> tuple[int, int]:
 def _staged_row_bytes(layer: LayerTrace, measures: Sequence[str], precision: str) -> int:
     """Bytes per query row of the staged kernels' buffers: ``G`` (``[N, d]``, bf16 with ``precision="bf16"``) and
     the sums per block of ``D``; 0 for measures without the ``W_o`` product (no staged launch)."""
-    if not any(m in measures for m in ("l1", "l2", "alti")):
+    if not any(m in STAGED_MEASURES for m in measures):
         return 0
     bsz, n, d_model = layer.residual.shape
     bi, bj = STAGED_TILE[layer.variant]
@@ -923,7 +925,6 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
     bsz, _, d = ssm.delta.shape
     state = ssm.A.shape[-1]
     dtype = ssm.delta.dtype
-    staged_shares = ctx.staged_shares if ctx.staged_shares is not None else ctx.shares
     anchors = list(range(r0, r1, anchor_rows))
     rows = torch.arange(r0, r1, device=ssm.delta.device)
     anchor_of_row = r0 + (rows - r0) // anchor_rows * anchor_rows
@@ -939,7 +940,7 @@ def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Te
             ssm.A, *ssm.A.stride(),
             ssm.B, *ssm.B.stride(),
             ssm.delta, *ssm.delta.stride(),
-            staged_shares, *staged_shares.stride(),
+            ctx.staged_shares, *ctx.staged_shares.stride(),
             folded, *folded.stride(),
             r0, anchor_rows, d, bsz, cols,
             K=ctx.shares.shape[0], STATE=state, STATE_P=_state_padded(state), BC=block_c, BJ=block_j,
@@ -1006,7 +1007,7 @@ def tile_sums(
     staged = config.pop("staged", True)
     if not config:
         config = DEFAULT_CONFIG if interpret else None
-    staged_w = staged and any(m in measures for m in ("l1", "l2", "alti"))
+    staged_w = staged and any(m in STAGED_MEASURES for m in measures)
     fused_bi = min(c[0] for c in _CANDIDATES["mamba1"])
     if config is not None:
         row_blocks = {config["BI"]}
@@ -1039,7 +1040,6 @@ def tile_sums(
     u = wu if wu is not None else sums[0]  # not read without the logit
     want = dict(WANT_L1="l1" in measures, WANT_L2="l2" in measures, WANT_ALTI="alti" in measures)
     shape = dict(K=ctx.shares.shape[0], HEAD_DIM=head_dim, STATE=state, ANCHOR=anchor_rows)
-    staged_shares = ctx.staged_shares if ctx.staged_shares is not None else ctx.shares
 
     def gated_args(shares: Tensor) -> tuple:
         return (
@@ -1057,8 +1057,8 @@ def tile_sums(
             raise ValueError("the logit sums need wu = W_oᵀ u_i")
         if mode == 0 and staged_w:
             _staged_sums(
-                layer, gated_args(staged_shares), sums, out_weight, r0, r1, precision, shape, want, config, interpret,
-                workspace,
+                layer, gated_args(ctx.staged_shares), sums, out_weight, r0, r1, precision, shape, want, config,
+                interpret, workspace,
             )  # fmt: skip
             continue
         args = (
