@@ -96,6 +96,10 @@ class HFBackboneAdapter(ModelAdapter):
     def mixer(self, block: nn.Module) -> nn.Module:
         return block.mixer
 
+    def pre_norm(self, block: nn.Module) -> nn.Module:
+        """The block's RMSNorm before its mixer (what the gradient baselines' replay runs)."""
+        return block.norm
+
     @property
     def embeddings(self) -> nn.Module:
         return getattr(self.backbone, self.embeddings_attr)

@@ -22,25 +22,20 @@ from .base import CapturedLayer
 from .hf_common import HFBackboneAdapter, weight
 from .mixers import Mamba1Weights, layer_from_capture, mamba1_layer
 
-__all__ = ["HFMambaAdapter", "HFFalconMambaAdapter", "mamba1_mixer_trace"]
+__all__ = ["HFMambaAdapter", "HFFalconMambaAdapter", "hf_mamba1_weights", "mamba1_mixer_trace"]
 
 
-def mamba1_mixer_trace(
+def hf_mamba1_weights(
     mixer: nn.Module,
-    captured: CapturedLayer,
     dtype: torch.dtype,
-    activation: str,
+    dt_bc_eps: float | None = None,
     dt_bc_norms: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]
     | None = None,
-    dt_bc_eps: float | None = None,
-) -> tuple[LayerTrace, Tensor]:
-    """Recompute a HF-style Mamba-1 mixer (``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``,
-    ``out_proj``) from its captured input; ``dt_bc_norms`` / ``dt_bc_eps`` are the norms some families apply to
-    Δ_low, B and C (Jamba's learned ones, FalconMamba's weightless ones).
-
-    Returns the trace (``layer`` unset: -1) and the recomputed mixer output.
-    """
-    weights = Mamba1Weights(
+) -> Mamba1Weights:
+    """The weights of a HF-style Mamba-1 mixer (``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``,
+    ``out_proj``) in ``dtype``; ``dt_bc_norms`` / ``dt_bc_eps`` are the norms some families apply to Δ_low, B and C
+    (Jamba's learned ones, FalconMamba's weightless ones)."""
+    return Mamba1Weights(
         in_proj_weight=weight(mixer.in_proj.weight, dtype),
         in_proj_bias=weight(mixer.in_proj.bias, dtype),
         conv_weight=weight(mixer.conv1d.weight, dtype)[:, 0, :],
@@ -57,6 +52,22 @@ def mamba1_mixer_trace(
         dt_bc_eps=dt_bc_eps,
         dt_bc_norms=dt_bc_norms,
     )
+
+
+def mamba1_mixer_trace(
+    mixer: nn.Module,
+    captured: CapturedLayer,
+    dtype: torch.dtype,
+    activation: str,
+    dt_bc_norms: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]
+    | None = None,
+    dt_bc_eps: float | None = None,
+) -> tuple[LayerTrace, Tensor]:
+    """Recompute a HF-style Mamba-1 mixer from its captured input (weights: :func:`hf_mamba1_weights`).
+
+    Returns the trace (``layer`` unset: -1) and the recomputed mixer output.
+    """
+    weights = hf_mamba1_weights(mixer, dtype, dt_bc_eps=dt_bc_eps, dt_bc_norms=dt_bc_norms)
     return layer_from_capture(mamba1_layer, captured, weights, activation, dtype)
 
 
@@ -77,9 +88,16 @@ class HFMambaAdapter(HFBackboneAdapter):
     #: FalconMamba normalises Δ_low, B, C with weightless RMSNorms
     normalises_dt_bc = False
 
+    def mixer_weights(self, block: nn.Module, dtype: torch.dtype) -> Mamba1Weights:
+        """The block's mixer weights in ``dtype``: what :meth:`mixer_trace` recomputes from, and what the gradient
+        baselines' differentiable replay (:mod:`latim_captum.baselines.replay`) runs."""
+        mixer = self.mixer(block)
+        eps = float(mixer.rms_eps) if self.normalises_dt_bc else None
+        return hf_mamba1_weights(mixer, dtype, dt_bc_eps=eps)
+
     def mixer_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
-        eps = float(block.mixer.rms_eps) if self.normalises_dt_bc else None
-        return mamba1_mixer_trace(block.mixer, captured, dtype, self.activation_name, dt_bc_eps=eps)
+        weights = self.mixer_weights(block, dtype)
+        return layer_from_capture(mamba1_layer, captured, weights, self.activation_name, dtype)
 
 
 class HFFalconMambaAdapter(HFMambaAdapter):

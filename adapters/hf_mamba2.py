@@ -21,7 +21,7 @@ from .base import CapturedLayer
 from .hf_common import HFBackboneAdapter, gated_norm_groups, weight
 from .mixers import Mamba2Weights, gated_norm_scale, layer_from_capture, mamba2_layer
 
-__all__ = ["HFMamba2Adapter", "gated_norm_scale", "mamba2_mixer_trace"]
+__all__ = ["HFMamba2Adapter", "gated_norm_scale", "hf_mamba2_weights", "mamba2_mixer_trace"]
 
 
 def hf_mamba2_weights(mixer: nn.Module, dtype: torch.dtype, conv_bias: bool) -> Mamba2Weights:
@@ -74,5 +74,13 @@ class HFMamba2Adapter(HFBackboneAdapter):
     base_class = "Mamba2Model"
     model_class_names = (causal_lm_class, base_class)
 
+    def mixer_weights(self, block: nn.Module, dtype: torch.dtype) -> Mamba2Weights:
+        """The block's mixer weights in ``dtype`` (the gated norm's groups as the installed module takes them):
+        what :meth:`mixer_trace` recomputes from, and what the gradient baselines' differentiable replay
+        (:mod:`latim_captum.baselines.replay`) runs."""
+        mixer = self.mixer(block)
+        return hf_mamba2_weights(mixer, dtype, conv_bias=bool(mixer.use_conv_bias))
+
     def mixer_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
-        return mamba2_mixer_trace(block.mixer, captured, dtype, self.activation_name)
+        weights = self.mixer_weights(block, dtype)
+        return layer_from_capture(mamba2_layer, captured, weights, self.activation_name, dtype)

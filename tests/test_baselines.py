@@ -13,8 +13,9 @@ import latim_captum
 from conftest import build, left_pad_mask, random_ids
 from latim_captum.adapters import get_adapter, relative_error
 from latim_captum.adapters.base import ModelAdapter
-from latim_captum.adapters.replay import replay_logits
+from latim_captum.adapters.mixers import gated_norm_scale, half_gate, lrp_activation
 from latim_captum.baselines import mamba_attention, mamba_attribution, mamba_lrp
+from latim_captum.baselines.replay import replay_logits
 from latim_captum.ssm import hidden_attention
 
 F64 = torch.float64
@@ -76,6 +77,69 @@ def test_replay_reproduces_logits(kind):
 
     via_matrix = replay_logits(adapter, embeds, mask, mixing=explicit)
     torch.testing.assert_close(via_matrix, plain, rtol=0, atol=1e-10, msg="explicit M must reproduce the scan")
+
+
+@pytest.mark.parametrize("grouping", ["installed", "whole_width", "four_groups"])
+def test_replay_mamba2_gated_norm_follows_the_module(grouping, monkeypatch):
+    """The replay's gated RMSNorm takes its mean square over the groups the model's module uses, not the config's.
+
+    The installed transformers normalises per ``n_groups`` group (``norm.group_size``, read at every forward);
+    transformers ≤ 5.17 normalised the whole width with the same config. Setting ``group_size`` makes the installed
+    module do the other readings; the replay must follow it (it used to group by ``mixer.n_groups``).
+    """
+    model = build("mamba2", seed=8).double()  # n_groups = 2; norm weights and out_proj moved off their init
+    d = model.config.num_heads * model.config.head_dim
+    for block in model.backbone.layers:
+        norm = block.mixer.norm
+        assert hasattr(norm, "group_size"), "this test expects a transformers whose gated norm has group_size"
+        assert norm.group_size == d // model.config.n_groups, "installed module: one group per n_groups group"
+        if grouping != "installed":
+            monkeypatch.setattr(norm, "group_size", d if grouping == "whole_width" else d // 4)
+    ids, mask = random_ids(2, 7, seed=9), left_pad_mask(2, 7, [0, 2])
+    adapter = get_adapter(model)
+    reference = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.detach()
+    embeds = adapter.embeddings(ids).detach()
+    plain = replay_logits(adapter, embeds, mask)
+    keep = mask.bool()
+    assert relative_error(plain[keep], reference[keep]) < HF_FP32_ROUNDING, f"replay != model logits ({grouping})"
+    lrp = replay_logits(adapter, embeds, mask, lrp=True)
+    torch.testing.assert_close(lrp, plain, rtol=0, atol=1e-12, msg="the LRP rules must not change the forward value")
+
+
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+def test_lrp_gated_norm_is_the_rules_op_by_op(norm_before_gate):
+    """MambaLRP on Mamba-2's gated RMSNorm: ``half_gate(v, γ)`` with γ from ``gated_norm_scale(lrp=True)`` has the
+    value and the gradients of the rules applied op by op (SiLU as z·σ(z).detach(), half rule on the gate, group
+    RMS denominator detached), with the gate before (HF) or after (mamba-ssm option) the norm."""
+    gen = torch.Generator().manual_seed(0)
+    v0, z0 = (torch.randn(2, 3, 8, generator=gen, dtype=F64) for _ in range(2))
+    w, groups, eps = torch.randn(8, generator=gen, dtype=F64), 2, 1e-5
+
+    def inv_rms(u):
+        grouped = u.view(2, 3, groups, -1)
+        return torch.rsqrt(grouped.square().mean(-1, keepdim=True) + eps).detach().expand_as(grouped).reshape(u.shape)
+
+    def op_by_op(v, z):
+        gate = lrp_activation("silu")(z)
+        if norm_before_gate:
+            return half_gate(v * inv_rms(v) * w, gate)
+        u = half_gate(v, gate)
+        return u * inv_rms(u) * w
+
+    def shared(v, z):  # what mamba2_forward(lrp=True) computes
+        return half_gate(v, gated_norm_scale(v, z, w, groups, eps, norm_before_gate, lrp=True))
+
+    outs, grads = [], []
+    for fn in (op_by_op, shared):
+        v, z = v0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        out = fn(v, z)
+        outs.append(out.detach())
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, 8, dtype=F64)).sum(), (v, z)))
+    plain = gated_norm_scale(v0, z0, w, groups, eps, norm_before_gate) * v0
+    torch.testing.assert_close(outs[1], plain, rtol=0, atol=1e-14, msg="the LRP rules must not change the value")
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-14)
+    for got, ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14, msg="gradients of the rules op by op")
 
 
 def test_replay_rejects_unknown_family():

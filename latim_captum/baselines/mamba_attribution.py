@@ -20,7 +20,7 @@ the model's own (its autograd forward), so every adapter is supported.
 ``gradient="attention"``: Chefer et al.'s Transformer-Attribution rule applied to the hidden attention, the form
 the paper describes: ``Ã^{(l)} = mean_c (∂y/∂M^{(l)} ⊙ M^{(l)})^+`` (mean over channels; Mamba-2: over heads, with
 ``∂y/∂M`` taken per head). ``∂y/∂M`` comes from a differentiable replay of the forward
-(:mod:`latim_captum.adapters.replay`) where each layer's token mixing is ``Σ_s M_{i,s} ⊙ φ_s`` with ``M`` a leaf
+(:mod:`latim_captum.baselines.replay`) where each layer's token mixing is ``Σ_s M_{i,s} ⊙ φ_s`` with ``M`` a leaf
 tensor; the replay reproduces the model's logits. Hugging Face Mamba / FalconMamba / Mamba2 only.
 
 In both, entries above the diagonal and padded rows/columns are 0 and every computed row sums to 1.
@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from latim_captum._validation import check_layers
 from latim_captum.adapters import ModelAdapter
 from latim_captum.adapters.base import _first_tensor
-from latim_captum.adapters.replay import replay_logits
 from latim_captum.aggregate import normalize_rows
 from latim_captum.ssm import hidden_attention
 from latim_captum.traces import Mamba2SSM, SSMParams
@@ -51,6 +50,7 @@ from ._common import (
     row_minmax,
 )
 from .mamba_attention import layer_attention
+from .replay import replay_logits
 
 __all__ = ["GRADIENTS", "mamba_attribution", "rollout_row"]
 
@@ -191,8 +191,7 @@ def mamba_attribution(
             module docstring.
         dtype: compute dtype (float32 or float64).
         row_batch: query rows per backward pass with ``gradient="hidden"``: the input is replicated ``row_batch``
-            times for one forward pass; the values do not depend on it. Larger suits a GPU; on a CPU 8 was the
-            fastest of 1, 8 and 32 (paper-scale Mamba-2 copy model, N = 101: 12.5, 11.2 and 36 s per sample).
+            times for one forward pass; the values do not depend on it. Larger suits a GPU, small ones (8) a CPU.
 
     Returns:
         ``[B, N, N]`` (lower-triangular, rows sum to 1 except padded rows, which are 0), or ``[B, N]`` (row

@@ -1,7 +1,7 @@
 """MambaLRP (Jafari et al., NeurIPS 2024): Layer-wise Relevance Propagation for Mamba as Gradient×Input on a
 forward pass whose non-conservative parts are detached.
 
-With the rules of :mod:`latim_captum.adapters.replay` (``lrp=True``: RMSNorm denominators detached; SiLU as
+With the rules of :mod:`latim_captum.baselines.replay` (``lrp=True``: RMSNorm denominators detached; SiLU as
 ``x·σ(x).detach()``; Δ, B, C detached; half rule ``½(y⊙g) + ½(y⊙g).detach()`` on the output gate), every block
 satisfies ``J(x)·x = F(x)`` for its modified Jacobian ``J`` up to its biases, so relevance is conserved layer by
 layer. The relevance of input token j for the prediction at position i (target ``w(i)``) is::
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from latim_captum.adapters import ModelAdapter
-from latim_captum.adapters.replay import replay_logits
 
 from ._common import group_score, model_inputs, query_rows, replicate_rows, resolve_targets
+from .replay import replay_logits
 
 __all__ = ["mamba_lrp"]
 
