@@ -1,4 +1,4 @@
-"""The staged step 1 (``_gate_kernel``: ``G`` of the causal tiles written once) against the GPU's write bandwidth.
+"""The staged step 1 (``gate_kernel``: ``G`` of the causal tiles written once) against the GPU's write bandwidth.
 
 Step 1 only writes ``G`` (``pairs × d_inner`` values, fp32 or bf16) and reads small per-row / per-column operands, so
 its floor is the time to write that many bytes. For each point this script times every candidate ``(BC, num_warps)``
@@ -26,8 +26,7 @@ import torch
 
 from latim_captum.bench_speed import build_model
 
-#: BC = 128 and 256 were tried on the H100 (Mamba-2, N = 2048, TF32): 21–211 ms against 6.4 ms for the best, and
-#: minutes of compilation (register spills)
+#: step 1's (BC, num_warps) swept here; larger BC spill registers (docs/performance.md)
 CANDIDATES = tuple((bc, warps) for bc in (16, 32, 64) for warps in (2, 4, 8))
 
 
@@ -46,15 +45,19 @@ def _fill_ms(numel: int, dtype: torch.dtype) -> float:
 
 def sweep_point(layer, rows: int, precision: str, candidates, channels_contiguous: bool = False) -> dict:
     """Every candidate's gate time for one launch of the last ``rows`` rows, the fill floor and the whole launch;
-    ``channels_contiguous``: the tap shares' layout (``latim_captum.triton_tile.SHARES_CHANNELS_CONTIGUOUS``)."""
+    ``channels_contiguous``: the tap shares' layout (the kernel config's ``channel_shares``).
+
+    The sweep swaps the launcher's step-1 autotuner (``launch.gate_autotuned``) for one over ``candidates`` that
+    keeps every candidate's time: a profiling script's access to the kernel internals, restored afterwards."""
     import triton
 
-    from latim_captum import triton_tile
-    from latim_captum.fast import layer_maps_fast
+    from latim_captum.maps import layer_maps_fast
+    from latim_captum.maps.triton import kernels, launch
+    from latim_captum.maps.triton.workspace import causal_tile_counts
 
     n = layer.residual.shape[1]
     d_inner = layer.out_gate.shape[-1]
-    bi, bj = triton_tile.STAGED_TILE[layer.variant]
+    bi, bj = kernels.STAGED_TILE[layer.variant]
     if layer.variant == "mamba1" and rows % bi:
         raise ValueError(f"Mamba-1 rows per launch must be a multiple of {bi}, got {rows}")
     sweep = triton.autotune(
@@ -63,20 +66,20 @@ def sweep_point(layer, rows: int, precision: str, candidates, channels_contiguou
         # return the timings of another point
         key=["d_inner", "K", "HEAD_DIM", "STATE", "ANCHOR", "PRECISION", "BI", "BJ", "r0", "r1", "ss_c"],
         cache_results=False,
-    )(triton_tile._gate)
-    kept, triton_tile._gate_autotuned = triton_tile._gate_autotuned, sweep
-    kept_layout, triton_tile.SHARES_CHANNELS_CONTIGUOUS = triton_tile.SHARES_CHANNELS_CONTIGUOUS, channels_contiguous
+    )(kernels.gate)
+    kept, launch.gate_autotuned = launch.gate_autotuned, sweep
+    config = {"channel_shares": channels_contiguous}
     try:
         anchor = rows if layer.variant == "mamba1" and rows < 128 else None
         layer_maps_fast(
             layer, "silu", ("l2",), precision=precision, kernel="triton", rows=(n - rows, n), block=rows,
-            anchor_rows=anchor,
+            anchor_rows=anchor, kernel_config=config,
         )  # fmt: skip
         if layer.residual.is_cuda:
             torch.cuda.synchronize()
     finally:
-        triton_tile._gate_autotuned = kept
-    tiles = int(triton_tile._causal_tile_counts(n - rows, n, bi, bj)[0].sum())
+        launch.gate_autotuned = kept
+    tiles = int(causal_tile_counts(n - rows, n, bi, bj)[0].sum())
     elem = 2 if precision == "bf16" else 4
     g_bytes = tiles * bi * bj * d_inner * elem
     fill_ms = _fill_ms(g_bytes // elem, torch.bfloat16 if elem == 2 else torch.float32)
@@ -89,15 +92,12 @@ def sweep_point(layer, rows: int, precision: str, candidates, channels_contiguou
     }
     best = min(timings, key=timings.get)
     # the whole launch with the shipped gate candidates (mixing + gate + project + sums), same timer and layout
-    try:
-        launch_ms = _bench(
-            lambda: layer_maps_fast(
-                layer, "silu", ("l2",), precision=precision, kernel="triton", rows=(n - rows, n), block=rows,
-                anchor_rows=anchor,
-            )
-        )  # fmt: skip
-    finally:
-        triton_tile.SHARES_CHANNELS_CONTIGUOUS = kept_layout
+    launch_ms = _bench(
+        lambda: layer_maps_fast(
+            layer, "silu", ("l2",), precision=precision, kernel="triton", rows=(n - rows, n), block=rows,
+            anchor_rows=anchor, kernel_config=config,
+        )
+    )  # fmt: skip
     return {
         "variant": layer.variant, "N": n, "rows": rows, "precision": precision,
         "shares": "channels" if channels_contiguous else "sequence", "g_gib": g_bytes / 2**30,
@@ -111,7 +111,7 @@ def sweep_point(layer, rows: int, precision: str, candidates, channels_contiguou
 
 def to_markdown(results: list[dict], gpu: str) -> str:
     lines = [
-        f"# `_gate_kernel` against the write bandwidth ({gpu})",
+        f"# `gate_kernel` against the write bandwidth ({gpu})",
         "",
         "| model | N | rows | precision | shares contiguous along | G GiB | fill ms (TB/s) | best config | "
         "gate ms (TB/s) | fill / gate | whole launch ms |",

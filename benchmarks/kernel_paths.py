@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from latim_captum.bench_speed import build_model, matmul_peak, timed
-from latim_captum.fast import dominant_flops, layer_maps_fast
+from latim_captum.maps import layer_maps_fast
+from latim_captum.maps.tiles import dominant_flops
 
 PATHS = {"torch": ("torch", None), "fused": ("triton", {"staged": False}), "staged": ("triton", {"staged": True})}
 

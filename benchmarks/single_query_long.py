@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from latim_captum.bench_speed import build_model, matmul_peak, timed
-from latim_captum.fast import dominant_flops
+from latim_captum.maps.tiles import dominant_flops
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from latim_captum.bench_speed import build_model
 def workload(args, device):
     """A no-argument callable running the chosen workload once."""
     import latim_captum as lc
-    from latim_captum.fast import layer_maps_fast
+    from latim_captum.maps import layer_maps_fast
     from latim_captum.single_query import alti_logit_row
 
     model = build_model(args.model, False, torch.float32, device)

@@ -13,14 +13,11 @@ Example:
 
 from .activations import ACTIVATIONS
 from .api import (
-    BACKENDS,
     METHODS,
-    AltiLogit,
     alti_logit,
+    alti_rollout,
     contributions,
     interactions,
-    layer_maps,
-    layer_maps_ref,
     reconstruction_error,
     trace,
 )
@@ -35,6 +32,7 @@ from .attr import (
     TokenMapAttribution,
 )
 from .baselines import mamba_attention, mamba_attribution, mamba_lrp
+from .maps import BACKENDS, PRECISIONS, AltiLogit, LatimMemoryError, layer_maps, layer_maps_ref
 from .single_query import alti_logit_row, alti_rollout_row
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
@@ -53,11 +51,13 @@ __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "METHODS",
+    "PRECISIONS",
     "AltiLogit",
     "LatimALTI",
     "LatimALTILogit",
     "LatimL2",
     "LatimLLMAttribution",
+    "LatimMemoryError",
     "LayerTrace",
     "MambaAttention",
     "MambaAttribution",
@@ -69,6 +69,7 @@ __all__ = [
     "TokenMapAttribution",
     "alti_logit",
     "alti_logit_row",
+    "alti_rollout",
     "alti_rollout_row",
     "contributions",
     "interactions",

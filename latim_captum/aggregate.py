@@ -33,6 +33,7 @@ __all__ = [
     "logit_scores",
     "normalize_rows",
     "fold_embedding_columns",
+    "through",
     "rollout",
     "alti_logit_combine",
 ]
@@ -150,7 +151,7 @@ def fold_embedding_columns(scores: Tensor, n: int, dim: int = -1) -> Tensor:
     return scores.narrow(dim, 0, n) + scores.narrow(dim, n, n)
 
 
-def _through(layer_map: Tensor, flow: Tensor | None) -> Tensor:
+def through(layer_map: Tensor, flow: Tensor | None) -> Tensor:
     """``A R`` for a ``[B, N, N]`` map; ``A^x R + A^e`` for a ``[B, N, 2N]`` map with embedding columns; R = I for
     ``flow=None``."""
     n = layer_map.shape[-2]
@@ -174,7 +175,7 @@ def rollout(maps: list[Tensor]) -> Tensor:
         raise ValueError("rollout needs at least one layer map")
     out = None
     for layer_map in maps:
-        out = _through(layer_map, out)
+        out = through(layer_map, out)
     return out
 
 
@@ -193,6 +194,6 @@ def alti_logit_combine(deltas: list[Tensor], alti_maps: list[Tensor], direct: Te
     flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)
     total = torch.diag_embed(direct)
     for delta, layer_map in zip(deltas, alti_maps):
-        total = total + _through(delta, flow)
-        flow = _through(layer_map, flow)
+        total = total + through(delta, flow)
+        flow = through(layer_map, flow)
     return total

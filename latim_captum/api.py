@@ -1,5 +1,6 @@
-"""The entry points: :func:`interactions` for maps, :func:`contributions` for raw vectors, :func:`trace` to reuse
-one forward pass, :func:`reconstruction_error` for the decomposition error (paper Table 5).
+"""The entry points: :func:`interactions` for maps, :func:`alti_logit` and :func:`alti_rollout` over all layers,
+:func:`contributions` for raw vectors, :func:`trace` to reuse one forward pass, :func:`reconstruction_error` for the
+decomposition error (paper Table 5). The engine behind them is :mod:`latim_captum.maps`.
 
 Every function accepts a supported model (see :func:`latim_captum.adapters.get_adapter`) with ``input_ids`` or
 ``inputs_embeds``, or a :class:`~latim_captum.traces.ModelTrace` from :func:`trace` in place of the model.
@@ -8,36 +9,34 @@ Every function accepts a supported model (see :func:`latim_captum.adapters.get_a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ._precision import fp32_math
-from ._validation import check_layers, check_method, check_model_inputs, check_rows, check_target
+from ._validation import check_layers, check_method, check_model_inputs, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
-from .aggregate import alti_logit_combine, alti_scores, fold_embedding_columns, logit_scores, lp_order, lp_scores
+from .aggregate import fold_embedding_columns
+from .catalog import latim_methods
 from .decompose import iter_row_blocks, sublayer_block_rows, sublayer_contributions, sublayer_shares
-from .traces import LayerTrace, ModelTrace, SublayerTrace, has_embedding_columns
+from .maps import AltiLogit, check_backend, check_precision
+from .maps import alti_logit as _alti_logit_maps
+from .maps import alti_rollout as _alti_rollout_maps
+from .maps import stack as _stack
+from .traces import ModelTrace
 
 __all__ = [
     "METHODS",
-    "BACKENDS",
-    "AltiLogit",
     "trace",
     "interactions",
     "contributions",
-    "layer_maps",
-    "layer_maps_ref",
     "alti_logit",
+    "alti_rollout",
     "reconstruction_error",
 ]
 
-METHODS: tuple[str, ...] = ("l1", "l2", "alti", "alti_logit")
-#: LaTIM's paths: ``"ref"`` (readable reference), ``"fast"`` (PyTorch tiles, :mod:`latim_captum.fast`), ``"triton"``
-#: (the Triton kernels of :mod:`latim_captum.triton_tile`, CUDA), ``"auto"`` (fast on CUDA, ref elsewhere)
-BACKENDS: tuple[str, ...] = ("auto", "ref", "fast", "triton")
+#: the ``method`` names of :func:`interactions`: the LaTIM entries of the method table
+METHODS: tuple[str, ...] = tuple(spec.measure for spec in latim_methods())
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -77,161 +76,15 @@ def _check_activation(activation: str, tr: ModelTrace) -> None:
     check_activation(activation, tr.activation or "silu")
 
 
-def layer_maps_ref(
-    layer: SublayerTrace,
-    activation: str,
-    measures: Sequence[str],
-    *,
-    projection: Tensor | None = None,
-    block_rows: int | None = None,
-    embedding_columns: bool = False,
-    rows: tuple[int, int] | None = None,
-) -> dict[str, Tensor]:
-    """Several ``[B, N, N]`` maps of one sublayer from a single pass over row blocks of ``T_i(x_j)``: the reference.
-
-    A Zamba2 hybrid layer (:class:`~latim_captum.traces.SharedBlockTrace`) has two contribution vectors per source
-    token k, from its stream ``x_k`` and from its embedding ``e_k``. By default its maps are per token: ℓp of the
-    token's total vector ``T_i(x_k) + T_i(e_k)``; ALTI and logit add the token's two columns (ALTI's proximities are
-    normalised jointly over all ``2N`` vectors, so rows still sum to 1; Δ is linear, so both readings agree). With
-    ``embedding_columns=True`` its maps keep both, ``[B, N, 2N]`` (stream columns, then embedding columns: what
-    the rollout of ALTI-Logit needs); other sublayers are unaffected.
-
-    Args:
-        layer: the sublayer trace (Mamba, attention, MLP/MoE, parallel or shared-block).
-        activation: activation strategy for Mamba layers (see :mod:`latim_captum.activations`).
-        measures: any of ``"l1"``, ``"l2"`` (any ``"l<p>"``, ``"linf"``), ``"alti"``, ``"logit"`` (eq 7's Δ, needs
-            ``projection``).
-        projection: ``u_i`` per position, ``[B, N, D]`` (for ``"logit"``).
-        block_rows: query rows per block (default: from a fixed memory budget).
-        embedding_columns: keep the embedding columns of a sublayer that has them.
-        rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]``.
-    """
-    first, last = check_rows(rows, layer.residual.shape[1])
-    with fp32_math():
-        return _layer_maps_ref(layer, activation, measures, projection, block_rows, embedding_columns, first, last)
-
-
-def _layer_maps_ref(
-    layer, activation, measures, projection, block_rows, embedding_columns, first, last
-) -> dict[str, Tensor]:
-    bsz, n, _ = layer.residual.shape
-    cols = 2 * n if embedding_columns and has_embedding_columns(layer) else n
-    shares = sublayer_shares(layer, activation)
-    out = {m: layer.residual.new_zeros(bsz, last - first, cols) for m in measures}
-    output = layer.block_output
-    for start, stop in iter_row_blocks(last - first, block_rows or sublayer_block_rows(layer)):
-        start, stop = first + start, first + stop
-        o0, o1 = start - first, stop - first
-        contrib = sublayer_contributions(layer, activation, start, stop, shares=shares)
-        for m in measures:
-            if lp_order(m) is not None:
-                vectors = contrib if cols == contrib.shape[2] else fold_embedding_columns(contrib, n, dim=2)
-                out[m][:, o0:o1] = lp_scores(vectors, p=lp_order(m))
-                continue
-            if m == "alti":
-                scores = alti_scores(contrib, layer.residual[:, start:stop], output[:, start:stop], start)
-            elif m == "logit":
-                if projection is None:
-                    raise ValueError("measure 'logit' needs a projection")
-                scores = logit_scores(contrib, projection[:, start:stop])
-            else:
-                raise ValueError(f"unknown measure {m!r}")
-            out[m][:, o0:o1] = scores if cols == scores.shape[-1] else fold_embedding_columns(scores, n)
-    return out
-
-
-def check_backend(backend: str) -> None:
-    """Raise ``ValueError`` naming ``backend`` unless it is one of :data:`BACKENDS`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``"auto"`` means the tiled fast path on CUDA and the reference path elsewhere."""
+def _checked_trace(
+    model, input_ids, inputs_embeds, attention_mask, dtype, activation: str, backend: str, precision: str
+) -> ModelTrace:
+    """The trace of a call (made here from a model), with ``activation``, ``backend`` and ``precision`` checked."""
     check_backend(backend)
-    if backend == "auto":
-        return "fast" if device.type == "cuda" else "ref"
-    return backend
-
-
-def check_precision(precision: str, backend: str, device: torch.device) -> None:
-    """``ValueError`` for an unknown ``precision``, or a reduced one on a path that computes in the compute dtype."""
-    from .fast import check_precision_name
-
-    check_precision_name(precision)
-    if precision != "highest" and resolve_backend(backend, device) == "ref":
-        raise ValueError(
-            f"precision={precision!r} sets the W_o product of backend='fast' or 'triton'; backend={backend!r} "
-            f"takes the reference path on {device.type}, which computes in the compute dtype only"
-        )
-
-
-def layer_maps(
-    layer: SublayerTrace,
-    activation: str,
-    measures: Sequence[str],
-    *,
-    projection: Tensor | None = None,
-    block_rows: int | None = None,
-    backend: str = "auto",
-    embedding_columns: bool = False,
-    precision: str = "highest",
-    rows: tuple[int, int] | None = None,
-) -> dict[str, Tensor]:
-    """Several ``[B, N, N]`` maps of one layer (see :func:`layer_maps_ref` for the measures and
-    ``embedding_columns``) on any backend (:data:`BACKENDS`); the same values up to rounding.
-
-    The tiled paths (``"fast"``, ``"triton"``: :func:`latim_captum.fast.layer_maps_fast` with ``kernel="torch"`` or
-    ``"triton"``) cover Mamba layers; attention, token-wise, parallel and shared-block (Zamba2 hybrid) sublayers
-    always take the reference, whatever ``backend`` says. ``precision`` (``"highest"``, ``"tf32"``, ``"bf16"``) is
-    that of the tiled paths' ``W_o`` product; ``rows=(start, stop)`` keeps query rows ``[start, stop)`` only, in
-    ``[B, stop − start, N]`` maps (memory O(rows·N)).
-
-    Example:
-        >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))                             # doctest: +SKIP
-        >>> maps = layer_maps(tr.layers[0], "silu", ("alti",), backend="triton", precision="tf32")  # doctest: +SKIP
-    """
-    resolved = resolve_backend(backend, layer.residual.device)
-    check_precision(precision, backend, layer.residual.device)
-    if isinstance(layer, LayerTrace) and resolved in ("fast", "triton"):
-        from .fast import layer_maps_fast
-
-        return layer_maps_fast(
-            layer,
-            activation,
-            measures,
-            projection=projection,
-            block=block_rows,
-            precision=precision,
-            rows=rows,
-            kernel="triton" if resolved == "triton" else "torch",
-        )
-    return layer_maps_ref(
-        layer,
-        activation,
-        measures,
-        projection=projection,
-        block_rows=block_rows,
-        embedding_columns=embedding_columns,
-        rows=rows,
-    )
-
-
-class AltiLogit(NamedTuple):
-    """ALTI-Logit maps with what their rows must sum to.
-
-    Attributes:
-        scores: ``C_ij`` (eq 8), ``[B, N, N]``.
-        targets: the token ``w(i)`` each row explains, ``[B, N]``.
-        logits: the model's logit of ``w(i)`` at i (recomputed in the compute dtype), ``[B, N]``.
-        offset: the part of that logit no token owns (projected out-projection biases and the LM-head bias),
-            ``[B, N]``. For an exact decomposition ``scores.sum(-1) == logits - offset``.
-    """
-
-    scores: Tensor
-    targets: Tensor
-    logits: Tensor
-    offset: Tensor
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    _check_activation(activation, tr)
+    check_precision(precision, backend, tr.embeddings.device)
+    return tr
 
 
 def alti_logit(
@@ -254,43 +107,50 @@ def alti_logit(
     and ``R`` the ALTI rollout of the residual stream. ``target`` defaults to the model's predicted next token at
     each position. A sublayer that reads the input embeddings (Zamba2's hybrid layers) adds
     ``Δ^x R^{(l-1)} + Δ^e``: its embedding contributions belong to the input tokens directly (see
-    :func:`latim_captum.aggregate.alti_logit_combine`).
+    :func:`latim_captum.maps.all_layers.alti_logit`).
 
     Example:
         >>> res = alti_logit(model, input_ids, activation="silu_gate")           # doctest: +SKIP
         >>> torch.allclose(res.scores.sum(-1), res.logits - res.offset)          # doctest: +SKIP
         True
     """
-    check_backend(backend)
-    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    _check_activation(activation, tr)
-    check_precision(precision, backend, tr.embeddings.device)
+    tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
     bsz, n = tr.shape
     targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
-    projection = readout.projection(targets)  # [B, N, D]
-    deltas, alti_maps = [], []
-    offset = readout.target_bias(targets)
-    for layer in tr.layers:
-        maps = layer_maps(
-            layer,
-            activation,
-            ("alti", "logit"),
-            projection=projection,
-            block_rows=block_rows,
-            backend=backend,
-            embedding_columns=True,
-            precision=precision,
-        )
-        deltas.append(maps["logit"])
-        alti_maps.append(maps["alti"])
-        offset = offset + projection @ layer.offset
-    direct = (projection * tr.embeddings).sum(-1)
-    scores = alti_logit_combine(deltas, alti_maps, direct)
-    logits = readout.logits.gather(-1, targets[..., None])[..., 0]
-    return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset)
+    return _alti_logit_maps(
+        tr, targets, activation=activation, block_rows=block_rows, backend=backend, precision=precision
+    )
+
+
+def alti_rollout(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    activation: str = "silu",
+    attention_mask: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+    backend: str = "auto",
+    precision: str = "highest",
+) -> Tensor:
+    """The ALTI rollout over all layers, ``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` with ``P^{(l)}`` the ALTI map (eq 6) of
+    layer l, ``[B, N, N]``.
+
+    Row i says how much of the last layer's representation at i comes from each input token; rows sum to 1. Each
+    layer's map is folded in as it is made (memory: two ``[B, N, N]`` maps beyond the trace). One row alone:
+    :func:`latim_captum.alti_rollout_row`. Arguments as :func:`interactions`.
+
+    Example:
+        >>> r = alti_rollout(model, ids, activation="silu_gate")        # doctest: +SKIP
+        >>> torch.allclose(r.sum(-1), torch.ones(1, ids.shape[1]))       # doctest: +SKIP
+        True
+    """
+    tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
+    return _alti_rollout_maps(tr, activation=activation, block_rows=block_rows, backend=backend, precision=precision)
 
 
 def interactions(
@@ -325,7 +185,7 @@ def interactions(
         block_rows: query rows per block (memory bound); default from a fixed budget (``"ref"``) or from the
             free device memory (``"fast"``, where it is the side of a square rows × columns tile).
         backend: ``"ref"`` (readable reference, materialises one row block of ``T``), ``"fast"`` (tiled, fused
-            reductions, :mod:`latim_captum.fast`), ``"triton"`` (the fast path's Triton kernels, CUDA, float32;
+            reductions, :mod:`latim_captum.maps.fast`), ``"triton"`` (the fast path's Triton kernels, CUDA, float32;
             the fastest on a GPU, compiled and autotuned on first use) or ``"auto"`` (fast on CUDA, ref elsewhere);
             same values.
         precision: the tiled paths' ``W_o`` product: ``"highest"`` (the compute dtype), ``"tf32"`` or ``"bf16"``
@@ -342,24 +202,15 @@ def interactions(
         torch.Size([1, 2, 4, 4])
     """
     check_method(method, METHODS)
-    check_backend(backend)
-    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    _check_activation(activation, tr)
-    check_precision(precision, backend, tr.embeddings.device)
+    tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     if method == "alti_logit":
         return alti_logit(
             tr, activation=activation, target=target, block_rows=block_rows, backend=backend, precision=precision
         ).scores
-    selected = check_layers(layers, tr.n_layers)
-    bsz, n = tr.shape
-    # filled layer by layer: no second copy of the [B, L, N, N] result (torch.stack would double the peak)
-    result = tr.embeddings.new_zeros(bsz, len(selected), n, n)
-    for pos, idx in enumerate(selected):
-        maps = layer_maps(
-            tr.layers[idx], activation, (method,), block_rows=block_rows, backend=backend, precision=precision
-        )
-        result[:, pos] = maps[method]
-    return result
+    return _stack(
+        tr, (method,), activation=activation, layers=layers, block_rows=block_rows, backend=backend,
+        precision=precision,
+    )[method]  # fmt: skip
 
 
 def contributions(

@@ -17,7 +17,7 @@ Usage::
     python benchmarks/speed.py --out bench_out                # full, CUDA (≤ 7.5 minutes of timing + start-up)
     python benchmarks/speed.py --kernel triton --models mamba2 --single-lengths none --out bench_triton
 
-``--kernel triton`` times the Triton kernels of :mod:`latim_captum.triton_tile` (autotuned during the warm-up) in
+``--kernel triton`` times the Triton kernels of :mod:`latim_captum.maps.triton` (autotuned during the warm-up) in
 place of the PyTorch tiles; models it does not cover are listed as skipped.
 """
 
@@ -31,6 +31,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+
+from .adapters import get_adapter
 
 __all__ = ["main", "build_model", "matmul_peak"]
 
@@ -87,7 +89,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float,
 
 def matmul_peak(precision: str, device: torch.device, size: int = 8192) -> float:
     """Dense matmul TFLOP/s of this device for ``precision`` (``tf32``/``bf16``/``highest``)."""
-    from .fast import matmul_precision
+    from .maps import matmul_precision
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -109,7 +111,7 @@ def _lig_seconds(model, ids: torch.Tensor, device: torch.device, steps: int = 50
     def forward(x):
         return model(x).logits[:, -1]
 
-    lig = LayerIntegratedGradients(forward, model.backbone.embeddings)
+    lig = LayerIntegratedGradients(forward, get_adapter(model).embeddings)
     # ≤ 8192 tokens per backward pass: all 50 steps at once need tens of GB at N = 512 (24 layers)
     per_pass = max(1, min(steps, 2**13 // ids.shape[1]))
 
@@ -118,7 +120,7 @@ def _lig_seconds(model, ids: torch.Tensor, device: torch.device, steps: int = 50
                              internal_batch_size=per_pass)  # fmt: skip
 
     # one untimed pass of the same shapes first: mamba-ssm's Triton kernels (Mamba-2) autotune their backward on
-    # first use, which once cost 87 s of a 'LIG-50' timing at N = 2048
+    # first use, which is no part of the method's cost
     run(per_pass)
     wall, _, _ = timed(lambda: run(steps), device)
     return wall
@@ -142,31 +144,28 @@ def _warm_up(
 ) -> float:
     """One untimed pass of everything the benchmark times, at length ``n``; returns its seconds. With
     ``kernel="triton"``, every measure set once per Mamba-1 anchor size that the timed ``lengths`` will use: each
-    (measures, anchor) pair is its own autotuning key, and tuning at the timed length once cost a 28 s point."""
+    (measures, anchor) pair is its own autotuning key, and tuning inside a timed point would time the tuning."""
     import latim_captum as lc
-
-    from .fast import default_anchor_rows, layer_maps_fast
-    from .single_query import alti_logit_row
-    from .traces import Mamba1SSM
+    from latim_captum.maps.tiles import default_anchor_rows
 
     start = time.perf_counter()
-    ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
+    ids = torch.randint(0, get_adapter(model).vocab_size, (1, n), device=device)
     with torch.no_grad():
         model(ids)
     tr = lc.trace(model, ids)
     proj = tr.readout.projection(tr.readout.logits.argmax(-1))
-    layer_maps_fast(tr.layers[0], "silu", ("alti", "logit", "l2"), projection=proj, precision=precision)
+    lc.layer_maps(tr.layers[0], "silu", ("alti", "logit", "l2"), projection=proj, precision=precision, backend="fast")
     if kernel != "torch":
         # Mamba-2 has no anchors (one key per measure set whatever N): anchor_rows=None, tuned once
-        mamba1 = isinstance(tr.layers[0].ssm, Mamba1SSM)
+        mamba1 = tr.layers[0].variant == "mamba1"
         anchors = sorted({default_anchor_rows(length) for length in (n, *lengths)}) if mamba1 else [None]
         for anchor in anchors:
             for measures in (("l2",), ("alti",), ("logit",), ("alti", "logit")):
-                layer_maps_fast(
-                    tr.layers[0], "silu", measures, projection=proj, precision=precision, kernel=kernel,
-                    anchor_rows=anchor,
+                lc.layer_maps(
+                    tr.layers[0], "silu", measures, projection=proj, precision=precision, backend=_backend(kernel),
+                    kernel_config={"anchor_rows": anchor},
                 )  # fmt: skip
-    alti_logit_row(tr, position=-1, precision=precision, backend=_backend(kernel))
+    lc.alti_logit_row(tr, position=-1, precision=precision, backend=_backend(kernel))
     _sync(device)
     return time.perf_counter() - start
 
@@ -188,9 +187,8 @@ def _save(results: dict, out: str | None) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     import latim_captum as lc
-
-    from .fast import dominant_flops, layer_maps_fast
-    from .single_query import alti_logit_row
+    from latim_captum.maps import stack
+    from latim_captum.maps.tiles import dominant_flops
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = args.quick
@@ -226,10 +224,8 @@ def run(args: argparse.Namespace) -> dict:
             model, min((lengths or [256])[0], 256), prec, device, kernel, [*maps_lengths, *single_lengths]
         )
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
-        cfg = model.config
-        d_model = cfg.hidden_size
-        d_inner = getattr(cfg, "intermediate_size", None) or cfg.expand * cfg.hidden_size
-        n_layers = cfg.num_hidden_layers
+        adapter = get_adapter(model)
+        n_layers, vocab = adapter.n_sublayers, adapter.vocab_size
         last_wall, last_n = None, 1
         for n in maps_lengths:
             point = {"model": kind, "dtype": dname, "precision": prec, "N": n, "n_layers": n_layers}
@@ -238,11 +234,12 @@ def run(args: argparse.Namespace) -> dict:
                 results["skipped"].append({**point, "why": why})
                 continue
             point_start = time.perf_counter()
-            ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
+            ids = torch.randint(0, vocab, (1, n), device=device)
             fwd, _, _ = timed(partial(model, ids), device)  # warm-up
             fwd, _, _ = timed(partial(model, ids), device)
             t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
             point.update(forward_s=fwd, trace_s=t_trace)
+            d_inner, d_model = tr.layers[0].out_weight.shape[1], tr.layers[0].out_weight.shape[0]
             flops = dominant_flops(n, d_inner, d_model) * n_layers
             results["points"].append(point)  # saved after each method: a run cut short keeps what it timed
             for method in ("l2", "alti", "alti_logit"):
@@ -250,12 +247,8 @@ def run(args: argparse.Namespace) -> dict:
                 proj = tr.readout.projection(tr.readout.logits.argmax(-1)) if method == "alti_logit" else None
 
                 def all_layers(tr=tr, measures=measures, proj=proj, prec=prec, kernel=kernel):
-                    outs = []
-                    for layer in tr.layers:
-                        outs.append(
-                            layer_maps_fast(layer, "silu", measures, projection=proj, precision=prec, kernel=kernel)
-                        )
-                    return outs
+                    return stack(tr, measures, activation="silu", projection=proj, precision=prec,
+                                 backend=_backend(kernel))  # fmt: skip
 
                 try:
                     wall, peak, _ = timed(all_layers, device)
@@ -271,8 +264,9 @@ def run(args: argparse.Namespace) -> dict:
                     ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
                     wref, _, _ = timed(ref_fn, device)
                     fast_fn = partial(
-                        layer_maps_fast, layer0, "silu", measures, projection=proj, precision=prec, kernel=kernel
-                    )
+                        lc.layer_maps, layer0, "silu", measures, projection=proj, precision=prec,
+                        backend=_backend(kernel),
+                    )  # fmt: skip
                     w1, _, _ = timed(fast_fn, device)
                     entry["speedup_vs_ref"] = wref / w1
                 point[method] = entry
@@ -288,8 +282,8 @@ def run(args: argparse.Namespace) -> dict:
             if why:
                 results["skipped"].append({**point, "mode": "single_query", "why": why})
                 continue
-            ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
-            row = partial(alti_logit_row, model, ids, position=-1, precision=prec, backend=_backend(kernel))
+            ids = torch.randint(0, vocab, (1, n), device=device)
+            row = partial(lc.alti_logit_row, model, ids, position=-1, precision=prec, backend=_backend(kernel))
             try:
                 if n <= args.lig_max_n:  # untimed first, as LIG is: first-call work at this length is not its cost
                     row()
@@ -344,7 +338,7 @@ def _choices(spec: str, allowed: Sequence[str], option: str) -> list[str]:
 def _triton_variants() -> tuple[str, ...]:
     """Model kinds ``kernel="triton"`` covers (none without triton)."""
     try:
-        from .triton_tile import VARIANTS
+        from .maps.triton import VARIANTS
     except ImportError:
         return ()
     return VARIANTS
@@ -398,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kernel", default="torch", choices=("torch", "triton"),
-        help="tiles of the fast path: PyTorch ops, or the Triton kernels (latim_captum.triton_tile)",
+        help="tiles of the fast path: PyTorch ops, or the Triton kernels (latim_captum.maps.triton)",
     )  # fmt: skip
     parser.add_argument("--ref-max-n", type=int, default=2048, help="largest N timed on the _ref path")
     parser.add_argument("--lig-max-n", type=int, default=2048, help="largest N timed with Captum LIG")

@@ -21,25 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .api import BACKENDS
-from .fast import PRECISIONS
+from .adapters import get_adapter
+from .catalog import registry_names
+from .maps.options import BACKENDS, PRECISIONS
 
 __all__ = ["build_parser", "main"]
 
-DEMO_METHODS = (
-    "l2",
-    "l2_silu_gate",
-    "alti",
-    "alti_silu_gate",
-    "alti_logit",
-    "alti_logit_silu_gate",
-    "saliency",
-    "input_x_gradient",
-    "integrated_gradients",
-    "mamba_attention",
-    "mamba_attribution",
-    "mamba_lrp",
-)
+#: the registry names ``latim demo`` runs by default (the method table's demo entries)
+DEMO_METHODS: tuple[str, ...] = tuple(registry_names(demo_only=True))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,13 +74,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ._plots import save_heatmap, save_layer_grid, save_side_by_side
     from .copying.evaluate import PAPER_TABLE2
     from .copying.metrics import faithfulness
-    from .methods import available_methods, get_method
+    from .methods import get_method
     from .models import copy_task_of, load_copy_model
 
     _quiet_transformers()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = args.methods or [m for m in DEMO_METHODS if m in available_methods()]
+    methods = args.methods or list(DEMO_METHODS)
     for variant in args.variants:
         model, tok = load_copy_model(variant)
         task, _ = copy_task_of(variant)
@@ -102,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows = list(task.query_rows)
         acc = float((pred[rows] == ids[0, [r + 1 for r in rows]]).float().mean())
         print(
-            f"\n=== {variant}: {type(model).__name__}, {len(model.backbone.layers)} layers, "
+            f"\n=== {variant}: {type(model).__name__}, {get_adapter(model).n_layers} layers, "
             f"input {''.join(tokens)!r}, copy accuracy on it {acc:.2f}"
         )
         print(f"{'method':34s} {'layer':>5s}  {'AUC':>5s} {'AP':>5s} {'R@K':>5s}   paper (AUC/AP/R@K, 50-token task)")
@@ -148,13 +137,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     path = {"backend": args.backend, "precision": args.precision}  # LaTIM's path; other families ignore it
+    measure, act = method.spec.measure, method.activation
     if method.family == "latim" and method.per_layer:
-        act = "silu_gate" if args.method.endswith("silu_gate") else "silu"
-        base = args.method.replace("_silu_gate", "")
-        maps = interactions(model, ids, method=base, activation=act, layers=args.layer, **path)[0, 0]
+        maps = interactions(model, ids, method=measure, activation=act, layers=args.layer, **path)[0, 0]
         layer_s = str(args.layer)
-    elif args.method.startswith("alti_logit") and args.target is None:
-        act = "silu_gate" if args.method.endswith("silu_gate") else "silu"
+    elif measure == "alti_logit" and args.target is None:
         maps = alti_logit(model, ids, activation=act, **path).scores[0]  # target: the model's own prediction
         layer_s = "all"
     else:
@@ -203,7 +190,7 @@ def cmd_error_report(args: argparse.Namespace) -> int:
         else:
             raise ValueError("--text is needed for a model other than the embedded ones")
         ids = ids.to(args.device)
-        n_layers = len(model.backbone.layers)
+        n_layers = get_adapter(model).n_sublayers
         print(
             f"\n{spec}: relative error ‖Σ_j T_i(x_j) + b − mixer(h)_i‖ / ‖mixer(h)_i‖ on {ids.shape[0]}×"
             f"{ids.shape[1]} tokens"

@@ -1,8 +1,8 @@
 """LaTIM as Inseq attribution methods: ``inseq.load_model(model, "latim")`` for HF Mamba / FalconMamba / Mamba-2.
 
-Importing this module (``import latim_captum`` does it when Inseq is installed) registers four methods; Inseq 0.7
-finds methods through the live subclasses of its ``FeatureAttribution`` and has no entry points, so the import is
-required:
+Importing this module (``import latim_captum`` does it when Inseq is installed) registers the Inseq identifiers of
+the method table (:mod:`latim_captum.catalog`, :data:`INSEQ_METHODS`); Inseq 0.7 finds methods through the live
+subclasses of its ``FeatureAttribution`` and has no entry points, so the import is required:
 
 ==================  =====================================================================  ==========================
 method              what a step holds                                                      extra dimension
@@ -11,7 +11,10 @@ method              what a step holds                                           
 ``latim_alti_logit`` same as ``latim``                                                     none
 ``latim_alti``      ALTI ``C^{(l)}_ij`` (eq 6) of every layer                              ``Model Layer``
 ``latim_l2``        ``‖T^{(l)}_i(x_j)‖_2`` (eq 5) of every layer                           ``Model Layer``
+``latim_l1``        ``‖T^{(l)}_i(x_j)‖_1`` of every layer                                  ``Model Layer``
 ==================  =====================================================================  ==========================
+
+and the baselines ``mamba_attention``, ``mamba_attribution``, ``mamba_lrp``.
 
 At generation step t (predicting token t from prefix ``0..t-1``) the target attributions are row ``i = t-1`` of the
 token-to-token map: ``target_attributions[j, t] = C_{t-1, j}``. Per-layer maps keep the layer as a third dimension,
@@ -24,20 +27,21 @@ map, so Inseq's own per-step loop (step scores, ``attr_pos_start``/``attr_pos_en
 methods, refuses step scores; the per-step loop over a cached map costs the same and keeps them.) The model is
 called directly, not through Inseq's ``forward_with_output``.
 
-Adding a method: any token-map function
+Adding a method: an entry of the method table with an Inseq identifier is registered here without more code.
+Any other token-map function
 ``fn(model_or_trace, input_ids=None, inputs_embeds=None, *, attention_mask=None, layers=None, target=None, **kw)``
 returning ``[B, L, N, N]`` (per layer) or ``[B, N, N]`` becomes an Inseq method with a thin subclass::
 
-    class MambaLRPAttribution(TokenMapAttribution):
-        method_name = "mamba_lrp"
-        token_map = staticmethod(mamba_lrp)
+    class MyLRPAttribution(InseqTokenMapAttribution):
+        method_name = "my_lrp"
+        token_map = staticmethod(my_lrp)
         token_map_kwargs = {}          # fixed keyword arguments for fn (e.g. {"method": "l2"})
         uses_target = True             # fn explains the next token: it gets target=[B, N] next-token ids
 
 Keyword arguments of ``fn`` (other than the reserved ones above) can be passed to ``model.attribute(...)``
 (e.g. ``activation="silu_gate"``, ``layers=[0, 2]``) and are recorded in ``out.info["attribution_args"]``.
-Intermediate (abstract) classes must list Inseq's ``Registry`` among their bases, as :class:`TokenMapAttribution`
-does, so that Inseq does not register them.
+Intermediate (abstract) classes must list Inseq's ``Registry`` among their bases, as
+:class:`InseqTokenMapAttribution` does, so that Inseq does not register them.
 
 Example:
     >>> import inseq, latim_captum                                              # doctest: +SKIP
@@ -63,17 +67,21 @@ from inseq.data.aggregation_functions import DEFAULT_ATTRIBUTION_AGGREGATE_DICT
 from inseq.utils import Registry, extract_signature_args
 from torch import Tensor
 
+from . import baselines, catalog
 from .adapters import get_adapter
 from .api import alti_logit, interactions
-from .baselines import mamba_attention, mamba_attribution, mamba_lrp
+from .catalog import MethodSpec
 
 __all__ = [
+    "INSEQ_METHODS",
+    "InseqTokenMapAttribution",
     "TokenMapAttribution",
     "TokenMapSequenceOutput",
     "TokenMapStepOutput",
     "LatimAltiLogitAttribution",
     "LatimAttribution",
     "LatimALTIAttribution",
+    "LatimL1Attribution",
     "LatimL2Attribution",
     "METHOD_NAMES",
     "BASELINE_METHOD_NAMES",
@@ -187,7 +195,8 @@ class TokenMapStepOutput(FeatureAttributionStepOutput):
 
 
 class _CheckedMethodMeta(type(InternalsAttributionRegistry)):
-    """Refuses a concrete subclass without its own ``method_name`` or ``token_map`` *before* the class exists.
+    """Refuses a concrete subclass without its own ``method_name`` or a ``token_map`` *before* the class exists; a
+    ``method_spec`` (a method table entry) gives ``token_map`` and ``uses_target`` unless the class body sets them.
 
     (A check in ``__init_subclass__`` would run after Python has linked the class into ``__subclasses__()``, where
     Inseq's registry would find a nameless class and fail for every method until it is garbage-collected.)
@@ -198,6 +207,10 @@ class _CheckedMethodMeta(type(InternalsAttributionRegistry)):
         if concrete:
             if not isinstance(namespace.get("method_name"), str):
                 raise TypeError(f"{name} must set its own method_name (the Inseq identifier)")
+            spec = namespace.get("method_spec")
+            if spec is not None:
+                namespace.setdefault("token_map", staticmethod(token_map_of(spec)))
+                namespace.setdefault("uses_target", spec.uses_target)
             token_map = namespace.get("token_map")
             if token_map is None:
                 token_map = next((getattr(b, "token_map", None) for b in bases if hasattr(b, "token_map")), None)
@@ -206,12 +219,16 @@ class _CheckedMethodMeta(type(InternalsAttributionRegistry)):
         return super().__new__(mcls, name, bases, namespace, **kwargs)
 
 
-class TokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass=_CheckedMethodMeta):
+class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass=_CheckedMethodMeta):
     """Base of the Inseq methods built on a token-to-token map function (see the module docstring).
 
-    Subclasses set :attr:`method_name` (the Inseq identifier) and :attr:`token_map`; listing ``Registry`` among
-    this class's bases keeps it out of Inseq's method registry.
+    Subclasses set :attr:`method_name` (the Inseq identifier) and :attr:`token_map` (or :attr:`method_spec`, a
+    method table entry, which gives both the map and ``uses_target``); listing ``Registry`` among this class's bases
+    keeps it out of Inseq's method registry.
     """
+
+    #: the method table's entry (:mod:`latim_captum.catalog`), or None for a map function of your own
+    method_spec: ClassVar[MethodSpec | None] = None
 
     #: ``fn(model_or_trace, input_ids=None, inputs_embeds=None, *, attention_mask, layers, target, ...)``
     token_map: ClassVar[Callable[..., Tensor]]
@@ -371,7 +388,22 @@ def latim_alti_logit_map(
     ).scores
 
 
-class LatimAltiLogitAttribution(TokenMapAttribution):
+def token_map_of(spec: MethodSpec) -> Callable[..., Tensor]:
+    """The token-map function of a method table entry: LaTIM per-layer maps, ALTI-Logit, or a baseline's function.
+
+    Raises:
+        ValueError: the entry's family has no token map here (Captum's gradient methods are Inseq's own).
+    """
+    if spec.family == "latim":
+        if spec.measure == "alti_logit":
+            return latim_alti_logit_map
+        return functools.partial(latim_layer_map, spec.measure)
+    if spec.family == "baseline":
+        return getattr(baselines, spec.name)
+    raise ValueError(f"{spec.name!r} ({spec.family}) has no Inseq token map here; use Inseq's own method")
+
+
+class LatimAltiLogitAttribution(InseqTokenMapAttribution):
     """LaTIM (ALTI-Logit, eqs 7-8): contribution of each prefix token to the logit of the generated token.
 
     ``C_ij = u_i · x_i^{(0)} δ_ij + Σ_l Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``; for an exact activation strategy
@@ -380,8 +412,7 @@ class LatimAltiLogitAttribution(TokenMapAttribution):
     """
 
     method_name = "latim_alti_logit"
-    token_map = staticmethod(latim_alti_logit_map)
-    uses_target = True
+    method_spec = catalog.get("alti_logit")
 
 
 class LatimAttribution(LatimAltiLogitAttribution):
@@ -390,44 +421,69 @@ class LatimAttribution(LatimAltiLogitAttribution):
     method_name = "latim"
 
 
-class LatimALTIAttribution(TokenMapAttribution):
+class LatimALTIAttribution(InseqTokenMapAttribution):
     """LaTIM (ALTI, eq 6) per layer: rows are non-negative and sum to 1. Arguments: ``layers``, ``activation``, ..."""
 
     method_name = "latim_alti"
-    token_map = staticmethod(functools.partial(latim_layer_map, "alti"))
+    method_spec = catalog.get("alti")
 
 
-class LatimL2Attribution(TokenMapAttribution):
+class LatimL2Attribution(InseqTokenMapAttribution):
     """LaTIM (ℓ2, eq 5) per layer: ``‖T^{(l)}_i(x_j)‖_2``. Arguments: ``layers``, ``activation``, ..."""
 
     method_name = "latim_l2"
-    token_map = staticmethod(functools.partial(latim_layer_map, "l2"))
+    method_spec = catalog.get("l2")
 
 
-#: the Inseq identifiers this module registers
-METHOD_NAMES: tuple[str, ...] = ("latim", "latim_alti_logit", "latim_alti", "latim_l2")
-#: the paper's baselines, registered the same way
-BASELINE_METHOD_NAMES: tuple[str, ...] = ("mamba_attention", "mamba_attribution", "mamba_lrp")
-
-
-class MambaAttentionAttribution(TokenMapAttribution):
+class MambaAttentionAttribution(InseqTokenMapAttribution):
     """Mamba-Attention (Ali et al., 2024) per layer: the channel-averaged implicit attention of eq 15."""
 
     method_name = "mamba_attention"
-    token_map = staticmethod(mamba_attention)
+    method_spec = catalog.get("mamba_attention")
 
 
-class MambaAttributionAttribution(TokenMapAttribution):
+class MambaAttributionAttribution(InseqTokenMapAttribution):
     """Mamba-Attribution (Ali et al., 2024): gradient-weighted implicit attention, rolled out over layers."""
 
     method_name = "mamba_attribution"
-    token_map = staticmethod(mamba_attribution)
-    uses_target = True
+    method_spec = catalog.get("mamba_attribution")
 
 
-class MambaLRPAttribution(TokenMapAttribution):
+class MambaLRPAttribution(InseqTokenMapAttribution):
     """MambaLRP (Jafari et al., 2024): relevance of each input token for the generated token's logit."""
 
     method_name = "mamba_lrp"
-    token_map = staticmethod(mamba_lrp)
-    uses_target = True
+    method_spec = catalog.get("mamba_lrp")
+
+
+def _generated(spec: MethodSpec, method_name: str) -> type[InseqTokenMapAttribution]:
+    """The Inseq class of a table entry's identifier that has no class written above (e.g. ``latim_l1``)."""
+    class_name = "".join(part[:1].upper() + part[1:] for part in method_name.split("_")) + "Attribution"
+    doc = f"{spec.label} (made from the method table entry {spec.name!r}). Arguments: ``layers``, ``activation``, ..."
+    namespace = {"method_name": method_name, "method_spec": spec, "__doc__": doc, "__module__": __name__}
+    return _CheckedMethodMeta(class_name, (InseqTokenMapAttribution,), namespace)
+
+
+_WRITTEN = {
+    cls.method_name: cls
+    for cls in (
+        LatimAltiLogitAttribution, LatimAttribution, LatimALTIAttribution, LatimL2Attribution,
+        MambaAttentionAttribution, MambaAttributionAttribution, MambaLRPAttribution,
+    )
+}  # fmt: skip
+#: every Inseq method of the method table, by identifier (importing this module registers them with Inseq)
+INSEQ_METHODS: dict[str, type[InseqTokenMapAttribution]] = {
+    name: _WRITTEN.get(name) or _generated(spec, name) for spec in catalog.METHOD_TABLE for name in spec.inseq
+}
+LatimL1Attribution = INSEQ_METHODS["latim_l1"]
+#: the Inseq identifiers of the LaTIM methods
+METHOD_NAMES: tuple[str, ...] = tuple(
+    name for spec in catalog.latim_methods() for name in spec.inseq
+)
+#: the paper's baselines, registered the same way
+BASELINE_METHOD_NAMES: tuple[str, ...] = tuple(
+    name for spec in catalog.METHOD_TABLE if spec.family == "baseline" for name in spec.inseq
+)
+
+#: the Inseq base's old name, kept for one release (two different classes were called TokenMapAttribution)
+TokenMapAttribution = InseqTokenMapAttribution

@@ -1,14 +1,17 @@
 """One registry of token-to-token attribution methods, so benchmarks and the CLI treat them alike.
 
-A method is one :class:`Method` entry: ``name -> fn(model, input_ids) -> maps``, where ``maps`` is
-``[B, L, N, N]`` for a per-layer method (one map per layer, ``maps[b, l, i, j]`` = how much token j matters to query
-row i at layer l) or ``[B, N, N]`` for a method that explains the whole model (one aggregated map). Rows are query
-positions, columns input positions; every map is causal (zero above the diagonal).
+The registry is built from the method table (:mod:`latim_captum.catalog`): each LaTIM entry once per activation of
+``catalog.REGISTRY_ACTIVATIONS``, every other entry once. A method is one :class:`Method` entry:
+``name -> fn(model, input_ids) -> maps``, where ``maps`` is ``[B, L, N, N]`` for a per-layer method (one map per
+layer, ``maps[b, l, i, j]`` = how much token j matters to query row i at layer l) or ``[B, N, N]`` for a method that
+explains the whole model (one aggregated map). Rows are query positions, columns input positions; every map is causal
+(zero above the diagonal).
 
 Built in:
 
-- ``l2``, ``alti`` (per layer) and ``alti_logit`` (aggregated), each as ``<name>`` (activation ``silu``, the paper's
-  default) and ``<name>_silu_gate`` (exact): :func:`latim_captum.interactions` / :func:`latim_captum.alti_logit`.
+- ``l1``, ``l2``, ``alti`` (per layer) and ``alti_logit`` (aggregated), each as ``<name>`` (activation ``silu``, the
+  paper's default) and ``<name>_silu_gate`` (exact): :func:`latim_captum.interactions` /
+  :func:`latim_captum.alti_logit`.
   ALTI-Logit's target at row i is the true next token ``input_ids[i + 1]`` (the last row reuses its own token).
 - Captum gradient methods (aggregated): for each query row i, the gradient of the logit of the true next token
   ``input_ids[i + 1]`` at position i w.r.t. the input embeddings ``e_j`` (``[N, D]``), reduced over D:
@@ -37,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from . import baselines
+from .catalog import MethodSpec, registry_entry, registry_names
 
 __all__ = [
     "DEFAULT_MAX_SEQUENCES",
@@ -56,26 +60,38 @@ DEFAULT_MAX_SEQUENCES = 256
 
 @dataclass(frozen=True)
 class Method:
-    """A registered attribution method.
+    """A registered attribution method: a table entry (:class:`~latim_captum.catalog.MethodSpec`) with its callable.
 
     Attributes:
         name: registry key (CLI ``--method``).
-        label: name for tables and figures.
-        per_layer: True if ``fn`` returns ``[B, L, N, N]``, False for one aggregated ``[B, N, N]`` map.
+        spec: the method table's entry.
+        activation: the LaTIM activation strategy of this entry (None outside LaTIM).
         fn: ``fn(model, input_ids) -> maps``; ``fn(model, input_ids, backend=..., precision=...)`` for the
-            ``"latim"`` family,
-            ``fn(model, input_ids, max_sequences)`` if ``replicates_rows``.
-        family: ``"latim"``, ``"gradient"`` or ``"baseline"``.
+            ``"latim"`` family, ``fn(model, input_ids, max_sequences)`` if ``replicates_rows``.
         replicates_rows: the method replicates the input once per query row for batched backward passes;
             ``max_sequences`` bounds how many replicas are in flight (memory ∝ max_sequences · N).
     """
 
     name: str
-    label: str
-    per_layer: bool
+    spec: MethodSpec
+    activation: str | None
     fn: Callable[..., Tensor]
-    family: str
     replicates_rows: bool = False
+
+    @property
+    def label(self) -> str:
+        """Name for tables and figures (the exact activation strategy is marked)."""
+        return f"{self.spec.label} exact" if self.activation == "silu_gate" else self.spec.label
+
+    @property
+    def per_layer(self) -> bool:
+        """True if :attr:`fn` returns ``[B, L, N, N]``, False for one aggregated ``[B, N, N]`` map."""
+        return self.spec.per_layer
+
+    @property
+    def family(self) -> str:
+        """``"latim"``, ``"gradient"`` or ``"baseline"``."""
+        return self.spec.family
 
     def __call__(
         self,
@@ -103,21 +119,6 @@ class Method:
         return maps
 
 
-METHOD_REGISTRY: dict[str, Method] = {}
-
-
-def register_method(name: str, label: str, per_layer: bool, family: str, replicates_rows: bool = False):
-    """Decorator: add ``fn(model, input_ids) -> maps`` to :data:`METHOD_REGISTRY` under ``name``."""
-
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        METHOD_REGISTRY[name] = Method(
-            name=name, label=label, per_layer=per_layer, fn=fn, family=family, replicates_rows=replicates_rows
-        )
-        return fn
-
-    return wrap
-
-
 def next_token_targets(input_ids: Tensor) -> Tensor:
     """``[B, N]``: the true next token ``input_ids[:, i + 1]`` at each row; the last row keeps its own token."""
     return torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
@@ -126,25 +127,18 @@ def next_token_targets(input_ids: Tensor) -> Tensor:
 # --- LaTIM ---------------------------------------------------------------------------------------------------------
 
 
-def _latim(method: str, activation: str) -> Callable[[nn.Module, Tensor], Tensor]:
+def _latim(measure: str, activation: str) -> Callable[..., Tensor]:
     from .api import alti_logit, interactions
 
-    if method == "alti_logit":
+    if measure == "alti_logit":
         return lambda model, ids, backend="auto", precision="highest": (
             alti_logit(
                 model, ids, activation=activation, target=next_token_targets(ids), backend=backend, precision=precision
             ).scores
         )
     return lambda model, ids, backend="auto", precision="highest": interactions(
-        model, ids, method=method, activation=activation, backend=backend, precision=precision
+        model, ids, method=measure, activation=activation, backend=backend, precision=precision
     )
-
-
-for _m, _label in (("l2", "LaTIM (ℓ2)"), ("alti", "LaTIM (ALTI)"), ("alti_logit", "LaTIM (ALTI-Logit)")):
-    for _act in ("silu", "silu_gate"):
-        _name = _m if _act == "silu" else f"{_m}_{_act}"
-        _lab = _label if _act == "silu" else f"{_label} exact"
-        register_method(_name, _lab, per_layer=_m != "alti_logit", family="latim")(_latim(_m, _act))
 
 
 # --- Captum gradient methods ----------------------------------------------------------------------------------------
@@ -202,33 +196,13 @@ def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: in
     return out
 
 
-for _kind, _label in (
-    ("saliency", "Saliency (‖∇‖₂)"),
-    ("input_x_gradient", "Input×Gradient"),
-    ("integrated_gradients", "Integrated Gradients"),
-):
-    register_method(_kind, _label, per_layer=False, family="gradient", replicates_rows=True)(
-        lambda model, ids, max_sequences, _k=_kind: _gradient_maps(model, ids, _k, max_batch=max_sequences)
-    )
-
-
-# --- Baselines (latim_captum.baselines) ---------------------------------------------------------------------------
-# Each entry calls `latim_captum.baselines.<name>` as `fn(model, input_ids)`; the gradient-based ones
-# (Mamba-Attribution, MambaLRP) explain the true next token, like ALTI-Logit and the Captum methods above.
-# Mamba-Attention is per layer ([B, L, N, N]); the other two aggregate the whole model ([B, N, N]).
-
-BASELINES = {
-    "mamba_attention": "Mamba-Attention",
-    "mamba_attribution": "Mamba-Attribution",
-    "mamba_lrp": "MambaLRP",
-}
-
-
-#: baselines that replicate the input once per query row for batched backward passes (their ``row_batch``)
+#: replicated sequences per backward pass of the row-replicating baselines (their ``row_batch``)
 ROW_REPLICATING_BASELINES = ("mamba_lrp", "mamba_attribution")
 
 
 def _baseline(name: str) -> Callable[..., Tensor]:
+    # Each calls `latim_captum.baselines.<name>` as `fn(model, input_ids)`; the gradient-based ones (Mamba-Attribution,
+    # MambaLRP) explain the true next token, like ALTI-Logit and the Captum methods above.
     fn = getattr(baselines, name)
 
     if name in ROW_REPLICATING_BASELINES:  # keep ≤ max_sequences sequences in flight
@@ -247,21 +221,43 @@ def _baseline(name: str) -> Callable[..., Tensor]:
     return call
 
 
-for _name, _label in BASELINES.items():
-    register_method(
-        _name,
-        _label,
-        per_layer=_name == "mamba_attention",
-        family="baseline",
-        replicates_rows=_name in ROW_REPLICATING_BASELINES,
-    )(_baseline(_name))
+def _method(name: str) -> Method:
+    spec, activation = registry_entry(name)
+    if spec.family == "latim":
+        return Method(name, spec, activation, _latim(spec.measure, activation))
+    if spec.family == "gradient":
+
+        def gradient(model: nn.Module, ids: Tensor, max_sequences: int) -> Tensor:
+            return _gradient_maps(model, ids, spec.name, max_batch=max_sequences)
+
+        return Method(name, spec, None, gradient, replicates_rows=True)
+    return Method(name, spec, None, _baseline(spec.name), replicates_rows=spec.name in ROW_REPLICATING_BASELINES)
 
 
-def available_methods(include_baselines: bool = True) -> list[str]:
-    """Registered method names (the baselines only with ``include_baselines``)."""
+#: every method of the table under its registry name (see :func:`latim_captum.catalog.registry_names`)
+METHOD_REGISTRY: dict[str, Method] = {name: _method(name) for name in registry_names()}
+
+
+def register_method(name: str, label: str, per_layer: bool, family: str, replicates_rows: bool = False):
+    """Decorator: add ``fn(model, input_ids) -> maps`` to :data:`METHOD_REGISTRY` under ``name`` (a method of your
+    own, outside the table: it runs in the CLI and the benchmarks, not as a Captum class or Inseq method)."""
+
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        spec = MethodSpec(name, label, family, per_layer, uses_target=False, demo=False)
+        METHOD_REGISTRY[name] = Method(name, spec, None, fn, replicates_rows=replicates_rows)
+        return fn
+
+    return wrap
+
+
+def available_methods(include_baselines: bool = True, demo_only: bool = False) -> list[str]:
+    """Registered method names (the baselines only with ``include_baselines``; with ``demo_only``, those the demo
+    and the copying benchmark run by default)."""
     names = []
     for name, method in METHOD_REGISTRY.items():
         if method.family == "baseline" and not include_baselines:
+            continue
+        if demo_only and not method.spec.demo:
             continue
         names.append(name)
     return names

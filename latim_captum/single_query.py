@@ -1,23 +1,7 @@
-"""ALTI-Logit for one query position (e.g. one generated token) without any ``N × N`` map.
+"""ALTI-Logit and the ALTI rollout for one query position (e.g. one generated token) without any ``N × N`` map.
 
-The full map is ``C = diag(u·x^{(0)}) + Σ_l Δ^{(l)} R^{(l-1)}`` with ``R^{(l)} = P^{(l)} ⋯ P^{(1)}`` (eq 8). For one
-row ``q`` evaluate the sum backwards (Horner's scheme, a vector–matrix product per layer)::
-
-    w ← Δ^{(L)}_q
-    for l = L-1 … 1:   w ← w P^{(l)} + Δ^{(l)}_q          (row vector times the layer's ALTI map)
-    C_q = w + (u_q · x^{(0)}_q) e_q
-
-A layer with embedding columns (Zamba2's hybrid layers: ``Δ = [Δ^x | Δ^e]``, ``P = [A^x | A^e]``) sends the
-embedding halves of ``Δ_q`` and of ``w P`` straight to ``C_q`` and keeps ``w ← w A^x + Δ^x_q`` in the recursion.
-
-``Δ^{(l)}_q`` is one row of eq 7 (``N·d`` work). ``w P^{(l)}`` needs the ALTI rows ``k ≤ q`` of every layer but the
-last; they are streamed in row chunks and folded into ``w`` at once, so the memory beyond the trace is O(N) plus
-one tile and one ``[chunk, N]`` slab: it grows as O(N·d), not O(N²). The time is that of ALTI maps of ``L − 1``
-layers restricted to rows ``≤ q`` (≈ (L−1)·q²·d·D FLOPs): ALTI's rows need every contribution vector, so no exact
-formulation avoids them; the ℓp/Δ rows of a single query alone are O(N·d·D).
-
-The ALTI rollout's row ``q`` (``R^{(L)}_q``, :func:`alti_rollout_row`) is the same recursion with no Δ:
-``w ← P^{(L)}_q``, then ``w ← w P^{(l)}`` down to the first layer.
+The functions here take a model (or a trace) like :func:`latim_captum.interactions`; the recursion that makes one
+row in O(N·d) memory is :mod:`latim_captum.maps.rows` (its docstring has the maths).
 
 Example:
     >>> row = alti_logit_row(model, ids, position=-1, activation="silu_gate")     # doctest: +SKIP
@@ -34,84 +18,15 @@ from torch import Tensor, nn
 
 from ._validation import check_position, check_target
 from .adapters import ModelAdapter
-from .api import AltiLogit, _as_trace, _check_activation, check_backend, check_precision, layer_maps, resolve_backend
-from .fast import auto_block
-from .traces import LayerTrace, ModelTrace, SublayerTrace
+from .api import _checked_trace
+from .maps import AltiLogit, logit_row, rollout_row
+from .traces import ModelTrace
 
 __all__ = ["alti_logit_row", "alti_rollout_row"]
 
 
-class _RowStream:
-    """Rows of one trace's per-layer maps and the Horner step ``w ← w P^{(l)}`` over rows ``≤ q`` in chunks.
-
-    Contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
-    columns: ``R^{(l)} = A^x R^{(l-1)} + A^e``) bypass the rest of the recursion and are collected in
-    ``from_embeddings``.
-    """
-
-    def __init__(
-        self,
-        tr: ModelTrace,
-        q: int,
-        activation: str,
-        projection: Tensor | None,
-        *,
-        block: int | None,
-        chunk: int | None,
-        precision: str,
-        backend: str,
-    ) -> None:
-        self.q, self.activation, self.projection = q, activation, projection
-        self.precision, self.backend = precision, backend
-        self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
-        ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
-        if block is None:
-            block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
-        self.block, self.chunk = block, chunk or 4 * block
-        self.n = tr.shape[1]
-        self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
-
-    def maps(self, layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
-        """Rows ``[start, stop)`` of one map, ``[B, rows, N]`` (``[B, rows, 2N]`` with embedding columns)."""
-        # attention / token-wise / shared-block sublayers of hybrids take the reference path
-        maps = layer_maps(
-            layer,
-            self.activation,
-            (measure,),
-            projection=self.projection,
-            block_rows=self.block if self.tiled and isinstance(layer, LayerTrace) else None,
-            backend=self.backend,
-            embedding_columns=True,
-            precision=self.precision,
-            rows=rows,
-        )
-        return maps[measure]
-
-    def stream_part(self, scores: Tensor) -> Tensor:
-        """The stream columns of ``scores``; its embedding columns go to ``from_embeddings``."""
-        if scores.shape[-1] == self.n:
-            return scores
-        self.from_embeddings.add_(scores[..., self.n :])
-        return scores[..., : self.n]
-
-    def row(self, layer: SublayerTrace, measure: str) -> Tensor:
-        """Row ``q`` of one map (stream part), ``[B, N]``."""
-        return self.stream_part(self.maps(layer, measure, (self.q, self.q + 1))[:, 0])
-
-    def through(self, w: Tensor, layer: SublayerTrace) -> Tensor:
-        """``w P^{(l)}`` (stream part) for ``w`` zero beyond ``q``: ALTI rows ``≤ q`` only, ``chunk`` at a time."""
-        folded = torch.zeros_like(w)
-        for r0 in range(0, self.q + 1, self.chunk):
-            r1 = min(self.q + 1, r0 + self.chunk)
-            folded += self.stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], self.maps(layer, "alti", (r0, r1))))
-        return folded
-
-
 def _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position):
-    check_backend(backend)
-    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    _check_activation(activation, tr)
-    check_precision(precision, backend, tr.embeddings.device)
+    tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     return tr, check_position(position, tr.shape[1])
 
 
@@ -141,8 +56,8 @@ def alti_logit_row(
         dtype: compute dtype.
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
-        precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
-        backend: path of the Mamba sublayers (:data:`latim_captum.api.BACKENDS`): ``"fast"`` (PyTorch tiles, the
+        precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.maps.fast`).
+        backend: path of the Mamba sublayers (:data:`latim_captum.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
             follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
 
@@ -160,20 +75,9 @@ def alti_logit_row(
         )
     targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
     targets = targets if targets.dim() == 1 else targets[:, q]
-    u = readout.direction(targets) * readout.norm_scale[:, q, None]  # [B, D]
-    projection = torch.zeros_like(tr.embeddings)
-    projection[:, q] = u
-    stream = _RowStream(tr, q, activation, projection, block=block, chunk=chunk, precision=precision, backend=backend)
-    w = stream.row(tr.layers[-1], "logit")
-    for layer in reversed(tr.layers[:-1]):
-        w = stream.through(w, layer) + stream.row(layer, "logit")
-    w = w + stream.from_embeddings
-    w[:, q] += (u * tr.embeddings[:, q]).sum(-1)
-    offset = readout.target_bias(targets[:, None])[:, 0]
-    for layer in tr.layers:
-        offset = offset + u @ layer.offset
-    logits = readout.logits[:, q].gather(-1, targets[:, None])[:, 0]
-    return AltiLogit(scores=w, targets=targets, logits=logits, offset=offset)
+    return logit_row(
+        tr, q, targets, activation=activation, block=block, chunk=chunk, precision=precision, backend=backend
+    )
 
 
 def alti_rollout_row(
@@ -204,8 +108,8 @@ def alti_rollout_row(
         dtype: compute dtype.
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
-        precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.fast`).
-        backend: path of the Mamba sublayers (:data:`latim_captum.api.BACKENDS`): ``"fast"`` (PyTorch tiles, the
+        precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.maps.fast`).
+        backend: path of the Mamba sublayers (:data:`latim_captum.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
             follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
 
@@ -215,8 +119,4 @@ def alti_rollout_row(
         True
     """
     tr, q = _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position)
-    stream = _RowStream(tr, q, activation, None, block=block, chunk=chunk, precision=precision, backend=backend)
-    w = stream.row(tr.layers[-1], "alti")
-    for layer in reversed(tr.layers[:-1]):
-        w = stream.through(w, layer)
-    return w + stream.from_embeddings
+    return rollout_row(tr, q, activation=activation, block=block, chunk=chunk, precision=precision, backend=backend)

@@ -187,7 +187,7 @@ def test_block_rows_do_not_change_results(kind):
 def test_any_lp_order_on_both_backends(kind, backend):
     """Eq 5 with p = 3 and p = ∞ (``"l3"``, ``"linf"``) on the reference and the tiled path, and via LatimL2."""
     from latim_captum import LatimL2
-    from latim_captum.api import layer_maps
+    from latim_captum.maps import layer_maps
 
     model = build(kind, seed=12)
     ids = random_ids(1, 6, seed=1)

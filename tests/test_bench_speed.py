@@ -8,7 +8,9 @@ import json
 import torch
 
 from conftest import build
-from latim_captum import bench_speed, fast
+from latim_captum import bench_speed
+from latim_captum.maps import layer as layer_module
+from latim_captum.maps.tiles import default_anchor_rows
 
 
 def test_quick_run_writes_every_ratio(tmp_path):
@@ -32,20 +34,20 @@ def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     measure set at the anchor of every timed length, so no timed point pays for autotuning. Mamba-2 has no anchors:
     each measure set runs once."""
     calls = []
-    real = fast.layer_maps_fast
+    real = layer_module.layer_maps_fast
 
     def recording(layer, activation, measures, *args, kernel="torch", anchor_rows=None, **kwargs):
         if kernel == "triton" and kwargs.get("rows") is None:  # the warm-up loop's maps, not the single query's rows
             calls.append((tuple(measures), anchor_rows))
         return real(layer, activation, measures, *args, anchor_rows=anchor_rows, **kwargs)  # the PyTorch tiles
 
-    monkeypatch.setattr(fast, "layer_maps_fast", recording)
+    monkeypatch.setattr(layer_module, "layer_maps_fast", recording)
     measure_sets = [("l2",), ("alti",), ("logit",), ("alti", "logit")]
     lengths = [512, 2048, 8192]
     bench_speed._warm_up(build("mamba1", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
     for n in lengths:
         for measures in measure_sets:
-            assert (measures, fast.default_anchor_rows(n)) in calls, (n, measures)
+            assert (measures, default_anchor_rows(n)) in calls, (n, measures)
     calls.clear()
     bench_speed._warm_up(build("mamba2", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
     assert calls == [(measures, None) for measures in measure_sets]

@@ -340,7 +340,7 @@ def test_llm_attribution_result_and_plots(m1):
 def _reference_maps(tr) -> dict:
     """Each class's full default map from the reference maths (``backend="ref"``), for a trace on any device."""
     from latim_captum.aggregate import rollout
-    from latim_captum.api import layer_maps_ref
+    from latim_captum.maps import layer_maps_ref
 
     alti = [layer_maps_ref(layer, "silu", ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
     return {

@@ -1,4 +1,4 @@
-"""The tiled fast path (latim_captum.fast) against the reference oracle (decompose.contributions_ref + layer_maps)."""
+"""The tiled fast path (latim_captum.maps.fast) against the reference oracle (contributions_ref + layer_maps_ref)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 
 import latim_captum as lc
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.api import layer_maps_ref as layer_maps
-from latim_captum.fast import LatimMemoryError, auto_block, layer_maps_fast, tile_bytes
+from latim_captum.maps import LatimMemoryError, layer_maps_fast
+from latim_captum.maps import layer_maps_ref as layer_maps
+from latim_captum.maps.tiles import auto_block, tile_bytes
 from latim_captum.single_query import alti_logit_row
 
 MEASURES = ("l1", "l2", "alti", "logit")
@@ -119,8 +120,9 @@ def test_triton_kernel_without_triton_says_so(traces, monkeypatch):
     import latim_captum
 
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
-    monkeypatch.delitem(sys.modules, "latim_captum.triton_tile", raising=False)
-    monkeypatch.delattr(latim_captum, "triton_tile", raising=False)
+    for name in [m for m in sys.modules if m.startswith("latim_captum.maps.triton")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delattr(latim_captum.maps, "triton", raising=False)
     layer = traces[("mamba2", "silu")][torch.float32].layers[0]
     with pytest.raises(ImportError, match="needs the triton package"):
         layer_maps_fast(layer, "silu", ("l2",), kernel="triton")

@@ -7,8 +7,8 @@ import torch
 
 import latim_captum as lc
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.api import layer_maps_ref as layer_maps  # the oracle (layer_maps dispatches to fast on CUDA)
-from latim_captum.fast import layer_maps_fast
+from latim_captum.maps import layer_maps_fast
+from latim_captum.maps import layer_maps_ref as layer_maps  # the oracle (layer_maps dispatches to fast on CUDA)
 from latim_captum.single_query import alti_logit_row
 
 pytestmark = [
@@ -35,7 +35,7 @@ def test_fast_on_cuda_matches_reference(kind):
             fast = layer_maps_fast(layer, "silu_gate", ("l2",), precision=precision)["l2"]
             err = float((fast - ref["l2"]).abs().max() / ref["l2"].abs().max())
             assert err < tol, f"{kind} {precision}: {err:.2e}"
-    assert lc.api.resolve_backend("auto", ids.device) == "fast"
+    assert lc.maps.resolve_backend("auto", ids.device) == "fast"
     full = lc.alti_logit(tr, activation="silu_gate")
     row = alti_logit_row(tr, position=-1, activation="silu_gate")
     assert float((row.scores - full.scores[:, -1]).abs().max() / full.scores[:, -1].abs().max()) < 1e-4

@@ -379,7 +379,7 @@ def test_query_rows_on_a_hybrid(family):
     (:func:`alti_rollout_row`) and the Captum classes' one-row ``attribute`` equal the full maps' rows."""
     from latim_captum import LatimALTI, LatimALTILogit, alti_rollout_row
     from latim_captum.aggregate import rollout
-    from latim_captum.api import layer_maps_ref
+    from latim_captum.maps import layer_maps_ref
 
     model, _ = build_hybrid(family, seed=5)
     ids = random_ids(2, 8, seed=3)
@@ -661,7 +661,7 @@ def test_zamba2_backends_and_baselines():
     as backend="ref"; called directly on a hybrid layer it refuses, naming the reference); the reference's row and
     position blocks change nothing; the Mamba baselines refuse Zamba2 clearly."""
     from latim_captum.decompose import shared_block_contributions
-    from latim_captum.fast import layer_maps_fast
+    from latim_captum.maps import layer_maps_fast
 
     model, _ = build_hybrid("zamba2", seed=6)
     ids = random_ids(1, 6, seed=3)

@@ -220,7 +220,7 @@ def test_trace_reuse_rejects_inputs(model):
 
 def test_tf32_flags_off_while_recomputing_and_restored(model, monkeypatch):
     """Recomputation and the reference maps run in IEEE fp32 (no TF32 conv/matmul); the user's flags come back."""
-    from latim_captum.fast import layer_maps_fast
+    from latim_captum.maps import layer_maps_fast
 
     adapter = get_adapter(model)
     seen = []

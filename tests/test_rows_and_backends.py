@@ -13,7 +13,7 @@ import latim_captum
 from conftest import build, left_pad_mask, random_ids
 from latim_captum import LatimALTI, LatimALTILogit, LatimL2, alti_rollout_row
 from latim_captum.aggregate import rollout
-from latim_captum.api import layer_maps
+from latim_captum.maps import layer_maps
 
 MEASURES = ("l2", "alti", "logit")
 
@@ -83,13 +83,13 @@ def _forbid(monkeypatch, module, name: str) -> None:
 @pytest.mark.parametrize("layer", (-1, [0, 2], "all"))
 def test_l2_attribute_computes_one_row(kind, layer, monkeypatch):
     """``LatimL2.attribute`` without ``return_matrix`` asks for the query row only, and gets the full map's row."""
-    from latim_captum.attr import _latim_options
+    from latim_captum.maps import all_layers as stack
 
     model, ids, mask, _ = _trace(kind)
     method = LatimL2(model, dtype=torch.float64)
     for position in (-1, 6):
         full = method.attribute(ids, None, mask, position=position, layer=layer, return_matrix=True)
-        calls = _spy_rows(monkeypatch, _latim_options)
+        calls = _spy_rows(monkeypatch, stack)
         row = method.attribute(ids, None, mask, position=position, layer=layer)
         monkeypatch.undo()
         assert calls and set(calls) == {(position % 10, position % 10 + 1)}
@@ -100,14 +100,15 @@ def test_l2_attribute_computes_one_row(kind, layer, monkeypatch):
 def test_alti_attribute_computes_one_row(kind, layer, monkeypatch):
     """``LatimALTI.attribute``: the per-layer maps' row alone; the rollout's row by :func:`alti_rollout_row`
     (``rollout`` of full maps never runs); both equal the full maps' rows, and rows sum to 1."""
-    from latim_captum.attr import _latim_options, latim_alti
+    from latim_captum.attr import latim_alti
+    from latim_captum.maps import all_layers as stack
 
     model, ids, mask, _ = _trace(kind)
     method = LatimALTI(model, dtype=torch.float64)
     for position in (-1, 4):
         full = method.attribute(ids, None, mask, position=position, layer=layer, return_matrix=True)
-        _forbid(monkeypatch, latim_alti, "rollout")
-        calls = _spy_rows(monkeypatch, _latim_options)
+        _forbid(monkeypatch, latim_alti, "alti_rollout")
+        calls = _spy_rows(monkeypatch, stack)
         row = method.attribute(ids, None, mask, position=position, layer=layer)
         monkeypatch.undo()
         if layer != "rollout":
@@ -158,18 +159,18 @@ def test_backend_and_precision_are_checked_by_name():
 
 def test_precision_reaches_the_tiles(monkeypatch):
     """``precision`` and ``backend`` of the public functions and classes reach :func:`layer_maps_fast`."""
-    from latim_captum import fast
+    from latim_captum.maps import layer as layer_module
 
     model = build("mamba2", seed=2)
     ids = random_ids(1, 6, seed=2)
     seen = []
-    real = fast.layer_maps_fast
+    real = layer_module.layer_maps_fast
 
     def spy(*args, **kwargs):
         seen.append((kwargs["precision"], kwargs["kernel"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fast, "layer_maps_fast", spy)
+    monkeypatch.setattr(layer_module, "layer_maps_fast", spy)
     latim_captum.interactions(model, ids, method="l2", backend="fast", precision="bf16")
     LatimALTILogit(model, backend="fast", precision="tf32").attribute(ids)
     LatimALTI(model, backend="fast", precision="bf16").attribute(ids, return_matrix=True)

@@ -1,4 +1,4 @@
-"""The fused Triton kernel (latim_captum.triton_tile, ``layer_maps_fast(kernel="triton")``) against the oracle.
+"""The Triton kernels (latim_captum.maps.triton, ``layer_maps_fast(kernel="triton")``) against the oracle.
 
 Without CUDA the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, which conftest.py sets before triton is
 first imported: tiny shapes only, it is slow); skipped where triton is not installed (CI).
@@ -17,9 +17,12 @@ import latim_captum as lc  # noqa: E402
 from conftest import VOCAB, build, left_pad_mask, perturb_, random_ids  # noqa: E402
 from latim_captum._precision import round_tf32  # noqa: E402
 from latim_captum.aggregate import alti_proximity, alti_scores, lp_scores  # noqa: E402
-from latim_captum.api import layer_maps_ref  # noqa: E402
 from latim_captum.decompose import contributions_ref, tap_contributions, token_values_ref  # noqa: E402
-from latim_captum.fast import layer_maps_fast  # noqa: E402
+from latim_captum.maps import (
+    layer_maps_fast,  # noqa: E402
+    layer_maps_ref,  # noqa: E402
+)
+from latim_captum.maps.triton import launch  # noqa: E402
 
 MEASURES = ("l1", "l2", "alti", "logit")
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -121,20 +124,16 @@ def test_triton_maps_equal_reference_and_torch_tiles(traces, key, staged):
 def test_staged_path_really_runs(traces, monkeypatch):
     """The default ℓ1/ℓ2/ALTI launch is the staged one (G buffer + GEMM), ``staged=False`` the fused one, and the
     logit always the fused kernel (MODE 1)."""
-    from latim_captum import triton_tile
-
     seen = []
-    for name in ("_staged_sums", "_alti_diagonal"):
-        real = getattr(triton_tile, name)
-        monkeypatch.setattr(
-            triton_tile, name, lambda *a, _real=real, _name=name, **k: seen.append(_name) or _real(*a, **k)
-        )
+    for name in ("staged_sums", "alti_diagonal"):
+        real = getattr(launch, name)
+        monkeypatch.setattr(launch, name, lambda *a, _real=real, _name=name, **k: seen.append(_name) or _real(*a, **k))
     layer = traces["mamba2"].layers[0]
     config = CONFIGS[0][0]
     layer_maps_fast(layer, "silu", ("l2",), kernel="triton", kernel_config=config)
-    assert seen == ["_staged_sums"]
+    assert seen == ["staged_sums"]
     layer_maps_fast(layer, "silu", ("alti",), kernel="triton", kernel_config=config)
-    assert seen == ["_staged_sums", "_staged_sums", "_alti_diagonal"]
+    assert seen == ["staged_sums", "staged_sums", "alti_diagonal"]
     layer_maps_fast(layer, "silu", ("l2", "alti"), kernel="triton", kernel_config=dict(config, staged=False))
     assert len(seen) == 3
 
@@ -144,12 +143,10 @@ def test_staged_sums_write_every_block_of_d(traces, monkeypatch):
     """Step 2 with more partial-sum blocks than d_model needs (as when an autotuning candidate has larger blocks of D
     than the smallest one the buffer is sized for): the blocks past d_model hold zeros and the maps stay exact. (The
     autotuned case itself needs a GPU: test_triton_autotuned_on_real_widths.)"""
-    from latim_captum import triton_tile
-
     layer = traces["mamba2_ragged"].layers[0]  # d_model 24 = 2 blocks of 16
     ref = layer_maps_ref(layer, "silu", ("l1", "l2", "alti"))
-    real = triton_tile._project_blocks
-    monkeypatch.setattr(triton_tile, "_project_blocks", lambda *a: real(*a) + 3)
+    real = launch.project_blocks
+    monkeypatch.setattr(launch, "project_blocks", lambda *a: real(*a) + 3)
     maps = layer_maps_fast(layer, "silu", ("l1", "l2", "alti"), kernel="triton", kernel_config=CONFIGS[2][0])
     for m in ("l1", "l2", "alti"):
         assert _rel(maps[m], ref[m]) < 1e-4, m
@@ -158,7 +155,7 @@ def test_staged_sums_write_every_block_of_d(traces, monkeypatch):
 def test_causal_tiles_cover_every_causal_pair_once():
     """The tile list holds each causal pair (j ≤ i) of the launch's rows exactly once, per sequence, and no tile
     without one; ragged rows and columns, launches that start inside the sequence."""
-    from latim_captum.triton_tile import causal_tiles
+    from latim_captum.maps.triton import causal_tiles
 
     for r0, r1, bi, bj in ((0, 13, 4, 8), (5, 13, 8, 16), (16, 40, 8, 4), (3, 4, 2, 2)):
         tiles = causal_tiles(2, r0, r1, bi, bj, torch.device("cpu"))
@@ -183,7 +180,7 @@ def test_triton_mamba1_strong_decay_and_rows():
     layer = lc.trace(model, random_ids(1, 30, seed=2)).layers[0]
     ref = layer_maps_ref(layer, "silu", ("l2", "alti"))
     small, dot = {"BI": 4, "BJ": 8, "BC": 32, "BD": 32}, {"BI": 16, "BJ": 16, "BC": 16, "BD": 16}
-    # anchor 12: not a power of two, eq 15 near the anchors from PyTorch instead of _band_kernel
+    # anchor 12: not a power of two, eq 15 near the anchors from PyTorch instead of band_kernel
     for config, anchor in ((small, 4), (small, 8), (small, 12), (dot, 16)):
         for staged in (True, False):
             tri = layer_maps_fast(
@@ -215,7 +212,7 @@ def test_triton_rows_subset_and_out(traces):
 @pytest.mark.parametrize("start,stop,rows", [(0, 100, 40), (0, 13, 13), (5, 77, 9), (0, 64, 16), (30, 31, 4)])
 def test_workspace_is_sized_for_the_largest_launch(start, stop, rows):
     """The workspace's capacity is the maximum over the actual launches, not an estimate."""
-    from latim_captum.triton_tile import Workspace, causal_tiles
+    from latim_captum.maps.triton import Workspace, causal_tiles
 
     ws = Workspace(start, stop, rows)
     launches = [(r0, min(stop, r0 + rows)) for r0 in range(start, stop, rows)]
@@ -229,14 +226,14 @@ def test_workspace_is_sized_for_the_largest_launch(start, stop, rows):
 def test_launch_rows_fit_the_budget_in_whole_row_tiles(traces, key):
     """Rows per launch fit the budget and, when a launch has fewer rows than the layer, fill whole row tiles
     (Mamba-2's staged tile rows; Mamba-1's anchors); more budget never gives fewer rows."""
-    from latim_captum.triton_tile import STAGED_TILE, _row_elements, _staged_row_bytes, launch_rows
+    from latim_captum.maps.triton.launch import STAGED_TILE, launch_rows, row_elements, staged_row_bytes
 
     layer = traces[key].layers[0]
     n = layer.residual.shape[1]
     anchor = 4
     mamba1 = key.startswith("mamba1")
     step = anchor if mamba1 else STAGED_TILE["mamba2"][0]
-    row_bytes = _row_elements(layer, anchor)[1] * 4 + _staged_row_bytes(layer, ("l2", "alti"), "tf32")
+    row_bytes = row_elements(layer, anchor)[1] * 4 + staged_row_bytes(layer, ("l2", "alti"), "tf32")
     previous = 0
     for budget_rows in range(1, n + 2):
         rows = launch_rows(layer, budget_rows * row_bytes, anchor, ("l2", "alti"), "tf32")
@@ -257,7 +254,7 @@ def test_launch_rows_fit_the_budget_in_whole_row_tiles(traces, key):
 def test_launches_share_one_workspace(traces, key, monkeypatch):
     """Several launches per layer reuse buffers allocated once (no allocation per launch), and give the maps of one
     launch."""
-    import latim_captum.triton_tile as tt
+    from latim_captum.maps.triton import workspace as tt
 
     layer = traces[key].layers[0]
     config, anchor = CONFIGS[0]
@@ -339,11 +336,11 @@ def _single_query_gap(device: str) -> float:
 def test_single_query_with_triton_kernel(monkeypatch):
     """``alti_logit_row(backend="triton")``: the row of the PyTorch tiles (which tests/test_single_query.py checks
     against the full ALTI-Logit map), with the kernel's own rows per launch, and the kernel really runs."""
-    from latim_captum import triton_tile
+    from latim_captum.maps import triton as triton_path
 
     launches = []
-    real = triton_tile.tile_sums
-    monkeypatch.setattr(triton_tile, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
+    real = triton_path.tile_sums
+    monkeypatch.setattr(triton_path, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
     assert _single_query_gap("cpu") < 1e-5
     assert ("alti",) in launches and ("logit",) in launches
 
@@ -375,11 +372,11 @@ def _backend_gaps(device: str) -> dict[str, float]:
 def test_triton_backend_of_the_public_api(monkeypatch):
     """``backend="triton"`` (functions and Captum classes) gives the maps of ``backend="fast"``, and really runs the
     kernels."""
-    from latim_captum import triton_tile
+    from latim_captum.maps import triton as triton_path
 
     launches = []
-    real = triton_tile.tile_sums
-    monkeypatch.setattr(triton_tile, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
+    real = triton_path.tile_sums
+    monkeypatch.setattr(triton_path, "tile_sums", lambda *a, **k: launches.append(a[3]) or real(*a, **k))
     gaps = _backend_gaps("cpu")
     assert max(gaps.values()) < 1e-5, gaps
     assert {("alti",), ("l2",), ("logit",)} <= set(launches)
@@ -403,7 +400,7 @@ def test_triton_on_cuda_matches_reference(key):
     with two fixed configs of each path. The distances to the fp32 oracle (of the kernel, of the PyTorch tiles at the
     same precision and of the emulation) and each model's worst ALTI row condition are printed: they say what the
     precision costs. Every case runs and prints before the test fails, so one GPU call reports them all."""
-    from latim_captum.triton_tile import _CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE
+    from latim_captum.maps.triton.kernels import CANDIDATES, PROJECT_CANDIDATES, STAGED_TILE
 
     failures = []
     tr = _traces("cuda", n=70)[key]
@@ -436,9 +433,9 @@ def test_triton_on_cuda_matches_reference(key):
         bi, bj = STAGED_TILE[variant]
         staged = [
             dict(BI=bi, BJ=bj, BC=bk, BD=bd, num_warps=warps, num_stages=stages, staged=True)
-            for bk, bd, warps, stages in _PROJECT_CANDIDATES[bi * bj][::3]
+            for bk, bd, warps, stages in PROJECT_CANDIDATES[bi * bj][::3]
         ]
-        fused = [dict(zip(("BI", "BJ", "BC", "BD"), c[:4]), staged=False) for c in _CANDIDATES[variant][::7]]
+        fused = [dict(zip(("BI", "BJ", "BC", "BD"), c[:4]), staged=False) for c in CANDIDATES[variant][::7]]
         for config in fused + staged:
             anchor = {"anchor_rows": 16} if variant == "mamba1" else {}
             maps = layer_maps_fast(
@@ -459,16 +456,16 @@ def test_context_holds_the_share_layouts_the_launches_read(traces):
     """The staged step 1 reads the tap shares channel-contiguous, the fused kernel and the PyTorch tiles
     sequence-contiguous; each layout is made only when asked for, and both hold the same values."""
     from latim_captum.decompose import tap_contributions
-    from latim_captum.fast import _context
+    from latim_captum.maps.tiles import layer_context
 
     layer = traces["mamba2"].layers[0]
     expected = tap_contributions(layer, "silu").transpose(-1, -2)  # [K, B, d, N]
-    both = _context(layer, "silu", 1 << 20, 16, sequence_contiguous=True, staged_channels=True)
+    both = layer_context(layer, "silu", 1 << 20, 16, sequence_contiguous=True, staged_channels=True)
     assert both.shares.stride(-1) == 1 and both.staged_shares.stride(-2) == 1
     assert torch.equal(both.shares, expected) and torch.equal(both.staged_shares, expected)
-    staged_only = _context(layer, "silu", 1 << 20, 16, sequence_contiguous=False, staged_channels=True)
+    staged_only = layer_context(layer, "silu", 1 << 20, 16, sequence_contiguous=False, staged_channels=True)
     assert staged_only.shares.stride(-2) == 1 and staged_only.staged_shares is staged_only.shares
-    sequence_only = _context(layer, "silu", 1 << 20, 16)
+    sequence_only = layer_context(layer, "silu", 1 << 20, 16)
     assert sequence_only.shares.stride(-1) == 1 and sequence_only.staged_shares is sequence_only.shares
 
 
@@ -477,17 +474,15 @@ def test_context_holds_the_share_layouts_the_launches_read(traces):
 def test_triton_maps_do_not_depend_on_the_share_layout(traces, key, monkeypatch):
     """The kernels take any strides: the maps with channel-contiguous shares for step 1 are those with the
     sequence-contiguous ones, for the staged measures alone and with the fused logit."""
-    import latim_captum.triton_tile as tt
-
     layer = traces[key].layers[0]
     config, anchor = CONFIGS[0]
     proj = torch.randn_like(traces[key].embeddings)
     for measures in (("l2", "alti"), ("alti", "logit")):
         maps = {}
         for channels in (False, True):
-            monkeypatch.setattr(tt, "SHARES_CHANNELS_CONTIGUOUS", channels)
             maps[channels] = layer_maps_fast(
-                layer, "silu", measures, projection=proj, kernel="triton", kernel_config=config, anchor_rows=anchor
+                layer, "silu", measures, projection=proj, kernel="triton",
+                kernel_config=dict(config, channel_shares=channels), anchor_rows=anchor,
             )  # fmt: skip
         for m in measures:
             assert torch.equal(maps[False][m], maps[True][m]), (measures, m)
@@ -495,16 +490,16 @@ def test_triton_maps_do_not_depend_on_the_share_layout(traces, key, monkeypatch)
 
 def _mixing_gaps(tr) -> list[float]:
     """:func:`mamba2_mixing` (one Triton pass) against its ``_ref`` (PyTorch) for several row ranges, relative."""
-    from latim_captum.fast import _context, _mamba2_head_mixing
-    from latim_captum.triton_tile import mamba2_mixing
+    from latim_captum.maps.tiles import layer_context, mamba2_head_mixing
+    from latim_captum.maps.triton import mamba2_mixing
 
     layer = tr.layers[0]
     n = layer.residual.shape[1]
-    ctx = _context(layer, "silu", 1 << 20, 16)
+    ctx = layer_context(layer, "silu", 1 << 20, 16)
     gaps = []
     for r0, r1 in ((0, n), (5, n), (3, n - 4), (n - 1, n)):
         got = mamba2_mixing(ctx, r0, r1)
-        ref = _mamba2_head_mixing(ctx, r0, r1, 0, r1)
+        ref = mamba2_head_mixing(ctx, r0, r1, 0, r1)
         assert got.shape == ref.shape
         assert float(got.abs().triu(diagonal=r0 + 1).max()) == 0.0, "sources after the row must be 0"
         gaps.append(_rel(got, ref))
@@ -570,9 +565,9 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from latim_captum.triton_tile import (_CANDIDATES, _GATE_CANDIDATES, _PROJECT_CANDIDATES, STAGED_TILE, _band_kernel,
-                                      _MIX_TILE, _fold_kernel, _gate_kernel, _mix_kernel, _project_kernel,
-                                      _tile_kernel)
+from latim_captum.maps.triton.kernels import (CANDIDATES, GATE_CANDIDATES, MIX_TILE, PROJECT_CANDIDATES,
+                                              STAGED_TILE, band_kernel, fold_kernel, gate_kernel, mix_kernel,
+                                              project_kernel, tile_kernel)
 
 results = []
 for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
@@ -580,27 +575,27 @@ for kernel, state, mode, precision, alti in json.loads(sys.argv[1]):
     want = dict(WANT_L1=True, WANT_L2=True, WANT_ALTI=alti)
     bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
     if kernel == "fused":
-        fn = _tile_kernel
-        bi, bj, bc, bd, warps, stages = _CANDIDATES["mamba1" if state else "mamba2"][0]
+        fn = tile_kernel
+        bi, bj, bc, bd, warps, stages = CANDIDATES["mamba1" if state else "mamba2"][0]
         constexprs = dict(**shape, **want, MODE=mode, PRECISION=precision, INTERPRET=False, BI=bi, BJ=bj, BC=bc,
                           BD=bd, EVEN_C=True, EVEN_D=True, STATE_P=16 if state else 0)
     elif kernel == "gate":
-        fn = _gate_kernel
-        (bc, warps), stages = _GATE_CANDIDATES[0], 1
+        fn = gate_kernel
+        (bc, warps), stages = GATE_CANDIDATES[0], 1
         constexprs = dict(**shape, PRECISION=precision, BI=bi, BJ=bj, BC=bc, EVEN_C=True, STATE_P=16 if state else 0)
     elif kernel == "fold":
-        fn, warps, stages = _fold_kernel, 4, 1
+        fn, warps, stages = fold_kernel, 4, 1
         constexprs = dict(K=4, STATE=16, STATE_P=16, BC=16, BJ=32)
     elif kernel == "band":
-        fn, warps, stages = _band_kernel, 4, 1
+        fn, warps, stages = band_kernel, 4, 1
         constexprs = dict(STATE=16, ANCHOR=32, BC=4)
     elif kernel == "mix":
-        fn, warps, stages = _mix_kernel, 8, 1
-        constexprs = dict(STATE=128, STATE_P=128, BI=_MIX_TILE[0], BS=_MIX_TILE[1])
+        fn, warps, stages = mix_kernel, 8, 1
+        constexprs = dict(STATE=128, STATE_P=128, BI=MIX_TILE[0], BS=MIX_TILE[1])
     else:
-        fn = _project_kernel
+        fn = project_kernel
         bi, bj = STAGED_TILE["mamba1" if state else "mamba2"]
-        bk, bd, warps, stages = _PROJECT_CANDIDATES[bi * bj][0]
+        bk, bd, warps, stages = PROJECT_CANDIDATES[bi * bj][0]
         constexprs = dict(**want, PRECISION=precision, INTERPRET=False, BI=bi, BJ=bj, BK=bk, BD=bd, EVEN_K=True,
                           EVEN_D=True)
     bf16 = {"w_ptr", "g_ptr"} if precision == 2 else set()
@@ -659,14 +654,14 @@ def test_kernel_compiles_for_hopper():
 def test_autotune_candidates_cover_every_variant():
     """Each variant keeps candidates (Mamba-1: with the default anchors and the smallest, 8), their row blocks divide
     the anchors, and the logit launch (no D blocks) tries each pair-tile shape once."""
-    from latim_captum.fast import default_anchor_rows
-    from latim_captum.triton_tile import _autotune_configs, _prune
+    from latim_captum.maps.tiles import default_anchor_rows
+    from latim_captum.maps.triton.kernels import autotune_configs, prune
 
-    configs = _autotune_configs()
+    configs = autotune_configs()
     for state, anchors in ((0, (0,)), (16, (8, *{default_anchor_rows(n) for n in (64, 512, 2048, 32768)}))):
         for anchor in anchors:
-            full = _prune(configs, {}, STATE=state, ANCHOR=anchor, MODE=0)
-            logit = _prune(configs, {}, STATE=state, ANCHOR=anchor, MODE=1)
+            full = prune(configs, {}, STATE=state, ANCHOR=anchor, MODE=0)
+            logit = prune(configs, {}, STATE=state, ANCHOR=anchor, MODE=1)
             assert full and logit and len(logit) <= len(full)
             assert all(anchor % c.kwargs["BI"] == 0 for c in full + logit)
             assert len({(c.kwargs["BI"], c.kwargs["BJ"], c.kwargs["BC"]) for c in logit}) == len(logit)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from latim_captum._validation import check_layers, check_model_inputs, check_position
 from latim_captum.adapters import ModelAdapter, get_adapter
+from latim_captum.catalog import MethodSpec
 
 __all__ = ["TokenMapAttribution", "TokenMaps", "LayerSpec", "DEFAULT", "row_as_map"]
 
@@ -88,6 +89,7 @@ class TokenMapAttribution(Attribution):
 
     Class attributes:
 
+    - ``method_spec``: the method table's entry; ``display_name``, ``per_layer`` and ``uses_target`` follow it.
     - ``map_fn``: the function; called with the model (``self.forward_func``), exactly one of ``input_ids``
       ``[B, N]`` / ``inputs_embeds`` ``[B, N, D]`` (validated, on the model's device), ``attention_mask`` (``[B, N]``
       or None), ``layers`` (a list of non-negative ints for per-layer maps, None for aggregated ones), ``target``
@@ -107,6 +109,9 @@ class TokenMapAttribution(Attribution):
     The model must be supported by :func:`latim_captum.adapters.get_adapter` (``TypeError`` otherwise).
     """
 
+    #: the method table's entry (:mod:`latim_captum.catalog`): gives ``display_name``, ``per_layer`` and
+    #: ``uses_target`` unless the class body sets them
+    method_spec: ClassVar[MethodSpec | None] = None
     map_fn: ClassVar[Callable[..., Tensor] | None] = None
     per_layer: ClassVar[bool] = True
     default_layer: ClassVar[int | str | None] = -1
@@ -116,6 +121,15 @@ class TokenMapAttribution(Attribution):
     #: ``map_fn`` accepts ``position=p`` and then computes only row p (``[B, L, N]`` / ``[B, N]``): ``attribute``
     #: without ``return_matrix`` asks for that row alone (e.g. one backward pass instead of N for gradient methods)
     row_capable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("method_spec")
+        if spec is not None:
+            for attr, value in (("display_name", spec.label), ("per_layer", spec.per_layer),
+                                ("uses_target", spec.uses_target)):  # fmt: skip
+                if attr not in cls.__dict__:
+                    setattr(cls, attr, value)
 
     def __init__(self, model: nn.Module | ModelAdapter, **options: Any) -> None:
         """

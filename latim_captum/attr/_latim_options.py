@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latim_captum.api import check_backend, layer_maps, trace
-from latim_captum.fast import check_precision_name
+from latim_captum.api import trace
+from latim_captum.maps import check_backend, check_precision_name, stack
 
 from ._base import TokenMapAttribution, row_as_map
 
@@ -39,13 +39,10 @@ def per_layer_maps(
     """
     opts = method.options
     tr = trace(method.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=opts["dtype"])
-    bsz, n = tr.shape
+    n = tr.shape[1]
     rows = (0, n) if position is None else (position, position + 1)
-    # filled layer by layer: no second copy of the [B, L, rows, N] result (torch.stack would double the peak)
-    result = tr.embeddings.new_zeros(bsz, len(layers), rows[1] - rows[0], n)
-    for pos, idx in enumerate(layers):
-        result[:, pos] = layer_maps(
-            tr.layers[idx], opts["activation"], (measure,), backend=opts["backend"], precision=opts["precision"],
-            rows=rows,
-        )[measure]  # fmt: skip
+    result = stack(
+        tr, (measure,), activation=opts["activation"], layers=layers, rows=rows, backend=opts["backend"],
+        precision=opts["precision"],
+    )[measure]  # fmt: skip
     return result if position is None else row_as_map(result[:, :, 0], position)

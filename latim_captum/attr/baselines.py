@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latim_captum import catalog
 from latim_captum.adapters import ModelAdapter
 from latim_captum.baselines import mamba_attention, mamba_attribution, mamba_lrp
 
@@ -29,9 +30,8 @@ class MambaAttention(TokenMapAttribution):
         torch.Size([1, 2, 5])
     """
 
-    display_name = "Mamba-Attention"
+    method_spec = catalog.get("mamba_attention")
     map_fn = staticmethod(mamba_attention)
-    per_layer = True
     default_layer = -1
     row_capable = True
 
@@ -54,11 +54,9 @@ class MambaAttribution(TokenMapAttribution):
         torch.Size([1, 5])
     """
 
-    display_name = "Mamba-Attribution"
+    method_spec = catalog.get("mamba_attribution")
     map_fn = staticmethod(mamba_attribution)
-    per_layer = False
     default_layer = None
-    uses_target = True
     row_capable = True
 
     def __init__(
@@ -80,11 +78,9 @@ class MambaLRP(TokenMapAttribution):
         torch.Size([1, 5])
     """
 
-    display_name = "MambaLRP"
+    method_spec = catalog.get("mamba_lrp")
     map_fn = staticmethod(mamba_lrp)
-    per_layer = False
     default_layer = None
-    uses_target = True
     row_capable = True
 
     def __init__(self, model: nn.Module | ModelAdapter, *, dtype: torch.dtype = torch.float32) -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from latim_captum.adapters import ModelAdapter
-from latim_captum.aggregate import rollout
-from latim_captum.api import layer_maps, trace
+from latim_captum import catalog
+from latim_captum.api import alti_rollout
 from latim_captum.single_query import alti_rollout_row
 
-from ._base import TokenMapAttribution, TokenMaps, row_as_map
-from ._latim_options import path_options, per_layer_maps
+from ._base import TokenMaps, row_as_map
+from .latim_measure import LatimMeasure
 
 __all__ = ["LatimALTI"]
 
 
-class LatimALTI(TokenMapAttribution):
+class LatimALTI(LatimMeasure):
     r"""LaTIM (ALTI) as a Captum attribution (eq 6).
 
     ``C_ij = [‖y_i‖_1 − ‖y_i − T'_i(x_j)‖_1]_+ / Σ_k [‖y_i‖_1 − ‖y_i − T'_i(x_k)‖_1]_+`` with
@@ -27,7 +23,7 @@ class LatimALTI(TokenMapAttribution):
     how much of the last layer's representation at i comes from each input token; an int, a list or ``"all"`` give
     per-layer maps. A Zamba2 hybrid layer also reads the input embeddings: its per-layer map adds each token's
     stream and embedding columns, and the rollout takes ``R ← A^x R + A^e`` (see
-    :func:`latim_captum.aggregate.rollout`).
+    :func:`latim_captum.alti_rollout`).
 
     Args:
         model: a supported Mamba model.
@@ -52,43 +48,24 @@ class LatimALTI(TokenMapAttribution):
         (torch.Size([1, 5]), 1.0)
     """
 
-    display_name = "LaTIM (ALTI)"
-    per_layer = True
+    method_spec = catalog.get("alti")
+    measure = "alti"
     default_layer = "rollout"
     layer_modes = ("rollout",)
-    row_capable = True
-
-    def __init__(
-        self,
-        model: nn.Module | ModelAdapter,
-        *,
-        activation: str = "silu",
-        dtype: torch.dtype = torch.float32,
-        backend: str = "auto",
-        precision: str = "highest",
-    ) -> None:
-        super().__init__(model, **path_options(activation, dtype, backend, precision))
 
     def compute_maps(
         self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None
     ) -> TokenMaps:
+        if mode != "rollout":
+            return super().compute_maps(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, layers=layers,
+                mode=mode, target=target, position=position,
+            )  # fmt: skip
         opts = self.options
-        if mode == "rollout" and position is not None:
+        if position is not None:
             row = alti_rollout_row(
                 self.adapter, input_ids, inputs_embeds, position=position, attention_mask=attention_mask, **opts
             )
             return TokenMaps(row_as_map(row, position))
-        if mode == "rollout":
-            tr = trace(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=opts["dtype"])
-            # embedding columns kept: a Zamba2 hybrid layer's embedding half joins the rollout directly
-            maps = [
-                layer_maps(
-                    layer, opts["activation"], ("alti",), embedding_columns=True, backend=opts["backend"],
-                    precision=opts["precision"],
-                )["alti"]
-                for layer in tr.layers
-            ]  # fmt: skip
-            return TokenMaps(rollout(maps))
-        return TokenMaps(
-            per_layer_maps(self, "alti", layers, input_ids, inputs_embeds, attention_mask, position=position)
-        )
+        rolled = alti_rollout(self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, **opts)
+        return TokenMaps(rolled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latim_captum import catalog
 from latim_captum.adapters import ModelAdapter
 from latim_captum.api import alti_logit
 from latim_captum.single_query import alti_logit_row
@@ -55,10 +56,8 @@ class LatimALTILogit(TokenMapAttribution):
         (torch.Size([1, 5]), True)
     """
 
-    display_name = "LaTIM (ALTI-Logit)"
-    per_layer = False
+    method_spec = catalog.get("alti_logit")
     default_layer = None
-    uses_target = True
     has_delta = True
     row_capable = True
 

@@ -7,16 +7,16 @@ import math
 import torch
 from torch import nn
 
+from latim_captum import catalog
 from latim_captum.adapters import ModelAdapter
 from latim_captum.aggregate import lp_measure
 
-from ._base import TokenMapAttribution, TokenMaps
-from ._latim_options import path_options, per_layer_maps
+from .latim_measure import LatimMeasure
 
 __all__ = ["LatimL2"]
 
 
-class LatimL2(TokenMapAttribution):
+class LatimL2(LatimMeasure):
     r"""LaTIM (ℓp) as a Captum attribution: ``C_ij = ‖T_i(x_j)‖_p`` at one layer (eq 5, ``p = 2`` by default).
 
     ``T_i(x_j)`` is token j's contribution vector to the mixer output at position i (eqs 16-25). Scores are
@@ -47,10 +47,8 @@ class LatimL2(TokenMapAttribution):
         torch.Size([1, 2, 5])
     """
 
-    display_name = "LaTIM (ℓ2)"
-    per_layer = True
-    default_layer = -1
-    row_capable = True
+    method_spec = catalog.get("l2")
+    measure = "l2"
 
     def __init__(
         self,
@@ -64,16 +62,11 @@ class LatimL2(TokenMapAttribution):
     ) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (p >= 1):
             raise ValueError(f"p must be a number >= 1 (or math.inf), got {p!r}")
-        super().__init__(model, **path_options(activation, dtype, backend, precision))
+        super().__init__(model, activation=activation, dtype=dtype, backend=backend, precision=precision)
         self.p = float(p)
 
-    def compute_maps(
-        self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None
-    ) -> TokenMaps:
-        measure = lp_measure(self.p)
-        return TokenMaps(
-            per_layer_maps(self, measure, layers, input_ids, inputs_embeds, attention_mask, position=position)
-        )
+    def layer_measure(self) -> str:
+        return lp_measure(self.p)
 
     def __repr__(self) -> str:
         p = "inf" if math.isinf(self.p) else f"{self.p:g}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters import get_adapter
 from .data import CopyTask
 from .metrics import faithfulness
 from .train import evaluate_copy
@@ -117,13 +118,14 @@ def evaluate_model(
     from ..methods import DEFAULT_MAX_SEQUENCES, available_methods, get_method
 
     variant = variant_of(model)
+    n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device
     ids = task.sample(max(n_samples, 128), seed + 1)[:n_samples]
     err_ids = ids[: min(n_samples, batch)].to(device)
     report: dict = {
         "variant": variant,
-        "n_layers": len(model.backbone.layers),
-        "paper_layer": PAPER_LAYER[variant] if len(model.backbone.layers) > PAPER_LAYER[variant] else None,
+        "n_layers": n_layers,
+        "paper_layer": PAPER_LAYER[variant] if n_layers > PAPER_LAYER[variant] else None,
         "task": task.to_dict(),
         "n_samples": n_samples,
         "eval_seed": seed + 1,
@@ -137,7 +139,7 @@ def evaluate_model(
         report["reconstruction_error"][act] = [float(e) for e in reconstruction_error(model, err_ids, activation=act)]
     if on_update is not None:
         on_update(report)
-    names = list(methods) if methods is not None else available_methods()
+    names = list(methods) if methods is not None else available_methods(demo_only=True)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
     for name in _progress(names, "methods", quiet):
         method = get_method(name)
@@ -162,14 +164,6 @@ def evaluate_model(
 
 def _fmt(m: dict) -> str:
     return f"{m['auc']:.2f} / {m['ap']:.2f} / {m['recall_at_k']:.2f}"
-
-
-def _paper_key(name: str) -> str | None:
-    return (
-        name
-        if name in ("l2", "alti", "alti_logit") or name in ("mamba_attention", "mamba_attribution", "mamba_lrp")
-        else None
-    )
 
 
 def render_markdown(report: dict) -> str:

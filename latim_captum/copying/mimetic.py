@@ -35,6 +35,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..adapters import get_adapter
+
 __all__ = ["mimetic_init_"]
 
 
@@ -87,11 +89,12 @@ def mimetic_init_(
         tie_bc: copy the B projection into the C projection (``W_C = W_B``).
         identity_conv_bc: Mamba-2: identity conv filters on the B/C channels (default True for Mamba-2).
     """
-    blocks = model.backbone.layers
+    adapter = get_adapter(model)
+    blocks = adapter.blocks
     for idx in layers:
         if not -len(blocks) <= idx < len(blocks):
             raise ValueError(f"mimetic layer {idx} out of range for {len(blocks)} layers")
-        mixer = blocks[idx].mixer
+        mixer = adapter.mixer(blocks[idx])
         if hasattr(mixer, "x_proj"):
             _mamba1(mixer, a_scale, tie_bc)
         elif hasattr(mixer, "n_groups"):

@@ -39,10 +39,9 @@ from .mimetic import mimetic_init_
 
 __all__ = ["PRESETS", "build_model", "evaluate_copy", "main", "train"]
 
-# The paper's 5,000 fixed training strings are memorised, not copied, by our 8-layer Mamba-1 in 5,000 steps of 256
-# (H100, bf16, seed 0: train loss 0.0000 from step 2,500, held-out token accuracy 0.038 = chance). Fresh strings
-# (500,000, each seen ~2.5 times) make the model learn to copy (Mamba-2: held-out token accuracy 0.9995). Pass
-# --n-train 5000 for the paper's literal setting.
+# The paper's 5,000 fixed training strings are memorised, not copied, by our 8-layer Mamba-1 (held-out accuracy at
+# chance; benchmarks/results/gpu-session-2026-11-23.md); fresh strings (500,000, each seen ~2.5 times) make the models
+# learn to copy. Pass --n-train 5000 for the paper's literal setting.
 PAPER_N_TRAIN = 500_000
 
 # per-scale settings shared by both variants; the variants differ only in state size (and Mamba-2's head size)

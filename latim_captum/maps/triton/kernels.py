@@ -1,15 +1,15 @@
-"""Triton kernels for :func:`latim_captum.fast.layer_maps_fast` (``kernel="triton"``).
+"""Every ``@triton.jit`` kernel of the tiled path, with its autotuning candidates.
 
-Two ways to the ℓ1/ℓ2/ALTI sums. **Staged** (default): :func:`_gate_kernel` builds ``G`` of every causal tile once
-into a ``[tiles, BI·BJ, d]`` buffer, and :func:`_project_kernel` is a plain GEMM ``G W_oᵀ`` per tile and block of
+Two ways to the ℓ1/ℓ2/ALTI sums. **Staged** (default): :func:`gate_kernel` builds ``G`` of every causal tile once
+into a ``[tiles, BI·BJ, d]`` buffer, and :func:`project_kernel` is a plain GEMM ``G W_oᵀ`` per tile and block of
 ``D`` whose epilogue reduces ``T``; the blocks' sums are added, and ALTI's pairs ``j = i`` redone with the residual,
-on the host. **Fused** (``config={"staged": False}``), below: no buffer, but ``G`` is rebuilt for every block of
-``D``. Mamba-1's tap-folded right factors come from :func:`_fold_kernel` in either case.
+by the launcher. **Fused** (:func:`tile_kernel`): no buffer, but ``G`` is rebuilt for every block of ``D``.
+Mamba-1's tap-folded right factors come from :func:`fold_kernel` in either case, its band near the anchors from
+:func:`band_kernel`, and Mamba-2's mixing from :func:`mix_kernel`.
 
-The PyTorch tiles write the gated values ``G`` (``[d, rows, cols]``) and ``T = W_o G`` (``[D, rows, cols]``) to
-global memory several times before reducing them; that makes them memory-bound. Here one program owns ``BI`` query
-rows × ``BJ`` source columns of one sequence, loops over ``d_model`` in blocks of ``BD`` and, inside, over
-``d_inner`` in chunks of ``BC`` channels, and never stores ``G`` nor ``T``::
+One program of the fused kernel owns ``BI`` query rows × ``BJ`` source columns of one sequence, loops over
+``d_model`` in blocks of ``BD`` and, inside, over ``d_inner`` in chunks of ``BC`` channels, and never stores ``G``
+nor ``T``::
 
     G[i, j, c] = g_{i,c} Σ_k (M_c[i, s] + δ_{i,s} D_c) f(ψ_s^{(k)})_c,    s = j + K − 1 − k      (eq 21 × gate)
     T[i, j, o] = Σ_c G[i, j, c] W_o[o, c]                     (tl.dot, fp32 accumulation; TF32/bf16 inputs on request)
@@ -19,67 +19,54 @@ The epilogue of each ``D`` block adds (sums over ``D`` are additive across block
     Σ_o T²,   Σ_o |T|,   Σ_o |T'|,   Σ_o (|y_i| − |y_i − T'|),    T'[i, j] = T[i, j] + δ_ij x_i
 
 (ℓ2, ℓ1, ALTI's ℓ1 fallback and its proximity). The logit measure ``Δ_ij = Σ_c (W_oᵀ u_i)_c G[i, j, c]`` needs no
-``W_o`` product: a second launch of the same kernel (``MODE=1``) reduces ``G`` against ``W_oᵀ u_i`` instead. ALTI's
-row normalisation, its ℓ1 fallback for degenerate rows and the ``√`` stay in :mod:`latim_captum.fast`.
+``W_o`` product: the same kernel with ``MODE=1`` reduces ``G`` against ``W_oᵀ u_i`` instead.
 
-The mixing ``M`` is made per launch of query rows ``[r0, r1)``, with the numerics (``Λ = cumsum Δ`` in float64) of
-:mod:`latim_captum.fast`:
+The mixing ``M`` has the numerics (``Λ = cumsum Δ`` in float64) of :mod:`latim_captum.maps.tiles`:
 
-* Mamba-2: per head, ``M_{h(c)}[i, s]`` for all sources ``s < r1`` (``[B, H, rows, r1]``), in one pass of
-  :func:`_mix_kernel` (``C·B`` as a ``tl.dot``, the decay and ``Δ`` in its epilogue).
+* Mamba-2: per head, ``M_{h(c)}[i, s]`` for all sources ``s < r1`` (``[B, H, rows, r1]``), ``C·B`` as a ``tl.dot``,
+  the decay and ``Δ`` in the epilogue.
 * Mamba-1: per channel, around anchors every ``ANCHOR`` rows (one per row tile). Sources before the tile's anchor
   ``a`` factorise, with the taps folded into the right factor (``[anchors, B, d, R, cols]``), so that in the kernel
   ``Σ_k M_c[i, s] f(ψ_s^{(k)})_c = Σ_r left[i, c, r] folded_a[c, r, j]``; sources in ``[a, a + ANCHOR)`` use eq 15
   directly (``[B, d, rows, ANCHOR]``) and go through the taps like Mamba-2's.
 
-Example:
-    >>> maps = layer_maps_fast(trace.layers[0], "silu", ("l2", "alti"), kernel="triton")  # doctest: +SKIP
+Measured configurations and timings are in ``docs/performance.md``; the launchers are in
+:mod:`latim_captum.maps.triton.launch`.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-import torch
 import triton
 import triton.language as tl
-from torch import Tensor
-
-from ._precision import round_tf32
-from .ssm import d_inner_of
-from .traces import LayerTrace, Mamba1SSM
 
 __all__ = [
-    "VARIANTS", "SUMS", "DEFAULT_CONFIG", "Workspace", "check_supported", "tile_sums", "launch_rows", "mamba2_mixing",
-]  # fmt: skip
+    "CANDIDATES",
+    "GATE_CANDIDATES",
+    "PROJECT_CANDIDATES",
+    "STAGED_TILE",
+    "MIX_TILE",
+    "state_padded",
+    "autotune_configs",
+    "prune",
+    "prune_project",
+    "candidate",
+    "tile_kernel",
+    "gate_kernel",
+    "project_kernel",
+    "fold_kernel",
+    "band_kernel",
+    "mix_kernel",
+    "fused",
+    "fused_autotuned",
+    "gate",
+    "gate_autotuned",
+    "project",
+    "project_autotuned",
+]
 
-#: the Mamba layer variants (:attr:`LayerTrace.variant`) the kernel covers
-VARIANTS: tuple[str, ...] = ("mamba1", "mamba2")
-#: the per-pair sums :func:`tile_sums` returns, in this order along its first dimension
-SUMS: tuple[str, ...] = ("sum_sq", "sum_abs", "sum_abs_res", "proximity", "logit")
-#: block sizes used without autotuning (the interpreter)
-DEFAULT_CONFIG = {"BI": 16, "BJ": 16, "BC": 32, "BD": 64, "num_warps": 4, "num_stages": 2}
-_PRECISION = {"highest": 0, "tf32": 1, "bf16": 2}
-#: the measures of the ``W_o`` product: made by the staged launches (the logit has none and is always fused)
-STAGED_MEASURES: tuple[str, ...] = ("l1", "l2", "alti")
-#: the tap shares in memory with the channels contiguous (``[K, B, N, d]``, as ``G``'s rows and the gate), not the
-#: sequence (the kernels take any strides): on the H100, Mamba-2's step 1 5.70 against 6.36 ms (TF32) and 5.30
-#: against 6.04 ms (bf16) at N = 2048 (benchmarks/gate_sweep.py); Mamba-1's the same
-SHARES_CHANNELS_CONTIGUOUS = True
-#: rows × sources of one program of :func:`_mix_kernel` (tl.dot needs ≥ 16 on each side; 8 warps: no spills at
-#: mamba2-130m's state 128 with sm_90's ptxas)
-_MIX_TILE = (64, 64)
-#: elements of the largest tensor the kernel indexes (its offsets are int32)
-_MAX_ELEMENTS = 2**31 - 1
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
+#: rows × sources of one program of :func:`mix_kernel` (tl.dot needs ≥ 16 on each side; 8 warps: no register
+#: spills at a state size of 128)
+MIX_TILE = (64, 64)
 
 @triton.jit
 def _gated_chunk(
@@ -285,7 +272,7 @@ def _pairs(i0, j0, r1, BI: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
-def _tile_kernel(
+def tile_kernel(
     mix_ptr, sm_b, sm_h, sm_i, sm_s,  # [B, H, rows, r1] (Mamba-2) or [B, d, rows, ANCHOR] (Mamba-1) mixing
     left_ptr, sl_b, sl_i, sl_c, sl_r,  # Mamba-1: [B, rows, d, R] left factors
     fold_ptr, sf_t, sf_b, sf_c, sf_r, sf_j,  # Mamba-1: [anchors, B, d, R, cols] folded right factors
@@ -380,8 +367,8 @@ def _tile_of(tiles_ptr, t, r0, BI: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
-def _gate_kernel(
-    mix_ptr, sm_b, sm_h, sm_i, sm_s,  # as _tile_kernel
+def gate_kernel(
+    mix_ptr, sm_b, sm_h, sm_i, sm_s,  # as tile_kernel
     left_ptr, sl_b, sl_i, sl_c, sl_r,
     fold_ptr, sf_t, sf_b, sf_c, sf_r, sf_j,
     sh_ptr, ss_k, ss_b, ss_c, ss_s,
@@ -416,8 +403,8 @@ def _gate_kernel(
 
 
 @triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
-def _project_kernel(
-    g_ptr, st_t, st_p, st_c,  # [T, BI·BJ, d] gated values of _gate_kernel
+def project_kernel(
+    g_ptr, st_t, st_p, st_c,  # [T, BI·BJ, d] gated values of gate_kernel
     tiles_ptr,  # [T, 3] int32
     w_ptr, sw_o, sw_c,  # [D, d] W_o
     y_ptr, sy_b, sy_i, sy_o,  # [B, N, D] block output y
@@ -461,7 +448,7 @@ def _project_kernel(
 
 
 @triton.jit(do_not_specialize=["r0"])  # one binary whatever the launch's rows
-def _fold_kernel(
+def fold_kernel(
     lam_ptr, sl_b, sl_i, sl_c,  # [B, N, d] Λ = cumsum Δ, float64
     a_ptr, sa_c, sa_r,  # [d, R] A
     bm_ptr, sb_b, sb_i, sb_r,  # [B, N, R] B
@@ -511,7 +498,7 @@ def _fold_kernel(
 
 
 @triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
-def _band_kernel(
+def band_kernel(
     lam_ptr, sl_b, sl_i, sl_c,  # [B, N, d] Λ = cumsum Δ, float64
     a_ptr, sa_c, sa_r,  # [d, R] A
     bm_ptr, sb_b, sb_i, sb_r,  # [B, N, R] B
@@ -522,7 +509,7 @@ def _band_kernel(
     STATE: tl.constexpr, ANCHOR: tl.constexpr, BC: tl.constexpr,
 ):  # fmt: skip
     """Mamba-1's mixing between the rows and the sources of one anchor window ``[a, a + ANCHOR)`` by eq 15, as
-    :func:`latim_captum.fast._mamba1_direct` (no D skip)::
+    :func:`latim_captum.maps.tiles.mamba1_direct` (no D skip)::
 
         M[c, i, s] = Σ_r C_{i,r} exp(A_{c,r} (Λ_{i,c} − Λ_{s,c})) B_{s,r} · Δ_{s,c}      (a ≤ s ≤ i < a + ANCHOR)
 
@@ -561,11 +548,10 @@ def _band_kernel(
     tl.store(dest, acc, mask=c_ok[:, None, None] & i_ok[None, :, None])
 
 
-#: autotuning candidates (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32 accumulator
-#: [BI·BJ, BD] at most 16K elements, those that spill little or nothing in a ptxas sweep for sm_90 (triton 3.9, TF32).
-#: The last ones (BD = 256, 64 pairs per tile) rebuild each chunk of G 3 times for d_model = 768 instead of 6 or 12:
-#: G, not the W_o product, dominates the measured time (Mamba-1 most), so they may win despite the smaller tiles
-_CANDIDATES = {
+#: autotuning candidates of the fused kernel (BI, BJ, BC, BD, num_warps, num_stages) per variant: 8 warps, the fp32
+#: accumulator [BI·BJ, BD] at most 16K elements, and no or few register spills on sm_90 (how they were chosen:
+#: docs/performance.md). Large BD rebuild each chunk of G fewer times per tile, at the price of smaller tiles
+CANDIDATES = {
     "mamba2": (
         (16, 16, 16, 64, 8, 2),
         (16, 16, 16, 64, 8, 3),
@@ -593,7 +579,7 @@ _CANDIDATES = {
 
 
 @triton.jit(do_not_specialize=["r0", "r1"])  # one binary whatever the launch's rows
-def _mix_kernel(
+def mix_kernel(
     c_ptr, sc_b, sc_i, sc_g, sc_n,  # C [B, N, G, S]
     b_ptr, sb_b, sb_s, sb_g, sb_n,  # B [B, N, G, S]
     lam_ptr, sl_b, sl_i, sl_h,  # Λ = cumsum Δ, float64 [B, N, H]
@@ -607,7 +593,7 @@ def _mix_kernel(
 
         M_h[i, s] = (C_i · B_s) exp(A_h (Λ_{i,h} − Λ_{s,h})) Δ_{s,h}   for s ≤ i,   0 for s > i
 
-    (:func:`latim_captum.fast._mamba2_head_mixing` is its ``_ref``: the same operations, ``Λ`` differences in
+    (:func:`latim_captum.maps.tiles.mamba2_head_mixing` is its ``_ref``: the same operations, ``Λ`` differences in
     float64, on ``[B, H, rows, r1]`` planes it writes several times)."""
     bh = tl.program_id(2)
     b = bh // heads
@@ -642,50 +628,21 @@ def _mix_kernel(
     tl.store(dest, mix, mask=i_ok[:, None] & s_ok[None, :])
 
 
-def mamba2_mixing(ctx, r0: int, r1: int, workspace: Workspace | None = None) -> Tensor:
-    """``M[b, h, i, s]`` of a Mamba-2 layer for rows ``[r0, r1)`` and sources ``[0, r1)``, ``[B, H, rows, r1]``
-    (:func:`_mix_kernel`; equal to :func:`latim_captum.fast._mamba2_head_mixing` up to rounding), in ``workspace``
-    when given.
-
-    Example:
-        >>> mixing = mamba2_mixing(ctx, 0, 128)  # doctest: +SKIP
-    """
-    ssm = ctx.layer.ssm
-    bsz = ssm.delta.shape[0]
-    heads, groups, state = ssm.A.shape[0], ssm.B.shape[2], ssm.B.shape[3]
-    shape = (bsz, heads, r1 - r0, r1)
-    if workspace is None:
-        out = ssm.delta.new_empty(shape)
-    else:
-        out = workspace.take("mixing", shape, ssm.delta.dtype, ssm.delta.device, bsz * heads * workspace.most_pairs())
-    bi, bs = _MIX_TILE
-    grid = (triton.cdiv(r1 - r0, bi), triton.cdiv(r1, bs), bsz * heads)
-    _mix_kernel[grid](
-        ssm.C, *ssm.C.stride(),
-        ssm.B, *ssm.B.stride(),
-        ctx.lam, *ctx.lam.stride(),
-        ssm.A,
-        ssm.delta, *ssm.delta.stride(),
-        out, *out.stride(),
-        r0, r1, heads, heads // groups,
-        STATE=state, STATE_P=_state_padded(state), BI=bi, BS=bs, num_warps=8,  # 4 warps spill at state 128
-    )  # fmt: skip
-    return out
-
-
-def _autotune_configs() -> list[triton.Config]:
+def autotune_configs() -> list[triton.Config]:
+    """Every fused-kernel candidate of both variants (:func:`prune` keeps a launch's own)."""
     return [
         triton.Config({"BI": bi, "BJ": bj, "BC": bc, "BD": bd}, num_warps=warps, num_stages=stages)
-        for bi, bj, bc, bd, warps, stages in sorted(set(_CANDIDATES["mamba2"] + _CANDIDATES["mamba1"]))
+        for bi, bj, bc, bd, warps, stages in sorted(set(CANDIDATES["mamba2"] + CANDIDATES["mamba1"]))
     ]
 
 
-def _candidate(config: triton.Config) -> tuple[int, ...]:
+def candidate(config: triton.Config) -> tuple[int, ...]:
+    """``(BI, BJ, BC, BD, num_warps, num_stages)`` of a fused-kernel config, as in :data:`CANDIDATES`."""
     meta = config.kwargs
     return meta["BI"], meta["BJ"], meta["BC"], meta["BD"], config.num_warps, config.num_stages
 
 
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """The variant's candidates; Mamba-1 row tiles must not straddle an anchor (``BI`` divides ``ANCHOR``); the
     logit launch has no ``D`` blocks (one config per ``BI, BJ, BC``)."""
     variant = "mamba1" if kwargs.get("STATE", 0) else "mamba2"
@@ -694,30 +651,30 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     for config in configs:
         meta = config.kwargs
         shape = (meta["BI"], meta["BJ"], meta["BC"]) if kwargs.get("MODE") == 1 else id(config)
-        if _candidate(config) not in _CANDIDATES[variant] or (anchor and anchor % meta["BI"]) or shape in seen:
+        if candidate(config) not in CANDIDATES[variant] or (anchor and anchor % meta["BI"]) or shape in seen:
             continue
         seen.add(shape)
         kept.append(config)
     return kept
 
 
-def _state_padded(state: int) -> int:
+def state_padded(state: int) -> int:
     """Mamba-1's state size padded to a power of two ≥ 16 (``tl.dot``'s smallest contraction); 0 for Mamba-2."""
     return max(16, triton.next_power_of_2(state)) if state else 0
 
 
-_kernel = triton.heuristics(
+fused = triton.heuristics(
     {
         "EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0,
         "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0,
-        "STATE_P": lambda a: _state_padded(a["STATE"]),
+        "STATE_P": lambda a: state_padded(a["STATE"]),
     }
-)(_tile_kernel)
-_autotuned = triton.autotune(
-    configs=_autotune_configs(),
+)(tile_kernel)
+fused_autotuned = triton.autotune(
+    configs=autotune_configs(),
     key=["d_inner", "d_model", "K", "HEAD_DIM", "STATE", "ANCHOR", "MODE", "WANT_ALTI", "PRECISION"],
-    prune_configs_by={"early_config_prune": _prune},
-)(_kernel)
+    prune_configs_by={"early_config_prune": prune},
+)(fused)
 
 
 #: pairs per tile of the staged kernels (query rows × source columns) per variant: Mamba-2, one GEMM tile of
@@ -727,437 +684,35 @@ STAGED_TILE: dict[str, tuple[int, int]] = {"mamba2": (8, 16), "mamba1": (16, 16)
 #: staged step 1 (gated values): (BC, num_warps); step 2 (GEMM + sums): (BK, BD, num_warps, num_stages) per pairs
 #: per tile. None spills for sm_90 with 128 pairs and BD = 128; the BD = 256 ones spill a little with ALTI's
 #: epilogue, none without; 256 pairs keep the accumulator at 32K elements or less
-_GATE_CANDIDATES = ((16, 4), (32, 4), (32, 8), (64, 4))
-_PROJECT_CANDIDATES = {
+GATE_CANDIDATES = ((16, 4), (32, 4), (32, 8), (64, 4))
+PROJECT_CANDIDATES = {
     128: ((32, 128, 8, 3), (32, 128, 8, 4), (64, 128, 8, 3), (32, 256, 8, 3), (16, 256, 8, 4)),
     256: ((32, 64, 8, 3), (32, 128, 8, 3), (16, 128, 8, 4), (64, 64, 8, 2)),
 }
 
-_gate = triton.heuristics(
-    {"EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0, "STATE_P": lambda a: _state_padded(a["STATE"])}
-)(_gate_kernel)
-_gate_autotuned = triton.autotune(
-    configs=[triton.Config({"BC": bc}, num_warps=warps) for bc, warps in _GATE_CANDIDATES],
+gate = triton.heuristics(
+    {"EVEN_C": lambda a: a["d_inner"] % a["BC"] == 0, "STATE_P": lambda a: state_padded(a["STATE"])}
+)(gate_kernel)
+gate_autotuned = triton.autotune(
+    configs=[triton.Config({"BC": bc}, num_warps=warps) for bc, warps in GATE_CANDIDATES],
     key=["d_inner", "K", "HEAD_DIM", "STATE", "ANCHOR", "PRECISION", "BI", "BJ"],
-)(_gate)
-_project = triton.heuristics(
+)(gate)
+project = triton.heuristics(
     {"EVEN_K": lambda a: a["d_inner"] % a["BK"] == 0, "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0}
-)(_project_kernel)
+)(project_kernel)
 
 
-def _prune_project(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+def prune_project(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """The step-2 candidates of the tile's number of pairs."""
-    kept = _PROJECT_CANDIDATES[kwargs["BI"] * kwargs["BJ"]]
+    kept = PROJECT_CANDIDATES[kwargs["BI"] * kwargs["BJ"]]
     return [c for c in configs if (c.kwargs["BK"], c.kwargs["BD"], c.num_warps, c.num_stages) in kept]
 
 
-_project_autotuned = triton.autotune(
+project_autotuned = triton.autotune(
     configs=[
         triton.Config({"BK": bk, "BD": bd}, num_warps=warps, num_stages=stages)
-        for bk, bd, warps, stages in sorted(set(sum(_PROJECT_CANDIDATES.values(), ())))
+        for bk, bd, warps, stages in sorted(set(sum(PROJECT_CANDIDATES.values(), ())))
     ],
     key=["d_inner", "d_model", "WANT_L1", "WANT_L2", "WANT_ALTI", "PRECISION", "BI", "BJ"],
-    prune_configs_by={"early_config_prune": _prune_project},
-)(_project)
-
-
-@dataclass
-class Workspace:
-    """Buffers reused by every launch of one layer's query rows ``[start, stop)``, ``rows`` per launch.
-
-    Each buffer is sized once, for the largest launch. Sized per launch, a buffer grows with the launch's last row;
-    the allocator, short of memory for a new block of a budget's size, then frees its cache (a device-wide sync) at
-    every launch: at N = 32768 that left the GPU idle 70 % of the time.
-
-    Example:
-        >>> ws = Workspace(0, 100, 40)
-        >>> ws.most_pairs(), ws.most_tiles(8, 16)   # the launch [40, 80) and the last one [80, 100)
-        (3200, 21)
-    """
-
-    start: int
-    stop: int
-    rows: int
-    buffers: dict[str, Tensor] = field(default_factory=dict)
-
-    def _largest_launches(self) -> list[tuple[int, int]]:
-        """The last launch and the full one before it: every other launch has as many rows and an earlier end."""
-        last = self.start + (self.stop - self.start - 1) // self.rows * self.rows
-        return [(last, self.stop)] + ([(last - self.rows, last)] if last > self.start else [])
-
-    def most_pairs(self) -> int:
-        """Most ``rows × columns`` of one launch (columns ``[0, r1)``)."""
-        return max((r1 - r0) * r1 for r0, r1 in self._largest_launches())
-
-    def most_tiles(self, bi: int, bj: int) -> int:
-        """Most causal ``bi × bj`` tiles of one launch, per sequence."""
-        return max(int(_causal_tile_counts(r0, r1, bi, bj)[0].sum()) for r0, r1 in self._largest_launches())
-
-    def take(self, key: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device, capacity: int) -> Tensor:
-        """A contiguous ``shape`` view of buffer ``key`` (uninitialised), allocated with ``capacity`` elements
-        (or ``shape``'s, if more) the first time."""
-        numel = math.prod(shape)
-        buffer = self.buffers.get(key)
-        if buffer is None or buffer.dtype != dtype or buffer.numel() < numel:
-            self.buffers.pop(key, None)
-            buffer = None  # the old block is free before the new one is allocated
-            buffer = torch.empty(max(numel, capacity), dtype=dtype, device=device)
-            self.buffers[key] = buffer
-        return buffer[:numel].view(shape)
-
-
-def _causal_tile_counts(r0: int, r1: int, bi: int, bj: int) -> tuple[Tensor, Tensor]:
-    """Per row tile of rows ``[r0, r1)`` (CPU int64): how many column tiles hold a causal pair (those with ``j0 ≤`` its
-    last row), and where its tiles start in one sequence's part of :func:`causal_tiles`."""
-    row_tiles = torch.arange(triton.cdiv(r1 - r0, bi))
-    per_row_tile = (torch.clamp(r0 + (row_tiles + 1) * bi, max=r1) - 1) // bj + 1
-    return per_row_tile, torch.cumsum(per_row_tile, 0) - per_row_tile
-
-
-@functools.lru_cache(maxsize=64)
-def _tile_layout(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """:func:`causal_tiles` and the first tile of each row tile, on ``device``.
-
-    Built on the host and cached: on CUDA, sizing ``repeat_interleave``'s output from device counts would stall the
-    host on the GPU's queue at every launch, leaving the GPU idle while the next kernels are enqueued.
-    """
-    per_row_tile, starts = _causal_tile_counts(r0, r1, bi, bj)
-    rows = torch.repeat_interleave(torch.arange(len(per_row_tile)), per_row_tile)
-    cols = torch.arange(len(rows)) - torch.repeat_interleave(starts, per_row_tile)
-    one = torch.stack([rows, cols], 1)
-    seqs = torch.arange(bsz).repeat_interleave(len(one))
-    tiles = torch.cat([seqs[:, None], one.repeat(bsz, 1)], 1).to(torch.int32)
-    return tiles.to(device), starts.to(device)
-
-
-def causal_tiles(bsz: int, r0: int, r1: int, bi: int, bj: int, device: torch.device) -> Tensor:
-    """``[T, 3]`` int32 (sequence, row tile, column tile) of every ``bi × bj`` tile of rows ``[r0, r1)`` × columns
-    ``[0, r1)`` that holds a causal pair (``j0 ≤`` the tile's last row), row tile by row tile.
-
-    Example:
-        >>> causal_tiles(1, 0, 4, 2, 2, torch.device("cpu")).tolist()
-        [[0, 0, 0], [0, 1, 0], [0, 1, 1]]
-    """
-    return _tile_layout(bsz, r0, r1, bi, bj, torch.device(device))[0]
-
-
-def check_supported(layer: LayerTrace, measures: Sequence[str]) -> None:
-    """Raise a ``ValueError`` naming what ``kernel="triton"`` cannot do for this layer or these measures."""
-    if layer.variant not in VARIANTS:
-        raise ValueError(
-            f"kernel='triton' covers {', '.join(VARIANTS)} layers, not {layer.variant} (layer {layer.layer}); "
-            "use kernel='torch'"
-        )
-    if layer.residual.dtype != torch.float32:
-        raise ValueError(f"kernel='triton' computes in float32, not {layer.residual.dtype}; use kernel='torch'")
-    unsupported = [m for m in measures if m not in ("l1", "l2", "alti", "logit")]
-    if unsupported:
-        raise ValueError(f"kernel='triton' computes l1, l2, alti and logit, not {unsupported}; use kernel='torch'")
-    if layer.residual.device.type != "cuda" and not _interpreting():
-        raise ValueError(
-            f"kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported), not "
-            f"{layer.residual.device}"
-        )
-
-
-def _row_elements(layer: LayerTrace, anchor: int) -> tuple[int, int]:
-    """Elements per query row of one launch: of its largest tensor, and of all it allocates (with temporaries)."""
-    bsz, n, _ = layer.residual.shape
-    sums = len(SUMS) * bsz * n
-    if isinstance(layer.ssm, Mamba1SSM):
-        d, state = layer.ssm.A.shape
-        folded = bsz * d * state * n // anchor + bsz * d * state  # folded right factors (+ a share of one anchor's)
-        direct = bsz * d * anchor
-        return max(folded, sums), folded + bsz * d * state + direct + sums
-    heads = layer.ssm.A.shape[0]
-    # the mixing (one plane per head, written once by _mix_kernel: no temporaries) and the sums
-    return max(heads, len(SUMS)) * bsz * n, (heads + len(SUMS)) * bsz * n
-
-
-def _staged_row_bytes(layer: LayerTrace, measures: Sequence[str], precision: str) -> int:
-    """Bytes per query row of the staged kernels' buffers: ``G`` (``[N, d]``, bf16 with ``precision="bf16"``) and
-    the sums per block of ``D``; 0 for measures without the ``W_o`` product (no staged launch)."""
-    if not any(m in STAGED_MEASURES for m in measures):
-        return 0
-    bsz, n, d_model = layer.residual.shape
-    bi, bj = STAGED_TILE[layer.variant]
-    gated = (n + bj) * d_inner_of(layer.ssm) * (2 if precision == "bf16" else 4)
-    blocks = 4 * _project_blocks(d_model, bi * bj) * n * 4
-    return bsz * (gated + blocks)
-
-
-def launch_rows(
-    layer: LayerTrace,
-    budget_bytes: int,
-    anchor_rows: int = 16,
-    measures: Sequence[str] = ("l2",),
-    precision: str = "highest",
-) -> int:
-    """Query rows per launch whose mixing, factors, sums and staged buffers (:func:`_staged_row_bytes`) fit
-    ``budget_bytes`` and int32 offsets (Mamba-1: a multiple of ``anchor_rows`` when more than one anchor fits;
-    Mamba-2: a multiple of the staged row tile when more than one tile fits).
-
-    Example:
-        >>> launch_rows(layer, 2**30)  # doctest: +SKIP
-        96
-    """
-    n = layer.residual.shape[1]
-    largest, total = _row_elements(layer, anchor_rows)
-    row_bytes = total * layer.residual.element_size() + _staged_row_bytes(layer, measures, precision)
-    rows = max(1, min(n, budget_bytes // row_bytes, _MAX_ELEMENTS // largest))
-    mamba1 = isinstance(layer.ssm, Mamba1SSM)
-    # Mamba-2: a partial last row tile computes its masked rows all the same (26 rows in tiles of 8 waste 6 of 32)
-    step = anchor_rows if mamba1 else STAGED_TILE[layer.variant][0]
-    if rows < n and (mamba1 or rows >= step):
-        rows = max(step, rows - rows % step)
-    return rows
-
-
-def _mamba1_factors(ctx, r0: int, r1: int, anchor_rows: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Mamba-1 mixing for rows ``[r0, r1)`` with anchors ``r0, r0 + anchor_rows, …`` (as
-    :func:`latim_captum.fast._mamba1_anchor_rows`): left factors ``[B, rows, d, R]``, folded right factors
-    ``[anchors, B, d, R, cols]`` (columns before each anchor; :func:`_fold_kernel`, one pass) and eq 15 near the
-    anchors ``[B, d, rows, anchor_rows]`` (no D skip: the kernel adds it; :func:`_band_kernel`, one pass, for anchors
-    that are powers of two, else PyTorch)."""
-    from .fast import _mamba1_direct
-
-    ssm = ctx.layer.ssm
-    bsz, _, d = ssm.delta.shape
-    state = ssm.A.shape[-1]
-    dtype = ssm.delta.dtype
-    anchors = list(range(r0, r1, anchor_rows))
-    rows = torch.arange(r0, r1, device=ssm.delta.device)
-    anchor_of_row = r0 + (rows - r0) // anchor_rows * anchor_rows
-    ahead = (ctx.lam[:, r0:r1] - ctx.lam[:, anchor_of_row]).to(dtype)  # [B, r, d], ≥ 0
-    left = torch.exp(ahead[..., None] * ssm.A) * ssm.C[:, r0:r1, None, :]  # [B, r, d, R]
-    cols = max(1, anchors[-1])
-    folded = ssm.delta.new_empty(len(anchors), bsz, d, state, cols)  # only columns j < anchor are read
-    if anchors[-1] > 0:
-        block_c, block_j = 16, 32
-        grid = (len(anchors) * bsz, triton.cdiv(d, block_c), triton.cdiv(cols, block_j))
-        _fold_kernel[grid](
-            ctx.lam, *ctx.lam.stride(),
-            ssm.A, *ssm.A.stride(),
-            ssm.B, *ssm.B.stride(),
-            ssm.delta, *ssm.delta.stride(),
-            ctx.staged_shares, *ctx.staged_shares.stride(),
-            folded, *folded.stride(),
-            r0, anchor_rows, d, bsz, cols,
-            K=ctx.shares.shape[0], STATE=state, STATE_P=_state_padded(state), BC=block_c, BJ=block_j,
-        )  # fmt: skip
-    direct = ssm.delta.new_empty(bsz, d, r1 - r0, anchor_rows)  # every row of the launch is written
-    if anchor_rows & (anchor_rows - 1) == 0:  # a power of two: one Triton pass (tl.arange's sizes)
-        block_c = max(1, min(16, 4096 // anchor_rows**2))
-        _band_kernel[(len(anchors) * bsz, triton.cdiv(d, block_c))](
-            ctx.lam, *ctx.lam.stride(),
-            ssm.A, *ssm.A.stride(),
-            ssm.B, *ssm.B.stride(),
-            ssm.C, *ssm.C.stride(),
-            ssm.delta, *ssm.delta.stride(),
-            direct, *direct.stride(),
-            r0, r1, d, bsz,
-            STATE=state, ANCHOR=anchor_rows, BC=block_c, num_warps=8 if anchor_rows >= 64 else 4,
-        )  # fmt: skip
-        return left, folded, direct
-    direct.zero_()
-    for a in anchors:
-        b = min(r1, a + anchor_rows)
-        direct[:, :, a - r0 : b - r0, : b - a] = _mamba1_direct(ctx, a, b, a, b)
-    return left, folded, direct
-
-
-def tile_sums(
-    ctx,
-    r0: int,
-    r1: int,
-    measures: Sequence[str],
-    *,
-    precision: str = "highest",
-    wu: Tensor | None = None,
-    config: dict | None = None,
-    workspace: Workspace | None = None,
-) -> Tensor:
-    """The :data:`SUMS` of every causal pair of query rows ``[r0, r1)`` × sources ``[0, r1)``, ``[5, B, rows, r1]``.
-
-    Args:
-        ctx: the layer context of :mod:`latim_captum.fast` (tap shares ``[K, B, d, N]``, ``Λ``, gate, skip and, for
-            Mamba-1, ``anchor_rows``: a multiple of ``BI``).
-        r0, r1: query rows; sums of pairs ``j > i`` (and of measures not asked for) are 0.
-        measures: which sums to form: ``"l2"`` → ``sum_sq``, ``"l1"`` → ``sum_abs``, ``"alti"`` → ``sum_abs_res``
-            and ``proximity``, ``"logit"`` → ``logit`` (needs ``wu``).
-        precision: ``"highest"`` (IEEE fp32 ``tl.dot``), ``"tf32"`` or ``"bf16"`` for the ``W_o`` product.
-        wu: ``W_oᵀ u_i`` for the rows, ``[B, rows, d]`` (the logit measure).
-        config: block sizes ``{"BI", "BJ", "BC", "BD"}`` (+ ``num_warps``, ``num_stages``); default: autotuned on
-            CUDA, :data:`DEFAULT_CONFIG` in the interpreter. Staged, ``BI × BJ`` is the pair tile of both steps,
-            ``BC`` the channel chunk of step 1 and of step 2's GEMM, ``BD`` step 2's block of ``D``. The key
-            ``"staged"`` (default ``True``; alone, it keeps the autotuning) picks how the ℓ1/ℓ2/ALTI sums are made:
-            in two steps (``G`` of the causal tiles stored once, then a GEMM whose epilogue reduces ``T``), or in
-            one fused kernel that rebuilds ``G`` in registers for each block of ``D`` (no buffer). The logit has no
-            ``W_o`` product and is always fused.
-        workspace: buffers of the staged kernels and of Mamba-2's mixing shared by the launches of one layer
-            (:class:`Workspace`); default: allocated for this launch.
-    """
-    layer = ctx.layer
-    bsz, _, d_model = layer.residual.shape
-    d_inner = ctx.gate.shape[1]
-    mamba1 = isinstance(layer.ssm, Mamba1SSM)
-    anchor_rows = ctx.anchor_rows if mamba1 else 0
-    interpret = _interpreting()
-    config = dict(config or {})
-    staged = config.pop("staged", True)
-    if not config:
-        config = DEFAULT_CONFIG if interpret else None
-    staged_w = staged and any(m in STAGED_MEASURES for m in measures)
-    fused_bi = min(c[0] for c in _CANDIDATES["mamba1"])
-    if config is not None:
-        row_blocks = {config["BI"]}
-    else:  # the fused launches (logit, or everything unstaged) are autotuned down to BI = fused_bi
-        fused = "logit" in measures or not staged_w
-        row_blocks = ({fused_bi} if fused else set()) | ({STAGED_TILE[layer.variant][0]} if staged_w else set())
-    if mamba1 and any(anchor_rows % bi for bi in row_blocks):
-        raise ValueError(
-            f"anchor_rows={anchor_rows} must be a multiple of the kernel's row block BI ({max(row_blocks)}"
-            f"{' for the autotuned kernel' if config is None else ''})"
-        )
-    largest, _ = _row_elements(layer, anchor_rows or 1)
-    if (r1 - r0) * largest > _MAX_ELEMENTS:
-        raise ValueError(f"{r1 - r0} rows per launch overflow int32 offsets; use fewer (see launch_rows)")
-    sums = layer.residual.new_zeros(len(SUMS), bsz, r1 - r0, r1)
-    if mamba1:
-        left, folded, mixing = _mamba1_factors(ctx, r0, r1, anchor_rows)
-        head_dim, state = 1, layer.ssm.A.shape[-1]
-    else:
-        mixing = mamba2_mixing(ctx, r0, r1, workspace)  # [B, H, rows, r1]
-        left, folded = sums, sums[..., None]  # not read
-        head_dim, state = layer.ssm.head_dim, 0
-    gate = layer.out_gate  # [B, N, d]
-    out_weight = layer.out_weight  # rounded once here for the reduced precisions (G is rounded in the kernels)
-    if precision == "bf16":
-        out_weight = out_weight.to(torch.bfloat16)
-    elif precision == "tf32":
-        out_weight = round_tf32(out_weight)
-    y, x = layer.block_output, layer.residual
-    u = wu if wu is not None else sums[0]  # not read without the logit
-    want = dict(WANT_L1="l1" in measures, WANT_L2="l2" in measures, WANT_ALTI="alti" in measures)
-    shape = dict(K=ctx.shares.shape[0], HEAD_DIM=head_dim, STATE=state, ANCHOR=anchor_rows)
-
-    def gated_args(shares: Tensor) -> tuple:
-        return (
-            mixing, *mixing.stride(),
-            left, *left.stride(),
-            folded, *folded.stride(),
-            shares, *shares.stride(),
-            gate, *gate.stride(),
-            ctx.skip,
-        )  # fmt: skip
-
-    modes = ([0] if any(want.values()) else []) + ([1] if "logit" in measures else [])
-    for mode in modes:
-        if mode == 1 and wu is None:
-            raise ValueError("the logit sums need wu = W_oᵀ u_i")
-        if mode == 0 and staged_w:
-            _staged_sums(
-                layer, gated_args(ctx.staged_shares), sums, out_weight, r0, r1, precision, shape, want, config,
-                interpret, workspace,
-            )  # fmt: skip
-            continue
-        args = (
-            *gated_args(ctx.shares),
-            out_weight, *out_weight.stride(),
-            y, *y.stride(),
-            x, *x.stride(),
-            u, *u.stride(),
-            sums, *sums.stride(),
-            r0, r1, d_inner, d_model,
-        )  # fmt: skip
-        common = dict(**shape, **want, PRECISION=_PRECISION[precision], INTERPRET=interpret)
-        if config is None:
-            grid = lambda meta: (triton.cdiv(r1 - r0, meta["BI"]) * triton.cdiv(r1, meta["BJ"]), bsz)  # noqa: E731
-            _autotuned[grid](*args, MODE=mode, **common)
-        else:
-            grid = (triton.cdiv(r1 - r0, config["BI"]) * triton.cdiv(r1, config["BJ"]), bsz)
-            _kernel[grid](*args, MODE=mode, **common, **config)
-    return sums
-
-
-def _staged_sums(
-    layer, gated_args, sums, out_weight, r0, r1, precision, shape, want, config, interpret, workspace
-) -> None:
-    """The ℓ1/ℓ2/ALTI :data:`SUMS` in two launches: ``G`` of every causal tile into a ``[T, BI·BJ, d]`` buffer
-    (:func:`_gate_kernel`), then its ``W_o`` product and reductions per block of ``D`` (:func:`_project_kernel`),
-    added here; ALTI's pairs ``j = i`` are redone here with the residual, from the same ``G``."""
-    bsz, _, d_model = layer.residual.shape
-    d_inner = layer.out_gate.shape[-1]
-    device = layer.residual.device
-    bi, bj = (config["BI"], config["BJ"]) if config is not None else STAGED_TILE[layer.variant]
-    tiles = causal_tiles(bsz, r0, r1, bi, bj, device)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n_d = _project_blocks(d_model, bi * bj, config)
-    gated_shape, blocks_shape = (len(tiles), bi * bj, d_inner), (n_d, 4, *sums.shape[1:])
-    if workspace is None:
-        gated = torch.empty(gated_shape, dtype=dtype, device=device)
-        blocks = sums.new_empty(blocks_shape)
-    else:
-        most_tiles = bsz * workspace.most_tiles(bi, bj)
-        gated = workspace.take("gated", gated_shape, dtype, device, most_tiles * bi * bj * d_inner)
-        blocks = workspace.take("blocks", blocks_shape, sums.dtype, device, n_d * 4 * bsz * workspace.most_pairs())
-    # pairs j > i are never stored (0); every config stores all n_d blocks of the others, zeros past d_model, so that
-    # autotuning leaves no candidate's sums behind
-    blocks.zero_()
-    gate_args = (*gated_args, tiles, gated, *gated.stride(), r0, r1, d_inner)
-    project_args = (
-        gated, *gated.stride(),
-        tiles,
-        out_weight, *out_weight.stride(),
-        layer.block_output, *layer.block_output.stride(),
-        blocks, *blocks.stride(),
-        r0, r1, d_inner, d_model, n_d,
-    )  # fmt: skip
-    precision_id = _PRECISION[precision]
-    if config is None:
-        _gate_autotuned[lambda meta: (len(tiles), triton.cdiv(d_inner, meta["BC"]))](
-            *gate_args, **shape, PRECISION=precision_id, BI=bi, BJ=bj
-        )
-        _project_autotuned[(len(tiles) * n_d,)](
-            *project_args, **want, PRECISION=precision_id, INTERPRET=interpret, BI=bi, BJ=bj
-        )
-    else:
-        launch = {k: config[k] for k in ("num_warps", "num_stages") if k in config}
-        _gate[(len(tiles), triton.cdiv(d_inner, config["BC"]))](
-            *gate_args, **shape, PRECISION=precision_id, BI=bi, BJ=bj, BC=config["BC"], **launch
-        )
-        _project[(len(tiles) * n_d,)](
-            *project_args, **want, PRECISION=precision_id, INTERPRET=interpret, BI=bi, BJ=bj,
-            BK=config.get("BK", config["BC"]), BD=config["BD"], **launch,
-        )  # fmt: skip
-    for q, wanted in enumerate((want["WANT_L2"], want["WANT_L1"], want["WANT_ALTI"], want["WANT_ALTI"])):
-        if wanted:  # the other slots were not written
-            sums[q] = blocks[:, q].sum(0)
-    if want["WANT_ALTI"]:
-        _alti_diagonal(layer, gated, out_weight, sums, r0, r1, bi, bj)
-
-
-def _project_blocks(d_model: int, pairs: int, config: dict | None = None) -> int:
-    """Blocks of ``D`` in step 2's partial sums: enough for the config's block, or autotuned (``config=None``) for the
-    smallest candidate block of tiles of ``pairs`` pairs. Autotuning runs configs with larger blocks too, so the
-    kernel writes every block, zeros past ``d_model``."""
-    smallest = config["BD"] if config is not None else min(c[1] for c in _PROJECT_CANDIDATES[pairs])
-    return triton.cdiv(d_model, smallest)
-
-
-def _alti_diagonal(layer, gated: Tensor, out_weight: Tensor, sums: Tensor, r0: int, r1: int, bi: int, bj: int):
-    """ALTI's sums of the pairs ``j = i`` of rows ``[r0, r1)`` with the residual, ``T'_i(x_i) = W_o G[i, i] + x_i``,
-    written into ``sums``; ``G[i, i]`` read from the staged buffer (the operands of the kernel's GEMM, exact products
-    in float64)."""
-    bsz = layer.residual.shape[0]
-    device = layer.residual.device
-    tiles, first = _tile_layout(bsz, r0, r1, bi, bj, device)
-    rows = torch.arange(r0, r1, device=device)
-    tile = first[(rows - r0) // bi] + rows // bj  # [rows]
-    tile = tile + torch.arange(bsz, device=device)[:, None] * (len(tiles) // bsz)  # [B, rows]
-    pair = (rows - r0) % bi * bj + rows % bj
-    own = (gated[tile, pair].double() @ out_weight.double().T).float() + layer.residual[:, r0:r1]  # [B, rows, D]
-    y = layer.block_output[:, r0:r1]
-    local = rows - r0
-    sums[2, :, local, rows] = own.abs().sum(-1)
-    sums[3, :, local, rows] = (y.abs() - (y - own).abs()).sum(-1)
+    prune_configs_by={"early_config_prune": prune_project},
+)(project)

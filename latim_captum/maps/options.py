@@ -1,0 +1,102 @@
+"""The engine's option names and their checks: backends, precisions, tile kernels and measures.
+
+Every front end (functions, Captum classes, Inseq methods, the CLI) takes ``backend`` and ``precision`` by these
+names and checks them here, so an unknown name fails the same way everywhere.
+
+Example:
+    >>> check_backend("fast"); resolve_backend("auto", torch.device("cpu"))
+    'ref'
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from latim_captum._precision import fp32_math
+from latim_captum.aggregate import lp_order
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "KERNELS",
+    "MEASURES",
+    "TILED_MEASURES",
+    "LatimMemoryError",
+    "check_backend",
+    "resolve_backend",
+    "check_precision_name",
+    "check_precision",
+    "check_measures",
+    "tiled_measures",
+    "matmul_precision",
+]
+
+#: LaTIM's paths: ``"ref"`` (readable reference), ``"fast"`` (PyTorch tiles), ``"triton"`` (the tiles' Triton kernels,
+#: CUDA), ``"auto"`` (fast on CUDA, ref elsewhere)
+BACKENDS: tuple[str, ...] = ("auto", "ref", "fast", "triton")
+#: operand precision of the tiled paths' ``W_o`` product (reductions always run in the compute dtype)
+PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
+#: implementations of the tiles: PyTorch ops, or the Triton kernels of :mod:`latim_captum.maps.triton`
+KERNELS: tuple[str, ...] = ("torch", "triton")
+#: per-layer measures by name; any ``"l<p>"`` (``p ≥ 1``) and ``"linf"`` are ℓp norms too
+MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
+#: what the tiled paths reduce (ℓp of any order, ALTI, the logit); anything else takes the reference path
+TILED_MEASURES: tuple[str, ...] = MEASURES
+
+
+class LatimMemoryError(MemoryError):
+    """A request cannot fit in the device's free memory; the message gives the estimate and what to do."""
+
+
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` naming ``backend`` unless it is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"`` means the tiled fast path on CUDA and the reference path elsewhere."""
+    check_backend(backend)
+    if backend == "auto":
+        return "fast" if device.type == "cuda" else "ref"
+    return backend
+
+
+def check_precision_name(precision: str) -> None:
+    """``ValueError`` naming ``precision`` unless it is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def check_precision(precision: str, backend: str, device: torch.device) -> None:
+    """``ValueError`` for an unknown ``precision``, or a reduced one on a path that computes in the compute dtype."""
+    check_precision_name(precision)
+    if precision != "highest" and resolve_backend(backend, device) == "ref":
+        raise ValueError(
+            f"precision={precision!r} sets the W_o product of backend='fast' or 'triton'; backend={backend!r} "
+            f"takes the reference path on {device.type}, which computes in the compute dtype only"
+        )
+
+
+def check_measures(measures: Sequence[str]) -> None:
+    """``ValueError`` naming the first measure that is neither in :data:`MEASURES` nor an ℓp norm."""
+    for m in measures:
+        if m not in MEASURES and lp_order(m) is None:
+            raise ValueError(f"unknown measure {m!r}; choose from {', '.join(MEASURES)} or any 'l<p>' (p >= 1)")
+
+
+def tiled_measures(measures: Sequence[str]) -> bool:
+    """Whether the tiled paths reduce every one of ``measures``."""
+    return all(m in TILED_MEASURES or lp_order(m) is not None for m in measures)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """Allow TF32 matmuls inside the block only when ``precision == "tf32"`` (never TF32 convolutions); the global
+    flags come back afterwards."""
+    check_precision_name(precision)
+    with fp32_math(tf32_matmul=precision == "tf32"):
+        yield

@@ -1,0 +1,162 @@
+"""One query row of the ALTI rollout and of ALTI-Logit without any ``N × N`` map (e.g. one generated token).
+
+The full map is ``C = diag(u·x^{(0)}) + Σ_l Δ^{(l)} R^{(l-1)}`` with ``R^{(l)} = P^{(l)} ⋯ P^{(1)}`` (eq 8). For one
+row ``q`` evaluate the sum backwards (Horner's scheme, a vector–matrix product per layer)::
+
+    w ← Δ^{(L)}_q
+    for l = L-1 … 1:   w ← w P^{(l)} + Δ^{(l)}_q          (row vector times the layer's ALTI map)
+    C_q = w + (u_q · x^{(0)}_q) e_q
+
+A layer with embedding columns (Zamba2's hybrid layers: ``Δ = [Δ^x | Δ^e]``, ``P = [A^x | A^e]``) sends the
+embedding halves of ``Δ_q`` and of ``w P`` straight to ``C_q`` and keeps ``w ← w A^x + Δ^x_q`` in the recursion.
+
+``Δ^{(l)}_q`` is one row of eq 7 (``N·d`` work). ``w P^{(l)}`` needs the ALTI rows ``k ≤ q`` of every layer but the
+last; they are streamed in row chunks and folded into ``w`` at once, so the memory beyond the trace is O(N) plus
+one tile and one ``[chunk, N]`` slab: it grows as O(N·d), not O(N²). The time is that of ALTI maps of ``L − 1``
+layers restricted to rows ``≤ q`` (≈ (L−1)·q²·d·D FLOPs): ALTI's rows need every contribution vector, so no exact
+formulation avoids them; the ℓp/Δ rows of a single query alone are O(N·d·D).
+
+The ALTI rollout's row ``q`` (``R^{(L)}_q``, :func:`rollout_row`) is the same recursion with no Δ:
+``w ← P^{(L)}_q``, then ``w ← w P^{(l)}`` down to the first layer.
+
+Example:
+    >>> row = logit_row(tr, q=5, targets=torch.tensor([7]), activation="silu_gate")   # doctest: +SKIP
+    >>> torch.allclose(row.scores.sum(-1), row.logits - row.offset)                    # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace
+
+from .all_layers import AltiLogit
+from .layer import layer_maps
+from .options import resolve_backend
+from .tiles import auto_block
+
+__all__ = ["RowStream", "logit_row", "rollout_row"]
+
+
+class RowStream:
+    """Rows of one trace's per-layer maps and the Horner step ``w ← w P^{(l)}`` over rows ``≤ q`` in chunks.
+
+    Contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
+    columns: ``R^{(l)} = A^x R^{(l-1)} + A^e``) bypass the rest of the recursion and are collected in
+    ``from_embeddings``.
+    """
+
+    def __init__(
+        self,
+        tr: ModelTrace,
+        q: int,
+        activation: str,
+        projection: Tensor | None,
+        *,
+        block: int | None,
+        chunk: int | None,
+        precision: str,
+        backend: str,
+    ) -> None:
+        self.q, self.activation, self.projection = q, activation, projection
+        self.precision, self.backend = precision, backend
+        self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
+        ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
+        if block is None:
+            block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
+        self.block, self.chunk = block, chunk or 4 * block
+        self.n = tr.shape[1]
+        self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
+
+    def maps(self, layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
+        """Rows ``[start, stop)`` of one map, ``[B, rows, N]`` (``[B, rows, 2N]`` with embedding columns)."""
+        # attention / token-wise / shared-block sublayers of hybrids take the reference path
+        maps = layer_maps(
+            layer,
+            self.activation,
+            (measure,),
+            projection=self.projection,
+            block_rows=self.block if self.tiled and isinstance(layer, LayerTrace) else None,
+            backend=self.backend,
+            embedding_columns=True,
+            precision=self.precision,
+            rows=rows,
+        )
+        return maps[measure]
+
+    def stream_part(self, scores: Tensor) -> Tensor:
+        """The stream columns of ``scores``; its embedding columns go to ``from_embeddings``."""
+        if scores.shape[-1] == self.n:
+            return scores
+        self.from_embeddings.add_(scores[..., self.n :])
+        return scores[..., : self.n]
+
+    def row(self, layer: SublayerTrace, measure: str) -> Tensor:
+        """Row ``q`` of one map (stream part), ``[B, N]``."""
+        return self.stream_part(self.maps(layer, measure, (self.q, self.q + 1))[:, 0])
+
+    def through(self, w: Tensor, layer: SublayerTrace) -> Tensor:
+        """``w P^{(l)}`` (stream part) for ``w`` zero beyond ``q``: ALTI rows ``≤ q`` only, ``chunk`` at a time."""
+        folded = torch.zeros_like(w)
+        for r0 in range(0, self.q + 1, self.chunk):
+            r1 = min(self.q + 1, r0 + self.chunk)
+            folded += self.stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], self.maps(layer, "alti", (r0, r1))))
+        return folded
+
+
+def logit_row(
+    tr: ModelTrace,
+    q: int,
+    targets: Tensor,
+    *,
+    activation: str,
+    block: int | None = None,
+    chunk: int | None = None,
+    precision: str = "highest",
+    backend: str = "fast",
+) -> AltiLogit:
+    """Row ``q`` of :func:`latim_captum.maps.all_layers.alti_logit` for the token ids ``targets`` ``[B]`` (same
+    values), as :class:`~latim_captum.maps.all_layers.AltiLogit` with ``scores [B, N]``, ``targets``, ``logits [B]``,
+    ``offset [B]``, in O(N) memory beyond the trace.
+
+    Raises:
+        ValueError: the trace has no readout (a model without an LM head).
+    """
+    readout = tr.readout
+    if readout is None:
+        raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
+    u = readout.direction(targets) * readout.norm_scale[:, q, None]  # [B, D]
+    projection = torch.zeros_like(tr.embeddings)
+    projection[:, q] = u
+    stream = RowStream(tr, q, activation, projection, block=block, chunk=chunk, precision=precision, backend=backend)
+    w = stream.row(tr.layers[-1], "logit")
+    for layer in reversed(tr.layers[:-1]):
+        w = stream.through(w, layer) + stream.row(layer, "logit")
+    w = w + stream.from_embeddings
+    w[:, q] += (u * tr.embeddings[:, q]).sum(-1)
+    offset = readout.target_bias(targets[:, None])[:, 0]
+    for layer in tr.layers:
+        offset = offset + u @ layer.offset
+    logits = readout.logits[:, q].gather(-1, targets[:, None])[:, 0]
+    return AltiLogit(scores=w, targets=targets, logits=logits, offset=offset)
+
+
+def rollout_row(
+    tr: ModelTrace,
+    q: int,
+    *,
+    activation: str,
+    block: int | None = None,
+    chunk: int | None = None,
+    precision: str = "highest",
+    backend: str = "fast",
+) -> Tensor:
+    """Row ``q`` of :func:`latim_captum.maps.all_layers.alti_rollout`, ``[B, N]``, in O(N) memory beyond the trace; it
+    sums to 1."""
+    stream = RowStream(tr, q, activation, None, block=block, chunk=chunk, precision=precision, backend=backend)
+    w = stream.row(tr.layers[-1], "alti")
+    for layer in reversed(tr.layers[:-1]):
+        w = stream.through(w, layer)
+    return w + stream.from_embeddings
