@@ -686,3 +686,24 @@ def test_zamba2_backends_and_baselines():
     for baseline in (latim_captum.mamba_attribution, latim_captum.mamba_lrp):
         with pytest.raises(NotImplementedError, match="pure Mamba models|no differentiable replay for HFZamba2"):
             baseline(model, ids)
+
+
+def test_cli_error_report_and_attribute_on_a_hybrid_folder(tmp_path, capsys):
+    """The CLI asks the adapter for the layout (Jamba keeps its blocks in ``model.model.layers``): ``error-report``
+    prints one error per sublayer, ``silu_gate`` exact on every one, and ``attribute`` draws a per-layer map."""
+    from latim_captum.cli import main
+    from latim_captum.copying import copy_tokenizer
+
+    model, _ = build_hybrid("jamba", seed=3)
+    path = tmp_path / "jamba"
+    model.save_pretrained(path)
+    copy_tokenizer(model.config.vocab_size).save_pretrained(path)
+    n_sublayers = latim_captum.trace(model, torch.tensor([[1, 2, 3]])).n_layers
+    assert main(["error-report", "--model", str(path), "--text", "abcd|abcd"]) == 0
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert len(lines["silu_gate"]) == n_sublayers
+    assert max(float(e) for e in lines["silu_gate"]) < 1e-4, "silu_gate is exact on every sublayer"
+    out = tmp_path / "map.png"
+    assert main(["attribute", "--model", str(path), "--text", "abc|ab", "--method", "l2", "--layer", "0",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.stat().st_size > 0
