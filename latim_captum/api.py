@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_layers, check_method, check_model_inputs, check_target
-from .activations import check_activation
+from .activations import DEFAULT_ACTIVATION, check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
 from .catalog import latim_methods
@@ -92,7 +92,7 @@ def alti_logit(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
@@ -130,7 +130,7 @@ def alti_rollout(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
@@ -159,7 +159,7 @@ def interactions(
     inputs_embeds: Tensor | None = None,
     *,
     method: str = "l2",
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     layers: int | Sequence[int] | None = None,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
@@ -174,8 +174,9 @@ def interactions(
         model: a supported Mamba model, its adapter, or a :class:`ModelTrace`.
         input_ids: ``[B, N]`` token ids (or ``inputs_embeds``: ``[B, N, D]``).
         method: ``"l2"``/``"l1"`` (eq 5), ``"alti"`` (eq 6), ``"alti_logit"`` (eq 8, all layers aggregated).
-        activation: the additive ``f`` of eq 19: ``"silu"`` (paper default), ``"identity"``, ``"taylor1"``,
-            ``"taylor2"``, ``"silu_gate"`` (exact for SiLU models).
+        activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models),
+            ``"silu"`` (the paper's approximation), ``"identity"`` (exact without an activation), ``"taylor1"``,
+            ``"taylor2"``.
         layers: indices into ``ModelTrace.layers`` for the per-layer methods (None = all; negatives allowed):
             the residual sublayers, which are the blocks of a pure Mamba model; a hybrid's block ``b`` gives two,
             its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. Ignored by ALTI-Logit.
@@ -219,7 +220,7 @@ def contributions(
     inputs_embeds: Tensor | None = None,
     *,
     layer: int,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     include_residual: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -256,7 +257,7 @@ def reconstruction_error(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:

@@ -68,6 +68,7 @@ from inseq.utils import Registry, extract_signature_args
 from torch import Tensor
 
 from . import baselines, catalog
+from .activations import DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .api import alti_logit, interactions
 from .catalog import MethodSpec
@@ -337,7 +338,7 @@ def latim_layer_map(
     attention_mask: Tensor | None = None,
     layers: int | list[int] | None = None,
     target: Tensor | None = None,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
@@ -367,7 +368,7 @@ def latim_alti_logit_map(
     *,
     attention_mask: Tensor | None = None,
     target: Tensor | None = None,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_position, check_target
+from .activations import DEFAULT_ACTIVATION
 from .adapters import ModelAdapter
 from .api import _checked_trace
 from .maps import AltiLogit, logit_row, rollout_row
@@ -36,7 +37,7 @@ def alti_logit_row(
     inputs_embeds: Tensor | None = None,
     *,
     position: int = -1,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
@@ -86,7 +87,7 @@ def alti_rollout_row(
     inputs_embeds: Tensor | None = None,
     *,
     position: int = -1,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block: int | None = None,

@@ -342,7 +342,7 @@ def _reference_maps(tr) -> dict:
     from latim_captum.aggregate import rollout
     from latim_captum.maps import layer_maps_ref
 
-    alti = [layer_maps_ref(layer, "silu", ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
+    alti = [layer_maps_ref(layer, "silu_gate", ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
     return {
         LatimL2: latim_captum.interactions(tr, method="l2", layers=-1, backend="ref")[:, 0],
         LatimALTI: rollout(alti),

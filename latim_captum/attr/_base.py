@@ -84,7 +84,7 @@ class TokenMapAttribution(Attribution):
             default_layer = -1                      # int, "all" or None (= aggregated)
             uses_target = False                     # True: pass Captum's target on to fn as a [B] tensor
 
-            def __init__(self, model, *, activation: str = "silu") -> None:
+            def __init__(self, model, *, activation: str = "silu_gate") -> None:
                 super().__init__(model, activation=activation)  # keyword options are passed on to fn
 
     Class attributes:

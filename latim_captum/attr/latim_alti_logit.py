@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from latim_captum import catalog
+from latim_captum.activations import DEFAULT_ACTIVATION
 from latim_captum.adapters import ModelAdapter
 from latim_captum.api import alti_logit
 from latim_captum.single_query import alti_logit_row
@@ -32,7 +33,7 @@ class LatimALTILogit(TokenMapAttribution):
     ``delta = logit(target) − offset − Σ_j C_ij``
 
     ≈ 0 (rounding) for ``activation="silu_gate"`` on SiLU models and ``"identity"`` on ``hidden_act="linear"`` models,
-    and the decomposition error for approximate strategies (``"silu"``, the paper default).
+    and the decomposition error for approximate strategies (``"silu"``, the paper's choice).
 
     Args:
         model: a supported Mamba model with an LM head (``*ForCausalLM``).
@@ -65,7 +66,7 @@ class LatimALTILogit(TokenMapAttribution):
         self,
         model: nn.Module | ModelAdapter,
         *,
-        activation: str = "silu",
+        activation: str = DEFAULT_ACTIVATION,
         dtype: torch.dtype = torch.float32,
         backend: str = "auto",
         precision: str = "highest",
