@@ -95,6 +95,7 @@ def alti_logit(
     activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
+    contrast: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
@@ -109,20 +110,29 @@ def alti_logit(
     ``Δ^x R^{(l-1)} + Δ^e``: its embedding contributions belong to the input tokens directly (see
     :func:`latim_captum.maps.all_layers.alti_logit`).
 
+    Contrastive: with ``contrast`` (a token id, ``[B]`` or ``[B, N]``, forms as ``target``) each row decomposes the
+    logit difference ``logit(target) − logit(contrast)`` at its position: the logit is linear in the unembedding row,
+    so ``u_i = (U_{w(i)} − U_{c(i)}) ⊙ w_f · s_i`` and the rows sum to the difference (``res.logits``) minus the
+    offset, exactly as the plain rows sum to the logit.
+
     Example:
-        >>> res = alti_logit(model, input_ids, activation="silu_gate")           # doctest: +SKIP
+        >>> res = alti_logit(model, input_ids)                                     # doctest: +SKIP
         >>> torch.allclose(res.scores.sum(-1), res.logits - res.offset)          # doctest: +SKIP
         True
+        >>> diff = alti_logit(model, input_ids, target=7, contrast=3)           # logit(7) − logit(3)  # doctest: +SKIP
     """
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
     bsz, n = tr.shape
-    targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
+    vocab = readout.unembedding.shape[0]
+    targets = check_target(target, bsz, n, vocab, readout.logits.argmax(-1))
+    contrast = None if contrast is None else check_target(contrast, bsz, n, vocab, targets)
     return _alti_logit_maps(
-        tr, targets, activation=activation, block_rows=block_rows, backend=backend, precision=precision
-    )
+        tr, targets, contrast=contrast, activation=activation, block_rows=block_rows, backend=backend,
+        precision=precision,
+    )  # fmt: skip
 
 
 def alti_rollout(

@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.adapters": 1,
     # checks on what a caller passes, contribution vectors, scores from vectors
     "latim_captum._validation": 2,
+    "latim_captum._queries": 2,
     "latim_captum.decompose": 2,
     "latim_captum.aggregate": 2,
     # the engine: traces in, maps out

@@ -398,7 +398,7 @@ def test_query_rows_on_a_hybrid(family):
                 torch.testing.assert_close(scores, full[m][:, rows[0] : rows[1]], rtol=0, atol=1e-12)
     full_rollout = rollout(full_alti)
     for position in (-1, 4):
-        row = alti_rollout_row(tr, position=position, block=3, chunk=2)
+        row = alti_rollout_row(tr, position=position, activation="silu", block=3, chunk=2)
         torch.testing.assert_close(row, full_rollout[:, position], rtol=0, atol=1e-12)
         for cls, layer in ((LatimALTI, "rollout"), (LatimALTI, "all"), (LatimALTILogit, None)):
             method = cls(model, dtype=torch.float64)
