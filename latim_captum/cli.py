@@ -6,6 +6,8 @@
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
 - ``latim bench speed``: speed and memory of the fast path against ``_ref``, LIG-50 and a forward pass
   (:mod:`latim_captum.bench_speed`, also ``benchmarks/speed.py``).
+- ``latim inseq ...``: Inseq's own CLI (``inseq attribute``, ``attribute-dataset``, ...) with the LaTIM methods and
+  the baselines registered (:mod:`latim_captum.inseq_cli`).
 
 Every command has ``--help``; bad arguments, missing files and unsupported models end with one ``latim: error:``
 line and exit status 2.
@@ -361,10 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_speed.add_arguments(speed)
     speed.set_defaults(func=bench_speed.run_and_save)
+
+    # listed for --help only: main() hands `latim inseq ...` to Inseq's own parser before argparse sees it
+    sub.add_parser("inseq", add_help=False, help="Inseq's CLI with the LaTIM methods registered: latim inseq -h")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["inseq"]:
+        from .inseq_cli import main as inseq_main
+
+        return inseq_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -37,11 +37,13 @@ FLOORS: dict[str, int] = {
     "latim_captum.methods": 5,
     "latim_captum.attr": 5,
     "latim_captum.inseq": 5,
+    "latim_captum.inseq_targets": 5,
     "latim_captum.copying": 5,
     "latim_captum.models": 5,
     "latim_captum._plots": 5,
     # tools and the package itself
     "latim_captum.cli": 6,
+    "latim_captum.inseq_cli": 6,
     "latim_captum.bench_speed": 6,
     "latim_captum": 6,
 }
