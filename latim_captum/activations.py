@@ -7,7 +7,7 @@ the bias is counted once, on the current token's tap, footnote 3). LaTIM replace
 =============  =================================================  =================================================
 strategy       ``f(ψ_s^{(k)})``                                   exact when
 =============  =================================================  =================================================
-``silu``       ``SiLU(ψ_s^{(k)})`` (the paper's choice)          never for SiLU models (an approximation)
+``silu``       ``SiLU(ψ_s^{(k)})`` (the paper's choice)           never for SiLU models (an approximation)
 ``identity``   ``ψ_s^{(k)}``                                      the model has no activation (``hidden_act``
                                                                   ``"linear"``/``"identity"``)
 ``taylor1``    ``ψ_s^{(k)} / 2`` (SiLU to first order at 0)       never

@@ -12,9 +12,10 @@ import torch
 
 inseq = pytest.importorskip("inseq")
 
+from test_inseq import make_model, make_tokenizer  # noqa: E402
+
 import latim_captum  # noqa: E402,F401  (registers the methods)
 from latim_captum.inseq import INSEQ_METHODS  # noqa: E402
-from test_inseq import make_model, make_tokenizer  # noqa: E402
 
 FAST = dict(show_progress=False)
 PROMPT = "w3 w17 w5"
