@@ -128,3 +128,8 @@ def test_internal_batch_size_changes_no_number():
     whole = method.attribute(ids, additional_forward_args=mask)
     one_by_one = method.attribute(ids, additional_forward_args=mask, internal_batch_size=1)
     torch.testing.assert_close(whole, one_by_one, rtol=1e-9, atol=1e-12)
+    matrix = dict(additional_forward_args=mask, return_matrix=True, return_convergence_delta=True)
+    full, delta = method.attribute(ids, **matrix)
+    full2, delta2 = method.attribute(ids, internal_batch_size=2, **matrix)
+    torch.testing.assert_close(full, full2, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(delta, delta2, rtol=0, atol=1e-10)

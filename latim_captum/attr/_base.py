@@ -388,12 +388,17 @@ class TokenMapAttribution(Attribution):
         tgt = self.format_target(target, bsz)  # validated even by target-free maps, which then drop it
         if not self.uses_target:
             tgt = None
-        ctr = self.format_contrast(contrast, bsz, tgt)
+        ctr = self.format_contrast(contrast, bsz)
         if return_matrix:
-            with torch.no_grad():
-                out = self._maps(ids, embeds, mask, spec, tgt, ctr, None)
-            result = self._check_maps(out.maps, spec, bsz, n)
-            totals = out.row_totals
+            parts, total_parts = [], []
+            for rows in torch.arange(bsz, device=x.device).split(batch_size or bsz):
+                take = [None if t is None else t[rows] for t in (ids, embeds, mask, tgt, ctr)]
+                with torch.no_grad():
+                    out = self._maps(take[0], take[1], take[2], spec, take[3], take[4], None)
+                parts.append(self._check_maps(out.maps, spec, len(rows), n))
+                total_parts.append(out.row_totals)
+            result = torch.cat(parts)
+            totals = None if any(t is None for t in total_parts) else torch.cat(total_parts)
         else:
             result, totals = self._query_rows(ids, embeds, mask, spec, tgt, ctr, positions, batch_size)
         sums = result.sum(-1)
@@ -410,7 +415,7 @@ class TokenMapAttribution(Attribution):
         # Captum's sign: Σ attributions − (F(x) − F(baseline)), the total of an exact row playing F(x) − F(baseline)
         return attributions, sums - totals
 
-    def format_contrast(self, contrast: Any, batch: int, target: Tensor | None) -> Tensor | None:
+    def format_contrast(self, contrast: Any, batch: int) -> Tensor | None:
         """``contrast`` as a ``[B]`` long tensor (forms as ``target``), or None.
 
         Raises:

@@ -91,6 +91,8 @@ def _template_input(inp: TextTemplateInput, tokenizer: Any) -> PromptColumns:
             "which LaTIM never does; build the input without baselines"
         )
     text, spans = _template_text(inp)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a TextTemplateInput needs a fast tokenizer (its character offsets locate each value)")
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = torch.tensor(enc["input_ids"], dtype=torch.long)
     owner = torch.full((ids.numel(),), -1, dtype=torch.long)

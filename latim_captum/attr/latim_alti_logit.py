@@ -160,7 +160,7 @@ class LatimALTILogit(TokenMapAttribution):
             raise ValueError(f"attributions hold {attr.shape[0]} examples, end_point {bsz}")
         positions = query_positions(position, mask, bsz, n)
         tgt = self.format_target(target, bsz)
-        ctr = self.format_contrast(contrast, bsz, tgt)
+        ctr = self.format_contrast(contrast, bsz)
         with torch.no_grad():
             tr = trace(self.adapter, ids, embeds, attention_mask=mask, dtype=self.options["dtype"])
             rows = positions.to(tr.readout.logits.device)
