@@ -6,6 +6,8 @@
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
 - ``latim bench speed``: speed and memory of the fast path against ``_ref``, LIG-50 and a forward pass
   (:mod:`latim_captum.bench_speed`, also ``benchmarks/speed.py``).
+- ``latim inseq ...``: Inseq's own CLI (``inseq attribute``, ``attribute-dataset``, ...) with the LaTIM methods and
+  the baselines registered (:mod:`latim_captum.inseq_cli`).
 
 Every command has ``--help``; bad arguments, missing files and unsupported models end with one ``latim: error:``
 line and exit status 2.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .catalog import registry_names
 from .maps.options import BACKENDS, PRECISIONS
@@ -124,10 +127,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _activation_of(method, requested: str | None) -> str | None:
+    """The activation strategy ``latim attribute`` uses: ``--activation`` (default ``silu_gate``, exact for SiLU
+    models); a registry name's own ``_silu_gate`` suffix must agree with it."""
+    if method.family != "latim":
+        return None
+    suffixed = method.name.endswith("_silu_gate")
+    if requested is not None and suffixed and requested != "silu_gate":
+        raise ValueError(f"--method {method.name} means activation silu_gate, but --activation {requested} was given")
+    return requested or DEFAULT_ACTIVATION
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from ._plots import save_heatmap
     from .api import alti_logit, interactions
-    from .methods import get_method
+    from .methods import get_method, next_token_targets
 
     _quiet_transformers()
     method = get_method(args.method)
@@ -137,12 +151,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     path = {"backend": args.backend, "precision": args.precision}  # LaTIM's path; other families ignore it
-    measure, act = method.spec.measure, method.activation
+    measure, act = method.spec.measure, _activation_of(method, args.activation)
     if method.family == "latim" and method.per_layer:
         maps = interactions(model, ids, method=measure, activation=act, layers=args.layer, **path)[0, 0]
         layer_s = str(args.layer)
-    elif measure == "alti_logit" and args.target is None:
-        maps = alti_logit(model, ids, activation=act, **path).scores[0]  # target: the model's own prediction
+    elif measure == "alti_logit":
+        # target: the model's own prediction, or with --target each true next token
+        target = None if args.target is None else next_token_targets(ids)
+        maps = alti_logit(model, ids, activation=act, target=target, **path).scores[0]
         layer_s = "all"
     else:
         maps = method(model, ids, **path)[0]
@@ -280,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry name: l2, alti, alti_logit, *_silu_gate, "
         "saliency, input_x_gradient, integrated_gradients, ... (default alti_logit)",
     )
+    attr.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=None,
+        help=f"LaTIM's activation strategy (default {DEFAULT_ACTIVATION}, exact for SiLU models; silu: the paper's)",
+    )
     attr.add_argument("--layer", type=int, default=-1, help="0-based layer for per-layer methods (default -1: last)")
     attr.add_argument("--out", required=True, help="PNG file to write")
     attr.add_argument("--json", default=None, help="also write the scores and tokens as JSON")
@@ -341,10 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_speed.add_arguments(speed)
     speed.set_defaults(func=bench_speed.run_and_save)
+
+    # listed for --help only: main() hands `latim inseq ...` to Inseq's own parser before argparse sees it
+    sub.add_parser("inseq", add_help=False, help="Inseq's CLI with the LaTIM methods registered: latim inseq -h")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["inseq"]:
+        from .inseq_cli import main as inseq_main
+
+        return inseq_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

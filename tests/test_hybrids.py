@@ -345,7 +345,7 @@ def test_inseq_methods_run_unchanged_on_a_hybrid(name):
     ref = latim_captum.alti_logit(model, ids[:, :-1], target=ids[:, 1:])
     n_prompt = len(PROMPT.split())
     for col, step in enumerate(range(n_prompt, ids.shape[1])):
-        torch.testing.assert_close(seq.target_attributions[:step, col], ref.scores[0, step - 1, :step])
+        torch.testing.assert_close(seq.target_attributions[:step, col, 0], ref.scores[0, step - 1, :step])
     alti = inseq.load_model(model, "latim_alti", tokenizer=tok).attribute(PROMPT, TEXT, **FAST)
     assert alti.sequence_attributions[0].target_attributions.shape[-1] == get_adapter(model).n_sublayers
 
@@ -398,7 +398,7 @@ def test_query_rows_on_a_hybrid(family):
                 torch.testing.assert_close(scores, full[m][:, rows[0] : rows[1]], rtol=0, atol=1e-12)
     full_rollout = rollout(full_alti)
     for position in (-1, 4):
-        row = alti_rollout_row(tr, position=position, block=3, chunk=2)
+        row = alti_rollout_row(tr, position=position, activation="silu", block=3, chunk=2)
         torch.testing.assert_close(row, full_rollout[:, position], rtol=0, atol=1e-12)
         for cls, layer in ((LatimALTI, "rollout"), (LatimALTI, "all"), (LatimALTILogit, None)):
             method = cls(model, dtype=torch.float64)

@@ -76,7 +76,7 @@ def mamba_lrp(
         raise ValueError(f"mamba_lrp explains the whole model; layers must be None, got {layers!r}")
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_lrp")
     bsz, n = embeds.shape[:2]
-    rows = query_rows(position, n)
+    rows = query_rows(position, n, mask)
     if row_batch < 1:
         raise ValueError(f"row_batch must be >= 1, got {row_batch}")
     with torch.no_grad():
