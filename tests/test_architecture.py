@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.methods": 5,
     "latim_captum.attr": 5,
     "latim_captum.inseq": 5,
+    "latim_captum.tasks": 5,
     "latim_captum.copying": 5,
     "latim_captum.models": 5,
     "latim_captum._plots": 5,
