@@ -397,3 +397,115 @@ def test_evaluation_counts_a_sample_right_only_when_every_target_token_is():
     got = evaluate_translation(Oracle(), batch, batch_size=3)
     tokens = int((batch.target_lengths + 1).sum())
     assert got["exact_match"] == 0.5 and got["token_acc"] == pytest.approx((tokens - 2) / tokens)
+
+
+# --- evaluation and the benchmark ---------------------------------------------------------------------------------
+
+
+def _tiny_model(variant: str = "mamba2"):
+    from latim_captum.tasks.models import build_model
+
+    task = AlignmentTask(**TINY_TASK)
+    kw = dict(head_dim=8) if variant == "mamba2" else {}
+    torch.manual_seed(0)
+    model = build_model(variant, layers=2, d_model=16, state=4, vocab=task.vocab_size, seq_len=task.max_seq_len,
+                        special_id=task.pad_id, **kw)  # fmt: skip
+    return model.eval(), task
+
+
+@pytest.mark.parametrize("name", ["l2", "alti_logit", "saliency", "mamba_attention"])
+def test_right_padding_changes_no_real_row_of_any_map(name):
+    """The evaluation batches pairs of different lengths, right-padded: every map is causal, so the rows and columns
+    of a sample's own tokens are the same as without padding, except the ``<eos>`` row of a method that explains
+    the next token (its target is ``<pad>`` in the batch, ``<eos>`` itself alone); no reading scores that row."""
+    from latim_captum.methods import get_method
+
+    model, task = _tiny_model()
+    batch = task.encode(task.pairs(3, seed=4))
+    method = get_method(name)
+    padded = method(model, batch.ids, max_sequences=64)
+    for k in range(3):
+        n = int(batch.lengths[k])
+        rows = n - 1 if method.spec.uses_target else n
+        alone = method(model, batch.ids[k : k + 1, :n], max_sequences=64)
+        assert torch.allclose(padded[k : k + 1, ..., :rows, :n], alone[..., :rows, :], atol=1e-5), name
+        assert max(target_rows(n - 2 - len(batch.pairs[k].target), len(batch.pairs[k].target), "hold")) == n - 2
+
+
+def test_evaluation_scores_an_oracle_method_zero_in_its_reading(monkeypatch):
+    """The wiring of ``evaluate_model`` (pairs, chunks, padding, readings, layers) with a method that returns the
+    gold links: AER 0 in the reading it was built for, per layer and aggregated."""
+    from latim_captum.alignment import evaluate as ev
+
+    model, task = _tiny_model()
+    n = 10
+    pairs = task.pairs(n, seed=5 + 1)  # what evaluate_model draws for seed 5
+    data = task.encode(pairs)
+
+    class Oracle:
+        label, family = "oracle", "test"
+
+        def __init__(self, per_layer):
+            self.per_layer = per_layer
+
+        def __call__(self, model, ids, max_sequences, backend):
+            rows = [next(k for k in range(n) if torch.equal(data.ids[k, : ids.shape[1]], r)) for r in ids]
+            part = data.select(rows)
+            maps = _oracle_maps(part, "predict")
+            return torch.stack([torch.zeros_like(maps), maps], 1) if self.per_layer else maps
+
+    monkeypatch.setattr(ev, "resolve_method", lambda name: Oracle(name == "layered"))
+    report = ev.evaluate_model(
+        model, task, n_samples=n, seed=5, methods=["layered", "aggregated"], batch=4, quiet=True
+    )
+    layered, aggregated = report["methods"]["layered"], report["methods"]["aggregated"]
+    assert layered["readings"]["predict"]["layers"][1]["aer"] == 0.0
+    assert layered["readings"]["predict"]["layers"][0]["aer"] > 0.5  # all-zero maps: every argmax on source 0
+    assert aggregated["readings"]["predict"]["all"] == {"aer": 0.0, "precision": 1.0, "recall": 1.0}
+    assert aggregated["readings"]["hold"]["all"]["aer"] > 0.3
+    sure = sum(len(p.sure) for p in pairs)
+    assert report["gold"]["sure_links"] == sure and report["gold"]["target_words"] == sum(len(p.target) for p in pairs)
+    assert 0.0 < report["baselines"]["monotone"]["aer"] < 1.0
+    md = ev.render_markdown({"meta": {}, "models": {"mamba2": report}})
+    assert "| oracle | 0.00 | " in md and "| oracle | 0.00 (L2) | " in md
+
+
+def test_bench_alignment_trains_a_tiny_model_and_writes_table3(tmp_path):
+    import json
+
+    from latim_captum.cli import main
+
+    argv = ["bench", "alignment", "--variant", "mamba2", "--train-steps", "2", "--train-out", str(tmp_path / "runs"),
+            "--n-samples", "4", "--methods", "l2", "alti_logit", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "runs" / "alignment-mamba2-tiny" / "config.json").is_file()
+    suite = json.loads((tmp_path / "alignment-mamba2-tiny.json").read_text())
+    report = suite["models"]["mamba2"]
+    assert suite["meta"]["command"].startswith("latim bench alignment") and report["meta"]["steps"] == 2
+    assert set(report["methods"]["l2"]["readings"]) == {"predict", "hold"}
+    assert len(report["methods"]["l2"]["readings"]["hold"]["layers"]) == report["n_layers"] == 2
+    for reading in report["methods"]["alti_logit"]["readings"].values():
+        assert 0.0 <= reading["all"]["aer"] <= 1.0
+    md = (tmp_path / "alignment-mamba2-tiny.md").read_text()
+    assert "0.47 / 0.49 / 0.43 / 0.49" in md and "different data" in md and "Monotone diagonal" in md
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bench", "alignment"], "give --variant"),
+        (["bench", "alignment", "--variant", "mamba3"], "invalid choice"),
+        (["bench", "alignment", "--model", "/no/such/dir"], "no trained model"),
+        (["bench", "alignment", "--variant", "mamba1", "--scale", "paper"], "no trained model"),
+        (["bench", "copying", "--variant", "mamba1", "--rows", "input"], "invalid choice"),
+    ],
+)
+def test_bench_alignment_errors_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
+    from latim_captum.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("latim: error:") and fragment in err, err
