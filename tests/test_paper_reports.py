@@ -111,3 +111,47 @@ def test_the_seed_script_reads_shipped_reports(tmp_path, capsys):
     assert l2["layers"][1]["auc"]["std"] == 0.0 and set(agg["readings"]) == {"predict"}
     assert main([str(files[0]), str(files[0]), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().startswith("copying_seeds: error: a training seed appears twice")
+
+
+# --- Table 5 analogue ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_name", ["alignment", "copy"])
+def test_activation_study_trains_three_variants_and_reports_them(task_name, tmp_path):
+    from latim_captum.paper.activations import main as study
+
+    argv = ["--task", task_name, "--variant", "mamba2", "--train-steps", "2", "--train-out", str(tmp_path / "runs"),
+            "--n-samples", "3", "--batch", "3", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert study(argv) == 0
+    suite = json.loads((tmp_path / f"activations-{task_name}-mamba2-tiny.json").read_text())
+    rows = {row["summary"]["act"]: row for row in suite["models"]}
+    assert list(rows) == ["silu", "relu", "linear"] and suite["meta"]["same_seed"]
+    for act, exact in (("silu", "silu_gate"), ("linear", "identity"), ("relu", None)):
+        s = rows[act]["summary"]
+        assert s["exact_strategy"] == exact
+        errors = s["reconstruction_error"]
+        assert (errors["silu_gate"] is None) == (act != "silu")
+        if exact:  # the model's exact strategy reconstructs every layer; every other strategy does not
+            assert max(errors[exact]) < 1e-4
+            assert f"l2_{exact}" in s["methods"] and f"alti_logit_{exact}" in s["methods"]
+        else:
+            assert set(s["methods"]) == {"l2", "alti_logit"}
+        assert min(errors["taylor1"]) > 1e-3
+        for m in s["methods"].values():
+            assert 0.0 <= m["value"] <= 1.0
+    md = (tmp_path / f"activations-{task_name}-mamba2-tiny.md").read_text()
+    assert "| Identity | 0.00 | 0.00 | 0.00 | 0.46 | 83.3 |" in md and "same recipe and seed" in md
+
+
+def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):
+    from latim_captum.paper.activations import main as study
+    from latim_captum.tasks.models import build_model
+
+    for name in ("a", "b"):
+        build_model("mamba1", layers=1, d_model=16, state=4, vocab=8).save_pretrained(tmp_path / name)
+    capsys.readouterr()
+    assert study(["--task", "copy", "--models", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("activations: error: two models share a conv activation") and len(err.splitlines()) == 1
+    assert study(["--task", "copy"]) == 2
+    assert "give --variant or --models" in capsys.readouterr().err

@@ -29,6 +29,7 @@ __all__ = [
     "load_model_dir",
     "model_act",
     "progress",
+    "quiet_transformers",
     "reconstruction_errors",
     "resolve_method",
     "variant_of",
@@ -70,6 +71,14 @@ def load_model_dir(path: str | Path) -> tuple[nn.Module, object, dict]:
     meta_file = path / "metrics.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     return model, tok, meta
+
+
+def quiet_transformers() -> None:
+    """No transformers warnings or loading bars (a command's own output stays readable)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
 
 
 def progress(items, desc: str, quiet: bool):
