@@ -126,3 +126,33 @@ def test_resolve_method_names_strategies_outside_the_registry():
     assert resolve_method("l2") is resolve_method("l2")  # registry entries come back as they are
     with pytest.raises(ValueError, match="unknown method"):
         resolve_method("l2_relu")
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_prepare_for_kernels_hands_them_none_and_keeps_the_model(variant, tmp_path):
+    """The kernels take ``activation=None`` for "no activation" and refuse the name "linear": a linear model gets
+    None, computes the same logits on the PyTorch path, and is saved as "linear"."""
+    from latim_captum.tasks.models import prepare_for_kernels_
+
+    ids = torch.randint(0, 20, (2, 9), generator=torch.Generator().manual_seed(2))
+    model = _tiny(variant, "linear").eval()
+    before = model(input_ids=ids).logits
+    prepare_for_kernels_(model)
+    assert [b.mixer.activation for b in model.backbone.layers] == [None]
+    assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    assert '"hidden_act": "linear"' in (tmp_path / "config.json").read_text()
+    silu = prepare_for_kernels_(_tiny(variant, "silu"))
+    assert silu.backbone.layers[0].mixer.activation == "silu"
+
+
+@pytest.mark.parametrize("module", ["latim_captum.copying.train", "latim_captum.alignment.train"])
+def test_trainers_hide_the_kernels_first_or_say_why_not(module, tmp_path, capsys):
+    """``--kernels off`` runs before anything else in the trainers; in this process HF's Mamba modules are loaded
+    already, so it must refuse (in a fresh process it hides the kernels: the subprocess test above)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert main(["--variant", "mamba2", "--out", str(tmp_path), "--kernels", "off", "--steps", "1"]) == 2
+    assert "--kernels off must come before" in capsys.readouterr().err
+    assert not (tmp_path / "config.json").exists()

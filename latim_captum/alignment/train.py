@@ -39,7 +39,13 @@ import torch
 from torch import nn
 
 from ..copying.mimetic import mimetic_init_
-from ..tasks.models import block_kernels, build_model, check_conv_kernel_layout, check_device_forward
+from ..tasks.models import (
+    block_kernels,
+    build_model,
+    check_conv_kernel_layout,
+    check_device_forward,
+    prepare_for_kernels_,
+)
 from ..tasks.training import (
     add_training_arguments,
     autocast_for,
@@ -157,6 +163,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.mimetic_layers:
         mimetic_init_(model, args.mimetic_layers, a_scale=args.mimetic_a_scale)
     if args.act != "silu":
+        prepare_for_kernels_(model)
         check_device_forward(model, device, seq_len=task.max_seq_len)
     model.to(device).train()
     opt, sched = make_optimizer(

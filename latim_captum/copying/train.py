@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..tasks.models import block_kernels, check_device_forward
+from ..tasks.models import block_kernels, check_device_forward, prepare_for_kernels_
 from ..tasks.models import build_model as _build_model
 from ..tasks.models import check_conv_kernel_layout as _check_conv_kernel_layout
 from ..tasks.training import (
@@ -169,6 +169,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.mimetic_layers:
         mimetic_init_(model, args.mimetic_layers, a_scale=args.mimetic_a_scale)
     if args.act != "silu":
+        prepare_for_kernels_(model)
         check_device_forward(model, device, seq_len=task.seq_len)
     model.to(device).train()
     opt, sched = make_optimizer(

@@ -5,10 +5,12 @@ norm keep SiLU whatever it is): ``"silu"`` (Mamba's own), ``"relu"``, or ``"line
 whose decomposition with ``activation="identity"`` is exact; the paper's Table 5 "Identity" row).
 
 mamba-ssm's and causal-conv1d's CUDA kernels do not follow ``hidden_act``: mamba-ssm's fused Mamba-1 training path
-always applies SiLU in the conv, and causal-conv1d accepts only SiLU or no activation (HF hands it the name, so
-``"linear"`` and ``"relu"`` are refused). :func:`check_device_forward` compares a model's forward on the training
-device against the CPU's PyTorch path (which follows the config) before training, so a variant never trains as a
-different model than its config says; ``--kernels off`` in the trainers hides the kernels from HF.
+always applies SiLU in the conv, and the kernels accept only SiLU or no activation (``None``; HF hands them the
+config's name, so ``"linear"`` and ``"relu"`` are refused). :func:`prepare_for_kernels_` hands them ``None`` for a
+``"linear"`` model (what "linear" means), which lets Mamba-2 train on the kernels; :func:`check_device_forward`
+compares the model's training-mode forward on the device with the CPU's PyTorch path (which follows the config)
+before training, so a variant never trains as another model than its config says (Mamba-1 ``linear`` and every
+``relu`` model fail it on a GPU with the kernels); ``--kernels off`` in the trainers hides the kernels from HF.
 
 Example:
     >>> m = build_model("mamba2", layers=1, d_model=32, state=8, vocab=16, head_dim=16, seq_len=20, act="linear")
@@ -31,6 +33,7 @@ __all__ = [
     "build_model",
     "check_conv_kernel_layout",
     "check_device_forward",
+    "prepare_for_kernels_",
 ]
 
 #: the conv activations the trainers offer (HF ``hidden_act`` names)
@@ -114,6 +117,19 @@ def check_conv_kernel_layout(model: nn.Module) -> None:
             f"multiple of 8 for causal-conv1d (d_model {cfg.hidden_size}, state {cfg.state_size}, {cfg.num_heads} "
             "heads); choose d_model and head_dim to make it one (e.g. a multiple of 8 heads)"
         )
+
+
+def prepare_for_kernels_(model: nn.Module) -> nn.Module:
+    """For a ``hidden_act="linear"`` model, give each mixer's kernel call ``activation=None`` (no activation, which
+    the kernels support) instead of the name ``"linear"`` (which they refuse). HF's PyTorch path computes the same
+    model either way; the saved config keeps ``"linear"``."""
+    from ..activations import IDENTITY_NAMES
+
+    if str(model.config.hidden_act) in IDENTITY_NAMES:
+        for module in model.modules():
+            if getattr(module, "activation", None) == model.config.hidden_act and hasattr(module, "conv1d"):
+                module.activation = None
+    return model
 
 
 def block_kernels() -> None:
