@@ -137,9 +137,11 @@ def evaluate_model(
         on_update: called with the report so far after the decomposition errors and after every method.
 
     Returns:
-        ``{"variant", "accuracy", "extraction", "gold", "baselines": {"monotone": {aer, precision, recall}},
-        "methods": {name: {"label", "family", "per_layer", "readings": {"predict" | "hold": {"layers": [{aer,
-        precision, recall}, ...]} | {"all": {...}}}}}, "reconstruction_error": {strategy: [per layer] | None}, ...}``.
+        A dict with ``variant``, ``accuracy``, ``extraction``, ``gold`` (link counts), ``baselines`` (the monotone
+        diagonal's AER, precision and recall), ``reconstruction_error`` (strategy → per-layer errors, None where
+        the strategy refuses the model) and ``methods``: name → ``label``, ``family``, ``per_layer`` and
+        ``readings`` (``"predict"`` and ``"hold"``, each ``{"layers": [scores per layer]}`` or ``{"all": scores}``,
+        scores being ``{"aer", "precision", "recall"}``).
     """
     from ..methods import DEFAULT_MAX_SEQUENCES
 
