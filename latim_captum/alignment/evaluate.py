@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..tasks.reports import progress, reconstruction_errors, resolve_method, variant_of
+from ..tasks.reports import model_act, progress, reconstruction_errors, resolve_method, variant_of
 from ..tasks.reports import write_report as _write_report
 from .data import AlignmentTask
 from .metrics import ROWS, alignment_error_rate, batch_alignments, gold_of, monotone_alignment
@@ -155,7 +155,7 @@ def evaluate_model(
     monotone = [monotone_alignment(len(p.source), len(p.target)) for p in data.pairs]
     report: dict = {
         "variant": variant,
-        "act": str(getattr(model.config, "hidden_act", "silu")),
+        "act": model_act(model),
         "n_layers": n_layers,
         "task": task.to_dict(),
         "n_samples": n_samples,

@@ -10,7 +10,7 @@ downloaded here, so the models are trained from configs on :class:`~.data.Alignm
 - ``--scale tiny``: the tiny task (:data:`~.data.TINY_TASK`) and a 2-layer d_model 64 model for the CPU.
 
 Loss: next-token cross-entropy on the target part only (rows ``S..S+T``: every target word and ``<eos>``; the
-source is random and the padding is not text).
+source sentence is given, not translated, and the padding is not text).
 
 Accuracy (teacher forcing, held-out pairs drawn with seed + 1): ``token_acc`` over the target words and ``<eos>``,
 ``exact_match`` = share of pairs with all of them right (equal to greedy decoding's exact match: a decode that is

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..tasks.reports import load_model_dir, progress, reconstruction_errors, resolve_method, variant_of
+from ..tasks.reports import load_model_dir, model_act, progress, reconstruction_errors, resolve_method, variant_of
 from ..tasks.reports import write_report as _write_report
 from .data import CopyTask
 from .metrics import ROWS, faithfulness
@@ -125,7 +125,7 @@ def evaluate_model(
         "eval_seed": seed + 1,
         "accuracy": evaluate_copy(model, task, ids),
         "rows": rows,
-        "act": str(getattr(model.config, "hidden_act", "silu")),
+        "act": model_act(model),
         "methods": {},
         "reconstruction_error": {},
         "reconstruction_error_samples": int(err_ids.shape[0]),
