@@ -38,7 +38,10 @@ FLOORS: dict[str, int] = {
     "latim_captum.attr": 5,
     "latim_captum.inseq": 5,
     "latim_captum.inseq_targets": 5,
+    "latim_captum.tasks": 5,
     "latim_captum.copying": 5,
+    "latim_captum.alignment": 5,
+    "latim_captum.paper": 5,
     "latim_captum.models": 5,
     "latim_captum._plots": 5,
     # tools and the package itself
