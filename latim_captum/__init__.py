@@ -15,6 +15,7 @@ from .activations import ACTIVATIONS
 from .api import (
     METHODS,
     alti_logit,
+    alti_logit_layers,
     alti_rollout,
     contributions,
     interactions,
@@ -24,6 +25,9 @@ from .api import (
 from .attr import (
     LatimALTI,
     LatimALTILogit,
+    LatimALTILogitLayers,
+    LatimALTINoResidual,
+    LatimL1,
     LatimL2,
     LatimLLMAttribution,
     MambaAttention,
@@ -32,7 +36,7 @@ from .attr import (
     TokenMapAttribution,
 )
 from .baselines import mamba_attention, mamba_attribution, mamba_lrp
-from .maps import BACKENDS, PRECISIONS, AltiLogit, LatimMemoryError, layer_maps, layer_maps_ref
+from .maps import BACKENDS, PRECISIONS, AltiLogit, AltiLogitLayers, LatimMemoryError, layer_maps, layer_maps_ref
 from .single_query import alti_logit_row, alti_rollout_row
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
@@ -53,8 +57,12 @@ __all__ = [
     "METHODS",
     "PRECISIONS",
     "AltiLogit",
+    "AltiLogitLayers",
     "LatimALTI",
     "LatimALTILogit",
+    "LatimALTILogitLayers",
+    "LatimALTINoResidual",
+    "LatimL1",
     "LatimL2",
     "LatimLLMAttribution",
     "LatimMemoryError",
@@ -68,6 +76,7 @@ __all__ = [
     "Readout",
     "TokenMapAttribution",
     "alti_logit",
+    "alti_logit_layers",
     "alti_logit_row",
     "alti_rollout",
     "alti_rollout_row",

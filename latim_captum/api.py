@@ -1,4 +1,5 @@
-"""The entry points: :func:`interactions` for maps, :func:`alti_logit` and :func:`alti_rollout` over all layers,
+"""The entry points: :func:`interactions` for maps, :func:`alti_logit` and :func:`alti_rollout` over all layers
+(:func:`alti_logit_layers` for eq 8's terms layer by layer),
 :func:`contributions` for raw vectors, :func:`trace` to reuse one forward pass, :func:`reconstruction_error` for the
 decomposition error (paper Table 5). The engine behind them is :mod:`latim_captum.maps`.
 
@@ -19,8 +20,9 @@ from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
 from .catalog import latim_methods
 from .decompose import iter_row_blocks, sublayer_block_rows, sublayer_contributions, sublayer_shares
-from .maps import AltiLogit, check_backend, check_precision
+from .maps import AltiLogit, AltiLogitLayers, check_backend, check_precision
 from .maps import alti_logit as _alti_logit_maps
+from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
 from .traces import ModelTrace
@@ -31,6 +33,7 @@ __all__ = [
     "interactions",
     "contributions",
     "alti_logit",
+    "alti_logit_layers",
     "alti_rollout",
     "reconstruction_error",
 ]
@@ -122,16 +125,58 @@ def alti_logit(
         >>> diff = alti_logit(model, input_ids, target=7, contrast=3)           # logit(7) − logit(3)  # doctest: +SKIP
     """
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
+    targets, contrast = _logit_targets(tr, target, contrast)
+    return _alti_logit_maps(
+        tr, targets, contrast=contrast, activation=activation, block_rows=block_rows, backend=backend,
+        precision=precision,
+    )  # fmt: skip
+
+
+def _logit_targets(tr: ModelTrace, target, contrast) -> tuple[Tensor, Tensor | None]:
+    """``[B, N]`` target ids (default: the predicted next token) and contrast ids (or None), checked."""
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
     bsz, n = tr.shape
     vocab = readout.unembedding.shape[0]
     targets = check_target(target, bsz, n, vocab, readout.logits.argmax(-1))
-    contrast = None if contrast is None else check_target(contrast, bsz, n, vocab, targets)
-    return _alti_logit_maps(
-        tr, targets, contrast=contrast, activation=activation, block_rows=block_rows, backend=backend,
-        precision=precision,
+    return targets, None if contrast is None else check_target(contrast, bsz, n, vocab, targets)
+
+
+def alti_logit_layers(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    activation: str = DEFAULT_ACTIVATION,
+    attention_mask: Tensor | None = None,
+    target: int | Sequence[int] | Tensor | None = None,
+    contrast: int | Sequence[int] | Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+    backend: str = "auto",
+    precision: str = "highest",
+) -> AltiLogitLayers:
+    """Per-layer ALTI-Logit: eq 8's term of each layer apart, ``C^{(l)} = Δ^{(l)} R^{(l-1)}``, ``[B, L, N, N]``.
+
+    ``C^{(l)}_ij = Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``: how much input token j adds to the target logit at
+    i *through layer l* (carried to layer l by the ALTI rollout of the layers below). Row i of layer l sums to
+    ``u_i · (mixer_output^{(l)}_i − offset^{(l)})`` (``res.layer_totals``) for an exact strategy, and eq 8 is their
+    sum plus the embedding term: ``alti_logit(...).scores == diag(res.embedding) + res.scores.sum(1)`` over all
+    layers. ``layers`` selects (all are computed: the rollout needs those below); other arguments as
+    :func:`alti_logit`.
+
+    Example:
+        >>> res = alti_logit_layers(model, input_ids, layers=[-1])                  # doctest: +SKIP
+        >>> torch.allclose(res.scores.sum(-1), res.layer_totals, atol=1e-4)       # doctest: +SKIP
+        True
+    """
+    tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
+    targets, contrast = _logit_targets(tr, target, contrast)
+    return _alti_logit_layer_maps(
+        tr, targets, contrast=contrast, layers=layers, activation=activation, block_rows=block_rows,
+        backend=backend, precision=precision,
     )  # fmt: skip
 
 
@@ -183,15 +228,19 @@ def interactions(
     Args:
         model: a supported Mamba model, its adapter, or a :class:`ModelTrace`.
         input_ids: ``[B, N]`` token ids (or ``inputs_embeds``: ``[B, N, D]``).
-        method: ``"l2"``/``"l1"`` (eq 5), ``"alti"`` (eq 6), ``"alti_logit"`` (eq 8, all layers aggregated).
+        method: ``"l2"``/``"l1"`` (eq 5), ``"alti"`` (eq 6), ``"alti_no_residual"`` (eq 6 with the residual left
+            out of the proximities), ``"alti_logit"`` (eq 8, all layers aggregated), ``"alti_logit_layers"`` (eq 8's
+            term of each layer, :func:`alti_logit_layers`).
         activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models),
             ``"silu"`` (the paper's approximation), ``"identity"`` (exact without an activation), ``"taylor1"``,
             ``"taylor2"``.
         layers: indices into ``ModelTrace.layers`` for the per-layer methods (None = all; negatives allowed):
             the residual sublayers, which are the blocks of a pure Mamba model; a hybrid's block ``b`` gives two,
-            its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. Ignored by ALTI-Logit.
+            its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. Ignored by
+            ``"alti_logit"``.
         attention_mask: ``[B, N]`` padding mask.
-        target: ALTI-Logit target token(s): an int, ``[B]`` or ``[B, N]``; default the predicted next token.
+        target: ALTI-Logit's target token(s) (both forms): an int, ``[B]`` or ``[B, N]``; default the predicted
+            next token.
         dtype: compute dtype (float32 or float64), whatever the model's dtype.
         block_rows: query rows per block (memory bound); default from a fixed budget (``"ref"``) or from the
             free device memory (``"fast"``, where it is the side of a square rows × columns tile).
@@ -205,6 +254,9 @@ def interactions(
     Returns:
         ``[B, len(layers), N, N]`` for per-layer methods, ``[B, N, N]`` for ``"alti_logit"``; lower-triangular.
 
+    Raises:
+        ValueError: ``target`` given to a method that reads none (ℓp, ALTI), or an unknown method.
+
     Example:
         >>> from transformers import MambaConfig, MambaForCausalLM
         >>> model = MambaForCausalLM(MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=2, vocab_size=50))
@@ -214,10 +266,13 @@ def interactions(
     """
     check_method(method, METHODS)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
+    path = {"activation": activation, "block_rows": block_rows, "backend": backend, "precision": precision}
     if method == "alti_logit":
-        return alti_logit(
-            tr, activation=activation, target=target, block_rows=block_rows, backend=backend, precision=precision
-        ).scores
+        return alti_logit(tr, target=target, **path).scores
+    if method == "alti_logit_layers":
+        return alti_logit_layers(tr, layers=layers, target=target, **path).scores
+    if target is not None:
+        raise ValueError(f"method {method!r} explains no target token; target= is for ALTI-Logit")
     return _stack(
         tr, (method,), activation=activation, layers=layers, block_rows=block_rows, backend=backend,
         precision=precision,

@@ -48,8 +48,9 @@ class MethodSpec:
         family: one of :data:`FAMILIES`.
         per_layer: one map per layer (``[B, L, N, N]``) rather than one aggregated map (``[B, N, N]``).
         uses_target: the map explains a target token's logit (and changes with the target).
-        measure: LaTIM only: what :mod:`latim_captum.maps` reduces (an ℓp name, ``"alti"``) or ``"alti_logit"``
-            (the aggregated ALTI-Logit of eq 8).
+        measure: LaTIM only: what :mod:`latim_captum.maps` reduces per layer (an ℓp name, ``"alti"``,
+            ``"alti_no_residual"``), ``"alti_logit"`` (the aggregated ALTI-Logit of eq 8) or ``"alti_logit_layers"``
+            (eq 8's term of each layer).
         captum: the class name in :mod:`latim_captum.attr` (None: no Captum class).
         inseq: the Inseq identifiers (``inseq.load_model(model, name)``).
         demo: run by ``latim demo`` and the copying benchmark by default.
@@ -78,8 +79,12 @@ METHOD_TABLE: tuple[MethodSpec, ...] = (
     MethodSpec("l2", "LaTIM (ℓ2)", "latim", True, False, measure="l2", captum="LatimL2", inseq=("latim_l2",)),
     MethodSpec("alti", "LaTIM (ALTI)", "latim", True, False, measure="alti", captum="LatimALTI",
                inseq=("latim_alti",)),
+    MethodSpec("alti_no_residual", "LaTIM (ALTI, no residual)", "latim", True, False, measure="alti_no_residual",
+               captum="LatimALTINoResidual", inseq=("latim_alti_no_residual",)),
     MethodSpec("alti_logit", "LaTIM (ALTI-Logit)", "latim", False, True, measure="alti_logit",
                captum="LatimALTILogit", inseq=("latim", "latim_alti_logit")),
+    MethodSpec("alti_logit_layers", "LaTIM (ALTI-Logit, per layer)", "latim", True, True,
+               measure="alti_logit_layers", captum="LatimALTILogitLayers", inseq=("latim_alti_logit_layers",)),
     MethodSpec("saliency", "Saliency (‖∇‖₂)", "gradient", False, True),
     MethodSpec("input_x_gradient", "Input×Gradient", "gradient", False, True),
     MethodSpec("integrated_gradients", "Integrated Gradients", "gradient", False, True),

@@ -154,12 +154,13 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     path = {"backend": args.backend, "precision": args.precision}  # LaTIM's path; other families ignore it
     measure, act = method.spec.measure, _activation_of(method, args.activation)
+    # ALTI-Logit's target: the model's own prediction, or with --target each true next token
+    target = None if args.target is None or not method.spec.uses_target else next_token_targets(ids)
     if method.family == "latim" and method.per_layer:
-        maps = interactions(model, ids, method=measure, activation=act, layers=args.layer, **path)[0, 0]
+        maps = interactions(model, ids, method=measure, activation=act, layers=args.layer, target=target, **path)
+        maps = maps[0, 0]
         layer_s = str(args.layer)
     elif measure == "alti_logit":
-        # target: the model's own prediction, or with --target each true next token
-        target = None if args.target is None else next_token_targets(ids)
         maps = alti_logit(model, ids, activation=act, target=target, **path).scores[0]
         layer_s = "all"
     else:

@@ -4,15 +4,17 @@ Importing this module (``import latim_captum`` does it when Inseq is installed) 
 the method table (:mod:`latim_captum.catalog`, :data:`INSEQ_METHODS`); Inseq 0.7 finds methods through the live
 subclasses of its ``FeatureAttribution`` and has no entry points, so the import is required:
 
-==================  =====================================================================  ==========================
-method              what a step holds                                                      extra dimension
-==================  =====================================================================  ==========================
-``latim``           ALTI-Logit ``C_ij`` (eq 8) for the logit of the token generated at i+1  none (one score per token)
-``latim_alti_logit`` same as ``latim``                                                     none
-``latim_alti``      ALTI ``C^{(l)}_ij`` (eq 6) of every layer                              ``Model Layer``
-``latim_l2``        ``‖T^{(l)}_i(x_j)‖_2`` (eq 5) of every layer                           ``Model Layer``
-``latim_l1``        ``‖T^{(l)}_i(x_j)‖_1`` of every layer                                  ``Model Layer``
-==================  =====================================================================  ==========================
+============================  ==========================================================  ===============
+method                        what a step holds                                           extra dimension
+============================  ==========================================================  ===============
+``latim``                     ALTI-Logit ``C_ij`` (eq 8) of the token generated at i+1    none
+``latim_alti_logit``          same as ``latim``                                           none
+``latim_alti_logit_layers``   eq 8's term ``Δ^{(l)} R^{(l-1)}`` of every layer            ``Model Layer``
+``latim_alti``                ALTI ``C^{(l)}_ij`` (eq 6) of every layer                   ``Model Layer``
+``latim_alti_no_residual``    ALTI without the residual in its proximities, every layer   ``Model Layer``
+``latim_l2``                  ``‖T^{(l)}_i(x_j)‖_2`` (eq 5) of every layer                ``Model Layer``
+``latim_l1``                  ``‖T^{(l)}_i(x_j)‖_1`` of every layer                       ``Model Layer``
+============================  ==========================================================  ===============
 
 and the baselines ``mamba_attention``, ``mamba_attribution``, ``mamba_lrp``.
 
@@ -70,7 +72,7 @@ from torch import Tensor
 from . import baselines, catalog
 from .activations import DEFAULT_ACTIVATION
 from .adapters import get_adapter
-from .api import alti_logit, interactions
+from .api import alti_logit, alti_logit_layers, interactions
 from .catalog import MethodSpec
 from .inseq_targets import RAW_SCALES, check_attributed_fn, contrast_ids, scale_note
 
@@ -81,6 +83,8 @@ __all__ = [
     "TokenMapSequenceOutput",
     "TokenMapStepOutput",
     "LatimAltiLogitAttribution",
+    "LatimAltiLogitLayersAttribution",
+    "LatimAltiNoResidualAttribution",
     "LatimAttribution",
     "LatimALTIAttribution",
     "LatimL1Attribution",
@@ -443,6 +447,39 @@ def latim_alti_logit_map(
     ).scores
 
 
+def latim_alti_logit_layer_map(
+    model_or_trace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    layers: int | list[int] | None = None,
+    target: Tensor | None = None,
+    contrast: Tensor | None = None,
+    activation: str = DEFAULT_ACTIVATION,
+    dtype: torch.dtype = torch.float32,
+    block_rows: int | None = None,
+    backend: str = "auto",
+    precision: str = "highest",
+) -> Tensor:
+    """Per-layer ALTI-Logit maps ``[B, L, N, N]`` (:func:`latim_captum.alti_logit_layers`' scores): eq 8's term of
+    each layer. With ``contrast`` row i decomposes that layer's share of ``logit(target_i) − logit(contrast_i)``."""
+    return alti_logit_layers(
+        model_or_trace,
+        input_ids,
+        inputs_embeds,
+        attention_mask=attention_mask,
+        layers=layers,
+        target=target,
+        contrast=contrast,
+        activation=activation,
+        dtype=dtype,
+        block_rows=block_rows,
+        backend=backend,
+        precision=precision,
+    ).scores
+
+
 def token_map_of(spec: MethodSpec) -> Callable[..., Tensor]:
     """The token-map function of a method table entry: LaTIM per-layer maps, ALTI-Logit, or a baseline's function.
 
@@ -452,6 +489,8 @@ def token_map_of(spec: MethodSpec) -> Callable[..., Tensor]:
     if spec.family == "latim":
         if spec.measure == "alti_logit":
             return latim_alti_logit_map
+        if spec.measure == "alti_logit_layers":
+            return latim_alti_logit_layer_map
         return functools.partial(latim_layer_map, spec.measure)
     if spec.family == "baseline":
         return getattr(baselines, spec.name)
@@ -480,6 +519,16 @@ class LatimAttribution(LatimAltiLogitAttribution):
     contrast token with ``attributed_fn="contrast_prob_diff"`` and ``contrast_targets=...``."""
 
     method_name = "latim"
+
+
+class LatimAltiLogitLayersAttribution(InseqTokenMapAttribution):
+    """LaTIM (ALTI-Logit per layer): eq 8's term of each layer, ``Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``, as
+    Inseq's extra dimension (one slot per layer); a layer's column sums to its share of the generated token's logit
+    for an exact strategy. Contrastive like ``latim_alti_logit``. Arguments: ``layers``, ``activation``, ..."""
+
+    method_name = "latim_alti_logit_layers"
+    method_spec = catalog.get("alti_logit_layers")
+    supports_contrast = True
 
 
 class LatimALTIAttribution(InseqTokenMapAttribution):
@@ -528,7 +577,8 @@ def _generated(spec: MethodSpec, method_name: str) -> type[InseqTokenMapAttribut
 _WRITTEN = {
     cls.method_name: cls
     for cls in (
-        LatimAltiLogitAttribution, LatimAttribution, LatimALTIAttribution, LatimL2Attribution,
+        LatimAltiLogitAttribution, LatimAltiLogitLayersAttribution, LatimAttribution, LatimALTIAttribution,
+        LatimL2Attribution,
         MambaAttentionAttribution, MambaAttributionAttribution, MambaLRPAttribution,
     )
 }  # fmt: skip
@@ -537,10 +587,9 @@ INSEQ_METHODS: dict[str, type[InseqTokenMapAttribution]] = {
     name: _WRITTEN.get(name) or _generated(spec, name) for spec in catalog.METHOD_TABLE for name in spec.inseq
 }
 LatimL1Attribution = INSEQ_METHODS["latim_l1"]
+LatimAltiNoResidualAttribution = INSEQ_METHODS["latim_alti_no_residual"]
 #: the Inseq identifiers of the LaTIM methods
-METHOD_NAMES: tuple[str, ...] = tuple(
-    name for spec in catalog.latim_methods() for name in spec.inseq
-)
+METHOD_NAMES: tuple[str, ...] = tuple(name for spec in catalog.latim_methods() for name in spec.inseq)
 #: the paper's baselines, registered the same way
 BASELINE_METHOD_NAMES: tuple[str, ...] = tuple(
     name for spec in catalog.METHOD_TABLE if spec.family == "baseline" for name in spec.inseq

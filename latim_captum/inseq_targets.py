@@ -51,6 +51,10 @@ RAW_SCALES: dict[str, str] = {
     "alti_logit_contrast": "logit-difference contributions (each column sums to logit(target) − logit(contrast) "
     "minus the offset)",
     "alti": "ALTI shares, averaged over layers (each layer's column sums to 1)",
+    "alti_no_residual": "ALTI shares without the residual, averaged over layers (each layer's column sums to 1)",
+    "alti_logit_layers": "logit contributions per layer (each layer's column sums to its share of the logit)",
+    "alti_logit_layers_contrast": "logit-difference contributions per layer (each layer's column sums to its share "
+    "of logit(target) − logit(contrast))",
     "l2": "ℓ2 norms of the contribution vectors, averaged over layers",
     "l1": "ℓ1 norms of the contribution vectors, averaged over layers",
     "mamba_attention": "hidden attention, min-max normalised per row, averaged over layers",

@@ -9,9 +9,9 @@ explains the whole model (one aggregated map). Rows are query positions, columns
 
 Built in:
 
-- ``l1``, ``l2``, ``alti`` (per layer) and ``alti_logit`` (aggregated), each as ``<name>`` (activation ``silu``, the
-  paper's default) and ``<name>_silu_gate`` (exact): :func:`latim_captum.interactions` /
-  :func:`latim_captum.alti_logit`.
+- ``l1``, ``l2``, ``alti``, ``alti_no_residual``, ``alti_logit_layers`` (per layer) and ``alti_logit``
+  (aggregated), each as ``<name>`` (activation ``silu``, the paper's default) and ``<name>_silu_gate`` (exact):
+  :func:`latim_captum.interactions` / :func:`latim_captum.alti_logit`.
   ALTI-Logit's target at row i is the true next token ``input_ids[i + 1]`` (the last row reuses its own token).
 - Captum gradient methods (aggregated): for each query row i, the gradient of the logit of the true next token
   ``input_ids[i + 1]`` at position i w.r.t. the input embeddings ``e_j`` (``[N, D]``), reduced over D:
@@ -127,18 +127,19 @@ def next_token_targets(input_ids: Tensor) -> Tensor:
 # --- LaTIM ---------------------------------------------------------------------------------------------------------
 
 
-def _latim(measure: str, activation: str) -> Callable[..., Tensor]:
-    from .api import alti_logit, interactions
+def latim_map_fn(spec: MethodSpec, activation: str) -> Callable[..., Tensor]:
+    """``fn(model, ids, backend="auto", precision="highest") -> maps`` of a LaTIM table entry under ``activation``;
+    the methods that explain a logit read the true next token at each row (:func:`next_token_targets`)."""
+    from .api import interactions
 
-    if measure == "alti_logit":
-        return lambda model, ids, backend="auto", precision="highest": (
-            alti_logit(
-                model, ids, activation=activation, target=next_token_targets(ids), backend=backend, precision=precision
-            ).scores
-        )
-    return lambda model, ids, backend="auto", precision="highest": interactions(
-        model, ids, method=measure, activation=activation, backend=backend, precision=precision
-    )
+    def maps(model: nn.Module, ids: Tensor, backend: str = "auto", precision: str = "highest") -> Tensor:
+        target = next_token_targets(ids) if spec.uses_target else None
+        return interactions(
+            model, ids, method=spec.measure, activation=activation, target=target, backend=backend,
+            precision=precision,
+        )  # fmt: skip
+
+    return maps
 
 
 # --- Captum gradient methods ----------------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def _baseline(name: str) -> Callable[..., Tensor]:
 def _method(name: str) -> Method:
     spec, activation = registry_entry(name)
     if spec.family == "latim":
-        return Method(name, spec, activation, _latim(spec.measure, activation))
+        return Method(name, spec, activation, latim_map_fn(spec, activation))
     if spec.family == "gradient":
 
         def gradient(model: nn.Module, ids: Tensor, max_sequences: int) -> Tensor:

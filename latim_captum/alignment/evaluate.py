@@ -52,6 +52,8 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "alti_silu_gate",
     "alti_logit",
     "alti_logit_silu_gate",
+    "alti_logit_layers",
+    "alti_logit_layers_silu_gate",
     "mamba_attention",
     "mamba_attribution",
     "mamba_lrp",

@@ -12,24 +12,29 @@ from ._base import DEFAULT, LayerSpec, TokenMapAttribution, TokenMaps
 from .baselines import MambaAttention, MambaAttribution, MambaLRP
 from .latim_alti import LatimALTI
 from .latim_alti_logit import LatimALTILogit
+from .latim_alti_logit_layers import LatimALTILogitLayers
 from .latim_l2 import LatimL2
 from .latim_measure import LatimMeasure, measure_class
 from .llm import LatimLLMAttribution
 
 _WRITTEN = {
-    cls.__name__: cls for cls in (LatimALTI, LatimALTILogit, LatimL2, MambaAttention, MambaAttribution, MambaLRP)
+    cls.__name__: cls
+    for cls in (LatimALTI, LatimALTILogit, LatimALTILogitLayers, LatimL2, MambaAttention, MambaAttribution, MambaLRP)
 }
 #: the Captum class of every table entry that names one, by class name
 CAPTUM_CLASSES: dict[str, type[TokenMapAttribution]] = {
     spec.captum: _WRITTEN.get(spec.captum) or measure_class(spec) for spec in catalog.METHOD_TABLE if spec.captum
 }
 LatimL1 = CAPTUM_CLASSES["LatimL1"]
+LatimALTINoResidual = CAPTUM_CLASSES["LatimALTINoResidual"]
 
 __all__ = [
     "CAPTUM_CLASSES",
     "DEFAULT",
     "LatimALTI",
     "LatimALTILogit",
+    "LatimALTILogitLayers",
+    "LatimALTINoResidual",
     "LatimL1",
     "LatimL2",
     "LatimLLMAttribution",

@@ -408,10 +408,10 @@ class TokenMapAttribution(Attribution):
         attributions = (result,) if is_tuple else result
         if not return_convergence_delta:
             return attributions
-        if totals is None:
-            raise ValueError(f"{self.get_name()} returned no row totals, so there is no convergence delta")
         if sums.dim() > 2 or (not return_matrix and sums.dim() > 1):
             raise ValueError("the convergence delta needs one map: use an int layer or an aggregated mode")
+        if totals is None:
+            raise ValueError(f"{self.get_name()} returned no row totals, so there is no convergence delta")
         # Captum's sign: Σ attributions − (F(x) − F(baseline)), the total of an exact row playing F(x) − F(baseline)
         return attributions, sums - totals
 
@@ -480,7 +480,6 @@ class TokenMapAttribution(Attribution):
                     totals[rows.to(row.device)] = out.row_totals[:, p]
         assert result is not None  # positions is never empty
         return result, totals
-
 
     def _check_maps(self, maps: Tensor, spec: LayerSpec, bsz: int, n: int) -> Tensor:
         if spec.layers is not None:

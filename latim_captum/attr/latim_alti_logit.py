@@ -146,6 +146,11 @@ class LatimALTILogit(TokenMapAttribution):
         Raises:
             ValueError: a baseline, no ``end_point``, or attributions whose batch does not match it.
         """
+        return self._delta(attributions, start_point, end_point, target, additional_forward_args, position, contrast)
+
+    def _delta(self, attributions, start_point, end_point, target, additional_forward_args, position, contrast,
+               **extra: Any) -> Tensor:  # fmt: skip
+        """:meth:`compute_convergence_delta` with ``extra`` options for :meth:`explained_total`."""
         if start_point is not None:
             raise ValueError(f"{self.get_name()} needs no baseline: start_point must be None")
         if end_point is None:
@@ -166,6 +171,11 @@ class LatimALTILogit(TokenMapAttribution):
             rows = positions.to(tr.readout.logits.device)
             batch = torch.arange(bsz, device=rows.device)
             targets = tr.readout.logits[batch, rows].argmax(-1) if tgt is None else tgt.to(rows.device)
-            total = row_total(tr, rows, targets, None if ctr is None else ctr.to(rows.device))
-        sums = attr.reshape(bsz, -1).sum(-1).to(total.logits)
-        return sums - (total.logits - total.offset)
+            total = self.explained_total(tr, rows, targets, None if ctr is None else ctr.to(rows.device), **extra)
+        sums = attr.reshape(bsz, -1).sum(-1).to(total)
+        return sums - total
+
+    def explained_total(self, tr, rows: Tensor, targets: Tensor, contrast: Tensor | None) -> Tensor:
+        """``F(x) − F(baseline)`` of the query rows, ``[B]``: the target logit (difference) minus the offset."""
+        total = row_total(tr, rows, targets, contrast)
+        return total.logits - total.offset

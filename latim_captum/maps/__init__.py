@@ -8,7 +8,8 @@
 ``triton``          the tiles' Triton kernels (``kernels``, ``launch``, ``workspace``; needs ``triton``)
 ``fast``            :func:`layer_maps_fast`, the tiled path of one Mamba layer (either kernel)
 ``layer``           :func:`layer_maps`, one sublayer on any backend
-``all_layers``      every layer: :func:`stack`, :func:`alti_rollout`, :func:`alti_logit`
+``all_layers``      every layer: :func:`stack`, :func:`alti_rollout`, :func:`alti_logit`,
+                   :func:`alti_logit_layers`
 ``rows``            one query row of the rollout and of ALTI-Logit in O(N·d) memory
 ==================  ==============================================================================================
 
@@ -16,7 +17,7 @@ Every function here takes a :class:`~latim_captum.traces.ModelTrace` (or one of 
 model-facing entry points are in :mod:`latim_captum.api`.
 """
 
-from .all_layers import AltiLogit, alti_logit, alti_rollout, stack
+from .all_layers import AltiLogit, AltiLogitLayers, alti_logit, alti_logit_layers, alti_rollout, stack
 from .fast import layer_maps_fast
 from .layer import layer_maps
 from .options import (
@@ -40,8 +41,10 @@ __all__ = [
     "MEASURES",
     "PRECISIONS",
     "AltiLogit",
+    "AltiLogitLayers",
     "LatimMemoryError",
     "alti_logit",
+    "alti_logit_layers",
     "alti_rollout",
     "check_backend",
     "check_precision",

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,11 +21,21 @@ from torch import Tensor
 
 from latim_captum._validation import check_layers, check_rows
 from latim_captum.aggregate import through
-from latim_captum.traces import ModelTrace
+from latim_captum.traces import ModelTrace, SublayerTrace
 
 from .layer import layer_maps
 
-__all__ = ["AltiLogit", "stack", "alti_rollout", "alti_logit", "logit_terms", "read_logits"]
+__all__ = [
+    "AltiLogit",
+    "AltiLogitLayers",
+    "stack",
+    "alti_rollout",
+    "alti_logit",
+    "alti_logit_layers",
+    "layer_share",
+    "logit_terms",
+    "read_logits",
+]
 
 
 class AltiLogit(NamedTuple):
@@ -140,6 +150,63 @@ def alti_rollout(
     return flow
 
 
+class AltiLogitLayers(NamedTuple):
+    """Per-layer ALTI-Logit: each layer's term of eq 8 apart, with the embedding term and what everything sums to.
+
+    Attributes:
+        scores: ``Δ^{(l)} R^{(l-1)}`` of the requested layers, ``[B, len(layers), N, N]``; row i of layer l sums to
+            that layer's share of the logit, ``u_i · (mixer_output_i − offset^{(l)})``.
+        embedding: the direct term ``u_i · x^{(0)}_i`` (token i's own, on the diagonal of eq 8), ``[B, N]``.
+        layers: the layer indices of ``scores`` (non-negative).
+        layer_totals: what each row of ``scores`` sums to for an exact decomposition, read from the model's own
+            sublayer output: ``u_i · (mixer_output^{(l)}_i − offset^{(l)})``, ``[B, len(layers), N]``.
+        targets, logits, offset, contrast: as in :class:`AltiLogit`. Over *all* layers,
+            ``scores.sum((1, 3)) + embedding == logits − offset`` for an exact decomposition.
+    """
+
+    scores: Tensor
+    embedding: Tensor
+    layers: list[int]
+    layer_totals: Tensor
+    targets: Tensor
+    logits: Tensor
+    offset: Tensor
+    contrast: Tensor | None = None
+
+
+def _readout_projection(trace: ModelTrace, targets: Tensor, contrast: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``u_i`` (``[B, N, D]``, through the final norm's fixed scale) and the logit's bias part (``[B, N]``)."""
+    readout = trace.readout
+    if readout is None:
+        raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
+    direction, bias, _ = logit_terms(readout, targets, contrast)
+    return direction * readout.norm_scale[..., None], bias
+
+
+def layer_share(layer: SublayerTrace, projection: Tensor) -> Tensor:
+    """A sublayer's share of the logit, ``u_i · (mixer_output_i − offset)`` (``[...]`` for ``projection``
+    ``[..., D]`` over the rows of ``layer``): what its per-layer ALTI-Logit row sums to when the decomposition is
+    exact, from the model's own sublayer output."""
+    return (projection * (layer.mixer_output - layer.offset)).sum(-1)
+
+
+def _layer_logit_terms(
+    trace: ModelTrace, projection: Tensor, *, activation: str, path: dict
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Each layer's ALTI-Logit term ``Δ^{(l)} R^{(l-1)}`` (``[B, N, N]``) and its offset ``u_i · offset^{(l)}``
+    (``[B, N]``), bottom to top; the rollout ``R`` is stepped as the layers go (one layer's maps held at a time)."""
+    bsz, n = trace.shape
+    flow = torch.eye(n, dtype=projection.dtype, device=projection.device).expand(bsz, n, n)  # R^{(0)} = I
+    last = len(trace.layers) - 1
+    for idx, layer in enumerate(trace.layers):
+        # R^{(L)} is never read: the last layer needs its Δ only, not the ALTI map (its W_o product)
+        measures = ("logit",) if idx == last else ("alti", "logit")
+        maps = layer_maps(layer, activation, measures, projection=projection, embedding_columns=True, **path)
+        yield through(maps["logit"], flow), projection @ layer.offset
+        if idx < last:
+            flow = through(maps["alti"], flow)
+
+
 def alti_logit(
     trace: ModelTrace,
     targets: Tensor,
@@ -164,26 +231,59 @@ def alti_logit(
     Raises:
         ValueError: the trace has no readout (a model without an LM head).
     """
-    readout = trace.readout
-    if readout is None:
-        raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
-    direction, offset, _ = logit_terms(readout, targets, contrast)
-    projection = direction * readout.norm_scale[..., None]  # [B, N, D]
-    direct = (projection * trace.embeddings).sum(-1)
-    bsz, n = direct.shape
-    flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)  # R^{(0)} = I
-    scores = torch.diag_embed(direct)
-    last = len(trace.layers) - 1
-    for idx, layer in enumerate(trace.layers):
-        # R^{(L)} is never read: the last layer needs its Δ only, not the ALTI map (its W_o product)
-        measures = ("logit",) if idx == last else ("alti", "logit")
-        maps = layer_maps(
-            layer, activation, measures, projection=projection, block_rows=block_rows, backend=backend,
-            embedding_columns=True, precision=precision, kernel_config=kernel_config,
-        )  # fmt: skip
-        scores = scores + through(maps["logit"], flow)
-        if idx < last:
-            flow = through(maps["alti"], flow)
-        offset = offset + projection @ layer.offset
-    logits = read_logits(readout.logits, targets, contrast)
+    projection, offset = _readout_projection(trace, targets, contrast)
+    scores = torch.diag_embed((projection * trace.embeddings).sum(-1))
+    path = {"block_rows": block_rows, "backend": backend, "precision": precision, "kernel_config": kernel_config}
+    for term, layer_offset in _layer_logit_terms(trace, projection, activation=activation, path=path):
+        scores = scores + term
+        offset = offset + layer_offset
+    logits = read_logits(trace.readout.logits, targets, contrast)
     return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset, contrast=contrast)
+
+
+def alti_logit_layers(
+    trace: ModelTrace,
+    targets: Tensor,
+    *,
+    contrast: Tensor | None = None,
+    layers: int | Sequence[int] | None = None,
+    activation: str,
+    block_rows: int | None = None,
+    backend: str = "auto",
+    precision: str = "highest",
+    kernel_config: dict | None = None,
+) -> AltiLogitLayers:
+    """Per-layer ALTI-Logit: the terms ``Δ^{(l)} R^{(l-1)}`` of eq 8 one layer at a time, ``[B, len(layers), N, N]``.
+
+    Eq 8 sums them (with the embedding term ``diag(u · x^{(0)})``): :func:`alti_logit` is
+    ``diag(embedding) + scores.sum(1)`` over all layers. Apart, they show which layer moves the target logit and
+    from which input tokens (through the rollout ``R^{(l-1)}`` of the layers *below*): row i of layer l sums to
+    ``u_i · (mixer_output^{(l)}_i − offset^{(l)})``, that layer's share of the logit. Every layer is computed (the
+    rollout needs those below); ``layers`` keeps some. Arguments otherwise as :func:`alti_logit`.
+
+    Example:
+        >>> res = alti_logit_layers(tr, targets, activation="silu_gate")           # doctest: +SKIP
+        >>> torch.allclose(res.scores.sum((1, 3)) + res.embedding, res.logits - res.offset)  # doctest: +SKIP
+        True
+    """
+    selected = check_layers(layers, trace.n_layers)
+    projection, offset = _readout_projection(trace, targets, contrast)
+    bsz, n = trace.shape
+    scores = projection.new_zeros(bsz, len(selected), n, n)
+    path = {"block_rows": block_rows, "backend": backend, "precision": precision, "kernel_config": kernel_config}
+    for idx, (term, layer_offset) in enumerate(
+        _layer_logit_terms(trace, projection, activation=activation, path=path)
+    ):
+        for pos in (p for p, chosen in enumerate(selected) if chosen == idx):  # a layer may be asked twice
+            scores[:, pos] = term
+        offset = offset + layer_offset
+    return AltiLogitLayers(
+        scores=scores,
+        embedding=(projection * trace.embeddings).sum(-1),
+        layers=selected,
+        layer_totals=torch.stack([layer_share(trace.layers[idx], projection) for idx in selected], dim=1),
+        targets=targets,
+        logits=read_logits(trace.readout.logits, targets, contrast),
+        offset=offset,
+        contrast=contrast,
+    )

@@ -3,12 +3,15 @@
 Example:
     >>> maps = layer_maps(tr.layers[0], "silu", ("l2", "alti"))                             # doctest: +SKIP
     >>> maps = layer_maps(tr.layers[0], "silu", ("alti",), backend="triton", precision="tf32")  # doctest: +SKIP
+    >>> bare = layer_maps(tr.layers[0], "silu", ("alti_no_residual",))["alti_no_residual"]     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from latim_captum.traces import LayerTrace, SublayerTrace
@@ -17,7 +20,17 @@ from .fast import layer_maps_fast
 from .options import check_measures, check_precision, resolve_backend
 from .ref import layer_maps_ref
 
-__all__ = ["layer_maps"]
+__all__ = ["NO_RESIDUAL", "layer_maps", "without_residual"]
+
+#: the measure of ALTI without the residual in the proximities
+NO_RESIDUAL = "alti_no_residual"
+
+
+def without_residual(layer: SublayerTrace) -> SublayerTrace:
+    """The sublayer with a zero residual stream: its ALTI proximities then compare ``T_i(x_j)`` with the mixer's own
+    output ``Σ_j T_i(x_j) + offset`` instead of ``y_i = x_i + …`` (token i's residual ``x_i`` is left out of
+    ``T'_i(x_i)`` and of ``y_i``). Only ALTI reads the residual; the contributions are unchanged."""
+    return dataclasses.replace(layer, residual=torch.zeros_like(layer.residual))
 
 
 def layer_maps(
@@ -45,6 +58,15 @@ def layer_maps(
     (``anchor_rows``, Triton block sizes and switches, see :func:`~latim_captum.maps.fast.layer_maps_fast`).
     """
     check_measures(measures)
+    if NO_RESIDUAL in measures:
+        rest = tuple(m for m in measures if m != NO_RESIDUAL)
+        path = {"block_rows": block_rows, "backend": backend, "precision": precision, "rows": rows,
+                "kernel_config": kernel_config}  # fmt: skip
+        maps = layer_maps(layer, activation, rest, projection=projection, embedding_columns=embedding_columns,
+                          **path) if rest else {}  # fmt: skip
+        bare = layer_maps(without_residual(layer), activation, ("alti",), embedding_columns=embedding_columns, **path)
+        maps[NO_RESIDUAL] = bare["alti"]
+        return maps
     resolved = resolve_backend(backend, layer.residual.device)
     check_precision(precision, backend, layer.residual.device)
     if isinstance(layer, LayerTrace) and resolved in ("fast", "triton"):

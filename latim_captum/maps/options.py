@@ -41,10 +41,12 @@ BACKENDS: tuple[str, ...] = ("auto", "ref", "fast", "triton")
 PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
 #: implementations of the tiles: PyTorch ops, or the Triton kernels of :mod:`latim_captum.maps.triton`
 KERNELS: tuple[str, ...] = ("torch", "triton")
-#: per-layer measures by name; any ``"l<p>"`` (``p ≥ 1``) and ``"linf"`` are ℓp norms too
-MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
+#: per-layer measures by name; any ``"l<p>"`` (``p ≥ 1``) and ``"linf"`` are ℓp norms too. ``"alti_no_residual"``
+#: is ALTI with the residual left out of the proximities (the sublayer's own output ``Σ_j T_i(x_j)`` in place of
+#: ``y_i``; the paper's Table 1 read literally), made by :func:`~latim_captum.maps.layer.layer_maps` on any backend
+MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit", "alti_no_residual")
 #: what the tiled paths reduce (ℓp of any order, ALTI, the logit); anything else takes the reference path
-TILED_MEASURES: tuple[str, ...] = MEASURES
+TILED_MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "logit")
 
 
 class LatimMemoryError(MemoryError):

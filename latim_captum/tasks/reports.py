@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..activations import ACTIVATIONS, IDENTITY_NAMES, SILU_NAMES
 from ..catalog import latim_methods
-from ..methods import METHOD_REGISTRY, Method, next_token_targets
+from ..methods import METHOD_REGISTRY, Method, latim_map_fn
 
 __all__ = [
     "StrategyMethod",
@@ -105,17 +105,7 @@ def resolve_method(name: str):
             if name != f"{spec.name}_{act}":
                 continue
 
-            def fn(model, ids, backend="auto", precision="highest", _measure=spec.measure, _act=act) -> Tensor:
-                from ..api import alti_logit, interactions
-
-                if _measure == "alti_logit":
-                    target = next_token_targets(ids)
-                    return alti_logit(
-                        model, ids, activation=_act, target=target, backend=backend, precision=precision
-                    ).scores
-                return interactions(model, ids, method=_measure, activation=_act, backend=backend, precision=precision)
-
-            return StrategyMethod(name, spec, act, fn)
+            return StrategyMethod(name, spec, act, latim_map_fn(spec, act))
     latim = ", ".join(f"{s.name}_<activation>" for s in latim_methods())
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_REGISTRY)}, or {latim}")
 
