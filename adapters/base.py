@@ -3,25 +3,33 @@
 An adapter knows where a family keeps its blocks, mixers, final norm and unembedding, and how to recompute one
 mixer from its input and weights. :meth:`ModelAdapter.trace` runs the model once with hooks (a forward pre-hook on
 each mixer captures the normalised input and padding mask the mixer really saw; forward hooks capture its output
-and the block's), removes every hook, restores the model's mode, then recomputes each mixer in the compute dtype
-and checks the result against the captured output so that an unsupported variant fails loudly instead of
-producing a silently wrong map.
+and the block's), removes every hook, restores each module's train/eval flag, then recomputes each mixer in the
+compute dtype and checks the result against the captured output so that an unsupported variant fails loudly instead
+of producing a silently wrong map. The hooks record only their own call's forward pass
+(:class:`~latim_captum._model_state.CallHooks`), so several threads may trace one model at once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks, eval_mode
 from latim_captum._precision import fp32_math
 from latim_captum.traces import LayerTrace, ModelTrace, Readout
 
-__all__ = ["ModelAdapter", "CapturedLayer", "TraceMismatchError", "relative_error", "verification_tolerance"]
+__all__ = [
+    "ModelAdapter",
+    "CapturedLayer",
+    "TraceMismatchError",
+    "relative_error",
+    "verification_tolerance",
+]
 
 
 class TraceMismatchError(RuntimeError):
@@ -30,13 +38,15 @@ class TraceMismatchError(RuntimeError):
 
 @dataclass
 class CapturedLayer:
-    """What the hooks saw for one block during the forward pass (model dtype, detached)."""
+    """What the hooks saw for one block during the forward pass (model dtype, detached); ``extras`` holds what a
+    family's own hooks record (:meth:`ModelAdapter.add_capture_hooks`), e.g. an attention's rotary embeddings."""
 
     block_input: Tensor | None = None
     mixer_input: Tensor | None = None
     mixer_mask: Tensor | None = None
     mixer_output: Tensor | None = None
     block_output: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def relative_error(estimate: Tensor, reference: Tensor) -> float:
@@ -196,15 +206,12 @@ class ModelAdapter(ABC):
         return None, output[0] if isinstance(output, tuple) else output
 
     # -- tracing ------------------------------------------------------------------------------------------------
-    def capture(
-        self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None
-    ) -> tuple[list[CapturedLayer], Tensor | None]:
-        """Run the model once under hooks; return per-block captures and the logits (None without an LM head).
+    def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
+        """Register the hooks of one :meth:`capture` call on ``hooks``, writing into ``captured`` (one per block).
 
-        Every hook is removed and the model's train/eval mode restored, whatever happens.
+        Families that need more of the forward pass (attention keyword arguments, intermediate tensors) extend this
+        and write into ``captured[idx].extras``: state kept per call, never on the adapter, which threads may share.
         """
-        captured = [CapturedLayer() for _ in self.blocks]
-        handles = []
 
         def block_pre(idx: int):
             def hook(_module, args, kwargs):
@@ -236,21 +243,29 @@ class ModelAdapter(ABC):
 
             return hook
 
-        was_training = self.model.training
-        try:
-            for idx, block in enumerate(self.blocks):
-                mixer = self.mixer(block)
-                handles.append(block.register_forward_pre_hook(block_pre(idx), with_kwargs=True))
-                handles.append(block.register_forward_hook(block_post(idx), with_kwargs=True))
-                handles.append(mixer.register_forward_pre_hook(mixer_pre(idx), with_kwargs=True))
-                handles.append(mixer.register_forward_hook(mixer_post(idx), with_kwargs=True))
-            self.model.eval()
-            with torch.no_grad():
+        for idx, block in enumerate(self.blocks):
+            mixer = self.mixer(block)
+            hooks.pre(block, block_pre(idx), with_kwargs=True)
+            hooks.post(block, block_post(idx), with_kwargs=True)
+            hooks.pre(mixer, mixer_pre(idx), with_kwargs=True)
+            hooks.post(mixer, mixer_post(idx), with_kwargs=True)
+
+    def capture(
+        self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None
+    ) -> tuple[list[CapturedLayer], Tensor | None]:
+        """Run the model once under hooks; return per-block captures and the logits (None without an LM head).
+
+        The hooks record this call's forward pass only (another thread's forward of the same model passes them
+        by); every hook is removed and each module's train/eval flag restored, whatever happens.
+
+        Raises:
+            TraceMismatchError: a mixer's hooks did not fire.
+        """
+        captured = [CapturedLayer() for _ in self.blocks]
+        with CallHooks() as hooks:
+            self.add_capture_hooks(hooks, captured)
+            with eval_mode(self.model), torch.no_grad():
                 output = self.forward(input_ids, inputs_embeds, attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.model.train(was_training)
         for idx, cap in enumerate(captured):
             if cap.mixer_input is None or cap.mixer_output is None or cap.block_input is None:
                 raise TraceMismatchError(

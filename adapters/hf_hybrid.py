@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks
 from latim_captum._precision import fp32_math
 from latim_captum.attention import attention_output, attention_weights
 from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, SublayerTrace, TokenwiseTrace
@@ -244,27 +245,22 @@ class HFHybridAdapter(HFBackboneAdapter):
         return [_Verified(mixer, recomputed), ffn]
 
     # -- tracing ------------------------------------------------------------------------------------------------
-    def capture(self, input_ids, inputs_embeds, attention_mask):
-        """The base capture plus each attention module's keyword arguments (rotary embeddings)."""
-        self._attn_kwargs: dict[int, dict] = {}
-        handles = []
+    def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
+        """The base hooks plus each attention module's keyword arguments (rotary embeddings), in
+        ``captured[idx].extras``."""
+        super().add_capture_hooks(hooks, captured)
 
         def attn_pre(idx: int):
             def hook(_module, _args, kwargs):
-                self._attn_kwargs[idx] = {
-                    k: v for k, v in kwargs.items() if k == "position_embeddings" and v is not None
-                }
+                captured[idx].extras.update(
+                    {k: v for k, v in kwargs.items() if k == "position_embeddings" and v is not None}
+                )
 
             return hook
 
-        try:
-            for idx, block in enumerate(self.blocks):
-                if self.block_kind(block) == "attention":
-                    handles.append(self.mixer(block).register_forward_pre_hook(attn_pre(idx), with_kwargs=True))
-            return super().capture(input_ids, inputs_embeds, attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
+        for idx, block in enumerate(self.blocks):
+            if self.block_kind(block) == "attention":
+                hooks.pre(self.mixer(block), attn_pre(idx), with_kwargs=True)
 
     def trace(
         self,
@@ -281,13 +277,12 @@ class HFHybridAdapter(HFBackboneAdapter):
         (padded queries of attention layers are not defined by the model).
         """
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
-        attn_kwargs, self._attn_kwargs = self._attn_kwargs, {}
         tol = verification_tolerance(self.model_dtype)
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
-                sublayers = self.block_traces(idx, block, cap, attn_kwargs.get(idx, {}), mask, dtype)
+                sublayers = self.block_traces(idx, block, cap, cap.extras, mask, dtype)
                 for sub in sublayers:
                     if verify and isinstance(sub, _Verified):
                         reference = sub.trace.mixer_output if sub.reference is None else sub.reference

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks
 from latim_captum.traces import LayerTrace
 
 from .base import CapturedLayer
@@ -72,12 +73,10 @@ class MambaSSMAdapter(HFBackboneAdapter):
             )
         if inputs_embeds is None:
             return self.model(input_ids)
-        handle = self.embeddings.register_forward_hook(lambda _m, _a, _o: inputs_embeds)
-        try:
+        with CallHooks() as hooks:  # replaces this call's embeddings only, not another thread's
+            hooks.post(self.embeddings, lambda _m, _a, _o: inputs_embeds)
             ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
             return self.model(ids)
-        finally:
-            handle.remove()
 
     @staticmethod
     def output_logits(output: Any) -> Tensor | None:

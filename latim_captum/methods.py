@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from . import baselines
+from ._model_state import eval_mode
 from .catalog import MethodSpec, registry_entry, registry_names
 
 __all__ = [
@@ -155,15 +156,13 @@ def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: in
     embed = model.get_input_embeddings()
     targets = next_token_targets(input_ids)
     bsz, n = input_ids.shape
-    was_training = model.training
-    model.eval()
     out = torch.zeros(bsz, n, n, dtype=torch.float32, device=input_ids.device)
 
     def forward(e: Tensor, rows: Tensor) -> Tensor:
         logits = model(inputs_embeds=e, use_cache=False).logits
         return logits[torch.arange(e.shape[0], device=e.device), rows].float()
 
-    try:
+    with eval_mode(model):  # each module's own train/eval flag comes back
         with torch.no_grad():
             embeds = embed(input_ids).detach()
         chunk = max(1, max_batch // bsz)
@@ -191,8 +190,6 @@ def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: in
                 scores = attr.float().sum(-1)
             scores = scores.detach().reshape(reps, bsz, n).transpose(0, 1)  # [B, reps, N]
             out[:, r0:r1] = scores
-    finally:
-        model.train(was_training)
     return out
 
 
