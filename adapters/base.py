@@ -25,8 +25,10 @@ from latim_captum.traces import LayerTrace, ModelTrace, Readout
 
 __all__ = [
     "ModelAdapter",
+    "mro_depth",
     "CapturedLayer",
     "TraceMismatchError",
+    "check_finite_capture",
     "relative_error",
     "verification_tolerance",
 ]
@@ -86,6 +88,52 @@ def verification_tolerance(model_dtype: torch.dtype) -> float:
     return {torch.float64: 1e-6, torch.float32: 1e-2}.get(model_dtype, 5e-2)
 
 
+def check_finite_capture(
+    captured: Sequence[CapturedLayer], logits: Tensor | None, attention_mask: Tensor | None = None
+) -> None:
+    """``ValueError`` naming the first layer (and tensor) whose captured values hold NaN or ±inf.
+
+    Non-finite activations (NaN/inf weights, an overflow in a half-precision model) would give NaN maps, and a NaN
+    spreads to every row that reads it; the relative-error checks cannot see it either (``NaN > tol`` is False).
+    Padded positions are ignored: the model never reads them.
+    """
+    keep = None if attention_mask is None else attention_mask.bool()
+    named = [
+        (f"layer {idx}: the {what}", tensor)
+        for idx, cap in enumerate(captured)
+        for what, tensor in (("block input", cap.block_input), ("mixer input", cap.mixer_input),
+                             ("mixer output", cap.mixer_output), ("block output", cap.block_output))  # fmt: skip
+        if tensor is not None
+    ]
+    if logits is not None:
+        named.append(("the logits", logits))
+    # one device-side reduction, one sync: no host round trip per tensor
+    bad = torch.stack([_non_finite(t, keep) for _, t in named])
+    if bool(bad.any()):
+        where = named[int(bad.int().argmax())][0]
+        raise ValueError(
+            f"{where} holds NaN or inf values: the model's forward pass is not finite (NaN/inf weights or inputs, or "
+            "an overflow in its dtype), so there is nothing LaTIM can decompose"
+        )
+
+
+def _non_finite(t: Tensor, keep: Tensor | None) -> Tensor:
+    """Whether ``t`` (``[B, N, ...]``) holds a NaN/inf at a kept position, as a 0-d bool tensor."""
+    finite = torch.isfinite(t)
+    if keep is not None and finite.dim() >= 2 and tuple(finite.shape[:2]) == tuple(keep.shape):
+        finite = finite | ~keep.view(*keep.shape, *([1] * (finite.dim() - 2)))
+    return ~finite.all()
+
+
+def mro_depth(model: nn.Module, class_names: Sequence[str]) -> int | None:
+    """Index in ``type(model).__mro__`` of the first class named in ``class_names``, or None: a subclass of a
+    supported class is supported, without importing the class (adapters stay duck-typed)."""
+    for depth, klass in enumerate(type(model).__mro__):
+        if klass.__name__ in class_names:
+            return depth
+    return None
+
+
 def _first_tensor(args: tuple, kwargs: dict, name: str) -> Tensor:
     if args and isinstance(args[0], Tensor):
         return args[0]
@@ -122,7 +170,14 @@ class ModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def supports(cls, model: nn.Module) -> bool:
-        """Whether this adapter handles ``model``."""
+        """Whether this adapter handles ``model`` (its class or a subclass of it)."""
+
+    @classmethod
+    def match_depth(cls, model: nn.Module) -> int | None:
+        """How far up ``model``'s class hierarchy this adapter's class sits (0: the model's own class), or None if
+        it does not handle the model: :func:`~latim_captum.adapters.get_adapter` picks the closest match, so an
+        adapter for a subclass wins over one for its parent."""
+        return 0 if cls.supports(model) else None
 
     @property
     @abstractmethod
@@ -260,6 +315,7 @@ class ModelAdapter(ABC):
 
         Raises:
             TraceMismatchError: a mixer's hooks did not fire.
+            ValueError: the forward pass gave non-finite values (:func:`check_finite_capture`).
         """
         captured = [CapturedLayer() for _ in self.blocks]
         with CallHooks() as hooks:
@@ -271,7 +327,9 @@ class ModelAdapter(ABC):
                 raise TraceMismatchError(
                     f"layer {idx}: the mixer hooks did not fire; the model's forward bypasses them"
                 )
-        return captured, self.output_logits(output)
+        logits = self.output_logits(output)
+        check_finite_capture(captured, logits, attention_mask)
+        return captured, logits
 
     def readout(self, final_hidden: Tensor, logits: Tensor | None, dtype: torch.dtype) -> Readout | None:
         """Final norm (RMSNorm, or LayerNorm: centring is linear, its bias an offset) + unembedding as a
@@ -303,7 +361,7 @@ class ModelAdapter(ABC):
         if norm_bias is not None:
             normed = normed + norm_bias
         err = _logits_error(normed, readout.unembedding, bias, readout.logits)
-        if err > verification_tolerance(self.model_dtype):
+        if not err <= verification_tolerance(self.model_dtype):  # fail closed: a NaN error is no agreement
             raise TraceMismatchError(
                 f"recomputed logits differ from the model's by {err:.2e} (relative); the final norm or LM head of "
                 f"{type(self.model).__name__} is not supported"
@@ -337,7 +395,7 @@ class ModelAdapter(ABC):
                 layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:
                     err = relative_error(recomputed, cap.mixer_output)
-                    if err > tol:
+                    if not err <= tol:  # fail closed: a NaN error is no agreement
                         raise TraceMismatchError(
                             f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
                             f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"

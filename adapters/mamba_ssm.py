@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from latim_captum._model_state import CallHooks
 from latim_captum.traces import LayerTrace
 
-from .base import CapturedLayer
+from .base import CapturedLayer, mro_depth
 from .hf_common import HFBackboneAdapter, weight
 from .mixers import Mamba1Weights, Mamba2Weights, layer_from_capture, mamba1_layer, mamba2_layer
 
@@ -58,10 +58,15 @@ class MambaSSMAdapter(HFBackboneAdapter):
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        name = type(model).__name__
-        if name == "MambaLMHeadModel":
-            return hasattr(getattr(model, "backbone", None), "embedding")
-        return name == "MixerModel" and hasattr(model, "embedding")
+        return cls.match_depth(model) is not None
+
+    @classmethod
+    def match_depth(cls, model: nn.Module) -> int | None:
+        lm_head = mro_depth(model, ["MambaLMHeadModel"])
+        if lm_head is not None:
+            return lm_head if hasattr(getattr(model, "backbone", None), "embedding") else None
+        mixer = mro_depth(model, ["MixerModel"])
+        return mixer if mixer is not None and hasattr(model, "embedding") else None
 
     def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None) -> Any:
         """mamba-ssm models take token ids only and have no padding mask; embeddings go through a hook."""

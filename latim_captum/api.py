@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_layers, check_method, check_model_inputs, check_target
+from ._validation import check_layers, check_method, check_model_inputs, check_size, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
@@ -114,6 +114,7 @@ def alti_logit(
         >>> torch.allclose(res.scores.sum(-1), res.logits - res.offset)          # doctest: +SKIP
         True
     """
+    check_size("block_rows", block_rows)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     readout = tr.readout
     if readout is None:
@@ -149,6 +150,7 @@ def alti_rollout(
         >>> torch.allclose(r.sum(-1), torch.ones(1, ids.shape[1]))       # doctest: +SKIP
         True
     """
+    check_size("block_rows", block_rows)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     return _alti_rollout_maps(tr, activation=activation, block_rows=block_rows, backend=backend, precision=precision)
 
@@ -202,6 +204,7 @@ def interactions(
         torch.Size([1, 2, 4, 4])
     """
     check_method(method, METHODS)
+    check_size("block_rows", block_rows)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     if method == "alti_logit":
         return alti_logit(

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from latim_captum._model_state import CallHooks, eval_mode
-from latim_captum._validation import check_layers
+from latim_captum._validation import check_layers, check_size
 from latim_captum.adapters import ModelAdapter
 from latim_captum.adapters.base import _first_tensor
 from latim_captum.aggregate import normalize_rows
@@ -200,8 +200,7 @@ def mamba_attribution(
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
-    if row_batch < 1:
-        raise ValueError(f"row_batch must be >= 1, got {row_batch}")
+    check_size("row_batch", row_batch)
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_attribution")
     bsz, n = embeds.shape[:2]
     selected = check_layers(layers, adapter.n_layers)

@@ -113,10 +113,13 @@ def evaluate_model(
         ``{"accuracy": {...}, "methods": {name: {"label", "per_layer", "layers": [{auc, ap, recall_at_k}, ...]
         | "all": {...}}}, "reconstruction_error": {activation: [per layer]}, ...}``.
     """
+    from .._validation import check_size
     from ..activations import ACTIVATIONS
     from ..api import reconstruction_error
     from ..methods import DEFAULT_MAX_SEQUENCES, available_methods, get_method
 
+    for name, value in (("n_samples", n_samples), ("batch", batch), ("max_sequences", max_sequences)):
+        check_size(name, value)  # 0 samples would give an empty report; batch 0 an endless loop
     variant = variant_of(model)
     n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from latim_captum._validation import check_layers, check_rows
+from latim_captum._validation import check_layers, check_rows, check_size
 from latim_captum.aggregate import through
 from latim_captum.traces import ModelTrace
 
@@ -64,6 +64,7 @@ def stack(
     would make). Arguments as :func:`latim_captum.maps.layer.layer_maps`; maps are per token (a Zamba2 hybrid
     layer's embedding columns are added to its stream columns).
     """
+    check_size("block_rows", block_rows)
     selected = check_layers(layers, trace.n_layers)
     bsz, n = trace.shape
     first, last = check_rows(rows, n)
@@ -99,6 +100,7 @@ def alti_rollout(
     A layer with embedding columns (Zamba2's hybrid layers, ``P = [A^x | A^e]``) adds its embedding half directly:
     ``R^{(l)} = A^x R^{(l-1)} + A^e`` (:func:`latim_captum.aggregate.rollout`).
     """
+    check_size("block_rows", block_rows)
     flow = None
     for layer in trace.layers:
         alti = layer_maps(
@@ -129,6 +131,7 @@ def alti_logit(
     Raises:
         ValueError: the trace has no readout (a model without an LM head).
     """
+    check_size("block_rows", block_rows)
     readout = trace.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")

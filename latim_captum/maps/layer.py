@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from latim_captum._validation import check_size
 from latim_captum.traces import LayerTrace, SublayerTrace
 
 from .fast import layer_maps_fast
@@ -45,6 +46,7 @@ def layer_maps(
     (``anchor_rows``, Triton block sizes and switches, see :func:`~latim_captum.maps.fast.layer_maps_fast`).
     """
     check_measures(measures)
+    check_size("block_rows", block_rows)
     resolved = resolve_backend(backend, layer.residual.device)
     check_precision(precision, backend, layer.residual.device)
     if isinstance(layer, LayerTrace) and resolved in ("fast", "triton"):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from latim_captum._validation import check_size
 from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace
 
 from .all_layers import AltiLogit
@@ -60,6 +61,8 @@ class RowStream:
         precision: str,
         backend: str,
     ) -> None:
+        check_size("block", block)
+        check_size("chunk", chunk)
         self.q, self.activation, self.projection = q, activation, projection
         self.precision, self.backend = precision, backend
         self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
