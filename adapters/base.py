@@ -220,6 +220,36 @@ class ModelAdapter(ABC):
         """
         return self.n_layers
 
+    def sizes(self) -> dict[str, int]:
+        """The widths that set LaTIM's memory, read from the modules (no forward pass): ``d_model``, ``d_inner``
+        (the widest Mamba mixer's, from its ``out_proj``), ``state`` (Mamba-1's per-channel state size, 1 for
+        Mamba-2), ``vocab`` (0 without an LM head), ``sublayers``, ``attention_heads`` (over every attention module,
+        from ``q_proj`` and ``head_dim``) and ``conv_kernel``. Used by the memory guard
+        (:mod:`latim_captum.maps.memory`) before the forward pass."""
+        d_inner, state, heads, kernel = 0, 1, 0, 4
+        for block in self.blocks:
+            for module in block.modules():
+                a_log, out = getattr(module, "A_log", None), getattr(module, "out_proj", None)
+                if isinstance(a_log, Tensor) and isinstance(out, nn.Linear):  # a Mamba mixer
+                    d_inner = max(d_inner, out.in_features)
+                    state = max(state, a_log.shape[-1] if a_log.dim() == 2 else 1)
+                    conv = getattr(module, "conv1d", None)
+                    kernel = max(kernel, conv.weight.shape[-1]) if isinstance(conv, nn.Conv1d) else kernel
+                q_proj, head_dim = getattr(module, "q_proj", None), getattr(module, "head_dim", None)
+                if isinstance(q_proj, nn.Linear) and isinstance(head_dim, int) and head_dim > 0:
+                    heads += q_proj.out_features // head_dim
+        head = self.lm_head
+        vocab = int(head.weight.shape[0]) if head is not None and hasattr(head, "weight") else 0
+        return {
+            "d_model": self.d_model,
+            "d_inner": d_inner or 2 * self.d_model,
+            "state": state,
+            "vocab": vocab,
+            "sublayers": self.n_sublayers,
+            "attention_heads": heads,
+            "conv_kernel": kernel,
+        }
+
     @property
     def vocab_size(self) -> int:
         return int(self.embeddings.weight.shape[0])

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ._memory import guard_memory
 from ._validation import check_layers, check_method, check_model_inputs, check_size, check_target
 from .activations import check_activation
 from .adapters import ModelAdapter, get_adapter
@@ -59,6 +60,7 @@ def trace(
     adapter = get_adapter(model)
     if dtype not in _COMPUTE_DTYPES:
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
     return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype)
 
@@ -115,6 +117,7 @@ def alti_logit(
         True
     """
     check_size("block_rows", block_rows)
+    guard_memory("alti_logit", model, input_ids, inputs_embeds, dtype=dtype, block_rows=block_rows, backend=backend)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     readout = tr.readout
     if readout is None:
@@ -151,6 +154,7 @@ def alti_rollout(
         True
     """
     check_size("block_rows", block_rows)
+    guard_memory("alti_rollout", model, input_ids, inputs_embeds, dtype=dtype, block_rows=block_rows, backend=backend)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     return _alti_rollout_maps(tr, activation=activation, block_rows=block_rows, backend=backend, precision=precision)
 
@@ -205,6 +209,9 @@ def interactions(
     """
     check_method(method, METHODS)
     check_size("block_rows", block_rows)
+    front_end, selected = ("alti_logit", None) if method == "alti_logit" else ("interactions", layers)
+    guard_memory(front_end, model, input_ids, inputs_embeds, layers=selected, dtype=dtype, block_rows=block_rows,
+                 backend=backend)  # fmt: skip
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     if method == "alti_logit":
         return alti_logit(
@@ -239,6 +246,7 @@ def contributions(
         >>> t = contributions(model, ids, layer=0, activation="silu_gate")      # doctest: +SKIP
         >>> t.sum(2)  # ≈ the mixer output of layer 0 (minus its bias)          # doctest: +SKIP
     """
+    guard_memory("contributions", model, input_ids, inputs_embeds, dtype=dtype, embedding_columns=embedding_columns)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise TypeError(f"layer must be one int index, got {layer!r}")

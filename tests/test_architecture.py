@@ -31,6 +31,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.maps": 3,
     # the functions that take a model
     "latim_captum.api": 4,
+    "latim_captum._memory": 4,
     "latim_captum.single_query": 4,
     "latim_captum.baselines": 4,
     # front ends

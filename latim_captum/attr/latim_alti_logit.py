@@ -11,7 +11,7 @@ from latim_captum.api import alti_logit
 from latim_captum.single_query import alti_logit_row
 
 from ._base import TokenMapAttribution, TokenMaps, row_as_map
-from ._latim_options import path_options
+from ._latim_options import guard_row_maps, path_options
 
 __all__ = ["LatimALTILogit"]
 
@@ -84,6 +84,7 @@ class LatimALTILogit(TokenMapAttribution):
                 self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, target=target, **self.options
             )
             return TokenMaps(res.scores, res.logits - res.offset)
+        guard_row_maps(self, input_ids, inputs_embeds)
         if target is not None and target.dim() == 2:  # one target per position (the LLM front end): this row's
             target = target[:, position]
         res = alti_logit_row(

@@ -10,6 +10,7 @@
 ``layer``           :func:`layer_maps`, one sublayer on any backend
 ``all_layers``      every layer: :func:`stack`, :func:`alti_rollout`, :func:`alti_logit`
 ``rows``            one query row of the rollout and of ALTI-Logit in O(N·d) memory
+``memory``          the memory guard: a request's allocations estimated before the forward pass, free memory
 ==================  ==============================================================================================
 
 Every function here takes a :class:`~latim_captum.traces.ModelTrace` (or one of its layers), never a model; the
@@ -19,6 +20,7 @@ model-facing entry points are in :mod:`latim_captum.api`.
 from .all_layers import AltiLogit, alti_logit, alti_rollout, stack
 from .fast import layer_maps_fast
 from .layer import layer_maps
+from .memory import RequestSizes, estimate
 from .options import (
     BACKENDS,
     KERNELS,
@@ -40,12 +42,14 @@ __all__ = [
     "MEASURES",
     "PRECISIONS",
     "AltiLogit",
+    "RequestSizes",
     "LatimMemoryError",
     "alti_logit",
     "alti_rollout",
     "check_backend",
     "check_precision",
     "check_precision_name",
+    "estimate",
     "layer_maps",
     "layer_maps_fast",
     "layer_maps_ref",
