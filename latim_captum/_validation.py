@@ -18,6 +18,7 @@ __all__ = [
     "check_method",
     "check_target",
     "check_size",
+    "check_device",
 ]
 
 
@@ -182,3 +183,29 @@ def check_size(name: str, value: int | None) -> int | None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this machine has: ``cpu``, or ``cuda[:k]`` / ``mps`` / ``xpu[:k]`` when PyTorch can use it.
+
+    Checked before a model is moved there, because PyTorch's own errors come late (after the load) and read as
+    internal failures ("Torch not compiled with CUDA enabled", an ``AssertionError``).
+
+    Raises:
+        ValueError: not a device name, or a device this build of PyTorch / this machine does not have.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {str(device)!r} is not a device name (e.g. cpu, cuda, cuda:1): {err}") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type in ("cuda", "mps", "xpu") else None
+    if backend is None:
+        raise ValueError(f"device {str(device)!r}: latim runs on cpu, cuda, mps or xpu, not {dev.type}")
+    if not backend.is_available():
+        raise ValueError(f"device {str(device)!r} given but {dev.type} is not available on this machine")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"device {str(device)!r} given but this machine has {count} {dev.type} device(s)")
+    return dev

@@ -40,6 +40,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.inseq": 5,
     "latim_captum.copying": 5,
     "latim_captum.models": 5,
+    "latim_captum._loading": 5,
     "latim_captum._plots": 5,
     # tools and the package itself
     "latim_captum.cli": 6,
