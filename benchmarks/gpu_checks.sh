@@ -4,22 +4,59 @@
 # benchmark] (cuda-tests: every CUDA test, in parallel processes)
 # (triton: the Triton kernels' CUDA test, one layer by path (benchmarks/kernel_paths.py), then the benchmark of
 #  kernel='triton' only)
-#   bash benchmarks/gpu_checks.sh train mamba1|mamba2        5,000-step copy model as $OUT/copy-<v>-paper.tar.part*
-#   bash benchmarks/gpu_checks.sh copying mamba1|mamba2 DIR   Table 2 on the GPU from a trained model folder
+#   bash benchmarks/gpu_checks.sh train mamba1|mamba2 [ACT] [SEED]   5,000-step copy model as $OUT/<name>.tar.part*
+#        (<name> copy-<v>-paper for silu and seed 0, else copy-<v>-paper-<act>-s<seed>; ACT silu|relu|linear)
+#   bash benchmarks/gpu_checks.sh copying mamba1|mamba2 DIR   Table 2 on the GPU from a trained model folder (both
+#        readings of the rows; for Table 2 over seeds, one call per seed with its own $OUT, then on any machine:
+#        python benchmarks/copying_seeds.py <the seeds' copying-<v>-paper.json>)
+#   bash benchmarks/gpu_checks.sh train-alignment mamba1|mamba2 [ACT] [SEED]   alignment model (App. B.2 recipe,
+#        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
+#   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
+#   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 # A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
 # in a second call carrying the weights (the evaluation runs on the PyTorch path without them).
+# Activation variants: the kernels apply SiLU or none, so relu trains with --kernels off (HF's PyTorch path: far
+# fewer steps in the same minutes), Mamba-2 linear on the kernels (activation None), Mamba-1 linear with --kernels
+# off (mamba-ssm's fused Mamba-1 training path always applies SiLU); the trainers check the device forward against
+# the PyTorch one before training either way.
 set -u
 what=${1:-all}; bench_s=${2:-300}
 out=${OUT:-./gpu-out}; mkdir -p "$out"
 # shellcheck disable=SC1091
 source benchmarks/gpu_env.sh > "$out/env.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-if [ "$what" = train ]; then
-  timeout 540 python3 -m latim_captum.copying.train --variant "$2" --scale paper --device cuda --bf16 --quiet \
-    --max-minutes 8.2 --out "/tmp/copy-$2-paper" > "$out/train_$2.log" 2>&1
-  echo "train $2 rc=$?"; head -12 "/tmp/copy-$2-paper/metrics.json"
+# --kernels off where the kernels cannot compute the activation (see the header)
+kernel_flags() { # variant act
+  if [ "$2" = relu ] || { [ "$2" = linear ] && [ "$1" = mamba1 ]; }; then echo "--kernels off"; fi
+}
+if [ "$what" = train ] || [ "$what" = train-alignment ]; then
+  v=$2; act=${3:-silu}; seed=${4:-0}
+  if [ "$what" = train ]; then
+    module=latim_captum.copying.train
+    name="copy-$v-paper"; [ "$act" = silu ] && [ "$seed" = 0 ] || name="copy-$v-paper-$act-s$seed"
+  else
+    module=latim_captum.alignment.train; name="alignment-$v-paper-$act-s$seed"
+  fi
+  # shellcheck disable=SC2046
+  timeout 540 python3 -m "$module" --variant "$v" --scale paper --device cuda --bf16 --quiet --act "$act" \
+    --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes 8.2 --out "/tmp/$name" > "$out/train_$name.log" 2>&1
+  echo "train $name rc=$?"; head -14 "/tmp/$name/metrics.json"
   # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x)
-  tar c -C /tmp "copy-$2-paper" | split -d -b 15M - "$out/copy-$2-paper.tar.part"
+  tar c -C /tmp "$name" | split -d -b 15M - "$out/$name.tar.part"
+  exit 0
+fi
+if [ "$what" = alignment ]; then
+  shift
+  python3 benchmarks/alignment.py --scale paper --device cuda --model "$@" --out "$out/align" --quiet \
+    > "$out/alignment.log" 2>&1
+  echo "alignment rc=$?"; head -40 "$out"/align/alignment-*paper.md 2>/dev/null || tail -5 "$out/alignment.log"
+  exit 0
+fi
+if [ "$what" = activations ]; then
+  task=$2; shift 2
+  python3 benchmarks/activations.py --task "$task" --scale paper --device cuda --models "$@" --out "$out/act" \
+    --quiet > "$out/activations.log" 2>&1
+  echo "activations rc=$?"; head -30 "$out"/act/activations-*.md 2>/dev/null || tail -5 "$out/activations.log"
   exit 0
 fi
 if [ "$what" = copying ]; then

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ._memory import guard_memory
 from ._validation import check_layers, check_method, check_model_inputs, check_size, check_target
-from .activations import check_activation
+from .activations import DEFAULT_ACTIVATION, check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
 from .catalog import latim_methods
@@ -94,9 +94,10 @@ def alti_logit(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
+    contrast: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
@@ -111,10 +112,16 @@ def alti_logit(
     ``Δ^x R^{(l-1)} + Δ^e``: its embedding contributions belong to the input tokens directly (see
     :func:`latim_captum.maps.all_layers.alti_logit`).
 
+    Contrastive: with ``contrast`` (a token id, ``[B]`` or ``[B, N]``, forms as ``target``) each row decomposes the
+    logit difference ``logit(target) − logit(contrast)`` at its position: the logit is linear in the unembedding row,
+    so ``u_i = (U_{w(i)} − U_{c(i)}) ⊙ w_f · s_i`` and the rows sum to the difference (``res.logits``) minus the
+    offset, exactly as the plain rows sum to the logit.
+
     Example:
-        >>> res = alti_logit(model, input_ids, activation="silu_gate")           # doctest: +SKIP
+        >>> res = alti_logit(model, input_ids)                                     # doctest: +SKIP
         >>> torch.allclose(res.scores.sum(-1), res.logits - res.offset)          # doctest: +SKIP
         True
+        >>> diff = alti_logit(model, input_ids, target=7, contrast=3)           # logit(7) − logit(3)  # doctest: +SKIP
     """
     check_size("block_rows", block_rows)
     guard_memory("alti_logit", model, input_ids, inputs_embeds, dtype=dtype, block_rows=block_rows, backend=backend)
@@ -123,10 +130,13 @@ def alti_logit(
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
     bsz, n = tr.shape
-    targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
+    vocab = readout.unembedding.shape[0]
+    targets = check_target(target, bsz, n, vocab, readout.logits.argmax(-1))
+    contrast = None if contrast is None else check_target(contrast, bsz, n, vocab, targets)
     return _alti_logit_maps(
-        tr, targets, activation=activation, block_rows=block_rows, backend=backend, precision=precision
-    )
+        tr, targets, contrast=contrast, activation=activation, block_rows=block_rows, backend=backend,
+        precision=precision,
+    )  # fmt: skip
 
 
 def alti_rollout(
@@ -134,7 +144,7 @@ def alti_rollout(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
@@ -165,7 +175,7 @@ def interactions(
     inputs_embeds: Tensor | None = None,
     *,
     method: str = "l2",
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     layers: int | Sequence[int] | None = None,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
@@ -180,8 +190,9 @@ def interactions(
         model: a supported Mamba model, its adapter, or a :class:`ModelTrace`.
         input_ids: ``[B, N]`` token ids (or ``inputs_embeds``: ``[B, N, D]``).
         method: ``"l2"``/``"l1"`` (eq 5), ``"alti"`` (eq 6), ``"alti_logit"`` (eq 8, all layers aggregated).
-        activation: the additive ``f`` of eq 19: ``"silu"`` (paper default), ``"identity"``, ``"taylor1"``,
-            ``"taylor2"``, ``"silu_gate"`` (exact for SiLU models).
+        activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models),
+            ``"silu"`` (the paper's approximation), ``"identity"`` (exact without an activation), ``"taylor1"``,
+            ``"taylor2"``.
         layers: indices into ``ModelTrace.layers`` for the per-layer methods (None = all; negatives allowed):
             the residual sublayers, which are the blocks of a pure Mamba model; a hybrid's block ``b`` gives two,
             its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. Ignored by ALTI-Logit.
@@ -229,7 +240,7 @@ def contributions(
     inputs_embeds: Tensor | None = None,
     *,
     layer: int,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     include_residual: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -267,7 +278,7 @@ def reconstruction_error(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:

@@ -4,8 +4,12 @@
 - ``latim attribute``: one method's map for a text on any supported model (embedded name, local folder, hub name).
 - ``latim error-report``: decomposition error per layer and activation strategy (paper Table 5 metric).
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
+- ``latim bench alignment``: the Table 3 analogue (AER) on the synthetic translation task
+  (:mod:`latim_captum.alignment`), tiny models trained in the run by default.
 - ``latim bench speed``: speed and memory of the fast path against ``_ref``, LIG-50 and a forward pass
   (:mod:`latim_captum.bench_speed`, also ``benchmarks/speed.py``).
+- ``latim inseq ...``: Inseq's own CLI (``inseq attribute``, ``attribute-dataset``, ...) with the LaTIM methods and
+  the baselines registered (:mod:`latim_captum.inseq_cli`).
 
 Every command has ``--help``. Bad arguments, missing or unwritable files, a model folder that cannot be loaded
 safely (custom code, refused pickles, broken files), unsupported models, a device this machine lacks, a missing
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .catalog import registry_names
 from .maps.options import BACKENDS, PRECISIONS
@@ -176,10 +181,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _activation_of(method, requested: str | None) -> str | None:
+    """The activation strategy ``latim attribute`` uses: ``--activation`` (default ``silu_gate``, exact for SiLU
+    models); a registry name's own ``_silu_gate`` suffix must agree with it."""
+    if method.family != "latim":
+        return None
+    suffixed = method.name.endswith("_silu_gate")
+    if requested is not None and suffixed and requested != "silu_gate":
+        raise ValueError(f"--method {method.name} means activation silu_gate, but --activation {requested} was given")
+    return requested or DEFAULT_ACTIVATION
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from ._plots import figure_path, save_heatmap
     from .api import alti_logit, interactions
-    from .methods import get_method
+    from .methods import get_method, next_token_targets
 
     _quiet_transformers()
     method = get_method(args.method)
@@ -193,12 +209,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     path = {"backend": args.backend, "precision": args.precision}  # LaTIM's path; other families ignore it
-    measure, act = method.spec.measure, method.activation
+    measure, act = method.spec.measure, _activation_of(method, args.activation)
     if method.family == "latim" and method.per_layer:
         maps = interactions(model, ids, method=measure, activation=act, layers=args.layer, **path)[0, 0]
         layer_s = str(args.layer)
-    elif measure == "alti_logit" and args.target is None:
-        maps = alti_logit(model, ids, activation=act, **path).scores[0]  # target: the model's own prediction
+    elif measure == "alti_logit":
+        # target: the model's own prediction, or with --target each true next token
+        target = None if args.target is None else next_token_targets(ids)
+        maps = alti_logit(model, ids, activation=act, target=target, **path).scores[0]
         layer_s = "all"
     else:
         maps = method(model, ids, **path)[0]
@@ -306,12 +324,89 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         batch=args.batch,
         max_sequences=args.max_sequences,
         backend=args.backend,
+        rows=args.rows,
         quiet=args.quiet,
         on_update=write_partial,
     )
     report["meta"] = run_meta
     json_path, md_path = write_report(report, args.out, stem)
     print(render_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def cmd_bench_alignment(args: argparse.Namespace) -> int:
+    from ._validation import check_device
+    from .alignment.data import AlignmentTask
+    from .alignment.evaluate import evaluate_model, render_markdown, write_report
+    from .alignment.train import resolve_args, train
+    from .tasks.reports import load_model_dir, variant_of
+
+    _quiet_transformers()
+    check_device(args.device)
+    _check_backend(args.backend, args.device)
+    if args.variant and not args.model:  # the report's name is known before any training
+        stem = f"alignment-{args.variant[0]}-{args.scale}" if len(args.variant) == 1 else f"alignment-{args.scale}"
+        _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    if args.scale == "tiny" and not args.model:
+        _check_out_dir("--train-out", Path(args.train_out), [])
+    if args.model:
+        paths = [Path(m) for m in args.model]
+    elif not args.variant:
+        raise ValueError("give --variant (mamba1, mamba2 or both) or --model")
+    elif args.scale == "tiny":
+        paths = [Path(args.train_out) / f"alignment-{v}-tiny" for v in args.variant]
+        for variant, path in zip(args.variant, paths):  # a tiny model trained in the run (CPU, minutes)
+            steps = ["--steps", str(args.train_steps)] if args.train_steps else []
+            flags = ["--variant", variant, "--scale", "tiny", "--out", str(path), "--seed", str(args.seed), *steps]
+            train(resolve_args([*flags, *(["--quiet"] if args.quiet else [])]))
+    else:
+        paths = [Path("runs") / f"alignment-{v}-paper" for v in args.variant]
+    loaded = [load_model_dir(path) for path in paths]
+    variants = [variant_of(model) for model, _, _ in loaded]
+    if len(set(variants)) < len(variants):
+        raise ValueError(f"one model per variant, got {', '.join(variants)}")
+    stem = f"alignment-{variants[0]}-{args.scale}" if len(variants) == 1 else f"alignment-{args.scale}"
+    _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    command = ["latim bench alignment", "--scale", args.scale, "--device", args.device]
+    command += ["--model", *map(str, paths)] if args.model else ["--variant", *args.variant]
+    command += ["--n-samples", str(args.n_samples)] if args.n_samples else []
+    command += ["--methods", *args.methods] if args.methods else []
+    command += ["--no-sink"] if args.no_sink else []
+    command += ["--ties", args.ties] if args.ties != "first" else []
+    command += ["--train-steps", str(args.train_steps)] if args.train_steps and not args.model else []
+    suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
+    for path, variant, (model, _, meta) in zip(paths, variants, loaded):
+        run_meta = {
+            "model": str(path),
+            "seed": meta.get("seed"),
+            "steps": meta.get("steps"),
+            "train_device": meta.get("device"),
+            "train_eval_token_acc": meta.get("eval_token_acc"),
+        }
+
+        def write_partial(report: dict, variant: str = variant, run_meta: dict = run_meta) -> None:
+            suite["models"][variant] = {**report, "meta": run_meta}
+            write_report(suite, args.out, stem)
+
+        report = evaluate_model(
+            model.to(args.device),
+            AlignmentTask(**meta["task"]) if "task" in meta else AlignmentTask(),
+            n_samples=args.n_samples if args.n_samples is not None else meta.get("n_eval", 128),
+            seed=int(meta.get("seed", 0)),
+            methods=args.methods,
+            batch=args.batch,
+            max_sequences=args.max_sequences,
+            backend=args.backend,
+            sink=not args.no_sink,
+            ties=args.ties,
+            quiet=args.quiet,
+            on_update=write_partial,
+        )
+        write_partial(report)
+    json_path, md_path = write_report(suite, args.out, stem)
+    print(render_markdown(suite))
     print(f"wrote {json_path} and {md_path}")
     return 0
 
@@ -345,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="alti_logit",
         help="registry name: l2, alti, alti_logit, *_silu_gate, "
         "saliency, input_x_gradient, integrated_gradients, ... (default alti_logit)",
+    )
+    attr.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=None,
+        help=f"LaTIM's activation strategy (default {DEFAULT_ACTIVATION}, exact for SiLU models; silu: the paper's)",
     )
     attr.add_argument("--layer", type=int, default=-1, help="0-based layer for per-layer methods (default -1: last)")
     attr.add_argument("--out", required=True, help="PNG file to write")
@@ -400,9 +501,54 @@ def build_parser() -> argparse.ArgumentParser:
         "the input per query row (default 256; lower it on a CPU, where the PyTorch fallback paths need more memory)",
     )
     copying.add_argument("--methods", nargs="+", default=None, help="registry names (default: all available)")
+    copying.add_argument(
+        "--rows",
+        choices=["predict", "hold"],
+        default="predict",
+        help="query rows of the main table: predict (L..2L-1, the rows whose output is the copied token) or hold "
+        "(L+1..2L, the rows whose input is); the report gives the other reading too",
+    )
     copying.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
     copying.add_argument("--quiet", action="store_true", help="no progress bars")
     copying.set_defaults(func=cmd_bench_copying)
+
+    align = bench_sub.add_parser(
+        "alignment", help="alignment error rate (paper Table 3) on the synthetic translation task"
+    )
+    align.add_argument("--variant", nargs="+", choices=["mamba1", "mamba2"], default=None, help="model(s) to score")
+    align.add_argument(
+        "--scale",
+        choices=["tiny", "paper"],
+        default="tiny",
+        help="tiny: train a tiny model per variant in the run (CPU, minutes); paper: runs/alignment-<variant>-paper "
+        "unless --model",
+    )
+    align.add_argument("--model", nargs="+", default=None, help="folders written by latim_captum.alignment.train")
+    align.add_argument("--train-out", default="runs", help="tiny scale: where the trained models go (default runs/)")
+    align.add_argument(
+        "--train-steps", type=_positive_int, default=None, help="tiny scale: training steps (default: preset)"
+    )
+    align.add_argument("--seed", type=int, default=0, help="tiny scale: training seed")
+    align.add_argument("--device", default="cpu")
+    align.add_argument(
+        "--n-samples", type=_positive_int, default=None, help="held-out pairs (default: the model's n_eval)"
+    )
+    align.add_argument("--batch", type=_positive_int, default=32, help="pairs per attribution call")
+    align.add_argument("--backend", choices=BACKENDS, default="auto", help="LaTIM's path (same maps)")
+    align.add_argument(
+        "--max-sequences",
+        type=_positive_int,
+        default=None,
+        help="sequences per backward pass of the row-replicating methods",
+    )
+    align.add_argument("--methods", nargs="+", default=None, help="method names (default: the Table 3 set)")
+    align.add_argument(
+        "--no-sink", action="store_true", help="argmax over the source words only (default: <sep> too, as no link)"
+    )
+    align.add_argument("--ties", choices=["first", "all"], default="first", help="tied maxima: first or all")
+    align.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
+    align.add_argument("--quiet", action="store_true", help="no progress bars")
+    align.set_defaults(func=cmd_bench_alignment)
 
     from . import bench_speed
 
@@ -411,9 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_speed.add_arguments(speed)
     speed.set_defaults(func=bench_speed.run_and_save)
-    for command in (demo, attr, err, copying, speed):
+    for command in (demo, attr, err, copying, align, speed):
         # SUPPRESS: `latim --debug attribute ...` is not reset to False by the command's own default
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+
+    # listed for --help only: main() hands `latim inseq ...` to Inseq's own parser before argparse sees it
+    sub.add_parser("inseq", add_help=False, help="Inseq's CLI with the LaTIM methods registered: latim inseq -h")
     return parser
 
 
@@ -428,6 +577,11 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["inseq"]:
+        from .inseq_cli import main as inseq_main
+
+        return inseq_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .activations import check_activation, conv_taps, tap_gains, tap_shares
+from .activations import DEFAULT_ACTIVATION, check_activation, conv_taps, tap_gains, tap_shares
 from .attention import attention_contributions_ref
 from .shared import shared_input_parts, shared_rows_per_block
 from .ssm import d_inner_of, hidden_attention
@@ -119,7 +119,7 @@ def token_values_ref(trace: LayerTrace, shares: Tensor, start: int = 0, stop: in
 
 def contributions_ref(
     trace: LayerTrace,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     start: int = 0,
     stop: int | None = None,
     *,
@@ -161,7 +161,7 @@ def tokenwise_contributions(trace: TokenwiseTrace, start: int = 0, stop: int | N
 
 def shared_block_contributions(
     trace: SharedBlockTrace,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     start: int = 0,
     stop: int | None = None,
     *,
@@ -219,7 +219,7 @@ def sublayer_shares(trace: SublayerTrace, activation: str) -> Tensor | None:
 
 def sublayer_contributions(
     trace: SublayerTrace,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     start: int = 0,
     stop: int | None = None,
     *,

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import html
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,16 +62,17 @@ from typing import Any, ClassVar
 
 import torch
 from inseq.attr.feat.internals_attribution import InternalsAttributionRegistry
-from inseq.attr.step_functions import get_step_function
 from inseq.data import FeatureAttributionSequenceOutput, FeatureAttributionStepOutput
 from inseq.data.aggregation_functions import DEFAULT_ATTRIBUTION_AGGREGATE_DICT
 from inseq.utils import Registry, extract_signature_args
 from torch import Tensor
 
 from . import baselines, catalog
+from .activations import DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .api import alti_logit, interactions
 from .catalog import MethodSpec
+from .inseq_targets import RAW_SCALES, check_attributed_fn, contrast_ids, scale_note
 
 __all__ = [
     "INSEQ_METHODS",
@@ -93,7 +95,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: arguments the base class fills in itself; users cannot pass them through ``model.attribute``
-RESERVED_ARGS = ("model_or_trace", "model", "input_ids", "inputs_embeds", "attention_mask", "target")
+RESERVED_ARGS = ("model_or_trace", "model", "input_ids", "inputs_embeds", "attention_mask", "target", "contrast")
 
 #: the extra (third) dimension of per-layer maps, named for Inseq's granular views
 _LAYER_DIM_NAMES = {
@@ -147,8 +149,13 @@ class TokenMapSequenceOutput(FeatureAttributionSequenceOutput):
     multi-dimensional convention); without one the scores are final and are shown as they are.
 
     Unlike Inseq's classes it neither reads nor writes Inseq's shared default dicts, and it keeps its settings
-    (layer dimension, aggregator, dimension names) through ``out.save()`` / ``FeatureAttributionOutput.load()``.
+    (layer dimension, aggregator, dimension names, the scale of its scores) through ``out.save()`` /
+    ``FeatureAttributionOutput.load()``. ``show()`` first says what the shown numbers are (``_scale`` holds the raw
+    scores' meaning), so a page that shows it beside a gradient method's output does not compare normalised columns
+    with raw logits unannounced.
     """
+
+    _scale: str | None = None
 
     def __post_init__(self):
         if self._num_dimensions is None:
@@ -169,8 +176,21 @@ class TokenMapSequenceOutput(FeatureAttributionSequenceOutput):
         # Inseq saves only the public fields and rebuilds the rest with defaults on load, which loses the layer
         # dimension and the aggregator: save the settings too (those that are plain data).
         out = super().__json_encode__()
-        out.update(_plain_settings(self, ("_aggregator", "_dict_aggregate_fn", "_attribution_dim_names")))
+        out.update(_plain_settings(self, ("_aggregator", "_dict_aggregate_fn", "_attribution_dim_names", "_scale")))
         out["_num_dimensions"] = self._num_dimensions
+        return out
+
+    def show(self, *args, **kwargs):
+        """Inseq's ``show``, after one line that states the scale of what is shown (see the class docstring)."""
+        if self._scale is None:
+            return super().show(*args, **kwargs)
+        method, raw = self._scale.split(": ", 1) if ": " in self._scale else ("scores", self._scale)
+        note = scale_note(method, raw, kwargs)
+        if kwargs.get("display", True):
+            print(note)
+        out = super().show(*args, **kwargs)
+        if kwargs.get("return_html"):
+            return f"<p><i>{html.escape(note)}</i></p>" + (out or "")
         return out
 
 
@@ -236,6 +256,9 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
     token_map_kwargs: ClassVar[dict[str, Any]] = {}
     #: whether :attr:`token_map` explains a target token (it then gets ``target=`` the next token at each position)
     uses_target: ClassVar[bool] = False
+    #: whether :attr:`token_map` takes ``contrast=`` (``[B, N]`` token ids) and then explains the logit difference;
+    #: Inseq's ``contrast_prob_diff`` / ``contrast_logits_diff`` with ``contrast_targets`` select it
+    supports_contrast: ClassVar[bool] = False
 
     def __init__(self, attribution_model, **kwargs):
         super().__init__(attribution_model, **kwargs)
@@ -263,47 +286,76 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
 
     def _run_compatibility_checks(self, attributed_fn) -> None:
         super()._run_compatibility_checks(attributed_fn)
-        default_fn = get_step_function(self.attribution_model.default_attributed_fn_id)
-        if self.uses_target and attributed_fn != default_fn:
-            logger.warning(
-                f"{self.method_name} always explains the logit of the generated token; the custom attributed_fn "
-                "does not change its scores."
-            )
+        check_attributed_fn(
+            self.method_name, attributed_fn, uses_target=self.uses_target, supports_contrast=self.supports_contrast
+        )
 
-    def compute_maps(self, input_ids: Tensor, attention_mask: Tensor | None, **args) -> Tensor:
-        """The map of every query position except the last (never a query in generation): ``[B, N-1, N-1, *dims]``.
+    def compute_maps(
+        self, input_ids: Tensor, attention_mask: Tensor | None, contrast: Tensor | None = None, **args
+    ) -> Tensor:
+        """The map of every query position except the last (never a query in generation): ``[B, N-1, N-1, L]``.
+
+        Per-layer maps keep their layers as Inseq's extra dimension; an aggregated map gets a dimension of size 1
+        (every layer, aggregated), so Inseq's aggregators (``aggregate("mean", select_idx=0)``, ``normalize=True``)
+        treat every method alike.
 
         Args:
             input_ids: the full sequences ``[B, N]`` (prompt and generated tokens, left-padded).
             attention_mask: ``[B, N]`` or None.
+            contrast: ``[B, N-1]`` contrast tokens (row i compared with ``input_ids[:, i+1]``), or None.
             **args: user arguments for :attr:`token_map`.
+
+        Raises:
+            ValueError: a right-padded batch (Inseq pads decoder-only batches on the left; a padded column after a
+                real token would be read as a query).
         """
         kwargs = {**args, **self.token_map_kwargs}
         if self.uses_target:
             kwargs["target"] = input_ids[:, 1:]
+        if contrast is not None:
+            kwargs["contrast"] = contrast.to(input_ids.device)
+        if attention_mask is not None and bool((attention_mask.cummax(-1).values > attention_mask).any()):
+            raise ValueError(
+                f"{self.method_name}: this batch is padded on the right; Inseq pads decoder-only batches on the left "
+                "(tokenizer.padding_side = 'left'), which these methods expect"
+            )
         mask = None if attention_mask is None else attention_mask[:, :-1]
         with torch.no_grad():
             maps = type(self).token_map(self.attribution_model.model, input_ids[:, :-1], attention_mask=mask, **kwargs)
         if maps.dim() == 4:  # [B, L, N, N] -> [B, N, N, L]: the layer becomes Inseq's extra dimension
             maps = maps.permute(0, 2, 3, 1)
-        elif maps.dim() != 3:
+        elif maps.dim() == 3:
+            maps = maps.unsqueeze(-1)
+        else:
             raise ValueError(f"{self.method_name}: the token map must be [B, L, N, N] or [B, N, N], got {maps.shape}")
         return maps.detach().to("cpu", torch.float32)
+
+    def scale(self, contrastive: bool = False) -> str:
+        """``"<method>: <what its raw scores are>"`` for the output's ``show()``."""
+        key = self.method_spec.name if self.method_spec is not None else ""
+        if contrastive and f"{key}_contrast" in RAW_SCALES:
+            key = f"{key}_contrast"
+        return f"{self.method_name}: {RAW_SCALES.get(key, 'the token map of ' + self.method_name)}"
 
     def attribute(self, batch, attributed_fn, *args, attribution_args: dict[str, Any] | None = None, **kwargs):
         attribution_args = dict(attribution_args or {})
         ids = batch.input_ids
         if ids.shape[1] < 2:
             raise ValueError(f"{self.method_name}: nothing to attribute in a sequence of {ids.shape[1]} token(s)")
+        contrast = contrast_ids(self, batch, attributed_fn, kwargs) if self.supports_contrast else None
         self._cache = {
             "ids": ids.detach().to("cpu"),
-            "maps": self.compute_maps(ids, batch.attention_mask, **attribution_args),
+            "maps": self.compute_maps(ids, batch.attention_mask, contrast=contrast, **attribution_args),
         }
         try:
             # the user arguments were used above; the per-step calls get none
-            return super().attribute(batch, attributed_fn, *args, attribution_args={}, **kwargs)
+            out = super().attribute(batch, attributed_fn, *args, attribution_args={}, **kwargs)
         finally:
             self._cache, self._active = None, None
+        for seq in out.sequence_attributions:
+            if isinstance(seq, TokenMapSequenceOutput):
+                seq._scale = self.scale(contrastive=contrast is not None)
+        return out
 
     def filtered_attribute_step(self, batch, target_ids, attributed_fn, target_attention_mask=None, **kwargs):
         # which rows of the full batch are still generating at this step (Inseq filters finished ones out)
@@ -337,7 +389,7 @@ def latim_layer_map(
     attention_mask: Tensor | None = None,
     layers: int | list[int] | None = None,
     target: Tensor | None = None,
-    activation: str = "silu",
+    activation: str = DEFAULT_ACTIVATION,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
@@ -367,19 +419,22 @@ def latim_alti_logit_map(
     *,
     attention_mask: Tensor | None = None,
     target: Tensor | None = None,
-    activation: str = "silu",
+    contrast: Tensor | None = None,
+    activation: str = DEFAULT_ACTIVATION,
     dtype: torch.dtype = torch.float32,
     block_rows: int | None = None,
     backend: str = "auto",
     precision: str = "highest",
 ) -> Tensor:
-    """ALTI-Logit maps ``[B, N, N]`` (:func:`latim_captum.alti_logit`'s scores); all layers are aggregated."""
+    """ALTI-Logit maps ``[B, N, N]`` (:func:`latim_captum.alti_logit`'s scores); all layers are aggregated. With
+    ``contrast`` (``[B, N]`` token ids) row i decomposes ``logit(target_i) − logit(contrast_i)``."""
     return alti_logit(
         model_or_trace,
         input_ids,
         inputs_embeds,
         attention_mask=attention_mask,
         target=target,
+        contrast=contrast,
         activation=activation,
         dtype=dtype,
         block_rows=block_rows,
@@ -407,16 +462,22 @@ class LatimAltiLogitAttribution(InseqTokenMapAttribution):
     """LaTIM (ALTI-Logit, eqs 7-8): contribution of each prefix token to the logit of the generated token.
 
     ``C_ij = u_i · x_i^{(0)} δ_ij + Σ_l Σ_k (T^{(l)}_i(x_k) · u_i) R^{(l-1)}_{kj}``; for an exact activation strategy
-    a step's scores sum to the logit minus the bias offset. Arguments: ``activation``, ``dtype``, ``block_rows``,
-    ``backend``, ``precision`` (LaTIM's path, see :func:`latim_captum.interactions`).
+    (``silu_gate``, the default) a step's raw scores sum to the logit minus the bias offset. Contrastive: with
+    ``attributed_fn="contrast_prob_diff"`` (or ``"contrast_logits_diff"``) and ``contrast_targets=...`` a step
+    decomposes the logit difference of the generated and the contrast token (projection on ``U_t − U_c``). Other
+    ``attributed_fn`` values are refused. Arguments: ``activation``, ``dtype``, ``block_rows``, ``backend``,
+    ``precision`` (LaTIM's path, see :func:`latim_captum.interactions`).
     """
 
     method_name = "latim_alti_logit"
     method_spec = catalog.get("alti_logit")
+    supports_contrast = True
 
 
 class LatimAttribution(LatimAltiLogitAttribution):
-    """``latim``: LaTIM's output-level method, ALTI-Logit (same as ``latim_alti_logit``)."""
+    """``latim``: LaTIM's output-level method, ALTI-Logit (same as ``latim_alti_logit``): each prefix token's
+    contribution to the logit of the generated token (eqs 7-8), or to the logit difference of the generated and a
+    contrast token with ``attributed_fn="contrast_prob_diff"`` and ``contrast_targets=...``."""
 
     method_name = "latim"
 
@@ -487,3 +548,14 @@ BASELINE_METHOD_NAMES: tuple[str, ...] = tuple(
 
 #: the Inseq base's old name, kept for one release (two different classes were called TokenMapAttribution)
 TokenMapAttribution = InseqTokenMapAttribution
+
+
+def _register_with_explain() -> None:
+    """``inseq.explain("latim")``: Inseq builds the table ``explain`` reads when it is imported, before these classes
+    exist; add them to it."""
+    from inseq.utils import id_utils
+
+    id_utils.INSEQ_ID_MAP.update(INSEQ_METHODS)
+
+
+_register_with_explain()

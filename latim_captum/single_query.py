@@ -3,8 +3,11 @@
 The functions here take a model (or a trace) like :func:`latim_captum.interactions`; the recursion that makes one
 row in O(N·d) memory is :mod:`latim_captum.maps.rows` (its docstring has the maths).
 
+The query position defaults to each example's last real token (per the attention mask), so a right-padded batch
+is queried where each example's prediction is made; an explicit position on padding is an error.
+
 Example:
-    >>> row = alti_logit_row(model, ids, position=-1, activation="silu_gate")     # doctest: +SKIP
+    >>> row = alti_logit_row(model, ids)                                           # doctest: +SKIP
     >>> torch.allclose(row.scores.sum(-1), row.logits - row.offset)               # doctest: +SKIP
     True
 """
@@ -16,7 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_position, check_target
+from ._queries import query_positions
+from ._validation import check_target
+from .activations import DEFAULT_ACTIVATION
 from .adapters import ModelAdapter
 from .api import _checked_trace
 from .maps import AltiLogit, logit_row, rollout_row
@@ -26,8 +31,10 @@ __all__ = ["alti_logit_row", "alti_rollout_row"]
 
 
 def _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position):
+    """The trace and the query row(s): one int when every example shares it, else ``[B]``."""
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
-    return tr, check_position(position, tr.shape[1])
+    rows = query_positions(position, tr.mask, *tr.shape)
+    return tr, int(rows[0]) if bool((rows == rows[0]).all()) else rows
 
 
 def alti_logit_row(
@@ -35,10 +42,11 @@ def alti_logit_row(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    position: int = -1,
-    activation: str = "silu",
+    position: int | None = None,
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     target: int | Sequence[int] | Tensor | None = None,
+    contrast: int | Sequence[int] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block: int | None = None,
     chunk: int | None = None,
@@ -50,9 +58,11 @@ def alti_logit_row(
     Args:
         model: a supported Mamba model with an LM head, its adapter, or a :class:`ModelTrace`.
         input_ids, inputs_embeds, attention_mask: the inputs (with a model).
-        position: the query token (negative counts from the end).
+        position: the query token (negative counts from the end); default each example's last real token.
         activation: activation strategy.
         target: the token the row explains (an int or ``[B]``); default the predicted next token at ``position``.
+        contrast: a contrast token (an int or ``[B]``): the row then decomposes ``logit(target) −
+            logit(contrast)``.
         dtype: compute dtype.
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
@@ -69,15 +79,21 @@ def alti_logit_row(
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
     bsz, n = tr.shape
-    if target is not None and torch.as_tensor(target).dim() > 1:
-        raise ValueError(
-            f"target for one position must be an int or [batch], got shape {tuple(torch.as_tensor(target).shape)}"
-        )
-    targets = check_target(target, bsz, n, readout.unembedding.shape[0], readout.logits.argmax(-1))
-    targets = targets if targets.dim() == 1 else targets[:, q]
+    for name, value in (("target", target), ("contrast", contrast)):
+        if value is not None and torch.as_tensor(value).dim() > 1:
+            raise ValueError(
+                f"{name} for one position must be an int or [batch], got shape {tuple(torch.as_tensor(value).shape)}"
+            )
+    vocab = readout.unembedding.shape[0]
+    rows = torch.as_tensor(q, device=readout.logits.device).expand(bsz)
+    batch = torch.arange(bsz, device=rows.device)
+    predicted = readout.logits.argmax(-1)
+    targets = check_target(target, bsz, n, vocab, predicted)[batch, rows]
+    contrasts = None if contrast is None else check_target(contrast, bsz, n, vocab, predicted)[batch, rows]
     return logit_row(
-        tr, q, targets, activation=activation, block=block, chunk=chunk, precision=precision, backend=backend
-    )
+        tr, q, targets, contrast=contrasts, activation=activation, block=block, chunk=chunk, precision=precision,
+        backend=backend,
+    )  # fmt: skip
 
 
 def alti_rollout_row(
@@ -85,8 +101,8 @@ def alti_rollout_row(
     input_ids: Tensor | None = None,
     inputs_embeds: Tensor | None = None,
     *,
-    position: int = -1,
-    activation: str = "silu",
+    position: int | None = None,
+    activation: str = DEFAULT_ACTIVATION,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     block: int | None = None,
@@ -103,7 +119,7 @@ def alti_rollout_row(
     Args:
         model: a supported Mamba model, its adapter, or a :class:`ModelTrace`.
         input_ids, inputs_embeds, attention_mask: the inputs (with a model).
-        position: the query token (negative counts from the end).
+        position: the query token (negative counts from the end); default each example's last real token.
         activation: activation strategy.
         dtype: compute dtype.
         block: tile side of the fast path (default from free memory).

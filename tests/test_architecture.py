@@ -25,6 +25,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.adapters": 1,
     # checks on what a caller passes, contribution vectors, scores from vectors
     "latim_captum._validation": 2,
+    "latim_captum._queries": 2,
     "latim_captum.decompose": 2,
     "latim_captum.aggregate": 2,
     # the engine: traces in, maps out
@@ -38,12 +39,17 @@ FLOORS: dict[str, int] = {
     "latim_captum.methods": 5,
     "latim_captum.attr": 5,
     "latim_captum.inseq": 5,
+    "latim_captum.inseq_targets": 5,
+    "latim_captum.tasks": 5,
     "latim_captum.copying": 5,
+    "latim_captum.alignment": 5,
+    "latim_captum.paper": 5,
     "latim_captum.models": 5,
     "latim_captum._loading": 5,
     "latim_captum._plots": 5,
     # tools and the package itself
     "latim_captum.cli": 6,
+    "latim_captum.inseq_cli": 6,
     "latim_captum.bench_speed": 6,
     "latim_captum": 6,
 }

@@ -122,7 +122,8 @@ def test_convergence_delta_is_zero_for_exact_strategies(kind, act, activation):
     # HF's RMSNorms compute in float32 even in float64 models, so the model's own logit carries float32 rounding
     tol = 1e-6 * float(res.logits.abs().max())
     assert delta.abs().max() < tol, f"eq 8: Σ_j C_ij = logit − offset, got delta {delta}"
-    assert torch.allclose(attr.sum(-1), res.logits[:, -1] - res.offset[:, -1] - delta, atol=1e-12)
+    # Captum's sign: delta = Σ attributions − (F(x) − F(baseline)), the offset playing F(baseline)
+    assert torch.allclose(attr.sum(-1), res.logits[:, -1] - res.offset[:, -1] + delta, atol=1e-12)
     # the logit it explains is the model's own logit of its predicted next token
     logits = model(ids).logits[:, -1].double()
     pred = logits.argmax(-1)
@@ -137,7 +138,7 @@ def test_convergence_delta_measures_the_approximation(m1):
     ids = random_ids(2, 7, seed=6)
     _, delta = LatimALTILogit(m1, activation="silu").attribute(ids, return_convergence_delta=True)
     res = latim_captum.alti_logit(m1, ids, activation="silu")
-    expected = res.logits[:, -1] - res.offset[:, -1] - res.scores[:, -1].sum(-1)
+    expected = res.scores[:, -1].sum(-1) - (res.logits[:, -1] - res.offset[:, -1])  # Captum's sign
     assert torch.allclose(delta, expected, atol=1e-5)
     assert delta.abs().max() > 1e-4, "the SiLU approximation is not exact, so its delta must not vanish"
 
@@ -342,7 +343,7 @@ def _reference_maps(tr) -> dict:
     from latim_captum.aggregate import rollout
     from latim_captum.maps import layer_maps_ref
 
-    alti = [layer_maps_ref(layer, "silu", ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
+    alti = [layer_maps_ref(layer, "silu_gate", ("alti",), embedding_columns=True)["alti"] for layer in tr.layers]
     return {
         LatimL2: latim_captum.interactions(tr, method="l2", layers=-1, backend="ref")[:, 0],
         LatimALTI: rollout(alti),

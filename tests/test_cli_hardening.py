@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -90,11 +91,13 @@ def test_a_known_model_type_with_an_auto_map_loads_the_installed_class(saved_mod
 
 
 def test_every_loader_passes_the_safety_arguments(saved_model, monkeypatch):
-    """CLI folders, the embedded copy models and the copying benchmark's folders: no folder code, safetensors."""
+    """CLI folders, the embedded copy models, the copying benchmark's and the tasks' folders: no folder code,
+    safetensors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from latim_captum.copying.evaluate import load_model_dir
     from latim_captum.models import copy_model_path, load_copy_model
+    from latim_captum.tasks.reports import load_model_dir as load_task_dir
 
     calls: list[tuple[str, dict]] = []
     for cls in (AutoModelForCausalLM, AutoTokenizer):
@@ -108,9 +111,10 @@ def test_every_loader_passes_the_safety_arguments(saved_model, monkeypatch):
     cli.load_model(str(saved_model))
     load_copy_model("mamba2")
     load_model_dir(copy_model_path("mamba1"))
+    load_task_dir(copy_model_path("mamba2"))
     models = [kw for name, kw in calls if name == "AutoModelForCausalLM"]
     tokenizers = [kw for name, kw in calls if name == "AutoTokenizer"]
-    assert len(models) == 3 and len(tokenizers) == 3
+    assert len(models) == 4 and len(tokenizers) == 4
     for kw in models:
         assert kw.get("trust_remote_code") is False and kw.get("use_safetensors") is True, kw
     for kw in tokenizers:
@@ -243,6 +247,9 @@ def test_error_report_refuses_an_empty_text(saved_model, capsys):
         (["bench", "copying", "--variant", "mamba1", "--batch", "0"], "--batch: must be a positive integer"),
         (["bench", "copying", "--variant", "mamba1", "--max-sequences", "-2"], "--max-sequences: must be a positive"),
         (["error-report", "--samples", "0"], "--samples: must be a positive integer"),
+        (["bench", "alignment", "--variant", "mamba1", "--n-samples", "0"], "--n-samples: must be a positive"),
+        (["bench", "alignment", "--variant", "mamba1", "--train-steps", "0"], "--train-steps: must be a positive"),
+        (["bench", "alignment", "--variant", "mamba1", "--batch", "-1"], "--batch: must be a positive integer"),
     ],
 )
 def test_counts_below_one_are_refused(argv, fragment, capsys, monkeypatch, tmp_path):
@@ -267,3 +274,50 @@ def test_bench_output_folder_is_checked_before_the_benchmark(tmp_path, monkeypat
     argv = ["bench", "copying", "--variant", "mamba1", "--n-samples", "2", "--out", str(blocker), "--quiet"]
     assert main(argv) == 2
     _one_error_line(capsys, "cannot be created")
+
+
+def test_latim_inseq_loads_folders_as_latim_does(saved_model, tmp_path, monkeypatch):
+    """`latim inseq ...` hands the folder to Inseq's loader: inside it, the folder's code never runs either."""
+    pytest.importorskip("inseq")
+    import inseq
+    from inseq.models.huggingface_model import HuggingfaceModel
+    from transformers import AutoModelForCausalLM
+
+    from latim_captum.inseq_cli import safe_loading
+
+    original = HuggingfaceModel.__dict__["load"]
+    marker = tmp_path / "EVIL_RAN"
+    evil = tmp_path / "evil"
+    shutil.copytree(saved_model, evil)
+    _with_custom_code(evil, marker, "evilmamba")
+    monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
+    with safe_loading(), pytest.raises(ValueError, match="custom code"):
+        inseq.load_model(str(evil), "latim")
+    assert not marker.exists()
+
+    seen = []
+    from_pretrained = AutoModelForCausalLM.from_pretrained
+
+    def spy(path, *args, **kwargs):
+        seen.append(kwargs)
+        return from_pretrained(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    with safe_loading():
+        inseq.load_model(str(saved_model), "latim")
+    assert seen and seen[-1].get("trust_remote_code") is False and seen[-1].get("use_safetensors") is True
+    assert HuggingfaceModel.__dict__["load"] is original, "Inseq's loader is put back"
+
+
+def test_alignment_output_folders_are_checked_before_training(tmp_path, monkeypatch, capsys):
+    import latim_captum.alignment.train as alignment_train
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the output folder should go")
+    monkeypatch.setattr(alignment_train, "train", lambda *a, **k: pytest.fail("a model was trained"))
+    argv = ["bench", "alignment", "--variant", "mamba1", "--out", str(blocker), "--train-out", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    _one_error_line(capsys, "--out")
+    argv = ["bench", "alignment", "--variant", "mamba1", "--out", str(tmp_path / "out"), "--train-out", str(blocker)]
+    assert main(argv) == 2
+    _one_error_line(capsys, "--train-out")

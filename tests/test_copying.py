@@ -213,3 +213,50 @@ def test_mamba2_widths_that_causal_conv1d_refuses_are_named():
                         head_dim=preset["head_dim"])
         )  # fmt: skip
     _check_conv_kernel_layout(build_model("mamba1", layers=1, d_model=100, state=16, vocab=32))  # not Mamba-2
+
+
+def test_hold_rows_are_the_block_under_the_separator():
+    """``rows="hold"`` scores rows L+1..2L (the row whose input is s_k); ``"predict"`` rows L..2L-1 (the row whose
+    output is s_k): a map with the gold band one row lower is perfect in the first reading only."""
+    length, n = 4, 9
+    maps = torch.arange(81.0).reshape(1, n, n)
+    assert torch.equal(source_block(maps, length, "hold")[0], maps[0, 5:9, :4])
+    assert torch.equal(source_block(maps, length, "predict")[0], maps[0, 4:8, :4])
+    held = torch.zeros(1, n, n)
+    held[:, length + 1 : 2 * length + 1, :length] = copy_ground_truth(length).float()
+    assert faithfulness(held, length, rows="hold") == {"auc": 1.0, "ap": 1.0, "recall_at_k": 1.0}
+    # read one row early, row r holds the band of r − 1: AUC below 1 (hand: row 0 scores nothing, ties at 1/2)
+    assert faithfulness(held, length, rows="predict")["auc"] < 0.9
+    with pytest.raises(ValueError, match="rows"):
+        faithfulness(held, length, rows="input")
+
+
+def test_evaluation_reports_both_readings_of_the_rows():
+    from latim_captum.copying.evaluate import evaluate_model, render_markdown
+    from latim_captum.models import copy_task_of, load_copy_model
+
+    model, _ = load_copy_model("mamba2")
+    task, seed = copy_task_of("mamba2")
+    report = evaluate_model(model, task, n_samples=2, seed=seed, methods=["l2", "alti_logit"], batch=2, quiet=True,
+                            rows="hold")  # fmt: skip
+    for entry in report["methods"].values():
+        assert set(entry["by_rows"]) == {"predict", "hold"}
+        key = "layers" if entry["per_layer"] else "all"
+        assert entry[key] == entry["by_rows"]["hold"][key] != entry["by_rows"]["predict"][key]
+    md = render_markdown({**report, "meta": {}})
+    assert "rows L+1..2L" in md and "the other reading of the rows (rows L..2L-1" in md
+    with pytest.raises(ValueError, match="rows"):
+        evaluate_model(model, task, n_samples=2, seed=seed, methods=["l2"], rows="input", quiet=True)
+
+
+def test_train_an_activation_variant(tmp_path):
+    from latim_captum.copying.train import main
+
+    out = tmp_path / "lin"
+    args = ["--variant", "mamba1", "--out", str(out), "--steps", "2", "--length", "4", "--vocab", "8", "--n-train",
+            "16", "--n-eval", "4", "--batch", "4", "--layers", "1", "--d-model", "16", "--state", "4",
+            "--mimetic-layers", "--act", "linear", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    meta = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert meta["act"] == "linear" and config["hidden_act"] == "linear"

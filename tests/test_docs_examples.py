@@ -32,6 +32,19 @@ def test_docs_examples_run(blocks, tmp_path, monkeypatch):
         exec(compile(code, f"<docs block {idx}>", "exec"), namespace)
 
 
+def test_readme_captum_side_by_side_runs(capsys):
+    """The README's Captum block (Layer IG beside ALTI-Logit) runs as written and prints the shapes it promises."""
+    readme = (DOCS.parent / "README.md").read_text()
+    section = readme.split("## Captum", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    namespace = {"__name__": "__readme__"}
+    exec(compile(code, "<README Captum block>", "exec"), namespace)
+    shapes = capsys.readouterr().out.splitlines()[0]
+    assert shapes == "torch.Size([2, 6, 64]) torch.Size([2, 6]) torch.Size([2, 6])"
+    assert float(namespace["delta"].abs().max()) < 1e-3
+    assert bool((namespace["attr"][1, 4:] == 0).all())
+
+
 def test_every_class_page_has_an_example():
     pages = {p.values[0] and p.id for p in _pages()}
     assert {"quickstart", "latim_l2", "latim_alti", "latim_alti_logit", "llm", "comparison", "custom_methods"} <= pages

@@ -345,7 +345,7 @@ def test_inseq_methods_run_unchanged_on_a_hybrid(name):
     ref = latim_captum.alti_logit(model, ids[:, :-1], target=ids[:, 1:])
     n_prompt = len(PROMPT.split())
     for col, step in enumerate(range(n_prompt, ids.shape[1])):
-        torch.testing.assert_close(seq.target_attributions[:step, col], ref.scores[0, step - 1, :step])
+        torch.testing.assert_close(seq.target_attributions[:step, col, 0], ref.scores[0, step - 1, :step])
     alti = inseq.load_model(model, "latim_alti", tokenizer=tok).attribute(PROMPT, TEXT, **FAST)
     assert alti.sequence_attributions[0].target_attributions.shape[-1] == get_adapter(model).n_sublayers
 
@@ -398,7 +398,7 @@ def test_query_rows_on_a_hybrid(family):
                 torch.testing.assert_close(scores, full[m][:, rows[0] : rows[1]], rtol=0, atol=1e-12)
     full_rollout = rollout(full_alti)
     for position in (-1, 4):
-        row = alti_rollout_row(tr, position=position, block=3, chunk=2)
+        row = alti_rollout_row(tr, position=position, activation="silu", block=3, chunk=2)
         torch.testing.assert_close(row, full_rollout[:, position], rtol=0, atol=1e-12)
         for cls, layer in ((LatimALTI, "rollout"), (LatimALTI, "all"), (LatimALTILogit, None)):
             method = cls(model, dtype=torch.float64)
@@ -686,3 +686,24 @@ def test_zamba2_backends_and_baselines():
     for baseline in (latim_captum.mamba_attribution, latim_captum.mamba_lrp):
         with pytest.raises(NotImplementedError, match="pure Mamba models|no differentiable replay for HFZamba2"):
             baseline(model, ids)
+
+
+def test_cli_error_report_and_attribute_on_a_hybrid_folder(tmp_path, capsys):
+    """The CLI asks the adapter for the layout (Jamba keeps its blocks in ``model.model.layers``): ``error-report``
+    prints one error per sublayer, ``silu_gate`` exact on every one, and ``attribute`` draws a per-layer map."""
+    from latim_captum.cli import main
+    from latim_captum.copying import copy_tokenizer
+
+    model, _ = build_hybrid("jamba", seed=3)
+    path = tmp_path / "jamba"
+    model.save_pretrained(path)
+    copy_tokenizer(model.config.vocab_size).save_pretrained(path)
+    n_sublayers = latim_captum.trace(model, torch.tensor([[1, 2, 3]])).n_layers
+    assert main(["error-report", "--model", str(path), "--text", "abcd|abcd"]) == 0
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert len(lines["silu_gate"]) == n_sublayers
+    assert max(float(e) for e in lines["silu_gate"]) < 1e-4, "silu_gate is exact on every sublayer"
+    out = tmp_path / "map.png"
+    assert main(["attribute", "--model", str(path), "--text", "abc|ab", "--method", "l2", "--layer", "0",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.stat().st_size > 0

@@ -58,7 +58,10 @@ def test_l1_is_the_l1_norm_of_the_contribution_vectors_on_every_front_end(tmp_pa
     row = attr.LatimL1(model, activation="silu_gate").attribute(ids, position=4, layer=1)
     torch.testing.assert_close(row, maps[:, 1, 4])
     torch.testing.assert_close(get_method("l1_silu_gate")(model, ids), maps)
-    torch.testing.assert_close(get_method("l1")(model, ids), lc.interactions(model, ids, method="l1"))
+    # the registry's plain name is the paper's silu (benchmarks reproduce the paper); functions default to silu_gate
+    paper = lc.interactions(model, ids, method="l1", activation="silu")
+    torch.testing.assert_close(get_method("l1")(model, ids), paper)
+    torch.testing.assert_close(lc.interactions(model, ids, method="l1"), maps)
 
     from latim_captum.cli import main
     from latim_captum.copying import copy_tokenizer
@@ -73,8 +76,14 @@ def test_l1_is_the_l1_norm_of_the_contribution_vectors_on_every_front_end(tmp_pa
 
     saved = AutoModelForCausalLM.from_pretrained(path)
     ids = copy_tokenizer(VOCAB)("abc|ab", return_tensors="pt", add_special_tokens=False).input_ids
-    expected = lc.interactions(saved, ids, method="l1", layers=0)[0, 0]
+    expected = lc.interactions(saved, ids, method="l1", layers=0)[0, 0]  # silu_gate, the CLI's default too
     torch.testing.assert_close(torch.tensor(json.loads(out.read_text())["scores"]), expected)
+    assert main([*args, "--activation", "silu", "--out", str(tmp_path / "f.png"), "--json", str(out)]) == 0
+    paper = lc.interactions(saved, ids, method="l1", layers=0, activation="silu")[0, 0]
+    torch.testing.assert_close(torch.tensor(json.loads(out.read_text())["scores"]), paper)
+    assert not torch.allclose(paper, expected)
+    clash = ["attribute", "--model", str(path), "--text", "abc|ab", "--method", "l1_silu_gate", "--activation", "silu"]
+    assert main([*clash, "--out", str(tmp_path / "f.png")]) == 2
 
 
 def test_l1_through_inseq():

@@ -53,7 +53,7 @@ def test_rollout_row_is_the_rollout_row(kind, backend, position):
     """Row q of ``P^{(L)} ⋯ P^{(1)}`` by the streamed recursion: the full rollout's row, summing to 1."""
     _, _, _, tr = _trace(kind)
     full = rollout([layer_maps(layer, "silu", ("alti",), backend="ref")["alti"] for layer in tr.layers])
-    row = alti_rollout_row(tr, position=position, block=3, chunk=2, backend=backend)
+    row = alti_rollout_row(tr, position=position, activation="silu", block=3, chunk=2, backend=backend)
     assert row.shape == (2, 10)
     torch.testing.assert_close(row, full[:, position], rtol=0, atol=1e-12)
     torch.testing.assert_close(row.sum(-1), torch.ones(2, dtype=row.dtype), rtol=0, atol=1e-12)

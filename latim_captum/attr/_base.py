@@ -15,9 +15,12 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from latim_captum._validation import check_layers, check_model_inputs, check_position
+from latim_captum._queries import last_real_positions, query_positions
+from latim_captum._validation import check_layers, check_model_inputs
 from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.catalog import MethodSpec
+
+from ._conventions import check_ig_arguments, float_ids_error
 
 __all__ = ["TokenMapAttribution", "TokenMaps", "LayerSpec", "DEFAULT", "row_as_map"]
 
@@ -84,7 +87,7 @@ class TokenMapAttribution(Attribution):
             default_layer = -1                      # int, "all" or None (= aggregated)
             uses_target = False                     # True: pass Captum's target on to fn as a [B] tensor
 
-            def __init__(self, model, *, activation: str = "silu") -> None:
+            def __init__(self, model, *, activation: str = "silu_gate") -> None:
                 super().__init__(model, activation=activation)  # keyword options are passed on to fn
 
     Class attributes:
@@ -118,6 +121,9 @@ class TokenMapAttribution(Attribution):
     layer_modes: ClassVar[tuple[str, ...]] = ()
     uses_target: ClassVar[bool] = False
     has_delta: ClassVar[bool] = False
+    #: ``compute_maps`` takes ``contrast=`` (a ``[B]`` token tensor) and then explains ``logit(target) −
+    #: logit(contrast)``
+    supports_contrast: ClassVar[bool] = False
     #: ``map_fn`` accepts ``position=p`` and then computes only row p (``[B, L, N]`` / ``[B, N]``): ``attribute``
     #: without ``return_matrix`` asks for that row alone (e.g. one backward pass instead of N for gradient methods)
     row_capable: ClassVar[bool] = False
@@ -159,9 +165,16 @@ class TokenMapAttribution(Attribution):
         """A readable name (e.g. ``"LaTIM (ALTI-Logit)"``); subclasses set ``display_name``."""
         return getattr(cls, "display_name", None) or super().get_name()
 
-    def compute_convergence_delta(self, attributions: Tensor, *args: Any) -> Tensor:  # pragma: no cover - API
-        raise NotImplementedError(
-            f"{self.get_name()} returns its convergence delta from attribute(..., return_convergence_delta=True)"
+    def compute_convergence_delta(self, attributions: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """Captum's delta for methods with a completeness property (see
+        :meth:`LatimALTILogit.compute_convergence_delta <latim_captum.attr.LatimALTILogit.compute_convergence_delta>`).
+
+        Raises:
+            ValueError: this method's scores do not add up to an output of the model.
+        """
+        raise ValueError(
+            f"{self.get_name()} has no convergence delta: its scores do not add up to an output of the model "
+            "(ALTI-Logit's do)"
         )
 
     # -- the map -----------------------------------------------------------------------------------------------
@@ -246,7 +259,13 @@ class TokenMapAttribution(Attribution):
             raise ValueError(f"target must hold integer token ids, got dtype {t.dtype}")
         if t.dim() == 0:
             t = t.expand(batch)
-        elif t.dim() != 1 or t.shape[0] != batch:
+        elif t.dim() > 1:
+            raise ValueError(
+                f"target has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}] (a tensor "
+                "shaped like the inputs here is usually Integrated Gradients' positional baselines: LaTIM needs "
+                "none, so pass target= by keyword)"
+            )
+        elif t.shape[0] != batch:
             raise ValueError(f"target has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}]")
         vocab = self.adapter.vocab_size
         bad = t[(t < 0) | (t >= vocab)]
@@ -290,6 +309,8 @@ class TokenMapAttribution(Attribution):
             inputs = inputs[0]
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be a torch.Tensor or a 1-tuple of one, got {type(inputs).__name__}")
+        if inputs.dtype.is_floating_point and inputs.dim() == 2:
+            raise float_ids_error(inputs)
         return inputs, is_tuple
 
     # -- attribute ---------------------------------------------------------------------------------------------
@@ -300,12 +321,17 @@ class TokenMapAttribution(Attribution):
         target: int | Sequence[int] | Tensor | None = None,
         additional_forward_args: Any = None,
         *,
-        position: int = -1,
+        position: int | None = None,
         layer: int | Sequence[int] | str | None = DEFAULT,
+        contrast: int | Sequence[int] | Tensor | None = None,
         return_matrix: bool = False,
         return_convergence_delta: bool = False,
+        baselines: Any = None,
+        n_steps: int | None = None,
+        method: str | None = None,
+        internal_batch_size: int | None = None,
     ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], Tensor]:
-        """Attribute the representation (or prediction) at ``position`` to every input token.
+        """Attribute the representation (or prediction) at the query position to every input token.
 
         Args:
             inputs: token ids ``[B, N]`` (integer) or ``inputs_embeds`` ``[B, N, D]`` (float), or a 1-tuple of one.
@@ -313,66 +339,148 @@ class TokenMapAttribution(Attribution):
                 ``[B]`` tensor. Target-free maps (ℓp, ALTI) validate it and otherwise ignore it.
             additional_forward_args: an attention mask ``[B, N]`` (1 = token, 0 = padding), alone or in a
                 1-tuple; nothing else is accepted.
-            position: the query position (negative from the end, default the last token).
+            position: the query position (negative counts from the end of the padded input). Default: each
+                example's last real token according to the attention mask (the last token without one), so a
+                right-padded batch is queried where each example's prediction is made. A position that points at
+                padding in some example is an error.
             layer: an int (negative allowed), a list of ints, ``"all"``, or a method-specific mode such as
                 ``"rollout"``; the default depends on the class.
+            contrast: for classes that explain a logit difference (:class:`~latim_captum.attr.LatimALTILogit`): the
+                contrast token, same forms as ``target``; the scores then decompose ``logit(target) −
+                logit(contrast)``.
             return_matrix: return the whole map ``[B, N, N]`` (``[B, L, N, N]`` for a list / ``"all"``) instead of
-                row ``position``.
-            return_convergence_delta: also return ``row_total − Σ scores`` per example (``[B]``; ``[B, N]`` with
-                ``return_matrix``); only for classes with ``has_convergence_delta()``.
+                the query row.
+            return_convergence_delta: also return Captum's delta ``Σ scores − (F(x) − F(baseline))`` per example
+                (``[B]``; ``[B, N]`` with ``return_matrix``), where ``F(x) − F(baseline)`` is the total an exact
+                decomposition's row sums to (for ALTI-Logit the target logit minus the offset no token owns); only
+                for classes with ``has_convergence_delta()``.
+            baselines: must be None: LaTIM decomposes the input's own forward pass and reads no baseline (accepted so
+                that Integrated-Gradients calls run unchanged).
+            n_steps, method: Integrated Gradients' integration settings; accepted and ignored with a warning.
+            internal_batch_size: at most this many examples per model pass (None: all at once); same numbers.
 
         Returns:
             Attributions shaped like the input and tuple-wrapped like it: ``[B, N]`` for ids; for ``inputs_embeds``
             ``[B, N, D]`` with each token's score spread evenly over its D entries (``attr.sum(-1)`` gives the
             per-token scores, and the total over the tensor is the total over tokens). A list of layers / ``"all"``
-            adds a layer dimension after the batch: ``[B, L, N]`` (ids) or ``[B, L, N, D]``. With
+            adds a layer dimension after the batch: ``[B, L, N]`` (ids) or ``[B, L, N, D]``. Columns after an
+            example's query position (its right padding included) are exactly 0. With
             ``return_convergence_delta`` a pair ``(attributions, delta)``.
 
         Raises:
-            ValueError: ``position``, ``layer`` or ``target`` out of range or of the wrong shape, unsupported
-                ``additional_forward_args``, or a convergence delta from a method without one.
+            ValueError: ``position``, ``layer``, ``target`` or ``contrast`` out of range or of the wrong shape, a
+                position on padding, a baseline, unsupported ``additional_forward_args``, a floating-point
+                ``[B, N]`` input (noised token ids), or a convergence delta from a method without one.
         """
+        batch_size = check_ig_arguments(self.get_name(), baselines, n_steps, method, internal_batch_size)
         x, is_tuple = self.split_inputs(inputs)
         if return_convergence_delta and not self.has_convergence_delta():
-            raise ValueError(f"{self.get_name()} has no convergence delta (has_convergence_delta() is False)")
+            raise ValueError(
+                f"{self.get_name()} has no convergence delta: its scores do not add up to an output of the model "
+                "(ALTI-Logit's do); call attribute() without return_convergence_delta"
+            )
         is_embeds = x.dtype.is_floating_point
         mask = self.format_mask(additional_forward_args)
         ids, embeds, mask = check_model_inputs(self.adapter, None if is_embeds else x, x if is_embeds else None, mask)
         bsz, n = x.shape[:2]
-        pos = check_position(position, n)
+        positions = query_positions(position, mask, bsz, n)
         spec = self.resolve_layer(layer)
-        tgt = self.format_target(target, bsz)
-        row_only = {} if return_matrix or not self.row_capable else {"position": pos}
-        with torch.no_grad():
-            out = self.compute_maps(
-                input_ids=ids,
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                layers=spec.layers,
-                mode=spec.mode,
-                target=tgt if self.uses_target else None,
-                **row_only,
-            )
-        if isinstance(out, Tensor):
-            out = TokenMaps(out)
-        maps = self._check_maps(out.maps, spec, bsz, n)
+        tgt = self.format_target(target, bsz)  # validated even by target-free maps, which then drop it
+        if not self.uses_target:
+            tgt = None
+        ctr = self.format_contrast(contrast, bsz)
         if return_matrix:
-            result, sums = maps, maps.sum(-1)
+            parts, total_parts = [], []
+            for rows in torch.arange(bsz, device=x.device).split(batch_size or bsz):
+                take = [None if t is None else t[rows] for t in (ids, embeds, mask, tgt, ctr)]
+                with torch.no_grad():
+                    out = self._maps(take[0], take[1], take[2], spec, take[3], take[4], None)
+                parts.append(self._check_maps(out.maps, spec, len(rows), n))
+                total_parts.append(out.row_totals)
+            result = torch.cat(parts)
+            totals = None if any(t is None for t in total_parts) else torch.cat(total_parts)
         else:
-            result = maps[..., pos, :]
-            sums = result.sum(-1)
-            if is_embeds:
-                d = x.shape[-1]
-                result = (result / d).unsqueeze(-1).expand(*result.shape, d)
+            result, totals = self._query_rows(ids, embeds, mask, spec, tgt, ctr, positions, batch_size)
+        sums = result.sum(-1)
+        if is_embeds and not return_matrix:
+            d = x.shape[-1]
+            result = (result / d).unsqueeze(-1).expand(*result.shape, d)
         attributions = (result,) if is_tuple else result
         if not return_convergence_delta:
             return attributions
-        if out.row_totals is None:
+        if totals is None:
             raise ValueError(f"{self.get_name()} returned no row totals, so there is no convergence delta")
         if sums.dim() > 2 or (not return_matrix and sums.dim() > 1):
             raise ValueError("the convergence delta needs one map: use an int layer or an aggregated mode")
-        totals = out.row_totals if return_matrix else out.row_totals[:, pos]
-        return attributions, totals - sums
+        # Captum's sign: Σ attributions − (F(x) − F(baseline)), the total of an exact row playing F(x) − F(baseline)
+        return attributions, sums - totals
+
+    def format_contrast(self, contrast: Any, batch: int) -> Tensor | None:
+        """``contrast`` as a ``[B]`` long tensor (forms as ``target``), or None.
+
+        Raises:
+            ValueError: the class explains no logit difference (:attr:`supports_contrast` is False).
+        """
+        if contrast is None:
+            return None
+        if not self.supports_contrast:
+            raise ValueError(
+                f"{self.get_name()} explains no logit, so it has no contrastive form; contrast= is for ALTI-Logit"
+            )
+        return self.format_target(contrast, batch)
+
+    def _maps(self, ids, embeds, mask, spec: LayerSpec, target, contrast, position: int | None) -> TokenMaps:
+        """:meth:`compute_maps` for one (sub-)batch, with ``position`` only for ``row_capable`` classes."""
+        extra: dict[str, Any] = {}
+        if position is not None and self.row_capable:
+            extra["position"] = position
+        if contrast is not None:
+            extra["contrast"] = contrast
+        out = self.compute_maps(
+            input_ids=ids, inputs_embeds=embeds, attention_mask=mask, layers=spec.layers, mode=spec.mode,
+            target=target, **extra,
+        )  # fmt: skip
+        return TokenMaps(out) if isinstance(out, Tensor) else out
+
+    def _query_rows(
+        self, ids, embeds, mask, spec: LayerSpec, target, contrast, positions: Tensor, batch_size: int | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Row ``positions[b]`` of every example's map, ``[B, (L,) N]``, and its row total (``[B]`` or None).
+
+        Examples that share a query position ``p`` are computed together, without the padding that ends all of them
+        (right padding): a causal model's outputs do not read later tokens, so each example is computed as if it were
+        alone, its right padding never enters, and those columns are exactly 0.
+        """
+        x = ids if ids is not None else embeds
+        bsz, n = x.shape[:2]
+        last_real = last_real_positions(mask, bsz, n).cpu()
+        result: Tensor | None = None
+        totals: Tensor | None = None
+        for p in positions.unique().tolist():
+            members = (positions == p).nonzero()[:, 0]
+            for chunk in members.split(batch_size or len(members)):
+                rows, keep = chunk.to(x.device), int(last_real[chunk].max()) + 1
+                with torch.no_grad():
+                    out = self._maps(
+                        None if ids is None else ids[rows, :keep],
+                        None if embeds is None else embeds[rows, :keep],
+                        None if mask is None else mask[rows, :keep],
+                        spec,
+                        None if target is None else target[rows],
+                        None if contrast is None else contrast[rows],
+                        p,
+                    )
+                row = self._check_maps(out.maps, spec, len(rows), keep)[..., p, :]
+                if result is None:
+                    result = row.new_zeros(bsz, *row.shape[1:-1], n)
+                result[rows.to(row.device), ..., :keep] = row
+                if out.row_totals is not None:
+                    if totals is None:
+                        totals = row.new_zeros(bsz)
+                    totals[rows.to(row.device)] = out.row_totals[:, p]
+        assert result is not None  # positions is never empty
+        return result, totals
+
 
     def _check_maps(self, maps: Tensor, spec: LayerSpec, bsz: int, n: int) -> Tensor:
         if spec.layers is not None:

@@ -28,8 +28,8 @@ class LatimALTI(LatimMeasure):
 
     Args:
         model: a supported Mamba model.
-        activation: the additive ``f`` of eq 19 (``"silu"``, ``"identity"``, ``"taylor1"``, ``"taylor2"``,
-            ``"silu_gate"``).
+        activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models), ``"silu"``
+            (the paper's), ``"identity"``, ``"taylor1"``, ``"taylor2"``.
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
         backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
             ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from latim_captum import catalog
+from latim_captum._queries import query_positions
+from latim_captum._validation import check_model_inputs
+from latim_captum.activations import DEFAULT_ACTIVATION
 from latim_captum.adapters import ModelAdapter
-from latim_captum.api import alti_logit
+from latim_captum.api import alti_logit, trace
+from latim_captum.maps import row_total
 from latim_captum.single_query import alti_logit_row
 
 from ._base import TokenMapAttribution, TokenMaps, row_as_map
@@ -26,13 +33,22 @@ class LatimALTILogit(TokenMapAttribution):
     ``target`` is the token whose logit is explained at ``position`` (an int, B ints, or a ``[B]`` tensor); the
     default is the model's predicted next token there. Scores are signed and, for an exact activation strategy,
     complete: ``Σ_j C_ij = logit_i(target) − offset_i``, where the offset is the part of the logit no token owns
-    (projected out-projection biases and the LM-head bias). Captum's completeness is ``Σ attr = F(x) − F(baseline)``;
-    here the offset plays the role of ``F(baseline)``, so the convergence delta is
+    (projected out-projection biases and the LM-head bias). Captum's completeness is ``Σ attr = F(x) − F(baseline)``
+    and its convergence delta ``Σ attr − (F(x) − F(baseline))``; here the offset plays the role of ``F(baseline)``,
+    so the delta is
 
-    ``delta = logit(target) − offset − Σ_j C_ij``
+    ``delta = Σ_j C_ij − (logit(target) − offset)``
 
-    ≈ 0 (rounding) for ``activation="silu_gate"`` on SiLU models and ``"identity"`` on ``hidden_act="linear"`` models,
-    and the decomposition error for approximate strategies (``"silu"``, the paper default).
+    ≈ 0 (rounding) for ``activation="silu_gate"`` (the default) on SiLU models and ``"identity"`` on
+    ``hidden_act="linear"`` models, and the decomposition error for approximate strategies (``"silu"``, the paper's
+    choice). :meth:`compute_convergence_delta` gives it for attributions computed elsewhere.
+
+    **Contrastive**: ``attribute(ids, target=t, contrast=c)`` decomposes the logit difference ``logit(t) −
+    logit(c)`` at the query position (the logit is linear in the unembedding row, so the projection is on
+    ``U_t − U_c``); the delta then checks ``Σ_j C_ij = logit(t) − logit(c) − offset``.
+
+    The query position defaults to each example's last real token (per the attention mask): right-padded batches are
+    queried where each example's prediction is made, and their padding columns are exactly 0.
 
     Args:
         model: a supported Mamba model with an LM head (``*ForCausalLM``).
@@ -60,12 +76,13 @@ class LatimALTILogit(TokenMapAttribution):
     default_layer = None
     has_delta = True
     row_capable = True
+    supports_contrast = True
 
     def __init__(
         self,
         model: nn.Module | ModelAdapter,
         *,
-        activation: str = "silu",
+        activation: str = DEFAULT_ACTIVATION,
         dtype: torch.dtype = torch.float32,
         backend: str = "auto",
         precision: str = "highest",
@@ -77,16 +94,19 @@ class LatimALTILogit(TokenMapAttribution):
             )
 
     def compute_maps(
-        self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None
+        self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None, contrast=None
     ) -> TokenMaps:
         if position is None:
             res = alti_logit(
-                self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, target=target, **self.options
-            )
+                self.adapter, input_ids, inputs_embeds, attention_mask=attention_mask, target=target,
+                contrast=contrast, **self.options,
+            )  # fmt: skip
             return TokenMaps(res.scores, res.logits - res.offset)
         guard_row_maps(self, input_ids, inputs_embeds)
         if target is not None and target.dim() == 2:  # one target per position (the LLM front end): this row's
             target = target[:, position]
+        if contrast is not None and contrast.dim() == 2:
+            contrast = contrast[:, position]
         res = alti_logit_row(
             self.adapter,
             input_ids,
@@ -94,8 +114,59 @@ class LatimALTILogit(TokenMapAttribution):
             position=position,
             attention_mask=attention_mask,
             target=target,
+            contrast=contrast,
             **self.options,
         )
         totals = res.scores.new_zeros(res.scores.shape)  # [B, N]: what each row sums to, zero off the query
         totals[:, position] = res.logits - res.offset
         return TokenMaps(row_as_map(res.scores, position), totals)
+
+    def compute_convergence_delta(
+        self,
+        attributions: Tensor | tuple[Tensor, ...],
+        start_point: Any = None,
+        end_point: Tensor | tuple[Tensor, ...] | None = None,
+        target: int | Sequence[int] | Tensor | None = None,
+        additional_forward_args: Any = None,
+        *,
+        position: int | None = None,
+        contrast: int | Sequence[int] | Tensor | None = None,
+    ) -> Tensor:
+        """Captum's convergence delta of given attributions: ``Σ attributions − (F(x) − F(baseline))``, ``[B]``.
+
+        ``F(x) − F(baseline)`` is ``logit(target) − offset`` at the query position (the logit difference with a
+        ``contrast``): the offset, what no token owns, plays ``F(baseline)``. It needs one forward pass, not the
+        attributions. Arguments as Integrated Gradients' ``compute_convergence_delta``: ``end_point`` is the input
+        (ids or ``inputs_embeds``); ``start_point`` (the baseline) must be None.
+
+        Example:
+            >>> method = LatimALTILogit(model)                                      # doctest: +SKIP
+            >>> attr = method.attribute(ids, target=7)                              # doctest: +SKIP
+            >>> method.compute_convergence_delta(attr, end_point=ids, target=7)    # ≈ 0  # doctest: +SKIP
+
+        Raises:
+            ValueError: a baseline, no ``end_point``, or attributions whose batch does not match it.
+        """
+        if start_point is not None:
+            raise ValueError(f"{self.get_name()} needs no baseline: start_point must be None")
+        if end_point is None:
+            raise ValueError("compute_convergence_delta needs end_point, the input the attributions explain")
+        x, _ = self.split_inputs(end_point)
+        attr, _ = self.split_inputs(attributions) if isinstance(attributions, tuple) else (attributions, False)
+        is_embeds = x.dtype.is_floating_point
+        mask = self.format_mask(additional_forward_args)
+        ids, embeds, mask = check_model_inputs(self.adapter, None if is_embeds else x, x if is_embeds else None, mask)
+        bsz, n = x.shape[:2]
+        if attr.shape[0] != bsz:
+            raise ValueError(f"attributions hold {attr.shape[0]} examples, end_point {bsz}")
+        positions = query_positions(position, mask, bsz, n)
+        tgt = self.format_target(target, bsz)
+        ctr = self.format_contrast(contrast, bsz)
+        with torch.no_grad():
+            tr = trace(self.adapter, ids, embeds, attention_mask=mask, dtype=self.options["dtype"])
+            rows = positions.to(tr.readout.logits.device)
+            batch = torch.arange(bsz, device=rows.device)
+            targets = tr.readout.logits[batch, rows].argmax(-1) if tgt is None else tgt.to(rows.device)
+            total = row_total(tr, rows, targets, None if ctr is None else ctr.to(rows.device))
+        sums = attr.reshape(bsz, -1).sum(-1).to(total.logits)
+        return sums - (total.logits - total.offset)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from latim_captum import catalog
+from latim_captum.activations import DEFAULT_ACTIVATION
 from latim_captum.adapters import ModelAdapter
 from latim_captum.aggregate import lp_measure
 
@@ -26,8 +27,8 @@ class LatimL2(LatimMeasure):
     Args:
         model: a supported Mamba model (HF Mamba / FalconMamba / Mamba-2, with or without LM head).
         p: the norm's order (``p >= 1``, ``math.inf`` allowed).
-        activation: the additive ``f`` of eq 19 (``"silu"``, ``"identity"``, ``"taylor1"``, ``"taylor2"``,
-            ``"silu_gate"``).
+        activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models), ``"silu"``
+            (the paper's), ``"identity"``, ``"taylor1"``, ``"taylor2"``.
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
         backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
             ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.
@@ -55,7 +56,7 @@ class LatimL2(LatimMeasure):
         model: nn.Module | ModelAdapter,
         *,
         p: float = 2.0,
-        activation: str = "silu",
+        activation: str = DEFAULT_ACTIVATION,
         dtype: torch.dtype = torch.float32,
         backend: str = "auto",
         precision: str = "highest",

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from latim_captum.activations import DEFAULT_ACTIVATION
 from latim_captum.adapters import ModelAdapter
 from latim_captum.catalog import MethodSpec
 
@@ -27,8 +28,8 @@ class LatimMeasure(TokenMapAttribution):
 
     Args:
         model: a supported Mamba model (HF Mamba / FalconMamba / Mamba-2, mamba-ssm, hybrids).
-        activation: the additive ``f`` of eq 19 (``"silu"``, ``"identity"``, ``"taylor1"``, ``"taylor2"``,
-            ``"silu_gate"``).
+        activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models), ``"silu"``
+            (the paper's), ``"identity"``, ``"taylor1"``, ``"taylor2"``.
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
         backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
             ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.
@@ -48,7 +49,7 @@ class LatimMeasure(TokenMapAttribution):
         self,
         model: nn.Module | ModelAdapter,
         *,
-        activation: str = "silu",
+        activation: str = DEFAULT_ACTIVATION,
         dtype: torch.dtype = torch.float32,
         backend: str = "auto",
         precision: str = "highest",

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from latim_captum._model_state import check_grad_mode
+from latim_captum._queries import check_not_padding
 from latim_captum._validation import check_model_inputs, check_position, check_target
 from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.api import trace as _trace
@@ -73,11 +74,18 @@ def resolve_targets(target, logits: Tensor) -> Tensor:
     return check_target(target, bsz, n, vocab, logits.detach().argmax(-1))
 
 
-def query_rows(position: int | None, seq_len: int) -> list[int]:
-    """The query rows to compute: every row, or only ``position`` (negative allowed)."""
+def query_rows(position: int | None, seq_len: int, mask: Tensor | None = None) -> list[int]:
+    """The query rows to compute: every row, or only ``position`` (negative allowed).
+
+    Raises:
+        ValueError: ``position`` is out of range, or it points at a padding token of some example (``mask``).
+    """
     if position is None:
         return list(range(seq_len))
-    return [check_position(position, seq_len)]
+    row = check_position(position, seq_len)
+    if mask is not None:
+        check_not_padding(torch.full((mask.shape[0],), row, dtype=torch.long), mask, given=position)
+    return [row]
 
 
 def replicate_rows(embeds: Tensor, mask: Tensor | None, copies: int) -> tuple[Tensor, Tensor | None]:

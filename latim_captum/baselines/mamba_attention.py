@@ -122,6 +122,6 @@ def mamba_attention(
     _check_normalize(normalize)
     tr = as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype)
     selected = check_layers(layers, tr.n_layers)
-    rows = query_rows(position, tr.shape[1])
+    rows = query_rows(position, tr.shape[1], tr.mask)
     maps = torch.stack([layer_attention(tr.layers[idx], rows, normalize) for idx in selected], dim=1)
     return maps[:, :, 0] if position is not None else maps

@@ -204,7 +204,7 @@ def mamba_attribution(
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_attribution")
     bsz, n = embeds.shape[:2]
     selected = check_layers(layers, adapter.n_layers)
-    rows = query_rows(position, n)
+    rows = query_rows(position, n, mask)
     valid = _valid(mask, n, bsz, embeds.device)
     top = max(rows) + 1
     if gradient == "hidden":

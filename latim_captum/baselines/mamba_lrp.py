@@ -78,7 +78,7 @@ def mamba_lrp(
     check_size("row_batch", row_batch)
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_lrp")
     bsz, n = embeds.shape[:2]
-    rows = query_rows(position, n)
+    rows = query_rows(position, n, mask)
     with torch.no_grad():
         targets = resolve_targets(target, replay_logits(adapter, embeds, mask, lrp=True))
     out = embeds.new_zeros(bsz, len(rows), n)

@@ -2,8 +2,10 @@
 
 Faithfulness is computed on the evaluation samples (``CopyTask.sample(n_eval, seed + 1)``, the set held out in
 training) for every registered method (:mod:`latim_captum.methods`): per-layer methods at every layer, aggregated
-methods once; rows ``L..2L-1`` against source columns ``0..L-1`` (see :mod:`.metrics`). The paper reads Mamba-1 at
-layer 4 and Mamba-2 at layer 3 (1-based); we report those, the best layer (highest AUC) and all layers.
+methods once; query rows against source columns ``0..L-1`` (see :mod:`.metrics`), in both readings of the rows:
+``rows`` (default ``"predict"``: rows ``L..2L-1``) fills the main table, the other reading (``"hold"``: rows
+``L+1..2L``) a second one. The paper reads Mamba-1 at layer 4 and Mamba-2 at layer 3 (1-based); we report those,
+the best layer (highest AUC) and all layers.
 
 Example:
     >>> from latim_captum.models import load_copy_model
@@ -13,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,11 +23,21 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
+from ..tasks.reports import load_model_dir, model_act, progress, reconstruction_errors, resolve_method, variant_of
+from ..tasks.reports import write_report as _write_report
 from .data import CopyTask
-from .metrics import faithfulness
+from .metrics import ROWS, faithfulness
 from .train import evaluate_copy
 
-__all__ = ["PAPER_LAYER", "PAPER_TABLE2", "evaluate_model", "load_model_dir", "render_markdown", "write_report"]
+__all__ = [
+    "PAPER_LAYER",
+    "PAPER_TABLE2",
+    "evaluate_model",
+    "load_model_dir",
+    "render_markdown",
+    "variant_of",
+    "write_report",
+]
 
 # 0-based layer the paper reads its copy maps at (§4.1 footnote 6: layer 4 for Mamba-1, layer 3 for Mamba-2)
 PAPER_LAYER = {"mamba1": 3, "mamba2": 2}
@@ -51,34 +62,11 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
 }
 
 
-def variant_of(model: nn.Module) -> str:
-    """``"mamba1"`` or ``"mamba2"`` from the HF model class."""
-    name = type(model).__name__
-    if name.startswith("Mamba2"):
-        return "mamba2"
-    if "Mamba" in name:
-        return "mamba1"
-    raise TypeError(f"copy evaluation supports HF Mamba / Mamba-2 models, got {name}")
-
-
-def load_model_dir(path: str | Path) -> tuple[nn.Module, object, dict]:
-    """Load a folder written by ``train.py``: ``(model in float32 eval mode, tokenizer, metrics.json dict)``, safely
-    (:func:`latim_captum._loading.load_pretrained`: never the folder's code, safetensors first)."""
-    from .._loading import load_pretrained
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no trained model at {path} (config.json missing)")
-    model, tok = load_pretrained(path, dtype=torch.float32)
-    meta_file = path / "metrics.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return model, tok, meta
-
-
-def _progress(items, desc: str, quiet: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, disable=quiet, leave=False)
+def _scores(maps: torch.Tensor, length: int, rows: str) -> dict:
+    """``{"layers": [...]}`` for ``[B, L, N, N]`` maps, ``{"all": ...}`` for ``[B, N, N]``."""
+    if maps.dim() == 4:
+        return {"layers": [faithfulness(maps[:, layer], length, rows=rows) for layer in range(maps.shape[1])]}
+    return {"all": faithfulness(maps, length, rows=rows)}
 
 
 def evaluate_model(
@@ -91,6 +79,7 @@ def evaluate_model(
     batch: int = 32,
     max_sequences: int | None = None,
     backend: str = "auto",
+    rows: str = "predict",
     quiet: bool = False,
     on_update: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -101,22 +90,27 @@ def evaluate_model(
         task: the copy task it was trained on.
         n_samples: evaluation samples (the first ``n_samples`` of ``task.sample(128+, seed + 1)``).
         seed: the training seed (the evaluation set is drawn with ``seed + 1``).
-        methods: registry names (default: every available one).
+        methods: registry names, or ``<measure>_<activation>`` for a LaTIM measure under another strategy
+            (:func:`latim_captum.tasks.reports.resolve_method`; default: the benchmark's methods).
         batch: samples per attribution call.
         max_sequences: replicated sequences per backward pass of the row-replicating methods (default
             :data:`~latim_captum.methods.DEFAULT_MAX_SEQUENCES`; lower it on a CPU).
         backend: LaTIM's path (``"auto"``: fast on CUDA, reference elsewhere; ``"fast"`` on a CPU is much faster).
+        rows: the main reading of the query rows (``"predict"`` or ``"hold"``); both are computed.
         on_update: called with the report so far after the reconstruction errors and after every method, so a run
             cut short (a time limit on a lent GPU) still leaves the rows it finished.
 
     Returns:
-        ``{"accuracy": {...}, "methods": {name: {"label", "per_layer", "layers": [{auc, ap, recall_at_k}, ...]
-        | "all": {...}}}, "reconstruction_error": {activation: [per layer]}, ...}``.
+        ``{"accuracy": {...}, "rows": rows, "methods": {name: {"label", "per_layer", "layers": [{auc, ap,
+        recall_at_k}, ...] | "all": {...}, "by_rows": {"predict": {"layers" | "all"}, "hold": {...}}}},
+        "reconstruction_error": {activation: [per layer] or None where the strategy refuses the model}, ...}``;
+        ``layers``/``all`` are the ``rows`` reading.
     """
     from .._validation import check_size
-    from ..activations import ACTIVATIONS
-    from ..api import reconstruction_error
-    from ..methods import DEFAULT_MAX_SEQUENCES, available_methods, get_method
+    from ..methods import DEFAULT_MAX_SEQUENCES, available_methods
+
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {', '.join(ROWS)}, got {rows!r}")
 
     for name, value in (("n_samples", n_samples), ("batch", batch), ("max_sequences", max_sequences)):
         check_size(name, value)  # 0 samples would give an empty report; batch 0 an endless loop
@@ -133,19 +127,20 @@ def evaluate_model(
         "n_samples": n_samples,
         "eval_seed": seed + 1,
         "accuracy": evaluate_copy(model, task, ids),
+        "rows": rows,
+        "act": model_act(model),
         "methods": {},
         "reconstruction_error": {},
         "reconstruction_error_samples": int(err_ids.shape[0]),
         "backend": backend,
     }
-    for act in _progress(list(ACTIVATIONS), "reconstruction error", quiet):
-        report["reconstruction_error"][act] = [float(e) for e in reconstruction_error(model, err_ids, activation=act)]
+    report["reconstruction_error"] = reconstruction_errors(model, err_ids)
     if on_update is not None:
         on_update(report)
     names = list(methods) if methods is not None else available_methods(demo_only=True)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
-    for name in _progress(names, "methods", quiet):
-        method = get_method(name)
+    for name in progress(names, "methods", quiet):
+        method = resolve_method(name)
         t0 = time.time()
         chunks = [
             method(model, ids[s : s + batch].to(device), max_sequences=cap, backend=backend).float().cpu()
@@ -153,12 +148,9 @@ def evaluate_model(
         ]
         maps = torch.cat(chunks)
         entry: dict = {"label": method.label, "family": method.family, "seconds": time.time() - t0}
-        if maps.dim() == 4:
-            entry["per_layer"] = True
-            entry["layers"] = [faithfulness(maps[:, layer], task.length) for layer in range(maps.shape[1])]
-        else:
-            entry["per_layer"] = False
-            entry["all"] = faithfulness(maps, task.length)
+        entry["per_layer"] = maps.dim() == 4
+        entry["by_rows"] = {r: _scores(maps, task.length, r) for r in ROWS}
+        entry.update(entry["by_rows"][rows])
         report["methods"][name] = entry
         if on_update is not None:
             on_update(report)
@@ -169,71 +161,97 @@ def _fmt(m: dict) -> str:
     return f"{m['auc']:.2f} / {m['ap']:.2f} / {m['recall_at_k']:.2f}"
 
 
-def render_markdown(report: dict) -> str:
-    """Markdown tables: Table 2 (ours beside the paper's), all layers, and the Table 5 decomposition error."""
-    variant = report["variant"]
-    paper = PAPER_TABLE2.get(variant, {})
+_ROW_SPANS = {"predict": "rows L..2L-1, which predict the copied tokens", "hold": "rows L+1..2L, which hold them"}
+
+
+def _reading(entry: dict, rows: str) -> dict | None:
+    """An entry's scores in one reading of the rows (reports from before ``by_rows`` hold ``predict`` only)."""
+    if "by_rows" in entry:
+        return entry["by_rows"].get(rows)
+    return entry if rows == "predict" else None
+
+
+def _table2(report: dict, rows: str) -> list[str]:
+    paper = PAPER_TABLE2.get(report["variant"], {})
     pl = report.get("paper_layer")
-    meta = report.get("meta", {})
     lines = [
-        f"# Copying faithfulness — {variant} ({meta.get('scale', '?')} scale)",
-        "",
-        f"- model: `{meta.get('model', '?')}`; evaluated on: {meta.get('device', '?')}; "
-        f"trained on: {meta.get('train_device') or '?'}, seed {meta.get('seed', '?')}, {meta.get('steps', '?')} steps",
-        f"- task: strings of {report['task']['length']} tokens, vocabulary {report['task']['vocab_size']}; "
-        f"{report['n_samples']} evaluation samples (seed {report['eval_seed']})",
-        f"- copy accuracy (teacher forcing): token {report['accuracy']['token_acc']:.4f}, "
-        f"exact match {report['accuracy']['exact_match']:.4f}",
-        "- metrics per query row (rows L..2L-1 × source columns 0..L-1, gold = 3 diagonals), averaged over rows "
-        "and samples: AUC / AP / R@K",
-        "",
-        "## Table 2",
-        "",
         f"| Method | ours @ paper layer{f' ({pl + 1})' if pl is not None else ''} or aggregated | ours @ best layer | "
         "Paper (AUC / AP / R@K) |",
         "| --- | --- | --- | --- |",
     ]
     for name, entry in report["methods"].items():
+        scores = _reading(entry, rows)
+        if scores is None:
+            continue
         ref = paper.get(name)
         ref_s = " / ".join(f"{v:.2f}" for v in ref) if ref else "—"
         if entry["per_layer"]:
-            layers = entry["layers"]
+            layers = scores["layers"]
             best = max(range(len(layers)), key=lambda k: layers[k]["auc"])
             at_paper = _fmt(layers[pl]) if pl is not None else "—"
             lines.append(f"| {entry['label']} | {at_paper} | {_fmt(layers[best])} (layer {best + 1}) | {ref_s} |")
         else:
-            lines.append(f"| {entry['label']} | {_fmt(entry['all'])} (all layers) | — | {ref_s} |")
+            lines.append(f"| {entry['label']} | {_fmt(scores['all'])} (all layers) | — | {ref_s} |")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    """Markdown tables: Table 2 (ours beside the paper's) in both readings of the rows, all layers, and the Table 5
+    decomposition error."""
+    variant = report["variant"]
+    meta = report.get("meta", {})
+    rows = report.get("rows", "predict")
+    other = "hold" if rows == "predict" else "predict"
+    lines = [
+        f"# Copying faithfulness — {variant} ({meta.get('scale', '?')} scale)",
+        "",
+        f"- model: `{meta.get('model', '?')}`; evaluated on: {meta.get('device', '?')}; "
+        f"trained on: {meta.get('train_device') or '?'}, seed {meta.get('seed', '?')}, {meta.get('steps', '?')} steps"
+        f", conv activation {report.get('act', 'silu')}",
+        f"- task: strings of {report['task']['length']} tokens, vocabulary {report['task']['vocab_size']}; "
+        f"{report['n_samples']} evaluation samples (seed {report['eval_seed']})",
+        f"- copy accuracy (teacher forcing): token {report['accuracy']['token_acc']:.4f}, "
+        f"exact match {report['accuracy']['exact_match']:.4f}",
+        f"- metrics per query row ({_ROW_SPANS[rows]} × source columns 0..L-1, gold = 3 diagonals), averaged over "
+        "rows and samples: AUC / AP / R@K",
+        "",
+        "## Table 2",
+        "",
+        *_table2(report, rows),
+    ]
+    if any(_reading(e, other) is not None for e in report["methods"].values()):
+        lines += ["", f"## Table 2, the other reading of the rows ({_ROW_SPANS[other]})", "", *_table2(report, other)]
     n_layers = report["n_layers"]
     lines += [
         "",
         "## Every layer (AUC / AP / R@K)",
         "",
-        "| Method | " + " | ".join(f"layer {k + 1}" for k in range(n_layers)) + " |",
-        "| --- |" + " --- |" * n_layers,
+        "| Method | rows | " + " | ".join(f"layer {k + 1}" for k in range(n_layers)) + " |",
+        "| --- | --- |" + " --- |" * n_layers,
     ]
     for entry in report["methods"].values():
         if entry["per_layer"]:
-            lines.append(f"| {entry['label']} | " + " | ".join(_fmt(m) for m in entry["layers"]) + " |")
+            for reading in (rows, other):
+                scores = _reading(entry, reading)
+                if scores is not None:
+                    cells = " | ".join(_fmt(m) for m in scores["layers"])
+                    lines.append(f"| {entry['label']} | {reading} | {cells} |")
     lines += [
         "",
         "## Decomposition error (paper Table 5 metric)",
         "",
         f"Relative error ‖Σ_j T_i(x_j) + b − mixer(h)_i‖ / ‖mixer(h)_i‖ per layer, on "
-        f"{report['reconstruction_error_samples']} samples.",
+        f"{report['reconstruction_error_samples']} samples (— : the strategy refuses this model's activation).",
         "",
         "| Activation | " + " | ".join(f"layer {k + 1}" for k in range(n_layers)) + " |",
         "| --- |" + " --- |" * n_layers,
     ]
     for act, errs in report["reconstruction_error"].items():
-        lines.append(f"| {act} | " + " | ".join(f"{e:.2e}" for e in errs) + " |")
+        cells = " | ".join(f"{e:.2e}" for e in errs) if errs is not None else " | ".join("—" for _ in range(n_layers))
+        lines.append(f"| {act} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def write_report(report: dict, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir``; returns both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+    return _write_report(report, out_dir, stem, render_markdown)

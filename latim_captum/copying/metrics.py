@@ -3,7 +3,13 @@
 Ground truth (App. D.1, Fig. 6: the models attend to an off-diagonal band, hence three diagonals): query row
 ``i`` in ``L..2L-1`` emits ``source[i - L]``, so its gold source column is ``t = i - L`` (the token being copied)
 and its two neighbours ``t - 1`` (the source twin of the token the row reads: input ``i`` is ``source[i - L - 1]``)
-and ``t + 1``, clipped to the source block ``0..L-1``. Each row is scored only over the source columns
+and ``t + 1``, clipped to the source block ``0..L-1``.
+
+Which rows are "the copy" is a reading of the paper (``rows``): ``"predict"`` (ours, the default) scores the rows
+``L..2L-1`` that *predict* each copied token ``s_k``; ``"hold"`` scores the rows ``L+1..2L`` that *hold* it (the
+block literally under the separator: input ``L+1+k`` is ``s_k``). Both use the same gold band: row ``r`` of the
+block (``L + r`` or ``L + 1 + r``) against columns ``r − 1..r + 1``. The alignment metric has the same two readings
+(:mod:`latim_captum.alignment.metrics`; Ferrando et al.'s AWO and AWI). Each row is scored only over the source columns
 ``0..L-1`` (the paper's source→copy block), with the per-row metrics of Fomicheva et al. (2021):
 
 - ROC-AUC = P(score of a gold column > score of a non-gold column), ties counting 1/2 (Mann–Whitney U),
@@ -27,7 +33,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["average_precision", "copy_ground_truth", "faithfulness", "recall_at_k", "roc_auc", "source_block"]
+__all__ = [
+    "ROWS",
+    "average_precision",
+    "copy_ground_truth",
+    "faithfulness",
+    "recall_at_k",
+    "roc_auc",
+    "source_block",
+]
+
+#: the two readings of which rows explain the copied tokens (see the module docstring)
+ROWS: tuple[str, ...] = ("predict", "hold")
 
 
 def copy_ground_truth(length: int, width: int = 1) -> Tensor:
@@ -36,11 +53,15 @@ def copy_ground_truth(length: int, width: int = 1) -> Tensor:
     return (idx[:, None] - idx[None, :]).abs() <= width
 
 
-def source_block(maps: Tensor, length: int) -> Tensor:
-    """The source→copy block ``maps[..., L:2L, 0:L]`` of ``[..., 2L+1, 2L+1]`` maps (query rows × source columns)."""
+def source_block(maps: Tensor, length: int, rows: str = "predict") -> Tensor:
+    """The source→copy block of ``[..., 2L+1, 2L+1]`` maps (query rows × source columns): ``maps[..., L:2L, 0:L]``
+    for ``rows="predict"``, ``maps[..., L+1:2L+1, 0:L]`` for ``rows="hold"``."""
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {', '.join(ROWS)}, got {rows!r}")
     if maps.shape[-1] != 2 * length + 1 or maps.shape[-2] != 2 * length + 1:
         raise ValueError(f"maps of shape {tuple(maps.shape)} do not fit a copy sample of length {length}")
-    return maps[..., length : 2 * length, :length]
+    first = length + (rows == "hold")
+    return maps[..., first : first + length, :length]
 
 
 def _ranks(scores: Tensor) -> Tensor:
@@ -128,8 +149,9 @@ def recall_at_k(scores: Tensor, gold: Tensor) -> Tensor:
     return (g & top).sum(-1).double() / k[..., 0].double()
 
 
-def faithfulness(maps: Tensor, length: int, width: int = 1) -> dict[str, float]:
-    """Table 2 metrics of copy-sample maps ``[B, 2L+1, 2L+1]`` (one layer or aggregated), averaged over rows, samples.
+def faithfulness(maps: Tensor, length: int, width: int = 1, rows: str = "predict") -> dict[str, float]:
+    """Table 2 metrics of copy-sample maps ``[B, 2L+1, 2L+1]`` (one layer or aggregated), averaged over rows, samples;
+    ``rows``: which rows are scored (``"predict"`` or ``"hold"``, see the module docstring).
 
     Returns:
         ``{"auc": ..., "ap": ..., "recall_at_k": ...}``.
@@ -141,7 +163,7 @@ def faithfulness(maps: Tensor, length: int, width: int = 1) -> dict[str, float]:
         >>> faithfulness(maps, 4)
         {'auc': 1.0, 'ap': 1.0, 'recall_at_k': 1.0}
     """
-    block = source_block(maps, length).detach().cpu()
+    block = source_block(maps, length, rows).detach().cpu()
     gold = copy_ground_truth(length, width).expand_as(block)
     if not torch.isfinite(block).all():
         raise ValueError("maps contain NaN or inf")

@@ -34,7 +34,7 @@ from .options import (
     resolve_backend,
 )
 from .ref import layer_maps_ref
-from .rows import logit_row, rollout_row
+from .rows import logit_row, rollout_row, row_total
 
 __all__ = [
     "BACKENDS",
@@ -57,5 +57,6 @@ __all__ = [
     "matmul_precision",
     "resolve_backend",
     "rollout_row",
+    "row_total",
     "stack",
 ]

@@ -25,7 +25,7 @@ from latim_captum.traces import ModelTrace
 
 from .layer import layer_maps
 
-__all__ = ["AltiLogit", "stack", "alti_rollout", "alti_logit"]
+__all__ = ["AltiLogit", "stack", "alti_rollout", "alti_logit", "logit_terms", "read_logits"]
 
 
 class AltiLogit(NamedTuple):
@@ -34,15 +34,46 @@ class AltiLogit(NamedTuple):
     Attributes:
         scores: ``C_ij`` (eq 8), ``[B, N, N]``.
         targets: the token ``w(i)`` each row explains, ``[B, N]``.
-        logits: the model's logit of ``w(i)`` at i (recomputed in the compute dtype), ``[B, N]``.
+        logits: the model's logit of ``w(i)`` at i (recomputed in the compute dtype), ``[B, N]``; with a
+            ``contrast``, the logit difference ``logit(w(i)) − logit(c(i))``.
         offset: the part of that logit no token owns (projected out-projection biases and the LM-head bias),
             ``[B, N]``. For an exact decomposition ``scores.sum(-1) == logits - offset``.
+        contrast: the contrast token ``c(i)`` of each row (``[B, N]``), or None.
     """
 
     scores: Tensor
     targets: Tensor
     logits: Tensor
     offset: Tensor
+    contrast: Tensor | None = None
+
+
+def logit_terms(readout, targets: Tensor, contrast: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """What ALTI-Logit projects on, for targets (and contrasts) of any shape ``[...]``: the direction
+    ``U_w ⊙ w_f`` (``[..., D]``, before the final norm's per-position scale), the bias the logit carries and the
+    token ids the logit is read at.
+
+    The logit is linear in the unembedding row, so the logit difference of a target ``w`` and a contrast ``c`` at the
+    same position decomposes exactly on ``U_w − U_c`` (with bias ``b_w − b_c``): contrastive ALTI-Logit is ALTI-Logit
+    of that direction.
+
+    Example:
+        >>> direction, bias, _ = logit_terms(tr.readout, targets, contrast)      # doctest: +SKIP
+    """
+    direction = readout.direction(targets)
+    bias = readout.target_bias(targets)
+    if contrast is not None:
+        direction = direction - readout.direction(contrast)
+        bias = bias - readout.target_bias(contrast)
+    return direction, bias, targets
+
+
+def read_logits(logits: Tensor, targets: Tensor, contrast: Tensor | None) -> Tensor:
+    """The model's logit of ``targets`` (minus that of ``contrast``) from logits ``[..., V]``."""
+    out = logits.gather(-1, targets[..., None])[..., 0]
+    if contrast is not None:
+        out = out - logits.gather(-1, contrast[..., None])[..., 0]
+    return out
 
 
 def stack(
@@ -115,6 +146,7 @@ def alti_logit(
     trace: ModelTrace,
     targets: Tensor,
     *,
+    contrast: Tensor | None = None,
     activation: str,
     block_rows: int | None = None,
     backend: str = "auto",
@@ -128,6 +160,9 @@ def alti_logit(
     row through the final norm's fixed scale), ``Δ^{(l)}_{ik} = T^{(l)}_i(x_k) · u_i`` and ``R`` the ALTI rollout.
     A layer with embedding columns adds ``Δ^x R^{(l-1)} + Δ^e`` and steps ``R^{(l)} = A^x R^{(l-1)} + A^e``.
 
+    With ``contrast`` (token ids ``[B, N]``) the rows decompose the logit difference
+    ``logit(w(i)) − logit(c(i))``: ``u_i = (U_{w(i)} − U_{c(i)}) ⊙ w_f · s_i`` (see :func:`logit_terms`).
+
     Raises:
         ValueError: the trace has no readout (a model without an LM head).
     """
@@ -135,8 +170,8 @@ def alti_logit(
     readout = trace.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
-    projection = readout.projection(targets)  # [B, N, D]
-    offset = readout.target_bias(targets)
+    direction, offset, _ = logit_terms(readout, targets, contrast)
+    projection = direction * readout.norm_scale[..., None]  # [B, N, D]
     direct = (projection * trace.embeddings).sum(-1)
     bsz, n = direct.shape
     flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)  # R^{(0)} = I
@@ -153,5 +188,5 @@ def alti_logit(
         if idx < last:
             flow = through(maps["alti"], flow)
         offset = offset + projection @ layer.offset
-    logits = readout.logits.gather(-1, targets[..., None])[..., 0]
-    return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset)
+    logits = read_logits(readout.logits, targets, contrast)
+    return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset, contrast=contrast)

@@ -33,16 +33,27 @@ from torch import Tensor
 from latim_captum._validation import check_size
 from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace
 
-from .all_layers import AltiLogit
+from .all_layers import AltiLogit, logit_terms, read_logits
 from .layer import layer_maps
 from .options import resolve_backend
 from .tiles import auto_block
 
-__all__ = ["RowStream", "logit_row", "rollout_row"]
+__all__ = ["RowStream", "as_query_rows", "logit_row", "rollout_row", "row_total"]
+
+
+def as_query_rows(q: int | Tensor, batch: int, device: torch.device) -> Tensor:
+    """The query row of every example, ``[B]`` long on ``device``, from one int or a ``[B]`` tensor."""
+    if isinstance(q, Tensor):
+        return q.to(device=device, dtype=torch.long).reshape(batch)
+    return torch.full((batch,), int(q), dtype=torch.long, device=device)
 
 
 class RowStream:
     """Rows of one trace's per-layer maps and the Horner step ``w ← w P^{(l)}`` over rows ``≤ q`` in chunks.
+
+    Each example has its own query row ``q[b]`` (right-padded batches query each example's last real token): a row of
+    a map is read for every example at once from the rows ``[min q, max q]``, and the Horner step runs over the rows
+    ``≤ max q`` (``w`` is zero beyond each example's own ``q[b]``, so the extra rows add nothing).
 
     Contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
     columns: ``R^{(l)} = A^x R^{(l-1)} + A^e``) bypass the rest of the recursion and are collected in
@@ -52,7 +63,7 @@ class RowStream:
     def __init__(
         self,
         tr: ModelTrace,
-        q: int,
+        q: Tensor,
         activation: str,
         projection: Tensor | None,
         *,
@@ -64,6 +75,7 @@ class RowStream:
         check_size("block", block)
         check_size("chunk", chunk)
         self.q, self.activation, self.projection = q, activation, projection
+        self.q_min, self.q_max = int(q.min()), int(q.max())
         self.precision, self.backend = precision, backend
         self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
         ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
@@ -97,23 +109,49 @@ class RowStream:
         return scores[..., : self.n]
 
     def row(self, layer: SublayerTrace, measure: str) -> Tensor:
-        """Row ``q`` of one map (stream part), ``[B, N]``."""
-        return self.stream_part(self.maps(layer, measure, (self.q, self.q + 1))[:, 0])
+        """Row ``q[b]`` of one map for every example (stream part), ``[B, N]``."""
+        block = self.maps(layer, measure, (self.q_min, self.q_max + 1))  # [B, rows, N(+N)]
+        pick = (self.q - self.q_min).to(block.device)[:, None, None].expand(-1, 1, block.shape[-1])
+        return self.stream_part(block.gather(1, pick)[:, 0])
 
     def through(self, w: Tensor, layer: SublayerTrace) -> Tensor:
         """``w P^{(l)}`` (stream part) for ``w`` zero beyond ``q``: ALTI rows ``≤ q`` only, ``chunk`` at a time."""
         folded = torch.zeros_like(w)
-        for r0 in range(0, self.q + 1, self.chunk):
-            r1 = min(self.q + 1, r0 + self.chunk)
+        for r0 in range(0, self.q_max + 1, self.chunk):
+            r1 = min(self.q_max + 1, r0 + self.chunk)
             folded += self.stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], self.maps(layer, "alti", (r0, r1))))
         return folded
 
 
+def row_total(tr: ModelTrace, q: int | Tensor, targets: Tensor, contrast: Tensor | None = None) -> AltiLogit:
+    """What row ``q`` of an exact ALTI-Logit decomposition sums to, without computing the row: ``logits − offset``
+    with the logit (difference) and the offset no token owns, as an :class:`AltiLogit` whose ``scores`` are empty.
+
+    Captum's ``compute_convergence_delta`` needs only this (a forward pass), not the attributions.
+
+    Raises:
+        ValueError: the trace has no readout (a model without an LM head).
+    """
+    readout = tr.readout
+    if readout is None:
+        raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
+    rows = as_query_rows(q, tr.shape[0], tr.embeddings.device)
+    batch = torch.arange(tr.shape[0], device=rows.device)
+    direction, offset, _ = logit_terms(readout, targets, contrast)
+    u = direction * readout.norm_scale[batch, rows, None]  # [B, D]
+    for layer in tr.layers:
+        offset = offset + u @ layer.offset
+    logits = read_logits(readout.logits[batch, rows], targets, contrast)
+    return AltiLogit(scores=u.new_zeros(tr.shape[0], 0), targets=targets, logits=logits, offset=offset,
+                     contrast=contrast)  # fmt: skip
+
+
 def logit_row(
     tr: ModelTrace,
-    q: int,
+    q: int | Tensor,
     targets: Tensor,
     *,
+    contrast: Tensor | None = None,
     activation: str,
     block: int | None = None,
     chunk: int | None = None,
@@ -124,31 +162,32 @@ def logit_row(
     values), as :class:`~latim_captum.maps.all_layers.AltiLogit` with ``scores [B, N]``, ``targets``, ``logits [B]``,
     ``offset [B]``, in O(N) memory beyond the trace.
 
+    ``q`` is one row for the whole batch or one per example (``[B]``); ``contrast`` (``[B]``) makes the row
+    decompose ``logit(target) − logit(contrast)`` (see :func:`~latim_captum.maps.all_layers.logit_terms`).
+
     Raises:
         ValueError: the trace has no readout (a model without an LM head).
     """
-    readout = tr.readout
-    if readout is None:
-        raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
-    u = readout.direction(targets) * readout.norm_scale[:, q, None]  # [B, D]
+    total = row_total(tr, q, targets, contrast)
+    rows = as_query_rows(q, tr.shape[0], tr.embeddings.device)
+    batch = torch.arange(tr.shape[0], device=rows.device)
+    direction, _, _ = logit_terms(tr.readout, targets, contrast)
+    u = direction * tr.readout.norm_scale[batch, rows, None]  # [B, D]
     projection = torch.zeros_like(tr.embeddings)
-    projection[:, q] = u
-    stream = RowStream(tr, q, activation, projection, block=block, chunk=chunk, precision=precision, backend=backend)
+    projection[batch, rows] = u  # zero off each example's query row: its logit scores there are 0
+    stream = RowStream(tr, rows, activation, projection, block=block, chunk=chunk, precision=precision,
+                       backend=backend)  # fmt: skip
     w = stream.row(tr.layers[-1], "logit")
     for layer in reversed(tr.layers[:-1]):
         w = stream.through(w, layer) + stream.row(layer, "logit")
     w = w + stream.from_embeddings
-    w[:, q] += (u * tr.embeddings[:, q]).sum(-1)
-    offset = readout.target_bias(targets[:, None])[:, 0]
-    for layer in tr.layers:
-        offset = offset + u @ layer.offset
-    logits = readout.logits[:, q].gather(-1, targets[:, None])[:, 0]
-    return AltiLogit(scores=w, targets=targets, logits=logits, offset=offset)
+    w[batch, rows] += (u * tr.embeddings[batch, rows]).sum(-1)
+    return total._replace(scores=w)
 
 
 def rollout_row(
     tr: ModelTrace,
-    q: int,
+    q: int | Tensor,
     *,
     activation: str,
     block: int | None = None,
@@ -156,9 +195,10 @@ def rollout_row(
     precision: str = "highest",
     backend: str = "fast",
 ) -> Tensor:
-    """Row ``q`` of :func:`latim_captum.maps.all_layers.alti_rollout`, ``[B, N]``, in O(N) memory beyond the trace; it
-    sums to 1."""
-    stream = RowStream(tr, q, activation, None, block=block, chunk=chunk, precision=precision, backend=backend)
+    """Row ``q`` (one int, or one per example ``[B]``) of :func:`latim_captum.maps.all_layers.alti_rollout`,
+    ``[B, N]``, in O(N) memory beyond the trace; it sums to 1."""
+    rows = as_query_rows(q, tr.shape[0], tr.embeddings.device)
+    stream = RowStream(tr, rows, activation, None, block=block, chunk=chunk, precision=precision, backend=backend)
     w = stream.row(tr.layers[-1], "alti")
     for layer in reversed(tr.layers[:-1]):
         w = stream.through(w, layer)

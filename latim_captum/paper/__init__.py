@@ -1,0 +1,6 @@
+"""Reports that reproduce the paper's tables from several runs (docs: "Reproducing the paper").
+
+- :mod:`.seeds`: Table 2 over training seeds (mean ± std of ``latim bench copying`` reports);
+- :mod:`.activations`: the Table 5 analogue, what the conv activation costs (models trained with
+  ``--act silu|relu|linear``, on the copy and the alignment task).
+"""

@@ -1,0 +1,283 @@
+"""The paper's Table 5 analogue: what the conv activation costs. Models of one task and variant trained with
+``hidden_act`` = ``silu``, ``relu`` and ``linear`` (no activation), same recipe and seed, compared on:
+
+- task accuracy (teacher forcing, held-out set);
+- decomposition error per layer for every activation strategy (:func:`latim_captum.reconstruction_error`:
+  ``silu``, ``identity``, ``taylor1``, ``taylor2``, ``silu_gate``; ``silu_gate`` refuses a model without SiLU);
+- interpretability of LaTIM (ℓ2) and LaTIM (ALTI-Logit), with ``f = silu`` (the paper's default) and with the
+  model's exact strategy where one exists (``silu_gate``, our own, for SiLU; ``identity`` for no activation; none
+  for ReLU): copying faithfulness (AUC, higher is better) or alignment error rate (AER, lower is better), rows
+  ``predict``; per-layer methods at their best layer.
+
+The paper's question: does an exactly decomposable model give better interpretations at no cost in quality? Its
+Table 5 (:data:`PAPER_TABLE5`) answers it for Mamba-2 370M after continued pretraining, on IWSLT17 DE→EN (AER and
+COMET): a different model and data; it stands beside ours for shape.
+
+Usage::
+
+    python benchmarks/activations.py --task alignment --variant mamba2 --scale tiny     # trains 3 tiny models
+    python benchmarks/activations.py --task copy --scale paper --device cuda --models runs/copy-m2-{silu,relu,linear}
+
+Example:
+    >>> from latim_captum.tasks.models import build_model
+    >>> methods_for(build_model("mamba1", layers=1, d_model=16, state=4, vocab=8, act="linear"))
+    ['l2', 'alti_logit', 'l2_identity', 'alti_logit_identity']
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..maps.options import BACKENDS
+from ..tasks.models import HIDDEN_ACTS
+from ..tasks.reports import exact_strategy, load_model_dir, model_act, quiet_transformers, variant_of, write_report
+
+__all__ = ["PAPER_TABLE5", "TASKS", "evaluate_variant", "main", "methods_for", "render_markdown", "summarize"]
+
+TASKS: tuple[str, ...] = ("copy", "alignment")
+
+#: the paper's Table 5 (Mamba-2 370M, IWSLT17 DE→EN): decomposition error per group of 16 layers, AER, COMET
+PAPER_TABLE5: tuple[dict, ...] = (
+    {"activation": "SiLU", "error": (0.21, 0.45, 0.57), "aer": 0.47, "comet": 83.4},
+    {"activation": "SiLU + CP", "error": (0.21, 0.43, 0.54), "aer": 0.46, "comet": 83.6},
+    {"activation": "ReLU", "error": (0.35, 0.83, 1.07), "aer": 0.51, "comet": 82.8},
+    {"activation": "Identity", "error": (0.00, 0.00, 0.00), "aer": 0.46, "comet": 83.3},
+)
+PAPER_TABLE5_LAYERS: tuple[str, ...] = ("layers 0-16", "16-32", "32-48")
+
+
+def methods_for(model: nn.Module) -> list[str]:
+    """ℓ2 and ALTI-Logit with ``f = silu``, then with the model's exact strategy if it has one."""
+    exact = exact_strategy(model)
+    return ["l2", "alti_logit"] + ([f"l2_{exact}", f"alti_logit_{exact}"] if exact else [])
+
+
+def evaluate_variant(model: nn.Module, task_name: str, meta: dict, **kwargs) -> dict:
+    """The task's evaluation (:func:`latim_captum.copying.evaluate.evaluate_model` or
+    :func:`latim_captum.alignment.evaluate.evaluate_model`) with :func:`methods_for` the model."""
+    if task_name == "copy":
+        from ..copying.data import CopyTask
+        from ..copying.evaluate import evaluate_model
+
+        task = CopyTask(**meta["task"])
+    elif task_name == "alignment":
+        from ..alignment.data import AlignmentTask
+        from ..alignment.evaluate import evaluate_model
+
+        task = AlignmentTask(**meta["task"])
+    else:
+        raise ValueError(f"unknown task {task_name!r}; choose one of {', '.join(TASKS)}")
+    kwargs.setdefault("n_samples", meta.get("n_eval", 128))
+    return evaluate_model(model, task, seed=int(meta.get("seed", 0)), methods=methods_for(model), **kwargs)
+
+
+def _headline(entry: dict, task_name: str) -> dict:
+    """One number per method: copy AUC / alignment AER, rows ``predict``, per-layer methods at their best layer."""
+    if task_name == "copy":
+        scores = entry["by_rows"]["predict"] if "by_rows" in entry else entry
+        key, better = "auc", max
+    else:
+        scores = entry["readings"]["predict"]
+        key, better = "aer", min
+    if "all" in scores:
+        return {"value": scores["all"][key], "layer": None}
+    layers = scores["layers"]
+    best = better(range(len(layers)), key=lambda k: layers[k][key])
+    return {"value": layers[best][key], "layer": best}
+
+
+def summarize(report: dict, task_name: str) -> dict:
+    """The Table 5 row of one model's report."""
+    exact = {"silu": "silu_gate", "linear": "identity", "identity": "identity"}.get(report["act"])
+    methods = {}
+    for name, entry in report["methods"].items():
+        strategy = "silu" if name in ("l2", "alti_logit") else exact
+        methods[name] = {"label": entry["label"], "strategy": strategy, **_headline(entry, task_name)}
+    return {
+        "act": report["act"],
+        "accuracy": report["accuracy"],
+        "exact_strategy": exact,
+        "reconstruction_error": report["reconstruction_error"],
+        "methods": methods,
+    }
+
+
+def _errs(errs: list[float] | None) -> str:
+    return " / ".join(f"{e:.2f}" for e in errs) if errs is not None else "—"
+
+
+def _value(m: dict | None) -> str:
+    if m is None:
+        return "—"
+    return f"{m['value']:.2f}" + (f" (L{m['layer'] + 1})" if m["layer"] is not None else "")
+
+
+def render_markdown(suite: dict) -> str:
+    """Markdown: ours (one row per trained activation), every strategy's error, and the paper's Table 5."""
+    meta = suite["meta"]
+    task_name = meta["task"]
+    metric = "AUC, higher is better" if task_name == "copy" else "AER, lower is better"
+    rows = suite["models"]
+    if not rows:
+        raise ValueError("no model in the report")
+    strategies = list(rows[0]["summary"]["reconstruction_error"])
+    lines = [
+        f"# What the activation costs (paper Table 5 analogue) — {task_name} task, {meta.get('variant')} "
+        f"({meta.get('scale', '?')} scale)",
+        "",
+        f"- command: `{meta.get('command', '?')}`; evaluated on: {meta.get('device', '?')}",
+        "- same recipe and seed for every model"
+        if meta.get("same_seed", True)
+        else "- **the models were trained with different seeds**: differences mix activation and seed",
+    ]
+    for row in rows:
+        m = row["meta"]
+        lines.append(
+            f"- {row['summary']['act']}: `{m.get('model', '?')}`, trained on {m.get('train_device') or '?'}, seed "
+            f"{m.get('seed', '?')}, {m.get('steps', '?')} steps"
+        )
+    lines += [
+        f"- interpretability: {metric}; rows that predict the token (`predict`); ℓ2 at its best layer (number in "
+        "brackets), ALTI-Logit aggregated. Exact f: `silu_gate` (ours) for SiLU, `identity` for no activation, none "
+        "for ReLU",
+        "- decomposition error: ‖Σ_j T_i(x_j) + b − mixer(h)_i‖ / ‖mixer(h)_i‖ per layer (layer 1 / layer 2 / ...)",
+        "",
+        "## Ours",
+        "",
+        "| Conv activation | accuracy (token / exact) | error per layer, f = silu | exact f: error per layer | "
+        "ℓ2, f = silu | ℓ2, exact f | ALTI-Logit, f = silu | ALTI-Logit, exact f |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        s = row["summary"]
+        exact = s["exact_strategy"]
+        errors = s["reconstruction_error"]
+        exact_err = f"{exact}: {_errs(errors.get(exact))}" if exact else "none"
+        ms = s["methods"]
+        lines.append(
+            f"| {s['act']} | {s['accuracy']['token_acc']:.3f} / {s['accuracy']['exact_match']:.3f} | "
+            f"{_errs(errors.get('silu'))} | {exact_err} | {_value(ms.get('l2'))} | "
+            f"{_value(ms.get(f'l2_{exact}')) if exact else '—'} | {_value(ms.get('alti_logit'))} | "
+            f"{_value(ms.get(f'alti_logit_{exact}')) if exact else '—'} |"
+        )
+    lines += [
+        "",
+        "## Decomposition error of every strategy (per layer)",
+        "",
+        "| Conv activation | " + " | ".join(strategies) + " |",
+        "| --- |" + " --- |" * len(strategies),
+    ]
+    for row in rows:
+        errors = row["summary"]["reconstruction_error"]
+        lines.append(f"| {row['summary']['act']} | " + " | ".join(_errs(errors.get(k)) for k in strategies) + " |")
+    lines += [
+        "",
+        "## The paper's Table 5 (different model and data)",
+        "",
+        "Mamba-2 370M after continued pretraining on FineWebEdu with the new activation, fine-tuned on IWSLT17 "
+        "DE→EN; error per group of 16 layers (f = the model's own activation, identity for Identity), AER (the paper "
+        "does not say of which method) and COMET.",
+        "",
+        "| Activation | error " + " | ".join(PAPER_TABLE5_LAYERS) + " | AER | COMET |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in PAPER_TABLE5:
+        errs = " | ".join(f"{e:.2f}" for e in r["error"])
+        lines.append(f"| {r['activation']} | {errs} | {r['aer']:.2f} | {r['comet']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _train_tiny(task_name: str, variant: str, act: str, out: Path, seed: int, steps: int | None, quiet: bool) -> None:
+    if task_name == "copy":
+        from ..copying.train import resolve_args, train
+    else:
+        from ..alignment.train import resolve_args, train
+    flags = ["--variant", variant, "--scale", "tiny", "--act", act, "--out", str(out), "--seed", str(seed)]
+    train(resolve_args(flags + (["--steps", str(steps)] if steps else []) + (["--quiet"] if quiet else [])))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/activations.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--variant", choices=["mamba1", "mamba2"], default=None, help="needed unless --models")
+    p.add_argument("--scale", choices=["tiny", "paper"], default="tiny", help="tiny: train the models in the run")
+    p.add_argument("--models", nargs="+", default=None, help="trained folders, one per activation")
+    p.add_argument("--acts", nargs="+", choices=HIDDEN_ACTS, default=list(HIDDEN_ACTS), help="activations to train")
+    p.add_argument("--train-out", default="runs", help="tiny scale: where the trained models go")
+    p.add_argument("--train-steps", type=int, default=None, help="tiny scale: training steps (default: preset)")
+    p.add_argument("--seed", type=int, default=0, help="tiny scale: the one training seed of every variant")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-samples", type=int, default=None, help="held-out samples (default: the model's n_eval)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--max-sequences", type=int, default=None)
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="LaTIM's path (same maps)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train (tiny scale without ``--models``), evaluate every model and write the report; returns the suite."""
+    quiet_transformers()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but CUDA is not available")
+    if args.models:
+        paths = [Path(m) for m in args.models]
+    elif args.variant is None:
+        raise ValueError("give --variant or --models")
+    elif args.scale == "tiny":
+        paths = [Path(args.train_out) / f"{args.task}-{args.variant}-tiny-{act}" for act in args.acts]
+        for act, path in zip(args.acts, paths):
+            _train_tiny(args.task, args.variant, act, path, args.seed, args.train_steps, args.quiet)
+    else:
+        paths = [Path("runs") / f"{args.task}-{args.variant}-paper-{act}" for act in args.acts]
+    loaded = [load_model_dir(p) for p in paths]
+    variants = {variant_of(m) for m, _, _ in loaded}
+    acts = [model_act(m) for m, _, _ in loaded]
+    if len(variants) > 1:
+        raise ValueError(f"the models mix variants ({', '.join(sorted(variants))}): one variant per report")
+    if len(set(acts)) < len(acts):
+        raise ValueError(f"two models share a conv activation ({', '.join(acts)}): one model per activation")
+    variant = variants.pop()
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    command = f"python benchmarks/activations.py --task {args.task} --scale {args.scale} --device {args.device} " + (
+        f"--models {' '.join(map(str, paths))}" if args.models else f"--variant {variant}"
+    )
+    same_seed = len({m.get("seed") for _, _, m in loaded}) == 1
+    meta = {"task": args.task, "variant": variant, "scale": args.scale, "device": device, "command": command}
+    meta["same_seed"] = same_seed
+    suite: dict = {"meta": meta, "models": []}
+    stem = f"activations-{args.task}-{variant}-{args.scale}"
+    for path, (model, _, run_meta) in zip(paths, loaded):
+        kwargs = dict(batch=args.batch, max_sequences=args.max_sequences, backend=args.backend, quiet=args.quiet)
+        if args.n_samples:
+            kwargs["n_samples"] = args.n_samples
+        report = evaluate_variant(model.to(args.device), args.task, run_meta, **kwargs)
+        keep = ("seed", "steps", "act")
+        row_meta = {"model": str(path), "train_device": run_meta.get("device"), **{k: run_meta.get(k) for k in keep}}
+        suite["models"].append({"meta": row_meta, "summary": summarize(report, args.task), "report": report})
+        write_report(suite, args.out, stem, render_markdown)
+    json_path, md_path = write_report(suite, args.out, stem, render_markdown)
+    print(render_markdown(suite))
+    print(f"wrote {json_path} and {md_path}")
+    return suite
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as err:
+        print(f"activations: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The trained models of the task benchmarks: HF ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` from configs.
+
+``act`` is HF's ``hidden_act``, the conv activation ``φ = act(ψ)`` of eq 18 (Mamba-1's gate and Mamba-2's gated
+norm keep SiLU whatever it is): ``"silu"`` (Mamba's own), ``"relu"``, or ``"linear"`` (none: ``φ = ψ``, the model
+whose decomposition with ``activation="identity"`` is exact; the paper's Table 5 "Identity" row).
+
+mamba-ssm's and causal-conv1d's CUDA kernels do not follow ``hidden_act``: mamba-ssm's fused Mamba-1 training path
+always applies SiLU in the conv, and the kernels accept only SiLU or no activation (``None``; HF hands them the
+config's name, so ``"linear"`` and ``"relu"`` are refused). :func:`prepare_for_kernels_` hands them ``None`` for a
+``"linear"`` model (what "linear" means), which lets Mamba-2 train on the kernels; :func:`check_device_forward`
+compares the model's training-mode forward on the device with the CPU's PyTorch path (which follows the config)
+before training, so a variant never trains as another model than its config says (Mamba-1 ``linear`` and every
+``relu`` model fail it on a GPU with the kernels); ``--kernels off`` in the trainers hides the kernels from HF.
+
+Example:
+    >>> m = build_model("mamba2", layers=1, d_model=32, state=8, vocab=16, head_dim=16, seq_len=20, act="linear")
+    >>> m.config.hidden_act, m.config.chunk_size
+    ('linear', 32)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+from torch import nn
+
+__all__ = [
+    "HIDDEN_ACTS",
+    "VARIANTS",
+    "block_kernels",
+    "build_model",
+    "check_conv_kernel_layout",
+    "check_device_forward",
+    "prepare_for_kernels_",
+]
+
+#: the conv activations the trainers offer (HF ``hidden_act`` names)
+HIDDEN_ACTS: tuple[str, ...] = ("silu", "relu", "linear")
+VARIANTS: tuple[str, ...] = ("mamba1", "mamba2")
+_KERNEL_PACKAGES = ("mamba_ssm", "causal_conv1d")
+
+
+def build_model(
+    variant: str,
+    *,
+    layers: int,
+    d_model: int,
+    state: int,
+    vocab: int,
+    head_dim: int = 64,
+    seq_len: int = 101,
+    act: str = "silu",
+    special_id: int | None = None,
+) -> nn.Module:
+    """A fresh HF causal LM (no dropout exists in HF Mamba; ``use_cache=False``).
+
+    Args:
+        variant: ``"mamba1"`` or ``"mamba2"``.
+        seq_len: the longest sample; Mamba-2's chunk covers it (one chunk per sample, at most 256).
+        act: the conv activation, one of :data:`HIDDEN_ACTS`.
+        special_id: the pad/bos/eos id of the config (default: the last id).
+    """
+    if act not in HIDDEN_ACTS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(HIDDEN_ACTS)}")
+    special = vocab - 1 if special_id is None else special_id
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        state_size=state,
+        num_hidden_layers=layers,
+        hidden_act=act,
+        use_cache=False,
+        pad_token_id=special,
+        bos_token_id=special,
+        eos_token_id=special,
+    )
+    if variant == "mamba1":
+        from transformers import MambaConfig, MambaForCausalLM
+
+        return MambaForCausalLM(MambaConfig(**common))
+    if variant == "mamba2":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+
+        d_inner = 2 * d_model
+        if d_inner % head_dim:
+            raise ValueError(f"2 * d_model = {d_inner} is not a multiple of head_dim {head_dim}")
+        chunk = 1 << max(4, math.ceil(math.log2(seq_len)))  # one chunk covers the whole sample
+        cfg = Mamba2Config(
+            **common,
+            expand=2,
+            head_dim=head_dim,
+            num_heads=d_inner // head_dim,
+            n_groups=1,
+            chunk_size=min(chunk, 256),
+            tie_word_embeddings=True,
+        )
+        return Mamba2ForCausalLM(cfg)
+    raise ValueError(f"unknown variant {variant!r}: expected 'mamba1' or 'mamba2'")
+
+
+def check_conv_kernel_layout(model: nn.Module) -> None:
+    """``ValueError`` before training when HF Mamba-2's evaluation path would fail in causal-conv1d's CUDA kernel.
+
+    With causal-conv1d installed, HF's Mamba-2 forward outside training hands the kernel a view of the in-projection
+    ``[2·d_inner + 2·groups·state + heads]`` whose width must be a multiple of 8 (e.g. d_model 128 with head_dim 64:
+    772 is not), and the kernel raises only at the first evaluation, after the first training steps."""
+    cfg = model.config
+    if getattr(cfg, "model_type", "") != "mamba2":
+        return
+    d_inner = cfg.expand * cfg.hidden_size
+    width = 2 * d_inner + 2 * cfg.n_groups * cfg.state_size + cfg.num_heads
+    if width % 8:
+        raise ValueError(
+            f"Mamba-2 on CUDA: the in-projection width 2·d_inner + 2·groups·state + heads = {width} must be a "
+            f"multiple of 8 for causal-conv1d (d_model {cfg.hidden_size}, state {cfg.state_size}, {cfg.num_heads} "
+            "heads); choose d_model and head_dim to make it one (e.g. a multiple of 8 heads)"
+        )
+
+
+def prepare_for_kernels_(model: nn.Module) -> nn.Module:
+    """For a ``hidden_act="linear"`` model, give each mixer's kernel call ``activation=None`` (no activation, which
+    the kernels support) instead of the name ``"linear"`` (which they refuse). HF's PyTorch path computes the same
+    model either way; the saved config keeps ``"linear"``."""
+    from ..activations import IDENTITY_NAMES
+
+    if str(model.config.hidden_act) in IDENTITY_NAMES:
+        for module in model.modules():
+            if getattr(module, "activation", None) == model.config.hidden_act and hasattr(module, "conv1d"):
+                module.activation = None
+    return model
+
+
+def block_kernels() -> None:
+    """Hide mamba-ssm and causal-conv1d from this process, so HF takes its PyTorch path (which follows
+    ``hidden_act``). Must run before transformers imports its Mamba modules; ``ValueError`` if it is too late."""
+    late = [m for m in sys.modules if m.startswith(("transformers.models.mamba", "transformers.models.mamba2"))]
+    loaded = [p for p in _KERNEL_PACKAGES if sys.modules.get(p) is not None]
+    if late or loaded:
+        raise ValueError(f"--kernels off must come before {', '.join(late + loaded)} is imported")
+    for name in _KERNEL_PACKAGES:
+        sys.modules[name] = None  # an import of it now raises ImportError, which HF treats as "not installed"
+
+
+@torch.no_grad()
+def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int, atol: float = 1e-3) -> float:
+    """Compare the model's training-mode logits on ``device`` with its CPU float32 forward (HF's PyTorch path);
+    ``ValueError`` if they differ (a kernel that ignores ``hidden_act``) or the device path fails. Returns the
+    largest difference. On the CPU both sides take HF's PyTorch path (train and eval mode differ in nothing for
+    Mamba, which has no dropout), so the check passes there unless the training-mode forward is another model."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
+    was_training = model.training
+    cpu = model.to("cpu").float().eval()
+    reference = cpu(input_ids=ids).logits
+    model.to(device).train()
+    try:
+        got = model(input_ids=ids.to(device)).logits.float().cpu()
+    except (NotImplementedError, AssertionError, RuntimeError) as err:
+        raise ValueError(
+            f"the {device} forward of this hidden_act={model.config.hidden_act!r} model fails ({err}); the CUDA "
+            "kernels support SiLU only: train it with --kernels off"
+        ) from err
+    finally:
+        model.train(was_training)
+    diff = float((got - reference).abs().max())
+    scale = float(reference.abs().max())
+    if diff > atol * max(1.0, scale):
+        raise ValueError(
+            f"the {device} forward differs from the PyTorch one by {diff:.3g} (logits up to {scale:.3g}): a kernel "
+            f"does not follow hidden_act={model.config.hidden_act!r}; train it with --kernels off"
+        )
+    return diff

@@ -1,0 +1,148 @@
+"""What the task evaluations share: loading a trained folder, naming methods, decomposition errors, writing reports.
+
+Method names are the registry's (:mod:`latim_captum.methods`: ``l2``, ``l2_silu_gate``, ``alti_logit``, ...) plus
+``<measure>_<activation>`` for a LaTIM measure under any other activation strategy of
+:data:`latim_captum.ACTIVATIONS` (``l2_identity``, ``alti_logit_identity``: the exact strategy of a model trained
+with ``hidden_act="linear"``), made here without touching the registry.
+
+Example:
+    >>> resolve_method("alti_logit_identity").activation, resolve_method("l2").activation
+    ('identity', 'silu')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..activations import ACTIVATIONS, IDENTITY_NAMES, SILU_NAMES
+from ..catalog import latim_methods
+from ..methods import METHOD_REGISTRY, Method, next_token_targets
+
+__all__ = [
+    "StrategyMethod",
+    "exact_strategy",
+    "load_model_dir",
+    "model_act",
+    "progress",
+    "quiet_transformers",
+    "reconstruction_errors",
+    "resolve_method",
+    "variant_of",
+    "write_report",
+]
+
+
+def variant_of(model: nn.Module) -> str:
+    """``"mamba1"`` or ``"mamba2"`` from the HF model class."""
+    name = type(model).__name__
+    if name.startswith("Mamba2"):
+        return "mamba2"
+    if "Mamba" in name:
+        return "mamba1"
+    raise TypeError(f"the task benchmarks support HF Mamba / Mamba-2 models, got {name}")
+
+
+def model_act(model: nn.Module) -> str:
+    """The model's conv activation (HF ``hidden_act``)."""
+    return str(getattr(model.config, "hidden_act", "silu"))
+
+
+def exact_strategy(model: nn.Module) -> str | None:
+    """The activation strategy that decomposes this model exactly: ``silu_gate`` for SiLU, ``identity`` for no
+    activation, None otherwise (ReLU: no exact strategy in the package)."""
+    act = model_act(model)
+    return "silu_gate" if act in SILU_NAMES else "identity" if act in IDENTITY_NAMES else None
+
+
+def load_model_dir(path: str | Path) -> tuple[nn.Module, object, dict]:
+    """Load a folder written by a task trainer: ``(model in float32 eval mode, tokenizer, metrics.json dict)``,
+    safely (:func:`latim_captum._loading.load_pretrained`: never the folder's code, safetensors first)."""
+    from .._loading import load_pretrained
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no trained model at {path} (config.json missing)")
+    model, tok = load_pretrained(path, dtype=torch.float32)
+    meta_file = path / "metrics.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return model, tok, meta
+
+
+def quiet_transformers() -> None:
+    """No transformers warnings or loading bars (a command's own output stays readable)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def progress(items, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=quiet, leave=False)
+
+
+class StrategyMethod(Method):
+    """A LaTIM method under a strategy the registry does not list; its label names the strategy."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.label} f={self.activation}"
+
+
+def resolve_method(name: str):
+    """The :class:`~latim_captum.methods.Method` called ``name``: a registry entry, or ``<measure>_<activation>``
+    for a LaTIM measure under any strategy of :data:`latim_captum.ACTIVATIONS`; ``ValueError`` otherwise."""
+    if name in METHOD_REGISTRY:
+        return METHOD_REGISTRY[name]
+    for spec in latim_methods():
+        for act in ACTIVATIONS:
+            if name != f"{spec.name}_{act}":
+                continue
+
+            def fn(model, ids, backend="auto", precision="highest", _measure=spec.measure, _act=act) -> Tensor:
+                from ..api import alti_logit, interactions
+
+                if _measure == "alti_logit":
+                    target = next_token_targets(ids)
+                    return alti_logit(
+                        model, ids, activation=_act, target=target, backend=backend, precision=precision
+                    ).scores
+                return interactions(model, ids, method=_measure, activation=_act, backend=backend, precision=precision)
+
+            return StrategyMethod(name, spec, act, fn)
+    latim = ", ".join(f"{s.name}_<activation>" for s in latim_methods())
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_REGISTRY)}, or {latim}")
+
+
+def reconstruction_errors(
+    model: nn.Module, ids: Tensor, attention_mask: Tensor | None = None
+) -> dict[str, list[float] | None]:
+    """Relative decomposition error per layer (:func:`latim_captum.reconstruction_error`) for every activation
+    strategy; None for a strategy that refuses the model (``silu_gate`` on a model without SiLU)."""
+    from ..api import reconstruction_error
+
+    out: dict[str, list[float] | None] = {}
+    for act in ACTIVATIONS:
+        try:
+            errors = reconstruction_error(model, ids, activation=act, attention_mask=attention_mask)
+        except ValueError:
+            out[act] = None
+            continue
+        out[act] = [float(e) for e in errors]
+    return out
+
+
+def write_report(report: dict, out_dir: str | Path, stem: str, render: Callable[[dict], str]) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` (``render(report)``) under ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(render(report))
+    return json_path, md_path

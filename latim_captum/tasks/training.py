@@ -1,0 +1,209 @@
+"""The training recipe the task trainers share: optimiser, learning-rate schedules, the step loop, saving a run.
+
+Both trainers (:mod:`latim_captum.copying.train`, :mod:`latim_captum.alignment.train`) build a model with
+:func:`~latim_captum.tasks.models.build_model`, optimise it with AdamW under a warm-up schedule, evaluate on their
+held-out set every ``eval_every`` steps (and at the end, or when ``--max-minutes`` runs out), and write the same
+folder: ``model.safetensors`` (15 MB shards), ``config.json``, the tokenizer, ``training_args.json`` and
+``metrics.json``.
+
+Schedules (``step`` counted from 1, factor of the base learning rate):
+
+- ``inverse_sqrt`` (Vaswani et al., 2017; the paper's copy recipe, App. B.1): ``min(step/warmup, sqrt(warmup/step))``;
+- ``cosine`` (the paper's MT recipe, App. B.2): ``step/warmup`` during warm-up, then
+  ``½(1 + cos(π·(step − warmup)/(total − warmup)))`` down to 0 at ``total``.
+
+Example:
+    >>> f = cosine(warmup=2, total=6)
+    >>> [round(f(s), 3) for s in range(6)]
+    [0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import HIDDEN_ACTS
+
+__all__ = [
+    "SCHEDULES",
+    "add_training_arguments",
+    "autocast_for",
+    "check_device",
+    "cosine",
+    "device_name",
+    "fill_from_preset",
+    "inverse_sqrt",
+    "make_optimizer",
+    "run_training",
+    "save_run",
+]
+
+SCHEDULES: tuple[str, ...] = ("inverse_sqrt", "cosine")
+
+
+def inverse_sqrt(warmup: int) -> Callable[[int], float]:
+    """``lr(step) = lr · min(step / warmup, sqrt(warmup / step))`` (Vaswani et al., 2017), step counted from 1."""
+
+    def factor(step: int) -> float:
+        s = step + 1
+        return min(s / warmup, math.sqrt(warmup / s))
+
+    return factor
+
+
+def cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up to the base rate over ``warmup`` steps, then a cosine decay to 0 at step ``total``."""
+
+    def factor(step: int) -> float:
+        s = step + 1
+        if s <= warmup:
+            return s / warmup
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, warmup: int, schedule: str = "inverse_sqrt", steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and its per-step scheduler (:data:`SCHEDULES`)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 step, got {warmup}")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    factor = inverse_sqrt(warmup) if schedule == "inverse_sqrt" else cosine(warmup, steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)``; ``ValueError`` for CUDA on a machine without it."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but CUDA is not available")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or ``"cpu"``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def autocast_for(device: torch.device, bf16: bool) -> tuple[bool, Callable[[], contextlib.AbstractContextManager]]:
+    """``(bf16 in use, context factory)``: bf16 autocast on CUDA when asked, nothing otherwise."""
+    use = bf16 and device.type == "cuda"
+    return use, ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else contextlib.nullcontext)
+
+
+def run_training(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    steps: int,
+    step_loss: Callable[[int], torch.Tensor],
+    evaluate: Callable[[], dict],
+    eval_every: int,
+    max_minutes: float | None = None,
+    quiet: bool = False,
+    desc: str = "train",
+) -> list[dict]:
+    """The step loop: ``step_loss(step)`` (forward and loss of one batch), backward, AdamW and scheduler steps;
+    ``evaluate()`` every ``eval_every`` steps, at the end and when ``max_minutes`` runs out.
+
+    Returns:
+        the evaluation history, one ``{"step", "train_loss", **evaluate(), "minutes"}`` per evaluation.
+    """
+    from tqdm.auto import tqdm
+
+    history: list[dict] = []
+    t0 = time.time()
+    bar = tqdm(range(steps), desc=desc, disable=quiet)
+    for step in bar:
+        loss = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        done = step + 1
+        out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+        if done % eval_every == 0 or done == steps or out_of_time:
+            metrics = evaluate()
+            history.append({"step": done, "train_loss": loss.item(), **metrics, "minutes": (time.time() - t0) / 60})
+            bar.write(
+                f"step {done}: loss {loss.item():.4f} eval token acc {metrics['token_acc']:.4f} "
+                f"exact {metrics['exact_match']:.4f}"
+            )
+        if out_of_time:
+            bar.write(f"stopping at step {done}: --max-minutes {max_minutes} reached")
+            break
+    bar.close()
+    return history
+
+
+def save_run(model: nn.Module, tokenizer, out: str | Path, args: argparse.Namespace, result: dict) -> Path:
+    """Write the model (CPU, float32, 15 MB shards), tokenizer, ``training_args.json`` and ``metrics.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # 15 MB shards: every file of a paper-scale model (54 MB in fp32) fits size-limited transfers and LFS-free hosting
+    model.eval().to("cpu").save_pretrained(out, safe_serialization=True, max_shard_size="15MB")
+    tokenizer.save_pretrained(out)
+    (out / "training_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides: list[tuple[str, type]]) -> None:
+    """The flags both trainers share, and ``--<name>`` preset overrides (default None: the preset's value)."""
+    p.add_argument("--variant", choices=["mamba1", "mamba2"], required=True)
+    p.add_argument("--scale", choices=sorted(presets), default="tiny", help="preset; the flags below override it")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument(
+        "--act",
+        choices=HIDDEN_ACTS,
+        default="silu",
+        help="conv activation (HF hidden_act; linear: none, the exactly decomposable model of the paper's Table 5)",
+    )
+    p.add_argument(
+        "--kernels",
+        choices=["auto", "off"],
+        default="auto",
+        help="off: hide mamba-ssm and causal-conv1d from HF (its PyTorch path), needed for --act relu/linear on a "
+        "GPU with the kernels (they apply SiLU or refuse the activation)",
+    )
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (evaluate and save) after this long")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch default)")
+    p.add_argument("--mimetic-a-scale", type=float, default=1e-2, help="A = -a_scale in the mimetic layers")
+    for name, typ in overrides:
+        p.add_argument(f"--{name}", type=typ, default=None, help="override the preset")
+    p.add_argument(
+        "--mimetic-layers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="0-based layers with mimetic init (default: the preset's; give none to disable)",
+    )
+
+
+def fill_from_preset(args: argparse.Namespace, preset: dict) -> argparse.Namespace:
+    """Every argument left None takes the preset's value."""
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args

@@ -1,0 +1,166 @@
+"""Reports over several runs: Table 2 over seeds (mean ± std) and the Table 5 analogue (activation variants).
+
+The seed aggregation is checked on reports made by hand, with the means, standard deviations and best layers
+computed in the comments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from latim_captum.paper.seeds import aggregate, main, mean_std, render_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scores(auc: float) -> dict:
+    return {"auc": auc, "ap": auc / 2, "recall_at_k": auc / 4}
+
+
+def _report(seed: int, l2_aucs: list[float], logit_auc: float, hold_shift: float = 0.1) -> dict:
+    def both(per_layer: bool, values):
+        pred = {"layers": [_scores(v) for v in values]} if per_layer else {"all": _scores(values)}
+        hold = {"layers": [_scores(v - hold_shift) for v in values]} if per_layer else {"all": _scores(values - 0.2)}
+        return {**pred, "by_rows": {"predict": pred, "hold": hold}}
+
+    return {
+        "variant": "mamba2",
+        "n_layers": 2,
+        "paper_layer": None,
+        "task": {"length": 10, "vocab_size": 16},
+        "n_samples": 8,
+        "accuracy": {"token_acc": 0.9 + seed / 100, "exact_match": 0.5},
+        "meta": {"seed": seed, "model": f"runs/m{seed}", "scale": "tiny"},
+        "methods": {
+            "l2": {"label": "LaTIM (ℓ2)", "per_layer": True, **both(True, l2_aucs)},
+            "alti_logit": {"label": "LaTIM (ALTI-Logit)", "per_layer": False, **both(False, logit_auc)},
+        },
+    }
+
+
+def _three_seeds() -> list[dict]:
+    # l2 layer AUCs per seed: [0.5, 0.8], [0.6, 0.7], [0.7, 0.6]
+    return [_report(0, [0.5, 0.8], 0.6), _report(1, [0.6, 0.7], 0.7), _report(2, [0.7, 0.6], 0.8)]
+
+
+def test_mean_std_hand_values():
+    got = mean_std([0.8, 0.7, 0.7])
+    # mean 2.2/3; squared deviations (0.0667², 0.0333², 0.0333²) sum to 0.02/3, over n − 1 = 2
+    assert got["mean"] == pytest.approx(2.2 / 3) and got["std"] == pytest.approx(math.sqrt(0.01 / 3))
+    assert got["values"] == [0.8, 0.7, 0.7]
+    assert mean_std([0.5]) == {"mean": 0.5, "std": None, "values": [0.5]}
+
+
+def test_aggregate_means_best_layers_and_readings():
+    agg = aggregate(_three_seeds(), ["a.json", "b.json", "c.json"])
+    l2 = agg["readings"]["predict"]["l2"]
+    # layer means: (0.5 + 0.6 + 0.7)/3 = 0.6 and (0.8 + 0.7 + 0.6)/3 = 0.7, both with std 0.1
+    assert [x["auc"]["mean"] for x in l2["layers"]] == pytest.approx([0.6, 0.7])
+    assert [x["auc"]["std"] for x in l2["layers"]] == pytest.approx([0.1, 0.1])
+    assert l2["best_of_mean"]["layer"] == 1 and l2["best_of_mean"]["auc"]["mean"] == pytest.approx(0.7)
+    # per seed: layer 2 (0.8), layer 2 (0.7), layer 1 (0.7) → mean 2.2/3
+    assert l2["per_seed_best"]["layers"] == [1, 1, 0]
+    assert l2["per_seed_best"]["auc"]["mean"] == pytest.approx(2.2 / 3)
+    assert l2["per_seed_best"]["ap"]["mean"] == pytest.approx(1.1 / 3)
+    logit = agg["readings"]["predict"]["alti_logit"]["all"]
+    assert logit["auc"]["mean"] == pytest.approx(0.7) and logit["auc"]["std"] == pytest.approx(0.1)
+    # the hold reading is aggregated separately: every l2 layer 0.1 lower
+    hold = agg["readings"]["hold"]["l2"]
+    assert [x["auc"]["mean"] for x in hold["layers"]] == pytest.approx([0.5, 0.6])
+    assert agg["accuracy"]["token_acc"]["mean"] == pytest.approx(0.91) and agg["seeds"] == [0, 1, 2]
+    md = render_markdown(agg)
+    assert "| LaTIM (ℓ2) | — | 0.70 ± 0.10 / 0.35 ± 0.05 / " in md
+    assert "(layers 2, 2, 1)" in md and "rows L+1..2L" in md and "0.98 / 0.86 / 0.74" in md
+
+
+def test_aggregate_refuses_mixed_or_repeated_runs():
+    reports = _three_seeds()
+    other = copy.deepcopy(reports[1])
+    other["variant"] = "mamba1"
+    with pytest.raises(ValueError, match="variant"):
+        aggregate([reports[0], other])
+    with pytest.raises(ValueError, match="seed appears twice"):
+        aggregate([reports[0], copy.deepcopy(reports[0])])
+    # a method missing from one report is left out and named; a report without the hold reading drops that reading
+    partial = copy.deepcopy(reports[2])
+    del partial["methods"]["alti_logit"]
+    for entry in partial["methods"].values():
+        del entry["by_rows"]
+    agg = aggregate([reports[0], reports[1], partial])
+    assert agg["skipped"] == ["alti_logit"] and set(agg["readings"]) == {"predict"}
+
+
+def test_the_seed_script_reads_shipped_reports(tmp_path, capsys):
+    """The copying reports in benchmarks/results (written before both readings existed) aggregate as 'predict'."""
+    shipped = json.loads((ROOT / "benchmarks/results/copying-mamba2-tiny.json").read_text())
+    files = []
+    for seed in (0, 1):
+        report = copy.deepcopy(shipped)
+        report["meta"]["seed"] = seed
+        files.append(tmp_path / f"r{seed}.json")
+        files[-1].write_text(json.dumps(report))
+    assert main([*map(str, files), "--out", str(tmp_path)]) == 0
+    agg = json.loads((tmp_path / "copying-mamba2-tiny-seeds.json").read_text())
+    l2 = agg["readings"]["predict"]["l2"]
+    # the same report twice: every mean is the report's own value and every std 0
+    assert l2["layers"][1]["auc"]["mean"] == pytest.approx(shipped["methods"]["l2"]["layers"][1]["auc"])
+    assert l2["layers"][1]["auc"]["std"] == 0.0 and set(agg["readings"]) == {"predict"}
+    assert main([str(files[0]), str(files[0]), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().startswith("copying_seeds: error: a training seed appears twice")
+
+
+# --- Table 5 analogue ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_name", ["alignment", "copy"])
+def test_activation_study_trains_three_variants_and_reports_them(task_name, tmp_path):
+    from latim_captum.paper.activations import main as study
+
+    common = ["--n-samples", "3", "--batch", "3", "--out", str(tmp_path), "--quiet"]
+    if task_name == "copy":  # the study trains the three models itself
+        argv = ["--task", "copy", "--variant", "mamba2", "--train-steps", "2", "--train-out", str(tmp_path / "runs")]
+    else:  # trained here on fewer pairs (generating the preset's 4,000 takes seconds), then read with --models
+        from latim_captum.alignment.train import main as train
+
+        dirs = [tmp_path / act for act in ("silu", "relu", "linear")]
+        for d in dirs:
+            flags = ["--variant", "mamba2", "--out", str(d), "--act", d.name, "--steps", "2", "--n-train", "16"]
+            assert train([*flags, "--n-eval", "4", "--quiet"]) == 0
+        argv = ["--task", "alignment", "--models", *map(str, dirs)]
+    assert study(argv + common) == 0
+    suite = json.loads((tmp_path / f"activations-{task_name}-mamba2-tiny.json").read_text())
+    rows = {row["summary"]["act"]: row for row in suite["models"]}
+    assert list(rows) == ["silu", "relu", "linear"] and suite["meta"]["same_seed"]
+    for act, exact in (("silu", "silu_gate"), ("linear", "identity"), ("relu", None)):
+        s = rows[act]["summary"]
+        assert s["exact_strategy"] == exact
+        errors = s["reconstruction_error"]
+        assert (errors["silu_gate"] is None) == (act != "silu")
+        if exact:  # the model's exact strategy reconstructs every layer; every other strategy does not
+            assert max(errors[exact]) < 1e-4
+            assert f"l2_{exact}" in s["methods"] and f"alti_logit_{exact}" in s["methods"]
+        else:
+            assert set(s["methods"]) == {"l2", "alti_logit"}
+        assert min(errors["taylor1"]) > 1e-3
+        for m in s["methods"].values():
+            assert 0.0 <= m["value"] <= 1.0
+    md = (tmp_path / f"activations-{task_name}-mamba2-tiny.md").read_text()
+    assert "| Identity | 0.00 | 0.00 | 0.00 | 0.46 | 83.3 |" in md and "same recipe and seed" in md
+
+
+def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):
+    from latim_captum.paper.activations import main as study
+    from latim_captum.tasks.models import build_model
+
+    for name in ("a", "b"):
+        build_model("mamba1", layers=1, d_model=16, state=4, vocab=8).save_pretrained(tmp_path / name)
+    capsys.readouterr()
+    assert study(["--task", "copy", "--models", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("activations: error: two models share a conv activation") and len(err.splitlines()) == 1
+    assert study(["--task", "copy"]) == 2
+    assert "give --variant or --models" in capsys.readouterr().err
