@@ -79,17 +79,51 @@ def supported_model_classes() -> list[str]:
 def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
     """The adapter for ``model`` (an adapter passes through).
 
+    A subclass of a supported class is supported (the adapter of the closest class in its hierarchy is used).
+
     Raises:
-        TypeError: no registered adapter supports the model; the message names the supported classes.
+        TypeError: no registered adapter supports the model (the message names the supported classes), or the model
+            is wrapped (``DataParallel``, ``DistributedDataParallel``, ``torch.compile``: pass the wrapped module).
+        ValueError: the model's weights are on the meta device (not loaded).
     """
     if isinstance(model, ModelAdapter):
         return model
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    for adapter in ADAPTERS:
-        if adapter.supports(model):
-            return adapter(model)
+    _check_unwrapped(model)
+    matches = [(depth, k) for k, adapter in enumerate(ADAPTERS) if (depth := adapter.match_depth(model)) is not None]
+    if matches:
+        _check_materialised(model)
+        return ADAPTERS[min(matches)[1]](model)  # the closest class; ties: the first in ADAPTERS
     raise TypeError(
         f"{type(model).__name__} is not a supported Mamba model; supported classes: "
         f"{', '.join(supported_model_classes())}"
     )
+
+
+#: wrappers whose forward runs elsewhere (replicas in other threads, compiled graphs that skip module hooks), and the
+#: attribute that holds the model they wrap
+_WRAPPERS = {"DataParallel": "module", "DistributedDataParallel": "module", "OptimizedModule": "_orig_mod"}
+
+
+def _check_unwrapped(model: nn.Module) -> None:
+    """``TypeError`` for a wrapper, naming the attribute that holds the model: LaTIM hooks the model's own modules
+    and runs one plain forward pass, which a wrapper's replicas or compiled graph would bypass."""
+    for klass in type(model).__mro__:
+        attr = _WRAPPERS.get(klass.__name__)
+        if attr is not None and isinstance(getattr(model, attr, None), nn.Module):
+            inner = type(getattr(model, attr)).__name__
+            raise TypeError(
+                f"{type(model).__name__} wraps a {inner}; pass the model itself (model.{attr}): LaTIM runs one plain "
+                "forward pass of it under hooks, which the wrapper would bypass"
+            )
+
+
+def _check_materialised(model: nn.Module) -> None:
+    """``ValueError`` for a model whose weights are on the meta device (shapes without values)."""
+    meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"{type(model).__name__} has weights on the meta device ({meta}, ...): it has shapes but no values; load "
+            "its weights first (e.g. from_pretrained without a meta device_map, or to_empty() then load_state_dict())"
+        )

@@ -3,25 +3,35 @@
 An adapter knows where a family keeps its blocks, mixers, final norm and unembedding, and how to recompute one
 mixer from its input and weights. :meth:`ModelAdapter.trace` runs the model once with hooks (a forward pre-hook on
 each mixer captures the normalised input and padding mask the mixer really saw; forward hooks capture its output
-and the block's), removes every hook, restores the model's mode, then recomputes each mixer in the compute dtype
-and checks the result against the captured output so that an unsupported variant fails loudly instead of
-producing a silently wrong map.
+and the block's), removes every hook, restores each module's train/eval flag, then recomputes each mixer in the
+compute dtype and checks the result against the captured output so that an unsupported variant fails loudly instead
+of producing a silently wrong map. The hooks record only their own call's forward pass
+(:class:`~latim_captum._model_state.CallHooks`), so several threads may trace one model at once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks, eval_mode
 from latim_captum._precision import fp32_math
 from latim_captum.traces import LayerTrace, ModelTrace, Readout
 
-__all__ = ["ModelAdapter", "CapturedLayer", "TraceMismatchError", "relative_error", "verification_tolerance"]
+__all__ = [
+    "ModelAdapter",
+    "mro_depth",
+    "CapturedLayer",
+    "TraceMismatchError",
+    "check_finite_capture",
+    "relative_error",
+    "verification_tolerance",
+]
 
 
 class TraceMismatchError(RuntimeError):
@@ -30,13 +40,15 @@ class TraceMismatchError(RuntimeError):
 
 @dataclass
 class CapturedLayer:
-    """What the hooks saw for one block during the forward pass (model dtype, detached)."""
+    """What the hooks saw for one block during the forward pass (model dtype, detached); ``extras`` holds what a
+    family's own hooks record (:meth:`ModelAdapter.add_capture_hooks`), e.g. an attention's rotary embeddings."""
 
     block_input: Tensor | None = None
     mixer_input: Tensor | None = None
     mixer_mask: Tensor | None = None
     mixer_output: Tensor | None = None
     block_output: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def relative_error(estimate: Tensor, reference: Tensor) -> float:
@@ -76,6 +88,52 @@ def verification_tolerance(model_dtype: torch.dtype) -> float:
     return {torch.float64: 1e-6, torch.float32: 1e-2}.get(model_dtype, 5e-2)
 
 
+def check_finite_capture(
+    captured: Sequence[CapturedLayer], logits: Tensor | None, attention_mask: Tensor | None = None
+) -> None:
+    """``ValueError`` naming the first layer (and tensor) whose captured values hold NaN or ±inf.
+
+    Non-finite activations (NaN/inf weights, an overflow in a half-precision model) would give NaN maps, and a NaN
+    spreads to every row that reads it; the relative-error checks cannot see it either (``NaN > tol`` is False).
+    Padded positions are ignored: the model never reads them.
+    """
+    keep = None if attention_mask is None else attention_mask.bool()
+    named = [
+        (f"layer {idx}: the {what}", tensor)
+        for idx, cap in enumerate(captured)
+        for what, tensor in (("block input", cap.block_input), ("mixer input", cap.mixer_input),
+                             ("mixer output", cap.mixer_output), ("block output", cap.block_output))  # fmt: skip
+        if tensor is not None
+    ]
+    if logits is not None:
+        named.append(("the logits", logits))
+    # one device-side reduction, one sync: no host round trip per tensor
+    bad = torch.stack([_non_finite(t, keep) for _, t in named])
+    if bool(bad.any()):
+        where = named[int(bad.int().argmax())][0]
+        raise ValueError(
+            f"{where} holds NaN or inf values: the model's forward pass is not finite (NaN/inf weights or inputs, or "
+            "an overflow in its dtype), so there is nothing LaTIM can decompose"
+        )
+
+
+def _non_finite(t: Tensor, keep: Tensor | None) -> Tensor:
+    """Whether ``t`` (``[B, N, ...]``) holds a NaN/inf at a kept position, as a 0-d bool tensor."""
+    finite = torch.isfinite(t)
+    if keep is not None and finite.dim() >= 2 and tuple(finite.shape[:2]) == tuple(keep.shape):
+        finite = finite | ~keep.view(*keep.shape, *([1] * (finite.dim() - 2)))
+    return ~finite.all()
+
+
+def mro_depth(model: nn.Module, class_names: Sequence[str]) -> int | None:
+    """Index in ``type(model).__mro__`` of the first class named in ``class_names``, or None: a subclass of a
+    supported class is supported, without importing the class (adapters stay duck-typed)."""
+    for depth, klass in enumerate(type(model).__mro__):
+        if klass.__name__ in class_names:
+            return depth
+    return None
+
+
 def _first_tensor(args: tuple, kwargs: dict, name: str) -> Tensor:
     if args and isinstance(args[0], Tensor):
         return args[0]
@@ -112,7 +170,14 @@ class ModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def supports(cls, model: nn.Module) -> bool:
-        """Whether this adapter handles ``model``."""
+        """Whether this adapter handles ``model`` (its class or a subclass of it)."""
+
+    @classmethod
+    def match_depth(cls, model: nn.Module) -> int | None:
+        """How far up ``model``'s class hierarchy this adapter's class sits (0: the model's own class), or None if
+        it does not handle the model: :func:`~latim_captum.adapters.get_adapter` picks the closest match, so an
+        adapter for a subclass wins over one for its parent."""
+        return 0 if cls.supports(model) else None
 
     @property
     @abstractmethod
@@ -155,6 +220,36 @@ class ModelAdapter(ABC):
         """
         return self.n_layers
 
+    def sizes(self) -> dict[str, int]:
+        """The widths that set LaTIM's memory, read from the modules (no forward pass): ``d_model``, ``d_inner``
+        (the widest Mamba mixer's, from its ``out_proj``), ``state`` (Mamba-1's per-channel state size, 1 for
+        Mamba-2), ``vocab`` (0 without an LM head), ``sublayers``, ``attention_heads`` (over every attention module,
+        from ``q_proj`` and ``head_dim``) and ``conv_kernel``. Used by the memory guard
+        (:mod:`latim_captum.maps.memory`) before the forward pass."""
+        d_inner, state, heads, kernel = 0, 1, 0, 4
+        for block in self.blocks:
+            for module in block.modules():
+                a_log, out = getattr(module, "A_log", None), getattr(module, "out_proj", None)
+                if isinstance(a_log, Tensor) and isinstance(out, nn.Linear):  # a Mamba mixer
+                    d_inner = max(d_inner, out.in_features)
+                    state = max(state, a_log.shape[-1] if a_log.dim() == 2 else 1)
+                    conv = getattr(module, "conv1d", None)
+                    kernel = max(kernel, conv.weight.shape[-1]) if isinstance(conv, nn.Conv1d) else kernel
+                q_proj, head_dim = getattr(module, "q_proj", None), getattr(module, "head_dim", None)
+                if isinstance(q_proj, nn.Linear) and isinstance(head_dim, int) and head_dim > 0:
+                    heads += q_proj.out_features // head_dim
+        head = self.lm_head
+        vocab = int(head.weight.shape[0]) if head is not None and hasattr(head, "weight") else 0
+        return {
+            "d_model": self.d_model,
+            "d_inner": d_inner or 2 * self.d_model,
+            "state": state,
+            "vocab": vocab,
+            "sublayers": self.n_sublayers,
+            "attention_heads": heads,
+            "conv_kernel": kernel,
+        }
+
     @property
     def vocab_size(self) -> int:
         return int(self.embeddings.weight.shape[0])
@@ -196,15 +291,12 @@ class ModelAdapter(ABC):
         return None, output[0] if isinstance(output, tuple) else output
 
     # -- tracing ------------------------------------------------------------------------------------------------
-    def capture(
-        self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None
-    ) -> tuple[list[CapturedLayer], Tensor | None]:
-        """Run the model once under hooks; return per-block captures and the logits (None without an LM head).
+    def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
+        """Register the hooks of one :meth:`capture` call on ``hooks``, writing into ``captured`` (one per block).
 
-        Every hook is removed and the model's train/eval mode restored, whatever happens.
+        Families that need more of the forward pass (attention keyword arguments, intermediate tensors) extend this
+        and write into ``captured[idx].extras``: state kept per call, never on the adapter, which threads may share.
         """
-        captured = [CapturedLayer() for _ in self.blocks]
-        handles = []
 
         def block_pre(idx: int):
             def hook(_module, args, kwargs):
@@ -236,27 +328,38 @@ class ModelAdapter(ABC):
 
             return hook
 
-        was_training = self.model.training
-        try:
-            for idx, block in enumerate(self.blocks):
-                mixer = self.mixer(block)
-                handles.append(block.register_forward_pre_hook(block_pre(idx), with_kwargs=True))
-                handles.append(block.register_forward_hook(block_post(idx), with_kwargs=True))
-                handles.append(mixer.register_forward_pre_hook(mixer_pre(idx), with_kwargs=True))
-                handles.append(mixer.register_forward_hook(mixer_post(idx), with_kwargs=True))
-            self.model.eval()
-            with torch.no_grad():
+        for idx, block in enumerate(self.blocks):
+            mixer = self.mixer(block)
+            hooks.pre(block, block_pre(idx), with_kwargs=True)
+            hooks.post(block, block_post(idx), with_kwargs=True)
+            hooks.pre(mixer, mixer_pre(idx), with_kwargs=True)
+            hooks.post(mixer, mixer_post(idx), with_kwargs=True)
+
+    def capture(
+        self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None
+    ) -> tuple[list[CapturedLayer], Tensor | None]:
+        """Run the model once under hooks; return per-block captures and the logits (None without an LM head).
+
+        The hooks record this call's forward pass only (another thread's forward of the same model passes them
+        by); every hook is removed and each module's train/eval flag restored, whatever happens.
+
+        Raises:
+            TraceMismatchError: a mixer's hooks did not fire.
+            ValueError: the forward pass gave non-finite values (:func:`check_finite_capture`).
+        """
+        captured = [CapturedLayer() for _ in self.blocks]
+        with CallHooks() as hooks:
+            self.add_capture_hooks(hooks, captured)
+            with eval_mode(self.model), torch.no_grad():
                 output = self.forward(input_ids, inputs_embeds, attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.model.train(was_training)
         for idx, cap in enumerate(captured):
             if cap.mixer_input is None or cap.mixer_output is None or cap.block_input is None:
                 raise TraceMismatchError(
                     f"layer {idx}: the mixer hooks did not fire; the model's forward bypasses them"
                 )
-        return captured, self.output_logits(output)
+        logits = self.output_logits(output)
+        check_finite_capture(captured, logits, attention_mask)
+        return captured, logits
 
     def readout(self, final_hidden: Tensor, logits: Tensor | None, dtype: torch.dtype) -> Readout | None:
         """Final norm (RMSNorm, or LayerNorm: centring is linear, its bias an offset) + unembedding as a
@@ -288,7 +391,7 @@ class ModelAdapter(ABC):
         if norm_bias is not None:
             normed = normed + norm_bias
         err = _logits_error(normed, readout.unembedding, bias, readout.logits)
-        if err > verification_tolerance(self.model_dtype):
+        if not err <= verification_tolerance(self.model_dtype):  # fail closed: a NaN error is no agreement
             raise TraceMismatchError(
                 f"recomputed logits differ from the model's by {err:.2e} (relative); the final norm or LM head of "
                 f"{type(self.model).__name__} is not supported"
@@ -322,7 +425,7 @@ class ModelAdapter(ABC):
                 layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:
                     err = relative_error(recomputed, cap.mixer_output)
-                    if err > tol:
+                    if not err <= tol:  # fail closed: a NaN error is no agreement
                         raise TraceMismatchError(
                             f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
                             f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"

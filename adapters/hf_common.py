@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ModelAdapter
+from .base import ModelAdapter, mro_depth
 
 __all__ = [
     "HFBackboneAdapter",
@@ -83,7 +83,11 @@ class HFBackboneAdapter(ModelAdapter):
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return type(model).__name__ in (cls.causal_lm_class, cls.base_class)
+        return cls.match_depth(model) is not None
+
+    @classmethod
+    def match_depth(cls, model: nn.Module) -> int | None:
+        return mro_depth(model, [name for name in (cls.causal_lm_class, cls.base_class) if name])
 
     @property
     def backbone(self) -> nn.Module:

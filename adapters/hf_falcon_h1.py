@@ -30,6 +30,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks
 from latim_captum.traces import LayerTrace, ParallelTrace, TokenwiseTrace
 
 from .base import CapturedLayer
@@ -110,38 +111,33 @@ class HFFalconH1Adapter(HFHybridAdapter):
     def logits_multiplier(self) -> float:
         return float(self.backbone.lm_head_multiplier)
 
-    def capture(self, input_ids, inputs_embeds, attention_mask):
-        """The base capture plus, per block, the attention's rotary embeddings and output and the MLP sublayer's
-        input ``x'`` (the residual after both mixers)."""
-        handles = []
+    def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
+        """The base hooks plus, per block, the attention's rotary embeddings and output and the MLP sublayer's
+        input ``x'`` (the residual after both mixers), in ``captured[idx].extras``."""
+        super().add_capture_hooks(hooks, captured)
 
         def attn_pre(idx: int):
             def hook(_module, _args, kwargs):
-                self._attn_kwargs.setdefault(idx, {})["position_embeddings"] = kwargs.get("position_embeddings")
+                captured[idx].extras["position_embeddings"] = kwargs.get("position_embeddings")
 
             return hook
 
         def attn_post(idx: int):
             def hook(_module, _args, output):
-                self._attn_kwargs.setdefault(idx, {})["output"] = output[0].detach()
+                captured[idx].extras["output"] = output[0].detach()
 
             return hook
 
         def ffn_pre(idx: int):
             def hook(_module, args):
-                self._attn_kwargs.setdefault(idx, {})["after_mixers"] = args[0].detach()
+                captured[idx].extras["after_mixers"] = args[0].detach()
 
             return hook
 
-        try:
-            for idx, block in enumerate(self.blocks):
-                handles.append(block.self_attn.register_forward_pre_hook(attn_pre(idx), with_kwargs=True))
-                handles.append(block.self_attn.register_forward_hook(attn_post(idx)))
-                handles.append(block.pre_ff_layernorm.register_forward_pre_hook(ffn_pre(idx)))
-            return super().capture(input_ids, inputs_embeds, attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
+        for idx, block in enumerate(self.blocks):
+            hooks.pre(block.self_attn, attn_pre(idx), with_kwargs=True)
+            hooks.post(block.self_attn, attn_post(idx))
+            hooks.pre(block.pre_ff_layernorm, ffn_pre(idx))
 
     def block_traces(self, idx, block, cap, attn_kwargs, mask, dtype) -> list[_Verified | TokenwiseTrace]:
         """The parallel mixers (each verified against its own output) then the MLP."""

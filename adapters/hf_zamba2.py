@@ -31,6 +31,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks
 from latim_captum.attention import attention_weights, head_values
 from latim_captum.traces import LayerTrace, SharedBlockTrace, SharedTransformerTrace
 
@@ -118,35 +119,29 @@ class HFZamba2Adapter(HFHybridAdapter):
     def sublayers_per_block(self, block: nn.Module) -> int:
         return 1
 
-    def capture(self, input_ids, inputs_embeds, attention_mask):
-        """The base capture plus, per hybrid layer, the embeddings and rotary embeddings its shared transformer
-        read and the ``W τ`` it added to the Mamba's input."""
-        handles = []
+    def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
+        """The base hooks plus, per hybrid layer, the embeddings and rotary embeddings its shared transformer
+        read and the ``W τ`` it added to the Mamba's input, in ``captured[idx].extras``."""
+        super().add_capture_hooks(hooks, captured)
 
         def hybrid_pre(idx: int):
             def hook(_module, args, kwargs):
                 original = args[1] if len(args) > 1 else kwargs["original_hidden_states"]
-                store = self._attn_kwargs.setdefault(idx, {})
-                store["embeddings"] = original.detach()
-                store["position_embeddings"] = kwargs.get("position_embeddings")
+                captured[idx].extras["embeddings"] = original.detach()
+                captured[idx].extras["position_embeddings"] = kwargs.get("position_embeddings")
 
             return hook
 
         def decoder_pre(idx: int):
             def hook(_module, _args, kwargs):
-                self._attn_kwargs.setdefault(idx, {})["shared_output"] = kwargs["transformer_hidden_states"].detach()
+                captured[idx].extras["shared_output"] = kwargs["transformer_hidden_states"].detach()
 
             return hook
 
-        try:
-            for idx, block in enumerate(self.blocks):
-                if self.block_kind(block) == "hybrid":
-                    handles.append(block.register_forward_pre_hook(hybrid_pre(idx), with_kwargs=True))
-                    handles.append(block.mamba_decoder.register_forward_pre_hook(decoder_pre(idx), with_kwargs=True))
-            return super().capture(input_ids, inputs_embeds, attention_mask)
-        finally:
-            for handle in handles:
-                handle.remove()
+        for idx, block in enumerate(self.blocks):
+            if self.block_kind(block) == "hybrid":
+                hooks.pre(block, hybrid_pre(idx), with_kwargs=True)
+                hooks.pre(block.mamba_decoder, decoder_pre(idx), with_kwargs=True)
 
     def mamba_trace(self, block: nn.Module, captured: CapturedLayer, dtype: torch.dtype) -> tuple[LayerTrace, Tensor]:
         mixer = self.mixer(block)

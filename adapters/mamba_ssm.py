@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import CallHooks
 from latim_captum.traces import LayerTrace
 
-from .base import CapturedLayer
+from .base import CapturedLayer, mro_depth
 from .hf_common import HFBackboneAdapter, weight
 from .mixers import Mamba1Weights, Mamba2Weights, layer_from_capture, mamba1_layer, mamba2_layer
 
@@ -57,10 +58,15 @@ class MambaSSMAdapter(HFBackboneAdapter):
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        name = type(model).__name__
-        if name == "MambaLMHeadModel":
-            return hasattr(getattr(model, "backbone", None), "embedding")
-        return name == "MixerModel" and hasattr(model, "embedding")
+        return cls.match_depth(model) is not None
+
+    @classmethod
+    def match_depth(cls, model: nn.Module) -> int | None:
+        lm_head = mro_depth(model, ["MambaLMHeadModel"])
+        if lm_head is not None:
+            return lm_head if hasattr(getattr(model, "backbone", None), "embedding") else None
+        mixer = mro_depth(model, ["MixerModel"])
+        return mixer if mixer is not None and hasattr(model, "embedding") else None
 
     def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None) -> Any:
         """mamba-ssm models take token ids only and have no padding mask; embeddings go through a hook."""
@@ -72,12 +78,10 @@ class MambaSSMAdapter(HFBackboneAdapter):
             )
         if inputs_embeds is None:
             return self.model(input_ids)
-        handle = self.embeddings.register_forward_hook(lambda _m, _a, _o: inputs_embeds)
-        try:
+        with CallHooks() as hooks:  # replaces this call's embeddings only, not another thread's
+            hooks.post(self.embeddings, lambda _m, _a, _o: inputs_embeds)
             ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
             return self.model(ids)
-        finally:
-            handle.remove()
 
     @staticmethod
     def output_logits(output: Any) -> Tensor | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -9,7 +10,16 @@ from torch import Tensor
 
 from latim_captum.adapters import ModelAdapter
 
-__all__ = ["check_model_inputs", "check_layers", "check_position", "check_rows", "check_method", "check_target"]
+__all__ = [
+    "check_model_inputs",
+    "check_layers",
+    "check_position",
+    "check_rows",
+    "check_method",
+    "check_target",
+    "check_size",
+    "check_device",
+]
 
 
 def check_model_inputs(
@@ -21,8 +31,8 @@ def check_model_inputs(
     """Validate ids/embeddings/mask against the model; return them on the model's device.
 
     Raises:
-        ValueError: both or neither input given, wrong rank, empty sequence, ids out of the vocabulary,
-            mask shape or values wrong.
+        ValueError: both or neither input given, wrong rank, empty sequence, ids out of the vocabulary, NaN/inf
+            embeddings, mask shape or values wrong.
         TypeError: wrong dtype (float ids, integer embeddings).
     """
     if (input_ids is None) == (inputs_embeds is None):
@@ -37,6 +47,7 @@ def check_model_inputs(
             raise ValueError(f"input_ids must have shape [batch, seq_len], got {tuple(input_ids.shape)}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+        input_ids = input_ids.long()  # uint8/int16/... ids: embedding layers index with int64 (a big uint64 → < 0)
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= adapter.vocab_size:
             bad = low if low < 0 else high
@@ -58,6 +69,9 @@ def check_model_inputs(
             raise ValueError(
                 f"inputs_embeds has d_model {inputs_embeds.shape[-1]}, the model expects {adapter.d_model}"
             )
+        if not bool(torch.isfinite(inputs_embeds).all()):
+            first = (~torch.isfinite(inputs_embeds)).nonzero()[0, :2].tolist()
+            raise ValueError(f"inputs_embeds holds NaN or inf (first at [batch, position] {first}); pass finite ones")
         inputs_embeds = inputs_embeds.to(device=device, dtype=adapter.model_dtype)
         shape = tuple(inputs_embeds.shape[:2])
     if attention_mask is not None:
@@ -151,3 +165,47 @@ def check_target(
         bad = int(t.min()) if bool((t < 0).any()) else int(t.max())
         raise ValueError(f"target token id {bad} is out of the vocabulary [0, {vocab})")
     return t.long()
+
+
+def check_size(name: str, value: int | None) -> int | None:
+    """A size argument (rows per block, tile side, chunk, batch, ...): None (the default) or an int ≥ 1.
+
+    A zero or negative size would otherwise give empty loops (all-zero maps) or fall back to the default unnoticed.
+
+    Raises:
+        TypeError: not an int (a bool is refused too).
+        ValueError: ``value < 1``; the message names the argument.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this machine has: ``cpu``, or ``cuda[:k]`` / ``mps`` / ``xpu[:k]`` when PyTorch can use it.
+
+    Checked before a model is moved there, because PyTorch's own errors come late (after the load) and read as
+    internal failures ("Torch not compiled with CUDA enabled", an ``AssertionError``).
+
+    Raises:
+        ValueError: not a device name, or a device this build of PyTorch / this machine does not have.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {str(device)!r} is not a device name (e.g. cpu, cuda, cuda:1): {err}") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type in ("cuda", "mps", "xpu") else None
+    if backend is None:
+        raise ValueError(f"device {str(device)!r}: latim runs on cpu, cuda, mps or xpu, not {dev.type}")
+    if not backend.is_available():
+        raise ValueError(f"device {str(device)!r} given but {dev.type} is not available on this machine")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"device {str(device)!r} given but this machine has {count} {dev.type} device(s)")
+    return dev

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_layers, check_method, check_model_inputs, check_target
+from ._memory import guard_memory
+from ._validation import check_layers, check_method, check_model_inputs, check_size, check_target
 from .activations import DEFAULT_ACTIVATION, check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
@@ -62,6 +63,7 @@ def trace(
     adapter = get_adapter(model)
     if dtype not in _COMPUTE_DTYPES:
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
     return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype)
 
@@ -124,6 +126,8 @@ def alti_logit(
         True
         >>> diff = alti_logit(model, input_ids, target=7, contrast=3)           # logit(7) − logit(3)  # doctest: +SKIP
     """
+    check_size("block_rows", block_rows)
+    guard_memory("alti_logit", model, input_ids, inputs_embeds, dtype=dtype, block_rows=block_rows, backend=backend)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     targets, contrast = _logit_targets(tr, target, contrast)
     return _alti_logit_maps(
@@ -172,6 +176,9 @@ def alti_logit_layers(
         >>> torch.allclose(res.scores.sum(-1), res.layer_totals, atol=1e-4)       # doctest: +SKIP
         True
     """
+    check_size("block_rows", block_rows)
+    guard_memory("alti_logit_layers", model, input_ids, inputs_embeds, layers=layers, dtype=dtype,
+                 block_rows=block_rows, backend=backend)  # fmt: skip
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     targets, contrast = _logit_targets(tr, target, contrast)
     return _alti_logit_layer_maps(
@@ -204,6 +211,8 @@ def alti_rollout(
         >>> torch.allclose(r.sum(-1), torch.ones(1, ids.shape[1]))       # doctest: +SKIP
         True
     """
+    check_size("block_rows", block_rows)
+    guard_memory("alti_rollout", model, input_ids, inputs_embeds, dtype=dtype, block_rows=block_rows, backend=backend)
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     return _alti_rollout_maps(tr, activation=activation, block_rows=block_rows, backend=backend, precision=precision)
 
@@ -265,6 +274,11 @@ def interactions(
         torch.Size([1, 2, 4, 4])
     """
     check_method(method, METHODS)
+    check_size("block_rows", block_rows)
+    front_end = method if method in ("alti_logit", "alti_logit_layers") else "interactions"
+    selected = None if method == "alti_logit" else layers
+    guard_memory(front_end, model, input_ids, inputs_embeds, layers=selected, dtype=dtype, block_rows=block_rows,
+                 backend=backend)  # fmt: skip
     tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
     path = {"activation": activation, "block_rows": block_rows, "backend": backend, "precision": precision}
     if method == "alti_logit":
@@ -302,6 +316,7 @@ def contributions(
         >>> t = contributions(model, ids, layer=0, activation="silu_gate")      # doctest: +SKIP
         >>> t.sum(2)  # ≈ the mixer output of layer 0 (minus its bias)          # doctest: +SKIP
     """
+    guard_memory("contributions", model, input_ids, inputs_embeds, dtype=dtype, embedding_columns=embedding_columns)
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise TypeError(f"layer must be one int index, got {layer!r}")

@@ -11,15 +11,21 @@
 - ``latim inseq ...``: Inseq's own CLI (``inseq attribute``, ``attribute-dataset``, ...) with the LaTIM methods and
   the baselines registered (:mod:`latim_captum.inseq_cli`).
 
-Every command has ``--help``; bad arguments, missing files and unsupported models end with one ``latim: error:``
-line and exit status 2.
+Every command has ``--help``. Bad arguments, missing or unwritable files, a model folder that cannot be loaded
+safely (custom code, refused pickles, broken files), unsupported models, a device this machine lacks, a missing
+Triton and a request that cannot fit in memory end with one ``latim: error:`` line and exit status 2; ``--debug``
+(before or after the command) shows the traceback instead. Models are loaded without running a folder's code
+(``trust_remote_code=False``), from safetensors where the folder has them (:mod:`latim_captum._loading`). Every
+output file is checked writable before any work, and the files written are reported by their real names.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +40,17 @@ __all__ = ["build_parser", "main"]
 
 #: the registry names ``latim demo`` runs by default (the method table's demo entries)
 DEMO_METHODS: tuple[str, ...] = tuple(registry_names(demo_only=True))
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts and sizes: 0 or a negative value would fall back to a default or do nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,24 +68,57 @@ def _quiet_transformers() -> None:
 
 
 def load_model(spec: str, device: str = "cpu"):
-    """``(model, tokenizer)`` from an embedded name (``mamba1``/``mamba2``), a local folder or a hub name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .adapters import get_adapter
+    """``(model, tokenizer)`` from an embedded name (``mamba1``/``mamba2``), a local folder or a hub name, loaded
+    safely (:func:`latim_captum._loading.load_pretrained`) onto a checked ``device``."""
+    from ._loading import load_pretrained
+    from ._validation import check_device
     from .models import COPY_MODELS, load_copy_model
 
-    if spec in COPY_MODELS:
-        model, tok = load_copy_model(spec)
-    else:
-        path = Path(spec)
-        looks_local = path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
-        if looks_local and not (path.expanduser() / "config.json").is_file():
-            raise FileNotFoundError(f"no model at {spec!r} (expected a folder with config.json)")
-        # hub names are real code paths (from_pretrained), untested offline
-        model = AutoModelForCausalLM.from_pretrained(path.expanduser() if looks_local else spec, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path.expanduser() if looks_local else spec)
+    dev = check_device(device)
+    model, tok = load_copy_model(spec) if spec in COPY_MODELS else load_pretrained(spec, dtype=torch.float32)
     get_adapter(model)  # TypeError naming the class for unsupported models
-    return model.eval().to(device), tok
+    return model.eval().to(dev), tok
+
+
+def _check_backend(backend: str, device: str) -> None:
+    """``--backend triton`` needs the triton package and a CUDA device: said before the model is loaded."""
+    if backend != "triton":
+        return
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("--backend triton needs the triton package (pip install triton); or use --backend fast")
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"--backend triton runs on CUDA only, not --device {device}; use --backend fast there")
+
+
+def _check_writable(outputs: Sequence[tuple[str, Path]]) -> None:
+    """Every output file can be created or overwritten, and no two are the same file: checked before the work, so
+    a bad ``--json`` does not leave a figure without its scores. Opening in append mode tests the real permissions
+    (read-only mounts too); a file created by the check is removed again."""
+    seen: dict[Path, str] = {}
+    for label, path in outputs:
+        real = path.expanduser().resolve()
+        if real in seen:
+            raise ValueError(f"{label} and {seen[real]} are the same file ({path})")
+        seen[real] = label
+        if real.is_dir():
+            raise ValueError(f"{label} {path} is a folder; give a file name")
+        existed = real.exists()
+        try:
+            with open(real, "a"):
+                pass
+        except OSError as err:
+            raise ValueError(f"{label} {path} cannot be written: {err.strerror or err}") from None
+        if not existed:
+            real.unlink()
+
+
+def _check_out_dir(label: str, folder: Path, names: Sequence[str]) -> None:
+    """Create the output folder ``folder`` (an existing file there is an error) and check ``names`` in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{label} {folder} cannot be created: {err.strerror or err}") from None
+    _check_writable([(label, folder / name) for name in names])
 
 
 def _tokens(tok, ids: torch.Tensor) -> list[str]:
@@ -84,8 +134,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     methods = args.methods or list(DEMO_METHODS)
+    for name in methods:
+        get_method(name)  # an unknown name fails before any work
+    _check_out_dir("--out", out, [f"{v}_scores.json" for v in args.variants])
     for variant in args.variants:
         model, tok = load_copy_model(variant)
         task, _ = copy_task_of(variant)
@@ -141,12 +193,16 @@ def _activation_of(method, requested: str | None) -> str | None:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from ._plots import save_heatmap
+    from ._plots import figure_path, save_heatmap
     from .api import alti_logit, interactions
     from .methods import get_method, next_token_targets
 
     _quiet_transformers()
     method = get_method(args.method)
+    _check_backend(args.backend, args.device)
+    figure = figure_path(args.out)
+    outputs = [("--out", figure)] + ([("--json", Path(args.json))] if args.json else [])
+    _check_writable(outputs)
     model, tok = load_model(args.model, args.device)
     text = args.text + (args.target or "")
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(args.device)
@@ -173,8 +229,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         else:
             layer_s = "all"
     tokens = _tokens(tok, ids[0])
-    save_heatmap(maps, tokens, f"{method.label} (layer {layer_s})", args.out)
-    print(f"wrote {args.out} ({len(tokens)} tokens, method {args.method}, layer {layer_s})")
+    written = save_heatmap(maps, tokens, f"{method.label} (layer {layer_s})", figure)
+    print(f"wrote {written} ({len(tokens)} tokens, method {args.method}, layer {layer_s})")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -198,11 +254,15 @@ def cmd_error_report(args: argparse.Namespace) -> int:
     from .models import COPY_MODELS, copy_task_of
 
     _quiet_transformers()
+    if args.text is not None and not args.text.strip():
+        raise ValueError("--text is empty; give a text, or leave --text out for the copy samples")
     specs = [args.model] if args.model else list(COPY_MODELS)
     for spec in specs:
         model, tok = load_model(spec, args.device)
-        if args.text:
+        if args.text is not None:
             ids = tok(args.text, return_tensors="pt", add_special_tokens=False).input_ids
+            if ids.shape[1] < 1:
+                raise ValueError(f"--text {args.text!r} gives no tokens with this model's tokenizer")
         elif spec in COPY_MODELS:
             task, seed = copy_task_of(spec)
             ids = task.sample(args.samples, seed + 1000)
@@ -222,13 +282,16 @@ def cmd_error_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_copying(args: argparse.Namespace) -> int:
+    from ._validation import check_device
     from .copying.data import CopyTask
     from .copying.evaluate import evaluate_model, load_model_dir, render_markdown, write_report
     from .models import COPY_MODELS, copy_model_path
 
     _quiet_transformers()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda given but CUDA is not available")
+    check_device(args.device)
+    _check_backend(args.backend, args.device)
+    stem = f"copying-{args.variant}-{args.scale}"
+    _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
     if args.model:
         path = Path(args.model)
     elif args.scale == "tiny":
@@ -238,7 +301,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     model, _, meta = load_model_dir(path)
     model.to(args.device)
     task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
-    n = args.n_samples or meta.get("n_eval", 128)
+    n = args.n_samples if args.n_samples is not None else meta.get("n_eval", 128)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     run_meta = {
         "model": str(path) if args.model or args.scale != "tiny" else f"embedded {COPY_MODELS[args.variant]}",
@@ -249,7 +312,6 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         "train_device": meta.get("device"),
         "train_eval_token_acc": meta.get("eval_token_acc"),
     }
-    stem = f"copying-{args.variant}-{args.scale}"
 
     def write_partial(report: dict) -> None:
         write_report({**report, "meta": run_meta}, args.out, stem)
@@ -275,14 +337,20 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_alignment(args: argparse.Namespace) -> int:
+    from ._validation import check_device
     from .alignment.data import AlignmentTask
     from .alignment.evaluate import evaluate_model, render_markdown, write_report
     from .alignment.train import resolve_args, train
     from .tasks.reports import load_model_dir, variant_of
 
     _quiet_transformers()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda given but CUDA is not available")
+    check_device(args.device)
+    _check_backend(args.backend, args.device)
+    if args.variant and not args.model:  # the report's name is known before any training
+        stem = f"alignment-{args.variant[0]}-{args.scale}" if len(args.variant) == 1 else f"alignment-{args.scale}"
+        _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    if args.scale == "tiny" and not args.model:
+        _check_out_dir("--train-out", Path(args.train_out), [])
     if args.model:
         paths = [Path(m) for m in args.model]
     elif not args.variant:
@@ -300,6 +368,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     if len(set(variants)) < len(variants):
         raise ValueError(f"one model per variant, got {', '.join(variants)}")
     stem = f"alignment-{variants[0]}-{args.scale}" if len(variants) == 1 else f"alignment-{args.scale}"
+    _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     command = ["latim bench alignment", "--scale", args.scale, "--device", args.device]
     command += ["--model", *map(str, paths)] if args.model else ["--variant", *args.variant]
@@ -325,7 +394,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
         report = evaluate_model(
             model.to(args.device),
             AlignmentTask(**meta["task"]) if "task" in meta else AlignmentTask(),
-            n_samples=args.n_samples or meta.get("n_eval", 128),
+            n_samples=args.n_samples if args.n_samples is not None else meta.get("n_eval", 128),
             seed=int(meta.get("seed", 0)),
             methods=args.methods,
             batch=args.batch,
@@ -343,8 +412,12 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEBUG_HELP = "on an error, print the traceback too (default: one `latim: error:` line)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="latim", description="LaTIM token-to-token interactions for Mamba models")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="run every method on the embedded copy models; table + heatmaps")
@@ -393,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     err = sub.add_parser("error-report", help="decomposition error per layer and activation strategy (Table 5)")
     err.add_argument("--model", default=None, help="embedded name, folder or hub name (default: both embedded)")
     err.add_argument("--text", default=None, help="input text (default: fresh copy samples)")
-    err.add_argument("--samples", type=int, default=8, help="copy samples for the embedded models (default 8)")
+    err.add_argument(
+        "--samples", type=_positive_int, default=8, help="copy samples for the embedded models (default 8)"
+    )
     err.add_argument("--device", default="cpu")
     err.set_defaults(func=cmd_error_report)
 
@@ -409,8 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copying.add_argument("--model", default=None, help="folder written by latim_captum.copying.train")
     copying.add_argument("--device", default="cpu")
-    copying.add_argument("--n-samples", type=int, default=None, help="evaluation samples (default: the model's)")
-    copying.add_argument("--batch", type=int, default=32, help="samples per attribution call")
+    copying.add_argument(
+        "--n-samples", type=_positive_int, default=None, help="evaluation samples (default: the model's)"
+    )
+    copying.add_argument("--batch", type=_positive_int, default=32, help="samples per attribution call")
     copying.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -419,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copying.add_argument(
         "--max-sequences",
-        type=int,
+        type=_positive_int,
         default=None,
         help="sequences per backward pass of the gradient methods, Mamba-Attribution and MambaLRP, which replicate "
         "the input per query row (default 256; lower it on a CPU, where the PyTorch fallback paths need more memory)",
@@ -449,14 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     align.add_argument("--model", nargs="+", default=None, help="folders written by latim_captum.alignment.train")
     align.add_argument("--train-out", default="runs", help="tiny scale: where the trained models go (default runs/)")
-    align.add_argument("--train-steps", type=int, default=None, help="tiny scale: training steps (default: preset)")
+    align.add_argument(
+        "--train-steps", type=_positive_int, default=None, help="tiny scale: training steps (default: preset)"
+    )
     align.add_argument("--seed", type=int, default=0, help="tiny scale: training seed")
     align.add_argument("--device", default="cpu")
-    align.add_argument("--n-samples", type=int, default=None, help="held-out pairs (default: the model's n_eval)")
-    align.add_argument("--batch", type=int, default=32, help="pairs per attribution call")
+    align.add_argument(
+        "--n-samples", type=_positive_int, default=None, help="held-out pairs (default: the model's n_eval)"
+    )
+    align.add_argument("--batch", type=_positive_int, default=32, help="pairs per attribution call")
     align.add_argument("--backend", choices=BACKENDS, default="auto", help="LaTIM's path (same maps)")
     align.add_argument(
-        "--max-sequences", type=int, default=None, help="sequences per backward pass of the row-replicating methods"
+        "--max-sequences",
+        type=_positive_int,
+        default=None,
+        help="sequences per backward pass of the row-replicating methods",
     )
     align.add_argument("--methods", nargs="+", default=None, help="method names (default: the Table 3 set)")
     align.add_argument(
@@ -474,10 +558,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_speed.add_arguments(speed)
     speed.set_defaults(func=bench_speed.run_and_save)
+    for command in (demo, attr, err, copying, align, speed):
+        # SUPPRESS: `latim --debug attribute ...` is not reset to False by the command's own default
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
 
     # listed for --help only: main() hands `latim inseq ...` to Inseq's own parser before argparse sees it
     sub.add_parser("inseq", add_help=False, help="Inseq's CLI with the LaTIM methods registered: latim inseq -h")
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's first line; the exception's class where it says nothing or is not one of the usual kinds (an
+    ``AssertionError`` from a library reads as nothing without its name)."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    usual = (ValueError, TypeError, OSError, KeyError, ImportError, MemoryError)
+    if not text:
+        return type(err).__name__
+    return text if isinstance(err, usual) else f"{type(err).__name__}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -490,9 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError, KeyError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"latim: error: {msg}", file=sys.stderr)
+    except Exception as err:  # one line for every failure (bad input, a folder, the device, memory), as documented
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"latim: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

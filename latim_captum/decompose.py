@@ -59,7 +59,10 @@ def default_block_rows(trace: LayerTrace, budget: int = DEFAULT_BLOCK_ELEMENTS) 
 
 
 def iter_row_blocks(n: int, block_rows: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` pairs covering ``range(n)`` in blocks of ``block_rows``."""
+    """``(start, stop)`` pairs covering ``range(n)`` in blocks of ``block_rows`` (≥ 1: a negative step would cover
+    nothing, and every map stay zero)."""
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     for start in range(0, n, block_rows):
         yield start, min(n, start + block_rows)
 

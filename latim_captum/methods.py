@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from . import baselines
+from ._model_state import check_grad_mode, eval_mode
+from ._validation import check_size
 from .catalog import MethodSpec, registry_entry, registry_names
 
 __all__ = [
@@ -105,8 +107,7 @@ class Method:
         """The maps; ``max_sequences`` bounds row-replicating methods; ``backend`` and ``precision`` pick LaTIM's
         path (:data:`latim_captum.BACKENDS`: ``"auto"``, ``"ref"``, ``"fast"``, ``"triton"``, same maps to 1e-4, the
         fast one also much faster on a CPU; ``precision`` of its ``W_o`` product), unused by the other families."""
-        if max_sequences < 1:
-            raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+        check_size("max_sequences", max_sequences)
         if self.family == "latim":
             maps = self.fn(model, input_ids, backend=backend, precision=precision)
         elif self.replicates_rows:
@@ -156,15 +157,14 @@ def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: in
     embed = model.get_input_embeddings()
     targets = next_token_targets(input_ids)
     bsz, n = input_ids.shape
-    was_training = model.training
-    model.eval()
     out = torch.zeros(bsz, n, n, dtype=torch.float32, device=input_ids.device)
 
     def forward(e: Tensor, rows: Tensor) -> Tensor:
         logits = model(inputs_embeds=e, use_cache=False).logits
         return logits[torch.arange(e.shape[0], device=e.device), rows].float()
 
-    try:
+    check_grad_mode(kind)
+    with eval_mode(model):  # each module's own train/eval flag comes back
         with torch.no_grad():
             embeds = embed(input_ids).detach()
         chunk = max(1, max_batch // bsz)
@@ -192,8 +192,6 @@ def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: in
                 scores = attr.float().sum(-1)
             scores = scores.detach().reshape(reps, bsz, n).transpose(0, 1)  # [B, reps, N]
             out[:, r0:r1] = scores
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS: dict[str, int] = {
     # the data and the maths every floor shares
     "latim_captum._precision": 0,
+    "latim_captum._model_state": 0,
     "latim_captum.traces": 0,
     "latim_captum.activations": 0,
     "latim_captum.ssm": 0,
@@ -31,6 +32,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.maps": 3,
     # the functions that take a model
     "latim_captum.api": 4,
+    "latim_captum._memory": 4,
     "latim_captum.single_query": 4,
     "latim_captum.baselines": 4,
     # front ends
@@ -43,6 +45,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.alignment": 5,
     "latim_captum.paper": 5,
     "latim_captum.models": 5,
+    "latim_captum._loading": 5,
     "latim_captum._plots": 5,
     # tools and the package itself
     "latim_captum.cli": 6,

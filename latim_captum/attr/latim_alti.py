@@ -7,6 +7,7 @@ from latim_captum.api import alti_rollout
 from latim_captum.single_query import alti_rollout_row
 
 from ._base import TokenMaps, row_as_map
+from ._latim_options import guard_row_maps
 from .latim_measure import LatimMeasure
 
 __all__ = ["LatimALTI"]
@@ -63,6 +64,7 @@ class LatimALTI(LatimMeasure):
             )  # fmt: skip
         opts = self.options
         if position is not None:
+            guard_row_maps(self, input_ids, inputs_embeds)
             row = alti_rollout_row(
                 self.adapter, input_ids, inputs_embeds, position=position, attention_mask=attention_mask, **opts
             )

@@ -18,7 +18,7 @@ from latim_captum.maps import row_total
 from latim_captum.single_query import alti_logit_row
 
 from ._base import TokenMapAttribution, TokenMaps, row_as_map
-from ._latim_options import path_options
+from ._latim_options import guard_row_maps, path_options
 
 __all__ = ["LatimALTILogit"]
 
@@ -102,6 +102,7 @@ class LatimALTILogit(TokenMapAttribution):
                 contrast=contrast, **self.options,
             )  # fmt: skip
             return TokenMaps(res.scores, res.logits - res.offset)
+        guard_row_maps(self, input_ids, inputs_embeds)
         if target is not None and target.dim() == 2:  # one target per position (the LLM front end): this row's
             target = target[:, position]
         if contrast is not None and contrast.dim() == 2:

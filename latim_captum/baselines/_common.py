@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import check_grad_mode
 from latim_captum._queries import check_not_padding
 from latim_captum._validation import check_model_inputs, check_position, check_target
 from latim_captum.adapters import ModelAdapter, get_adapter
@@ -57,6 +58,7 @@ def model_inputs(
     """
     if isinstance(model, ModelTrace):
         raise TypeError(f"{method} differentiates through the model: pass the model, not a ModelTrace")
+    check_grad_mode(method)
     if dtype not in COMPUTE_DTYPES:
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
     adapter = get_adapter(model)

@@ -33,7 +33,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from latim_captum._validation import check_layers
+from latim_captum._model_state import CallHooks, eval_mode
+from latim_captum._validation import check_layers, check_size
 from latim_captum.adapters import ModelAdapter
 from latim_captum.adapters.base import _first_tensor
 from latim_captum.aggregate import normalize_rows
@@ -94,17 +95,12 @@ def _hidden_saliency(
     def pre_hook(_module, args, kwargs):
         captured.append(_first_tensor(args, kwargs, "hidden_states"))
 
-    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True) for block in adapter.blocks]
-    was_training = model.training
-    try:
-        model.eval()
+    with CallHooks() as hooks, eval_mode(model):  # this call's forward only; each module's flag restored
+        for block in adapter.blocks:
+            hooks.pre(block, pre_hook, with_kwargs=True)
         with torch.enable_grad():  # callers (e.g. Captum's attribute) may run under no_grad
             leaf, rep_mask = replicate_rows(embeds.to(adapter.model_dtype), mask, r)
             logits = _logits(adapter, leaf, rep_mask).view(bsz, r, n, -1)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
     targets = resolve_targets(target, logits[:, 0])
     inputs = [captured[layer] for layer in selected]
     out = {}
@@ -204,8 +200,7 @@ def mamba_attribution(
     """
     if gradient not in GRADIENTS:
         raise ValueError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
-    if row_batch < 1:
-        raise ValueError(f"row_batch must be >= 1, got {row_batch}")
+    check_size("row_batch", row_batch)
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_attribution")
     bsz, n = embeds.shape[:2]
     selected = check_layers(layers, adapter.n_layers)

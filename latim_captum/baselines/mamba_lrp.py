@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from latim_captum._validation import check_size
 from latim_captum.adapters import ModelAdapter
 
 from ._common import group_score, model_inputs, query_rows, replicate_rows, resolve_targets
@@ -74,11 +75,10 @@ def mamba_lrp(
     """
     if layers is not None:
         raise ValueError(f"mamba_lrp explains the whole model; layers must be None, got {layers!r}")
+    check_size("row_batch", row_batch)
     adapter, embeds, mask = model_inputs(model, input_ids, inputs_embeds, attention_mask, dtype, "mamba_lrp")
     bsz, n = embeds.shape[:2]
     rows = query_rows(position, n, mask)
-    if row_batch < 1:
-        raise ValueError(f"row_batch must be >= 1, got {row_batch}")
     with torch.no_grad():
         targets = resolve_targets(target, replay_logits(adapter, embeds, mask, lrp=True))
     out = embeds.new_zeros(bsz, len(rows), n)

@@ -106,11 +106,14 @@ def evaluate_model(
         "reconstruction_error": {activation: [per layer] or None where the strategy refuses the model}, ...}``;
         ``layers``/``all`` are the ``rows`` reading.
     """
+    from .._validation import check_size
     from ..methods import DEFAULT_MAX_SEQUENCES, available_methods
 
     if rows not in ROWS:
         raise ValueError(f"rows must be one of {', '.join(ROWS)}, got {rows!r}")
 
+    for name, value in (("n_samples", n_samples), ("batch", batch), ("max_sequences", max_sequences)):
+        check_size(name, value)  # 0 samples would give an empty report; batch 0 an endless loop
     variant = variant_of(model)
     n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device

@@ -11,6 +11,7 @@
 ``all_layers``      every layer: :func:`stack`, :func:`alti_rollout`, :func:`alti_logit`,
                    :func:`alti_logit_layers`
 ``rows``            one query row of the rollout and of ALTI-Logit in O(N·d) memory
+``memory``          the memory guard: a request's allocations estimated before the forward pass, free memory
 ==================  ==============================================================================================
 
 Every function here takes a :class:`~latim_captum.traces.ModelTrace` (or one of its layers), never a model; the
@@ -20,6 +21,7 @@ model-facing entry points are in :mod:`latim_captum.api`.
 from .all_layers import AltiLogit, AltiLogitLayers, alti_logit, alti_logit_layers, alti_rollout, stack
 from .fast import layer_maps_fast
 from .layer import layer_maps
+from .memory import RequestSizes, estimate
 from .options import (
     BACKENDS,
     KERNELS,
@@ -42,6 +44,7 @@ __all__ = [
     "PRECISIONS",
     "AltiLogit",
     "AltiLogitLayers",
+    "RequestSizes",
     "LatimMemoryError",
     "alti_logit",
     "alti_logit_layers",
@@ -49,6 +52,7 @@ __all__ = [
     "check_backend",
     "check_precision",
     "check_precision_name",
+    "estimate",
     "layer_maps",
     "layer_maps_fast",
     "layer_maps_ref",

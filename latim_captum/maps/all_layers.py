@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from latim_captum._validation import check_layers, check_rows
+from latim_captum._validation import check_layers, check_rows, check_size
 from latim_captum.aggregate import through
 from latim_captum.traces import ModelTrace, SublayerTrace
 
@@ -105,6 +105,7 @@ def stack(
     would make). Arguments as :func:`latim_captum.maps.layer.layer_maps`; maps are per token (a Zamba2 hybrid
     layer's embedding columns are added to its stream columns).
     """
+    check_size("block_rows", block_rows)
     selected = check_layers(layers, trace.n_layers)
     bsz, n = trace.shape
     first, last = check_rows(rows, n)
@@ -140,6 +141,7 @@ def alti_rollout(
     A layer with embedding columns (Zamba2's hybrid layers, ``P = [A^x | A^e]``) adds its embedding half directly:
     ``R^{(l)} = A^x R^{(l-1)} + A^e`` (:func:`latim_captum.aggregate.rollout`).
     """
+    check_size("block_rows", block_rows)
     flow = None
     for layer in trace.layers:
         alti = layer_maps(
@@ -231,6 +233,7 @@ def alti_logit(
     Raises:
         ValueError: the trace has no readout (a model without an LM head).
     """
+    check_size("block_rows", block_rows)
     projection, offset = _readout_projection(trace, targets, contrast)
     scores = torch.diag_embed((projection * trace.embeddings).sum(-1))
     path = {"block_rows": block_rows, "backend": backend, "precision": precision, "kernel_config": kernel_config}
@@ -266,6 +269,7 @@ def alti_logit_layers(
         >>> torch.allclose(res.scores.sum((1, 3)) + res.embedding, res.logits - res.offset)  # doctest: +SKIP
         True
     """
+    check_size("block_rows", block_rows)
     selected = check_layers(layers, trace.n_layers)
     projection, offset = _readout_projection(trace, targets, contrast)
     bsz, n = trace.shape

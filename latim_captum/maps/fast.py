@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from latim_captum._validation import check_rows
+from latim_captum._validation import check_rows, check_size
 from latim_captum.ssm import d_inner_of
 from latim_captum.traces import LayerTrace
 
@@ -101,6 +101,8 @@ def layer_maps_fast(
             "backend='ref'"
         )
     check_precision_name(precision)
+    check_size("block", block)
+    check_size("anchor_rows", anchor_rows)
     if "logit" in measures and projection is None:
         raise ValueError("measure 'logit' needs a projection")
     if kernel not in KERNELS:

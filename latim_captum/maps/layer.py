@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from latim_captum._validation import check_size
 from latim_captum.traces import LayerTrace, SublayerTrace
 
 from .fast import layer_maps_fast
@@ -58,6 +59,7 @@ def layer_maps(
     (``anchor_rows``, Triton block sizes and switches, see :func:`~latim_captum.maps.fast.layer_maps_fast`).
     """
     check_measures(measures)
+    check_size("block_rows", block_rows)
     if NO_RESIDUAL in measures:
         rest = tuple(m for m in measures if m != NO_RESIDUAL)
         path = {"block_rows": block_rows, "backend": backend, "precision": precision, "rows": rows,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from latim_captum._precision import fp32_math
-from latim_captum._validation import check_rows
+from latim_captum._validation import check_rows, check_size
 from latim_captum.aggregate import alti_scores, fold_embedding_columns, logit_scores, lp_order, lp_scores
 from latim_captum.decompose import iter_row_blocks, sublayer_block_rows, sublayer_contributions, sublayer_shares
 from latim_captum.traces import SublayerTrace, has_embedding_columns
@@ -57,6 +57,7 @@ def layer_maps_ref(
         rows: only query rows ``[start, stop)``: the maps are then ``[B, stop − start, N]``.
     """
     check_measures(measures)
+    check_size("block_rows", block_rows)
     if "logit" in measures and projection is None:
         raise ValueError("measure 'logit' needs a projection")
     first, last = check_rows(rows, layer.residual.shape[1])

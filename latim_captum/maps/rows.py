@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from latim_captum._validation import check_size
 from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace
 
 from .all_layers import AltiLogit, logit_terms, read_logits
@@ -71,6 +72,8 @@ class RowStream:
         precision: str,
         backend: str,
     ) -> None:
+        check_size("block", block)
+        check_size("chunk", chunk)
         self.q, self.activation, self.projection = q, activation, projection
         self.q_min, self.q_max = int(q.min()), int(q.max())
         self.precision, self.backend = precision, backend

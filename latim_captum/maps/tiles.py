@@ -28,6 +28,7 @@ from latim_captum.decompose import tap_contributions
 from latim_captum.ssm import d_inner_of
 from latim_captum.traces import LayerTrace, Mamba1SSM
 
+from .memory import DEFAULT_TILE_BYTES, tile_bytes_for
 from .options import LatimMemoryError
 
 __all__ = [
@@ -46,9 +47,6 @@ __all__ = [
     "free_bytes",
     "dominant_flops",
 ]
-
-#: bytes a tile may use when the device cannot report its free memory (CPU)
-DEFAULT_TILE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -186,12 +184,9 @@ def normalise_alti(scores: Tensor, l1_rows: Tensor) -> Tensor:
 def tile_bytes(layer: LayerTrace, rows: int, cols: int, precision: str = "highest") -> int:
     """Peak bytes of one ``rows × cols`` PyTorch tile: gated values, mixing, the T tile and reduction temporaries."""
     bsz, _, d_model = layer.residual.shape
-    d = d_inner_of(layer.ssm)
     elem = layer.residual.element_size()
     mm_elem = 2 if precision == "bf16" else elem
-    pairs = bsz * rows * (cols + layer.conv_weight.shape[-1])
-    # G and the mixing / tap temporaries (≈3 copies of [d] per pair), T and |y − T'| ([D] per pair, 2 copies)
-    return pairs * (3 * d * elem + d * mm_elem + 2 * d_model * max(elem, mm_elem) + 2 * d_model * elem)
+    return tile_bytes_for(bsz, rows, cols, d_inner_of(layer.ssm), d_model, layer.conv_weight.shape[-1], elem, mm_elem)
 
 
 def auto_block(layer: LayerTrace, budget_bytes: int | None = None, precision: str = "highest") -> int:

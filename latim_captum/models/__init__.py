@@ -36,11 +36,9 @@ def copy_model_path(name: str) -> Path:
 
 def load_copy_model(name: str) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` of an embedded copy model, float32, eval mode, on CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .._loading import load_pretrained
 
-    path = copy_model_path(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return load_pretrained(copy_model_path(name), dtype=torch.float32)
 
 
 def copy_task_of(name: str):

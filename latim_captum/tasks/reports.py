@@ -60,14 +60,14 @@ def exact_strategy(model: nn.Module) -> str | None:
 
 
 def load_model_dir(path: str | Path) -> tuple[nn.Module, object, dict]:
-    """Load a folder written by a task trainer: ``(model in float32 eval mode, tokenizer, metrics.json dict)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a folder written by a task trainer: ``(model in float32 eval mode, tokenizer, metrics.json dict)``,
+    safely (:func:`latim_captum._loading.load_pretrained`: never the folder's code, safetensors first)."""
+    from .._loading import load_pretrained
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no trained model at {path} (config.json missing)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    model, tok = load_pretrained(path, dtype=torch.float32)
     meta_file = path / "metrics.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     return model, tok, meta
