@@ -355,7 +355,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     _quiet_transformers()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda given but CUDA is not available")
-    deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
+    started = time.time()
     if args.model:
         paths = [Path(m) for m in args.model]
     elif not args.variant:
@@ -386,7 +386,9 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     command += ["--train-steps", str(args.train_steps)] if args.train_steps and not args.model else []
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     examples: dict = {}
-    for path, variant, (model, _, meta) in zip(paths, variants, loaded):
+    for index, (path, variant, (model, _, meta)) in enumerate(zip(paths, variants, loaded)):
+        # each model gets its share of --max-minutes, so the first cannot take the second's time
+        deadline = started + 60 * args.max_minutes * (index + 1) / len(paths) if args.max_minutes else None
         run_meta = {
             "model": str(path),
             "seed": meta.get("seed"),
@@ -580,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retr.add_argument("--methods", nargs="+", default=None, help="method names (default: the study's set)")
     retr.add_argument("--no-fwe", action="store_true", help="passkey only")
-    retr.add_argument("--max-minutes", type=float, default=None, help="start no further method after this long")
+    retr.add_argument(
+        "--max-minutes", type=float, default=None, help="start no further method after this long (models share it)"
+    )
     retr.add_argument("--out", default="benchmarks/results", help="folder for the .md, .json and .png")
     retr.add_argument("--quiet", action="store_true", help="no progress bars")
     retr.set_defaults(func=cmd_bench_retrieval)

@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: what a resumed run takes from its own command line (the rest comes from the saved run's arguments)
-_CALL_SETTINGS = ("out", "resume", "device", "bf16", "kernels", "quiet", "max_minutes")
+_CALL_SETTINGS = ("variant", "out", "resume", "device", "bf16", "kernels", "quiet", "max_minutes")
 _OPTIONAL_SETTINGS = ("steps", "curriculum_minutes")
 
 
