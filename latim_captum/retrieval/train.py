@@ -15,7 +15,8 @@ per batch fixed (``batch = tokens_per_batch // length``); a stage with several l
 - ``--scale paper``: 6 layers, d_model 256 (Mamba-1 state 16; Mamba-2 state 64, head_dim 64: 8 heads), about
   3M parameters; 32,768 tokens per batch; lengths 128 → 256 → 512 → {1024, 2048} at progress 0.1 / 0.2 / 0.35;
   AdamW lr 1.5e-3, inverse-sqrt schedule with 300 warm-up steps (no total needed: the run ends on time);
-  values of 4 digits, 32 × 32 keys, 64 coded words (16 per FWE sample). Needs a GPU with mamba-ssm's kernels
+  values of 4 digits, 32 × 32 keys, 64 coded words (16 per FWE sample); batches drawn by 4 worker processes
+  (``--data-workers``). Needs a GPU with mamba-ssm's kernels
   (``--device cuda --bf16``); sized so that the one-key case is learnt within one 8-minute device call (a small
   model sees ≥ 100M tokens there; the lookup a one-key sample needs is one value held in the state), while
   several keys need an associative lookup that a 3M model learns only in part: the difficulty the study is about.
@@ -48,10 +49,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,7 @@ _PAPER = dict(
     curriculum=[[0.1, [128]], [0.2, [256]], [0.35, [512]], [1.0, [1024, 2048]]],
     n_eval=32,
     eval_every=1000,
+    data_workers=4,
 )
 _TINY = dict(
     layers=2,
@@ -105,6 +108,7 @@ _TINY = dict(
     curriculum=[[0.3, [128]], [1.0, [128, 192]]],
     n_eval=16,
     eval_every=100,
+    data_workers=0,
 )
 
 #: per-scale, per-variant settings; command-line flags override any of them
@@ -284,26 +288,37 @@ def train(args: argparse.Namespace) -> dict:
     curriculum_minutes = args.curriculum_minutes or args.max_minutes
     t0 = time.time()
 
-    def batch_of(step: int) -> tuple[list[RetrievalSample], int]:
+    def plan(step: int) -> int:
+        """The curriculum's length for ``step`` (in this process: it reads the clock)."""
         elapsed = minutes_before + (time.time() - t0) / 60
         p = step / args.steps
         if curriculum_minutes:
             p = max(p, elapsed / curriculum_minutes)
         progress["p"] = max(progress["p"], p)
-        length = curriculum_length(args.curriculum, progress["p"], step)
-        size = max(1, args.tokens_per_batch // length)
-        return draw_batch(task, length=length, batch=size, seed=[args.seed, 0, step], keys=args.train_keys,
-                          key_weights=args.key_weights, fwe_share=args.fwe_share), length  # fmt: skip
+        return curriculum_length(args.curriculum, progress["p"], step)
 
-    # the next batch is drawn on a CPU thread while the device runs this step
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = {start: pool.submit(batch_of, start)}
+    def submit(step: int) -> tuple[Future, int]:
+        length = plan(step)
+        future = pool.submit(draw_batch, task, length=length, batch=max(1, args.tokens_per_batch // length),
+                             seed=[args.seed, 0, step], keys=args.train_keys, key_weights=args.key_weights,
+                             fwe_share=args.fwe_share)  # fmt: skip
+        return future, length
+
+    # batches are drawn ahead while the device runs: in worker processes at paper scale (drawing 32k tokens of
+    # samples in Python takes about as long as a step on the GPU), on one thread otherwise
+    if args.data_workers:
+        pool: Executor = ProcessPoolExecutor(args.data_workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=1)
+    depth = max(1, args.data_workers) + 1
+    pending = {step: submit(step) for step in range(start, start + depth)}
     lengths_seen: dict[int, int] = {}
 
     def step_loss(rel: int) -> torch.Tensor:
         step = start + rel
-        samples, length = pending.pop(step).result()
-        pending[step + 1] = pool.submit(batch_of, step + 1)
+        future, length = pending.pop(step)
+        samples = future.result()
+        pending[step + depth] = submit(step + depth)
         lengths_seen[length] = lengths_seen.get(length, 0) + 1
         ids = task.encode(samples)
         with autocast():
@@ -388,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("warmup", int),
         ("n-eval", int),
         ("eval-every", int),
+        ("data-workers", int),
     ]
     add_training_arguments(p, PRESETS, overrides)
     p.add_argument("--schedule", choices=["cosine", "inverse_sqrt"], default=None, help="override the preset")
