@@ -27,11 +27,11 @@ Held-out accuracy (teacher forcing, samples drawn with seed + 1 at the last stag
 ``token_acc`` over answer tokens, ``exact_match`` (every answer token right, equal to greedy decoding's), and the
 exact match per passkey key count and for FWE.
 
-**Resuming.** The output folder holds ``trainer_state.pt`` (optimizer, schedule, step, progress, minutes); ``--resume
-DIR`` continues from it with DIR's model, task, optimizer and training arguments; only the call's own settings
-(``--out``, ``--device``, ``--bf16``, ``--kernels``, ``--quiet``, ``--max-minutes``) and, when given, ``--steps`` and
-``--curriculum-minutes`` are taken from the command line. The curriculum resumes where it stopped (its progress is
-saved). A step's batch depends on ``(seed, step)`` and its length only.
+**Resuming.** The output folder holds ``trainer_state.pt`` (optimizer, schedule, step, progress, minutes);
+``--resume DIR`` continues from it with DIR's model, task, optimizer and training arguments; only the call's own
+settings (``--out``, ``--device``, ``--bf16``, ``--kernels``, ``--quiet``, ``--max-minutes``) and, when given,
+``--steps``, ``--curriculum-minutes`` and ``--data-workers`` are taken from the command line. The curriculum
+resumes where it stopped (its progress is saved). A step's batch depends on ``(seed, step)`` and its length only.
 
 Usage::
 
@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: what a resumed run takes from its own command line (the rest comes from the saved run's arguments)
 _CALL_SETTINGS = ("variant", "out", "resume", "device", "bf16", "kernels", "quiet", "max_minutes")
-_OPTIONAL_SETTINGS = ("steps", "curriculum_minutes")
+_OPTIONAL_SETTINGS = ("steps", "curriculum_minutes", "data_workers")
 
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
