@@ -68,7 +68,7 @@ fi
 if [ "$what" = retrieval ]; then
   shift
   timeout 560 python3 benchmarks/retrieval.py --scale paper --device cuda --model "$@" --out "$out/retrieval" \
-    --quiet --max-minutes 6 > "$out/retrieval.log" 2>&1
+    --quiet --max-minutes 5.5 > "$out/retrieval.log" 2>&1
   echo "retrieval rc=$?"; head -60 "$out"/retrieval/retrieval-*paper.md 2>/dev/null || tail -5 "$out/retrieval.log"
   exit 0
 fi

@@ -423,8 +423,9 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
         )
         write_partial(report)
         model.to("cpu")
+        # after each model, so a run cut short later still leaves the figures of the models it finished
+        figures = write_figures(suite, examples, args.out, stem)
     json_path, md_path = write_report(suite, args.out, stem)
-    figures = write_figures(suite, examples, args.out, stem)
     print(render_markdown(suite))
     print(f"wrote {json_path}, {md_path} and {', '.join(str(f) for f in figures)}")
     return 0
