@@ -13,6 +13,13 @@
 #        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
+#   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
+#        curriculum, 7.5 minutes of steps) into ./gpu-models/retrieval-<v>-paper-s<seed> (git-ignored, kept while the
+#        machine stays warm; run again on a warm machine to resume it for another 7.5 minutes) and as
+#        $OUT/retrieval-<v>-paper-s<seed>.tar.part* (model + trainer_state.pt)
+#   bash benchmarks/gpu_checks.sh retrieval DIR [DIR]         retrieval study (Tables 4/6, shares, Figure 3) from
+#        trained folders (e.g. gpu-models/retrieval-mamba1-paper-s0 gpu-models/retrieval-mamba2-paper-s0), with the
+#        kernels; $OUT/retrieval/retrieval-paper.{md,json} and three PNGs
 # A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
 # in a second call carrying the weights (the evaluation runs on the PyTorch path without them).
 # Activation variants: the kernels apply SiLU or none, so relu trains with --kernels off (HF's PyTorch path: far
@@ -43,6 +50,26 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   echo "train $name rc=$?"; head -14 "/tmp/$name/metrics.json"
   # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x)
   tar c -C /tmp "$name" | split -d -b 15M - "$out/$name.tar.part"
+  exit 0
+fi
+if [ "$what" = train-retrieval ]; then
+  v=$2; seed=${3:-0}; name="retrieval-$v-paper-s$seed"; dir="gpu-models/$name"
+  mkdir -p gpu-models; rm -rf "$dir.new"
+  resume=(); [ -f "$dir/trainer_state.pt" ] && resume=(--resume "$dir")
+  timeout 560 python3 -m latim_captum.retrieval.train --variant "$v" --scale paper --device cuda --bf16 --quiet \
+    --seed "$seed" --max-minutes 7.5 "${resume[@]}" --out "$dir.new" > "$out/train_$name.log" 2>&1
+  rc=$?
+  # the folder is replaced only by a finished run (a cut one leaves the last good model in place)
+  if [ -f "$dir.new/trainer_state.pt" ]; then rm -rf "$dir" && mv "$dir.new" "$dir"; fi
+  echo "train $name rc=$rc ${resume[*]}"; head -24 "$dir/metrics.json" 2>/dev/null || tail -5 "$out/train_$name.log"
+  tar c -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
+  exit 0
+fi
+if [ "$what" = retrieval ]; then
+  shift
+  timeout 560 python3 benchmarks/retrieval.py --scale paper --device cuda --model "$@" --out "$out/retrieval" \
+    --quiet --max-minutes 5.5 > "$out/retrieval.log" 2>&1
+  echo "retrieval rc=$?"; head -60 "$out"/retrieval/retrieval-*paper.md 2>/dev/null || tail -5 "$out/retrieval.log"
   exit 0
 fi
 if [ "$what" = alignment ]; then

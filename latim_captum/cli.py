@@ -6,6 +6,8 @@
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
 - ``latim bench alignment``: the Table 3 analogue (AER) on the synthetic translation task
   (:mod:`latim_captum.alignment`), tiny models trained in the run by default.
+- ``latim bench retrieval``: the long-context retrieval study (§4.3, Tables 4 and 6, Figure 3) on passkey and
+  frequent-word extraction (:mod:`latim_captum.retrieval`), tiny models trained in the run by default.
 - ``latim bench speed``: speed and memory of the fast path against ``_ref``, LIG-50 and a forward pass
   (:mod:`latim_captum.bench_speed`, also ``benchmarks/speed.py``).
 - ``latim inseq ...``: Inseq's own CLI (``inseq attribute``, ``attribute-dataset``, ...) with the LaTIM methods and
@@ -412,6 +414,100 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_retrieval(args: argparse.Namespace) -> int:
+    import time
+
+    from ._validation import check_device
+    from .retrieval.data import KEYS, LENGTHS, RetrievalTask
+    from .retrieval.evaluate import evaluate_model, render_markdown, write_figures, write_report
+    from .retrieval.train import resolve_args, train
+    from .tasks.reports import load_model_dir, variant_of
+
+    _quiet_transformers()
+    check_device(args.device)
+    _check_backend(args.backend, args.device)
+    if args.variant and not args.model:  # the report's name is known before any training
+        stem = f"retrieval-{args.variant[0]}-{args.scale}" if len(args.variant) == 1 else f"retrieval-{args.scale}"
+        _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    if args.scale == "tiny" and not args.model:
+        _check_out_dir("--train-out", Path(args.train_out), [])
+    started = time.time()
+    if args.model:
+        paths = [Path(m) for m in args.model]
+    elif not args.variant:
+        raise ValueError("give --variant (mamba1, mamba2 or both) or --model")
+    elif args.scale == "tiny":
+        paths = [Path(args.train_out) / f"retrieval-{v}-tiny" for v in args.variant]
+        for variant, path in zip(args.variant, paths):  # a tiny model trained in the run (CPU, minutes)
+            steps = ["--steps", str(args.train_steps)] if args.train_steps else []
+            flags = ["--variant", variant, "--scale", "tiny", "--out", str(path), "--seed", str(args.seed), *steps]
+            train(resolve_args([*flags, *(["--quiet"] if args.quiet else [])]))
+    else:
+        paths = [Path("gpu-models") / f"retrieval-{v}-paper-s{args.seed}" for v in args.variant]
+    loaded = [load_model_dir(path) for path in paths]
+    variants = [variant_of(model) for model, _, _ in loaded]
+    if len(set(variants)) < len(variants):
+        raise ValueError(f"one model per variant, got {', '.join(variants)}")
+    stem = f"retrieval-{variants[0]}-{args.scale}" if len(variants) == 1 else f"retrieval-{args.scale}"
+    _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    lengths = args.lengths or list(LENGTHS[args.scale])
+    n_samples = args.n_samples or (500 if args.scale == "paper" else 24)
+    n_attr = args.n_attr or (24 if args.scale == "paper" else 6)
+    command = ["latim bench retrieval", "--scale", args.scale, "--device", args.device]
+    command += ["--model", *map(str, paths)] if args.model else ["--variant", *args.variant]
+    command += ["--lengths", *map(str, lengths), "--keys", *map(str, args.keys or KEYS)]
+    command += ["--n-samples", str(n_samples), "--n-attr", str(n_attr)]
+    command += ["--methods", *args.methods] if args.methods else []
+    command += ["--no-fwe"] if args.no_fwe else []
+    command += ["--train-steps", str(args.train_steps)] if args.train_steps and not args.model else []
+    suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
+    examples: dict = {}
+    for index, (path, variant, (model, _, meta)) in enumerate(zip(paths, variants, loaded)):
+        # each model gets its share of --max-minutes, so the first cannot take the second's time
+        deadline = started + 60 * args.max_minutes * (index + 1) / len(paths) if args.max_minutes else None
+        run_meta = {
+            "model": str(path),
+            "seed": meta.get("seed"),
+            "steps": meta.get("steps"),
+            "minutes": meta.get("minutes"),
+            "train_device": meta.get("device"),
+            "train_eval_exact_match": meta.get("eval_exact_match"),
+        }
+
+        def write_partial(report: dict, variant: str = variant, run_meta: dict = run_meta) -> None:
+            suite["models"][variant] = {**report, "meta": run_meta}
+            write_report(suite, args.out, stem)
+
+        report = evaluate_model(
+            model.to(args.device),
+            RetrievalTask(**meta["task"]) if "task" in meta else RetrievalTask(),
+            lengths=lengths,
+            keys=args.keys or KEYS,
+            n_samples=n_samples,
+            n_attr=n_attr,
+            seed=int(meta.get("seed", 0)),
+            methods=args.methods,
+            batch=args.batch,
+            attr_batch=args.attr_batch,
+            max_sequences=args.max_sequences,
+            backend=args.backend,
+            fwe=not args.no_fwe,
+            quiet=args.quiet,
+            on_update=write_partial,
+            examples=examples.setdefault(variant, {}),
+            deadline=deadline,
+        )
+        write_partial(report)
+        model.to("cpu")
+        # after each model, so a run cut short later still leaves the figures of the models it finished
+        figures = write_figures(suite, examples, args.out, stem)
+    json_path, md_path = write_report(suite, args.out, stem)
+    print(render_markdown(suite))
+    print(f"wrote {json_path}, {md_path} and {', '.join(str(f) for f in figures)}")
+    return 0
+
+
 _DEBUG_HELP = "on an error, print the traceback too (default: one `latim: error:` line)"
 
 
@@ -550,6 +646,49 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
     align.add_argument("--quiet", action="store_true", help="no progress bars")
     align.set_defaults(func=cmd_bench_alignment)
+
+    retr = bench_sub.add_parser(
+        "retrieval", help="long-context retrieval study (paper §4.3, Tables 4/6, Figure 3): passkey and FWE"
+    )
+    retr.add_argument("--variant", nargs="+", choices=["mamba1", "mamba2"], default=None, help="model(s) to score")
+    retr.add_argument(
+        "--scale",
+        choices=["tiny", "paper"],
+        default="tiny",
+        help="tiny: train a tiny model per variant in the run (CPU, minutes), lengths 128/192; paper: "
+        "gpu-models/retrieval-<variant>-paper-s<seed> unless --model, lengths 1024/2048",
+    )
+    retr.add_argument("--model", nargs="+", default=None, help="folders written by latim_captum.retrieval.train")
+    retr.add_argument("--train-out", default="runs", help="tiny scale: where the trained models go (default runs/)")
+    retr.add_argument(
+        "--train-steps", type=_positive_int, default=None, help="tiny scale: training steps (default: preset)"
+    )
+    retr.add_argument("--seed", type=int, default=0, help="training seed (tiny scale; the paper-scale folder name)")
+    retr.add_argument("--device", default="cpu")
+    retr.add_argument(
+        "--lengths", type=_positive_int, nargs="+", default=None, help="sample lengths (default: the scale's)"
+    )
+    retr.add_argument("--keys", type=_positive_int, nargs="+", default=None, help="passkey key counts (default 1 2 4)")
+    retr.add_argument(
+        "--n-samples", type=_positive_int, default=None, help="samples per setting for accuracy (paper 500)"
+    )
+    retr.add_argument(
+        "--n-attr", type=_positive_int, default=None, help="samples per setting explained by each method"
+    )
+    retr.add_argument("--batch", type=_positive_int, default=32, help="samples per decoding pass")
+    retr.add_argument("--attr-batch", type=_positive_int, default=4, help="samples per attribution call")
+    retr.add_argument("--backend", choices=BACKENDS, default="auto", help="LaTIM's path (same values)")
+    retr.add_argument(
+        "--max-sequences", type=_positive_int, default=64, help="replicated sequences per pass of the gradient methods"
+    )
+    retr.add_argument("--methods", nargs="+", default=None, help="method names (default: the study's set)")
+    retr.add_argument("--no-fwe", action="store_true", help="passkey only")
+    retr.add_argument(
+        "--max-minutes", type=float, default=None, help="start no further method after this long (models share it)"
+    )
+    retr.add_argument("--out", default="benchmarks/results", help="folder for the .md, .json and .png")
+    retr.add_argument("--quiet", action="store_true", help="no progress bars")
+    retr.set_defaults(func=cmd_bench_retrieval)
 
     from . import bench_speed
 

@@ -1,4 +1,5 @@
-"""Matplotlib figures for token maps: one map, a grid of per-layer maps, several methods side by side.
+"""Matplotlib figures for token maps: one map, a grid of per-layer maps, several methods side by side, and views of
+one query row over a long context (span-aggregated bars, the whole row, rows zoomed to spans).
 
 Every function returns the :class:`matplotlib.figure.Figure` (never shows it). Colour scales are per panel:
 non-negative data on a sequential map from 0, signed data on a diverging map centred on 0. The upper triangle of a
@@ -15,7 +16,14 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["plot_token_map", "plot_layer_grid", "plot_comparison"]
+__all__ = [
+    "plot_comparison",
+    "plot_layer_grid",
+    "plot_long_context",
+    "plot_span_shares",
+    "plot_token_map",
+    "span_mass",
+]
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -208,4 +216,144 @@ def plot_comparison(
         _set_ticks(axes[-1], labels, "x")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+# --- long contexts: one query row per method, summarised over spans -------------------------------------------------
+
+_SPAN_COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def span_mass(row: ArrayLike, spans: Sequence[tuple[str, int, int]]) -> dict[str, float]:
+    """Share of a row's mass on each span, ``Σ_{j ∈ [start, stop)} |s_j| / Σ_j |s_j|``, plus ``"rest"`` (the
+    positions no span covers). Overlapping spans count their shared positions once each, in the first span.
+
+    Examples:
+        >>> span_mass(torch.tensor([1.0, -3.0, 0.0, 4.0]), [("a", 1, 2), ("b", 3, 4)])
+        {'a': 0.375, 'b': 0.5, 'rest': 0.125}
+    """
+    data = np.abs(_to_numpy(row, "row", (1,)))
+    total = float(data.sum())
+    taken = np.zeros(len(data), dtype=bool)
+    out = {}
+    for label, start, stop in spans:
+        if not 0 <= start <= stop <= len(data):
+            raise ValueError(f"span {label!r} [{start}, {stop}) is outside a row of {len(data)} positions")
+        here = np.zeros(len(data), dtype=bool)
+        here[start:stop] = True
+        here &= ~taken
+        taken |= here
+        out[label] = float(data[here].sum()) / total if total > 0 else float("nan")
+    out["rest"] = float(data[~taken].sum()) / total if total > 0 else float("nan")
+    return out
+
+
+def plot_span_shares(
+    shares: Mapping[str, Mapping[str, float]],
+    *,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Grouped bars: one group per method (outer key), one bar per span category (inner key), the share of the
+    method's attribution mass there (e.g. averaged over many long samples, where a heatmap would not be readable).
+
+    Examples:
+        >>> fig = plot_span_shares({"ℓ2": {"gold": 0.5, "filler": 0.5}, "IG": {"gold": 0.2, "filler": 0.8}})
+    """
+    if not shares:
+        raise ValueError("shares is empty")
+    categories: list[str] = []
+    for values in shares.values():
+        categories += [c for c in values if c not in categories]
+    if ax is None:
+        fig = Figure(figsize=(max(6.0, 1.1 * len(shares) * max(1, len(categories)) * 0.35 + 2), 3.6),
+                     layout="constrained")  # fmt: skip
+        ax = fig.add_subplot()
+    width = 0.8 / len(categories)
+    x = np.arange(len(shares))
+    for k, cat in enumerate(categories):
+        values = [float(v.get(cat, np.nan)) for v in shares.values()]
+        ax.bar(x + (k - (len(categories) - 1) / 2) * width, values, width, label=cat,
+               color=_SPAN_COLORS[k % len(_SPAN_COLORS)])  # fmt: skip
+    ax.set_xticks(x)
+    ax.set_xticklabels(list(shares), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("share of |score|")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncols=min(len(categories), 5))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax.figure
+
+
+def plot_long_context(
+    rows: Mapping[str, ArrayLike],
+    spans: Sequence[tuple[str, int, int]],
+    tokens: Sequence[str] | None = None,
+    *,
+    context: int = 3,
+    title: str | None = None,
+) -> Figure:
+    """One query row per method over a long context (N in the thousands), readable where an ``N × N`` map is not.
+
+    Three parts: (top) span-aggregated bars, the share of each row's mass on each span (:func:`span_mass`);
+    (middle) the whole rows as a heatmap strip, ``|s_j| / max_j |s_j|`` per row, spans marked; (bottom) the rows
+    zoomed to each span with ``context`` tokens either side, token labels readable, on the strip's colour scale.
+
+    Args:
+        rows: method name → ``[N]`` scores of one query row (all the same length).
+        spans: ``(label, start, stop)`` token ranges to aggregate and zoom to (e.g. the needles of a passkey
+            sample), ``stop`` exclusive.
+        tokens: N labels for the zoomed panels.
+        context: tokens shown either side of a span in its zoom.
+        title: figure title.
+
+    Examples:
+        >>> row = torch.zeros(2048); row[100:104] = 1.0; row[1500] = 0.5
+        >>> fig = plot_long_context({"ℓ2": row, "IG": -row}, [("gold", 100, 104), ("first", 1500, 1501)])
+        >>> len(fig.axes) >= 4
+        True
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    if not spans:
+        raise ValueError("spans is empty")
+    arrays = {name: np.abs(_to_numpy(v, f"rows[{name!r}]", (1,))) for name, v in rows.items()}
+    sizes = {a.shape[0] for a in arrays.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"rows have different lengths {sorted(sizes)}; they must explain the same input")
+    n = sizes.pop()
+    labels = _labels(tokens, n)
+    names = list(arrays)
+    strip = np.stack([a / (a.max() if a.max() > 0 else 1.0) for a in arrays.values()])
+    fig = Figure(figsize=(max(12.0, 2.6 * len(spans)), 3.0 + 0.35 * len(names) * 2 + 2.4), layout="constrained")
+    grid = fig.add_gridspec(3, len(spans), height_ratios=[2.4, 0.35 * len(names) + 0.6, 0.35 * len(names) + 1.2])
+
+    bars = fig.add_subplot(grid[0, :])
+    plot_span_shares({name: span_mass(rows[name], spans) for name in names}, ax=bars,
+                     title="share of |score| per span")  # fmt: skip
+
+    whole = fig.add_subplot(grid[1, :])
+    image = whole.imshow(strip, aspect="auto", interpolation="nearest", cmap="Blues", vmin=0.0, vmax=1.0)
+    whole.set_yticks(range(len(names)))
+    whole.set_yticklabels(names, fontsize=7)
+    for k, (label, start, stop) in enumerate(spans):
+        color = _SPAN_COLORS[k % len(_SPAN_COLORS)]
+        whole.axvspan(start - 0.5, stop - 0.5, ymin=0.0, ymax=1.0, fill=False, edgecolor=color, linewidth=1.2)
+        whole.text((start + stop) / 2, -0.6, label, color=color, ha="center", va="bottom", fontsize=7)
+    whole.set_xlabel(f"position (0..{n - 1}); colour |score| / max |score| of the row")
+    fig.colorbar(image, ax=whole, fraction=0.02, pad=0.01)
+
+    for k, (label, start, stop) in enumerate(spans):
+        ax = fig.add_subplot(grid[2, k])
+        lo, hi = max(0, start - context), min(n, stop + context)
+        ax.imshow(strip[:, lo:hi], aspect="auto", interpolation="nearest", cmap="Blues", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(hi - lo))
+        ax.set_xticklabels(labels[lo:hi], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names if k == 0 else [""] * len(names), fontsize=6)
+        ax.axvspan(start - lo - 0.5, stop - lo - 0.5, fill=False, edgecolor=_SPAN_COLORS[k % len(_SPAN_COLORS)],
+                   linewidth=1.5)  # fmt: skip
+        ax.set_title(f"{label} [{start}, {stop})", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig

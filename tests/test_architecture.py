@@ -43,6 +43,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.tasks": 5,
     "latim_captum.copying": 5,
     "latim_captum.alignment": 5,
+    "latim_captum.retrieval": 5,
     "latim_captum.paper": 5,
     "latim_captum.models": 5,
     "latim_captum._loading": 5,

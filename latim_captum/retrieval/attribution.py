@@ -1,0 +1,185 @@
+"""One query row per answer token, for every method of the study, without any ``N × N`` map where the method allows.
+
+Each method gives ``[B, R, N]`` (aggregated over the model) or ``[B, R, L, N]`` (one row per layer) for the ``R``
+rows ``rows`` (the rows that predict the answer tokens) and the token ``targets[b, r]`` each row explains:
+
+- LaTIM per layer (``l1``, ``l2``, ``alti``, optionally ``_<activation>``; bare names use the paper's ``silu`` like
+  the registry): rows ``[min rows, max rows]`` of each layer's map, ``C^{(l)}_{qj} = ‖T^{(l)}_q(x_j)‖`` (eq 5) or
+  ALTI's (eq 6), from :func:`latim_captum.maps.layer.layer_maps` with ``rows=`` (memory O(rows·N); one trace).
+- LaTIM ALTI-Logit (``alti_logit[_<activation>]``): :func:`latim_captum.alti_logit_row` per row (eq 8 for one
+  query, the single-query path: O(N·d) memory beyond the trace), on one shared trace.
+- Captum gradients on the input embeddings ``e_j`` for the logit of ``targets[b, r]`` at row ``q_r``:
+  ``saliency`` = ``‖∂logit/∂e_j‖_2``, ``input_x_gradient`` = ``Σ_d e_jd ∂logit/∂e_jd``, ``integrated_gradients``
+  = Captum's IG from the zero embedding (``n_steps`` steps), summed over ``d``. The input is replicated once per row.
+- Baselines with ``position=q`` (one row each): ``mamba_attention`` (per layer), ``mamba_attribution`` and
+  ``mamba_lrp`` (aggregated, target = ``targets[b, r]``).
+
+Example:
+    >>> rows = answer_row_scores("l2", model, ids, rows=[5, 6], targets=ids[:, 6:8])   # doctest: +SKIP
+    >>> rows.shape                                                # [B, 2, layers, N]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..activations import ACTIVATIONS, check_activation
+from ..api import trace
+from ..baselines import mamba_attention, mamba_attribution, mamba_lrp
+from ..maps.layer import layer_maps
+from ..single_query import alti_logit_row
+
+__all__ = ["GRADIENT_METHODS", "LATIM_MEASURES", "answer_row_scores", "method_family", "parse_latim"]
+
+LATIM_MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "alti_logit")
+GRADIENT_METHODS: tuple[str, ...] = ("saliency", "input_x_gradient", "integrated_gradients")
+BASELINE_METHODS: tuple[str, ...] = ("mamba_attention", "mamba_attribution", "mamba_lrp")
+
+
+def parse_latim(name: str) -> tuple[str, str] | None:
+    """``(measure, activation)`` of a LaTIM method name (``l2`` → ``("l2", "silu")``, ``alti_logit_silu_gate`` →
+    ``("alti_logit", "silu_gate")``), None for any other name.
+
+    Example:
+        >>> parse_latim("l2"), parse_latim("alti_logit_silu_gate"), parse_latim("saliency")
+        (('l2', 'silu'), ('alti_logit', 'silu_gate'), None)
+    """
+    for measure in sorted(LATIM_MEASURES, key=len, reverse=True):
+        if name == measure:
+            return measure, "silu"
+        if name.startswith(measure + "_") and name[len(measure) + 1 :] in ACTIVATIONS:
+            return measure, name[len(measure) + 1 :]
+    return None
+
+
+def method_family(name: str) -> str:
+    """``"latim"``, ``"gradient"`` or ``"baseline"``; ``ValueError`` for an unknown name."""
+    if parse_latim(name) is not None:
+        return "latim"
+    if name in GRADIENT_METHODS:
+        return "gradient"
+    if name in BASELINE_METHODS:
+        return "baseline"
+    known = ", ".join([*LATIM_MEASURES, *GRADIENT_METHODS, *BASELINE_METHODS])
+    raise ValueError(f"unknown method {name!r}; choose from {known} (LaTIM names take _<activation> too)")
+
+
+def is_per_layer(name: str) -> bool:
+    """True for the methods that give one row per layer."""
+    parsed = parse_latim(name)
+    return name == "mamba_attention" or (parsed is not None and parsed[0] != "alti_logit")
+
+
+def answer_row_scores(
+    name: str,
+    model: nn.Module,
+    input_ids: Tensor,
+    *,
+    rows: Sequence[int],
+    targets: Tensor,
+    backend: str = "auto",
+    max_sequences: int = 64,
+    n_steps: int = 16,
+) -> Tensor:
+    """The scores of method ``name`` for query rows ``rows`` of ``input_ids`` ``[B, N]``.
+
+    Args:
+        rows: the query rows (0-based), one int each, shared by the batch.
+        targets: ``[B, R]`` token each row explains (ALTI-Logit, gradients, Mamba-Attribution, MambaLRP).
+        backend: LaTIM's path (:data:`latim_captum.BACKENDS`).
+        max_sequences: replicated sequences per forward/backward pass of the gradient methods and row batch of the
+            row-replicating baselines.
+        n_steps: Integrated Gradients' steps.
+
+    Returns:
+        ``[B, R, N]``, or ``[B, R, L, N]`` for the per-layer methods.
+    """
+    rows = [int(r) for r in rows]
+    bsz, n = input_ids.shape
+    if not rows or min(rows) < 0 or max(rows) >= n:
+        raise ValueError(f"rows must be in 0..{n - 1}, got {rows}")
+    if tuple(targets.shape) != (bsz, len(rows)):
+        raise ValueError(f"targets must be [B, R] = [{bsz}, {len(rows)}], got {tuple(targets.shape)}")
+    family = method_family(name)
+    if family == "latim":
+        measure, activation = parse_latim(name)
+        return _latim_rows(model, input_ids, measure, activation, rows, targets, backend)
+    if family == "gradient":
+        return _gradient_rows(model, input_ids, name, rows, targets, max_sequences, n_steps)
+    out = []
+    for k, q in enumerate(rows):
+        if name == "mamba_attention":
+            out.append(mamba_attention(model, input_ids, position=q))  # [B, L, N]
+        elif name == "mamba_attribution":
+            out.append(mamba_attribution(model, input_ids, position=q, target=targets[:, k], row_batch=max_sequences))
+        else:
+            out.append(mamba_lrp(model, input_ids, position=q, target=targets[:, k], row_batch=max_sequences))
+    return torch.stack(out, dim=1).float()
+
+
+def _latim_rows(
+    model: nn.Module, ids: Tensor, measure: str, activation: str, rows: list[int], targets: Tensor, backend: str
+) -> Tensor:
+    tr = trace(model, ids)
+    check_activation(activation, tr.activation or "silu")
+    if measure == "alti_logit":
+        path = "fast" if backend == "auto" else backend  # the single-query path's own default
+        out = [
+            alti_logit_row(tr, position=q, activation=activation, target=targets[:, k], backend=path).scores
+            for k, q in enumerate(rows)
+        ]
+        return torch.stack(out, dim=1).float()
+    lo, hi = min(rows), max(rows) + 1
+    pick = torch.tensor([q - lo for q in rows], device=ids.device)
+    per_layer = [
+        layer_maps(layer, activation, (measure,), backend=backend, rows=(lo, hi))[measure].index_select(1, pick)
+        for layer in tr.layers
+    ]
+    return torch.stack(per_layer, dim=2).float()  # [B, R, L, N]
+
+
+def _gradient_rows(
+    model: nn.Module, ids: Tensor, kind: str, rows: list[int], targets: Tensor, max_sequences: int, n_steps: int
+) -> Tensor:
+    """Replica ``r·B + b`` of the input reads the logit of ``targets[b, r]`` at its own row ``rows[r]``: one
+    backward pass gives every row (a replica's gradient flows only from its own row's logit)."""
+    from captum.attr import InputXGradient, IntegratedGradients, Saliency
+
+    bsz, n = ids.shape
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(ids).detach()
+
+        def forward(e: Tensor, at: Tensor) -> Tensor:
+            logits = model(inputs_embeds=e, use_cache=False).logits
+            return logits[torch.arange(e.shape[0], device=e.device), at].float()
+
+        out = []
+        step = max(1, max_sequences // bsz)
+        for r0 in range(0, len(rows), step):
+            chunk = rows[r0 : r0 + step]
+            reps = len(chunk)
+            x = embeds[None].expand(reps, -1, -1, -1).reshape(reps * bsz, n, -1).clone().requires_grad_(True)
+            at = torch.tensor(chunk, device=ids.device).repeat_interleave(bsz)
+            tgt = targets[:, r0 : r0 + reps].T.reshape(-1)
+            if kind == "saliency":
+                scores = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=(at,))
+                scores = scores.float().norm(dim=-1)
+            elif kind == "input_x_gradient":
+                scores = (
+                    InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=(at,)).float().sum(-1)
+                )
+            else:
+                scores = IntegratedGradients(forward).attribute(
+                    x, baselines=torch.zeros_like(x), target=tgt, additional_forward_args=(at,), n_steps=n_steps,
+                    internal_batch_size=max_sequences,
+                ).float().sum(-1)  # fmt: skip
+            out.append(scores.detach().reshape(reps, bsz, n).transpose(0, 1))
+    finally:
+        model.train(was_training)
+    return torch.cat(out, dim=1)
