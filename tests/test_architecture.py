@@ -42,6 +42,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.copying": 5,
     "latim_captum.alignment": 5,
     "latim_captum.paper": 5,
+    "latim_captum.dataset": 5,
     "latim_captum.models": 5,
     "latim_captum._plots": 5,
     # tools and the package itself

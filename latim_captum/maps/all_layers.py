@@ -4,6 +4,9 @@ Every front end (the functions of :mod:`latim_captum.api`, the Captum classes, t
 benchmarks) goes through these, so a new backend or measure reaches them all at once. The rollout and ALTI-Logit fold
 each layer in as soon as it is made: beyond the result they hold one layer's maps, not ``L``.
 
+A trace of a sharded model (layers on several devices) is computed layer by layer on each layer's device; only the
+maps travel, to the device of the embeddings, where the results are returned (:mod:`latim_captum.maps.placement`).
+
 Example:
     >>> maps = stack(tr, ("l2", "alti"), activation="silu_gate")["alti"]          # [B, L, N, N]  # doctest: +SKIP
     >>> res = alti_logit(tr, targets, activation="silu_gate")                    # doctest: +SKIP
@@ -24,6 +27,7 @@ from latim_captum.aggregate import through
 from latim_captum.traces import ModelTrace
 
 from .layer import layer_maps
+from .placement import PerDevice, layer_device, output_device
 
 __all__ = ["AltiLogit", "stack", "alti_rollout", "alti_logit", "logit_terms", "read_logits"]
 
@@ -92,19 +96,21 @@ def stack(
     """Per-layer maps of ``measures`` for ``layers`` (None: all), ``{measure: [B, len(layers), rows, N]}``.
 
     Each layer's maps are written into one preallocated result per measure (no second copy, as ``torch.stack``
-    would make). Arguments as :func:`latim_captum.maps.layer.layer_maps`; maps are per token (a Zamba2 hybrid
-    layer's embedding columns are added to its stream columns).
+    would make), on the embeddings' device whatever device computed them. Arguments as
+    :func:`latim_captum.maps.layer.layer_maps`; maps are per token (a Zamba2 hybrid layer's embedding columns are
+    added to its stream columns).
     """
     selected = check_layers(layers, trace.n_layers)
     bsz, n = trace.shape
     first, last = check_rows(rows, n)
     result = {m: trace.embeddings.new_zeros(bsz, len(selected), last - first, n) for m in measures}
+    projections = PerDevice(projection)
     for pos, idx in enumerate(selected):
         maps = layer_maps(
             trace.layers[idx],
             activation,
             measures,
-            projection=projection,
+            projection=projections.on(layer_device(trace.layers[idx])),
             block_rows=block_rows,
             backend=backend,
             precision=precision,
@@ -130,13 +136,14 @@ def alti_rollout(
     A layer with embedding columns (Zamba2's hybrid layers, ``P = [A^x | A^e]``) adds its embedding half directly:
     ``R^{(l)} = A^x R^{(l-1)} + A^e`` (:func:`latim_captum.aggregate.rollout`).
     """
+    out = output_device(trace)
     flow = None
     for layer in trace.layers:
         alti = layer_maps(
             layer, activation, ("alti",), block_rows=block_rows, backend=backend, embedding_columns=True,
             precision=precision, kernel_config=kernel_config,
         )["alti"]  # fmt: skip
-        flow = through(alti, flow)
+        flow = through(alti.to(out), flow)
     return flow
 
 
@@ -167,8 +174,13 @@ def alti_logit(
     readout = trace.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
-    direction, offset, _ = logit_terms(readout, targets, contrast)
-    projection = direction * readout.norm_scale[..., None]  # [B, N, D]
+    out = output_device(trace)
+    head = readout.unembedding.device  # a sharded model's LM head may live on another device than the embeddings
+    at_head = (targets.to(head), None if contrast is None else contrast.to(head))
+    direction, offset, _ = logit_terms(readout, *at_head)
+    projections = PerDevice(direction * readout.norm_scale[..., None])  # [B, N, D]
+    projection = projections.on(out)
+    offset = offset.to(out)
     direct = (projection * trace.embeddings).sum(-1)
     bsz, n = direct.shape
     flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)  # R^{(0)} = I
@@ -177,13 +189,14 @@ def alti_logit(
     for idx, layer in enumerate(trace.layers):
         # R^{(L)} is never read: the last layer needs its Δ only, not the ALTI map (its W_o product)
         measures = ("logit",) if idx == last else ("alti", "logit")
+        here = projections.on(layer_device(layer))
         maps = layer_maps(
-            layer, activation, measures, projection=projection, block_rows=block_rows, backend=backend,
+            layer, activation, measures, projection=here, block_rows=block_rows, backend=backend,
             embedding_columns=True, precision=precision, kernel_config=kernel_config,
         )  # fmt: skip
-        scores = scores + through(maps["logit"], flow)
+        scores = scores + through(maps["logit"].to(out), flow)
         if idx < last:
-            flow = through(maps["alti"], flow)
-        offset = offset + projection @ layer.offset
-    logits = read_logits(readout.logits, targets, contrast)
+            flow = through(maps["alti"].to(out), flow)
+        offset = offset + (here @ layer.offset).to(out)
+    logits = read_logits(readout.logits, *at_head).to(out)
     return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset, contrast=contrast)
