@@ -199,4 +199,5 @@ def alti_logit(
             flow = through(maps["alti"].to(out), flow)
         offset = offset + (here @ layer.offset).to(out)
     logits = read_logits(readout.logits, *at_head).to(out)
-    return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset, contrast=contrast)
+    contrast = None if contrast is None else contrast.to(out)
+    return AltiLogit(scores=scores, targets=targets.to(out), logits=logits, offset=offset, contrast=contrast)
