@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import CapturedLayer, ModelAdapter, TraceMismatchError, relative_error, verification_tolerance
+from .base import (
+    CapturedLayer,
+    ModelAdapter,
+    TraceMismatchError,
+    execution_device,
+    onloaded,
+    relative_error,
+    verification_tolerance,
+)
 from .hf_bamba import HFBambaAdapter
 from .hf_falcon_h1 import HFFalconH1Adapter
 from .hf_granite import HFGraniteMoeHybridAdapter
@@ -31,7 +39,9 @@ __all__ = [
     "MambaSSMAdapter",
     "ModelAdapter",
     "TraceMismatchError",
+    "execution_device",
     "get_adapter",
+    "onloaded",
     "register_adapter",
     "relative_error",
     "supported_model_classes",

@@ -7,13 +7,19 @@ and the block's), removes every hook, restores each module's train/eval flag, th
 compute dtype and checks the result against the captured output so that an unsupported variant fails loudly instead
 of producing a silently wrong map. The hooks record only their own call's forward pass
 (:class:`~latim_captum._model_state.CallHooks`), so several threads may trace one model at once.
+
+Sharded models (``from_pretrained(device_map=...)``, accelerate's ``dispatch_model``, CPU or disk offload) are traced
+layer by layer where each layer runs: its captured tensors go to its execution device (:func:`execution_device`) and
+offloaded weights are brought there only while that layer is recomputed (:func:`onloaded`), so each sublayer's trace
+lives on its own layer's device. accelerate's hooks are the model's own: they are left in place; ours are removed.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +35,8 @@ __all__ = [
     "CapturedLayer",
     "TraceMismatchError",
     "check_finite_capture",
+    "execution_device",
+    "onloaded",
     "relative_error",
     "verification_tolerance",
 ]
@@ -49,6 +57,64 @@ class CapturedLayer:
     mixer_output: Tensor | None = None
     block_output: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _hook_devices(module: nn.Module) -> Iterator[torch.device]:
+    """The execution devices of the accelerate hooks attached to ``module`` itself (a ``SequentialHook`` holds
+    several)."""
+    hook = getattr(module, "_hf_hook", None)
+    for part in getattr(hook, "hooks", (hook,)) if hook is not None else ():
+        device = getattr(part, "execution_device", None)
+        if device is not None:
+            # accelerate names a GPU by its index alone
+            yield torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` runs: the execution device of an accelerate hook on it or inside it (its weights may sit on
+    ``meta``, offloaded to the CPU or disk), else the device of its first parameter not on ``meta``.
+
+    Example:
+        >>> execution_device(model.backbone.layers[3])                    # doctest: +SKIP
+        device(type='cuda', index=1)
+    """
+    for sub in module.modules():
+        for device in _hook_devices(sub):
+            return device
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    raise RuntimeError(f"{type(module).__name__} has no weights off the meta device and no accelerate hook")
+
+
+@contextmanager
+def onloaded(*modules: nn.Module | None) -> Iterator[None]:
+    """Within the block, every offloaded weight of ``modules`` (accelerate's CPU / disk offload keeps them on
+    ``meta`` between forwards) is on its execution device; they are offloaded again on exit, whatever happens.
+
+    Modules without offloaded weights are untouched, so this costs nothing on an ordinary model.
+    """
+    subs = [sub for module in modules if module is not None for sub in module.modules()]
+    offloaded = [sub for sub in subs if getattr(getattr(sub, "_hf_hook", None), "offload", False)]
+    if not offloaded:
+        yield
+        return
+    from accelerate.utils import align_module_device  # present: the hooks are accelerate's
+
+    with ExitStack() as stack:
+        for sub in offloaded:
+            stack.enter_context(align_module_device(sub))
+        yield
+
+
+def moved_capture(captured: CapturedLayer, device: torch.device) -> CapturedLayer:
+    """The captures of one block on ``device``: a forward pre-hook sees the inputs before accelerate's hook moves
+    them to the block's device, so a sharded model's block input may still be on the previous block's device."""
+    values = {f.name: getattr(captured, f.name) for f in fields(captured)}
+    moved = {k: v.to(device) for k, v in values.items() if isinstance(v, Tensor)}
+    # the family captures (hybrids' attention weights, ...) travel too
+    moved["extras"] = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in captured.extras.items()}
+    return replace(captured, **moved)
 
 
 def relative_error(estimate: Tensor, reference: Tensor) -> float:
@@ -264,7 +330,8 @@ class ModelAdapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return self.embeddings.weight.device
+        """Where the inputs go: the embedding's execution device (see :func:`execution_device`)."""
+        return execution_device(self.embeddings)
 
     def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None) -> Any:
         """Call the model the way its users do (no cache); return its output object.
@@ -368,14 +435,21 @@ class ModelAdapter(ABC):
         if head is None or logits is None:
             return None
         norm = self.final_norm
+        with onloaded(norm, head):
+            return self._readout(norm, head, final_hidden.to(execution_device(head)), logits, dtype)
+
+    def _readout(
+        self, norm: nn.Module, head: nn.Module, final_hidden: Tensor, logits: Tensor, dtype: torch.dtype
+    ) -> Readout:
         center = isinstance(norm, nn.LayerNorm)
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-5)))
         hidden = final_hidden.to(dtype)
         centred = hidden - hidden.mean(-1, keepdim=True) if center else hidden
         scale = torch.rsqrt(centred.square().mean(-1) + eps)
-        weight = norm.weight.detach().to(dtype)
+        # a sharded model may keep its final norm and LM head on two devices: the readout lives at the head
+        weight = norm.weight.detach().to(device=hidden.device, dtype=dtype)
         norm_bias = getattr(norm, "bias", None)
-        norm_bias = norm_bias.detach().to(dtype) if isinstance(norm_bias, Tensor) else None
+        norm_bias = norm_bias.detach().to(device=hidden.device, dtype=dtype) if isinstance(norm_bias, Tensor) else None
         bias = head.bias.detach().to(dtype) if getattr(head, "bias", None) is not None else None
         readout = Readout(
             final_hidden=hidden,
@@ -383,7 +457,7 @@ class ModelAdapter(ABC):
             norm_scale=scale,
             unembedding=head.weight.detach().to(dtype),
             bias=bias,
-            logits=logits.detach().to(dtype),
+            logits=logits.detach().to(device=hidden.device, dtype=dtype),
             center=center,
             norm_bias=norm_bias,
         )
@@ -422,7 +496,9 @@ class ModelAdapter(ABC):
         layers = []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
-                layer, recomputed = self.mixer_trace(block, cap, dtype)
+                cap = moved_capture(cap, execution_device(block))  # each layer is recomputed where it runs
+                with onloaded(block):
+                    layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:
                     err = relative_error(recomputed, cap.mixer_output)
                     if not err <= tol:  # fail closed: a NaN error is no agreement
@@ -444,6 +520,4 @@ class ModelAdapter(ABC):
 
 
 def _with_layer(layer: LayerTrace, idx: int) -> LayerTrace:
-    from dataclasses import replace
-
     return replace(layer, layer=idx)

@@ -25,7 +25,15 @@ from latim_captum._precision import fp32_math
 from latim_captum.attention import attention_output, attention_weights
 from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, SublayerTrace, TokenwiseTrace
 
-from .base import CapturedLayer, TraceMismatchError, relative_error, verification_tolerance
+from .base import (
+    CapturedLayer,
+    TraceMismatchError,
+    execution_device,
+    moved_capture,
+    onloaded,
+    relative_error,
+    verification_tolerance,
+)
 from .hf_common import HFBackboneAdapter, weight
 
 __all__ = ["HFHybridAdapter", "attention_trace"]
@@ -145,6 +153,15 @@ class _Verified:
     what: str = "mixer output"
 
 
+def _on(value, device: torch.device):
+    """``value`` (a tensor, a tuple of them such as rotary ``(cos, sin)``, or None) on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_on(v, device) for v in value)
+    return value
+
+
 def _unwrap(sub: _Verified | SublayerTrace) -> SublayerTrace:
     return sub.trace if isinstance(sub, _Verified) else sub
 
@@ -209,7 +226,7 @@ class HFHybridAdapter(HFBackboneAdapter):
             out,
             unembedding=out.unembedding * scale,
             bias=None if out.bias is None else out.bias * scale,
-            logits=logits.detach().to(dtype),
+            logits=logits.detach().to(device=out.unembedding.device, dtype=dtype),
         )
 
     # -- per sublayer --------------------------------------------------------------------------------------------
@@ -309,7 +326,12 @@ class HFHybridAdapter(HFBackboneAdapter):
         layers: list[SublayerTrace] = []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
-                sublayers = self.block_traces(idx, block, cap, cap.extras, mask, dtype)
+                device = execution_device(block)  # a sharded model's block is recomputed where it runs
+                kwargs = {k: _on(v, device) for k, v in cap.extras.items()}  # this call's attention arguments
+                with onloaded(block):
+                    sublayers = self.block_traces(
+                        idx, block, moved_capture(cap, device), kwargs, _on(mask, device), dtype
+                    )
                 for sub in sublayers:
                     if verify and isinstance(sub, _Verified):
                         reference = sub.trace.mixer_output if sub.reference is None else sub.reference

@@ -20,6 +20,11 @@
 #   bash benchmarks/gpu_checks.sh retrieval DIR [DIR]         retrieval study (Tables 4/6, shares, Figure 3) from
 #        trained folders (e.g. gpu-models/retrieval-mamba1-paper-s0 gpu-models/retrieval-mamba2-paper-s0), with the
 #        kernels; $OUT/retrieval/retrieval-paper.{md,json} and three PNGs
+#   bash benchmarks/gpu_checks.sh scale [tests|check|bench|all]   scaling out on the visible GPUs: tests (test_scaling:
+#        layers split between GPU and CPU), check (a 7B-class shape split over 2 GPUs, or GPU + CPU on one, maps
+#        against one device) and bench (attribute_dataset throughput of 1 vs 2 (vs 4, vs 8) torchrun ranks on the
+#        130M shape, N = SCALE_N or 2048); all three take more than one 10-minute call: give one part per call.
+#        Needs accelerate (a wheel in .whl/ on a bare machine: pip download --no-deps -d .whl accelerate)
 # A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
 # in a second call carrying the weights (the evaluation runs on the PyTorch path without them).
 # Activation variants: the kernels apply SiLU or none, so relu trains with --kernels off (HF's PyTorch path: far
@@ -84,6 +89,34 @@ if [ "$what" = activations ]; then
   python3 benchmarks/activations.py --task "$task" --scale paper --device cuda --models "$@" --out "$out/act" \
     --quiet > "$out/activations.log" 2>&1
   echo "activations rc=$?"; head -30 "$out"/act/activations-*.md 2>/dev/null || tail -5 "$out/activations.log"
+  exit 0
+fi
+if [ "$what" = scale ]; then
+  part=${2:-all}; gpus=$(nvidia-smi -L | wc -l)
+  want() { [ "$part" = "$1" ] || [ "$part" = all ]; }
+  if want tests; then
+    timeout "${TEST_S:-420}" python3 -m pytest -q -rA --tb=short -p no:cacheprovider tests/test_scaling.py \
+      > "$out/test_scaling.log" 2>&1
+    echo "test_scaling rc=$? $(tail -1 "$out/test_scaling.log")"
+  fi
+  split=cuda:0,cpu; [ "$gpus" -ge 2 ] && split=cuda:0,cuda:1
+  if want check; then
+    for v in mamba1 mamba2; do
+      timeout "${CHECK_S:-280}" python3 benchmarks/sharded_check.py --model "$v" --shape 7b \
+        --tokens "${CHECK_N:-256}" --split "$split" --out "$out/scale" > "$out/sharded_$v.log" 2>&1
+      echo "sharded_check $v 7b $split rc=$? $(tail -1 "$out/sharded_$v.log")"
+    done
+  fi
+  procs="1"; for k in 2 4 8; do [ "$gpus" -ge "$k" ] && procs="$procs $k"; done
+  if want bench; then
+    for v in mamba1 mamba2; do
+      # shellcheck disable=SC2086
+      timeout "${BENCH_S:-280}" python3 benchmarks/attribute_dataset.py --model "$v" --procs $procs \
+        --examples "${SCALE_EXAMPLES:-32}" --tokens "${SCALE_N:-2048}" --device cuda \
+        --backend "${SCALE_BACKEND:-auto}" --out "$out/scale/$v" > "$out/scale_$v.log" 2>&1
+      echo "attribute_dataset $v procs $procs rc=$?"; tail -8 "$out/scale_$v.log"
+    done
+  fi
   exit 0
 fi
 if [ "$what" = copying ]; then

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,10 +63,10 @@ def _cause(err: BaseException) -> str:
 
 
 def load_pretrained(
-    spec: str | Path, *, dtype: torch.dtype = torch.float32, tokenizer: bool = True
+    spec: str | Path, *, dtype: torch.dtype = torch.float32, tokenizer: bool = True, **placement: Any
 ) -> tuple[nn.Module, object | None]:
     """``(causal LM in eval mode, tokenizer or None)`` from a local folder or a hub name, loaded safely (see the
-    module docstring).
+    module docstring). ``placement``: ``device_map`` / ``offload_folder`` for a sharded load (accelerate).
 
     Raises:
         FileNotFoundError: ``spec`` looks like a path but there is no ``config.json`` there.
@@ -81,7 +82,7 @@ def load_pretrained(
     target = folder if folder is not None else text
     kwargs = pretrained_kwargs(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, **kwargs).eval()
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, **kwargs, **placement).eval()
         tok = AutoTokenizer.from_pretrained(target, trust_remote_code=False) if tokenizer else None
     except (KeyboardInterrupt, SystemExit):
         raise

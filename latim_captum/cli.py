@@ -2,6 +2,9 @@
 
 - ``latim demo``: the embedded copy models, every method on a fresh copy example, faithfulness table, heatmaps.
 - ``latim attribute``: one method's map for a text on any supported model (embedded name, local folder, hub name).
+- ``latim attribute-dataset``: the maps of several methods for every prompt of a JSONL file (or a Hugging Face
+  dataset), written as resumable safetensors shards with a JSON index; data parallel under ``torchrun``
+  (:mod:`latim_captum.dataset`); ``--device-map`` loads a model sharded over several devices.
 - ``latim error-report``: decomposition error per layer and activation strategy (paper Table 5 metric).
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
 - ``latim bench alignment``: the Table 3 analogue (AER) on the synthetic translation task
@@ -69,16 +72,41 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load_model(spec: str, device: str = "cpu"):
+def parse_device_map(value: str | None) -> str | dict | None:
+    """``--device-map``: None, a strategy name (``auto``, ``balanced``, ``sequential``, ...) or a JSON object mapping
+    module names to devices (``'{"backbone.layers.1": "cpu", "lm_head": "disk"}'``)."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--device-map is not a valid JSON object ({err.msg})") from None
+    return parsed
+
+
+def load_model(
+    spec: str, device: str = "cpu", device_map: str | dict | None = None, offload_folder: str | None = None
+):
     """``(model, tokenizer)`` from an embedded name (``mamba1``/``mamba2``), a local folder or a hub name, loaded
-    safely (:func:`latim_captum._loading.load_pretrained`) onto a checked ``device``."""
+    safely (:func:`latim_captum._loading.load_pretrained`) onto a checked ``device``.
+
+    With ``device_map`` (``"auto"`` or a module → device dict, as ``from_pretrained`` takes it; needs ``accelerate``)
+    the model is loaded sharded over the devices it names (``"disk"`` offloads to ``offload_folder``) and ``device``
+    is ignored."""
     from ._loading import load_pretrained
     from ._validation import check_device
-    from .models import COPY_MODELS, load_copy_model
+    from .models import COPY_MODELS, copy_model_path, load_copy_model
 
-    dev = check_device(device)
-    model, tok = load_copy_model(spec) if spec in COPY_MODELS else load_pretrained(spec, dtype=torch.float32)
+    dev = check_device(device) if device_map is None else None
+    if spec in COPY_MODELS and device_map is None:
+        model, tok = load_copy_model(spec)
+    else:
+        source = copy_model_path(spec) if spec in COPY_MODELS else spec
+        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder}
+        model, tok = load_pretrained(source, dtype=torch.float32, **placement)
     get_adapter(model)  # TypeError naming the class for unsupported models
+    if dev is None:
+        return model.eval(), tok  # accelerate placed it; .to() would undo the map
     return model.eval().to(dev), tok
 
 
@@ -247,6 +275,62 @@ def cmd_attribute(args: argparse.Namespace) -> int:
             + "\n"
         )
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_attribute_dataset(args: argparse.Namespace) -> int:
+    from .dataset import check_methods, init_distributed, load_hf_dataset, read_jsonl
+
+    _quiet_transformers()
+    check_methods(args.methods, args.layers)
+    if (args.input is None) == (args.hf_dataset is None):
+        raise ValueError("give one input: --input FILE.jsonl or --hf-dataset NAME_OR_FOLDER")
+    fields = {"prompt_field": args.prompt_field, "target_field": args.target_field}
+    if args.input is not None:
+        examples = read_jsonl(args.input, **fields)
+    else:
+        examples = load_hf_dataset(args.hf_dataset, split=args.split, **fields)
+    device_map = parse_device_map(args.device_map)
+    if device_map is not None and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--device-map shards one model over devices; under torchrun each rank holds a whole model")
+    rank, world, device, initialised = init_distributed(args.device)
+    try:
+        return _attribute_dataset(args, examples, rank, world, device, device_map)
+    finally:
+        if initialised:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _attribute_dataset(args: argparse.Namespace, examples, rank: int, world: int, device, device_map) -> int:
+    import time
+
+    from .dataset import attribute_dataset
+
+    model, tok = load_model(args.model, str(device), device_map=device_map, offload_folder=args.offload_folder)
+    start = time.perf_counter()
+    index = attribute_dataset(
+        model,
+        tok,
+        examples,
+        args.out,
+        methods=args.methods,
+        activation=args.activation,
+        layers=args.layers,
+        shard_size=args.shard_size,
+        dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
+        backend=args.backend,
+        precision=args.precision,
+        add_special_tokens=args.add_special_tokens,
+        model_name=args.model,
+        progress=not args.quiet,
+    )
+    if rank == 0:
+        print(
+            f"wrote {index} ({len(examples)} examples, methods {' '.join(args.methods)}, {world} process"
+            f"{'es' if world > 1 else ''}, {time.perf_counter() - start:.1f} s)"
+        )
     return 0
 
 
@@ -558,6 +642,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=PRECISIONS, default="highest", help="LaTIM's W_o product on fast/triton (tf32, bf16)"
     )
     attr.set_defaults(func=cmd_attribute)
+
+    from .dataset import DATASET_METHODS
+
+    ds = sub.add_parser(
+        "attribute-dataset",
+        help="maps of several methods for every prompt of a dataset: resumable safetensors shards + JSON index "
+        "(data parallel under torchrun)",
+    )
+    ds.add_argument("--model", required=True, help="mamba1 / mamba2 (embedded), a local folder, or a hub name")
+    ds.add_argument("--input", default=None, help='JSON Lines file, one {"prompt": ..., "target": ...} per line')
+    ds.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset (save_to_disk folder or name; needs "
+                    "the datasets package) instead of --input")  # fmt: skip
+    ds.add_argument("--split", default="train", help="split of --hf-dataset (default train)")
+    ds.add_argument("--prompt-field", default="prompt", help="field holding the prompt (default prompt)")
+    ds.add_argument("--target-field", default="target", help="field holding the optional target (default target)")
+    ds.add_argument(
+        "--methods", nargs="+", default=["alti_logit"], help=f"of {', '.join(DATASET_METHODS)} (default alti_logit)"
+    )
+    ds.add_argument("--activation", choices=ACTIVATIONS, default=DEFAULT_ACTIVATION, help="activation strategy")
+    ds.add_argument("--layers", type=int, nargs="+", default=None, help="the per-layer methods' layers (default all)")
+    ds.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
+    ds.add_argument("--shard-size", type=int, default=16, help="examples per shard (default 16)")
+    ds.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype")
+    ds.add_argument(
+        "--device", default="auto", help="auto (CUDA if available), cpu, cuda (under torchrun: GPU LOCAL_RANK), cuda:k"
+    )
+    ds.add_argument(
+        "--device-map", default=None, help='shard the model: auto, balanced, sequential, or JSON {"module": device}'
+    )
+    ds.add_argument("--offload-folder", default=None, help="where --device-map's disk offload goes")
+    ds.add_argument("--backend", choices=BACKENDS, default="auto", help="LaTIM's path (same maps)")
+    ds.add_argument("--precision", choices=PRECISIONS, default="highest", help="the W_o product on fast/triton")
+    ds.add_argument("--add-special-tokens", action="store_true", help="let the tokenizer add BOS etc. to prompts")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    ds.set_defaults(func=cmd_attribute_dataset)
 
     err = sub.add_parser("error-report", help="decomposition error per layer and activation strategy (Table 5)")
     err.add_argument("--model", default=None, help="embedded name, folder or hub name (default: both embedded)")

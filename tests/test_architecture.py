@@ -45,6 +45,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.alignment": 5,
     "latim_captum.retrieval": 5,
     "latim_captum.paper": 5,
+    "latim_captum.dataset": 5,
     "latim_captum.models": 5,
     "latim_captum._loading": 5,
     "latim_captum._plots": 5,

@@ -11,6 +11,7 @@ from torch import Tensor
 from latim_captum import catalog
 from latim_captum.api import alti_logit_layers
 from latim_captum.maps.all_layers import layer_share, logit_terms
+from latim_captum.maps.placement import layer_device
 
 from ._base import TokenMaps
 from .latim_alti_logit import LatimALTILogit
@@ -92,5 +93,6 @@ class LatimALTILogitLayers(LatimALTILogit):
         batch = torch.arange(rows.shape[0], device=rows.device)
         u = direction * tr.readout.norm_scale[batch, rows, None]  # [B, D]
         sub = tr.layers[layer]
-        share = layer_share(sub, u[:, None])  # [B, N]: u_b against every row of the layer; keep the query's
+        # [B, N]: u_b against every row of the layer (where the layer lives), then the query's row
+        share = layer_share(sub, u[:, None].to(layer_device(sub))).to(rows.device)
         return share[batch, rows]

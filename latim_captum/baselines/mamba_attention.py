@@ -123,5 +123,6 @@ def mamba_attention(
     tr = as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype)
     selected = check_layers(layers, tr.n_layers)
     rows = query_rows(position, tr.shape[1], tr.mask)
-    maps = torch.stack([layer_attention(tr.layers[idx], rows, normalize) for idx in selected], dim=1)
+    out = tr.embeddings.device  # a sharded model's layers are read where they live; their maps come here
+    maps = torch.stack([layer_attention(tr.layers[idx], rows, normalize).to(out) for idx in selected], dim=1)
     return maps[:, :, 0] if position is not None else maps

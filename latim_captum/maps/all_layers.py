@@ -4,6 +4,9 @@ Every front end (the functions of :mod:`latim_captum.api`, the Captum classes, t
 benchmarks) goes through these, so a new backend or measure reaches them all at once. The rollout and ALTI-Logit fold
 each layer in as soon as it is made: beyond the result they hold one layer's maps, not ``L``.
 
+A trace of a sharded model (layers on several devices) is computed layer by layer on each layer's device; only the
+maps travel, to the device of the embeddings, where the results are returned (:mod:`latim_captum.maps.placement`).
+
 Example:
     >>> maps = stack(tr, ("l2", "alti"), activation="silu_gate")["alti"]          # [B, L, N, N]  # doctest: +SKIP
     >>> res = alti_logit(tr, targets, activation="silu_gate")                    # doctest: +SKIP
@@ -24,6 +27,7 @@ from latim_captum.aggregate import through
 from latim_captum.traces import ModelTrace, SublayerTrace
 
 from .layer import layer_maps
+from .placement import PerDevice, layer_device, output_device
 
 __all__ = [
     "AltiLogit",
@@ -102,20 +106,22 @@ def stack(
     """Per-layer maps of ``measures`` for ``layers`` (None: all), ``{measure: [B, len(layers), rows, N]}``.
 
     Each layer's maps are written into one preallocated result per measure (no second copy, as ``torch.stack``
-    would make). Arguments as :func:`latim_captum.maps.layer.layer_maps`; maps are per token (a Zamba2 hybrid
-    layer's embedding columns are added to its stream columns).
+    would make), on the embeddings' device whatever device computed them. Arguments as
+    :func:`latim_captum.maps.layer.layer_maps`; maps are per token (a Zamba2 hybrid layer's embedding columns are
+    added to its stream columns).
     """
     check_size("block_rows", block_rows)
     selected = check_layers(layers, trace.n_layers)
     bsz, n = trace.shape
     first, last = check_rows(rows, n)
     result = {m: trace.embeddings.new_zeros(bsz, len(selected), last - first, n) for m in measures}
+    projections = PerDevice(projection)
     for pos, idx in enumerate(selected):
         maps = layer_maps(
             trace.layers[idx],
             activation,
             measures,
-            projection=projection,
+            projection=projections.on(layer_device(trace.layers[idx])),
             block_rows=block_rows,
             backend=backend,
             precision=precision,
@@ -142,13 +148,14 @@ def alti_rollout(
     ``R^{(l)} = A^x R^{(l-1)} + A^e`` (:func:`latim_captum.aggregate.rollout`).
     """
     check_size("block_rows", block_rows)
+    out = output_device(trace)
     flow = None
     for layer in trace.layers:
         alti = layer_maps(
             layer, activation, ("alti",), block_rows=block_rows, backend=backend, embedding_columns=True,
             precision=precision, kernel_config=kernel_config,
         )["alti"]  # fmt: skip
-        flow = through(alti, flow)
+        flow = through(alti.to(out), flow)
     return flow
 
 
@@ -176,13 +183,19 @@ class AltiLogitLayers(NamedTuple):
     contrast: Tensor | None = None
 
 
-def _readout_projection(trace: ModelTrace, targets: Tensor, contrast: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``u_i`` (``[B, N, D]``, through the final norm's fixed scale) and the logit's bias part (``[B, N]``)."""
+def _readout_projection(
+    trace: ModelTrace, targets: Tensor, contrast: Tensor | None
+) -> tuple[PerDevice, Tensor, tuple[Tensor, Tensor | None]]:
+    """``u_i`` (``[B, N, D]``, through the final norm's fixed scale) for every device that asks, the logit's bias
+    part (``[B, N]``, on the output device) and the target / contrast ids on the LM head's device (a sharded model's
+    head may live elsewhere than its embeddings)."""
     readout = trace.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
-    direction, bias, _ = logit_terms(readout, targets, contrast)
-    return direction * readout.norm_scale[..., None], bias
+    head = readout.unembedding.device
+    at_head = (targets.to(head), None if contrast is None else contrast.to(head))
+    direction, bias, _ = logit_terms(readout, *at_head)
+    return PerDevice(direction * readout.norm_scale[..., None]), bias.to(output_device(trace)), at_head
 
 
 def layer_share(layer: SublayerTrace, projection: Tensor) -> Tensor:
@@ -193,20 +206,23 @@ def layer_share(layer: SublayerTrace, projection: Tensor) -> Tensor:
 
 
 def _layer_logit_terms(
-    trace: ModelTrace, projection: Tensor, *, activation: str, path: dict
+    trace: ModelTrace, projections: PerDevice, *, activation: str, path: dict
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Each layer's ALTI-Logit term ``Δ^{(l)} R^{(l-1)}`` (``[B, N, N]``) and its offset ``u_i · offset^{(l)}``
-    (``[B, N]``), bottom to top; the rollout ``R`` is stepped as the layers go (one layer's maps held at a time)."""
+    (``[B, N]``), bottom to top, on the output device; each layer's maps are made where its trace lives and the
+    rollout ``R`` is stepped as the layers go (one layer's maps held at a time)."""
+    out = output_device(trace)
     bsz, n = trace.shape
-    flow = torch.eye(n, dtype=projection.dtype, device=projection.device).expand(bsz, n, n)  # R^{(0)} = I
+    flow = torch.eye(n, dtype=trace.embeddings.dtype, device=out).expand(bsz, n, n)  # R^{(0)} = I
     last = len(trace.layers) - 1
     for idx, layer in enumerate(trace.layers):
         # R^{(L)} is never read: the last layer needs its Δ only, not the ALTI map (its W_o product)
         measures = ("logit",) if idx == last else ("alti", "logit")
-        maps = layer_maps(layer, activation, measures, projection=projection, embedding_columns=True, **path)
-        yield through(maps["logit"], flow), projection @ layer.offset
+        here = projections.on(layer_device(layer))
+        maps = layer_maps(layer, activation, measures, projection=here, embedding_columns=True, **path)
+        yield through(maps["logit"].to(out), flow), (here @ layer.offset).to(out)
         if idx < last:
-            flow = through(maps["alti"], flow)
+            flow = through(maps["alti"].to(out), flow)
 
 
 def alti_logit(
@@ -234,14 +250,16 @@ def alti_logit(
         ValueError: the trace has no readout (a model without an LM head).
     """
     check_size("block_rows", block_rows)
-    projection, offset = _readout_projection(trace, targets, contrast)
-    scores = torch.diag_embed((projection * trace.embeddings).sum(-1))
+    projections, offset, at_head = _readout_projection(trace, targets, contrast)
+    out = output_device(trace)
+    scores = torch.diag_embed((projections.on(out) * trace.embeddings).sum(-1))
     path = {"block_rows": block_rows, "backend": backend, "precision": precision, "kernel_config": kernel_config}
-    for term, layer_offset in _layer_logit_terms(trace, projection, activation=activation, path=path):
+    for term, layer_offset in _layer_logit_terms(trace, projections, activation=activation, path=path):
         scores = scores + term
         offset = offset + layer_offset
-    logits = read_logits(trace.readout.logits, targets, contrast)
-    return AltiLogit(scores=scores, targets=targets, logits=logits, offset=offset, contrast=contrast)
+    logits = read_logits(trace.readout.logits, *at_head).to(out)
+    contrast = None if contrast is None else contrast.to(out)
+    return AltiLogit(scores=scores, targets=targets.to(out), logits=logits, offset=offset, contrast=contrast)
 
 
 def alti_logit_layers(
@@ -271,23 +289,25 @@ def alti_logit_layers(
     """
     check_size("block_rows", block_rows)
     selected = check_layers(layers, trace.n_layers)
-    projection, offset = _readout_projection(trace, targets, contrast)
+    projections, offset, at_head = _readout_projection(trace, targets, contrast)
+    out = output_device(trace)
     bsz, n = trace.shape
-    scores = projection.new_zeros(bsz, len(selected), n, n)
+    scores = trace.embeddings.new_zeros(bsz, len(selected), n, n)
     path = {"block_rows": block_rows, "backend": backend, "precision": precision, "kernel_config": kernel_config}
     for idx, (term, layer_offset) in enumerate(
-        _layer_logit_terms(trace, projection, activation=activation, path=path)
+        _layer_logit_terms(trace, projections, activation=activation, path=path)
     ):
         for pos in (p for p, chosen in enumerate(selected) if chosen == idx):  # a layer may be asked twice
             scores[:, pos] = term
         offset = offset + layer_offset
+    shares = [layer_share(trace.layers[idx], projections.on(layer_device(trace.layers[idx]))) for idx in selected]
     return AltiLogitLayers(
         scores=scores,
-        embedding=(projection * trace.embeddings).sum(-1),
+        embedding=(projections.on(out) * trace.embeddings).sum(-1),
         layers=selected,
-        layer_totals=torch.stack([layer_share(trace.layers[idx], projection) for idx in selected], dim=1),
-        targets=targets,
-        logits=read_logits(trace.readout.logits, targets, contrast),
+        layer_totals=torch.stack([share.to(out) for share in shares], dim=1),
+        targets=targets.to(out),
+        logits=read_logits(trace.readout.logits, *at_head).to(out),
         offset=offset,
-        contrast=contrast,
+        contrast=None if contrast is None else contrast.to(out),
     )

@@ -19,6 +19,10 @@ formulation avoids them; the ℓp/Δ rows of a single query alone are O(N·d·D)
 The ALTI rollout's row ``q`` (``R^{(L)}_q``, :func:`rollout_row`) is the same recursion with no Δ:
 ``w ← P^{(L)}_q``, then ``w ← w P^{(l)}`` down to the first layer.
 
+A sharded model's layers are computed where each lives: ``w`` (``[B, N]``) goes to the layer's device for
+``w P^{(l)}`` and the result comes back, so only O(N) per example crosses devices per layer
+(:mod:`latim_captum.maps.placement`).
+
 Example:
     >>> row = logit_row(tr, q=5, targets=torch.tensor([7]), activation="silu_gate")   # doctest: +SKIP
     >>> torch.allclose(row.scores.sum(-1), row.logits - row.offset)                    # doctest: +SKIP
@@ -36,6 +40,7 @@ from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace
 from .all_layers import AltiLogit, logit_terms, read_logits
 from .layer import layer_maps
 from .options import resolve_backend
+from .placement import PerDevice, layer_device, output_device
 from .tiles import auto_block
 
 __all__ = ["RowStream", "as_query_rows", "logit_row", "rollout_row", "row_total"]
@@ -74,10 +79,10 @@ class RowStream:
     ) -> None:
         check_size("block", block)
         check_size("chunk", chunk)
-        self.q, self.activation, self.projection = q, activation, projection
+        self.q, self.activation, self.projections = q, activation, PerDevice(projection)
+        self.out = output_device(tr)
         self.q_min, self.q_max = int(q.min()), int(q.max())
         self.precision, self.backend = precision, backend
-        self.tiled = resolve_backend(backend, tr.embeddings.device) == "fast"
         ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
         if block is None:
             block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
@@ -86,14 +91,15 @@ class RowStream:
         self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
 
     def maps(self, layer: SublayerTrace, measure: str, rows: tuple[int, int]) -> Tensor:
-        """Rows ``[start, stop)`` of one map, ``[B, rows, N]`` (``[B, rows, 2N]`` with embedding columns)."""
+        """Rows ``[start, stop)`` of one map, ``[B, rows, N]`` (``[B, rows, 2N]`` with embedding columns), on the
+        layer's device."""
         # attention / token-wise / shared-block sublayers of hybrids take the reference path
         maps = layer_maps(
             layer,
             self.activation,
             (measure,),
-            projection=self.projection,
-            block_rows=self.block if self.tiled and isinstance(layer, LayerTrace) else None,
+            projection=self.projections.on(layer_device(layer)),
+            block_rows=self.block if self.tiled(layer) and isinstance(layer, LayerTrace) else None,
             backend=self.backend,
             embedding_columns=True,
             precision=self.precision,
@@ -101,8 +107,14 @@ class RowStream:
         )
         return maps[measure]
 
+    def tiled(self, layer: SublayerTrace) -> bool:
+        """Whether the layer's maps take the PyTorch tiles, on the device that holds it."""
+        return resolve_backend(self.backend, layer_device(layer)) == "fast"
+
     def stream_part(self, scores: Tensor) -> Tensor:
-        """The stream columns of ``scores``; its embedding columns go to ``from_embeddings``."""
+        """The stream columns of ``scores`` (``[B, N]`` or ``[B, 2N]``, moved to the output device); its embedding
+        columns go to ``from_embeddings``."""
+        scores = scores.to(self.out)
         if scores.shape[-1] == self.n:
             return scores
         self.from_embeddings.add_(scores[..., self.n :])
@@ -117,9 +129,10 @@ class RowStream:
     def through(self, w: Tensor, layer: SublayerTrace) -> Tensor:
         """``w P^{(l)}`` (stream part) for ``w`` zero beyond ``q``: ALTI rows ``≤ q`` only, ``chunk`` at a time."""
         folded = torch.zeros_like(w)
+        here = w.to(layer_device(layer))  # the row vector travels, not the [B, chunk, N] slabs
         for r0 in range(0, self.q_max + 1, self.chunk):
             r1 = min(self.q_max + 1, r0 + self.chunk)
-            folded += self.stream_part(torch.einsum("br,brn->bn", w[:, r0:r1], self.maps(layer, "alti", (r0, r1))))
+            folded += self.stream_part(torch.einsum("br,brn->bn", here[:, r0:r1], self.maps(layer, "alti", (r0, r1))))
         return folded
 
 
@@ -135,15 +148,27 @@ def row_total(tr: ModelTrace, q: int | Tensor, targets: Tensor, contrast: Tensor
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
-    rows = as_query_rows(q, tr.shape[0], tr.embeddings.device)
-    batch = torch.arange(tr.shape[0], device=rows.device)
-    direction, offset, _ = logit_terms(readout, targets, contrast)
-    u = direction * readout.norm_scale[batch, rows, None]  # [B, D]
+    out = output_device(tr)
+    u, offset, logits = _query_terms(tr, q, targets, contrast)
+    us = PerDevice(u)
     for layer in tr.layers:
-        offset = offset + u @ layer.offset
-    logits = read_logits(readout.logits[batch, rows], targets, contrast)
-    return AltiLogit(scores=u.new_zeros(tr.shape[0], 0), targets=targets, logits=logits, offset=offset,
+        offset = offset + (us.on(layer_device(layer)) @ layer.offset).to(out)
+    return AltiLogit(scores=u.new_zeros(tr.shape[0], 0, device=out), targets=targets, logits=logits, offset=offset,
                      contrast=contrast)  # fmt: skip
+
+
+def _query_terms(tr: ModelTrace, q: int | Tensor, targets: Tensor, contrast: Tensor | None) -> tuple[Tensor, ...]:
+    """``u`` of each example's query row (``[B, D]``), its bias offset and logit (``[B]``), on the output device;
+    read where the LM head lives (a sharded model's may not be on the embeddings' device)."""
+    readout, out = tr.readout, output_device(tr)
+    head = readout.unembedding.device
+    rows = as_query_rows(q, tr.shape[0], head)
+    batch = torch.arange(tr.shape[0], device=head)
+    at_head = (targets.to(head), None if contrast is None else contrast.to(head))
+    direction, offset, _ = logit_terms(readout, *at_head)
+    u = direction * readout.norm_scale[batch, rows, None]
+    logits = read_logits(readout.logits[batch, rows], *at_head)
+    return u.to(out), offset.to(out), logits.to(out)
 
 
 def logit_row(
@@ -171,8 +196,7 @@ def logit_row(
     total = row_total(tr, q, targets, contrast)
     rows = as_query_rows(q, tr.shape[0], tr.embeddings.device)
     batch = torch.arange(tr.shape[0], device=rows.device)
-    direction, _, _ = logit_terms(tr.readout, targets, contrast)
-    u = direction * tr.readout.norm_scale[batch, rows, None]  # [B, D]
+    u = _query_terms(tr, q, targets, contrast)[0]  # [B, D]
     projection = torch.zeros_like(tr.embeddings)
     projection[batch, rows] = u  # zero off each example's query row: its logit scores there are 0
     stream = RowStream(tr, rows, activation, projection, block=block, chunk=chunk, precision=precision,

@@ -233,8 +233,11 @@ def _load_resume(path: Path, device: torch.device) -> tuple[nn.Module, dict, dic
     state_file = path / "trainer_state.pt"
     if not state_file.is_file():
         raise ValueError(f"--resume {path}: no trainer_state.pt there (not a folder written by this trainer)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    state = torch.load(state_file, map_location=device, weights_only=False)
+    from .._loading import pretrained_kwargs
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
+    # tensors, numbers, strings and lists only: no pickled objects from a folder that may not be ours
+    state = torch.load(state_file, map_location=device, weights_only=True)
     meta = json.loads((path / "metrics.json").read_text())
     return model, state, meta
 

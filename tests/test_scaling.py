@@ -1,0 +1,398 @@
+"""Scaling out (docs/scaling.rst): a model sharded over devices (accelerate's ``device_map``, CPU/disk offload) gives
+the maps of the same model on one device, and ``attribute_dataset`` (one process, or data parallel over gloo ranks)
+writes the maps of one-by-one calls, resumes after a crash and refuses bad inputs with the line at fault."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import latim_captum as lc
+from conftest import build, has_cuda, random_ids
+from latim_captum import dataset as ds
+from latim_captum.cli import main as cli_main
+from latim_captum.methods import next_token_targets
+from latim_captum.models import load_copy_model
+
+needs_accelerate = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="needs accelerate")
+
+N = 7
+METHODS = ("l2", "alti", "alti_logit", "alti_rollout")
+
+
+# --- sharded models ------------------------------------------------------------------------------------------------
+
+
+def _all_maps(model, ids, dtype=torch.float32, **kwargs) -> dict[str, torch.Tensor]:
+    """Every map of one traced forward pass: per layer, ALTI-Logit, the rollout, and one query row of each (the
+    streaming path)."""
+    tr = lc.trace(model, ids, dtype=dtype)
+    q = ids.shape[1] - 2
+    targets = ids[:, q + 1]
+    out = {m: lc.interactions(tr, method=m, activation="silu_gate", **kwargs) for m in ("l2", "alti")}
+    res = lc.alti_logit(tr, activation="silu_gate", **kwargs)
+    out.update(alti_logit=res.scores, logits=res.logits, offset=res.offset)
+    out["alti_rollout"] = lc.alti_rollout(tr, activation="silu_gate", **kwargs)
+    row = lc.alti_logit_row(tr, position=q, target=targets, activation="silu_gate", **kwargs)
+    out.update(logit_row=row.scores, row_logit=row.logits, row_offset=row.offset)
+    out["rollout_row"] = lc.alti_rollout_row(tr, position=q, activation="silu_gate", **kwargs)
+    return out
+
+
+def _hook_counts(model) -> list[tuple[int, int]]:
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+
+def _device_map(kind: str, placement: tuple[str, ...]) -> dict[str, str | int]:
+    """Embeddings on the first place, layer k on ``placement[k]``, the final norm and LM head on the last."""
+    backbone = "backbone"
+    out: dict[str, str | int] = {f"{backbone}.embeddings": placement[0]}
+    out.update({f"{backbone}.layers.{k}": place for k, place in enumerate(placement)})
+    out.update({f"{backbone}.norm_f": placement[-1], "lm_head": placement[-1]})
+    return out
+
+
+@needs_accelerate
+@pytest.mark.parametrize(("kind", "how"), [("mamba1", "disk"), ("mamba2", "disk"), ("mamba1", "cpu_offload")])
+def test_offloaded_layers_give_the_single_device_maps(kind, how, tmp_path):
+    """Layers kept in memory and layers offloaded to disk (``device_map``), or every weight offloaded from the CPU
+    (``cpu_offload``), by accelerate's hooks (weights on ``meta`` between forwards) give the maps of the model on one
+    device, every map and row equal; the model is left with accelerate's hooks, its offload and its mode as found
+    (ours removed)."""
+    from accelerate import cpu_offload, dispatch_model
+
+    model = build(kind, layers=3).double()
+    ids = random_ids(1, N, seed=3)
+    expected = _all_maps(model, ids, dtype=torch.float64)
+    sharded = copy.deepcopy(model).train()
+    if how == "disk":
+        dispatch_model(sharded, device_map=_device_map(kind, ("cpu", "disk", "disk")), offload_dir=str(tmp_path))
+    else:
+        cpu_offload(sharded, execution_device=torch.device("cpu"))
+    mixer = sharded.backbone.layers[1].mixer
+    assert mixer.in_proj.weight.device.type == "meta", "the test needs a layer whose weights are offloaded"
+    hooks_before = _hook_counts(sharded)
+    tr = lc.trace(sharded, ids, dtype=torch.float64)
+    tensors = [t for layer in tr.layers for t in vars(layer).values() if isinstance(t, torch.Tensor)]
+    assert all(t.device.type == "cpu" for t in tensors), "a layer's trace must live on its execution device"
+    got = _all_maps(sharded, ids, dtype=torch.float64)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-10, atol=1e-12, msg=f"{name} of the offloaded model")
+    assert _hook_counts(sharded) == hooks_before, "our hooks must be removed, accelerate's kept"
+    assert mixer.in_proj.weight.device.type == "meta", "offloaded weights must be offloaded again"
+    assert hasattr(mixer.in_proj, "_hf_hook")
+    assert sharded.training, "the model's mode is restored"
+
+
+@needs_accelerate
+def test_from_pretrained_device_map_through_the_cli_loader(tmp_path):
+    """``load_model(..., device_map=...)`` (the CLI's ``--device-map``) loads a saved model with its last layer and
+    final norm offloaded to disk; its maps are the plain model's."""
+    from latim_captum.cli import load_model, parse_device_map
+
+    plain, _ = load_copy_model("mamba1")
+    ids = torch.tensor([[0, 1, 2, 15, 0, 1, 2]])
+    expected = _all_maps(plain, ids)
+    n_layers = plain.config.num_hidden_layers
+    # the LM head is tied to the embeddings: they stay together (accelerate offloads a tied pair as one)
+    spec = json.dumps({**_device_map("mamba1", ("cpu",) * (n_layers - 1) + ("disk",)), "lm_head": "cpu",
+                       "backbone.norm_f": "disk"})  # fmt: skip
+    sharded, _ = load_model("mamba1", device_map=parse_device_map(spec), offload_folder=str(tmp_path / "offload"))
+    assert sharded.backbone.layers[-1].mixer.out_proj.weight.device.type == "meta"
+    got = _all_maps(sharded, ids)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=f"{name} of the disk-offloaded model")
+
+
+@needs_accelerate
+def test_execution_device_reads_accelerate_hooks(tmp_path):
+    """A disk-offloaded block's weights are on ``meta``; its execution device is where accelerate runs it."""
+    from accelerate import dispatch_model
+
+    from latim_captum.adapters.base import execution_device, onloaded
+
+    model = build("mamba1", layers=2)
+    dispatch_model(model, device_map=_device_map("mamba1", ("cpu", "disk")), offload_dir=str(tmp_path))
+    block = model.backbone.layers[1]
+    assert block.mixer.out_proj.weight.device.type == "meta"
+    assert execution_device(block) == torch.device("cpu")
+    with onloaded(block):
+        assert block.mixer.out_proj.weight.device.type == "cpu"
+    assert block.mixer.out_proj.weight.device.type == "meta"
+
+
+@needs_accelerate
+@pytest.mark.cuda
+@pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("main_device", ["cpu", "cuda"])
+def test_layers_split_between_cuda_and_cpu(kind, main_device):
+    """Layers on cuda:0 and on the CPU (main device cpu: the CPU layers run there; main device cuda: they are
+    offloaded from the CPU and run on the GPU) give the single-device maps; maps come back on the inputs' device."""
+    from accelerate import dispatch_model
+
+    model = build(kind, layers=4).double()
+    ids = random_ids(1, N, seed=4)
+    expected = _all_maps(model, ids, dtype=torch.float64)
+    sharded = copy.deepcopy(model)
+    placement = (0, "cpu", 0, "cpu")
+    dispatch_model(sharded, device_map=_device_map(kind, placement), main_device=main_device)
+    tr = lc.trace(sharded, ids, dtype=torch.float64)
+    devices = [layer.residual.device.type for layer in tr.layers]
+    assert devices == (["cuda", "cpu", "cuda", "cpu"] if main_device == "cpu" else ["cuda"] * 4)
+    for backend in ("ref", "auto"):
+        got = _all_maps(sharded, ids, dtype=torch.float64, backend=backend)
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name].cpu(), value, rtol=1e-8, atol=1e-10, msg=f"{name}, {backend}")
+
+
+# --- dataset attribution -------------------------------------------------------------------------------------------
+
+RECORDS = [
+    {"prompt": "abcd|ab"},
+    {"prompt": "bca|", "target": "bc"},
+    {"prompt": "dd|d"},
+    {"prompt": "abc|a", "target": "bc"},
+    {"prompt": "cab|"},
+]
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    return load_copy_model("mamba1")
+
+
+def _write_jsonl(path: Path, records, extra_lines: dict[int, str] | None = None) -> Path:
+    lines = [json.dumps(r) for r in records]
+    for where, text in (extra_lines or {}).items():
+        lines.insert(where, text)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _one_by_one(model, tok, record: dict, method: str, dtype=torch.float32) -> torch.Tensor:
+    """The map of one example from the public functions, on its own."""
+    ids = tok(record["prompt"], add_special_tokens=False)["input_ids"]
+    if "target" in record:
+        ids = ids + tok(record["target"], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ids])
+    if method == "alti_rollout":
+        return lc.alti_rollout(model, ids, dtype=dtype)[0]
+    target = next_token_targets(ids) if "target" in record else None
+    return lc.interactions(model, ids, method=method, target=target, dtype=dtype)[0]
+
+
+def test_dataset_maps_equal_one_by_one_calls(copy_model, tmp_path):
+    """Every stored map is the one-by-one call's, the index gives each example's shard, length and offsets, and the
+    stored ALTI-Logit rows sum to the stored logits minus offsets (eq 8, exact with silu_gate)."""
+    model, tok = copy_model
+    examples = ds.read_jsonl(_write_jsonl(tmp_path / "in.jsonl", RECORDS))
+    index_path = ds.attribute_dataset(model, tok, examples, tmp_path / "out", methods=METHODS, shard_size=2,
+                                      progress=False)  # fmt: skip
+    index = json.loads(index_path.read_text())
+    assert [s["file"] for s in index["shards"]] == [f"shard-{k:05d}.safetensors" for k in range(3)]
+    assert [e["index"] for e in index["examples"]] == list(range(len(RECORDS)))
+    assert index["settings"]["methods"] == list(METHODS)
+    data = ds.load_attributions(tmp_path / "out")
+    assert len(data) == len(RECORDS)
+    for i, record in enumerate(RECORDS):
+        item, entry = data[i], data.entry(i)
+        n = len(record["prompt"]) + len(record.get("target", ""))  # one token per character
+        assert entry["length"] == n and entry["prompt_length"] == len(record["prompt"])
+        assert entry["source"].endswith(f"line {i + 1}")
+        for method in METHODS:
+            assert torch.equal(item[f"maps.{method}"], _one_by_one(model, tok, record, method)), (i, method)
+        rows = item["maps.alti_logit"].sum(-1)
+        torch.testing.assert_close(rows, item["alti_logit.logits"] - item["alti_logit.offset"], rtol=1e-4, atol=1e-4)
+
+
+def test_dataset_resumes_after_a_crash(copy_model, tmp_path, monkeypatch):
+    """A crash in the third shard keeps the two finished shards and leaves no partial shard under a final name; the
+    rerun does only the missing examples, clears the half-written file and ends with the maps of an uninterrupted
+    run. A damaged shard file is redone."""
+    model, tok = copy_model
+    examples = ds.examples_from_records(RECORDS + [{"prompt": "bb|b"}])
+    out = tmp_path / "out"
+    real_maps, real_save = ds._example_maps, ds._save_shard
+    calls = []
+
+    def crashing_save(tensors, meta, path):
+        if meta["shard"] == "2":  # half a file under the temporary name, then the process dies
+            path.with_name(f"{path.name}.tmp-{os.getpid()}").write_bytes(b"partial")
+            raise KeyboardInterrupt("simulated crash")
+        real_save(tensors, meta, path)
+
+    monkeypatch.setattr(ds, "_save_shard", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        ds.attribute_dataset(model, tok, examples, out, methods=("alti", "alti_logit"), shard_size=2, progress=False)
+    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == ["shard-00000.safetensors",
+                                                                       "shard-00001.safetensors"]  # fmt: skip
+    assert not (out / "index.json").exists()
+    monkeypatch.setattr(ds, "_save_shard", real_save)
+    monkeypatch.setattr(ds, "_example_maps", lambda *a, **k: calls.append(1) or real_maps(*a, **k))
+    ds.attribute_dataset(model, tok, examples, out, methods=("alti", "alti_logit"), shard_size=2, progress=False)
+    assert len(calls) == 2, "only the two examples of the unfinished shard are redone"
+    assert not list(out.glob("*.tmp-*")), "the half-written file is cleared"
+    (out / "shard-00001.safetensors").write_bytes(b"damaged")
+    calls.clear()
+    ds.attribute_dataset(model, tok, examples, out, methods=("alti", "alti_logit"), shard_size=2, progress=False)
+    assert len(calls) == 2, "the damaged shard is redone, the others skipped"
+    fresh = tmp_path / "fresh"
+    ds.attribute_dataset(model, tok, examples, fresh, methods=("alti", "alti_logit"), shard_size=2, progress=False)
+    resumed, uninterrupted = ds.load_attributions(out), ds.load_attributions(fresh)
+    for i in range(len(examples)):
+        for key, value in uninterrupted[i].items():
+            assert torch.equal(resumed[i][key], value), (i, key)
+
+
+def test_dataset_refuses_a_folder_of_another_run(copy_model, tmp_path):
+    model, tok = copy_model
+    examples = ds.examples_from_records(RECORDS[:2])
+    ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), progress=False)
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        ds.attribute_dataset(model, tok, examples, tmp_path, methods=("alti",), progress=False)
+    with pytest.raises(ValueError, match="other n_examples, examples"):
+        ds.attribute_dataset(model, tok, examples[:1], tmp_path, methods=("l2",), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ({1: '{"prompt": "ab|a"'}, r"in\.jsonl line 2: not valid JSON"),
+        ({2: '{"prompt": ""}'}, r"in\.jsonl line 3: empty prompt"),
+        ({0: '{"text": "ab"}'}, r"in\.jsonl line 1: no 'prompt' field \(fields: text\)"),
+        ({1: '["ab"]'}, r"in\.jsonl line 2: expected an object"),
+        ({1: '{"prompt": "ab", "target": 3}'}, r"line 2: 'target' must be a string"),
+    ],
+)
+def test_bad_jsonl_lines_are_named(tmp_path, lines, message):
+    path = _write_jsonl(tmp_path / "in.jsonl", RECORDS[:2], lines)
+    with pytest.raises(ValueError, match=message):
+        ds.read_jsonl(path)
+
+
+def test_bad_inputs_refused(copy_model, tmp_path, capsys):
+    """A missing file, an unknown method, an empty file and a prompt without tokens are refused with one clear line
+    (CLI: exit status 2)."""
+    model, tok = copy_model
+    with pytest.raises(FileNotFoundError, match="no input file"):
+        ds.read_jsonl(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="unknown method 'saliency'; choose from l1, l2, alti, alti_logit"):
+        ds.attribute_dataset(model, tok, ds.examples_from_records(RECORDS), tmp_path, methods=("saliency",))
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match="no examples"):
+        ds.read_jsonl(tmp_path / "empty.jsonl")
+    with pytest.raises(ValueError, match="record 0: empty prompt"):
+        ds.examples_from_records([{"prompt": " \n"}])
+
+    def dropping_tokenizer(text, add_special_tokens=False):  # a tokenizer that keeps nothing of "??"
+        return tok(text.replace("?", ""), add_special_tokens=add_special_tokens)
+
+    examples = ds.examples_from_records([{"prompt": "ab|a"}, {"prompt": "??"}])
+    with pytest.raises(ValueError, match="record 1: the prompt gives no tokens"):
+        ds.attribute_dataset(model, dropping_tokenizer, examples, tmp_path / "o", progress=False)
+    good = _write_jsonl(tmp_path / "good.jsonl", RECORDS)
+    bad = _write_jsonl(tmp_path / "bad.jsonl", RECORDS, {3: "{oops"})
+    cases = [
+        (["--input", str(tmp_path / "missing.jsonl")], "no input file"),
+        (["--input", str(bad)], "bad.jsonl line 4: not valid JSON"),
+        (["--input", str(good), "--methods", "alti", "nope"], "unknown method 'nope'"),
+        ([], "give one input"),
+    ]
+    for extra, message in cases:
+        rc = cli_main(["attribute-dataset", "--model", "mamba1", "--out", str(tmp_path / "cli"), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("latim: error:") and message in err, (extra, err)
+    assert not (tmp_path / "cli").exists(), "nothing is written for a refused input"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, model, tok, examples, out: str) -> None:
+    """One rank as torchrun would start it: its environment, then the package's own initialisation (gloo)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(1)
+    got_rank, got_world, device, initialised = ds.init_distributed("cpu")
+    assert (got_rank, got_world, device.type, initialised) == (rank, world, "cpu", True)
+    try:
+        ds.attribute_dataset(model, tok, examples, out, methods=("alti", "alti_logit"), shard_size=2,
+                             dtype=torch.float64, progress=False)  # fmt: skip
+    finally:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_split_the_shards(copy_model, tmp_path):
+    """Two processes joined over gloo (torchrun's environment variables) take alternate shards; rank 0's index
+    covers both, and the maps are the one-by-one calls'."""
+    import torch.multiprocessing as mp
+
+    model, tok = copy_model
+    examples = ds.examples_from_records(RECORDS)
+    out = tmp_path / "out"
+    # fork: the ranks share the loaded model and imports (a fresh interpreter per rank costs seconds)
+    mp.start_processes(_rank_main, args=(2, _free_port(), model, tok, examples, str(out)), nprocs=2, join=True,
+                       start_method="fork")  # fmt: skip
+    index = json.loads((out / "index.json").read_text())
+    assert [s["rank"] for s in index["shards"]] == [0, 1, 0]
+    data = ds.load_attributions(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the ranks: the model's fp32 forward rounds by its thread count
+    try:
+        for i, record in enumerate(RECORDS):
+            for method in ("alti", "alti_logit"):
+                expected = _one_by_one(model, tok, record, method, dtype=torch.float64)
+                assert torch.equal(data[i][f"maps.{method}"], expected), f"example {i}, {method}"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_torchrun_cli_two_ranks(tmp_path):
+    """``torchrun --nproc-per-node 2 -m latim_captum.cli attribute-dataset`` end to end on the CPU (gloo)."""
+    path = _write_jsonl(tmp_path / "in.jsonl", RECORDS[:3])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "latim_captum.cli", "attribute-dataset", "--model", "mamba1", "--input", str(path), "--out", str(out),
+           "--methods", "l2", "--shard-size", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 processes" in proc.stdout
+    index = json.loads((out / "index.json").read_text())
+    assert [s["rank"] for s in index["shards"]] == [0, 1, 0]
+    model, tok = load_copy_model("mamba1")
+    data = ds.load_attributions(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # torchrun's OMP_NUM_THREADS=1: the fp32 forward rounds by its thread count
+    try:
+        for i, record in enumerate(RECORDS[:3]):
+            assert torch.equal(data[i]["maps.l2"], _one_by_one(model, tok, record, "l2")), f"example {i}"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_hf_dataset_input(copy_model, tmp_path):
+    """A ``datasets.Dataset`` (in memory, or a ``save_to_disk`` folder) gives the same examples as the JSONL."""
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_list([{"prompt": r["prompt"], "target": r.get("target")} for r in RECORDS])
+    from_records = ds.examples_from_records(data)
+    data.save_to_disk(str(tmp_path / "saved"))
+    from_disk = ds.load_hf_dataset(str(tmp_path / "saved"))
+    expected = ds.read_jsonl(_write_jsonl(tmp_path / "in.jsonl", RECORDS))
+    for got in (from_records, from_disk):
+        assert [(e.prompt, e.target) for e in got] == [(e.prompt, e.target) for e in expected]
