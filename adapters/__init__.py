@@ -129,9 +129,17 @@ def _check_unwrapped(model: nn.Module) -> None:
             )
 
 
+def _offloaded(module: nn.Module) -> bool:
+    """Whether accelerate offloads ``module``'s weights (CPU or disk): they sit on meta between forwards and its hook
+    brings the values in (:func:`~latim_captum.adapters.base.onloaded` does the same for the trace)."""
+    return bool(getattr(getattr(module, "_hf_hook", None), "offload", False))
+
+
 def _check_materialised(model: nn.Module) -> None:
-    """``ValueError`` for a model whose weights are on the meta device (shapes without values)."""
-    meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
+    """``ValueError`` for a model whose weights are on the meta device (shapes without values) and not offloaded by
+    accelerate."""
+    offloaded = {id(p) for m in model.modules() if _offloaded(m) for p in m.parameters(recurse=False)}
+    meta = next((name for name, p in model.named_parameters() if p.is_meta and id(p) not in offloaded), None)
     if meta is not None:
         raise ValueError(
             f"{type(model).__name__} has weights on the meta device ({meta}, ...): it has shapes but no values; load "

@@ -324,6 +324,9 @@ def _example_maps(
             out["alti_logit.offset"] = res.offset[0].cpu()
         elif method == "alti_rollout":
             maps = alti_rollout(tr, **path)[0]
+        elif method == "alti_logit_layers":  # the same targets as ALTI-Logit's
+            target = next_token_targets(ids) if has_target else None
+            maps = interactions(tr, method=method, layers=settings["layers"], target=target, **path)[0]
         else:
             maps = interactions(tr, method=method, layers=settings["layers"], **path)[0]
         out[f"maps.{method}"] = maps.cpu()
