@@ -41,7 +41,8 @@ from .single_query import alti_logit_row, alti_rollout_row
 from .traces import LayerTrace, Mamba1SSM, Mamba2SSM, ModelTrace, Readout
 
 # Inseq is an optional extra (latim-captum[inseq]): when it is installed, importing the package registers the
-# Inseq methods latim, latim_alti_logit, latim_alti and latim_l2 (Inseq 0.7 has no plugin entry points).
+# Inseq methods of the method table (latim, latim_alti_logit, latim_alti, latim_l2, ...; Inseq 0.7 has no plugin
+# entry points).
 try:
     import inseq as _inseq_package
 except ImportError:  # the extra is not installed

@@ -165,8 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_transformers()
     out = Path(args.out)
     methods = args.methods or list(DEMO_METHODS)
-    for name in methods:
-        get_method(name)  # an unknown name fails before any work
+    width = max(len(get_method(name).label) for name in methods)  # an unknown name fails before any work
     _check_out_dir("--out", out, [f"{v}_scores.json" for v in args.variants])
     for variant in args.variants:
         model, tok = load_copy_model(variant)
@@ -181,7 +180,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"\n=== {variant}: {type(model).__name__}, {get_adapter(model).n_layers} layers, "
             f"input {''.join(tokens)!r}, copy accuracy on it {acc:.2f}"
         )
-        print(f"{'method':34s} {'layer':>5s}  {'AUC':>5s} {'AP':>5s} {'R@K':>5s}   paper (AUC/AP/R@K, 50-token task)")
+        print(
+            f"{'method':{width}s} {'layer':>5s}  {'AUC':>5s} {'AP':>5s} {'R@K':>5s}   "
+            "paper (AUC/AP/R@K, 50-token task)"
+        )
         side: dict[str, torch.Tensor] = {}
         summary = {}
         for name in methods:
@@ -200,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ref = PAPER_TABLE2.get(variant, {}).get(name)
             ref_s = " / ".join(f"{v:.2f}" for v in ref) if ref else ""
             print(
-                f"{method.label:34s} {layer_s:>5s}  {score['auc']:5.2f} {score['ap']:5.2f} "
+                f"{method.label:{width}s} {layer_s:>5s}  {score['auc']:5.2f} {score['ap']:5.2f} "
                 f"{score['recall_at_k']:5.2f}   {ref_s}"
             )
         save_side_by_side(side, tokens, f"{variant}: source <SEP> copy", out / f"{variant}_side_by_side.png")
