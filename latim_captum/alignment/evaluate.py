@@ -4,7 +4,7 @@ error per activation strategy.
 AER is computed on held-out pairs (``task.pairs(n, seed + 1)``, the set held out in training) for every method of
 the registry (:mod:`latim_captum.methods`; ``<measure>_<activation>`` names too, see
 :func:`latim_captum.tasks.reports.resolve_method`): per-layer methods at every layer, aggregated methods once, in
-both readings of the rows (``predict``/``hold``, :mod:`.metrics`). The table reports aggregated methods as they
+both readings of the rows (``predict``/``hold``, :mod:`latim_captum.alignment.metrics`). The table reports aggregated methods as they
 are and per-layer methods at their best layer (lowest AER), like the paper's Table 3, plus a model-free baseline
 (the monotone diagonal, :func:`~.metrics.monotone_alignment`).
 

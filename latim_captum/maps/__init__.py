@@ -8,8 +8,7 @@
 ``triton``          the tiles' Triton kernels (``kernels``, ``launch``, ``workspace``; needs ``triton``)
 ``fast``            :func:`layer_maps_fast`, the tiled path of one Mamba layer (either kernel)
 ``layer``           :func:`layer_maps`, one sublayer on any backend
-``all_layers``      every layer: :func:`stack`, :func:`alti_rollout`, :func:`alti_logit`,
-                   :func:`alti_logit_layers`
+``all_layers``      every layer: :func:`stack`, :func:`alti_rollout`, :func:`alti_logit`, :func:`alti_logit_layers`
 ``rows``            one query row of the rollout and of ALTI-Logit in O(N·d) memory
 ``memory``          the memory guard: a request's allocations estimated before the forward pass, free memory
 ==================  ==============================================================================================
