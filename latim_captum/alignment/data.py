@@ -9,8 +9,8 @@ Layout of a sample of ``S`` source and ``T`` target words (``N = S + T + 2`` tok
 
 Row ``i`` of the model predicts the token at ``i + 1``, so rows ``S..S+T`` predict the target words and
 ``<eos>``: those are the trained rows (:meth:`AlignmentBatch.loss_mask`). Target word ``t`` is *predicted* by row
-``S + t`` and *held* by row ``S + 1 + t`` (:mod:`latim_captum.alignment.metrics` scores either). Padding after ``<eos>`` changes nothing
-before it: every model here is causal.
+``S + t`` and *held* by row ``S + 1 + t`` (:mod:`latim_captum.alignment.metrics` scores either). Padding after
+``<eos>`` changes nothing before it: every model here is causal.
 
 Example:
     >>> task = AlignmentTask(**TINY_TASK)

@@ -4,9 +4,9 @@ error per activation strategy.
 AER is computed on held-out pairs (``task.pairs(n, seed + 1)``, the set held out in training) for every method of
 the registry (:mod:`latim_captum.methods`; ``<measure>_<activation>`` names too, see
 :func:`latim_captum.tasks.reports.resolve_method`): per-layer methods at every layer, aggregated methods once, in
-both readings of the rows (``predict``/``hold``, :mod:`latim_captum.alignment.metrics`). The table reports aggregated methods as they
-are and per-layer methods at their best layer (lowest AER), like the paper's Table 3, plus a model-free baseline
-(the monotone diagonal, :func:`~.metrics.monotone_alignment`).
+both readings of the rows (``predict``/``hold``, :mod:`latim_captum.alignment.metrics`). The table reports
+aggregated methods as they are and per-layer methods at their best layer (lowest AER), like the paper's Table 3,
+plus a model-free baseline (the monotone diagonal, :func:`~.metrics.monotone_alignment`).
 
 The paper's numbers (:data:`PAPER_TABLE3`) come from a different dataset (IWSLT17 and GoldAlign, word alignments
 by AwesomeAlign / human annotators) and different models (the released 130M and 370M checkpoints, fine-tuned):

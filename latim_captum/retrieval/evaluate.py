@@ -10,7 +10,8 @@ Per model and per setting (length ``N`` × key count ``k``; FWE per length), on 
 2. **Attribution** on the first ``n_attr`` samples: the sequence the model produced (prompt + its own answer) and,
    for each answer token, the query row that predicts it with the model's token as target (one row each, the
    single-query path for ALTI-Logit: :func:`~.attribution.answer_row_scores`). Each row's mass is split into the
-   categories of :mod:`latim_captum.retrieval.metrics` (passkey: gold / first / other keys / filler / query; FWE: each planted word),
+   categories of :mod:`latim_captum.retrieval.metrics` (passkey: gold / first / other keys / filler / query; FWE:
+   each planted word),
    averaged over the answer rows of a sample, then over the samples of a cell: ``correct`` / ``incorrect`` ×
    ``gold first`` / ``gold later``. Per-layer methods keep one set of shares per layer.
 3. **Wall time** of each method in the same run (all its rows, trace included), and rows explained.
@@ -201,9 +202,8 @@ def evaluate_model(
         ``fwe`` (setting → ``n``, ``exact``, ``set_recall``, ``per_rank``); ``methods`` (name → ``label``,
         ``family``, ``per_layer``, ``seconds``, ``rows``, ``passkey``: setting → ``seconds`` and ``cells``: cell →
         ``n``, ``shares``; ``fwe``: setting → ``seconds``, ``n``, ``shares``, ``per_occurrence``, ``counts``); passkey
-        shares are ``[C]`` (or ``[L,
-        C]``) over :data:`~latim_captum.retrieval.metrics.CATEGORIES`, FWE shares ``[m + 1]`` (or ``[L, m + 1]``) by rank, then
-        ``other``.
+        shares are ``[C]`` (or ``[L, C]``) over :data:`~latim_captum.retrieval.metrics.CATEGORIES`, FWE shares
+        ``[m + 1]`` (or ``[L, m + 1]``) by rank, then ``other``.
     """
     from ..methods import METHOD_REGISTRY
 

@@ -20,8 +20,8 @@ per batch fixed (``batch = tokens_per_batch // length``); a stage with several l
   (``--device cuda --bf16``); sized so that the one-key case is learnt within one 8-minute device call (a small
   model sees ≥ 100M tokens there; the lookup a one-key sample needs is one value held in the state), while
   several keys need an associative lookup that a 3M model learns only in part: the difficulty the study is about.
-- ``--scale tiny``: the tiny task (:data:`~latim_captum.retrieval.data.TINY_TASK`), 2 layers, d_model 64, lengths 128 → {128, 192},
-  for the CPU.
+- ``--scale tiny``: the tiny task (:data:`~latim_captum.retrieval.data.TINY_TASK`), 2 layers, d_model 64, lengths
+  128 → {128, 192}, for the CPU.
 
 Held-out accuracy (teacher forcing, samples drawn with seed + 1 at the last stage's shortest length):
 ``token_acc`` over answer tokens, ``exact_match`` (every answer token right, equal to greedy decoding's), and the
@@ -119,7 +119,8 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 def task_of_scale(scale: str) -> RetrievalTask:
-    """The task a preset trains on: the full one for ``paper``, :data:`~latim_captum.retrieval.data.TINY_TASK` for ``tiny``."""
+    """The task a preset trains on: the full one for ``paper``, :data:`~latim_captum.retrieval.data.TINY_TASK` for
+    ``tiny``."""
     return RetrievalTask() if scale == "paper" else RetrievalTask(**TINY_TASK)
 
 
