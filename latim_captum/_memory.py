@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from ._validation import check_layers
 from .adapters import ModelAdapter, get_adapter
 from .maps.memory import RequestSizes, check_fits, estimate
+from .maps.options import LatimMemoryError
 from .ssm import d_inner_of
 from .traces import AttentionTrace, LayerTrace, Mamba1SSM, ModelTrace
 
-__all__ = ["guard_memory", "ADVICE"]
+__all__ = ["guard_memory", "forward_memory_error", "ADVICE"]
 
 _ROWS = (
     "one query row in O(N·d) memory (latim_captum.alti_logit_row / alti_rollout_row, or a Captum class's "
@@ -117,3 +118,30 @@ def guard_memory(
         embedding_columns=embedding_columns,
     )
     check_fits(need, device, front_end if front_end != "captum_rows" else "this Captum attribution", ADVICE[front_end])
+
+
+def forward_memory_error(
+    adapter: ModelAdapter, input_ids: Tensor | None, inputs_embeds: Tensor | None
+) -> LatimMemoryError:
+    """The error for a model whose *own* forward pass ran out of memory, before LaTIM computed anything: one sentence
+    with the fix. Without mamba-ssm, Hugging Face's PyTorch fallback of the Mamba scan holds far more than the
+    kernels do (Mamba-2's chunked scan: tens of GiB at N = 16384), so on CUDA the first fix is the ``mamba`` extra.
+
+    Example:
+        >>> raise forward_memory_error(adapter, ids, None) from err                     # doctest: +SKIP
+        LatimMemoryError: the model's own forward pass ran out of memory on cuda:0 for a [1, 16384] input, ...
+    """
+    import importlib.util
+
+    shape = _input_shape(input_ids, inputs_embeds)
+    what = f"a [{shape[0]}, {shape[1]}] input" if shape else "this input"
+    device = adapter.device
+    fix = "use a shorter input or a smaller batch"
+    if device.type == "cuda" and importlib.util.find_spec("mamba_ssm") is None:
+        fix = (
+            "install the mamba extra (pip install 'latim-captum[mamba]': mamba-ssm's kernels; without them Hugging "
+            f"Face runs a PyTorch scan that holds far more), or {fix}"
+        )
+    return LatimMemoryError(
+        f"the model's own forward pass ran out of memory on {device} for {what}, before LaTIM computed anything: {fix}"
+    )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._memory import guard_memory
+from ._memory import forward_memory_error, guard_memory
 from ._validation import check_layers, check_method, check_model_inputs, check_size, check_target
 from .activations import DEFAULT_ACTIVATION, check_activation
 from .adapters import ModelAdapter, get_adapter
@@ -65,7 +65,10 @@ def trace(
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
     guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
-    return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype)
+    try:
+        return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype)
+    except torch.OutOfMemoryError as err:  # the model's own forward (the guard sized LaTIM's part, not the model's)
+        raise forward_memory_error(adapter, input_ids, inputs_embeds) from err
 
 
 def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype) -> ModelTrace:

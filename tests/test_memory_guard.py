@@ -8,6 +8,7 @@ allocator.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -245,3 +246,28 @@ def test_estimate_is_near_the_measured_peak(kind, method):
     assert measured > 100 * 2**20, "the request should add hundreds of MiB (its reference row blocks)"
     ratio = need / measured
     assert 0.5 <= ratio <= 2, f"estimate {need / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB"
+
+
+def test_the_models_own_forward_running_out_of_memory_is_said_in_one_sentence(monkeypatch):
+    """An out-of-memory error inside the model's forward (Hugging Face's PyTorch scan without mamba-ssm, on a long
+    input) becomes a LatimMemoryError with the fix; the model is left as found and the next call works."""
+    from latim_captum._memory import forward_memory_error
+
+    model = build("mamba2", seed=1)
+    ids = random_ids(1, 16)
+
+    def out_of_memory(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 48.00 GiB")
+
+    handle = model.register_forward_pre_hook(out_of_memory)
+    try:
+        with pytest.raises(LatimMemoryError, match=r"own forward pass ran out of memory on cpu for a \[1, 16\] input"):
+            latim_captum.interactions(model, ids)
+    finally:
+        handle.remove()
+    assert not model.training and latim_captum.interactions(model, ids).shape == (1, 2, 16, 16)
+    # on CUDA without mamba-ssm the first fix named is the kernels
+    adapter = latim_captum.adapters.get_adapter(model)
+    monkeypatch.setattr(type(adapter), "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "install the mamba extra" in str(forward_memory_error(adapter, ids, None))
