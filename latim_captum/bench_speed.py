@@ -170,6 +170,35 @@ def _warm_up(
     return time.perf_counter() - start
 
 
+def _end_to_end(model, ids: torch.Tensor, device: torch.device, kernel: str) -> dict:
+    """What a user's call costs: ``interactions(model, ids, method="l2")`` with the default arguments (trace and
+    maps), then on this run's path at each precision the device allows, with each one's largest relative
+    difference from ``"highest"`` (``max |Δ| / max |maps|``) and ALTI's largest row-sum error (rows sum to 1)."""
+    import latim_captum as lc
+
+    out: dict = {}
+    wall, _, _ = timed(partial(lc.interactions, model, ids, method="l2"), device)
+    out["default_s"] = wall
+    precisions = ("highest", "tf32", "bf16") if device.type == "cuda" else ("highest",)
+    reference = None
+    for prec in precisions:
+        call = partial(lc.interactions, model, ids, method="l2", backend=_backend(kernel), precision=prec)
+        try:
+            wall, _, maps = timed(call, device)
+        except (MemoryError, torch.OutOfMemoryError) as err:
+            out[prec] = {"error": str(err)[:160]}
+            continue
+        entry = {"wall_s": wall}
+        if reference is None:
+            reference = maps
+        else:
+            entry["rel_diff_vs_highest"] = float((maps - reference).abs().max() / reference.abs().max())
+        alti = lc.interactions(model, ids, method="alti", backend=_backend(kernel), precision=prec)
+        entry["alti_row_sum_error"] = float((alti.sum(-1) - 1).abs().max())
+        out[prec] = entry
+    return out
+
+
 def _backend(kernel: str) -> str:
     """The public backend whose tiles are ``kernel`` (``"torch"``: ``"fast"``)."""
     return "fast" if kernel == "torch" else kernel
@@ -239,6 +268,7 @@ def run(args: argparse.Namespace) -> dict:
             fwd, _, _ = timed(partial(model, ids), device)
             t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
             point.update(forward_s=fwd, trace_s=t_trace)
+            point["end_to_end"] = _end_to_end(model, ids, device, kernel)
             d_inner, d_model = tr.layers[0].out_weight.shape[1], tr.layers[0].out_weight.shape[0]
             flops = dominant_flops(n, d_inner, d_model) * n_layers
             results["points"].append(point)  # saved after each method: a run cut short keeps what it timed
@@ -346,7 +376,34 @@ def _triton_variants() -> tuple[str, ...]:
 
 def to_markdown(results: dict) -> str:
     kernel = results.get("kernel", "torch")
-    lines = [f"# LaTIM speed ({results['gpu']}, kernel={kernel})", "", f"Floor: {results['floor']}.",
+    lines = [f"# LaTIM speed ({results['gpu']}, kernel={kernel})", "",
+             "End to end, the number a user gets: `interactions(model, ids, method=\"l2\")` (trace and maps) with the "
+             "default arguments, then on this run's path at each precision (s; relative difference of the maps from "
+             "`highest`; ALTI's largest row-sum error):", "",
+             "| model | dtype | N | forward s | trace s | default s | highest s | tf32 s (diff) | bf16 s (diff) | "
+             "ALTI row-sum error (highest / tf32 / bf16) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in results["points"]:
+        e2e = p.get("end_to_end")
+        if not e2e:
+            continue
+
+        def cell(prec: str, e2e: dict = e2e) -> str:
+            entry = e2e.get(prec)
+            if entry is None:
+                return "—"
+            if "error" in entry:
+                return "OOM"
+            diff = f" ({entry['rel_diff_vs_highest']:.1e})" if "rel_diff_vs_highest" in entry else ""
+            return f"{entry['wall_s']:.3f}{diff}"
+
+        sums = " / ".join(f"{e2e[k]['alti_row_sum_error']:.0e}" for k in ("highest", "tf32", "bf16")
+                          if k in e2e and "alti_row_sum_error" in e2e[k])  # fmt: skip
+        lines.append(
+            f"| {p['model']} | {p['dtype']} | {p['N']} | {p['forward_s']:.3f} | {p['trace_s']:.3f} | "
+            f"{e2e['default_s']:.3f} | {cell('highest')} | {cell('tf32')} | {cell('bf16')} | {sums} |"
+        )
+    lines += ["", "Maps from a finished trace (the engine alone):", "", f"Floor: {results['floor']}.",
              f"Matmul peak (TFLOP/s): {json.dumps({k: round(v, 1) for k, v in results['peak_tflops'].items()})}", "",
              "| model | dtype | N | method | wall s | peak GiB | TFLOP/s | % peak | × ref | wall / forward |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -24,9 +24,14 @@ def test_quick_run_writes_every_ratio(tmp_path):
         for method in ("l2", "alti", "alti_logit"):
             entry = point[method]
             assert entry["wall_s"] > 0 and entry["x_forward"] > 0 and entry["speedup_vs_ref"] > 0
+        # the headline: the public call end to end, with ALTI's rows checked (they sum to 1)
+        e2e = point["end_to_end"]
+        assert e2e["default_s"] > 0 and e2e["highest"]["wall_s"] > 0
+        assert e2e["highest"]["alti_row_sum_error"] < 1e-5
     assert results["single_query"]
     assert all(p["wall_s"] > 0 and p["speedup_vs_lig50"] > 0 for p in results["single_query"])
-    assert "| model | dtype | N | method |" in (tmp_path / "speed.md").read_text()
+    report = (tmp_path / "speed.md").read_text()
+    assert "| model | dtype | N | method |" in report and "| model | dtype | N | forward s | trace s | default s" in report
 
 
 def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
