@@ -5,6 +5,7 @@
 ``ref``             :func:`layer_maps_ref`, the readable reference (row blocks of materialised ``T_i(x_j)``)
 ``tiles``           what both tile implementations share: layer context, causal mixing, memory sizing
 ``torch_tiles``     the tiles in PyTorch ops
+``sublayer_tiles``  PyTorch tiles of a hybrid's attention and MLP/MoE sublayers
 ``triton``          the tiles' Triton kernels (``kernels``, ``launch``, ``workspace``; needs ``triton``)
 ``fast``            :func:`layer_maps_fast`, the tiled path of one Mamba layer (either kernel)
 ``layer``           :func:`layer_maps`, one sublayer on any backend

@@ -15,11 +15,12 @@ import torch
 from torch import Tensor
 
 from latim_captum._validation import check_size
-from latim_captum.traces import LayerTrace, SublayerTrace
+from latim_captum.traces import AttentionTrace, LayerTrace, SublayerTrace, TokenwiseTrace
 
 from .fast import layer_maps_fast
 from .options import check_measures, check_precision, resolve_backend
 from .ref import layer_maps_ref
+from .sublayer_tiles import attention_maps_fast, tokenwise_maps_fast
 
 __all__ = ["NO_RESIDUAL", "layer_maps", "without_residual"]
 
@@ -52,11 +53,13 @@ def layer_maps(
     rounding.
 
     The tiled paths (``"fast"``, ``"triton"``: :func:`latim_captum.maps.fast.layer_maps_fast` with
-    ``kernel="torch"`` or ``"triton"``) cover Mamba layers; attention, token-wise, parallel and shared-block (Zamba2
-    hybrid) sublayers always take the reference, whatever ``backend`` says. ``precision`` (``"highest"``,
-    ``"tf32"``, ``"bf16"``) is that of the tiled paths' ``W_o`` product; ``rows=(start, stop)`` keeps query rows
-    ``[start, stop)`` only, in ``[B, stop − start, N]`` maps (memory O(rows·N)); ``kernel_config`` tunes the tiles
-    (``anchor_rows``, Triton block sizes and switches, see :func:`~latim_captum.maps.fast.layer_maps_fast`).
+    ``kernel="torch"`` or ``"triton"``) cover Mamba layers; attention and token-wise (MLP/MoE) sublayers take
+    PyTorch tiles on either (:mod:`latim_captum.maps.sublayer_tiles`); parallel (FalconH1) and shared-block (Zamba2)
+    sublayers always take the reference, whatever ``backend`` says. ``precision`` (``"highest"``, ``"tf32"``,
+    ``"bf16"``) is that of the tiled paths' ``W_o`` product (attention: its value-path products);
+    ``rows=(start, stop)`` keeps query rows ``[start, stop)`` only, in ``[B, stop − start, N]`` maps (memory
+    O(rows·N)); ``kernel_config`` tunes the tiles (``anchor_rows``, Triton block sizes and switches, see
+    :func:`~latim_captum.maps.fast.layer_maps_fast`).
     """
     check_measures(measures)
     check_size("block_rows", block_rows)
@@ -85,6 +88,12 @@ def layer_maps(
             kernel="triton" if resolved == "triton" else "torch",
             kernel_config=config,
         )
+    if isinstance(layer, AttentionTrace) and resolved in ("fast", "triton"):  # PyTorch tiles under either name
+        return attention_maps_fast(
+            layer, measures, projection=projection, block=block_rows, precision=precision, rows=rows
+        )
+    if isinstance(layer, TokenwiseTrace) and resolved in ("fast", "triton"):
+        return tokenwise_maps_fast(layer, measures, projection=projection, rows=rows)
     return layer_maps_ref(
         layer,
         activation,

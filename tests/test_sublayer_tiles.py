@@ -1,0 +1,82 @@
+"""The tiled path of hybrids' attention and MLP/MoE sublayers against the reference, on every hybrid family."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_hybrids import FAMILIES, build_hybrid
+
+import latim_captum
+from conftest import left_pad_mask, random_ids
+from latim_captum.maps import layer as layer_module
+from latim_captum.maps import layer_maps, layer_maps_ref
+from latim_captum.traces import AttentionTrace, TokenwiseTrace
+
+MEASURES = ("l1", "l2", "alti", "logit")
+
+
+def _traced(family: str, seed: int = 3):
+    model, _ = build_hybrid(family, seed=seed)
+    ids, mask = random_ids(2, 9, seed=seed), left_pad_mask(2, 9, [0, 2])
+    with warnings.catch_warnings():  # hybrids warn once about left padding; the maps are compared all the same
+        warnings.simplefilter("ignore")
+        tr = latim_captum.trace(model, ids, attention_mask=mask, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    projection = torch.randn(2, 9, tr.embeddings.shape[-1], generator=gen, dtype=torch.float64)
+    return tr, projection
+
+
+# Zamba2's sublayers are all shared-block Mamba layers (its attention lives inside them): nothing here to check
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "zamba2"])
+def test_attention_and_tokenwise_tiles_equal_the_reference(family):
+    """Every measure, several row blocks (block 2 on 9 rows), padded rows, and a range of query rows."""
+    tr, projection = _traced(family)
+    checked = set()
+    for layer in tr.layers:
+        if not isinstance(layer, (AttentionTrace, TokenwiseTrace)):
+            continue
+        checked.add(type(layer).__name__)
+        ref = layer_maps_ref(layer, "silu_gate", MEASURES, projection=projection)
+        fast = layer_maps(layer, "silu_gate", MEASURES, projection=projection, backend="fast", block_rows=2)
+        for m in MEASURES:
+            torch.testing.assert_close(fast[m], ref[m], atol=1e-12, rtol=1e-10, msg=f"{type(layer).__name__} {m}")
+            assert float(ref[m].abs().max()) > 0, m
+        part = layer_maps(layer, "silu_gate", MEASURES, projection=projection, backend="fast", rows=(4, 7))
+        for m in MEASURES:
+            torch.testing.assert_close(part[m], ref[m][:, 4:7], atol=1e-12, rtol=1e-10)
+        bare_ref = layer_maps(layer, "silu_gate", ("alti_no_residual",), backend="ref")["alti_no_residual"]
+        bare = layer_maps(layer, "silu_gate", ("alti_no_residual",), backend="fast")["alti_no_residual"]
+        torch.testing.assert_close(bare, bare_ref, atol=1e-12, rtol=1e-10)
+    assert "TokenwiseTrace" in checked  # every family here has MLP/MoE sublayers
+    assert "AttentionTrace" in checked or family == "falcon_h1"  # FalconH1's attention runs beside its Mamba
+
+
+def test_the_fast_backend_takes_the_tiles(monkeypatch):
+    """backend="fast" (and "auto" on CUDA) reaches the tiles for attention and MLP sublayers, not the reference."""
+    tr, projection = _traced("jamba")
+    seen = []
+    for name, tag in (("attention_maps_fast", "a"), ("tokenwise_maps_fast", "t")):
+        real = getattr(layer_module, name)
+        monkeypatch.setattr(layer_module, name, lambda *a, _r=real, _t=tag, **k: seen.append(_t) or _r(*a, **k))
+    fast = latim_captum.interactions(tr, method="l2", backend="fast")
+    assert "a" in seen and "t" in seen
+    torch.testing.assert_close(fast, latim_captum.interactions(tr, method="l2", backend="ref"), atol=1e-10, rtol=1e-8)
+    res_fast = latim_captum.alti_logit(tr, backend="fast")
+    res_ref = latim_captum.alti_logit(tr, backend="ref")
+    torch.testing.assert_close(res_fast.scores, res_ref.scores, atol=1e-10, rtol=1e-8)
+
+
+def test_reduced_precision_of_the_attention_products():
+    """tf32 and bf16 operands stay close to the compute dtype (bf16: 8 bits of mantissa); ALTI rows still sum to 1."""
+    tr, projection = _traced("bamba", seed=5)
+    layer = next(layer for layer in tr.layers if isinstance(layer, AttentionTrace))
+    ref = layer_maps(layer, "silu_gate", ("l2", "alti", "logit"), projection=projection, backend="fast")
+    for precision, tol in (("tf32", 1e-6), ("bf16", 3e-2)):
+        got = layer_maps(
+            layer, "silu_gate", ("l2", "alti", "logit"), projection=projection, backend="fast", precision=precision
+        )
+        for m in ("l2", "logit"):
+            assert float((got[m] - ref[m]).abs().max() / ref[m].abs().max()) < tol, (precision, m)
+        torch.testing.assert_close(got["alti"].sum(-1)[1, 2:], torch.ones(7, dtype=torch.float64))
