@@ -33,38 +33,83 @@ from pathlib import Path
 import torch
 
 from .adapters import get_adapter
+from .traces import LayerTrace
 
 __all__ = ["main", "build_model", "matmul_peak"]
 
 
-#: model kinds (random weights with the shapes of mamba-130m / mamba2-130m) and dtypes the benchmark builds
-MODELS: tuple[str, ...] = ("mamba1", "mamba2")
+#: model kinds the benchmark builds, random weights with published shapes: ``mamba1`` / ``mamba2`` (mamba-130m /
+#: mamba2-130m), ``bamba`` (a hybrid of the same widths: 24 blocks, 4 of them attention), ``falcon_mamba_7b``
+#: (FalconMamba-7B: 64 layers, d_model 4096), ``mamba2_2.7b`` (64 layers, d_model 2560) and ``bamba_9b``
+#: (Bamba-9B: 32 blocks, d_model 4096, 3 of them attention); ``--quick`` builds each layout with tiny widths
+MODELS: tuple[str, ...] = ("mamba1", "mamba2", "bamba", "falcon_mamba_7b", "mamba2_2.7b", "bamba_9b")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# (layers, d_model, vocab, state, attention blocks) of each kind; quick: every kind at tiny widths, same layout
+_SHAPES: dict[str, tuple[int, int, int, int, tuple[int, ...]]] = {
+    "mamba1": (24, 768, 50280, 16, ()),
+    "mamba2": (24, 768, 50280, 128, ()),
+    "bamba": (24, 768, 50280, 128, (5, 11, 17, 23)),
+    "falcon_mamba_7b": (64, 4096, 65024, 16, ()),
+    "mamba2_2.7b": (64, 2560, 50288, 128, ()),
+    "bamba_9b": (32, 4096, 128256, 128, (9, 18, 27)),
+}
+
+
+def _config(kind: str, layers: int, hidden: int, vocab: int, state: int, attention: tuple[int, ...], quick: bool):
+    cfg = _family_config(kind, layers, hidden, vocab, state, attention, quick)
+    cfg.tie_word_embeddings = kind not in UNTIED  # as the checkpoints: their parameter counts come out right
+    return cfg
+
+
+#: the kinds whose checkpoints keep a separate LM head (FalconMamba-7B: 7.27B parameters, Bamba-9B: 9.78B)
+UNTIED: tuple[str, ...] = ("falcon_mamba_7b", "bamba_9b")
+
+
+def _family_config(
+    kind: str, layers: int, hidden: int, vocab: int, state: int, attention: tuple[int, ...], quick: bool
+):
+    import transformers
+
+    heads = 2 * hidden // 64
+    chunk = 16 if quick else 256
+    if kind in ("mamba1", "falcon_mamba_7b"):
+        cls = transformers.FalconMambaConfig if kind == "falcon_mamba_7b" else transformers.MambaConfig
+        return cls(hidden_size=hidden, num_hidden_layers=layers, state_size=state, expand=2, vocab_size=vocab)
+    if kind in ("mamba2", "mamba2_2.7b"):
+        return transformers.Mamba2Config(
+            hidden_size=hidden, num_hidden_layers=layers, state_size=state, expand=2, head_dim=64, num_heads=heads,
+            n_groups=1, chunk_size=chunk, vocab_size=vocab,
+        )  # fmt: skip
+    attn_heads = max(1, hidden // 128)
+    return transformers.BambaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=(14336 * hidden) // 4096,
+        num_hidden_layers=layers, num_attention_heads=attn_heads, num_key_value_heads=max(1, attn_heads // 4),
+        attn_layer_indices=[i for i in attention if i < layers], mamba_n_heads=heads, mamba_d_head=64,
+        mamba_n_groups=1, mamba_d_state=state, mamba_chunk_size=chunk,
+    )  # fmt: skip
 
 
 def build_model(
     kind: str, quick: bool, dtype: torch.dtype, device: torch.device, n_layers: int | None = None
 ) -> torch.nn.Module:
-    """Random-weight model with the shapes of mamba-130m / mamba2-130m (tiny in quick mode); ``n_layers`` keeps
-    the widths with fewer (or more) layers."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+    """Random-weight model of ``kind`` (:data:`MODELS`) in ``dtype``, made on ``device`` (a 7B shape is never held in
+    host memory); ``quick``: the same layout at tiny widths; ``n_layers`` keeps the widths with fewer
+    (or more) layers."""
+    import transformers
 
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODELS)}")
-    torch.manual_seed(0)
-    layers, hidden, vocab = (2, 64, 256) if quick else (24, 768, 50280)
-    layers = n_layers or layers
-    if kind == "mamba1":
-        cfg = MambaConfig(hidden_size=hidden, num_hidden_layers=layers, state_size=16, expand=2, vocab_size=vocab)
-        model = MambaForCausalLM(cfg)
-    else:
-        heads = 2 * hidden // 64
-        cfg = Mamba2Config(
-            hidden_size=hidden, num_hidden_layers=layers, state_size=16 if quick else 128, expand=2,
-            head_dim=64, num_heads=heads, n_groups=1, chunk_size=16 if quick else 256, vocab_size=vocab,
-        )  # fmt: skip
-        model = Mamba2ForCausalLM(cfg)
+    layers, hidden, vocab, state, attention = _SHAPES[kind]
+    if quick:
+        layers, hidden, vocab, state = 2 if not attention else 4, 64, 256, 16
+        attention = (1, 3) if attention else ()
+    cfg = _config(kind, n_layers or layers, hidden, vocab, state, attention, quick)
     cfg.use_cache = False
+    cls = transformers.AutoModelForCausalLM
+    torch.manual_seed(0)
+    with torch.device(device):  # made where it runs (float32 first: 28 GB for a 7B shape on the GPU, then cast)
+        model = cls.from_config(cfg)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -245,7 +290,7 @@ def run(args: argparse.Namespace) -> dict:
         prec = "bf16" if dtype == torch.bfloat16 else "tf32"
         model = build_model(kind, quick, dtype, device)
         maps_lengths, kernel = lengths, args.kernel
-        if kernel == "triton" and kind not in _triton_variants():
+        if kernel == "triton" and _layout(kind) not in _triton_variants():
             results["skipped"].append({"model": kind, "dtype": dname, "why": "kernel='triton' does not cover it"})
             maps_lengths, kernel = [], "torch"
         # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
@@ -269,8 +314,9 @@ def run(args: argparse.Namespace) -> dict:
             t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
             point.update(forward_s=fwd, trace_s=t_trace)
             point["end_to_end"] = _end_to_end(model, ids, device, kernel)
-            d_inner, d_model = tr.layers[0].out_weight.shape[1], tr.layers[0].out_weight.shape[0]
-            flops = dominant_flops(n, d_inner, d_model) * n_layers
+            mamba = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]  # the floor counts Mamba layers
+            d_inner, d_model = mamba[0].out_weight.shape[1], mamba[0].out_weight.shape[0]
+            flops = dominant_flops(n, d_inner, d_model) * len(mamba)
             results["points"].append(point)  # saved after each method: a run cut short keeps what it timed
             for method in ("l2", "alti", "alti_logit"):
                 measures = {"l2": ("l2",), "alti": ("alti",), "alti_logit": ("alti", "logit")}[method]
@@ -365,6 +411,12 @@ def _choices(spec: str, allowed: Sequence[str], option: str) -> list[str]:
     return names
 
 
+def _layout(kind: str) -> str:
+    """The Mamba variant of a model kind's Mamba layers (a Bamba hybrid's are Mamba-2; its attention and MLP
+    sublayers take the PyTorch tiles under either kernel)."""
+    return "mamba1" if kind in ("mamba1", "falcon_mamba_7b") else "mamba2"
+
+
 def _triton_variants() -> tuple[str, ...]:
     """Model kinds ``kernel="triton"`` covers (none without triton)."""
     try:
@@ -441,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and lengths (CPU, < 1 minute)")
     parser.add_argument("--out", required=True, help="output directory for speed.json and speed.md")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--models", default="mamba1,mamba2")
+    parser.add_argument("--models", default="mamba1,mamba2", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--lengths", default=None, help="comma-separated N for all-layer maps ('none': none)")
     parser.add_argument(

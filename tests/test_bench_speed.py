@@ -7,6 +7,7 @@ import json
 
 import torch
 
+import latim_captum
 from conftest import build
 from latim_captum import bench_speed
 from latim_captum.maps import layer as layer_module
@@ -73,3 +74,24 @@ def test_latim_bench_speed_command(tmp_path, capsys):
     for bad, named in bad_options:
         assert cli.main(["bench", "speed", "--out", str(out), *bad]) == 2
         assert "latim: error:" in (err := capsys.readouterr().err) and named in err
+
+
+def test_models_have_the_published_shapes():
+    """The large kinds have their checkpoints' parameter counts (built on the meta device: shapes only), and each
+    kind's quick model keeps its layout (a Bamba hybrid with attention sublayers among its Mamba-2 mixers)."""
+    import transformers
+
+    from latim_captum.traces import sublayer_kind
+
+    # the checkpoints' parameter counts: FalconMamba-7B, Mamba2-2.7B, Bamba-9B, mamba-130m
+    expected = {"falcon_mamba_7b": 7.27e9, "mamba2_2.7b": 2.70e9, "bamba_9b": 9.78e9, "mamba1": 1.29e8}
+    for kind, count in expected.items():
+        layers, hidden, vocab, state, attention = bench_speed._SHAPES[kind]
+        cfg = bench_speed._config(kind, layers, hidden, vocab, state, attention, quick=False)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
+        params = sum(p.numel() for p in model.parameters())  # a tied LM head counted once
+        assert abs(params / count - 1) < 0.01, (kind, params)
+    model = bench_speed.build_model("bamba", True, torch.float32, torch.device("cpu"))
+    kinds = [sublayer_kind(layer) for layer in latim_captum.trace(model, torch.tensor([[1, 2, 3, 4]])).layers]
+    assert kinds.count("attention") == 2 and kinds.count("mamba2") == 2 and kinds.count("mlp") == 4
