@@ -33,6 +33,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -424,19 +425,27 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_alignment(args: argparse.Namespace) -> int:
+def _task_models(
+    args: argparse.Namespace, task: str, trainer: ModuleType, paper_path: str
+) -> tuple[list[Path], list[str], list, str]:
+    """The models a task benchmark (``latim bench alignment|retrieval``) scores, with the device, backend and output
+    folders checked before any training: ``--model`` folders, tiny models trained in the run by ``trainer`` (a task's
+    ``train`` module; CPU, minutes) or the paper-scale folders (``paper_path`` with ``{variant}``). Returns the
+    paths, their variants, the loaded ``(model, tokenizer, meta)`` and the report's stem.
+
+    Raises:
+        ValueError: neither ``--variant`` nor ``--model``, two models of one variant, or a bad device / folder.
+    """
     from ._validation import check_device
-    from .alignment.data import AlignmentTask
-    from .alignment.evaluate import evaluate_model, render_markdown, write_report
-    from .alignment.train import resolve_args, train
     from .tasks.reports import load_model_dir, variant_of
 
-    _quiet_transformers()
+    def stem_of(variants: Sequence[str]) -> str:
+        return f"{task}-{variants[0]}-{args.scale}" if len(variants) == 1 else f"{task}-{args.scale}"
+
     check_device(args.device)
     _check_backend(args.backend, args.device)
     if args.variant and not args.model:  # the report's name is known before any training
-        stem = f"alignment-{args.variant[0]}-{args.scale}" if len(args.variant) == 1 else f"alignment-{args.scale}"
-        _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+        _check_out_dir("--out", Path(args.out), [f"{stem_of(args.variant)}.json", f"{stem_of(args.variant)}.md"])
     if args.scale == "tiny" and not args.model:
         _check_out_dir("--train-out", Path(args.train_out), [])
     if args.model:
@@ -444,19 +453,29 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     elif not args.variant:
         raise ValueError("give --variant (mamba1, mamba2 or both) or --model")
     elif args.scale == "tiny":
-        paths = [Path(args.train_out) / f"alignment-{v}-tiny" for v in args.variant]
-        for variant, path in zip(args.variant, paths):  # a tiny model trained in the run (CPU, minutes)
+        paths = [Path(args.train_out) / f"{task}-{v}-tiny" for v in args.variant]
+        for variant, path in zip(args.variant, paths):
             steps = ["--steps", str(args.train_steps)] if args.train_steps else []
             flags = ["--variant", variant, "--scale", "tiny", "--out", str(path), "--seed", str(args.seed), *steps]
-            train(resolve_args([*flags, *(["--quiet"] if args.quiet else [])]))
+            trainer.train(trainer.resolve_args([*flags, *(["--quiet"] if args.quiet else [])]))
     else:
-        paths = [Path("runs") / f"alignment-{v}-paper" for v in args.variant]
+        paths = [Path(paper_path.format(variant=v)) for v in args.variant]
     loaded = [load_model_dir(path) for path in paths]
     variants = [variant_of(model) for model, _, _ in loaded]
     if len(set(variants)) < len(variants):
         raise ValueError(f"one model per variant, got {', '.join(variants)}")
-    stem = f"alignment-{variants[0]}-{args.scale}" if len(variants) == 1 else f"alignment-{args.scale}"
+    stem = stem_of(variants)
     _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    return paths, variants, loaded, stem
+
+
+def cmd_bench_alignment(args: argparse.Namespace) -> int:
+    from .alignment import train as trainer
+    from .alignment.data import AlignmentTask
+    from .alignment.evaluate import evaluate_model, render_markdown, write_report
+
+    _quiet_transformers()
+    paths, variants, loaded, stem = _task_models(args, "alignment", trainer, "runs/alignment-{variant}-paper")
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     command = ["latim bench alignment", "--scale", args.scale, "--device", args.device]
     command += ["--model", *map(str, paths)] if args.model else ["--variant", *args.variant]
@@ -503,39 +522,14 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     import time
 
-    from ._validation import check_device
+    from .retrieval import train as trainer
     from .retrieval.data import KEYS, LENGTHS, RetrievalTask
     from .retrieval.evaluate import evaluate_model, render_markdown, write_figures, write_report
-    from .retrieval.train import resolve_args, train
-    from .tasks.reports import load_model_dir, variant_of
 
     _quiet_transformers()
-    check_device(args.device)
-    _check_backend(args.backend, args.device)
-    if args.variant and not args.model:  # the report's name is known before any training
-        stem = f"retrieval-{args.variant[0]}-{args.scale}" if len(args.variant) == 1 else f"retrieval-{args.scale}"
-        _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
-    if args.scale == "tiny" and not args.model:
-        _check_out_dir("--train-out", Path(args.train_out), [])
-    started = time.time()
-    if args.model:
-        paths = [Path(m) for m in args.model]
-    elif not args.variant:
-        raise ValueError("give --variant (mamba1, mamba2 or both) or --model")
-    elif args.scale == "tiny":
-        paths = [Path(args.train_out) / f"retrieval-{v}-tiny" for v in args.variant]
-        for variant, path in zip(args.variant, paths):  # a tiny model trained in the run (CPU, minutes)
-            steps = ["--steps", str(args.train_steps)] if args.train_steps else []
-            flags = ["--variant", variant, "--scale", "tiny", "--out", str(path), "--seed", str(args.seed), *steps]
-            train(resolve_args([*flags, *(["--quiet"] if args.quiet else [])]))
-    else:
-        paths = [Path("gpu-models") / f"retrieval-{v}-paper-s{args.seed}" for v in args.variant]
-    loaded = [load_model_dir(path) for path in paths]
-    variants = [variant_of(model) for model, _, _ in loaded]
-    if len(set(variants)) < len(variants):
-        raise ValueError(f"one model per variant, got {', '.join(variants)}")
-    stem = f"retrieval-{variants[0]}-{args.scale}" if len(variants) == 1 else f"retrieval-{args.scale}"
-    _check_out_dir("--out", Path(args.out), [f"{stem}.json", f"{stem}.md"])
+    started = time.time()  # --max-minutes counts the tiny models' training too
+    paper = "gpu-models/retrieval-{variant}-paper-s" + str(args.seed)
+    paths, variants, loaded, stem = _task_models(args, "retrieval", trainer, paper)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     lengths = args.lengths or list(LENGTHS[args.scale])
     n_samples = args.n_samples or (500 if args.scale == "paper" else 24)
