@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..tasks.models import block_kernels, check_device_forward, prepare_for_kernels_
 from ..tasks.models import build_model as _build_model
 from ..tasks.models import check_conv_kernel_layout as _check_conv_kernel_layout
+from ..tasks.models import check_device_forward, prepare_for_kernels_
 from ..tasks.training import (
     add_training_arguments,
     autocast_for,
@@ -50,6 +49,7 @@ from ..tasks.training import (
     make_optimizer,
     run_training,
     save_run,
+    trainer_main,
 )
 from .data import CopyTask, copy_tokenizer
 from .mimetic import mimetic_init_
@@ -252,16 +252,7 @@ def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = resolve_args(argv)
-    try:
-        if args.kernels == "off":
-            block_kernels()
-        result = train(args)
-    except (ValueError, TypeError) as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    return 0
+    return trainer_main(resolve_args, train, argv)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ from torch import nn
 
 from ..copying.mimetic import mimetic_init_
 from ..tasks.models import (
-    block_kernels,
     build_model,
     check_conv_kernel_layout,
     check_device_forward,
@@ -77,6 +76,7 @@ from ..tasks.training import (
     make_optimizer,
     run_training,
     save_run,
+    trainer_main,
 )
 from .data import KEYS, TINY_TASK, RetrievalSample, RetrievalTask
 
@@ -457,16 +457,7 @@ def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = resolve_args(argv)
-    try:
-        if args.kernels == "off":
-            block_kernels()
-        result = train(args)
-    except (ValueError, TypeError) as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    return 0
+    return trainer_main(resolve_args, train, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import HIDDEN_ACTS
+from .models import HIDDEN_ACTS, block_kernels
 
 __all__ = [
     "SCHEDULES",
@@ -207,3 +208,27 @@ def fill_from_preset(args: argparse.Namespace, preset: dict) -> argparse.Namespa
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
+
+
+def trainer_main(
+    resolve_args: Callable[[list[str] | None], argparse.Namespace],
+    train: Callable[[argparse.Namespace], dict],
+    argv: list[str] | None = None,
+) -> int:
+    """A task trainer's command line: parse (the preset filled in), hide the kernels with ``--kernels off``, train,
+    print the metrics without their history; a refused argument is one ``train: error:`` line and status 2.
+
+    Example:
+        >>> trainer_main(resolve_args, train, ["--variant", "mamba2", "--out", "runs/x"])   # doctest: +SKIP
+        0
+    """
+    args = resolve_args(argv)
+    try:
+        if args.kernels == "off":
+            block_kernels()
+        result = train(args)
+    except (ValueError, TypeError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return 0
