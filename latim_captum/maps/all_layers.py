@@ -206,22 +206,27 @@ def layer_share(layer: SublayerTrace, projection: Tensor) -> Tensor:
 
 
 def _layer_logit_terms(
-    trace: ModelTrace, projections: PerDevice, *, activation: str, path: dict
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Each layer's ALTI-Logit term ``Δ^{(l)} R^{(l-1)}`` (``[B, N, N]``) and its offset ``u_i · offset^{(l)}``
-    (``[B, N]``), bottom to top, on the output device; each layer's maps are made where its trace lives and the
-    rollout ``R`` is stepped as the layers go (one layer's maps held at a time)."""
+    trace: ModelTrace, projections: PerDevice, *, activation: str, path: dict, wanted: set[int] | None = None
+) -> Iterator[tuple[Tensor | None, Tensor]]:
+    """Each layer's ALTI-Logit term ``Δ^{(l)} R^{(l-1)}`` (``[B, N, N]``; None for a layer not in ``wanted``) and its
+    offset ``u_i · offset^{(l)}`` (``[B, N]``), bottom to top, on the output device; each layer's maps are made where
+    its trace lives and the rollout ``R`` is stepped as the layers go (one layer's maps held at a time). A layer
+    computes only what is read: its Δ if wanted, its ALTI map if a wanted layer lies above it."""
     out = output_device(trace)
     bsz, n = trace.shape
     flow = torch.eye(n, dtype=trace.embeddings.dtype, device=out).expand(bsz, n, n)  # R^{(0)} = I
-    last = len(trace.layers) - 1
+    # R^{(top)} is never read: the top wanted layer needs its Δ only, not its ALTI map (its W_o product)
+    top = len(trace.layers) - 1 if wanted is None else max(wanted, default=-1)
     for idx, layer in enumerate(trace.layers):
-        # R^{(L)} is never read: the last layer needs its Δ only, not the ALTI map (its W_o product)
-        measures = ("logit",) if idx == last else ("alti", "logit")
+        term_read, flow_read = wanted is None or idx in wanted, idx < top
+        measures = ("alti",) * flow_read + ("logit",) * term_read
         here = projections.on(layer_device(layer))
+        if not measures:  # above the top wanted layer: its offset only
+            yield None, (here @ layer.offset).to(out)
+            continue
         maps = layer_maps(layer, activation, measures, projection=here, embedding_columns=True, **path)
-        yield through(maps["logit"].to(out), flow), (here @ layer.offset).to(out)
-        if idx < last:
+        yield (through(maps["logit"].to(out), flow) if term_read else None), (here @ layer.offset).to(out)
+        if flow_read:
             flow = through(maps["alti"].to(out), flow)
 
 
@@ -294,9 +299,8 @@ def alti_logit_layers(
     bsz, n = trace.shape
     scores = trace.embeddings.new_zeros(bsz, len(selected), n, n)
     path = {"block_rows": block_rows, "backend": backend, "precision": precision, "kernel_config": kernel_config}
-    for idx, (term, layer_offset) in enumerate(
-        _layer_logit_terms(trace, projections, activation=activation, path=path)
-    ):
+    terms = _layer_logit_terms(trace, projections, activation=activation, path=path, wanted=set(selected))
+    for idx, (term, layer_offset) in enumerate(terms):
         for pos in (p for p, chosen in enumerate(selected) if chosen == idx):  # a layer may be asked twice
             scores[:, pos] = term
         offset = offset + layer_offset
