@@ -313,7 +313,8 @@ def run(args: argparse.Namespace) -> dict:
             fwd, _, _ = timed(partial(model, ids), device)
             t_trace, _, tr = timed(partial(lc.trace, model, ids), device)
             point.update(forward_s=fwd, trace_s=t_trace)
-            point["end_to_end"] = _end_to_end(model, ids, device, kernel)
+            if args.end_to_end:
+                point["end_to_end"] = _end_to_end(model, ids, device, kernel)
             mamba = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]  # the floor counts Mamba layers
             d_inner, d_model = mamba[0].out_weight.shape[1], mamba[0].out_weight.shape[0]
             flops = dominant_flops(n, d_inner, d_model) * len(mamba)
@@ -506,6 +507,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-max-n", type=int, default=2048, help="largest N timed on the _ref path")
     parser.add_argument("--lig-max-n", type=int, default=2048, help="largest N timed with Captum LIG")
     parser.add_argument("--point-budget", type=float, default=60.0, help="skip points predicted slower (s)")
+    parser.add_argument(
+        "--no-end-to-end", dest="end_to_end", action="store_false",
+        help="skip the end-to-end calls (seven full calls per point: minutes on a 7B shape)",
+    )  # fmt: skip
     parser.add_argument(
         "--total-budget", type=float, default=None,
         help="seconds for the whole run, split equally between (model, dtype) pairs (default 80 quick, 450 full)",

@@ -36,6 +36,17 @@ def test_quick_run_writes_every_ratio(tmp_path):
     assert "| model | dtype | N | forward s | trace s | default s" in report
 
 
+def test_no_end_to_end_times_the_maps_alone(tmp_path):
+    """``--no-end-to-end`` (large shapes, where seven full calls take minutes) keeps every map timing, no headline."""
+    args = bench_speed.build_parser().parse_args(
+        ["--quick", "--out", str(tmp_path), "--device", "cpu", "--models", "mamba2", "--dtypes", "fp32",
+         "--lengths", "16", "--single-lengths", "none", "--no-end-to-end"]
+    )  # fmt: skip
+    results = bench_speed.run(args)
+    assert [p["N"] for p in results["points"]] == [16]
+    assert "end_to_end" not in results["points"][0] and results["points"][0]["l2"]["wall_s"] > 0
+
+
 def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     """Mamba-1's anchor size is part of the fused kernel's autotuning key and grows with N: the warm-up runs each
     measure set at the anchor of every timed length, so no timed point pays for autotuning. Mamba-2 has no anchors:
