@@ -12,7 +12,8 @@ import latim_captum
 from conftest import left_pad_mask, random_ids
 from latim_captum.maps import layer as layer_module
 from latim_captum.maps import layer_maps, layer_maps_ref
-from latim_captum.traces import AttentionTrace, TokenwiseTrace
+from latim_captum.maps.sublayer_tiles import parallel_maps_fast
+from latim_captum.traces import AttentionTrace, ParallelTrace, TokenwiseTrace
 
 MEASURES = ("l1", "l2", "alti", "logit")
 
@@ -53,11 +54,42 @@ def test_attention_and_tokenwise_tiles_equal_the_reference(family):
     assert "AttentionTrace" in checked or family == "falcon_h1"  # FalconH1's attention runs beside its Mamba
 
 
+@pytest.mark.parametrize("activation", ["silu_gate", "silu", "taylor1"])
+def test_parallel_tiles_equal_the_reference(activation):
+    """FalconH1's parallel sublayers (Mamba-2 and attention summed): every measure on the tiles, several tile sides
+    (1, 2, 4 on 9 rows), a range of query rows, ALTI without the residual, each activation strategy."""
+    tr, projection = _traced("falcon_h1")
+    parallel = [layer for layer in tr.layers if isinstance(layer, ParallelTrace)]
+    assert parallel
+    for layer in parallel:
+        ref = layer_maps_ref(layer, activation, MEASURES, projection=projection)
+        for block in (1, 2, 4, None):
+            fast = layer_maps(layer, activation, MEASURES, projection=projection, backend="fast", block_rows=block)
+            for m in MEASURES:
+                torch.testing.assert_close(fast[m], ref[m], atol=1e-12, rtol=1e-10, msg=f"block {block} {m}")
+                assert float(ref[m].abs().max()) > 0, m
+        part = parallel_maps_fast(layer, activation, MEASURES, projection=projection, rows=(3, 8), block=2)
+        for m in MEASURES:
+            torch.testing.assert_close(part[m], ref[m][:, 3:8], atol=1e-12, rtol=1e-10)
+        bare_ref = layer_maps(layer, activation, ("alti_no_residual",), backend="ref")["alti_no_residual"]
+        bare = layer_maps(layer, activation, ("alti_no_residual",), backend="fast")["alti_no_residual"]
+        torch.testing.assert_close(bare, bare_ref, atol=1e-12, rtol=1e-10)
+
+
+def test_parallel_tiles_read_the_sum_not_the_parts():
+    """ℓ2 of the summed vectors differs from the sum of the parts' ℓ2 (the tiles must add vectors, not norms)."""
+    tr, _ = _traced("falcon_h1")
+    layer = next(layer for layer in tr.layers if isinstance(layer, ParallelTrace))
+    fast = parallel_maps_fast(layer, "silu_gate", ("l2",))["l2"]
+    parts = sum(layer_maps(part, "silu_gate", ("l2",), backend="ref")["l2"] for part in layer.parts)
+    assert float((fast - parts).abs().max()) > 1e-3
+
+
 def test_the_fast_backend_takes_the_tiles(monkeypatch):
     """backend="fast" (and "auto" on CUDA) reaches the tiles for attention and MLP sublayers, not the reference."""
     tr, projection = _traced("jamba")
     seen = []
-    for name, tag in (("attention_maps_fast", "a"), ("tokenwise_maps_fast", "t")):
+    for name, tag in (("attention_maps_fast", "a"), ("tokenwise_maps_fast", "t"), ("parallel_maps_fast", "p")):
         real = getattr(layer_module, name)
         monkeypatch.setattr(layer_module, name, lambda *a, _r=real, _t=tag, **k: seen.append(_t) or _r(*a, **k))
     fast = latim_captum.interactions(tr, method="l2", backend="fast")
@@ -66,6 +98,11 @@ def test_the_fast_backend_takes_the_tiles(monkeypatch):
     res_fast = latim_captum.alti_logit(tr, backend="fast")
     res_ref = latim_captum.alti_logit(tr, backend="ref")
     torch.testing.assert_close(res_fast.scores, res_ref.scores, atol=1e-10, rtol=1e-8)
+    seen.clear()
+    tr, _ = _traced("falcon_h1")
+    fast = latim_captum.alti_logit(tr, backend="fast")
+    assert "p" in seen
+    torch.testing.assert_close(fast.scores, latim_captum.alti_logit(tr, backend="ref").scores, atol=1e-10, rtol=1e-8)
 
 
 def test_reduced_precision_of_the_attention_products():
@@ -97,7 +134,7 @@ def test_tiles_on_cuda_equal_the_reference(family):
         tr = latim_captum.trace(model, ids.cuda(), attention_mask=mask.cuda(), dtype=torch.float64)
     projection = torch.randn(2, 9, tr.embeddings.shape[-1], dtype=torch.float64, device="cuda")
     for layer in tr.layers:
-        if not isinstance(layer, (AttentionTrace, TokenwiseTrace)):
+        if not isinstance(layer, (AttentionTrace, TokenwiseTrace, ParallelTrace)):
             continue
         ref = layer_maps_ref(layer, "silu_gate", MEASURES, projection=projection)
         auto = layer_maps(layer, "silu_gate", MEASURES, projection=projection, backend="auto", block_rows=4)
@@ -107,3 +144,17 @@ def test_tiles_on_cuda_equal_the_reference(family):
     got = latim_captum.alti_logit(tr, backend="auto")
     want = latim_captum.alti_logit(tr_cpu, backend="ref")
     torch.testing.assert_close(got.scores.cpu(), want.scores, atol=1e-8, rtol=1e-6)
+
+
+def test_reduced_precision_of_the_parallel_tiles():
+    """FalconH1's parallel tiles in tf32 / bf16 stay close to highest; ALTI rows still sum to 1."""
+    tr, projection = _traced("falcon_h1", seed=6)
+    layer = next(layer for layer in tr.layers if isinstance(layer, ParallelTrace))
+    ref = layer_maps(layer, "silu_gate", ("l2", "alti", "logit"), projection=projection, backend="fast")
+    for precision, tol in (("tf32", 1e-6), ("bf16", 3e-2)):
+        got = layer_maps(
+            layer, "silu_gate", ("l2", "alti", "logit"), projection=projection, backend="fast", precision=precision
+        )
+        for m in ("l2", "logit"):
+            assert float((got[m] - ref[m]).abs().max() / ref[m].abs().max()) < tol, (precision, m)
+        torch.testing.assert_close(got["alti"].sum(-1)[1, 2:], torch.ones(7, dtype=torch.float64))

@@ -83,16 +83,16 @@ def layer_maps_fast(
         ValueError: ``kernel="triton"`` for what the kernel does not cover (the message says what).
         ImportError: ``kernel="triton"`` without the ``triton`` package.
         TypeError: ``layer`` is not a Mamba sublayer (:class:`~latim_captum.traces.LayerTrace`): attention,
-            token-wise, parallel and Zamba2 shared-block sublayers have only the reference path
-            (:func:`latim_captum.maps.ref.layer_maps_ref`, ``backend="ref"``; ``"auto"`` picks it for them).
+            token-wise and parallel sublayers have tiles of their own (:mod:`latim_captum.maps.sublayer_tiles`),
+            Zamba2 shared-block sublayers only the reference (``backend="auto"`` picks the right one for each).
 
     Example:
         >>> maps = layer_maps_fast(layer, "silu_gate", ("l2",), block=64)  # doctest: +SKIP
     """
     if not isinstance(layer, LayerTrace):
         raise TypeError(
-            f"the tiled fast path decomposes Mamba sublayers (LayerTrace) only, not {type(layer).__name__}; use "
-            "latim_captum.layer_maps_ref or backend='ref' (backend='auto' picks the reference for such sublayers)"
+            f"layer_maps_fast decomposes Mamba sublayers (LayerTrace) only, not {type(layer).__name__}; use "
+            "latim_captum.layer_maps (backend='auto' picks each sublayer's own path, backend='ref' the reference)"
         )
     check_measures(measures)
     if not tiled_measures(measures):

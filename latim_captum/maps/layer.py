@@ -15,12 +15,12 @@ import torch
 from torch import Tensor
 
 from latim_captum._validation import check_size
-from latim_captum.traces import AttentionTrace, LayerTrace, SublayerTrace, TokenwiseTrace
+from latim_captum.traces import AttentionTrace, LayerTrace, ParallelTrace, SublayerTrace, TokenwiseTrace
 
 from .fast import layer_maps_fast
 from .options import check_measures, check_precision, resolve_backend
 from .ref import layer_maps_ref
-from .sublayer_tiles import attention_maps_fast, tokenwise_maps_fast
+from .sublayer_tiles import attention_maps_fast, parallel_maps_fast, parallel_tiled, tokenwise_maps_fast
 
 __all__ = ["NO_RESIDUAL", "layer_maps", "without_residual"]
 
@@ -54,8 +54,9 @@ def layer_maps(
 
     The tiled paths (``"fast"``, ``"triton"``: :func:`latim_captum.maps.fast.layer_maps_fast` with
     ``kernel="torch"`` or ``"triton"``) cover Mamba layers; attention and token-wise (MLP/MoE) sublayers take
-    PyTorch tiles on either (:mod:`latim_captum.maps.sublayer_tiles`); parallel (FalconH1) and shared-block (Zamba2)
-    sublayers always take the reference, whatever ``backend`` says. ``precision`` (``"highest"``, ``"tf32"``,
+    PyTorch tiles on either (:mod:`latim_captum.maps.sublayer_tiles`), and so do parallel sublayers of one Mamba
+    part beside attention (FalconH1); shared-block (Zamba2) sublayers always take the reference, whatever
+    ``backend`` says. ``precision`` (``"highest"``, ``"tf32"``,
     ``"bf16"``) is that of the tiled paths' ``W_o`` product (attention: its value-path products);
     ``rows=(start, stop)`` keeps query rows ``[start, stop)`` only, in ``[B, stop − start, N]`` maps (memory
     O(rows·N)); ``kernel_config`` tunes the tiles (``anchor_rows``, Triton block sizes and switches, see
@@ -94,6 +95,10 @@ def layer_maps(
         )
     if isinstance(layer, TokenwiseTrace) and resolved in ("fast", "triton"):
         return tokenwise_maps_fast(layer, measures, projection=projection, rows=rows)
+    if isinstance(layer, ParallelTrace) and resolved in ("fast", "triton") and parallel_tiled(layer):
+        return parallel_maps_fast(
+            layer, activation, measures, projection=projection, block=block_rows, precision=precision, rows=rows
+        )
     return layer_maps_ref(
         layer,
         activation,

@@ -7,6 +7,10 @@ zero), and the logit term is two GEMMs that never form ``T``:
 
     Δ_ij = T_i(x_j) · u_i = Σ_h A^h_ij ((W_O^h)^T u_i) · v^h_j
 
+A parallel sublayer (FalconH1: Mamba-2 and attention on the same input, summed) has ``T_i(x_j) = T^M_i(x_j) +
+T^A_i(x_j)``: its ℓp and ALTI read the sum, so each tile of the Mamba part's PyTorch tiles gets the attention
+part's vectors of the same tile added before the reductions; its logit term is linear and is the parts' sum.
+
 A token-wise sublayer mixes no tokens, ``T_i(x_j) = δ_ij F(LN(x_i))``: its maps are diagonal, made from the ``[B, N,
 D]`` output directly instead of ``[B, rows, N, D]`` blocks that are zero off the diagonal.
 
@@ -15,10 +19,12 @@ Same values as :func:`latim_captum.maps.ref.layer_maps_ref` up to rounding (``pr
 Example:
     >>> maps = attention_maps_fast(tr.layers[1], ("l2", "alti"))                           # doctest: +SKIP
     >>> maps = tokenwise_maps_fast(tr.layers[3], ("logit",), projection=u)                  # doctest: +SKIP
+    >>> maps = parallel_maps_fast(tr.layers[0], "silu_gate", ("l2", "alti"))               # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -28,11 +34,14 @@ from latim_captum._validation import check_rows, check_size
 from latim_captum.aggregate import alti_scores, lp_order, lp_scores
 from latim_captum.attention import head_values
 from latim_captum.decompose import sublayer_block_rows
-from latim_captum.traces import AttentionTrace, TokenwiseTrace
+from latim_captum.ssm import d_inner_of
+from latim_captum.traces import AttentionTrace, LayerTrace, ParallelTrace, TokenwiseTrace
 
 from .options import check_measures, matmul_precision
+from .tiles import DEFAULT_TILE_BYTES, auto_block, default_anchor_rows, free_bytes, layer_context, tile_bytes
+from .torch_tiles import fill_row_block
 
-__all__ = ["attention_maps_fast", "tokenwise_maps_fast"]
+__all__ = ["attention_maps_fast", "parallel_maps_fast", "parallel_tiled", "tokenwise_maps_fast"]
 
 
 def _checked(layer, measures: Sequence[str], projection: Tensor | None, rows) -> tuple[int, int]:
@@ -127,4 +136,83 @@ def tokenwise_maps_fast(
         maps = layer.residual.new_zeros(bsz, last - first, n)
         maps[:, idx - first, idx] = diag
         out[m] = maps
+    return out
+
+
+def parallel_tiled(layer: ParallelTrace) -> bool:
+    """Whether :func:`parallel_maps_fast` covers the parallel sublayer: one Mamba part beside attention parts
+    (FalconH1's layout); others take the reference."""
+    mambas = [part for part in layer.parts if isinstance(part, LayerTrace)]
+    return len(mambas) == 1 and all(isinstance(part, (LayerTrace, AttentionTrace)) for part in layer.parts)
+
+
+def parallel_maps_fast(
+    layer: ParallelTrace,
+    activation: str,
+    measures: Sequence[str],
+    *,
+    projection: Tensor | None = None,
+    block: int | None = None,
+    precision: str = "highest",
+    rows: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
+    """``[B, rows, N]`` maps of a parallel sublayer (one Mamba part, attention parts) on the PyTorch tiles.
+
+    ``T_i(x_j) = T^M_i(x_j) + Σ_a Σ_h A^{a,h}_ij P^{a,h}_j`` per tile of ``block × block`` (rows × columns): the
+    Mamba part's projected tile plus the attention parts' value paths weighted by the same tile of their softmax
+    weights, then ℓp norms and ALTI proximities against the sublayer's ``y_i = x_i + Σ_p M_p(LN(x))_i``. The logit
+    ``Δ_ij = T_i(x_j) · u_i`` is the sum of the parts' own (each part's tiles). ``precision`` is that of every
+    ``W_o`` and value-path product. Same values as :func:`latim_captum.maps.ref.layer_maps_ref` up to rounding.
+
+    Raises:
+        TypeError: a layout :func:`parallel_tiled` does not cover.
+    """
+    if not parallel_tiled(layer):
+        raise TypeError(
+            "the parallel tiles cover one Mamba part beside attention parts, not "
+            f"{[type(part).__name__ for part in layer.parts]}; use backend='ref'"
+        )
+    first, last = _checked(layer, measures, projection, rows)
+    check_size("block", block)
+    # the parts read the sublayer's input; ALTI's T'_ii adds the sublayer's residual (zero for ALTI without it)
+    mamba = dataclasses.replace(next(part for part in layer.parts if isinstance(part, LayerTrace)),
+                                residual=layer.residual)  # fmt: skip
+    attentions = [part for part in layer.parts if isinstance(part, AttentionTrace)]
+    bsz, n, d_model = layer.residual.shape
+    dtype = layer.residual.dtype
+    operand = torch.bfloat16 if precision == "bf16" else dtype
+    vectors = [m for m in measures if m != "logit"]
+    if block is None:  # the attention parts' tile ([B, D, r, c] vectors and [B, H, r, c] weights) beside the Mamba's
+        heads = sum(part.weights.shape[1] for part in attentions)
+        mamba_pair = tile_bytes(mamba, 1, 1, precision)
+        extra = bsz * (2 * d_model * dtype.itemsize + heads * torch.finfo(operand).bits // 8)
+        budget = free_bytes(layer.residual.device) // 2
+        block = auto_block(mamba, budget * mamba_pair // (mamba_pair + extra), precision)
+    out = {m: layer.residual.new_zeros(bsz, last - first, n) for m in measures}
+    with torch.no_grad(), matmul_precision(precision):
+        paths = []  # per attention part: (weights, P^h_j = W_O^h v^h_j [B, H, last, D]) for the columns read
+        for part in attentions if vectors else ():
+            heads = part.weights.shape[1]
+            values = head_values(part.values[:, :, :last], heads).to(operand)
+            w_o = part.out_weight.view(d_model, heads, -1).to(operand)
+            paths.append((part.weights, torch.einsum("bhjc,ehc->bhje", values, w_o)))
+
+        def attention_tile(r0: int, r1: int, c0: int, c1: int) -> Tensor:
+            total = None
+            for weights, path in paths:
+                tile = torch.einsum("bhrj,bhje->berj", weights[:, :, r0:r1, c0:c1].to(operand), path[:, :, c0:c1])
+                total = tile.to(dtype) if total is None else total + tile.to(dtype)
+            return total
+
+        direct_budget = max(d_inner_of(mamba.ssm) * mamba.ssm.A.shape[-1], DEFAULT_TILE_BYTES // (4 * dtype.itemsize))
+        ctx = layer_context(mamba, activation, direct_budget, default_anchor_rows(n))
+        for r0 in range(first, last, block):
+            r1 = min(last, r0 + block)
+            wu = projection[:, r0:r1] @ mamba.out_weight if "logit" in measures else None
+            fill_row_block(ctx, out, r0, r1, first, measures, block=block, wu=wu, precision=precision,
+                           extra=attention_tile if paths else None, output=layer.block_output)  # fmt: skip
+    if "logit" in measures:
+        for part in attentions:
+            out["logit"] += attention_maps_fast(part, ("logit",), projection=projection, precision=precision,
+                                                rows=(first, last))["logit"]  # fmt: skip
     return out

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -99,15 +99,21 @@ def fill_row_block(
     block: int,
     wu: Tensor | None,
     precision: str,
+    extra: Callable[[int, int, int, int], Tensor] | None = None,
+    output: Tensor | None = None,
 ) -> None:
     """Write query rows ``[r0, r1)`` of every map in ``out`` (whose row 0 is query row ``start``), tile by tile of
-    ``block`` columns; ``wu = W_oᵀ u_i`` of these rows for the logit measure."""
+    ``block`` columns; ``wu = W_oᵀ u_i`` of these rows for the logit measure.
+
+    ``extra(r0, r1, c0, c1)`` adds the vectors of mixers that run beside this one on the same input (a parallel
+    sublayer's attention), ``[B, D, r, c]``, before the ℓp and ALTI reductions (the logit stays this layer's own);
+    ``output`` is then the whole sublayer's ``y`` (default: this layer's ``block_output``)."""
     layer = ctx.layer
     bsz, n, _ = layer.residual.shape
     dtype = layer.residual.dtype
     need_t = any(m == "alti" or lp_order(m) is not None for m in measures)
     o0, o1 = r0 - start, r1 - start  # rows of the output maps
-    y = layer.block_output[:, r0:r1].transpose(1, 2)[..., None]  # [B, D, r, 1]
+    y = (layer.block_output if output is None else output)[:, r0:r1].transpose(1, 2)[..., None]  # [B, D, r, 1]
     if "alti" in measures:
         l1_rows = layer.residual.new_zeros(bsz, r1 - r0, n)
         y_abs = y.abs()
@@ -120,6 +126,8 @@ def fill_row_block(
             continue
         contrib = project(gated, layer.out_weight, precision)
         del gated
+        if extra is not None:
+            contrib = contrib.to(dtype) + extra(r0, r1, c0, c1)
         for m in measures:
             if lp_order(m) is not None:
                 out[m][:, o0:o1, c0:c1] = torch.linalg.vector_norm(contrib, ord=lp_order(m), dim=1, dtype=dtype)
