@@ -812,7 +812,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_speed.add_arguments(speed)
     speed.set_defaults(func=bench_speed.run_and_save)
-    for command in (demo, attr, err, copying, align, speed):
+    from . import bench_whole
+
+    whole = bench_sub.add_parser(
+        "whole-sequence",
+        help="all rows of ALTI-Logit vs Saliency / LIG-50 per position, and Inseq latim vs IG on a generation",
+    )
+    bench_whole.add_arguments(whole)
+    whole.set_defaults(func=bench_whole.run_and_save)
+    for command in (demo, attr, err, copying, align, retr, speed, whole):
         # SUPPRESS: `latim --debug attribute ...` is not reset to False by the command's own default
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
 

@@ -53,6 +53,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.cli": 6,
     "latim_captum.inseq_cli": 6,
     "latim_captum.bench_speed": 6,
+    "latim_captum.bench_whole": 6,
     "latim_captum": 6,
 }
 
