@@ -23,7 +23,8 @@
 #   bash benchmarks/gpu_checks.sh onegpu     real scale on one GPU (one call, ~9 minutes): the hybrid tiles' CUDA
 #        test, benchmarks/hybrid_tiles.py (8 Bamba blocks of 130M width, N = 2048, ref vs tiles per sublayer kind),
 #        `latim bench speed` end to end on mamba2/mamba1/bamba (130M widths, fp32 + bf16, N = 2048) and the maps of
-#        the 7B-class shapes (bf16, N = 2048, single query at 8192 / 32768) under $OUT/onegpu
+#        the 7B-class shapes (bf16, N = 2048, single query at 8192 / 32768), `latim bench whole-sequence` (130M
+#        Mamba-2, N = 2048) as $OUT/onegpu.tar.xz
 #   bash benchmarks/gpu_checks.sh scale [tests|check|bench|all]   scaling out on the visible GPUs: tests (test_scaling:
 #        layers split between GPU and CPU), check (a 7B-class shape split over 2 GPUs, or GPU + CPU on one, maps
 #        against one device) and bench (attribute_dataset throughput of 1 vs 2 (vs 4, vs 8) torchrun ranks on the
@@ -97,19 +98,22 @@ if [ "$what" = activations ]; then
 fi
 if [ "$what" = onegpu ]; then
   mkdir -p "$out/onegpu"
-  timeout 90 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_sublayer_tiles.py \
+  timeout 60 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_sublayer_tiles.py \
     > "$out/onegpu/test_sublayer_tiles.log" 2>&1
   echo "test_sublayer_tiles rc=$? $(tail -1 "$out/onegpu/test_sublayer_tiles.log")"
-  timeout 80 python3 benchmarks/hybrid_tiles.py --device cuda --d-model 768 --layers 8 --attn-every 4 \
+  timeout 60 python3 benchmarks/hybrid_tiles.py --device cuda --d-model 768 --layers 8 --attn-every 4 \
     --lengths 2048 --out "$out/onegpu/hybrid-tiles.md" > "$out/onegpu/hybrid_tiles.log" 2>&1
   echo "hybrid_tiles rc=$?"; cat "$out/onegpu/hybrid-tiles.md" 2>/dev/null || tail -5 "$out/onegpu/hybrid_tiles.log"
-  timeout 230 python3 benchmarks/speed.py --models mamba2,mamba1,bamba --lengths 2048 --single-lengths 2048 \
-    --total-budget 170 --out "$out/onegpu/speed-130m" > "$out/onegpu/speed-130m.log" 2>&1
+  timeout 180 python3 benchmarks/speed.py --models mamba2,mamba1,bamba --lengths 2048 --single-lengths 2048 \
+    --total-budget 130 --out "$out/onegpu/speed-130m" > "$out/onegpu/speed-130m.log" 2>&1
   echo "speed 130m rc=$?"; head -12 "$out/onegpu/speed-130m/speed.md" 2>/dev/null
-  timeout "$((${LARGE_S:-150}))" python3 benchmarks/speed.py --models mamba2_2.7b,falcon_mamba_7b --dtypes bf16 \
-    --lengths 2048 --single-lengths 8192,32768 --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget 110 \
+  timeout 110 python3 benchmarks/speed.py --models mamba2_2.7b,falcon_mamba_7b --dtypes bf16 --lengths 2048 \
+    --single-lengths 8192,32768 --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget 80 \
     --out "$out/onegpu/speed-large" > "$out/onegpu/speed-large.log" 2>&1
   echo "speed large rc=$?"; tail -n +14 "$out/onegpu/speed-large/speed.md" 2>/dev/null | head -20
+  timeout 110 python3 -m latim_captum.cli bench whole-sequence --device cuda --model mamba2 --tokens 2048 \
+    --method-seconds 25 --out "$out/onegpu/whole-mamba2" > "$out/onegpu/whole.log" 2>&1
+  echo "whole-sequence rc=$?"; cat "$out/onegpu/whole-mamba2/whole-sequence.md" 2>/dev/null || tail -5 "$out/onegpu/whole.log"
   tar cJf "$out/onegpu.tar.xz" -C "$out" onegpu && rm -rf "$out/onegpu"
   exit 0
 fi
