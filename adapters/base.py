@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from latim_captum._model_state import CallHooks, eval_mode
 from latim_captum._precision import fp32_math
-from latim_captum.traces import LayerTrace, ModelTrace, Readout
+from latim_captum.traces import HostLayers, LayerTrace, ModelTrace, Readout, SublayerTrace, check_store, to_host
 
 __all__ = [
     "ModelAdapter",
@@ -35,7 +35,10 @@ __all__ = [
     "CapturedLayer",
     "TraceMismatchError",
     "check_finite_capture",
+    "check_store",
     "execution_device",
+    "kept",
+    "stored",
     "onloaded",
     "relative_error",
     "verification_tolerance",
@@ -480,6 +483,7 @@ class ModelAdapter(ABC):
         *,
         dtype: torch.dtype = torch.float32,
         verify: bool = True,
+        store: str = "device",
     ) -> ModelTrace:
         """Run the model once and return the :class:`ModelTrace` of every layer in ``dtype``.
 
@@ -490,13 +494,17 @@ class ModelAdapter(ABC):
             dtype: compute dtype of the trace (float32 or float64), whatever the model's dtype.
             verify: check each recomputed mixer against the model's own output (raises
                 :class:`TraceMismatchError` beyond :func:`verification_tolerance`).
+            store: ``"device"`` keeps each layer's trace where it was computed; ``"host"`` moves each to host memory
+                as soon as it is made (:class:`~latim_captum.traces.HostLayers`: one layer on the device at a time).
         """
+        check_store(store)
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
         tol = verification_tolerance(self.model_dtype)
-        layers = []
+        layers, devices = [], []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
-                cap = moved_capture(cap, execution_device(block))  # each layer is recomputed where it runs
+                devices.append(execution_device(block))
+                cap = moved_capture(cap, devices[-1])  # each layer is recomputed where it runs
                 with onloaded(block):
                     layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:
@@ -506,17 +514,29 @@ class ModelAdapter(ABC):
                             f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
                             f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"
                         )
-                layers.append(_with_layer(layer, idx))
+                layers.append(kept(_with_layer(layer, idx), store))
             final_hidden = captured[-1].block_output
             readout = self.readout(final_hidden, logits, dtype)
         mask = captured[0].mixer_mask
         return ModelTrace(
             embeddings=captured[0].block_input.to(dtype),
-            layers=layers,
+            layers=stored(layers, devices, store),
             readout=readout,
             mask=None if mask is None else mask.to(dtype),
             dtype=dtype,
         )
+
+
+def kept(layer: SublayerTrace, store: str) -> SublayerTrace:
+    """A finished sublayer trace where ``store`` keeps it: as is, or copied to host memory at once (so that the
+    next layer's recomputation has the device memory this one used)."""
+    return to_host(layer) if store == "host" else layer
+
+
+def stored(layers: list[SublayerTrace], devices: list[torch.device], store: str) -> list | HostLayers:
+    """The trace's ``layers``: the list, or :class:`~latim_captum.traces.HostLayers` handing each layer out on the
+    device that computed it."""
+    return HostLayers(layers, devices) if store == "host" else layers
 
 
 def _with_layer(layer: LayerTrace, idx: int) -> LayerTrace:

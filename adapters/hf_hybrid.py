@@ -28,10 +28,13 @@ from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, Sublayer
 from .base import (
     CapturedLayer,
     TraceMismatchError,
+    check_store,
     execution_device,
+    kept,
     moved_capture,
     onloaded,
     relative_error,
+    stored,
     verification_tolerance,
 )
 from .hf_common import HFBackboneAdapter, weight
@@ -313,17 +316,21 @@ class HFHybridAdapter(HFBackboneAdapter):
         *,
         dtype: torch.dtype = torch.float32,
         verify: bool = True,
+        store: str = "device",
     ) -> ModelTrace:
         """Run the model once; return a :class:`ModelTrace` with the sublayers of :meth:`block_traces` for every block.
 
         Each mixer is recomputed in ``dtype`` and checked against the model's output on the non-padded tokens
-        (padded queries of attention layers are not defined by the model).
+        (padded queries of attention layers are not defined by the model). ``store`` as in
+        :meth:`ModelAdapter.trace`.
         """
+        check_store(store)
         _warn_left_padding(self.model, attention_mask)
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
         tol = verification_tolerance(self.model_dtype)
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
+        devices: list[torch.device] = []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
                 device = execution_device(block)  # a sharded model's block is recomputed where it runs
@@ -337,11 +344,13 @@ class HFHybridAdapter(HFBackboneAdapter):
                         reference = sub.trace.mixer_output if sub.reference is None else sub.reference
                         self._verify(idx, sub.recomputed, reference, mask, tol, sub.what)
                 listed = [sub for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
-                layers.extend(replace(_unwrap(sub), layer=idx) for sub in listed)
+                layers.extend(kept(replace(_unwrap(sub), layer=idx), store) for sub in listed)
+                devices.extend(device for _ in listed)
             readout = self.readout(captured[-1].block_output, logits, dtype)
         return ModelTrace(
-            embeddings=captured[0].block_input.to(dtype), layers=layers, readout=readout, mask=mask, dtype=dtype
-        )
+            embeddings=captured[0].block_input.to(dtype), layers=stored(layers, devices, store), readout=readout,
+            mask=mask, dtype=dtype,
+        )  # fmt: skip
 
     def _verify(
         self,

@@ -99,8 +99,8 @@ fi
 if [ "$what" = onegpu ]; then
   mkdir -p "$out/onegpu"
   timeout 60 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_sublayer_tiles.py \
-    > "$out/onegpu/test_sublayer_tiles.log" 2>&1
-  echo "test_sublayer_tiles rc=$? $(tail -1 "$out/onegpu/test_sublayer_tiles.log")"
+    tests/test_host_trace.py > "$out/onegpu/test_cuda.log" 2>&1
+  echo "test_sublayer_tiles + test_host_trace rc=$? $(tail -1 "$out/onegpu/test_cuda.log")"
   timeout 60 python3 benchmarks/hybrid_tiles.py --device cuda --d-model 768 --layers 8 --attn-every 4 \
     --lengths 2048 --out "$out/onegpu/hybrid-tiles.md" > "$out/onegpu/hybrid_tiles.log" 2>&1
   echo "hybrid_tiles rc=$?"; cat "$out/onegpu/hybrid-tiles.md" 2>/dev/null || tail -5 "$out/onegpu/hybrid_tiles.log"
@@ -163,7 +163,8 @@ if [ "$what" = cuda-tests ]; then
      echo "test_triton_tile -k '$sel' rc=$? $(tail -1 "$out/t$i.log")" > "$out/t$i.rc") &
     i=$((i + 1))
   done
-  for f in tests/test_fast_cuda.py tests/test_captum_attr.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py; do
+  for f in tests/test_fast_cuda.py tests/test_captum_attr.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py \
+      tests/test_sublayer_tiles.py tests/test_host_trace.py; do
     (timeout "${TEST_S:-420}" python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda "$f" \
       > "$out/t$i.log" 2>&1
      echo "$(basename "$f") rc=$? $(tail -1 "$out/t$i.log")" > "$out/t$i.rc") &

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from ._validation import check_layers
 from .adapters import ModelAdapter, get_adapter
-from .maps.memory import RequestSizes, check_fits, estimate
+from .maps.memory import Estimate, RequestSizes, check_fits, estimate, host_trace_bytes
 from .maps.options import LatimMemoryError
 from .ssm import d_inner_of
-from .traces import AttentionTrace, LayerTrace, Mamba1SSM, ModelTrace
+from .traces import AttentionTrace, LayerTrace, Mamba1SSM, ModelTrace, as_stored
 
 __all__ = ["guard_memory", "forward_memory_error", "ADVICE"]
 
@@ -53,10 +53,11 @@ def _input_shape(input_ids: Tensor | None, inputs_embeds: Tensor | None) -> tupl
 
 def _trace_sizes(tr: ModelTrace) -> RequestSizes:
     bsz, n = tr.shape
-    mamba = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
+    layers = as_stored(tr.layers)
+    mamba = [layer for layer in layers if isinstance(layer, LayerTrace)]
     d_inner = max((d_inner_of(layer.ssm) for layer in mamba), default=tr.embeddings.shape[-1])
     state = max((layer.ssm.A.shape[-1] for layer in mamba if isinstance(layer.ssm, Mamba1SSM)), default=1)
-    heads = sum(layer.weights.shape[1] for layer in tr.layers if isinstance(layer, AttentionTrace))
+    heads = sum(layer.weights.shape[1] for layer in layers if isinstance(layer, AttentionTrace))
     return RequestSizes(
         batch=bsz,
         seq=n,
@@ -82,12 +83,14 @@ def guard_memory(
     backend: str = "auto",
     embedding_columns: bool = False,
     maps: int | None = None,
+    trace_store: str = "device",
 ) -> None:
     """``LatimMemoryError`` before anything is allocated when ``front_end``'s request (see
     :func:`latim_captum.maps.memory.estimate`) does not fit in the free memory of the model's device.
 
     ``layers`` selects the per-layer maps of ``"interactions"`` / ``"captum_rows"``; ``maps`` gives their number
-    instead (a Captum class's row of an aggregated map: 1). Malformed arguments pass through unchecked here: the
+    instead (a Captum class's row of an aggregated map: 1). ``trace_store="host"``: the trace's layers go to host
+    memory (checked there), one at a time on the device. Malformed arguments pass through unchecked here: the
     argument checks that follow name them.
     """
     if isinstance(model, ModelTrace):
@@ -116,8 +119,16 @@ def guard_memory(
         backend=backend if isinstance(backend, str) else "auto",
         device=device,
         embedding_columns=embedding_columns,
+        trace_on_host=with_trace and trace_store == "host",
     )
-    check_fits(need, device, front_end if front_end != "captum_rows" else "this Captum attribution", ADVICE[front_end])
+    what = front_end if front_end != "captum_rows" else "this Captum attribution"
+    if with_trace and trace_store == "host":
+        host = Estimate(trace=host_trace_bytes(sizes))
+        check_fits(host, torch.device("cpu"), f"{what}'s host copy of the trace", ADVICE["trace"])
+    advice = ADVICE[front_end]
+    if front_end == "trace" and trace_store == "device":
+        advice += ", or keep it in host memory (trace(..., store='host'), alti_logit_row(..., trace_store='host'))"
+    check_fits(need, device, what, advice)
 
 
 def forward_memory_error(

@@ -26,7 +26,7 @@ from .maps import alti_logit as _alti_logit_maps
 from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
-from .traces import ModelTrace
+from .traces import ModelTrace, check_store
 
 __all__ = [
     "METHODS",
@@ -51,32 +51,40 @@ def trace(
     *,
     attention_mask: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    store: str = "device",
 ) -> ModelTrace:
     """Run ``model`` once and record every layer's LaTIM quantities in ``dtype``.
+
+    ``store="host"`` moves each layer's trace to (pinned) host memory as soon as it is made; the engine then copies
+    one layer at a time back to the device that computed it (:class:`~latim_captum.traces.HostLayers`), so a trace
+    larger than the GPU (long inputs: 84 GiB for mamba-130m at N = 131072) still runs, e.g. the single-query
+    :func:`~latim_captum.alti_logit_row`, whose memory beyond the trace is O(N·d).
 
     Example:
         >>> tr = trace(model, input_ids)                       # doctest: +SKIP
         >>> interactions(tr, method="alti")                    # no second forward pass  # doctest: +SKIP
+        >>> long = trace(model.cuda(), long_ids.cuda(), store="host")   # doctest: +SKIP
     """
     if isinstance(model, ModelTrace):
         raise TypeError("trace() takes a model, and this is already a ModelTrace")
     adapter = get_adapter(model)
     if dtype not in _COMPUTE_DTYPES:
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
-    guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype)
+    check_store(store)
+    guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype, trace_store=store)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
     try:
-        return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype)
+        return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype, store=store)
     except torch.OutOfMemoryError as err:  # the model's own forward (the guard sized LaTIM's part, not the model's)
         raise forward_memory_error(adapter, input_ids, inputs_embeds) from err
 
 
-def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype) -> ModelTrace:
+def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store: str = "device") -> ModelTrace:
     if isinstance(model, ModelTrace):
         if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
             raise ValueError("pass inputs with a model, not with a ModelTrace (it already holds them)")
         return model
-    return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+    return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store=store)
 
 
 def _check_activation(activation: str, tr: ModelTrace) -> None:
@@ -85,11 +93,20 @@ def _check_activation(activation: str, tr: ModelTrace) -> None:
 
 
 def _checked_trace(
-    model, input_ids, inputs_embeds, attention_mask, dtype, activation: str, backend: str, precision: str
+    model,
+    input_ids,
+    inputs_embeds,
+    attention_mask,
+    dtype,
+    activation: str,
+    backend: str,
+    precision: str,
+    store: str = "device",
 ) -> ModelTrace:
-    """The trace of a call (made here from a model), with ``activation``, ``backend`` and ``precision`` checked."""
+    """The trace of a call (made here from a model, kept on the device or the host per ``store``), with
+    ``activation``, ``backend`` and ``precision`` checked."""
     check_backend(backend)
-    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store)
     _check_activation(activation, tr)
     check_precision(precision, backend, tr.embeddings.device)
     return tr

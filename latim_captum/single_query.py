@@ -30,9 +30,13 @@ from .traces import ModelTrace
 __all__ = ["alti_logit_row", "alti_rollout_row"]
 
 
-def _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position):
+def _prepare(
+    model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position, trace_store
+):
     """The trace and the query row(s): one int when every example shares it, else ``[B]``."""
-    tr = _checked_trace(model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision)
+    tr = _checked_trace(
+        model, input_ids, inputs_embeds, attention_mask, dtype, activation, backend, precision, trace_store
+    )
     rows = query_positions(position, tr.mask, *tr.shape)
     return tr, int(rows[0]) if bool((rows == rows[0]).all()) else rows
 
@@ -52,6 +56,7 @@ def alti_logit_row(
     chunk: int | None = None,
     precision: str = "highest",
     backend: str = "fast",
+    trace_store: str = "device",
 ) -> AltiLogit:
     """Row ``position`` of :func:`latim_captum.alti_logit` (same values), in O(N) memory beyond the trace.
 
@@ -70,11 +75,16 @@ def alti_logit_row(
         backend: path of the Mamba sublayers (:data:`latim_captum.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
             follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
+        trace_store: with a model, where the trace's layers are kept: ``"device"``, or ``"host"`` (pinned host
+            memory, one layer at a time on the device: a trace larger than the GPU, see
+            :func:`latim_captum.trace`).
 
     Returns:
         :class:`AltiLogit` with ``scores [B, N]``, ``targets [B]``, ``logits [B]``, ``offset [B]``.
     """
-    tr, q = _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position)
+    tr, q = _prepare(
+        model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position, trace_store
+    )
     readout = tr.readout
     if readout is None:
         raise ValueError("ALTI-Logit needs a model with an LM head (e.g. MambaForCausalLM, not MambaModel)")
@@ -109,6 +119,7 @@ def alti_rollout_row(
     chunk: int | None = None,
     precision: str = "highest",
     backend: str = "fast",
+    trace_store: str = "device",
 ) -> Tensor:
     """Row ``position`` of the ALTI rollout ``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` (:func:`latim_captum.aggregate.rollout`
     of every layer's ALTI map), ``[B, N]``, in O(N) memory beyond the trace; it sums to 1.
@@ -128,11 +139,16 @@ def alti_rollout_row(
         backend: path of the Mamba sublayers (:data:`latim_captum.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
             follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
+        trace_store: with a model, where the trace's layers are kept: ``"device"``, or ``"host"`` (pinned host
+            memory, one layer at a time on the device: a trace larger than the GPU, see
+            :func:`latim_captum.trace`).
 
     Example:
         >>> row = alti_rollout_row(model, ids, position=-1)                 # doctest: +SKIP
         >>> torch.allclose(row.sum(-1), torch.ones(1))                      # doctest: +SKIP
         True
     """
-    tr, q = _prepare(model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position)
+    tr, q = _prepare(
+        model, input_ids, inputs_embeds, attention_mask, dtype, activation, precision, backend, position, trace_store
+    )
     return rollout_row(tr, q, activation=activation, block=block, chunk=chunk, precision=precision, backend=backend)

@@ -8,8 +8,9 @@ channels), R = Mamba-1 state size, H = Mamba-2 heads, G = groups, S = Mamba-2 st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -29,7 +30,15 @@ __all__ = [
     "sublayer_kind",
     "Readout",
     "ModelTrace",
+    "HostLayers",
+    "TRACE_STORES",
+    "as_stored",
+    "check_store",
+    "to_host",
 ]
+
+#: where a trace keeps its sublayers: on the device that computed them, or in host memory (streamed back one at a time)
+TRACE_STORES: tuple[str, ...] = ("device", "host")
 
 
 @dataclass(frozen=True)
@@ -436,14 +445,15 @@ class ModelTrace:
 
     Attributes:
         embeddings: ``x^{(0)}``, ``[B, N, D]``.
-        layers: the sublayer traces, in order; ``layers[s].residual == layers[s-1].block_output``.
+        layers: the sublayer traces, in order; ``layers[s].residual == layers[s-1].block_output``; a
+            :class:`HostLayers` when they are kept in host memory (``trace(..., store="host")``).
         readout: final norm + unembedding, or None for a model without an LM head.
         mask: ``[B, N]`` padding mask or None.
         dtype: the compute dtype of every tensor here.
     """
 
     embeddings: Tensor
-    layers: list[SublayerTrace]
+    layers: list[SublayerTrace] | HostLayers
     readout: Readout | None
     mask: Tensor | None
     dtype: torch.dtype
@@ -456,12 +466,12 @@ class ModelTrace:
     @property
     def kinds(self) -> list[str]:
         """:func:`sublayer_kind` of every sublayer, e.g. ``["mamba2", "mlp", "attention", "mlp"]``."""
-        return [sublayer_kind(layer) for layer in self.layers]
+        return [sublayer_kind(layer) for layer in as_stored(self.layers)]
 
     @property
     def activation(self) -> str | None:
         """The conv activation of the Mamba layers (None when the model has none)."""
-        flat = (part for layer in self.layers for part in _token_mixers(layer))
+        flat = (part for layer in as_stored(self.layers) for part in _token_mixers(layer))
         return next((layer.activation for layer in flat if isinstance(layer, LayerTrace)), None)
 
     @property
@@ -480,12 +490,82 @@ class ModelTrace:
         return _moved(self, torch.device(device))
 
 
-def _moved(value: Any, device: torch.device) -> Any:
-    """``value`` with its tensors on ``device``: through trace dataclasses, lists and tuples; other values as is."""
+class HostLayers(Sequence):
+    """Sublayer traces kept in host memory, each handed out on the device that computed it.
+
+    A long input's trace can outgrow the GPU (Δ, B, C, gates and inputs of every layer: 84 GiB for 24 layers of
+    mamba-130m at N = 131072, fp32) while the engine reads one layer at a time. Here each layer lives in pinned host
+    memory; indexing or iterating copies that layer to its device (one ``[B, N, d]``-sized copy per layer, far
+    cheaper than its maps at the lengths where this matters) and keeps only the last one handed out there, so
+    ``for layer in trace.layers`` holds one layer on the GPU at a time. Slices are :class:`HostLayers` too.
+
+    Example:
+        >>> tr = trace(model.cuda(), ids.cuda(), store="host")              # doctest: +SKIP
+        >>> row = alti_logit_row(tr)                                         # doctest: +SKIP
+    """
+
+    def __init__(
+        self, layers: Sequence[SublayerTrace], devices: Sequence[torch.device], _slot: dict | None = None
+    ) -> None:
+        if len(layers) != len(devices):
+            raise ValueError(f"{len(layers)} layers but {len(devices)} devices")
+        self.host, self.devices = list(layers), [torch.device(d) for d in devices]
+        # the one device copy, shared with every slice: (host layer, its device copy)
+        self._slot = {} if _slot is None else _slot
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    @overload
+    def __getitem__(self, index: int) -> SublayerTrace: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> HostLayers: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return HostLayers(self.host[index], self.devices[index], self._slot)
+        index = range(len(self.host))[index]  # negative indices; IndexError past the end
+        host = self.host[index]
+        if self._slot.get("host") is not host:
+            self._slot.clear()  # the previous layer's device copy is freed before the next one is made
+            self._slot.update(host=host, device=_moved(host, self.devices[index]))
+        return self._slot["device"]
+
+    def on_host(self) -> list[SublayerTrace]:
+        """The host copies, no device copy made."""
+        return list(self.host)
+
+
+def check_store(store: str) -> None:
+    """``ValueError`` naming the choices unless ``store`` is one of :data:`TRACE_STORES`."""
+    if store not in TRACE_STORES:
+        raise ValueError(f"store must be one of {', '.join(map(repr, TRACE_STORES))}, got {store!r}")
+
+
+def as_stored(layers: list[SublayerTrace] | HostLayers) -> list[SublayerTrace]:
+    """The sublayers where the trace keeps them, no copy made: for reading types, shapes and small parameters
+    (iterating :class:`HostLayers` copies every layer to its device)."""
+    return layers.on_host() if isinstance(layers, HostLayers) else list(layers)
+
+
+def to_host(layer: SublayerTrace) -> SublayerTrace:
+    """``layer`` with its tensors copied into pinned host memory (plain host memory without CUDA), so that copies
+    back to the GPU run at full bandwidth."""
+    return _moved(layer, torch.device("cpu"), pin=torch.cuda.is_available())
+
+
+def _moved(value: Any, device: torch.device, pin: bool = False) -> Any:
+    """``value`` with its tensors on ``device`` (``pin``: a host copy in pinned memory): through trace dataclasses,
+    lists, tuples and :class:`HostLayers` (whose layers all go to ``device``); other values as is."""
     if isinstance(value, Tensor):
+        if pin and value.device.type != "cpu":
+            return torch.empty_like(value, device="cpu", pin_memory=True).copy_(value)
         return value.to(device)
+    if isinstance(value, HostLayers):
+        return [_moved(layer, device, pin) for layer in value.on_host()]
     if is_dataclass(value) and not isinstance(value, type):
-        return type(value)(**{f.name: _moved(getattr(value, f.name), device) for f in fields(value)})
+        return type(value)(**{f.name: _moved(getattr(value, f.name), device, pin) for f in fields(value)})
     if isinstance(value, (list, tuple)):
-        return type(value)(_moved(v, device) for v in value)
+        return type(value)(_moved(v, device, pin) for v in value)
     return value

@@ -49,6 +49,7 @@ __all__ = [
     "estimate",
     "available_bytes",
     "check_fits",
+    "host_trace_bytes",
     "tile_bytes_for",
 ]
 
@@ -159,12 +160,24 @@ def _block_work(sizes: RequestSizes, block_rows: int | None, backend: str, devic
     return max(tile, ref if sizes.attention_heads else 0)
 
 
-def _trace_bytes(sizes: RequestSizes) -> int:
+def _layer_trace_bytes(sizes: RequestSizes) -> int:
+    """One Mamba sublayer's trace: inputs, Δ, gates and the like, ``[B, N, ·]`` each."""
+    return sizes.batch * sizes.seq * (3 * sizes.d_model + 4 * sizes.d_inner + 2 * sizes.state) * sizes.itemsize
+
+
+def host_trace_bytes(sizes: RequestSizes) -> int:
+    """What a trace kept in host memory holds there: every sublayer and the attention weights."""
+    attention = sizes.attention_heads * sizes.batch * sizes.seq * sizes.seq * sizes.itemsize
+    return sizes.sublayers * _layer_trace_bytes(sizes) + attention
+
+
+def _trace_bytes(sizes: RequestSizes, on_host: bool = False) -> int:
+    """The trace on the device: every layer, or (``on_host``) the one layer handed out at a time, with the
+    embeddings and the readout's logits, which stay."""
     b, n = sizes.batch, sizes.seq
-    per_layer = b * n * (3 * sizes.d_model + 4 * sizes.d_inner + 2 * sizes.state) * sizes.itemsize
-    attention = sizes.attention_heads * b * n * n * sizes.itemsize
     logits = b * n * sizes.vocab * sizes.itemsize
-    return sizes.sublayers * per_layer + attention + logits + b * n * sizes.d_model * sizes.itemsize
+    layers = _layer_trace_bytes(sizes) if on_host else host_trace_bytes(sizes)
+    return layers + logits + b * n * sizes.d_model * sizes.itemsize
 
 
 def _forward_bytes(sizes: RequestSizes) -> int:
@@ -184,6 +197,7 @@ def estimate(
     backend: str = "auto",
     device: torch.device | str = "cpu",
     embedding_columns: bool = False,
+    trace_on_host: bool = False,
 ) -> Estimate:
     """The memory of one request (:class:`Estimate`), before anything is allocated.
 
@@ -197,6 +211,8 @@ def estimate(
         with_trace: count the trace and the forward pass (False: the caller passed a trace).
         block_rows, backend, device: the engine's path (its row blocks or tiles).
         embedding_columns: ``contributions`` with a Zamba2 hybrid layer's embedding columns (``[B, N, 2N, D]``).
+        trace_on_host: the trace's layers are kept in host memory (:func:`host_trace_bytes` there), one layer on
+            the device at a time.
     """
     if front_end not in FRONT_ENDS:
         raise ValueError(f"unknown front end {front_end!r}; choose one of {', '.join(FRONT_ENDS)}")
@@ -204,7 +220,7 @@ def estimate(
     b, n, p = sizes.batch, sizes.seq, sizes.map_bytes
     out = Estimate()
     if with_trace:
-        out.trace, out.forward = _trace_bytes(sizes), _forward_bytes(sizes)
+        out.trace, out.forward = _trace_bytes(sizes, trace_on_host), _forward_bytes(sizes)
     if front_end == "trace":
         return out
     block = _block_work(sizes, block_rows, backend, device)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from latim_captum._validation import check_size
-from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace
+from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace, as_stored
 
 from .all_layers import AltiLogit, logit_terms, read_logits
 from .layer import layer_maps
@@ -83,9 +83,11 @@ class RowStream:
         self.out = output_device(tr)
         self.q_min, self.q_max = int(q.min()), int(q.max())
         self.precision, self.backend = precision, backend
-        ssm_layers = [layer for layer in tr.layers if isinstance(layer, LayerTrace)]
+        # the first Mamba layer as the engine will see it (on its compute device: a host-kept trace's layers are
+        # handed out there), found without copying the others
+        first_ssm = next((i for i, layer in enumerate(as_stored(tr.layers)) if isinstance(layer, LayerTrace)), None)
         if block is None:
-            block = auto_block(ssm_layers[0], precision=precision) if ssm_layers else 64
+            block = auto_block(tr.layers[first_ssm], precision=precision) if first_ssm is not None else 64
         self.block, self.chunk = block, chunk or 4 * block
         self.n = tr.shape[1]
         self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
@@ -151,7 +153,7 @@ def row_total(tr: ModelTrace, q: int | Tensor, targets: Tensor, contrast: Tensor
     out = output_device(tr)
     u, offset, logits = _query_terms(tr, q, targets, contrast)
     us = PerDevice(u)
-    for layer in tr.layers:
+    for layer in as_stored(tr.layers):  # a [D] bias per layer: read where it is kept, no layer copied
         offset = offset + (us.on(layer_device(layer)) @ layer.offset).to(out)
     return AltiLogit(scores=u.new_zeros(tr.shape[0], 0, device=out), targets=targets, logits=logits, offset=offset,
                      contrast=contrast)  # fmt: skip
