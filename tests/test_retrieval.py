@@ -216,7 +216,7 @@ def test_outcomes_and_the_table4_split_by_hand():
 
 
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
-def test_answer_rows_are_the_rows_of_the_full_maps(kind):
+def test_answer_rows_are_the_rows_of_the_full_maps(kind, monkeypatch):
     from conftest import build
     from latim_captum import alti_logit, interactions
     from latim_captum.baselines import mamba_attention
@@ -234,6 +234,16 @@ def test_answer_rows_are_the_rows_of_the_full_maps(kind):
     logit = answer_row_scores("alti_logit", model, ids, rows=rows, targets=targets)
     full = alti_logit(model, ids, activation="silu", target=nxt).scores
     torch.testing.assert_close(logit, full[:, rows], atol=1e-5, rtol=1e-4)
+    # several rows take one full map; where the guard refuses it, one single-query row each, same values
+    from latim_captum.maps.options import LatimMemoryError
+    from latim_captum.retrieval import attribution
+
+    def refused(*args, **kwargs):
+        raise LatimMemoryError("no room for the full map")
+
+    monkeypatch.setattr(attribution, "alti_logit", refused)
+    one_by_one = answer_row_scores("alti_logit", model, ids, rows=rows, targets=targets)
+    torch.testing.assert_close(one_by_one, logit, atol=1e-5, rtol=1e-4)
     sal = answer_row_scores("saliency", model, ids, rows=rows, targets=targets)
     torch.testing.assert_close(sal, _gradient_maps(model, ids, "saliency")[:, rows], atol=1e-5, rtol=1e-4)
     att = answer_row_scores("mamba_attention", model, ids, rows=rows, targets=targets)

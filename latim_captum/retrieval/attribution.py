@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ..activations import ACTIVATIONS, check_activation
-from ..api import trace
+from ..api import alti_logit, trace
 from ..baselines import mamba_attention, mamba_attribution, mamba_lrp
 from ..maps.layer import layer_maps
+from ..maps.options import LatimMemoryError
 from ..single_query import alti_logit_row
 
 __all__ = ["GRADIENT_METHODS", "LATIM_MEASURES", "answer_row_scores", "method_family", "parse_latim"]
@@ -126,6 +127,17 @@ def _latim_rows(
     tr = trace(model, ids)
     check_activation(activation, tr.activation or "silu")
     if measure == "alti_logit":
+        if len(rows) > 1:
+            # each row's recursion needs the ALTI rows ≤ q of every layer, i.e. nearly the whole maps: one full map
+            # serves every answer row at the cost of one row, when the memory guard lets it
+            full = tr.readout.logits.argmax(-1)
+            full[:, rows] = targets.to(full.device)
+            try:
+                scores = alti_logit(tr, activation=activation, target=full, backend=backend).scores
+            except LatimMemoryError:
+                pass
+            else:
+                return scores[:, rows].float()
         path = "fast" if backend == "auto" else backend  # the single-query path's own default
         out = [
             alti_logit_row(tr, position=q, activation=activation, target=targets[:, k], backend=path).scores
