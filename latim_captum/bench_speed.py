@@ -218,7 +218,8 @@ def _warm_up(
 def _end_to_end(model, ids: torch.Tensor, device: torch.device, kernel: str) -> dict:
     """What a user's call costs: ``interactions(model, ids, method="l2")`` with the default arguments (trace and
     maps), then on this run's path at each precision the device allows, with each one's largest relative
-    difference from ``"highest"`` (``max |Δ| / max |maps|``) and ALTI's largest row-sum error (rows sum to 1)."""
+    difference from ``"highest"`` (``max |Δ| / max |maps|``), ALTI's largest row-sum error (rows sum to 1) and
+    ALTI-Logit's (rows sum to the logit minus the offset; relative to the largest logit)."""
     import latim_captum as lc
 
     out: dict = {}
@@ -240,6 +241,12 @@ def _end_to_end(model, ids: torch.Tensor, device: torch.device, kernel: str) -> 
             entry["rel_diff_vs_highest"] = float((maps - reference).abs().max() / reference.abs().max())
         alti = lc.interactions(model, ids, method="alti", backend=_backend(kernel), precision=prec)
         entry["alti_row_sum_error"] = float((alti.sum(-1) - 1).abs().max())
+        # ALTI-Logit's invariant (rows sum to the logit minus the offset), relative to the largest logit: what a
+        # precision costs Captum's convergence delta
+        res = lc.alti_logit(model, ids, backend=_backend(kernel), precision=prec)
+        entry["logit_row_sum_rel_error"] = float(
+            (res.scores.sum(-1) - (res.logits - res.offset)).abs().max() / res.logits.abs().max()
+        )
         out[prec] = entry
     return out
 
@@ -432,10 +439,10 @@ def to_markdown(results: dict) -> str:
     lines = [f"# LaTIM speed ({results['gpu']}, kernel={kernel})", "",
              "End to end, the number a user gets: `interactions(model, ids, method=\"l2\")` (trace and maps) with the "
              "default arguments, then on this run's path at each precision (s; relative difference of the maps from "
-             "`highest`; ALTI's largest row-sum error):", "",
+             "`highest`; ALTI's and ALTI-Logit's largest row-sum errors):", "",
              "| model | dtype | N | forward s | trace s | default s | highest s | tf32 s (diff) | bf16 s (diff) | "
-             "ALTI row-sum error (highest / tf32 / bf16) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "ALTI row-sum error (highest / tf32 / bf16) | ALTI-Logit row-sum error, relative (same) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in results["points"]:
         e2e = p.get("end_to_end")
         if not e2e:
@@ -452,9 +459,12 @@ def to_markdown(results: dict) -> str:
 
         sums = " / ".join(f"{e2e[k]['alti_row_sum_error']:.0e}" for k in ("highest", "tf32", "bf16")
                           if k in e2e and "alti_row_sum_error" in e2e[k])  # fmt: skip
+        logit_sums = " / ".join(f"{e2e[k]['logit_row_sum_rel_error']:.0e}" for k in ("highest", "tf32", "bf16")
+                                if k in e2e and "logit_row_sum_rel_error" in e2e[k])  # fmt: skip
         lines.append(
             f"| {p['model']} | {p['dtype']} | {p['N']} | {p['forward_s']:.3f} | {p['trace_s']:.3f} | "
-            f"{e2e['default_s']:.3f} | {cell('highest')} | {cell('tf32')} | {cell('bf16')} | {sums} |"
+            f"{e2e['default_s']:.3f} | {cell('highest')} | {cell('tf32')} | {cell('bf16')} | {sums} | "
+            f"{logit_sums or '—'} |"
         )
     lines += ["", "Maps from a finished trace (the engine alone):", "", f"Floor: {results['floor']}.",
              f"Matmul peak (TFLOP/s): {json.dumps({k: round(v, 1) for k, v in results['peak_tflops'].items()})}", "",

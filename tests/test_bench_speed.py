@@ -29,6 +29,10 @@ def test_quick_run_writes_every_ratio(tmp_path):
         e2e = point["end_to_end"]
         assert e2e["default_s"] > 0 and e2e["highest"]["wall_s"] > 0
         assert e2e["highest"]["alti_row_sum_error"] < 1e-5
+        # ALTI-Logit's rows sum to the logit up to fp32 rounding for an fp32 model; a bf16 model's residual stream
+        # was rounded to bf16 at every add, which no decomposition of its fp32 recomputation can undo
+        bound = 1e-5 if point["dtype"] == "fp32" else 2**-7
+        assert e2e["highest"]["logit_row_sum_rel_error"] < bound
     assert results["single_query"]
     assert all(p["wall_s"] > 0 and p["speedup_vs_lig50"] > 0 for p in results["single_query"])
     report = (tmp_path / "speed.md").read_text()
