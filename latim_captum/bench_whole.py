@@ -162,8 +162,10 @@ def inseq_generation(model, *, prompt_tokens: int, k: int, methods: Sequence[str
     return results
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Every timing of one model; see the module docstring."""
+def run(args: argparse.Namespace, on_update: Callable[[dict], None] | None = None) -> dict:
+    """Every timing of one model; see the module docstring. ``on_update(results)`` after each measurement (a run cut
+    by a time limit keeps what it measured)."""
+    update = on_update or (lambda results: None)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     n = args.tokens or (24 if args.quick else 2048)
     model = build_model(args.model, args.quick, torch.float32, device)
@@ -176,12 +178,15 @@ def run(args: argparse.Namespace) -> dict:
     precisions = [None, "tf32"] if device.type == "cuda" else [None]
     for precision in precisions:
         out["latim"][precision or "default"] = latim_all_rows(model, ids, precision)
+        update(out)
+    base = out["latim"]["default"]["wall_s"]
+    out["ratios_vs_latim_default"] = {}
     for name in args.methods:
         out["gradients"][name] = gradient_method(
             name, model, ids, predicted, batch=args.batch, seconds=args.method_seconds
         )
-    base = out["latim"]["default"]["wall_s"]
-    out["ratios_vs_latim_default"] = {name: g["all_rows_s"] / base for name, g in out["gradients"].items()}
+        out["ratios_vs_latim_default"][name] = out["gradients"][name]["all_rows_s"] / base
+        update(out)
     k = args.generate if args.generate is not None else (4 if args.quick else 64)
     if k:
         try:
@@ -255,12 +260,16 @@ def run_and_save(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "generate" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ {0 if name == 'generate' else 1}, got {value}")
-    start = time.perf_counter()
-    res = run(args)
-    res["total_s"] = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "whole-sequence.json").write_text(json.dumps(res, indent=1))
-    (out / "whole-sequence.md").write_text(to_markdown(res))
+
+    def save(res: dict) -> None:
+        (out / "whole-sequence.json").write_text(json.dumps(res, indent=1))
+        (out / "whole-sequence.md").write_text(to_markdown(res))
+
+    start = time.perf_counter()
+    res = run(args, on_update=save)
+    res["total_s"] = time.perf_counter() - start
+    save(res)
     print(to_markdown(res))
     return 0
