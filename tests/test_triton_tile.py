@@ -665,3 +665,18 @@ def test_autotune_candidates_cover_every_variant():
             assert full and logit and len(logit) <= len(full)
             assert all(anchor % c.kwargs["BI"] == 0 for c in full + logit)
             assert len({(c.kwargs["BI"], c.kwargs["BJ"], c.kwargs["BC"]) for c in logit}) == len(logit)
+
+
+def test_autotuned_configurations_persist_across_processes():
+    """With a Triton that can (3.2+), every autotuner writes its timings to Triton's cache: a new process reuses the
+    configuration an earlier one chose instead of tuning again (the cache stays off in the interpreter)."""
+    import inspect
+
+    import triton
+
+    from latim_captum.maps.triton import kernels
+
+    can = "cache_results" in inspect.signature(triton.autotune).parameters
+    assert kernels.autotune_options() == ({"cache_results": True} if can else {})
+    source = inspect.getsource(kernels)
+    assert source.count("**autotune_options()") == source.count("= triton.autotune(") == 3

@@ -36,6 +36,8 @@ Measured configurations and timings are in ``docs/performance.md``; the launcher
 
 from __future__ import annotations
 
+import inspect
+
 import triton
 import triton.language as tl
 
@@ -47,6 +49,7 @@ __all__ = [
     "MIX_TILE",
     "state_padded",
     "autotune_configs",
+    "autotune_options",
     "prune",
     "prune_project",
     "candidate",
@@ -628,6 +631,13 @@ def mix_kernel(
     tl.store(dest, mix, mask=i_ok[:, None] & s_ok[None, :])
 
 
+def autotune_options() -> dict:
+    """What every autotuner here is made with beyond its configs: ``cache_results=True`` where this Triton has it
+    (3.2 and later), so the timings of each key are written to Triton's cache directory and a new process (or a
+    user's next script) reuses the configuration an earlier one chose instead of tuning again at its first call."""
+    return {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
 def autotune_configs() -> list[triton.Config]:
     """Every fused-kernel candidate of both variants (:func:`prune` keeps a launch's own)."""
     return [
@@ -674,6 +684,7 @@ fused_autotuned = triton.autotune(
     configs=autotune_configs(),
     key=["d_inner", "d_model", "K", "HEAD_DIM", "STATE", "ANCHOR", "MODE", "WANT_ALTI", "PRECISION"],
     prune_configs_by={"early_config_prune": prune},
+    **autotune_options(),
 )(fused)
 
 
@@ -696,6 +707,7 @@ gate = triton.heuristics(
 gate_autotuned = triton.autotune(
     configs=[triton.Config({"BC": bc}, num_warps=warps) for bc, warps in GATE_CANDIDATES],
     key=["d_inner", "K", "HEAD_DIM", "STATE", "ANCHOR", "PRECISION", "BI", "BJ"],
+    **autotune_options(),
 )(gate)
 project = triton.heuristics(
     {"EVEN_K": lambda a: a["d_inner"] % a["BK"] == 0, "EVEN_D": lambda a: a["d_model"] % a["BD"] == 0}
@@ -715,4 +727,5 @@ project_autotuned = triton.autotune(
     ],
     key=["d_inner", "d_model", "WANT_L1", "WANT_L2", "WANT_ALTI", "PRECISION", "BI", "BJ"],
     prune_configs_by={"early_config_prune": prune_project},
+    **autotune_options(),
 )(project)
