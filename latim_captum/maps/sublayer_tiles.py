@@ -51,6 +51,19 @@ def _checked(layer, measures: Sequence[str], projection: Tensor | None, rows) ->
     return check_rows(rows, layer.residual.shape[1])
 
 
+def _head_operands(layer: AttentionTrace, last: int, operand: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-head values of the columns ``< last`` (``[B, H, last, d_head]``, kv heads repeated for grouped-query
+    attention) and ``W_O`` per head (``[D, H, d_head]``), in the products' dtype."""
+    heads = layer.weights.shape[1]
+    values = head_values(layer.values[:, :, :last], heads).to(operand)
+    return values, layer.out_weight.view(layer.out_weight.shape[0], heads, -1).to(operand)
+
+
+def _value_paths(values: Tensor, w_o: Tensor) -> Tensor:
+    """``P^h_j = W_O^h v^h_j``, ``[B, H, last, D]``: what token j sends through head h before the weights."""
+    return torch.einsum("bhjc,ehc->bhje", values, w_o)
+
+
 def attention_maps_fast(
     layer: AttentionTrace,
     measures: Sequence[str],
@@ -72,18 +85,16 @@ def attention_maps_fast(
     """
     first, last = _checked(layer, measures, projection, rows)
     check_size("block", block)
-    bsz, n, d_model = layer.residual.shape
+    bsz, n, _ = layer.residual.shape
     dtype = layer.residual.dtype
-    heads = layer.weights.shape[1]
     operand = torch.bfloat16 if precision == "bf16" else dtype
-    values = head_values(layer.values[:, :, :last], heads).to(operand)  # [B, H, last, d_head]: the columns read
-    w_o = layer.out_weight.view(d_model, heads, -1).to(operand)  # [D, H, d_head]
+    values, w_o = _head_operands(layer, last, operand)
     vectors = any(m != "logit" for m in measures)
     out = {m: layer.residual.new_zeros(bsz, last - first, n) for m in measures}
     output = layer.block_output
     step = block or sublayer_block_rows(layer)
     with matmul_precision(precision):
-        paths = torch.einsum("bhjc,ehc->bhje", values, w_o) if vectors else None  # P^h_j: [B, H, last, D]
+        paths = _value_paths(values, w_o) if vectors else None
         back = None
         if "logit" in measures:  # (W_O^h)^T u_i: [B, rows, H, d_head]
             back = torch.einsum("brd,dhc->brhc", projection[:, first:last].to(operand), w_o)
@@ -190,12 +201,8 @@ def parallel_maps_fast(
         block = auto_block(mamba, budget * mamba_pair // (mamba_pair + extra), precision)
     out = {m: layer.residual.new_zeros(bsz, last - first, n) for m in measures}
     with torch.no_grad(), matmul_precision(precision):
-        paths = []  # per attention part: (weights, P^h_j = W_O^h v^h_j [B, H, last, D]) for the columns read
-        for part in attentions if vectors else ():
-            heads = part.weights.shape[1]
-            values = head_values(part.values[:, :, :last], heads).to(operand)
-            w_o = part.out_weight.view(d_model, heads, -1).to(operand)
-            paths.append((part.weights, torch.einsum("bhjc,ehc->bhje", values, w_o)))
+        # per attention part: its weights and value paths for the columns read
+        paths = [(part.weights, _value_paths(*_head_operands(part, last, operand))) for part in attentions if vectors]
 
         def attention_tile(r0: int, r1: int, c0: int, c1: int) -> Tensor:
             total = None
