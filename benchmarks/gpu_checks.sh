@@ -102,9 +102,10 @@ if [ "$what" = onegpu ]; then
   part=${2:-all}; want() { [ "$part" = "$1" ] || [ "$part" = all ]; }
   mkdir -p "$out/onegpu"
   if want tests; then
-    timeout 240 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_sublayer_tiles.py \
-      tests/test_host_trace.py > "$out/onegpu/test_cuda.log" 2>&1
-    echo "test_sublayer_tiles + test_host_trace rc=$? $(tail -1 "$out/onegpu/test_cuda.log")"
+    timeout 300 python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda tests/test_sublayer_tiles.py \
+      tests/test_host_trace.py "tests/test_triton_tile.py::test_triton_backend_on_hybrids_on_cuda" \
+      > "$out/onegpu/test_cuda.log" 2>&1
+    echo "hybrid tiles, host traces, Triton on hybrids rc=$? $(tail -1 "$out/onegpu/test_cuda.log")"
   fi
   if want hybrid; then
     timeout 500 python3 benchmarks/hybrid_tiles.py --device cuda --d-model 768 --layers 8 --attn-every 4 \

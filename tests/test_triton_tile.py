@@ -680,3 +680,50 @@ def test_autotuned_configurations_persist_across_processes():
     assert kernels.autotune_options() == ({"cache_results": True} if can else {})
     source = inspect.getsource(kernels)
     assert source.count("**autotune_options()") == source.count("= triton.autotune(") == 3
+
+
+def _hybrid_gaps(device: str) -> dict[str, float]:
+    """``backend="triton"`` on hybrids against ``backend="fast"``: Jamba (Mamba-1 sublayers beside attention and
+    MoE), Bamba (Mamba-2, attention, MLP) and FalconH1 (parallel Mamba-2 + attention: PyTorch tiles under either)."""
+    import warnings
+
+    from test_hybrids import build_hybrid
+
+    gaps: dict[str, float] = {}
+    for family in ("jamba", "bamba", "falcon_h1"):
+        model, _ = build_hybrid(family, seed=2)
+        model.to(device)
+        ids = random_ids(1, 10, seed=2).to(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tr = lc.trace(model, ids)
+        for method in ("l2", "alti"):
+            tri = lc.interactions(tr, method=method, backend="triton")
+            gaps[f"{family} {method}"] = _rel(tri, lc.interactions(tr, method=method, backend="fast"))
+        gaps[f"{family} alti_logit"] = _rel(lc.alti_logit(tr, backend="triton").scores,
+                                            lc.alti_logit(tr, backend="fast").scores)  # fmt: skip
+    return gaps
+
+
+@interpreter_only
+def test_triton_backend_on_hybrids(monkeypatch):
+    """Hybrids' Mamba sublayers run the Triton kernels under ``backend="triton"`` (Mamba-1 for Jamba, Mamba-2 for
+    Bamba), their other sublayers the PyTorch tiles; the maps are those of ``backend="fast"``."""
+    from latim_captum.maps import triton as triton_path
+
+    variants = []
+    real = triton_path.tile_sums
+    monkeypatch.setattr(
+        triton_path, "tile_sums", lambda ctx, *a, **k: variants.append(ctx.layer.variant) or real(ctx, *a, **k)
+    )
+    gaps = _hybrid_gaps("cpu")
+    assert max(gaps.values()) < 1e-5, gaps
+    assert {"mamba1", "mamba2"} <= set(variants)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET, reason="needs a CUDA GPU (compiled kernel)")
+def test_triton_backend_on_hybrids_on_cuda():
+    gaps = _hybrid_gaps("cuda")
+    print("triton vs fast on hybrids:", {k: f"{v:.1e}" for k, v in gaps.items()})
+    assert max(gaps.values()) < 1e-4, gaps
