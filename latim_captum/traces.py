@@ -497,7 +497,8 @@ class HostLayers(Sequence):
     mamba-130m at N = 131072, fp32) while the engine reads one layer at a time. Here each layer lives in pinned host
     memory; indexing or iterating copies that layer to its device (one ``[B, N, d]``-sized copy per layer, far
     cheaper than its maps at the lengths where this matters) and keeps only the last one handed out there, so
-    ``for layer in trace.layers`` holds one layer on the GPU at a time. Slices are :class:`HostLayers` too.
+    ``for layer in trace.layers`` holds one layer on the GPU at a time (two for a moment: the loop variable still
+    points at the previous one while the next is copied). Slices are :class:`HostLayers` too.
 
     Example:
         >>> tr = trace(model.cuda(), ids.cuda(), store="host")              # doctest: +SKIP
