@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from latim_captum._validation import check_rows, check_size
-from latim_captum.ssm import d_inner_of
 from latim_captum.traces import LayerTrace
 
 from .options import (
@@ -30,7 +29,7 @@ from .options import (
     matmul_precision,
     tiled_measures,
 )
-from .tiles import DEFAULT_TILE_BYTES, auto_block, default_anchor_rows, free_bytes, layer_context, normalise_alti
+from .tiles import auto_block, default_anchor_rows, direct_budget, free_bytes, layer_context, normalise_alti
 from .torch_tiles import fill_row_block
 
 __all__ = ["layer_maps_fast"]
@@ -127,9 +126,6 @@ def layer_maps_fast(
         raise ValueError(f"block must be ≥ 1, got {block}")
     if out is None:
         out = {m: layer.residual.new_zeros(bsz, stop - start, n) for m in measures}
-    dtype = layer.residual.dtype
-    d = d_inner_of(layer.ssm)
-    direct_budget = max(d * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * dtype.itemsize))
     # Triton: the staged step 1 reads the shares channel-contiguous, the fused kernel (the logit; everything when not
     # staged) sequence-contiguous; each kernel is markedly slower in the other's layout (docs/performance.md)
     staged = kernel == "triton" and config.get("staged", True)
@@ -138,7 +134,8 @@ def layer_maps_fast(
     )
     fused = kernel != "triton" or "logit" in measures or not staged_channels
     ctx = layer_context(
-        layer, activation, direct_budget, anchor_rows, sequence_contiguous=fused, staged_channels=staged_channels
+        layer, activation, direct_budget(layer, budget_bytes), anchor_rows, sequence_contiguous=fused,
+        staged_channels=staged_channels,
     )
     workspace = triton_path.Workspace(start, stop, block) if kernel == "triton" else None
     with torch.no_grad(), matmul_precision(precision):

@@ -34,11 +34,10 @@ from latim_captum._validation import check_rows, check_size
 from latim_captum.aggregate import alti_scores, lp_order, lp_scores
 from latim_captum.attention import head_values
 from latim_captum.decompose import sublayer_block_rows
-from latim_captum.ssm import d_inner_of
 from latim_captum.traces import AttentionTrace, LayerTrace, ParallelTrace, TokenwiseTrace
 
 from .options import check_measures, matmul_precision
-from .tiles import DEFAULT_TILE_BYTES, auto_block, default_anchor_rows, free_bytes, layer_context, tile_bytes
+from .tiles import auto_block, default_anchor_rows, direct_budget, free_bytes, layer_context, tile_bytes
 from .torch_tiles import fill_row_block
 
 __all__ = ["attention_maps_fast", "parallel_maps_fast", "parallel_tiled", "tokenwise_maps_fast"]
@@ -211,8 +210,7 @@ def parallel_maps_fast(
                 total = tile.to(dtype) if total is None else total + tile.to(dtype)
             return total
 
-        direct_budget = max(d_inner_of(mamba.ssm) * mamba.ssm.A.shape[-1], DEFAULT_TILE_BYTES // (4 * dtype.itemsize))
-        ctx = layer_context(mamba, activation, direct_budget, default_anchor_rows(n))
+        ctx = layer_context(mamba, activation, direct_budget(mamba), default_anchor_rows(n))
         for r0 in range(first, last, block):
             r1 = min(last, r0 + block)
             wu = projection[:, r0:r1] @ mamba.out_weight if "logit" in measures else None

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_TILE_BYTES",
     "LayerContext",
     "layer_context",
+    "direct_budget",
     "default_anchor_rows",
     "mamba1_direct",
     "mamba2_head_mixing",
@@ -102,6 +103,13 @@ def layer_context(
         anchor_rows=anchor_rows,
         staged_shares=tap if staged_channels else shares,
     )
+
+
+def direct_budget(layer: LayerTrace, budget_bytes: int | None = None) -> int:
+    """Elements a Mamba-1 diagonal sub-block (:func:`mamba1_direct`) may hold: a quarter of the tile budget
+    (default :data:`DEFAULT_TILE_BYTES`), and at least one ``[d, R]`` slice."""
+    itemsize = layer.residual.dtype.itemsize
+    return max(d_inner_of(layer.ssm) * layer.ssm.A.shape[-1], (budget_bytes or DEFAULT_TILE_BYTES) // (4 * itemsize))
 
 
 def mamba1_direct(ctx: LayerContext, r0: int, r1: int, s0: int, s1: int) -> Tensor:
