@@ -140,3 +140,20 @@ def test_host_trace_on_cuda_holds_less_and_gives_the_same_row():
     got = latim_captum.alti_logit_row(host, position=-1)
     assert got.scores.device.type == "cuda"
     torch.testing.assert_close(got.scores, want.scores)
+
+
+def test_a_row_copies_each_layer_once(monkeypatch):
+    """The single-query recursion hands each layer out once (sizing the tiles reads the kept layer, no copy)."""
+    tr = latim_captum.trace(build("mamba2", layers=4), random_ids(1, 8), store="host")
+    copies = []
+    real = traces_module._moved
+
+    def counted(value, device, pin=False):
+        if isinstance(value, LayerTrace):
+            copies.append(value.layer)
+        return real(value, device, pin)
+
+    monkeypatch.setattr(traces_module, "_moved", counted)
+    row = latim_captum.alti_logit_row(tr, position=-1)
+    torch.testing.assert_close(row.scores.sum(-1), row.logits - row.offset)
+    assert sorted(copies) == [0, 1, 2, 3]

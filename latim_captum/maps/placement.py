@@ -18,14 +18,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from latim_captum.traces import ModelTrace, SublayerTrace
+from latim_captum.traces import HostLayers, ModelTrace, SublayerTrace
 
-__all__ = ["PerDevice", "layer_device", "output_device"]
+__all__ = ["PerDevice", "compute_device", "layer_device", "output_device"]
 
 
 def layer_device(layer: SublayerTrace) -> torch.device:
     """The device holding one sublayer's trace: where its maps are computed."""
     return layer.residual.device
+
+
+def compute_device(trace: ModelTrace, idx: int) -> torch.device:
+    """Where sublayer ``idx``'s maps are computed, found without handing the layer out: the device it is kept on,
+    or, for a trace kept in host memory, the device that computed it (where :class:`HostLayers` copies it)."""
+    if isinstance(trace.layers, HostLayers):
+        return trace.layers.devices[idx]
+    return layer_device(trace.layers[idx])
 
 
 def output_device(trace: ModelTrace) -> torch.device:

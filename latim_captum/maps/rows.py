@@ -40,8 +40,8 @@ from latim_captum.traces import LayerTrace, ModelTrace, SublayerTrace, as_stored
 from .all_layers import AltiLogit, logit_terms, read_logits
 from .layer import layer_maps
 from .options import resolve_backend
-from .placement import PerDevice, layer_device, output_device
-from .tiles import auto_block
+from .placement import PerDevice, compute_device, layer_device, output_device
+from .tiles import auto_block, free_bytes
 
 __all__ = ["RowStream", "as_query_rows", "logit_row", "rollout_row", "row_total"]
 
@@ -83,11 +83,14 @@ class RowStream:
         self.out = output_device(tr)
         self.q_min, self.q_max = int(q.min()), int(q.max())
         self.precision, self.backend = precision, backend
-        # the first Mamba layer as the engine will see it (on its compute device: a host-kept trace's layers are
-        # handed out there), found without copying the others
-        first_ssm = next((i for i, layer in enumerate(as_stored(tr.layers)) if isinstance(layer, LayerTrace)), None)
-        if block is None:
-            block = auto_block(tr.layers[first_ssm], precision=precision) if first_ssm is not None else 64
+        # tiles sized from the first Mamba layer's shapes and its compute device's free memory; a host-kept trace's
+        # layer is read where it is kept (no copy to the device just to size the tiles)
+        stored = as_stored(tr.layers)
+        first_ssm = next((i for i, layer in enumerate(stored) if isinstance(layer, LayerTrace)), None)
+        if block is None and first_ssm is None:
+            block = 64
+        elif block is None:
+            block = auto_block(stored[first_ssm], free_bytes(compute_device(tr, first_ssm)) // 2, precision)
         self.block, self.chunk = block, chunk or 4 * block
         self.n = tr.shape[1]
         self.from_embeddings = torch.zeros_like(tr.embeddings[..., 0])  # [B, N]
