@@ -225,14 +225,33 @@ def _activation_of(method, requested: str | None) -> str | None:
     return requested or DEFAULT_ACTIVATION
 
 
+def _attribute_options(method, args: argparse.Namespace) -> tuple[dict, str | None, int | None]:
+    """``latim attribute``'s LaTIM path ``{"backend", "precision"}``, activation strategy and layer for ``method``,
+    with the defaults filled in; an option that cannot act on ``method`` is an error, never ignored.
+
+    Raises:
+        ValueError: ``--activation``, ``--backend`` or ``--precision`` with a method outside LaTIM, or ``--layer``
+            with a method that aggregates every layer.
+    """
+    if method.family != "latim":
+        given = [f"--{name}" for name in ("activation", "backend", "precision") if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{' / '.join(given)} set(s) LaTIM's decomposition; --method {method.name} is not LaTIM")
+    if args.layer is not None and not method.per_layer:
+        raise ValueError(f"--method {method.name} aggregates every layer; --layer applies to per-layer methods only")
+    path = {"backend": args.backend or "auto", "precision": args.precision or "highest"}
+    return path, _activation_of(method, args.activation), (-1 if args.layer is None else args.layer)
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from ._plots import figure_path, save_heatmap
     from .api import alti_logit, interactions
-    from .methods import get_method, next_token_targets
+    from .methods import get_method, row_targets
 
     _quiet_transformers()
     method = get_method(args.method)
-    _check_backend(args.backend, args.device)
+    path, act, layer = _attribute_options(method, args)
+    _check_backend(path["backend"], args.device)
     figure = figure_path(args.out)
     outputs = [("--out", figure)] + ([("--json", Path(args.json))] if args.json else [])
     _check_writable(outputs)
@@ -241,24 +260,25 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(args.device)
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
-    path = {"backend": args.backend, "precision": args.precision}  # LaTIM's path; other families ignore it
-    measure, act = method.spec.measure, _activation_of(method, args.activation)
-    # ALTI-Logit's target: the model's own prediction, or with --target each true next token
-    target = None if args.target is None or not method.spec.uses_target else next_token_targets(ids)
+    measure = method.spec.measure
+    # what a logit-explaining method explains at each row: the model's own prediction, or with --target each true
+    # next token; the same for every family
+    explains = None if not method.spec.uses_target else ("predicted" if args.target is None else "next")
+    target = None if explains is None else row_targets(model, ids, explains)
     if method.family == "latim" and method.per_layer:
-        maps = interactions(model, ids, method=measure, activation=act, layers=args.layer, target=target, **path)
+        maps = interactions(model, ids, method=measure, activation=act, layers=layer, target=target, **path)
         maps = maps[0, 0]
-        layer_s = str(args.layer)
+        layer_s = str(layer)
     elif measure == "alti_logit":
         maps = alti_logit(model, ids, activation=act, target=target, **path).scores[0]
         layer_s = "all"
     else:
-        maps = method(model, ids, **path)[0]
+        maps = method(model, ids, **path, **({} if target is None else {"target": target}))[0]
         if maps.dim() == 3:
             from ._validation import check_layers
 
-            maps = maps[check_layers(args.layer, maps.shape[0])[0]]
-            layer_s = str(args.layer)
+            maps = maps[check_layers(layer, maps.shape[0])[0]]
+            layer_s = str(layer)
         else:
             layer_s = "all"
     tokens = _tokens(tok, ids[0])
@@ -271,6 +291,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                     "model": args.model,
                     "method": args.method,
                     "layer": layer_s,
+                    "explains": {None: None, "predicted": "predicted next token", "next": "true next token"}[explains],
                     "tokens": tokens,
                     "scores": maps.float().cpu().tolist(),
                 }
@@ -609,8 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument(
         "--target",
         default=None,
-        help="continuation appended to the text; ALTI-Logit and gradient "
-        "methods then explain each true next token (default: the model's own predictions)",
+        help="continuation appended to the text; the methods that explain a logit (ALTI-Logit, gradient methods, "
+        "Mamba-Attribution, MambaLRP) then explain each true next token (default: the model's own predictions)",
     )
     attr.add_argument(
         "--method",
@@ -624,18 +645,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"LaTIM's activation strategy (default {DEFAULT_ACTIVATION}, exact for SiLU models; silu: the paper's)",
     )
-    attr.add_argument("--layer", type=int, default=-1, help="0-based layer for per-layer methods (default -1: last)")
+    attr.add_argument(
+        "--layer", type=int, default=None, help="0-based layer for per-layer methods only (default -1: the last)"
+    )
     attr.add_argument("--out", required=True, help="PNG file to write")
     attr.add_argument("--json", default=None, help="also write the scores and tokens as JSON")
     attr.add_argument("--device", default="cpu")
     attr.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="auto",
-        help="LaTIM's path: auto (fast on CUDA, reference elsewhere), ref, fast, triton (CUDA kernels); same maps",
+        default=None,
+        help="LaTIM's path (LaTIM methods only): auto (default; fast on CUDA, reference elsewhere), ref, fast, triton "
+        "(CUDA kernels); same maps",
     )
     attr.add_argument(
-        "--precision", choices=PRECISIONS, default="highest", help="LaTIM's W_o product on fast/triton (tf32, bf16)"
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="LaTIM's W_o product on fast/triton (LaTIM methods only; default highest; tf32, bf16)",
     )
     attr.set_defaults(func=cmd_attribute)
 

@@ -12,7 +12,8 @@ Built in:
 - ``l1``, ``l2``, ``alti``, ``alti_no_residual``, ``alti_logit_layers`` (per layer) and ``alti_logit``
   (aggregated), each as ``<name>`` (activation ``silu``, the paper's default) and ``<name>_silu_gate`` (exact):
   :func:`latim_captum.interactions` / :func:`latim_captum.alti_logit`.
-  ALTI-Logit's target at row i is the true next token ``input_ids[i + 1]`` (the last row reuses its own token).
+  ALTI-Logit's target at row i is the true next token ``input_ids[i + 1]`` (the last row reuses its own token)
+  unless the call asks for another (``target=``, below).
 - Captum gradient methods (aggregated): for each query row i, the gradient of the logit of the true next token
   ``input_ids[i + 1]`` at position i w.r.t. the input embeddings ``e_j`` (``[N, D]``), reduced over D:
   ``saliency`` = ``‖∂logit/∂e_j‖_2`` (Captum ``Saliency``, abs=True, then ℓ2 over D);
@@ -22,6 +23,10 @@ Built in:
   row), up to 256 sequences per pass.
 - Baselines: ``mamba_attention`` (per layer), ``mamba_attribution``, ``mamba_lrp`` (aggregated, target = the true
   next token), from ``latim_captum.baselines``.
+
+Every method that explains a logit (``spec.uses_target``) takes ``target=``: ``"next"`` (default, the true next
+token at each row), ``"predicted"`` (the model's own argmax at each row, one extra forward pass) or a ``[B, N]``
+tensor of token ids, one per row; the others refuse anything but the default.
 
 Example:
     >>> from transformers import MambaConfig, MambaForCausalLM
@@ -52,6 +57,7 @@ __all__ = [
     "get_method",
     "next_token_targets",
     "register_method",
+    "row_targets",
 ]
 
 
@@ -69,7 +75,8 @@ class Method:
         spec: the method table's entry.
         activation: the LaTIM activation strategy of this entry (None outside LaTIM).
         fn: ``fn(model, input_ids) -> maps``; ``fn(model, input_ids, backend=..., precision=...)`` for the
-            ``"latim"`` family, ``fn(model, input_ids, max_sequences)`` if ``replicates_rows``.
+            ``"latim"`` family, ``fn(model, input_ids, max_sequences)`` if ``replicates_rows``; built-in methods
+            that explain a logit also take ``targets=`` (``[B, N]`` token ids, one per row).
         replicates_rows: the method replicates the input once per query row for batched backward passes;
             ``max_sequences`` bounds how many replicas are in flight (memory ∝ max_sequences · N).
     """
@@ -103,17 +110,28 @@ class Method:
         max_sequences: int = DEFAULT_MAX_SEQUENCES,
         backend: str = "auto",
         precision: str = "highest",
+        target: str | Tensor = "next",
     ) -> Tensor:
         """The maps; ``max_sequences`` bounds row-replicating methods; ``backend`` and ``precision`` pick LaTIM's
         path (:data:`latim_captum.BACKENDS`: ``"auto"``, ``"ref"``, ``"fast"``, ``"triton"``, same maps to 1e-4, the
-        fast one also much faster on a CPU; ``precision`` of its ``W_o`` product), unused by the other families."""
+        fast one also much faster on a CPU; ``precision`` of its ``W_o`` product), unused by the other families;
+        ``target`` is the token each row explains (:func:`row_targets`), for the methods that explain one.
+
+        Raises:
+            ValueError: ``target`` other than ``"next"`` for a method that explains no token, or a bad ``target``.
+        """
         check_size("max_sequences", max_sequences)
+        kwargs = {}
+        if self.spec.uses_target:
+            kwargs["targets"] = row_targets(model, input_ids, target)
+        elif not (isinstance(target, str) and target == "next"):
+            raise ValueError(f"method {self.name!r} explains no target token; target={target!r} has no effect on it")
         if self.family == "latim":
-            maps = self.fn(model, input_ids, backend=backend, precision=precision)
+            maps = self.fn(model, input_ids, backend=backend, precision=precision, **kwargs)
         elif self.replicates_rows:
-            maps = self.fn(model, input_ids, max_sequences)
+            maps = self.fn(model, input_ids, max_sequences, **kwargs)
         else:
-            maps = self.fn(model, input_ids)
+            maps = self.fn(model, input_ids, **kwargs)
         expected = 4 if self.per_layer else 3
         if maps.dim() != expected:
             raise RuntimeError(f"method {self.name!r} returned a {maps.dim()}-d map, expected {expected}-d")
@@ -125,16 +143,47 @@ def next_token_targets(input_ids: Tensor) -> Tensor:
     return torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
 
 
+#: what ``target=`` of a registry method may name besides a tensor
+TARGET_KINDS = ("next", "predicted")
+
+
+def row_targets(model: nn.Module, input_ids: Tensor, target: str | Tensor = "next") -> Tensor:
+    """``[B, N]`` token ids explained at each row: ``"next"`` the true next token (:func:`next_token_targets`),
+    ``"predicted"`` the model's own argmax at each row (one forward pass, the model's train/eval flags kept), or a
+    ``[B, N]`` tensor of ids, checked against the input's shape and the vocabulary.
+
+    Raises:
+        ValueError: an unknown kind, a tensor of another shape or dtype, or an id outside the vocabulary.
+    """
+    if isinstance(target, str):
+        if target == "next":
+            return next_token_targets(input_ids)
+        if target == "predicted":
+            with torch.no_grad(), eval_mode(model):
+                return model(input_ids=input_ids, use_cache=False).logits.argmax(-1)
+        raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGET_KINDS)} or a [B, N] tensor of ids")
+    if not isinstance(target, Tensor) or target.shape != input_ids.shape or target.dtype.is_floating_point:
+        shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise ValueError(f"target must be a [B, N] = {tuple(input_ids.shape)} tensor of token ids, got {shape}")
+    vocab = model.get_input_embeddings().num_embeddings
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
+        raise ValueError(f"target ids must lie in [0, {vocab}), got [{int(target.min())}, {int(target.max())}]")
+    return target.to(input_ids.device)
+
+
 # --- LaTIM ---------------------------------------------------------------------------------------------------------
 
 
 def latim_map_fn(spec: MethodSpec, activation: str) -> Callable[..., Tensor]:
     """``fn(model, ids, backend="auto", precision="highest") -> maps`` of a LaTIM table entry under ``activation``;
-    the methods that explain a logit read the true next token at each row (:func:`next_token_targets`)."""
+    the methods that explain a logit read ``targets`` at each row (default the true next token,
+    :func:`next_token_targets`)."""
     from .api import interactions
 
-    def maps(model: nn.Module, ids: Tensor, backend: str = "auto", precision: str = "highest") -> Tensor:
-        target = next_token_targets(ids) if spec.uses_target else None
+    def maps(
+        model: nn.Module, ids: Tensor, backend: str = "auto", precision: str = "highest", targets: Tensor | None = None
+    ) -> Tensor:
+        target = (next_token_targets(ids) if targets is None else targets) if spec.uses_target else None
         return interactions(
             model, ids, method=spec.measure, activation=activation, target=target, backend=backend,
             precision=precision,
@@ -146,8 +195,15 @@ def latim_map_fn(spec: MethodSpec, activation: str) -> Callable[..., Tensor]:
 # --- Captum gradient methods ----------------------------------------------------------------------------------------
 
 
-def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: int = DEFAULT_MAX_SEQUENCES) -> Tensor:
-    """``[B, N, N]`` gradient maps; row i explains the logit of ``input_ids[i + 1]`` at position i.
+def _gradient_maps(
+    model: nn.Module,
+    input_ids: Tensor,
+    kind: str,
+    max_batch: int = DEFAULT_MAX_SEQUENCES,
+    targets: Tensor | None = None,
+) -> Tensor:
+    """``[B, N, N]`` gradient maps; row i explains the logit of ``targets[:, i]`` (default the true next token
+    ``input_ids[i + 1]``) at position i.
 
     Rows are batched: the sequence is replicated once per query row (``[R·B, N, D]``) and replica r reads the logit
     at its own row, so one forward/backward gives R rows (a replica's gradient only flows from its own row's logit).
@@ -155,7 +211,7 @@ def _gradient_maps(model: nn.Module, input_ids: Tensor, kind: str, max_batch: in
     from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
     embed = model.get_input_embeddings()
-    targets = next_token_targets(input_ids)
+    targets = next_token_targets(input_ids) if targets is None else targets
     bsz, n = input_ids.shape
     out = torch.zeros(bsz, n, n, dtype=torch.float32, device=input_ids.device)
 
@@ -201,21 +257,20 @@ ROW_REPLICATING_BASELINES = ("mamba_lrp", "mamba_attribution")
 
 def _baseline(name: str) -> Callable[..., Tensor]:
     # Each calls `latim_captum.baselines.<name>` as `fn(model, input_ids)`; the gradient-based ones (Mamba-Attribution,
-    # MambaLRP) explain the true next token, like ALTI-Logit and the Captum methods above.
+    # MambaLRP) explain ``targets`` (default the true next token), like ALTI-Logit and the Captum methods above.
     fn = getattr(baselines, name)
 
     if name in ROW_REPLICATING_BASELINES:  # keep ≤ max_sequences sequences in flight
 
-        def call_rows(model: nn.Module, input_ids: Tensor, max_sequences: int) -> Tensor:
-            row_batch = max(1, max_sequences // len(input_ids))
-            return fn(model, input_ids, target=next_token_targets(input_ids), row_batch=row_batch)
+        def call_rows(model: nn.Module, ids: Tensor, max_sequences: int, targets: Tensor | None = None) -> Tensor:
+            row_batch = max(1, max_sequences // len(ids))
+            targets = next_token_targets(ids) if targets is None else targets
+            return fn(model, ids, target=targets, row_batch=row_batch)
 
         return call_rows
 
-    def call(model: nn.Module, input_ids: Tensor) -> Tensor:
-        if name == "mamba_attention":
-            return fn(model, input_ids)
-        return fn(model, input_ids, target=next_token_targets(input_ids))
+    def call(model: nn.Module, input_ids: Tensor) -> Tensor:  # Mamba-Attention: explains no target
+        return fn(model, input_ids)
 
     return call
 
@@ -226,8 +281,8 @@ def _method(name: str) -> Method:
         return Method(name, spec, activation, latim_map_fn(spec, activation))
     if spec.family == "gradient":
 
-        def gradient(model: nn.Module, ids: Tensor, max_sequences: int) -> Tensor:
-            return _gradient_maps(model, ids, spec.name, max_batch=max_sequences)
+        def gradient(model: nn.Module, ids: Tensor, max_sequences: int, targets: Tensor | None = None) -> Tensor:
+            return _gradient_maps(model, ids, spec.name, max_batch=max_sequences, targets=targets)
 
         return Method(name, spec, None, gradient, replicates_rows=True)
     return Method(name, spec, None, _baseline(spec.name), replicates_rows=spec.name in ROW_REPLICATING_BASELINES)

@@ -126,8 +126,7 @@ def test_attribute_on_saved_model(saved_model, tmp_path, method):
             "c",
             "--method",
             method,
-            "--layer",
-            "1",
+            *(["--layer", "1"] if method == "l2" else []),
             "--out",
             str(fig),
             "--json",
@@ -237,3 +236,81 @@ def test_console_script_help():
 def test_available_methods_without_baselines():
     names = available_methods()
     assert {"l2", "alti", "alti_logit", "l2_silu_gate", "saliency", "integrated_gradients"} <= set(names)
+
+
+def _attribute_json(model_dir, tmp_path, *extra) -> dict:
+    out, js = tmp_path / "f.png", tmp_path / "s.json"
+    assert main(["attribute", "--model", str(model_dir), "--out", str(out), "--json", str(js), *extra]) == 0
+    return json.loads(js.read_text())
+
+
+@pytest.mark.parametrize("method", ["alti_logit_silu_gate", "saliency", "mamba_lrp", "mamba_attribution"])
+def test_attribute_explains_the_same_tokens_for_every_method(saved_model, tmp_path, method):
+    """Without --target every logit-explaining method explains the model's own prediction at each row, with
+    --target each true next token: the CLI's map equals the registry's with those targets, computed here from the
+    model's logits, and the two readings differ (the option acts)."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import VOCAB
+    from latim_captum.copying import copy_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(saved_model)
+    tok = copy_tokenizer(VOCAB)
+    text = "abcab|cba"
+    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        predicted = model(ids).logits.argmax(-1)
+    true_next = torch.cat([ids[:, 1:], ids[:, -1:]], 1)
+    assert (predicted != true_next).any(), "the test needs rows where the prediction is not the next token"
+    fn = get_method(method)
+    expected = {"predicted": fn(model, ids, target=predicted)[0], "next": fn(model, ids, target=true_next)[0]}
+    assert float((expected["predicted"] - expected["next"]).abs().max()) > 1e-3
+    got = _attribute_json(saved_model, tmp_path, "--text", text, "--method", method)
+    assert got["explains"] == "predicted next token"
+    torch.testing.assert_close(torch.tensor(got["scores"]), expected["predicted"].float(), atol=1e-5, rtol=1e-4)
+    got = _attribute_json(saved_model, tmp_path, "--text", text[:-1], "--target", text[-1], "--method", method)
+    assert got["explains"] == "true next token"
+    torch.testing.assert_close(torch.tensor(got["scores"]), expected["next"].float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method, flags, fragment",
+    [
+        ("saliency", ["--activation", "silu"], "--activation set(s) LaTIM's decomposition"),
+        ("mamba_lrp", ["--backend", "fast", "--precision", "tf32"], "--backend / --precision"),
+        ("alti_logit", ["--layer", "0"], "aggregates every layer"),
+        ("saliency", ["--layer", "1"], "aggregates every layer"),
+    ],
+)
+def test_attribute_refuses_an_option_that_cannot_act(saved_model, tmp_path, method, flags, fragment, capsys):
+    out = tmp_path / "x.png"
+    argv = ["attribute", "--model", str(saved_model), "--text", "abc|ab", "--method", method, "--out", str(out)]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and not out.exists()
+
+
+def test_registry_targets():
+    """``target=`` of a registry method: "next" is the default, "predicted" the model's argmax, a tensor as given;
+    bad values and a target for a method that explains none are refused."""
+    from conftest import build, random_ids
+    from latim_captum.methods import row_targets
+
+    model = build("mamba2", layers=2, seed=5)
+    ids = random_ids(2, 6, seed=1)
+    fn = get_method("saliency")
+    torch.testing.assert_close(fn(model, ids), fn(model, ids, target=torch.cat([ids[:, 1:], ids[:, -1:]], 1)))
+    with torch.no_grad():
+        predicted = model(ids).logits.argmax(-1)
+    torch.testing.assert_close(row_targets(model, ids, "predicted"), predicted)
+    model.train()
+    row_targets(model, ids, "predicted")
+    assert model.training, "the model's mode comes back"
+    with pytest.raises(ValueError, match="unknown target 'gold'"):
+        fn(model, ids, target="gold")
+    with pytest.raises(ValueError, match=r"\[B, N\] = \(2, 6\) tensor"):
+        fn(model, ids, target=ids[:, :3])
+    with pytest.raises(ValueError, match="must lie in"):
+        fn(model, ids, target=ids + 10_000)
+    with pytest.raises(ValueError, match="explains no target token"):
+        get_method("l2")(model, ids, target="predicted")

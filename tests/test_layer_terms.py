@@ -136,12 +136,41 @@ def test_captum_classes_of_the_new_methods():
     embedding = torch.zeros_like(whole)
     embedding[:, -1] = res.embedding[:, -1]
     torch.testing.assert_close(every.sum(1) + embedding, whole, atol=1e-9, rtol=0)
-    with pytest.raises(ValueError, match="per layer: layer must be an int"):
+    with pytest.raises(ValueError, match="per layer: pass layer= one int"):
         method.compute_convergence_delta(attr, end_point=ids, layer="all")
+    # after a call with several layers, a delta without layer= is refused rather than read at the last layer
+    with pytest.raises(ValueError, match="the last attribute\\(\\) call had several layers"):
+        method.compute_convergence_delta(attr, end_point=ids, target=4)
     with pytest.raises(ValueError, match="convergence delta needs one map"):
         method.attribute(ids, layer=[0, 1], return_convergence_delta=True)
     bare = latim_captum.LatimALTINoResidual(model).attribute(ids, layer=0)
     torch.testing.assert_close(bare.sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_a_separate_delta_reads_the_layer_attributed(kind):
+    """Captum's generic pattern (attribute, then compute_convergence_delta without the method's own options) gets
+    the delta of the layer that was attributed, not of the default layer."""
+    model = build(kind, layers=3, seed=4).double()
+    ids = random_ids(2, 6, seed=2)
+    method = latim_captum.LatimALTILogitLayers(model, dtype=torch.float64)
+    before = method.attribute(ids, target=3)  # default layer: the last
+    torch.testing.assert_close(
+        method.compute_convergence_delta(before, end_point=ids, target=3),
+        method.compute_convergence_delta(before, end_point=ids, target=3, layer=-1),
+    )
+    for layer in (0, 1):
+        attr = method.attribute(ids, layer=layer, target=3)
+        delta = method.compute_convergence_delta(attr, end_point=ids, target=3)
+        scale = max(1.0, float(attr.sum(-1).abs().max()))
+        assert float(delta.abs().max()) < MODEL_TOL[kind] * scale, layer
+        # the same attributions against another layer's share are off: the layer read is not a constant
+        wrong = method.compute_convergence_delta(attr, end_point=ids, target=3, layer=2)
+        assert float(wrong.abs().max()) > 1e-4, layer
+    # a failed call leaves the remembered layer as it was
+    with pytest.raises(ValueError):
+        method.attribute(ids, layer=7, target=3)
+    assert method.attributed_layer == 1
 
 
 def test_registry_and_refusals():

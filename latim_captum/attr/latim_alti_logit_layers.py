@@ -13,7 +13,7 @@ from latim_captum.api import alti_logit_layers
 from latim_captum.maps.all_layers import layer_share, logit_terms
 from latim_captum.maps.placement import layer_device
 
-from ._base import TokenMaps
+from ._base import DEFAULT, TokenMaps
 from .latim_alti_logit import LatimALTILogit
 
 __all__ = ["LatimALTILogitLayers"]
@@ -29,7 +29,9 @@ class LatimALTILogitLayers(LatimALTILogit):
     ``layer`` is an int (default: the last), a list or ``"all"``. For an exact strategy a layer's row sums to that
     layer's share of the logit, ``u_i · (mixer_output^{(l)}_i − offset^{(l)})`` read from the model's own sublayer
     output, so one layer has Captum's convergence delta ``Σ_j C^{(l)}_ij − that share`` (a list of layers has no
-    single total). ``target`` and ``contrast`` as in :class:`LatimALTILogit`; arguments as there.
+    single total). ``target`` and ``contrast`` as in :class:`LatimALTILogit`; arguments as there. A separate
+    :meth:`compute_convergence_delta` call (Captum's generic "attribute, then delta" pattern) reads the layer of
+    this instance's last :meth:`attribute` call unless given ``layer=``, so the delta is that of the layer attributed.
 
     Every layer is computed at each call (the rollout needs those below): the cost is ALTI-Logit's, full maps.
 
@@ -47,6 +49,15 @@ class LatimALTILogitLayers(LatimALTILogit):
     method_spec = catalog.get("alti_logit_layers")
     default_layer = -1
     row_capable = False
+    #: the ``layer`` of the last :meth:`attribute` call (the default's until one is made)
+    attributed_layer: Any = DEFAULT
+
+    def attribute(self, inputs, target=None, additional_forward_args=None, **kwargs):  # noqa: D102 (as the base's)
+        result = super().attribute(inputs, target, additional_forward_args, **kwargs)
+        self.attributed_layer = kwargs.get("layer", DEFAULT)  # set only once the call has succeeded
+        return result
+
+    attribute.__doc__ = LatimALTILogit.attribute.__doc__
 
     def compute_maps(
         self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None, contrast=None
@@ -70,18 +81,23 @@ class LatimALTILogitLayers(LatimALTILogit):
         *,
         position: int | None = None,
         contrast: int | Sequence[int] | Tensor | None = None,
-        layer: int = -1,
+        layer: int | None = None,
     ) -> Tensor:
         """Captum's delta of one layer's attributions: ``Σ attributions − u · (mixer_output^{(l)} −
         offset^{(l)})`` at the query position, ``[B]`` (one forward pass). Arguments as
-        :meth:`LatimALTILogit.compute_convergence_delta`, plus ``layer`` (an int, default the last).
+        :meth:`LatimALTILogit.compute_convergence_delta`, plus ``layer``: an int, or None for the layer of this
+        instance's last :meth:`attribute` call (the last layer before any call).
 
         Raises:
-            ValueError: ``layer`` is not one int in range, or as :meth:`LatimALTILogit.compute_convergence_delta`.
+            ValueError: ``layer`` (given, or from the last call) is not one int in range, or as
+                :meth:`LatimALTILogit.compute_convergence_delta`.
         """
-        spec = self.resolve_layer(layer)
+        spec = self.resolve_layer(self.attributed_layer if layer is None else layer)
         if spec.stacked or spec.layers is None:
-            raise ValueError(f"the convergence delta of {self.get_name()} is per layer: layer must be an int")
+            raise ValueError(
+                f"the convergence delta of {self.get_name()} is per layer: pass layer= one int"
+                + (" (the last attribute() call had several layers)" if layer is None else "")
+            )
         return self._delta(
             attributions, start_point, end_point, target, additional_forward_args, position, contrast,
             layer=spec.layers[0],
