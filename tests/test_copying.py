@@ -200,7 +200,8 @@ def test_embedded_models_copy(name):
 def test_mamba2_widths_that_causal_conv1d_refuses_are_named():
     """HF Mamba-2 with causal-conv1d on CUDA needs the in-projection width to be a multiple of 8: such a model is
     refused before training, with the width in the message; the presets pass."""
-    from latim_captum.copying.train import PRESETS, _check_conv_kernel_layout, build_model
+    from latim_captum.copying.train import PRESETS, build_model
+    from latim_captum.tasks.models import check_conv_kernel_layout as _check_conv_kernel_layout
 
     small = build_model("mamba2", layers=1, d_model=128, state=128, vocab=32, head_dim=64)  # 2·256 + 256 + 4 = 772
     with pytest.raises(ValueError, match="772"):

@@ -37,20 +37,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..copying.mimetic import mimetic_init_
-from ..tasks.models import (
-    build_model,
-    check_conv_kernel_layout,
-    check_device_forward,
-    prepare_for_kernels_,
-)
+from ..tasks.models import build_model
 from ..tasks.training import (
     add_training_arguments,
     autocast_for,
     check_device,
-    device_name,
     fill_from_preset,
     make_optimizer,
+    ready_model,
+    run_fields,
     run_training,
     save_run,
     trainer_main,
@@ -157,14 +152,8 @@ def train(args: argparse.Namespace) -> dict:
         act=args.act,
         special_id=task.pad_id,
     )
-    if device.type == "cuda":
-        check_conv_kernel_layout(model)
-    if args.mimetic_layers:
-        mimetic_init_(model, args.mimetic_layers, a_scale=args.mimetic_a_scale)
-    if args.act != "silu":
-        prepare_for_kernels_(model)
-        check_device_forward(model, device, seq_len=task.max_seq_len)
-    model.to(device).train()
+    ready_model(model, device, act=args.act, check_len=task.max_seq_len, mimetic_layers=args.mimetic_layers,
+                mimetic_a_scale=args.mimetic_a_scale)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         steps=args.steps,
@@ -193,16 +182,7 @@ def train(args: argparse.Namespace) -> dict:
     final = history[-1]
     result = {
         "task_name": "alignment",
-        "variant": args.variant,
-        "scale": args.scale,
-        "act": args.act,
-        "steps": final["step"],
-        "seed": args.seed,
-        "device": device_name(device),
-        "bf16": use_bf16,
-        "minutes": final["minutes"],
-        "eval_token_acc": final["token_acc"],
-        "eval_exact_match": final["exact_match"],
+        **run_fields(args, device, use_bf16, final),
         "eval_loss": final["loss"],
         "task": task.to_dict(),
         "n_train": args.n_train,

@@ -37,22 +37,20 @@ import torch
 from torch import nn
 
 from ..tasks.models import build_model as _build_model
-from ..tasks.models import check_conv_kernel_layout as _check_conv_kernel_layout
-from ..tasks.models import check_device_forward, prepare_for_kernels_
 from ..tasks.training import (
     add_training_arguments,
     autocast_for,
     check_device,
-    device_name,
     fill_from_preset,
     inverse_sqrt,
     make_optimizer,
+    ready_model,
+    run_fields,
     run_training,
     save_run,
     trainer_main,
 )
 from .data import CopyTask, copy_tokenizer
-from .mimetic import mimetic_init_
 
 __all__ = ["PRESETS", "build_model", "evaluate_copy", "inverse_sqrt", "main", "train"]
 
@@ -164,14 +162,8 @@ def train(args: argparse.Namespace) -> dict:
         length=args.length,
         act=args.act,
     )
-    if device.type == "cuda":
-        _check_conv_kernel_layout(model)
-    if args.mimetic_layers:
-        mimetic_init_(model, args.mimetic_layers, a_scale=args.mimetic_a_scale)
-    if args.act != "silu":
-        prepare_for_kernels_(model)
-        check_device_forward(model, device, seq_len=task.seq_len)
-    model.to(device).train()
+    ready_model(model, device, act=args.act, check_len=task.seq_len, mimetic_layers=args.mimetic_layers,
+                mimetic_a_scale=args.mimetic_a_scale)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule="inverse_sqrt",
         steps=args.steps,
@@ -201,16 +193,7 @@ def train(args: argparse.Namespace) -> dict:
     )
     final = history[-1]
     result = {
-        "variant": args.variant,
-        "scale": args.scale,
-        "act": args.act,
-        "steps": final["step"],
-        "seed": args.seed,
-        "device": device_name(device),
-        "bf16": use_bf16,
-        "minutes": final["minutes"],
-        "eval_token_acc": final["token_acc"],
-        "eval_exact_match": final["exact_match"],
+        **run_fields(args, device, use_bf16, final),
         "eval_loss": final["loss"],
         "task": task.to_dict(),
         "n_train": args.n_train,

@@ -60,20 +60,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..copying.mimetic import mimetic_init_
-from ..tasks.models import (
-    build_model,
-    check_conv_kernel_layout,
-    check_device_forward,
-    prepare_for_kernels_,
-)
+from ..tasks.models import build_model
 from ..tasks.training import (
     add_training_arguments,
     autocast_for,
     check_device,
-    device_name,
     fill_from_preset,
     make_optimizer,
+    ready_model,
+    run_fields,
     run_training,
     save_run,
     trainer_main,
@@ -267,14 +262,9 @@ def train(args: argparse.Namespace) -> dict:
             act=args.act,
             special_id=task.pad_id,
         )
-        if args.mimetic_layers:
-            mimetic_init_(model, args.mimetic_layers, a_scale=args.mimetic_a_scale)
-    if device.type == "cuda":
-        check_conv_kernel_layout(model)
-    if args.act != "silu":
-        prepare_for_kernels_(model)
-        check_device_forward(model, device, seq_len=128)
-    model.to(device).train()
+    fresh = resume is None  # a resumed model keeps its trained weights
+    ready_model(model, device, act=args.act, check_len=128, mimetic_layers=args.mimetic_layers if fresh else None,
+                mimetic_a_scale=args.mimetic_a_scale)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         steps=args.steps,
@@ -351,18 +341,9 @@ def train(args: argparse.Namespace) -> dict:
     final = history[-1]
     result = {
         "task_name": "retrieval",
-        "variant": args.variant,
-        "scale": args.scale,
-        "act": args.act,
-        "steps": final["step"],
-        "seed": args.seed,
-        "device": device_name(device),
-        "bf16": use_bf16,
-        "minutes": final["minutes"],
+        **run_fields(args, device, use_bf16, final),
         "progress": progress["p"],
         "eval_length": eval_length,
-        "eval_token_acc": final["token_acc"],
-        "eval_exact_match": final["exact_match"],
         **{f"eval_{k}": v for k, v in final.items() if k.startswith("exact_")},
         "task": task.to_dict(),
         "n_eval": args.n_eval,

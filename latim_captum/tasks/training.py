@@ -1,10 +1,11 @@
 """The training recipe the task trainers share: optimiser, learning-rate schedules, the step loop, saving a run.
 
-Both trainers (:mod:`latim_captum.copying.train`, :mod:`latim_captum.alignment.train`) build a model with
-:func:`~latim_captum.tasks.models.build_model`, optimise it with AdamW under a warm-up schedule, evaluate on their
-held-out set every ``eval_every`` steps (and at the end, or when ``--max-minutes`` runs out), and write the same
-folder: ``model.safetensors`` (15 MB shards), ``config.json``, the tokenizer, ``training_args.json`` and
-``metrics.json``.
+The trainers (:mod:`latim_captum.copying.train`, :mod:`latim_captum.alignment.train`,
+:mod:`latim_captum.retrieval.train`) build a model with :func:`~latim_captum.tasks.models.build_model`, ready it with
+:func:`ready_model`, optimise it with AdamW under a warm-up schedule, evaluate on their held-out set every
+``eval_every`` steps (and at the end, or when ``--max-minutes`` runs out), and write the same folder:
+``model.safetensors`` (15 MB shards), ``config.json``, the tokenizer, ``training_args.json`` and ``metrics.json``
+(whose common fields are :func:`run_fields`).
 
 Schedules (``step`` counted from 1, factor of the base learning rate):
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import HIDDEN_ACTS, block_kernels
+from .models import HIDDEN_ACTS, block_kernels, check_conv_kernel_layout, check_device_forward, prepare_for_kernels_
 
 __all__ = [
     "SCHEDULES",
@@ -44,6 +45,8 @@ __all__ = [
     "fill_from_preset",
     "inverse_sqrt",
     "make_optimizer",
+    "ready_model",
+    "run_fields",
     "run_training",
     "save_run",
 ]
@@ -104,6 +107,47 @@ def autocast_for(device: torch.device, bf16: bool) -> tuple[bool, Callable[[], c
     """``(bf16 in use, context factory)``: bf16 autocast on CUDA when asked, nothing otherwise."""
     use = bf16 and device.type == "cuda"
     return use, ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use else contextlib.nullcontext)
+
+
+def ready_model(
+    model: nn.Module,
+    device: torch.device,
+    *,
+    act: str,
+    check_len: int,
+    mimetic_layers: list[int] | None = None,
+    mimetic_a_scale: float = 1e-2,
+) -> nn.Module:
+    """A freshly built (or resumed) model made ready to train on ``device``, in train mode: mimetic initialisation of
+    ``mimetic_layers`` (a fresh model only), the conv weights' layout checked for causal-conv1d on CUDA, and a model
+    without SiLU prepared for mamba-ssm's kernels with its device forward compared with the PyTorch one on
+    ``check_len`` tokens (the kernels' activation must be the model's)."""
+    if mimetic_layers:
+        from ..copying.mimetic import mimetic_init_
+
+        mimetic_init_(model, mimetic_layers, a_scale=mimetic_a_scale)
+    if device.type == "cuda":
+        check_conv_kernel_layout(model)
+    if act != "silu":
+        prepare_for_kernels_(model)
+        check_device_forward(model, device, seq_len=check_len)
+    return model.to(device).train()
+
+
+def run_fields(args: argparse.Namespace, device: torch.device, bf16: bool, final: dict) -> dict:
+    """The ``metrics.json`` fields every trainer writes first: the run's settings and its last evaluation."""
+    return {
+        "variant": args.variant,
+        "scale": args.scale,
+        "act": args.act,
+        "steps": final["step"],
+        "seed": args.seed,
+        "device": device_name(device),
+        "bf16": bf16,
+        "minutes": final["minutes"],
+        "eval_token_acc": final["token_acc"],
+        "eval_exact_match": final["exact_match"],
+    }
 
 
 def run_training(
