@@ -236,7 +236,7 @@ def _attribute_options(method, args: argparse.Namespace) -> tuple[dict, str | No
     if method.family != "latim":
         given = [f"--{name}" for name in ("activation", "backend", "precision") if getattr(args, name) is not None]
         if given:
-            raise ValueError(f"{' / '.join(given)} set(s) LaTIM's decomposition; --method {method.name} is not LaTIM")
+            raise ValueError(f"{' and '.join(given)}: LaTIM options only, and --method {method.name} is not LaTIM")
     if args.layer is not None and not method.per_layer:
         raise ValueError(f"--method {method.name} aggregates every layer; --layer applies to per-layer methods only")
     path = {"backend": args.backend or "auto", "precision": args.precision or "highest"}

@@ -276,8 +276,8 @@ def test_attribute_explains_the_same_tokens_for_every_method(saved_model, tmp_pa
 @pytest.mark.parametrize(
     "method, flags, fragment",
     [
-        ("saliency", ["--activation", "silu"], "--activation set(s) LaTIM's decomposition"),
-        ("mamba_lrp", ["--backend", "fast", "--precision", "tf32"], "--backend / --precision"),
+        ("saliency", ["--activation", "silu"], "--activation: LaTIM options only"),
+        ("mamba_lrp", ["--backend", "fast", "--precision", "tf32"], "--backend and --precision: LaTIM options only"),
         ("alti_logit", ["--layer", "0"], "aggregates every layer"),
         ("saliency", ["--layer", "1"], "aggregates every layer"),
     ],
