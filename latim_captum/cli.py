@@ -243,6 +243,14 @@ def _attribute_options(method, args: argparse.Namespace) -> tuple[dict, str | No
     return path, _activation_of(method, args.activation), (-1 if args.layer is None else args.layer)
 
 
+#: the JSON's ``explains`` per reading of ``latim attribute`` (None: a method that explains no token)
+EXPLAINS = {
+    None: None,
+    "predicted": "predicted next token",
+    "next": "true next token (the last row, which has none: the predicted next token)",
+}
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from ._plots import figure_path, save_heatmap
     from .api import alti_logit, interactions
@@ -262,9 +270,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     measure = method.spec.measure
     # what a logit-explaining method explains at each row: the model's own prediction, or with --target each true
-    # next token; the same for every family
+    # next token (the last row has none: its prediction); the same for every family
     explains = None if not method.spec.uses_target else ("predicted" if args.target is None else "next")
     target = None if explains is None else row_targets(model, ids, explains)
+    if explains == "next":
+        target[:, -1] = row_targets(model, ids, "predicted")[:, -1]
     if method.family == "latim" and method.per_layer:
         maps = interactions(model, ids, method=measure, activation=act, layers=layer, target=target, **path)
         maps = maps[0, 0]
@@ -291,7 +301,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                     "model": args.model,
                     "method": args.method,
                     "layer": layer_s,
-                    "explains": {None: None, "predicted": "predicted next token", "next": "true next token"}[explains],
+                    "explains": EXPLAINS[explains],
                     "tokens": tokens,
                     "scores": maps.float().cpu().tolist(),
                 }

@@ -162,9 +162,11 @@ def row_targets(model: nn.Module, input_ids: Tensor, target: str | Tensor = "nex
             with torch.no_grad(), eval_mode(model):
                 return model(input_ids=input_ids, use_cache=False).logits.argmax(-1)
         raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGET_KINDS)} or a [B, N] tensor of ids")
-    if not isinstance(target, Tensor) or target.shape != input_ids.shape or target.dtype.is_floating_point:
+    if not isinstance(target, Tensor) or target.shape != input_ids.shape:
         shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
         raise ValueError(f"target must be a [B, N] = {tuple(input_ids.shape)} tensor of token ids, got {shape}")
+    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f"target must hold integer token ids, got dtype {target.dtype}")
     vocab = model.get_input_embeddings().num_embeddings
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= vocab):
         raise ValueError(f"target ids must lie in [0, {vocab}), got [{int(target.min())}, {int(target.max())}]")

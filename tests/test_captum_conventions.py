@@ -3,6 +3,9 @@ NoiseTunnel on token ids, and where a delta exists at all."""
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import pytest
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel
@@ -64,6 +67,74 @@ def test_compute_convergence_delta_matches_attribute(m2):
     torch.testing.assert_close(method.compute_convergence_delta(shifted, end_point=ids, target=[4, 9]), delta + 1)
     with pytest.raises(ValueError, match="needs no baseline: start_point must be None"):
         method.compute_convergence_delta(attr, torch.zeros_like(ids), ids)
+
+
+def test_a_separate_delta_reads_the_row_attributed(m2):
+    """Captum's generic pattern passes only target and the mask to compute_convergence_delta: the delta of a row
+    attributed at another position, against a contrast, is read at that row with that contrast, not at the last
+    token; whole maps, whose row is not known, are refused."""
+    ids = random_ids(2, 7, seed=8)
+    method = LatimALTILogit(m2, activation="silu_gate", dtype=F64)
+    attr, delta = method.attribute(ids, target=[4, 9], position=3, contrast=[1, 2], return_convergence_delta=True)
+    again = method.compute_convergence_delta(attr, end_point=ids, target=[4, 9])
+    torch.testing.assert_close(again, delta, rtol=0, atol=1e-10)
+    # read at the default row without the contrast, the same attributions are off: the options are not ignored
+    for options in ({"position": None}, {"contrast": None}):
+        off = method.compute_convergence_delta(attr, end_point=ids, target=[4, 9], **options)
+        assert float((off - delta).abs().max()) > 1e-3, options
+    # attributions made in between, or a tensor this object did not return, leave the call's options alone
+    plain = method.attribute(ids, target=[4, 9])
+    torch.testing.assert_close(method.compute_convergence_delta(attr, end_point=ids, target=[4, 9]), delta,
+                               rtol=0, atol=1e-10)  # fmt: skip
+    _, plain_delta = method.attribute(ids, target=[4, 9], return_convergence_delta=True)
+    torch.testing.assert_close(method.compute_convergence_delta(plain.clone(), end_point=ids, target=[4, 9]),
+                               plain_delta, rtol=0, atol=1e-10)  # fmt: skip
+    full, full_delta = method.attribute(ids, target=[4, 9], return_matrix=True, return_convergence_delta=True)
+    with pytest.raises(ValueError, match="one query row per example, shaped like end_point"):
+        method.compute_convergence_delta(full, end_point=ids, target=[4, 9])
+    row = method.compute_convergence_delta(full[:, 3], end_point=ids, target=[4, 9], position=3)
+    torch.testing.assert_close(row, full_delta[:, 3], rtol=0, atol=1e-10)
+    # inputs_embeds with N = D: a whole map is shaped like the input, and is told apart by the call that made it
+    n = m2.config.hidden_size
+    emb = m2.get_input_embeddings()(random_ids(1, n, seed=3)).detach()
+    square = method.attribute(emb, target=4, return_matrix=True)
+    assert square.shape == emb.shape
+    with pytest.raises(ValueError, match="these attributions are whole maps"):
+        method.compute_convergence_delta(square, end_point=emb, target=4)
+    # a copy knows none of the original's attributions
+    clone = copy.deepcopy(method)
+    assert clone.options_of(attr) == {} and method.options_of(attr)["position"] == 3
+
+
+def test_a_separate_delta_reads_its_own_threads_call(m2):
+    """One object shared by two threads: each thread's delta reads the row of its own last call, even when the other
+    thread attributed another row in between."""
+    ids = random_ids(2, 7, seed=8)
+    method = LatimALTILogit(m2, activation="silu_gate", dtype=F64)
+    barrier = threading.Barrier(2, timeout=120)
+    seen: dict = {}
+
+    def other() -> None:
+        try:
+            attr, delta = method.attribute(ids, target=[4, 9], position=2, return_convergence_delta=True)
+            barrier.wait()  # the main thread attributes another row now
+            barrier.wait()
+            seen["pair"] = (method.compute_convergence_delta(attr, end_point=ids, target=[4, 9]), delta)
+        except BaseException as err:  # reported by the main thread
+            seen["error"] = err
+            barrier.abort()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    barrier.wait()
+    attr, delta = method.attribute(ids, target=[4, 9], position=5, return_convergence_delta=True)
+    barrier.wait()
+    thread.join()
+    assert "error" not in seen, seen.get("error")
+    torch.testing.assert_close(*seen["pair"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        method.compute_convergence_delta(attr, end_point=ids, target=[4, 9]), delta, rtol=0, atol=1e-10
+    )
 
 
 def test_no_delta_where_scores_are_not_a_decomposition():

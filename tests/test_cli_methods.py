@@ -112,6 +112,20 @@ def saved_model(tmp_path):
     return path
 
 
+@pytest.fixture
+def saved_untied_model(tmp_path):
+    """A saved tiny model whose LM head is its own: its predictions are not its input tokens (a tied random model
+    predicts the token it reads)."""
+    from conftest import VOCAB, build
+    from latim_captum.copying import copy_tokenizer
+
+    model = build("mamba1", layers=2, tie_word_embeddings=False)
+    path = tmp_path / "untied"
+    model.save_pretrained(path)
+    copy_tokenizer(VOCAB).save_pretrained(path)
+    return path
+
+
 @pytest.mark.parametrize("method", ["alti_logit", "l2", "saliency"])
 def test_attribute_on_saved_model(saved_model, tmp_path, method):
     fig, scores = tmp_path / "fig.png", tmp_path / "s.json"
@@ -245,7 +259,7 @@ def _attribute_json(model_dir, tmp_path, *extra) -> dict:
 
 
 @pytest.mark.parametrize("method", ["alti_logit_silu_gate", "saliency", "mamba_lrp", "mamba_attribution"])
-def test_attribute_explains_the_same_tokens_for_every_method(saved_model, tmp_path, method):
+def test_attribute_explains_the_same_tokens_for_every_method(saved_untied_model, tmp_path, method):
     """Without --target every logit-explaining method explains the model's own prediction at each row, with
     --target each true next token: the CLI's map equals the registry's with those targets, computed here from the
     model's logits, and the two readings differ (the option acts)."""
@@ -254,22 +268,23 @@ def test_attribute_explains_the_same_tokens_for_every_method(saved_model, tmp_pa
     from conftest import VOCAB
     from latim_captum.copying import copy_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(saved_model)
+    model = AutoModelForCausalLM.from_pretrained(saved_untied_model)
     tok = copy_tokenizer(VOCAB)
     text = "abcab|cba"
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         predicted = model(ids).logits.argmax(-1)
-    true_next = torch.cat([ids[:, 1:], ids[:, -1:]], 1)
+    true_next = torch.cat([ids[:, 1:], predicted[:, -1:]], 1)  # the last row has no next token: its prediction
     assert (predicted != true_next).any(), "the test needs rows where the prediction is not the next token"
+    assert predicted[0, -1] != ids[0, -1], "the test needs a last row whose own token is not its prediction"
     fn = get_method(method)
     expected = {"predicted": fn(model, ids, target=predicted)[0], "next": fn(model, ids, target=true_next)[0]}
     assert float((expected["predicted"] - expected["next"]).abs().max()) > 1e-3
-    got = _attribute_json(saved_model, tmp_path, "--text", text, "--method", method)
+    got = _attribute_json(saved_untied_model, tmp_path, "--text", text, "--method", method)
     assert got["explains"] == "predicted next token"
     torch.testing.assert_close(torch.tensor(got["scores"]), expected["predicted"].float(), atol=1e-5, rtol=1e-4)
-    got = _attribute_json(saved_model, tmp_path, "--text", text[:-1], "--target", text[-1], "--method", method)
-    assert got["explains"] == "true next token"
+    got = _attribute_json(saved_untied_model, tmp_path, "--text", text[:-1], "--target", text[-1], "--method", method)
+    assert got["explains"].startswith("true next token")
     torch.testing.assert_close(torch.tensor(got["scores"]), expected["next"].float(), atol=1e-5, rtol=1e-4)
 
 
@@ -312,5 +327,8 @@ def test_registry_targets():
         fn(model, ids, target=ids[:, :3])
     with pytest.raises(ValueError, match="must lie in"):
         fn(model, ids, target=ids + 10_000)
+    for dtype in (torch.bool, torch.float32, torch.complex64):
+        with pytest.raises(ValueError, match=f"integer token ids, got dtype {dtype}"):
+            fn(model, ids, target=torch.ones_like(ids, dtype=dtype))
     with pytest.raises(ValueError, match="explains no target token"):
         get_method("l2")(model, ids, target="predicted")

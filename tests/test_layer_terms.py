@@ -138,9 +138,12 @@ def test_captum_classes_of_the_new_methods():
     torch.testing.assert_close(every.sum(1) + embedding, whole, atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match="per layer: pass layer= one int"):
         method.compute_convergence_delta(attr, end_point=ids, layer="all")
-    # after a call with several layers, a delta without layer= is refused rather than read at the last layer
-    with pytest.raises(ValueError, match="the last attribute\\(\\) call had several layers"):
-        method.compute_convergence_delta(attr, end_point=ids, target=4)
+    # attributions of several layers: a delta without layer= is refused rather than read at the last layer
+    with pytest.raises(ValueError, match="these attributions are of a list of layers or 'all'"):
+        method.compute_convergence_delta(every, end_point=ids, target=4)
+    # attributions made with layer=1 keep their layer when other calls come in between
+    torch.testing.assert_close(method.compute_convergence_delta(attr, end_point=ids, target=4), delta, atol=1e-9,
+                               rtol=0)  # fmt: skip
     with pytest.raises(ValueError, match="convergence delta needs one map"):
         method.attribute(ids, layer=[0, 1], return_convergence_delta=True)
     bare = latim_captum.LatimALTINoResidual(model).attribute(ids, layer=0)
@@ -167,10 +170,12 @@ def test_a_separate_delta_reads_the_layer_attributed(kind):
         # the same attributions against another layer's share are off: the layer read is not a constant
         wrong = method.compute_convergence_delta(attr, end_point=ids, target=3, layer=2)
         assert float(wrong.abs().max()) > 1e-4, layer
-    # a failed call leaves the remembered layer as it was
-    with pytest.raises(ValueError):
-        method.attribute(ids, layer=7, target=3)
-    assert method.attributed_layer == 1
+    # the row attributed is read too: layer 0's term of row 2 against row 2's share, not the last row's
+    attr = method.attribute(ids, layer=0, target=3, position=2)
+    delta = method.compute_convergence_delta(attr, end_point=ids, target=3)
+    assert float(delta.abs().max()) < MODEL_TOL[kind] * max(1.0, float(attr.sum(-1).abs().max()))
+    at_last = method.compute_convergence_delta(attr, end_point=ids, target=3, position=None)
+    assert float(at_last.abs().max()) > 1e-4
 
 
 def test_registry_and_refusals():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from latim_captum import catalog
@@ -17,7 +20,7 @@ from latim_captum.api import alti_logit, trace
 from latim_captum.maps import row_total
 from latim_captum.single_query import alti_logit_row
 
-from ._base import TokenMapAttribution, TokenMaps, row_as_map
+from ._base import DEFAULT, TokenMapAttribution, TokenMaps, row_as_map
 from ._latim_options import guard_row_maps, path_options
 
 __all__ = ["LatimALTILogit"]
@@ -41,7 +44,9 @@ class LatimALTILogit(TokenMapAttribution):
 
     ≈ 0 (rounding) for ``activation="silu_gate"`` (the default) on SiLU models and ``"identity"`` on
     ``hidden_act="linear"`` models, and the decomposition error for approximate strategies (``"silu"``, the paper's
-    choice). :meth:`compute_convergence_delta` gives it for attributions computed elsewhere.
+    choice). :meth:`compute_convergence_delta` gives it for attributions computed elsewhere; Captum's generic
+    "attribute, then delta" pattern passes only ``target`` and the mask, so for attributions this object returned
+    the delta reads the ``position`` and ``contrast`` of the call that made them unless given.
 
     **Contrastive**: ``attribute(ids, target=t, contrast=c)`` decomposes the logit difference ``logit(t) −
     logit(c)`` at the query position (the logit is linear in the unembedding row, so the projection is on
@@ -92,6 +97,29 @@ class LatimALTILogit(TokenMapAttribution):
             raise TypeError(
                 f"ALTI-Logit explains a logit and needs a model with an LM head; {type(model).__name__} has none"
             )
+        # id(attributions tensor) -> the attribute() options that made it, while the tensor lives: a separate delta
+        # of those attributions reads them (keyed by the tensor, so calls in between or in other threads do not mix)
+        self._options_of: dict[int, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict:  # a copy or a pickle knows no attributions of its own yet
+        return {**self.__dict__, "_options_of": {}}
+
+    @log_usage(part_of_slo=True)  # Captum's NoiseTunnel calls attribute.__wrapped__
+    def attribute(self, inputs, target=None, additional_forward_args=None, **kwargs):  # noqa: D102 (as the base's)
+        result = super().attribute(inputs, target, additional_forward_args, **kwargs)
+        attributions = result[0] if kwargs.get("return_convergence_delta") else result
+        tensor = attributions[0] if isinstance(attributions, tuple) else attributions
+        self._options_of[id(tensor)] = dict(kwargs)
+        weakref.finalize(tensor, self._options_of.pop, id(tensor), None)
+        return result
+
+    attribute.__doc__ = TokenMapAttribution.attribute.__doc__
+    attribute.__signature__ = inspect.signature(TokenMapAttribution.attribute)  # for help() and autodoc
+
+    def options_of(self, attributions: Tensor) -> dict[str, Any]:
+        """The keyword options of the :meth:`attribute` call of this object that returned ``attributions`` (the
+        tensor itself, not a copy or a slice of it); ``{}`` for any other tensor."""
+        return dict(self._options_of.get(id(attributions), {}))
 
     def compute_maps(
         self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None, contrast=None
@@ -129,15 +157,20 @@ class LatimALTILogit(TokenMapAttribution):
         target: int | Sequence[int] | Tensor | None = None,
         additional_forward_args: Any = None,
         *,
-        position: int | None = None,
-        contrast: int | Sequence[int] | Tensor | None = None,
+        position: int | None = DEFAULT,
+        contrast: int | Sequence[int] | Tensor | None = DEFAULT,
     ) -> Tensor:
         """Captum's convergence delta of given attributions: ``Σ attributions − (F(x) − F(baseline))``, ``[B]``.
 
         ``F(x) − F(baseline)`` is ``logit(target) − offset`` at the query position (the logit difference with a
         ``contrast``): the offset, what no token owns, plays ``F(baseline)``. It needs one forward pass, not the
         attributions. Arguments as Integrated Gradients' ``compute_convergence_delta``: ``end_point`` is the input
-        (ids or ``inputs_embeds``); ``start_point`` (the baseline) must be None.
+        (ids or ``inputs_embeds``); ``start_point`` (the baseline) must be None; ``attributions`` one query row per
+        example, as :meth:`attribute` returns it without ``return_matrix`` (a whole map's delta per row comes from
+        ``attribute(..., return_matrix=True, return_convergence_delta=True)``). ``position`` and ``contrast`` not
+        given: for the very tensor an :meth:`attribute` call of this object returned, that call's (so the delta is
+        that of the row attributed); otherwise None (the last real token, no contrast). ``target`` and the mask are
+        passed as in Captum.
 
         Example:
             >>> method = LatimALTILogit(model)                                      # doctest: +SKIP
@@ -145,7 +178,8 @@ class LatimALTILogit(TokenMapAttribution):
             >>> method.compute_convergence_delta(attr, end_point=ids, target=7)    # ≈ 0  # doctest: +SKIP
 
         Raises:
-            ValueError: a baseline, no ``end_point``, or attributions whose batch does not match it.
+            ValueError: a baseline, no ``end_point``, or attributions not shaped as one row per example of it
+                (whole maps included).
         """
         return self._delta(attributions, start_point, end_point, target, additional_forward_args, position, contrast)
 
@@ -159,11 +193,23 @@ class LatimALTILogit(TokenMapAttribution):
         x, _ = self.split_inputs(end_point)
         attr, _ = self.split_inputs(attributions) if isinstance(attributions, tuple) else (attributions, False)
         is_embeds = x.dtype.is_floating_point
+        made = self.options_of(attr)
+        # a row is shaped like the input ([B, N] ids, [B, N, D] embeds); a [B, N, N] map of embeds with N = D is
+        # told apart by the call that made it
+        matrix = made.get("return_matrix", False)
+        position = made.get("position") if position is DEFAULT else position
+        contrast = made.get("contrast") if contrast is DEFAULT else contrast
         mask = self.format_mask(additional_forward_args)
         ids, embeds, mask = check_model_inputs(self.adapter, None if is_embeds else x, x if is_embeds else None, mask)
+        whole_maps = "a whole map's delta per row: attribute(..., return_matrix=True, return_convergence_delta=True)"
+        if tuple(attr.shape) != tuple(x.shape):
+            raise ValueError(
+                f"compute_convergence_delta reads one query row per example, shaped like end_point "
+                f"{tuple(x.shape)}; got attributions {tuple(attr.shape)} ({whole_maps})"
+            )
+        if matrix:
+            raise ValueError(f"these attributions are whole maps (return_matrix=True), not one row ({whole_maps})")
         bsz, n = x.shape[:2]
-        if attr.shape[0] != bsz:
-            raise ValueError(f"attributions hold {attr.shape[0]} examples, end_point {bsz}")
         positions = query_positions(position, mask, bsz, n)
         tgt = self.format_target(target, bsz)
         ctr = self.format_contrast(contrast, bsz)

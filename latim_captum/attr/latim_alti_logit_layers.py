@@ -30,8 +30,9 @@ class LatimALTILogitLayers(LatimALTILogit):
     layer's share of the logit, ``u_i · (mixer_output^{(l)}_i − offset^{(l)})`` read from the model's own sublayer
     output, so one layer has Captum's convergence delta ``Σ_j C^{(l)}_ij − that share`` (a list of layers has no
     single total). ``target`` and ``contrast`` as in :class:`LatimALTILogit`; arguments as there. A separate
-    :meth:`compute_convergence_delta` call (Captum's generic "attribute, then delta" pattern) reads the layer of
-    this instance's last :meth:`attribute` call unless given ``layer=``, so the delta is that of the layer attributed.
+    :meth:`compute_convergence_delta` call (Captum's generic "attribute, then delta" pattern) of attributions this
+    object returned reads the layer, position and contrast of the call that made them unless given, so the delta is
+    that of the row and layer attributed.
 
     Every layer is computed at each call (the rollout needs those below): the cost is ALTI-Logit's, full maps.
 
@@ -49,15 +50,6 @@ class LatimALTILogitLayers(LatimALTILogit):
     method_spec = catalog.get("alti_logit_layers")
     default_layer = -1
     row_capable = False
-    #: the ``layer`` of the last :meth:`attribute` call (the default's until one is made)
-    attributed_layer: Any = DEFAULT
-
-    def attribute(self, inputs, target=None, additional_forward_args=None, **kwargs):  # noqa: D102 (as the base's)
-        result = super().attribute(inputs, target, additional_forward_args, **kwargs)
-        self.attributed_layer = kwargs.get("layer", DEFAULT)  # set only once the call has succeeded
-        return result
-
-    attribute.__doc__ = LatimALTILogit.attribute.__doc__
 
     def compute_maps(
         self, *, input_ids, inputs_embeds, attention_mask, layers, mode, target, position=None, contrast=None
@@ -79,24 +71,26 @@ class LatimALTILogitLayers(LatimALTILogit):
         target: int | Sequence[int] | Tensor | None = None,
         additional_forward_args: Any = None,
         *,
-        position: int | None = None,
-        contrast: int | Sequence[int] | Tensor | None = None,
+        position: int | None = DEFAULT,
+        contrast: int | Sequence[int] | Tensor | None = DEFAULT,
         layer: int | None = None,
     ) -> Tensor:
         """Captum's delta of one layer's attributions: ``Σ attributions − u · (mixer_output^{(l)} −
         offset^{(l)})`` at the query position, ``[B]`` (one forward pass). Arguments as
-        :meth:`LatimALTILogit.compute_convergence_delta`, plus ``layer``: an int, or None for the layer of this
-        instance's last :meth:`attribute` call (the last layer before any call).
+        :meth:`LatimALTILogit.compute_convergence_delta`, plus ``layer``: an int, or None for the layer of the
+        :meth:`attribute` call of this object that returned ``attributions`` (the default, the last layer, for any
+        other tensor).
 
         Raises:
-            ValueError: ``layer`` (given, or from the last call) is not one int in range, or as
+            ValueError: ``layer`` (given, or from the call that made the attributions) is not one int in range, or as
                 :meth:`LatimALTILogit.compute_convergence_delta`.
         """
-        spec = self.resolve_layer(self.attributed_layer if layer is None else layer)
+        tensor = attributions[0] if isinstance(attributions, tuple) else attributions
+        spec = self.resolve_layer(self.options_of(tensor).get("layer", DEFAULT) if layer is None else layer)
         if spec.stacked or spec.layers is None:
             raise ValueError(
                 f"the convergence delta of {self.get_name()} is per layer: pass layer= one int"
-                + (" (the last attribute() call had several layers)" if layer is None else "")
+                + (" (these attributions are of a list of layers or 'all')" if layer is None else "")
             )
         return self._delta(
             attributions, start_point, end_point, target, additional_forward_args, position, contrast,
