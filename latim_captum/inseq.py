@@ -7,8 +7,8 @@ subclasses of its ``FeatureAttribution`` and has no entry points, so the import 
 ============================  ==========================================================  ===============
 method                        what a step holds                                           extra dimension
 ============================  ==========================================================  ===============
-``latim``                     ALTI-Logit ``C_ij`` (eq 8) of the token generated at i+1    none
-``latim_alti_logit``          same as ``latim``                                           none
+``latim``                     ALTI-Logit ``C_ij`` (eq 8) of the token generated at i+1    size 1 (all)
+``latim_alti_logit``          same as ``latim``                                           size 1 (all)
 ``latim_alti_logit_layers``   eq 8's term ``Δ^{(l)} R^{(l-1)}`` of every layer            ``Model Layer``
 ``latim_alti``                ALTI ``C^{(l)}_ij`` (eq 6) of every layer                   ``Model Layer``
 ``latim_alti_no_residual``    ALTI without the residual in its proximities, every layer   ``Model Layer``

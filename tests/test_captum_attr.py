@@ -338,6 +338,27 @@ def test_llm_attribution_result_and_plots(m1):
         LatimLLMAttribution(Saliency(m1), tokenizer)
 
 
+def test_llm_attribution_refuses_padding_in_token_ids(m1):
+    """Token ids carry no attention mask: a row sliced from a padded batch would have its pads read as text (they
+    change the state, so skip_tokens would hide their columns but not their effect). Refused; the same prompt
+    without its padding gives the unpadded scores."""
+    tokenizer = _tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "w39"})
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["w3 w7 w1 w9", "w4 w5"], return_tensors="pt", padding=True)
+    assert batch.input_ids[1].tolist() == [39, 39, 4, 5]
+    llm = LatimLLMAttribution(LatimALTILogit(m1), tokenizer)
+    for ids in (batch.input_ids[1:2], torch.tensor([4, 5, 39])):  # left padding, right padding
+        with pytest.raises(ValueError, match="holds the pad token \\(id 39\\) at position"):
+            llm.attribute(ids, target="w8")
+    with pytest.raises(ValueError, match="padding removed"):
+        llm.attribute(batch.input_ids, target="w8")
+    row = batch.input_ids[1][batch.attention_mask[1].bool()]
+    res = llm.attribute(row, target="w8")
+    expected = LatimALTILogit(m1).attribute(torch.tensor([[4, 5]]), target=8)
+    torch.testing.assert_close(res.token_attr[0], expected[0], atol=1e-6, rtol=1e-5)
+
+
 def _reference_maps(tr) -> dict:
     """Each class's full default map from the reference maths (``backend="ref"``), for a trace on any device."""
     from latim_captum.aggregate import rollout

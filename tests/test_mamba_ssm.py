@@ -161,3 +161,21 @@ def test_registered_exactly_when_mamba_ssm_imports():
     from latim_captum.adapters import _mamba_ssm_importable
 
     assert REGISTERED_AT_IMPORT == _mamba_ssm_importable()
+
+
+def test_llm_generation_without_generate_stops_at_eos():
+    """mamba-ssm models have no HF generate(): the greedy loop stops after the first end-of-sequence token and keeps
+    it, as generate() does, so no row explains a token the model would not emit."""
+    from test_captum_attr import _tokenizer
+
+    tokenizer = _tokenizer()
+    llm = lc.LatimLLMAttribution(lc.LatimALTILogit(standin("Mamba1", seed=2)), tokenizer)
+    free = llm.attribute("w3 w7 w1", max_new_tokens=4)
+    assert len(free.output_tokens) == 4 and free.token_attr.shape == (4, 3)
+    first = tokenizer.convert_tokens_to_ids(free.output_tokens[0])
+    by_args = llm.attribute("w3 w7 w1", gen_args={"max_new_tokens": 4, "eos_token_id": [first]})
+    assert by_args.output_tokens == free.output_tokens[:1]
+    tokenizer.add_special_tokens({"eos_token": free.output_tokens[0]})
+    stopped = llm.attribute("w3 w7 w1", max_new_tokens=4)
+    assert stopped.output_tokens == free.output_tokens[:1] and stopped.token_attr.shape == (1, 3)
+    torch.testing.assert_close(stopped.token_attr[0], free.token_attr[0])

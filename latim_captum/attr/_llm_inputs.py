@@ -111,6 +111,26 @@ def _template_input(inp: TextTemplateInput, tokenizer: Any) -> PromptColumns:
     return PromptColumns(ids, groups, list(inp.values), inp)
 
 
+def _refuse_padding(ids: Tensor, tokenizer: Any) -> None:
+    """A tensor prompt carries no attention mask, so a pad token in it would be read by the model as text and
+    attributed (``skip_tokens`` hides its column, not its effect on the state): refuse it. A pad token that is also
+    the tokenizer's BOS or EOS cannot be told from a real one and passes.
+
+    Raises:
+        ValueError: the prompt holds the tokenizer's pad token.
+    """
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None or pad in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        return
+    where = (ids == pad).nonzero().flatten().tolist()
+    if where:
+        shown = ", ".join(map(str, where[:8])) + (", ..." if len(where) > 8 else "")
+        raise ValueError(
+            f"the prompt holds the pad token (id {pad}) at position(s) {shown}: token ids carry no attention mask, "
+            "so the model would read the padding as text; pass the prompt without it (ids[mask.bool()])"
+        )
+
+
 def _plain(ids: Tensor, tokenizer: Any, skip_tokens: list[int] | list[str] | None) -> PromptColumns:
     if skip_tokens and isinstance(skip_tokens[0], str):
         skip_tokens = tokenizer.convert_tokens_to_ids(skip_tokens)
@@ -151,11 +171,14 @@ def prompt_columns(
         if inp.dim() == 2 and inp.shape[0] > 1:
             raise ValueError(
                 f"LatimLLMAttribution attributes one prompt, got a batch of {inp.shape[0]} (ids {tuple(inp.shape)}); "
-                "call it once per prompt, or call the method's own attribute() on the padded batch"
+                "call it once per prompt with its padding removed (ids[i][mask[i].bool()]), or call the method's "
+                "own attribute() on the padded batch with its attention mask"
             )
         if inp.dim() > 2 or inp.dtype.is_floating_point:
             raise ValueError(f"expected token ids [N] or [1, N], got a {inp.dtype} tensor of shape {tuple(inp.shape)}")
-        cols = _plain(inp.reshape(-1).long().cpu(), tokenizer, skip_tokens)
+        ids = inp.reshape(-1).long().cpu()
+        _refuse_padding(ids, tokenizer)
+        cols = _plain(ids, tokenizer, skip_tokens)
     else:
         raise TypeError(
             "inp must be a TextTokenInput, a TextTemplateInput, a string or token ids, got " + type(inp).__name__

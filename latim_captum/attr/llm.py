@@ -116,14 +116,22 @@ class LatimLLMAttribution:
                     args.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **args)
                 return out[0, ids.shape[1] :].cpu()
-            unknown = set(gen_args) - {"max_new_tokens", "do_sample", "temperature", "top_p"}
+            unknown = set(gen_args) - {"max_new_tokens", "do_sample", "temperature", "top_p", "eos_token_id"}
             if unknown or gen_args.get("do_sample"):
-                raise ValueError(f"{type(model).__name__} has no generate(); only greedy max_new_tokens is supported")
+                raise ValueError(
+                    f"{type(model).__name__} has no generate(); only greedy max_new_tokens (and eos_token_id) is "
+                    "supported"
+                )
+            # as generate(): stop after the first end-of-sequence token, which is kept
+            eos = gen_args.get("eos_token_id", self.tokenizer.eos_token_id)
+            stop = set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
             new = []
             for _ in range(int(gen_args.get("max_new_tokens", DEFAULT_GEN_ARGS["max_new_tokens"]))):
                 logits = adapter.output_logits(adapter.forward(ids, None, None))
                 new.append(logits[:, -1].argmax(-1, keepdim=True))
                 ids = torch.cat([ids, new[-1]], dim=1)
+                if int(new[-1]) in stop:
+                    break
         return torch.cat(new, dim=1)[0].cpu()
 
     # -- attribute -------------------------------------------------------------------------------------------
