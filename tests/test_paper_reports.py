@@ -109,6 +109,10 @@ def test_the_seed_script_reads_shipped_reports(tmp_path, capsys):
     # the same report twice: every mean is the report's own value and every std 0
     assert l2["layers"][1]["auc"]["mean"] == pytest.approx(shipped["methods"]["l2"]["layers"][1]["auc"])
     assert l2["layers"][1]["auc"]["std"] == 0.0 and set(agg["readings"]) == {"predict"}
+    # the report says how it was made and where each seed ran
+    assert agg["command"] == f"python benchmarks/copying_seeds.py {files[0]} {files[1]} --out {tmp_path}"
+    assert agg["runs"][0]["device"] == shipped["meta"]["device"]
+    assert f"- command: `{agg['command']}`" in (tmp_path / "copying-mamba2-tiny-seeds.md").read_text()
     assert main([str(files[0]), str(files[0]), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().startswith("copying_seeds: error: a training seed appears twice")
 

@@ -91,6 +91,8 @@ def aggregate(reports: Sequence[dict], sources: Sequence[str] | None = None) -> 
         "seeds": seeds,
         "sources": list(sources or []),
         "models": [r.get("meta", {}).get("model") for r in reports],
+        # where each seed was trained and scored, and for how many steps (from each report's meta)
+        "runs": [{k: r.get("meta", {}).get(k) for k in ("train_device", "steps", "device")} for r in reports],
         "scale": first.get("meta", {}).get("scale"),
         "n_samples": [r["n_samples"] for r in reports],
         "accuracy": {m: mean_std([r["accuracy"][m] for r in reports]) for m in ("token_acc", "exact_match")},
@@ -131,6 +133,15 @@ def render_markdown(agg: dict) -> str:
         f"# Copying faithfulness over {n} training seeds — {variant} ({agg.get('scale') or '?'} scale)",
         "",
         f"- seeds: {', '.join(str(s) for s in agg['seeds'])}; reports: {', '.join(agg['sources']) or '?'}",
+        *([f"- command: `{agg['command']}`"] if agg.get("command") else []),
+        *(
+            [
+                "- per seed, trained on / steps / evaluated on: "
+                + "; ".join(f"{r['train_device']} / {r['steps']} / {r['device']}" for r in agg["runs"])
+            ]
+            if agg.get("runs")
+            else []
+        ),
         f"- copy accuracy (teacher forcing), mean ± std: token {_ms(acc['token_acc'])}, exact match "
         f"{_ms(acc['exact_match'])}; per seed: " + ", ".join(f"{v:.4f}" for v in acc["token_acc"]["values"]),
         "- cells: AUC / AP / R@K, mean ± sample std over seeds. Best layer of the mean: the layer with the highest "
@@ -199,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = [json.loads(Path(f).read_text()) for f in args.reports]
         agg = aggregate(reports, list(args.reports))
+        agg["command"] = " ".join(["python benchmarks/copying_seeds.py", *(sys.argv[1:] if argv is None else argv)])
     except (ValueError, KeyError, OSError) as err:
         print(f"copying_seeds: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2
