@@ -264,6 +264,7 @@ def test_predict_and_hold_rows_of_a_decoder_only_map():
     maps[4, 0] = 1.0  # the row of target 0 predicts target 1 (and holds target 0): source 0
     maps[5, 1] = 1.0  # the row of target 1 holds it: source 1
     maps[4, 4] = maps[5, 5] = 5.0  # own-token columns are never candidates
+    maps[3, 3] = 5.0  # nor the <sep> row's own column, which in "predict" is target word 0's sink cell
     block = target_source_block(maps, 3, 2, rows="predict", sink=False)
     assert torch.equal(block, maps[3:5, :3])
     assert target_source_block(maps, 3, 2, rows="hold").shape == (2, 4)  # + the <sep> column

@@ -24,7 +24,8 @@ link. Choices, each an argument:
   the copy metric does).
 
 Columns of target-side tokens (the target prefix, the row's own token) never enter: the paper scores the
-source→target block. ``<eos>`` gets no alignment (it is not a word).
+source→target block (in ``"predict"`` the first target word's row is ``<sep>`` itself, so its sink cell, the row's
+own token, is left out too). ``<eos>`` gets no alignment (it is not a word).
 
 Example:
     >>> sure, possible = {(0, 0), (2, 1)}, {(0, 0), (2, 1), (1, 1)}
@@ -77,12 +78,22 @@ def target_source_block(
     scores: Tensor, source_length: int, target_length: int, *, rows: str = "predict", sink: bool = True
 ) -> Tensor:
     """The ``[T, S]`` block of one sample's ``[N, N]`` map (``[T, S + 1]`` with the ``<sep>`` column last if
-    ``sink``): target rows (per ``rows``) × source columns."""
+    ``sink``): target rows (per ``rows``) × source columns.
+
+    With ``rows="predict"`` and ``sink``, target word 0 is read on row ``S``, which *is* ``<sep>``: its sink cell
+    would be the row's own token (a self-term that dominates many maps and would drop word 0 every time), so it is
+    set to the lowest finite value and never wins the argmax; every other sink cell is an earlier token, as the
+    source ``</s>`` of an encoder–decoder.
+    """
     n = source_length + target_length + 2
     if scores.dim() != 2 or scores.shape[0] < n or scores.shape[1] < n:
         raise ValueError(f"a map of shape {tuple(scores.shape)} does not hold a sample of {n} tokens")
     r = target_rows(source_length, target_length, rows)
-    return scores[r.start : r.stop, : source_length + int(sink)]
+    block = scores[r.start : r.stop, : source_length + int(sink)]
+    if sink and rows == "predict" and target_length > 0:
+        block = block.clone()
+        block[0, -1] = torch.finfo(block.dtype).min if block.dtype.is_floating_point else block.min() - 1
+    return block
 
 
 def extract_alignment(block: Tensor, *, sink: bool = True, ties: str = "first") -> Links:

@@ -7,7 +7,8 @@ and ``t + 1``, clipped to the source block ``0..L-1``.
 
 Which rows are "the copy" is a reading of the paper (``rows``): ``"predict"`` (ours, the default) scores the rows
 ``L..2L-1`` that *predict* each copied token ``s_k``; ``"hold"`` scores the rows ``L+1..2L`` that *hold* it (the
-block literally under the separator: input ``L+1+k`` is ``s_k``). Both use the same gold band: row ``r`` of the
+block literally under the separator: input ``L+1+k`` is ``s_k``; its last row ``2L`` predicts nothing the model
+was trained on, and a logit method there explains that row's own token). Both use the same gold band: row ``r`` of the
 block (``L + r`` or ``L + 1 + r``) against columns ``r − 1..r + 1``. The alignment metric has the same two readings
 (:mod:`latim_captum.alignment.metrics`; Ferrando et al.'s AWO and AWI). Each row is scored only over the source columns
 ``0..L-1`` (the paper's source→copy block), with the per-row metrics of Fomicheva et al. (2021):

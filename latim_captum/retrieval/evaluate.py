@@ -470,8 +470,9 @@ def render_markdown(suite: dict) -> str:
         "and the samples of a cell (cells: the model's answer right or wrong × the gold key first or later; "
         "multi-key settings pooled per length). gold / first: the key–value span of the gold / first needle "
         '("first" is empty when the gold key is first); other keys: the other needles; filler: intro, filler and '
-        "the needles' template words; query: the question. Per-layer methods: mean over layers (every layer "
-        "below).",
+        "the needles' template words; query: the question, the answer tokens before the row and the row's own "
+        "token. Signed scores count by magnitude (evidence against the answer is mass too). Per-layer methods: mean "
+        "over layers (every layer below).",
     ]
     for variant, r in models.items():
         lines += ["", f"### {variant}", "", "| Method | setting | cell | n | " + " | ".join(cats) + " |",
