@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from ._validation import check_layers
 from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .api import METHODS, alti_logit, alti_rollout, interactions, trace
+from .catalog import latim_methods
 
 __all__ = [
     "DATASET_METHODS",
@@ -62,15 +64,17 @@ __all__ = [
 DATASET_METHODS: tuple[str, ...] = (*METHODS, "alti_rollout")
 #: the ``format`` tag of ``run.json``, the index and every shard's metadata
 FORMAT = "latim-dataset/1"
-_PER_LAYER = ("l1", "l2", "alti")
+#: the methods whose maps are per layer (``layers=`` selects among them)
+_PER_LAYER = tuple(spec.measure for spec in latim_methods() if spec.per_layer)
 
 
 @dataclass(frozen=True)
 class Example:
     """One input: a prompt, an optional target continuation, and where it came from (for error messages).
 
-    With a target the text is ``prompt + target`` (tokenised apart, then joined) and ALTI-Logit explains each true
-    next token; without one it explains the model's own prediction at each position.
+    With a target the text is ``prompt + target`` (tokenised apart, then joined; special tokens a template adds
+    after the prompt, such as an EOS, are dropped) and ALTI-Logit explains each true next token (the last row, which
+    has none, the model's prediction); without one it explains the model's own prediction at each position.
     """
 
     prompt: str
@@ -155,7 +159,8 @@ def load_hf_dataset(
     except ImportError as err:
         raise ImportError("reading a Hugging Face dataset needs the datasets package: pip install datasets") from err
     path = Path(name).expanduser()
-    if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+    # a Dataset's folder holds dataset_info.json / state.json, a DatasetDict's dataset_dict.json
+    if any((path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
         data = datasets.load_from_disk(str(path))
     else:
         data = datasets.load_dataset(name, split=split)
@@ -226,8 +231,8 @@ def _digest(value: Any) -> str:
 
 
 def _model_identity(model: nn.Module, name: str | None) -> dict:
-    """What names the model in ``run.json``: the caller's name, the class, a digest of its config and its size
-    (weights are not hashed: reading a 7B model again on resume would cost minutes)."""
+    """What names the model in ``run.json``: the caller's name, the class, a digest of its config, its size and its
+    parameters' dtypes (weights are not hashed: reading a 7B model again on resume would cost minutes)."""
     config = getattr(model, "config", None)
     config_dict = config.to_dict() if hasattr(config, "to_dict") else {}
     config_dict = {k: v for k, v in config_dict.items() if not k.startswith("_") and k not in ("torch_dtype", "dtype")}
@@ -236,6 +241,8 @@ def _model_identity(model: nn.Module, name: str | None) -> dict:
         "class": type(model).__name__,
         "config": _digest(json.loads(json.dumps(config_dict, default=str))),
         "parameters": sum(p.numel() for p in model.parameters()),
+        # the config's dtype field says what was saved, not what runs: a model cast after loading gives other maps
+        "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
     }
 
 
@@ -291,15 +298,36 @@ def check_methods(methods: Sequence[str], layers: Any = None) -> tuple[str, ...]
     return methods
 
 
-def _tokenize(tokenizer: Any, example: Example, add_special_tokens: bool) -> tuple[list[int], int]:
-    """Token ids of ``prompt + target`` (tokenised apart so the prompt's tokens are known) and the prompt's count."""
-    prompt = list(tokenizer(example.prompt, add_special_tokens=add_special_tokens)["input_ids"])
+def _without_trailing_specials(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
+    """``text``'s ids; with ``add_special_tokens``, the special tokens the template puts after the text (an EOS)
+    dropped: a target follows the prompt, and the model never reads an EOS between them."""
+    if not add_special_tokens:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    enc = tokenizer(text, add_special_tokens=True, return_special_tokens_mask=True)
+    ids, special = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+    while len(ids) > 1 and special[-1]:
+        ids.pop()
+        special.pop()
+    return ids
+
+
+def _tokenize(tokenizer: Any, example: Example, add_special_tokens: bool) -> tuple[list[int], int, bool]:
+    """Token ids of ``prompt + target`` (tokenised apart so the prompt's tokens are known), the prompt's count, and
+    whether the joined text would give the same ids (False where the join falls inside a word or a run of spaces:
+    "Answer: " + "Paris" is ``Ġ`` + ``Paris`` apart but ``ĠParis`` joined)."""
+    if example.target is None:
+        prompt = list(tokenizer(example.prompt, add_special_tokens=add_special_tokens)["input_ids"])
+    else:
+        prompt = _without_trailing_specials(tokenizer, example.prompt, add_special_tokens)
     if not prompt:
         raise ValueError(f"{example.source or 'example'}: the prompt gives no tokens")
-    target = [] if example.target is None else list(tokenizer(example.target, add_special_tokens=False)["input_ids"])
-    if example.target is not None and not target:
+    if example.target is None:
+        return prompt, len(prompt), True
+    target = list(tokenizer(example.target, add_special_tokens=False)["input_ids"])
+    if not target:
         raise ValueError(f"{example.source or 'example'}: the target gives no tokens")
-    return prompt + target, len(prompt)
+    joined = _without_trailing_specials(tokenizer, example.prompt + example.target, add_special_tokens)
+    return prompt + target, len(prompt), joined == prompt + target
 
 
 def _example_maps(
@@ -315,9 +343,14 @@ def _example_maps(
     tr = trace(model, ids, dtype=settings["dtype"])
     path = {"activation": settings["activation"], "backend": settings["backend"], "precision": settings["precision"]}
     out: dict[str, Tensor] = {}
+    # with a target: each true next token, and at the last row (which has none) the model's own prediction
+    targets = None
+    if has_target:
+        targets = next_token_targets(ids).to(tr.readout.logits.device)
+        targets[:, -1] = tr.readout.logits[:, -1].argmax(-1)
     for method in methods:
         if method == "alti_logit":
-            res = alti_logit(tr, target=next_token_targets(ids) if has_target else None, **path)
+            res = alti_logit(tr, target=targets, **path)
             maps = res.scores[0]
             out["alti_logit.targets"] = res.targets[0].cpu()
             out["alti_logit.logits"] = res.logits[0].cpu()
@@ -325,8 +358,7 @@ def _example_maps(
         elif method == "alti_rollout":
             maps = alti_rollout(tr, **path)[0]
         elif method == "alti_logit_layers":  # the same targets as ALTI-Logit's
-            target = next_token_targets(ids) if has_target else None
-            maps = interactions(tr, method=method, layers=settings["layers"], target=target, **path)[0]
+            maps = interactions(tr, method=method, layers=settings["layers"], target=targets, **path)[0]
         else:
             maps = interactions(tr, method=method, layers=settings["layers"], **path)[0]
         out[f"maps.{method}"] = maps.cpu()
@@ -413,12 +445,24 @@ def attribute_dataset(
         "add_special_tokens": add_special_tokens,
         "shard_size": shard_size,
     }
+    # token ids of every example first: one that gives no token fails now, not after hours of maps, and the ids
+    # name the run (another tokenizer gives other maps of the same texts)
+    tokens = [_tokenize(tokenizer, example, add_special_tokens) for example in examples]
+    split = [i for i, (_, _, same) in enumerate(tokens) if not same]
+    if split and rank == 0:
+        warnings.warn(
+            f"{len(split)} example(s) tokenise differently as prompt + target than apart (first: "
+            f"{examples[split[0]].source or split[0]}): the maps are of the tokens apart, which the model does not "
+            "read for the joined text; put the space at the start of the target, not the end of the prompt",
+            stacklevel=2,
+        )
     run = {
         "format": FORMAT,
         "model": _model_identity(model, model_name),
         "settings": settings,
         "n_examples": len(examples),
         "examples": _digest([[e.prompt, e.target] for e in examples]),
+        "tokens": _digest([ids for ids, _, _ in tokens]),
     }
     key = _digest(run)
     _start_run(out, run, key, rank)
@@ -427,12 +471,6 @@ def attribute_dataset(
     n_shards = (len(examples) + shard_size - 1) // shard_size
     mine = list(range(rank, n_shards, world))
     todo = [s for s in mine if (_shard_metadata(_shard_path(out, s)) or {}).get("run") != key]
-    # token ids first: an example that gives no token fails now, not after hours of maps
-    tokens = {
-        i: _tokenize(tokenizer, examples[i], add_special_tokens)
-        for s in todo
-        for i in range(s * shard_size, min(len(examples), (s + 1) * shard_size))
-    }
     compute = {**settings, "dtype": dtype}
     done = sum(min(len(examples), (s + 1) * shard_size) - s * shard_size for s in mine if s not in todo)
     total = sum(min(len(examples), (s + 1) * shard_size) - s * shard_size for s in mine)
@@ -445,7 +483,7 @@ def attribute_dataset(
             first, stop = shard * shard_size, min(len(examples), (shard + 1) * shard_size)
             results, entries = [], []
             for i in range(first, stop):
-                ids, prompt_length = tokens[i]
+                ids, prompt_length, _ = tokens[i]
                 input_ids = torch.tensor([ids], dtype=torch.long)
                 result = {"input_ids": input_ids[0]}
                 result.update(_example_maps(model, input_ids, examples[i].target is not None, methods, compute))
@@ -494,7 +532,8 @@ def _start_run(out: Path, run: dict, key: str, rank: int) -> None:
         except json.JSONDecodeError as err:
             raise ValueError(f"{run_path} is not valid JSON ({err.msg}); delete it or use another folder") from None
         if earlier.get("key") != key:
-            diff = [k for k in ("model", "settings", "n_examples", "examples") if earlier.get(k) != run.get(k)]
+            fields = ("model", "settings", "n_examples", "examples", "tokens")
+            diff = [k for k in fields if earlier.get(k) != run.get(k)]
             raise ValueError(
                 f"{out} holds a run with other {', '.join(diff) or 'settings'}; use another --out folder or delete it"
             )

@@ -187,8 +187,12 @@ def _one_by_one(model, tok, record: dict, method: str, dtype=torch.float32) -> t
     ids = torch.tensor([ids])
     if method == "alti_rollout":
         return lc.alti_rollout(model, ids, dtype=dtype)[0]
-    # a target only for ALTI-Logit: the per-layer maps read none (and refuse one)
+    # a target only for ALTI-Logit: the per-layer maps read none (and refuse one); the last row has no next token
+    # and explains the model's prediction there
     target = next_token_targets(ids) if "target" in record and method.startswith("alti_logit") else None
+    if target is not None:
+        with torch.no_grad():
+            target[:, -1] = model(ids).logits[:, -1].argmax(-1)
     return lc.interactions(model, ids, method=method, target=target, dtype=dtype)[0]
 
 
@@ -263,6 +267,82 @@ def test_dataset_refuses_a_folder_of_another_run(copy_model, tmp_path):
         ds.attribute_dataset(model, tok, examples, tmp_path, methods=("alti",), progress=False)
     with pytest.raises(ValueError, match="other n_examples, examples"):
         ds.attribute_dataset(model, tok, examples[:1], tmp_path, methods=("l2",), progress=False)
+    # the same texts and settings with the model cast to another dtype, or another tokenizer, are other runs too
+    with pytest.raises(ValueError, match="other model"):
+        ds.attribute_dataset(copy.deepcopy(model).double(), tok, examples, tmp_path, methods=("l2",), progress=False)
+
+    def shifted(text, **kw):  # the same texts to other ids
+        enc = tok(text, **kw)
+        return {**enc, "input_ids": [(i + 1) % len(tok) for i in enc["input_ids"]]}
+
+    with pytest.raises(ValueError, match="other tokens"):
+        ds.attribute_dataset(model, shifted, examples, tmp_path, methods=("l2",), progress=False)
+
+
+def _word_tokenizer(template: str | None = None):
+    """A word-level tokenizer (words w0..w36, <pad>, <eos>, <unk>, <bos>); ``template`` a post-processor such as
+    ``"<bos> $A <eos>"``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "<bos>"] + [f"w{i}" for i in range(36)]
+    raw = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if template:
+        raw.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[("<bos>", 3), ("<eos>", 1)]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+                                   bos_token="<bos>")  # fmt: skip
+
+
+def test_dataset_joins_prompt_and_target_as_the_model_reads_them(tmp_path, recwarn):
+    """A template's EOS after the prompt is not kept between prompt and target (the model never reads one there),
+    and a join that tokenises otherwise than the parts is reported, naming the example."""
+    model = build("mamba1", layers=2)
+    tok = _word_tokenizer("<bos> $A <eos>")
+    examples = ds.examples_from_records([{"prompt": "w1 w2", "target": " w3 w4"}, {"prompt": "w5"}])
+    ds.attribute_dataset(model, tok, examples, tmp_path / "a", methods=("l2",), add_special_tokens=True,
+                         progress=False)  # fmt: skip
+    data = ds.load_attributions(tmp_path / "a")
+    w = {f"w{i}": 4 + i for i in range(36)}
+    assert data[0]["input_ids"].tolist() == [3, w["w1"], w["w2"], w["w3"], w["w4"]]
+    assert data.entry(0)["prompt_length"] == 3
+    assert data[1]["input_ids"].tolist() == [3, w["w5"], 1], "without a target the template is kept whole"
+    assert not [x for x in recwarn if "tokenise differently" in str(x.message)]
+    glued = ds.examples_from_records([{"prompt": "w1 w2", "target": "w3"}])  # joined: "w1 w2w3", one unknown word
+    with pytest.warns(UserWarning, match=r"1 example\(s\) tokenise differently as prompt \+ target than apart"):
+        ds.attribute_dataset(model, tok, glued, tmp_path / "b", methods=("l2",), progress=False)
+
+
+def test_layers_select_every_per_layer_method():
+    assert ds.check_methods(("alti_logit_layers",), layers=[1]) == ("alti_logit_layers",)
+    assert ds.check_methods(("alti_no_residual",), layers=0) == ("alti_no_residual",)
+    with pytest.raises(ValueError, match="none is listed"):
+        ds.check_methods(("alti_logit",), layers=[1])
+
+
+def test_a_saved_dataset_dict_is_read_from_disk(tmp_path, monkeypatch):
+    """A folder written by DatasetDict.save_to_disk (dataset_dict.json) is loaded with load_from_disk, not handed to
+    load_dataset (which would infer a builder from the split folders); datasets is faked here."""
+    import types
+
+    calls = []
+
+    class DatasetDict(dict):
+        pass
+
+    fake = types.ModuleType("datasets")
+    fake.DatasetDict = DatasetDict
+    fake.load_from_disk = lambda path: calls.append(("load_from_disk", path)) or DatasetDict(
+        test=[{"prompt": "ab", "target": "c"}]
+    )
+    fake.load_dataset = lambda *a, **k: calls.append(("load_dataset", a)) or None
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (tmp_path / "dataset_dict.json").write_text('{"splits": ["test"]}')
+    examples = ds.load_hf_dataset(str(tmp_path), split="test")
+    assert calls == [("load_from_disk", str(tmp_path))]
+    assert [(e.prompt, e.target) for e in examples] == [("ab", "c")]
 
 
 @pytest.mark.parametrize(
