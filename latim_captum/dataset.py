@@ -346,8 +346,8 @@ def _example_maps(
     # with a target: each true next token, and at the last row (which has none) the model's own prediction
     targets = None
     if has_target:
-        targets = next_token_targets(ids).to(tr.readout.logits.device)
-        targets[:, -1] = tr.readout.logits[:, -1].argmax(-1)
+        targets = next_token_targets(ids)
+        targets[:, -1] = tr.readout.logits[:, -1].argmax(-1).to(targets.device)
     for method in methods:
         if method == "alti_logit":
             res = alti_logit(tr, target=targets, **path)
@@ -446,9 +446,14 @@ def attribute_dataset(
         "shard_size": shard_size,
     }
     # token ids of every example first: one that gives no token fails now, not after hours of maps, and the ids
-    # name the run (another tokenizer gives other maps of the same texts)
-    tokens = [_tokenize(tokenizer, example, add_special_tokens) for example in examples]
-    split = [i for i, (_, _, same) in enumerate(tokens) if not same]
+    # name the run (another tokenizer gives other maps of the same texts); hashed as they come, not kept, so a
+    # large dataset's ids are never all in memory
+    token_digest, split = hashlib.sha256(), []
+    for i, example in enumerate(examples):
+        ids, _, same = _tokenize(tokenizer, example, add_special_tokens)
+        token_digest.update(json.dumps(ids).encode() + b"\n")
+        if not same:
+            split.append(i)
     if split and rank == 0:
         warnings.warn(
             f"{len(split)} example(s) tokenise differently as prompt + target than apart (first: "
@@ -462,7 +467,7 @@ def attribute_dataset(
         "settings": settings,
         "n_examples": len(examples),
         "examples": _digest([[e.prompt, e.target] for e in examples]),
-        "tokens": _digest([ids for ids, _, _ in tokens]),
+        "tokens": token_digest.hexdigest()[:16],
     }
     key = _digest(run)
     _start_run(out, run, key, rank)
@@ -471,6 +476,11 @@ def attribute_dataset(
     n_shards = (len(examples) + shard_size - 1) // shard_size
     mine = list(range(rank, n_shards, world))
     todo = [s for s in mine if (_shard_metadata(_shard_path(out, s)) or {}).get("run") != key]
+    tokens = {
+        i: _tokenize(tokenizer, examples[i], add_special_tokens)
+        for s in todo
+        for i in range(s * shard_size, min(len(examples), (s + 1) * shard_size))
+    }
     compute = {**settings, "dtype": dtype}
     done = sum(min(len(examples), (s + 1) * shard_size) - s * shard_size for s in mine if s not in todo)
     total = sum(min(len(examples), (s + 1) * shard_size) - s * shard_size for s in mine)
