@@ -254,7 +254,7 @@ EXPLAINS = {
 def cmd_attribute(args: argparse.Namespace) -> int:
     from ._plots import figure_path, save_heatmap
     from .api import alti_logit, interactions
-    from .methods import get_method, row_targets
+    from .methods import get_method, next_token_targets, row_targets
 
     _quiet_transformers()
     method = get_method(args.method)
@@ -272,9 +272,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     # what a logit-explaining method explains at each row: the model's own prediction, or with --target each true
     # next token (the last row has none: its prediction); the same for every family
     explains = None if not method.spec.uses_target else ("predicted" if args.target is None else "next")
-    target = None if explains is None else row_targets(model, ids, explains)
+    target = None if explains is None else row_targets(model, ids, "predicted")
     if explains == "next":
-        target[:, -1] = row_targets(model, ids, "predicted")[:, -1]
+        target = next_token_targets(ids, last=target[:, -1])
     if method.family == "latim" and method.per_layer:
         maps = interactions(model, ids, method=measure, activation=act, layers=layer, target=target, **path)
         maps = maps[0, 0]

@@ -344,10 +344,7 @@ def _example_maps(
     path = {"activation": settings["activation"], "backend": settings["backend"], "precision": settings["precision"]}
     out: dict[str, Tensor] = {}
     # with a target: each true next token, and at the last row (which has none) the model's own prediction
-    targets = None
-    if has_target:
-        targets = next_token_targets(ids)
-        targets[:, -1] = tr.readout.logits[:, -1].argmax(-1).to(targets.device)
+    targets = next_token_targets(ids, last=tr.readout.logits[:, -1].argmax(-1)) if has_target else None
     for method in methods:
         if method == "alti_logit":
             res = alti_logit(tr, target=targets, **path)

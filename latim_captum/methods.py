@@ -138,9 +138,11 @@ class Method:
         return maps
 
 
-def next_token_targets(input_ids: Tensor) -> Tensor:
-    """``[B, N]``: the true next token ``input_ids[:, i + 1]`` at each row; the last row keeps its own token."""
-    return torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+def next_token_targets(input_ids: Tensor, last: Tensor | None = None) -> Tensor:
+    """``[B, N]``: the true next token ``input_ids[:, i + 1]`` at each row; the last row, which has none, takes
+    ``last`` (``[B]``, e.g. the model's prediction there) or keeps its own token."""
+    tail = input_ids[:, -1:] if last is None else last.reshape(-1, 1).to(input_ids)
+    return torch.cat([input_ids[:, 1:], tail], dim=1)
 
 
 #: what ``target=`` of a registry method may name besides a tensor
