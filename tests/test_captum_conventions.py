@@ -82,6 +82,13 @@ def test_a_separate_delta_reads_the_row_attributed(m2):
     for options in ({"position": None}, {"contrast": None}):
         off = method.compute_convergence_delta(attr, end_point=ids, target=[4, 9], **options)
         assert float((off - delta).abs().max()) > 1e-3, options
+    # Captum's tuple form: ids in a 1-tuple give attributions in a 1-tuple, whose delta reads the same row
+    wrapped = method.attribute((ids,), target=[4, 9], position=3, contrast=[1, 2])
+    assert isinstance(wrapped, tuple) and len(wrapped) == 1
+    torch.testing.assert_close(method.compute_convergence_delta(wrapped, end_point=(ids,), target=[4, 9]), delta,
+                               rtol=0, atol=1e-10)  # fmt: skip
+    with pytest.raises(ValueError, match="one tensor or a 1-tuple; got a 2-tuple"):
+        method.compute_convergence_delta((attr, attr), end_point=ids, target=[4, 9])
     # attributions made in between, or a tensor this object did not return, leave the call's options alone
     plain = method.attribute(ids, target=[4, 9])
     torch.testing.assert_close(method.compute_convergence_delta(attr, end_point=ids, target=[4, 9]), delta,

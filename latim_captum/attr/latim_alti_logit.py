@@ -26,6 +26,23 @@ from ._latim_options import guard_row_maps, path_options
 __all__ = ["LatimALTILogit"]
 
 
+def attribution_tensor(attributions: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """The tensor of attributions as :meth:`~TokenMapAttribution.attribute` returns them: itself, or the one element
+    of a 1-tuple (Captum's form for tuple inputs). Unlike inputs, float ``[B, N]`` is what a row of scores is.
+
+    Raises:
+        ValueError: a tuple of another length.
+        TypeError: not a tensor.
+    """
+    if isinstance(attributions, tuple):
+        if len(attributions) != 1:
+            raise ValueError(f"attributions must be one tensor or a 1-tuple; got a {len(attributions)}-tuple")
+        attributions = attributions[0]
+    if not isinstance(attributions, Tensor):
+        raise TypeError(f"attributions must be a torch.Tensor or a 1-tuple of one, got {type(attributions).__name__}")
+    return attributions
+
+
 class LatimALTILogit(TokenMapAttribution):
     r"""LaTIM (ALTI-Logit) as a Captum attribution (eqs 7-8): how much each input token adds to the target logit.
 
@@ -107,8 +124,7 @@ class LatimALTILogit(TokenMapAttribution):
     @log_usage(part_of_slo=True)  # Captum's NoiseTunnel calls attribute.__wrapped__
     def attribute(self, inputs, target=None, additional_forward_args=None, **kwargs):  # noqa: D102 (as the base's)
         result = super().attribute(inputs, target, additional_forward_args, **kwargs)
-        attributions = result[0] if kwargs.get("return_convergence_delta") else result
-        tensor = attributions[0] if isinstance(attributions, tuple) else attributions
+        tensor = attribution_tensor(result[0] if kwargs.get("return_convergence_delta") else result)
         self._options_of[id(tensor)] = dict(kwargs)
         weakref.finalize(tensor, self._options_of.pop, id(tensor), None)
         return result
@@ -191,7 +207,7 @@ class LatimALTILogit(TokenMapAttribution):
         if end_point is None:
             raise ValueError("compute_convergence_delta needs end_point, the input the attributions explain")
         x, _ = self.split_inputs(end_point)
-        attr, _ = self.split_inputs(attributions) if isinstance(attributions, tuple) else (attributions, False)
+        attr = attribution_tensor(attributions)
         is_embeds = x.dtype.is_floating_point
         made = self.options_of(attr)
         # a row is shaped like the input ([B, N] ids, [B, N, D] embeds); a [B, N, N] map of embeds with N = D is

@@ -14,7 +14,7 @@ from latim_captum.maps.all_layers import layer_share, logit_terms
 from latim_captum.maps.placement import layer_device
 
 from ._base import DEFAULT, TokenMaps
-from .latim_alti_logit import LatimALTILogit
+from .latim_alti_logit import LatimALTILogit, attribution_tensor
 
 __all__ = ["LatimALTILogitLayers"]
 
@@ -85,8 +85,8 @@ class LatimALTILogitLayers(LatimALTILogit):
             ValueError: ``layer`` (given, or from the call that made the attributions) is not one int in range, or as
                 :meth:`LatimALTILogit.compute_convergence_delta`.
         """
-        tensor = attributions[0] if isinstance(attributions, tuple) else attributions
-        spec = self.resolve_layer(self.options_of(tensor).get("layer", DEFAULT) if layer is None else layer)
+        made = self.options_of(attribution_tensor(attributions))
+        spec = self.resolve_layer(made.get("layer", DEFAULT) if layer is None else layer)
         if spec.stacked or spec.layers is None:
             raise ValueError(
                 f"the convergence delta of {self.get_name()} is per layer: pass layer= one int"
