@@ -181,9 +181,10 @@ if [ "$what" = cuda-tests ]; then
   done
   for f in tests/test_fast_cuda.py tests/test_captum_attr.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py \
       tests/test_sublayer_tiles.py tests/test_host_trace.py; do
+    # rc read before any command substitution: $(basename ...) would reset $? to 0
     (timeout "${TEST_S:-420}" python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda "$f" \
       > "$out/t$i.log" 2>&1
-     echo "$(basename "$f") rc=$? $(tail -1 "$out/t$i.log")" > "$out/t$i.rc") &
+     rc=$?; echo "$(basename "$f") rc=$rc $(tail -1 "$out/t$i.log")" > "$out/t$i.rc") &
     i=$((i + 1))
   done
   wait

@@ -38,6 +38,9 @@ def test_quick_run_writes_every_ratio(tmp_path):
     report = (tmp_path / "speed.md").read_text()
     assert "| model | dtype | N | method |" in report
     assert "| model | dtype | N | forward s | trace s | default s" in report
+    # the results say what they were measured with: package versions and the run's options
+    assert saved["versions"]["torch"] == torch.__version__ and saved["options"]["quick"] is True
+    assert f"torch {torch.__version__}" in report and '"quick": true' in report
 
 
 def test_no_end_to_end_times_the_maps_alone(tmp_path):

@@ -44,7 +44,10 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
         assert res["ratios_vs_latim_default"][name] > 0
     if res.get("inseq") is not None:
         assert {"latim", "integrated_gradients", "saliency"} <= set(res["inseq"])
-    assert "× LaTIM default" in (tmp_path / "whole-sequence.md").read_text()
+    report = (tmp_path / "whole-sequence.md").read_text()
+    assert "× LaTIM default" in report
+    assert res["versions"]["torch"] == torch.__version__ and res["options"]["tokens"] == 16
+    assert f"torch {torch.__version__}" in report and '"tokens": 16' in report
 
 
 def test_bad_sizes_are_refused(tmp_path):

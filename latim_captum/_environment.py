@@ -1,0 +1,42 @@
+"""What a benchmark result was measured with: the installed versions of the packages that set its numbers, and the
+options of the run, so that a results file says how to reproduce it.
+
+Example:
+    >>> sorted(software_versions())[:3]
+    ['captum', 'causal-conv1d', 'inseq']
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+
+__all__ = ["SOFTWARE", "run_options", "software_versions", "versions_line"]
+
+#: distributions whose versions change a benchmark's numbers (kernels, model code, the methods compared)
+SOFTWARE: tuple[str, ...] = (
+    "latim-captum", "torch", "transformers", "triton", "mamba-ssm", "causal-conv1d", "captum", "inseq",
+)  # fmt: skip
+
+
+def software_versions() -> dict[str, str | None]:
+    """``{distribution: version}`` for :data:`SOFTWARE`, ``None`` where it is not installed."""
+    found: dict[str, str | None] = {}
+    for name in SOFTWARE:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def versions_line(versions: dict[str, str | None]) -> str:
+    """One Markdown line naming the installed versions (absent packages are listed as such)."""
+    present = [f"{name} {version}" for name, version in versions.items() if version]
+    absent = [name for name, version in versions.items() if not version]
+    return "- versions: " + ", ".join(present) + (f"; not installed: {', '.join(absent)}" if absent else "")
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The parsed command-line options of a run (the handler the CLI attaches left out)."""
+    return {key: value for key, value in vars(args).items() if not callable(value)}
