@@ -38,5 +38,8 @@ def versions_line(versions: dict[str, str | None]) -> str:
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    """The parsed command-line options of a run (the handler the CLI attaches left out)."""
-    return {key: value for key, value in vars(args).items() if not callable(value)}
+    """The parsed command-line options of a run, JSON-ready (the handler the CLI attaches left out; a value JSON
+    cannot hold, such as a path, as its string)."""
+    plain = (str, int, float, bool, type(None), list, tuple)
+    return {key: value if isinstance(value, plain) else str(value) for key, value in vars(args).items()
+            if not callable(value)}  # fmt: skip

@@ -1,0 +1,25 @@
+"""What benchmark results record about their run: package versions and options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from latim_captum._environment import SOFTWARE, run_options, software_versions, versions_line
+
+
+def test_versions_name_every_package_and_the_absent_ones():
+    found = software_versions()
+    assert list(found) == list(SOFTWARE) and found["torch"] == torch.__version__
+    line = versions_line({"torch": "2.0", "mamba-ssm": None, "captum": "0.9"})
+    assert line == "- versions: torch 2.0, captum 0.9; not installed: mamba-ssm"
+
+
+def test_options_are_json_ready_without_the_handler():
+    args = argparse.Namespace(out=Path("results/x"), tokens=16, models=["mamba2"], quick=False, func=print)
+    options = run_options(args)
+    assert options == {"out": "results/x", "tokens": 16, "models": ["mamba2"], "quick": False}
+    assert json.loads(json.dumps(options)) == options
