@@ -154,6 +154,12 @@ def test_activation_study_trains_three_variants_and_reports_them(task_name, tmp_
             assert 0.0 <= m["value"] <= 1.0
     md = (tmp_path / f"activations-{task_name}-mamba2-tiny.md").read_text()
     assert "| Identity | 0.00 | 0.00 | 0.00 | 0.46 | 83.3 |" in md and "same recipe and seed" in md
+    # the recorded command reruns this very study: the trained run's seed and steps, the evaluation's sample count
+    if task_name == "copy":
+        want = "--variant mamba2 --seed 0 --train-steps 2 --n-samples 3"
+    else:
+        want = f"--models {' '.join(map(str, dirs))} --n-samples 3"
+    assert suite["meta"]["command"].endswith(want) and f"- command: `{suite['meta']['command']}`" in md
 
 
 def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):

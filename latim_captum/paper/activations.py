@@ -222,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def rerun_command(args: argparse.Namespace, paths: list[Path], variant: str) -> str:
+    """The command that reruns this study: every option that changes its numbers (a tiny run's seed, steps and
+    activations; the evaluation's sample counts), not only the task and the models."""
+    parts = ["python benchmarks/activations.py", f"--task {args.task}", f"--scale {args.scale}"]
+    parts.append(f"--device {args.device}")
+    if args.models:
+        parts.append(f"--models {' '.join(map(str, paths))}")
+    else:
+        parts.append(f"--variant {variant}")
+        if args.scale == "tiny":
+            parts += [f"--seed {args.seed}", *([f"--train-steps {args.train_steps}"] if args.train_steps else [])]
+        if list(args.acts) != list(HIDDEN_ACTS):
+            parts.append(f"--acts {' '.join(args.acts)}")
+    parts += [f"--n-samples {args.n_samples}"] if args.n_samples else []
+    parts += [f"--max-sequences {args.max_sequences}"] if args.max_sequences else []
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train (tiny scale without ``--models``), evaluate every model and write the report; returns the suite."""
     quiet_transformers()
@@ -246,9 +264,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"two models share a conv activation ({', '.join(acts)}): one model per activation")
     variant = variants.pop()
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
-    command = f"python benchmarks/activations.py --task {args.task} --scale {args.scale} --device {args.device} " + (
-        f"--models {' '.join(map(str, paths))}" if args.models else f"--variant {variant}"
-    )
+    command = rerun_command(args, paths, variant)
     same_seed = len({m.get("seed") for _, _, m in loaded}) == 1
     meta = {"task": args.task, "variant": variant, "scale": args.scale, "device": device, "command": command}
     meta["same_seed"] = same_seed
