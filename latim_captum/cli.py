@@ -500,6 +500,15 @@ def _task_models(
     return paths, variants, loaded, stem
 
 
+def _model_choice_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of a task benchmark's recorded command that choose its models when no ``--model`` is given: the
+    seed (of the tiny models trained in the run; retrieval's paper-scale folders are named by it) and the training
+    steps."""
+    if args.model:
+        return []
+    return ["--seed", str(args.seed), *(["--train-steps", str(args.train_steps)] if args.train_steps else [])]
+
+
 def cmd_bench_alignment(args: argparse.Namespace) -> int:
     from .alignment import train as trainer
     from .alignment.data import AlignmentTask
@@ -514,7 +523,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     command += ["--methods", *args.methods] if args.methods else []
     command += ["--no-sink"] if args.no_sink else []
     command += ["--ties", args.ties] if args.ties != "first" else []
-    command += ["--train-steps", str(args.train_steps)] if args.train_steps and not args.model else []
+    command += _model_choice_flags(args)
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     for path, variant, (model, _, meta) in zip(paths, variants, loaded):
         run_meta = {
@@ -571,7 +580,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     command += ["--n-samples", str(n_samples), "--n-attr", str(n_attr)]
     command += ["--methods", *args.methods] if args.methods else []
     command += ["--no-fwe"] if args.no_fwe else []
-    command += ["--train-steps", str(args.train_steps)] if args.train_steps and not args.model else []
+    command += _model_choice_flags(args)
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     examples: dict = {}
     for index, (path, variant, (model, _, meta)) in enumerate(zip(paths, variants, loaded)):

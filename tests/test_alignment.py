@@ -477,12 +477,18 @@ def test_bench_alignment_trains_a_tiny_model_and_writes_table3(tmp_path):
     from latim_captum.cli import main
 
     argv = ["bench", "alignment", "--variant", "mamba2", "--train-steps", "2", "--train-out", str(tmp_path / "runs"),
-            "--n-samples", "4", "--methods", "l2", "alti_logit", "--out", str(tmp_path), "--quiet"]  # fmt: skip
+            "--n-samples", "4", "--methods", "l2", "alti_logit", "--out", str(tmp_path), "--quiet",
+            "--seed", "3"]  # fmt: skip
     assert main(argv) == 0
     assert (tmp_path / "runs" / "alignment-mamba2-tiny" / "config.json").is_file()
     suite = json.loads((tmp_path / "alignment-mamba2-tiny.json").read_text())
     report = suite["models"]["mamba2"]
-    assert suite["meta"]["command"].startswith("latim bench alignment") and report["meta"]["steps"] == 2
+    assert report["meta"]["steps"] == 2 and report["meta"]["seed"] == 3
+    # the recorded command reruns this run: the training seed and steps included
+    assert suite["meta"]["command"] == (
+        "latim bench alignment --scale tiny --device cpu --variant mamba2 --n-samples 4 --methods l2 alti_logit "
+        "--seed 3 --train-steps 2"
+    )
     assert set(report["methods"]["l2"]["readings"]) == {"predict", "hold"}
     assert len(report["methods"]["l2"]["readings"]["hold"]["layers"]) == report["n_layers"] == 2
     for reading in report["methods"]["alti_logit"]["readings"].values():
