@@ -235,8 +235,7 @@ def rerun_command(args: argparse.Namespace, paths: list[Path], variant: str) -> 
             parts += [f"--seed {args.seed}", *([f"--train-steps {args.train_steps}"] if args.train_steps else [])]
         if list(args.acts) != list(HIDDEN_ACTS):
             parts.append(f"--acts {' '.join(args.acts)}")
-    parts += [f"--n-samples {args.n_samples}"] if args.n_samples else []
-    parts += [f"--max-sequences {args.max_sequences}"] if args.max_sequences else []
+    parts += [f"--n-samples {args.n_samples}"] if args.n_samples else []  # --batch, --max-sequences: memory only
     return " ".join(parts)
 
 
