@@ -9,9 +9,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 from importlib import metadata
 
-__all__ = ["SOFTWARE", "run_options", "software_versions", "versions_line"]
+__all__ = ["SOFTWARE", "provenance", "provenance_lines", "run_options", "software_versions", "versions_line"]
 
 #: distributions whose versions change a benchmark's numbers (kernels, model code, the methods compared)
 SOFTWARE: tuple[str, ...] = (
@@ -43,3 +44,16 @@ def run_options(args: argparse.Namespace) -> dict:
     plain = (str, int, float, bool, type(None), list, tuple)
     return {key: value if isinstance(value, plain) else str(value) for key, value in vars(args).items()
             if not callable(value)}  # fmt: skip
+
+
+def provenance(args: argparse.Namespace) -> dict:
+    """``{"versions": ..., "options": ...}`` of a run, to merge into its results."""
+    return {"versions": software_versions(), "options": run_options(args)}
+
+
+def provenance_lines(results: dict) -> list[str]:
+    """The Markdown lines of a report that name its :func:`provenance` (none for results recorded without it),
+    followed by a blank line."""
+    if "versions" not in results:
+        return []
+    return [versions_line(results["versions"]), f"- options: `{json.dumps(results['options'])}`", ""]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ._environment import run_options, software_versions, versions_line
+from ._environment import provenance, provenance_lines
 from .adapters import get_adapter
 from .traces import LayerTrace
 
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {"device": str(device), "gpu": gpu, "kernel": args.kernel,
                      "floor": "2 * N(N+1)/2 * d_inner * d_model FLOPs per layer (W_o projection of every causal pair)",
                      "peak_tflops": {}, "points": [], "single_query": [], "skipped": [],
-                     "versions": software_versions(), "options": run_options(args)}  # fmt: skip
+                     **provenance(args)}  # fmt: skip
     for dtype in dtypes.values():
         prec = "bf16" if dtype == torch.bfloat16 else "tf32"
         results["peak_tflops"][prec] = matmul_peak(prec, device, 1024 if quick else 8192)
@@ -439,8 +439,7 @@ def _triton_variants() -> tuple[str, ...]:
 def to_markdown(results: dict) -> str:
     kernel = results.get("kernel", "torch")
     lines = [f"# LaTIM speed ({results['gpu']}, kernel={kernel})", "",
-             *([versions_line(results["versions"]), f"- options: `{json.dumps(results['options'])}`", ""]
-               if "versions" in results else []),
+             *provenance_lines(results),
              "End to end, the number a user gets: `interactions(model, ids, method=\"l2\")` (trace and maps) with the "
              "default arguments, then on this run's path at each precision (s; relative difference of the maps from "
              "`highest`; ALTI's and ALTI-Logit's largest row-sum errors):", "",

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._environment import run_options, software_versions, versions_line
+from ._environment import provenance, provenance_lines
 from .adapters import get_adapter
 from .bench_speed import build_model, timed
 
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace, on_update: Callable[[dict], None] | None = Non
         predicted = model(ids).logits[0].argmax(-1)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out: dict = {"device": gpu, "model": args.model, "quick": args.quick, "N": n, "latim": {}, "gradients": {},
-                 "versions": software_versions(), "options": run_options(args)}  # fmt: skip
+                 **provenance(args)}  # fmt: skip
     precisions = [None, "tf32"] if device.type == "cuda" else [None]
     for precision in precisions:
         out["latim"][precision or "default"] = latim_all_rows(model, ids, precision)
@@ -205,8 +205,7 @@ def to_markdown(res: dict) -> str:
     """The report: seconds and ratios to LaTIM's default call."""
     n = res["N"]
     lines = [f"# Whole-sequence attribution ({res['device']}, {res['model']}, N = {n})", "",
-             *([versions_line(res["versions"]), f"- options: `{json.dumps(res['options'])}`", ""]
-               if "versions" in res else []),
+             *provenance_lines(res),
              f"All {n} rows (each position's predicted next token), seconds and × LaTIM's default call:", "",
              "| method | positions timed | wall s (all rows) | × LaTIM default | note |",
              "|---|---|---|---|---|"]  # fmt: skip
