@@ -41,6 +41,8 @@ __all__ = [
     "stored",
     "onloaded",
     "relative_error",
+    "check_no_unmerged_adapters",
+    "mismatch_hint",
     "verification_tolerance",
 ]
 
@@ -147,13 +149,53 @@ def _logits_error(
     return float(sq_err.sqrt() / sq_ref.sqrt().clamp_min(1e-30))
 
 
-def verification_tolerance(model_dtype: torch.dtype) -> float:
+def check_no_unmerged_adapters(model: nn.Module) -> None:
+    """``TypeError`` naming the first active, unmerged PEFT adapter layer (LoRA & co.) of ``model``.
+
+    Such a layer's ``.weight`` is the frozen base weight while its forward adds the adapter, so any recomputation
+    from the weights explains the base model; the forward check would catch a large adapter only (its tolerance is
+    1e-2 where the model's own kernels round in tf32). A merged or disabled adapter forwards through ``.weight``.
+
+    Example:
+        >>> check_no_unmerged_adapters(nn.Linear(2, 2))   # a plain model passes
+    """
+    for name, module in model.named_modules():
+        if not hasattr(module, "base_layer") or not hasattr(module, "merged"):
+            continue  # peft's BaseTunerLayer has both
+        if module.merged or getattr(module, "disable_adapters", False) or not getattr(module, "active_adapters", ()):
+            continue
+        raise TypeError(
+            f"{type(model).__name__}.{name} is an unmerged PEFT adapter layer ({type(module).__name__}): LaTIM "
+            "decomposes the forward from the weights, which would be the base model's; merge the adapters first "
+            "(model = model.merge_and_unload(), or model.merge_adapter())"
+        )
+
+
+def mismatch_hint(model: nn.Module) -> str:
+    """The end of every :class:`TraceMismatchError` message: the two ways a recomputation misses the forward."""
+    return (
+        f"this {type(model).__name__} configuration is not supported, or its forward is not its weights' "
+        "(merge LoRA/PEFT adapters, e.g. merge_and_unload(), and remove hooks that change activations)"
+    )
+
+
+def verification_tolerance(model_dtype: torch.dtype, device: torch.device | str | None = None) -> float:
     """Largest relative gap between our recomputation and the model's forward accepted for a model dtype.
 
-    The check guards against unsupported variants, which miss by O(0.1-1); it must not trip on the model's own
-    rounding: mamba-ssm's fp32 Mamba-2 kernels use tf32 products (~5e-4 relative), bf16/fp16 models round every
-    activation.
+    The check guards against unsupported variants, which miss by O(0.1-1), and against a forward that is not the
+    bare weights' (an unmerged LoRA, a steering hook); it must not trip on the model's own rounding: mamba-ssm's fp32
+    Mamba-2 kernels and cuDNN's convolutions use tf32 products (~5e-4 relative), bf16/fp16 models round every
+    activation. A float32 model on the CPU with full-precision matmuls (``torch.get_float32_matmul_precision() ==
+    "highest"``, the default) computes in IEEE fp32 throughout (~1e-7 relative), so there a 1e-4 gap already means a
+    different forward.
+
+    Example:
+        >>> verification_tolerance(torch.float32, "cpu"), verification_tolerance(torch.float32, "cuda")
+        (0.0001, 0.01)
     """
+    if model_dtype == torch.float32 and device is not None and torch.device(device).type == "cpu":
+        if torch.get_float32_matmul_precision() == "highest":
+            return 1e-4
     return {torch.float64: 1e-6, torch.float32: 1e-2}.get(model_dtype, 5e-2)
 
 
@@ -417,6 +459,7 @@ class ModelAdapter(ABC):
             TraceMismatchError: a mixer's hooks did not fire.
             ValueError: the forward pass gave non-finite values (:func:`check_finite_capture`).
         """
+        check_no_unmerged_adapters(self.model)
         captured = [CapturedLayer() for _ in self.blocks]
         with CallHooks() as hooks:
             self.add_capture_hooks(hooks, captured)
@@ -468,10 +511,11 @@ class ModelAdapter(ABC):
         if norm_bias is not None:
             normed = normed + norm_bias
         err = _logits_error(normed, readout.unembedding, bias, readout.logits)
-        if not err <= verification_tolerance(self.model_dtype):  # fail closed: a NaN error is no agreement
+        tol = verification_tolerance(self.model_dtype, hidden.device)
+        if not err <= tol:  # fail closed: a NaN error is no agreement
             raise TraceMismatchError(
-                f"recomputed logits differ from the model's by {err:.2e} (relative); the final norm or LM head of "
-                f"{type(self.model).__name__} is not supported"
+                f"recomputed logits differ from the model's by {err:.2e} (relative, tolerance {tol:.0e}) at the final "
+                f"norm and LM head: {mismatch_hint(self.model)}"
             )
         return readout
 
@@ -499,7 +543,6 @@ class ModelAdapter(ABC):
         """
         check_store(store)
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
-        tol = verification_tolerance(self.model_dtype)
         layers, devices = [], []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
@@ -509,10 +552,11 @@ class ModelAdapter(ABC):
                     layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:
                     err = relative_error(recomputed, cap.mixer_output)
+                    tol = verification_tolerance(self.model_dtype, devices[-1])
                     if not err <= tol:  # fail closed: a NaN error is no agreement
                         raise TraceMismatchError(
                             f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
-                            f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"
+                            f"tolerance {tol:.0e}); {mismatch_hint(self.model)}"
                         )
                 layers.append(kept(_with_layer(layer, idx), store))
             final_hidden = captured[-1].block_output

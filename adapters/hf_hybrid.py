@@ -31,6 +31,7 @@ from .base import (
     check_store,
     execution_device,
     kept,
+    mismatch_hint,
     moved_capture,
     onloaded,
     relative_error,
@@ -327,7 +328,6 @@ class HFHybridAdapter(HFBackboneAdapter):
         check_store(store)
         _warn_left_padding(self.model, attention_mask)
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
-        tol = verification_tolerance(self.model_dtype)
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
         devices: list[torch.device] = []
@@ -342,6 +342,7 @@ class HFHybridAdapter(HFBackboneAdapter):
                 for sub in sublayers:
                     if verify and isinstance(sub, _Verified):
                         reference = sub.trace.mixer_output if sub.reference is None else sub.reference
+                        tol = verification_tolerance(self.model_dtype, device)
                         self._verify(idx, sub.recomputed, reference, mask, tol, sub.what)
                 listed = [sub for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
                 layers.extend(kept(replace(_unwrap(sub), layer=idx), store) for sub in listed)
@@ -368,5 +369,5 @@ class HFHybridAdapter(HFBackboneAdapter):
         if not err <= tol:  # fail closed: a NaN error is no agreement
             raise TraceMismatchError(
                 f"layer {idx}: recomputed {what} differs from the model's by {err:.2e} (relative, "
-                f"tolerance {tol:.0e}); this {type(self.model).__name__} configuration is not supported"
+                f"tolerance {tol:.0e}); {mismatch_hint(self.model)}"
             )

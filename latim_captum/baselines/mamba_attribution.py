@@ -51,7 +51,7 @@ from ._common import (
     row_minmax,
 )
 from .mamba_attention import layer_attention
-from .replay import replay_logits
+from .replay import check_replay, replay_logits
 
 __all__ = ["GRADIENTS", "mamba_attribution", "rollout_row"]
 
@@ -140,6 +140,7 @@ def _attention_gradients(
 
     with torch.enable_grad():
         logits = replay_logits(adapter, embeds, mask, mixing=mixing)
+    check_replay(adapter, embeds, mask, logits)
     targets = resolve_targets(target, logits)
     inputs = [leaves[idx] for idx in selected]
     out = {}

@@ -31,7 +31,7 @@ from latim_captum._validation import check_size
 from latim_captum.adapters import ModelAdapter
 
 from ._common import group_score, model_inputs, query_rows, replicate_rows, resolve_targets
-from .replay import replay_logits
+from .replay import check_replay, replay_logits
 
 __all__ = ["mamba_lrp"]
 
@@ -80,7 +80,9 @@ def mamba_lrp(
     bsz, n = embeds.shape[:2]
     rows = query_rows(position, n, mask)
     with torch.no_grad():
-        targets = resolve_targets(target, replay_logits(adapter, embeds, mask, lrp=True))
+        replayed = replay_logits(adapter, embeds, mask, lrp=True)
+    check_replay(adapter, embeds, mask, replayed)  # the LRP rules change no forward value: these are the logits
+    targets = resolve_targets(target, replayed)
     out = embeds.new_zeros(bsz, len(rows), n)
     for g0 in range(0, len(rows), row_batch):
         group = rows[g0 : g0 + row_batch]

@@ -45,7 +45,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from latim_captum._model_state import eval_mode
 from latim_captum.adapters import ModelAdapter
+from latim_captum.adapters.base import (
+    TraceMismatchError,
+    check_no_unmerged_adapters,
+    mismatch_hint,
+    relative_error,
+    verification_tolerance,
+)
 from latim_captum.adapters.hf_common import weight
 from latim_captum.adapters.hf_mamba import HFMambaAdapter
 from latim_captum.adapters.hf_mamba2 import HFMamba2Adapter
@@ -59,7 +67,7 @@ from latim_captum.adapters.mixers import (
 )
 from latim_captum.traces import SSMParams
 
-__all__ = ["Mixing", "replay_logits", "supports_replay", "lrp_activation", "half_gate"]
+__all__ = ["Mixing", "check_replay", "replay_logits", "supports_replay", "lrp_activation", "half_gate"]
 
 #: ``mixing(layer_index, ssm, phi) -> Σ_s M_{i,s} ⊙ φ_s`` of shape ``[B, N, d]`` (no D skip)
 Mixing = Callable[[int, SSMParams, Tensor], Tensor]
@@ -129,3 +137,33 @@ def replay_logits(
         hidden = hidden + mixed.output
     final = _rms_norm(hidden, adapter.final_norm, dtype, detach=lrp)
     return linear(final, weight(head.weight, dtype), weight(head.bias, dtype))
+
+
+def check_replay(
+    adapter: ModelAdapter, inputs_embeds: Tensor, attention_mask: Tensor | None, replayed: Tensor
+) -> None:
+    """Fail closed when the replayed logits are not the model's own.
+
+    The replay reads the bare weights (``adapter.mixer_weights``, ``head.weight``): a model whose forward differs
+    from them (a PEFT/LoRA-wrapped projection, a forward hook that patches or steers an activation, an unsupported
+    variant) would otherwise be explained as a different model, silently. One forward pass of the real model.
+
+    Raises:
+        TypeError: the model holds unmerged PEFT adapter layers.
+        TraceMismatchError: the replayed logits differ from the model's beyond :func:`verification_tolerance`.
+    """
+    check_no_unmerged_adapters(adapter.model)
+    with torch.no_grad(), eval_mode(adapter.model):
+        real = adapter.output_logits(
+            adapter.forward(None, inputs_embeds.detach().to(adapter.model_dtype), attention_mask)
+        )
+    real = real.detach().to(device=replayed.device, dtype=replayed.dtype)
+    keep = (slice(None),) if attention_mask is None else (attention_mask.to(replayed.device).bool(),)
+    err = relative_error(replayed.detach()[keep], real[keep])
+    # HF's torch fallbacks compute norms and A in float32 even for a float64 model
+    tol = max(verification_tolerance(adapter.model_dtype, replayed.device), 1e-5)
+    if not err <= tol:  # fail closed: a NaN error is no agreement
+        raise TraceMismatchError(
+            f"the baseline's forward, rebuilt from the weights, differs from the model's own logits by {err:.2e} "
+            f"(relative, tolerance {tol:.0e}): {mismatch_hint(adapter.model)}"
+        )
