@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ._environment import provenance, provenance_lines
+from ._validation import check_device
 from .adapters import get_adapter
 from .traces import LayerTrace
 
@@ -272,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
     from latim_captum.maps import stack
     from latim_captum.maps.tiles import dominant_flops
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = args.quick
     lengths = _lengths(args.lengths, [16, 24] if quick else [512, 2048, 4096, 8192, 16384])
     single_lengths = _lengths(args.single_lengths, [16] if quick else [2048, 8192, 32768])

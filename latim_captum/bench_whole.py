@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ._environment import provenance, provenance_lines
+from ._validation import check_device
 from .adapters import get_adapter
 from .bench_speed import build_model, timed
 
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace, on_update: Callable[[dict], None] | None = Non
     """Every timing of one model; see the module docstring. ``on_update(results)`` after each measurement (a run cut
     by a time limit keeps what it measured)."""
     update = on_update or (lambda results: None)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     n = args.tokens or (24 if args.quick else 2048)
     model = build_model(args.model, args.quick, torch.float32, device)
     vocab = get_adapter(model).vocab_size

@@ -156,6 +156,28 @@ def _tokens(tok, ids: torch.Tensor) -> list[str]:
     return [tok.decode([t]) for t in ids.tolist()]
 
 
+def _encode(tok, parts: dict[str, str | None]) -> torch.Tensor:
+    """``[1, N]`` ids of the texts ``parts`` (``{"--text": ..., "--target": ...}``), each tokenised on its own
+    and concatenated, as ``latim attribute-dataset`` and Captum's LLM attribution tokenise a prompt and its target
+    (joined, ``"w3 w4" + "w5"`` would read as ``w4w5``).
+
+    Raises:
+        ValueError: a text the tokenizer reads as its unknown token beyond the unknown-token strings typed in it
+            (the embedded copy models read every character outside ``a``-``o`` as their separator ``|``: the map
+            would be of another input).
+    """
+    given = {flag: text for flag, text in parts.items() if text}
+    ids = [tok(text, return_tensors="pt", add_special_tokens=False).input_ids for text in given.values()]
+    unk, unk_id = getattr(tok, "unk_token", None), getattr(tok, "unk_token_id", None)
+    for (flag, text), part in zip(given.items(), ids):
+        if unk_id is not None and int((part == unk_id).sum()) > (text.count(unk) if unk else 0):
+            raise ValueError(
+                f"{flag} {text!r} has characters or words outside the tokenizer's vocabulary, read as its unknown "
+                f"token {unk!r}: {_tokens(tok, part[0])}"
+            )
+    return torch.cat(ids, dim=1) if ids else torch.zeros(1, 0, dtype=torch.long)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._plots import save_heatmap, save_layer_grid, save_side_by_side
     from .copying.evaluate import PAPER_TABLE2
@@ -264,8 +286,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     outputs = [("--out", figure)] + ([("--json", Path(args.json))] if args.json else [])
     _check_writable(outputs)
     model, tok = load_model(args.model, args.device)
-    text = args.text + (args.target or "")
-    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids.to(args.device)
+    ids = _encode(tok, {"--text": args.text, "--target": args.target}).to(args.device)
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     measure = method.spec.measure
@@ -292,14 +313,16 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         else:
             layer_s = "all"
     tokens = _tokens(tok, ids[0])
-    written = save_heatmap(maps, tokens, f"{method.label} (layer {layer_s})", figure)
-    print(f"wrote {written} ({len(tokens)} tokens, method {args.method}, layer {layer_s})")
+    title = method.label + ("" if act is None else f", activation {act}")
+    written = save_heatmap(maps, tokens, f"{title} (layer {layer_s})", figure)
+    print(f"wrote {written} ({len(tokens)} tokens, method {args.method}, activation {act}, layer {layer_s})")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
                 {
                     "model": args.model,
                     "method": args.method,
+                    "activation": act,  # None outside LaTIM
                     "layer": layer_s,
                     "explains": EXPLAINS[explains],
                     "tokens": tokens,
@@ -380,7 +403,7 @@ def cmd_error_report(args: argparse.Namespace) -> int:
     for spec in specs:
         model, tok = load_model(spec, args.device)
         if args.text is not None:
-            ids = tok(args.text, return_tensors="pt", add_special_tokens=False).input_ids
+            ids = _encode(tok, {"--text": args.text})
             if ids.shape[1] < 1:
                 raise ValueError(f"--text {args.text!r} gives no tokens with this model's tokenizer")
         elif spec in COPY_MODELS:
@@ -649,8 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument(
         "--target",
         default=None,
-        help="continuation appended to the text; the methods that explain a logit (ALTI-Logit, gradient methods, "
-        "Mamba-Attribution, MambaLRP) then explain each true next token (default: the model's own predictions)",
+        help="continuation appended to the text (tokenised apart, as Captum's LLM attribution does); the methods "
+        "that explain a logit (ALTI-Logit, gradient methods, Mamba-Attribution, MambaLRP) then explain each true "
+        "next token (default: the model's own predictions)",
     )
     attr.add_argument(
         "--method",
@@ -887,16 +911,18 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["inseq"]:
+    first = 1 if argv[:1] == ["--debug"] else 0  # `latim --debug inseq ...` as for the other commands
+    if argv[first : first + 1] == ["inseq"]:
         from .inseq_cli import main as inseq_main
 
-        return inseq_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        debug, run = first == 1, lambda: inseq_main(argv[first + 1 :])
+    else:
+        args = build_parser().parse_args(argv)
+        debug, run = getattr(args, "debug", False), lambda: args.func(args)
     try:
-        return args.func(args)
+        return run()
     except Exception as err:  # one line for every failure (bad input, a folder, the device, memory), as documented
-        if getattr(args, "debug", False):
+        if debug:
             traceback.print_exc()
         print(f"latim: error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -99,7 +99,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: arguments the base class fills in itself; users cannot pass them through ``model.attribute``
-RESERVED_ARGS = ("model_or_trace", "model", "input_ids", "inputs_embeds", "attention_mask", "target", "contrast")
+#: (``position``, one query row of the baselines: an Inseq step reads the whole map)
+RESERVED_ARGS = (
+    "model_or_trace", "model", "input_ids", "inputs_embeds", "attention_mask", "target", "contrast", "position"
+)  # fmt: skip
+#: arguments that mean something to a sibling method (per-layer maps, one query row) and that this map would drop:
+#: refused; Inseq's gradient arguments (n_steps, internal_batch_size) stay accepted with Inseq's warning, so that a
+#: gradient method's call runs unchanged
+_FOREIGN_ARGS = ("layers", "position")
 
 #: the extra (third) dimension of per-layer maps, named for Inseq's granular views
 _LAYER_DIM_NAMES = {
@@ -286,7 +293,14 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
 
     def get_attribution_args(self, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         exclude = [*RESERVED_ARGS, *self.token_map_kwargs]
-        return extract_signature_args(kwargs, self.token_map, exclude, return_remaining=True)
+        used, remaining = extract_signature_args(kwargs, self.token_map, exclude, return_remaining=True)
+        foreign = sorted(name for name in remaining if name in _FOREIGN_ARGS)
+        if foreign:
+            raise ValueError(
+                f"{self.method_name} does not take {', '.join(foreign)}: its map has no such choice (layers: use a "
+                "per-layer method such as latim_alti_logit_layers; position: every step reads its own row)"
+            )
+        return used, remaining
 
     def _run_compatibility_checks(self, attributed_fn) -> None:
         super()._run_compatibility_checks(attributed_fn)
@@ -332,6 +346,12 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
             maps = maps.unsqueeze(-1)
         else:
             raise ValueError(f"{self.method_name}: the token map must be [B, L, N, N] or [B, N, N], got {maps.shape}")
+        n = input_ids.shape[1] - 1
+        if maps.shape[0] != input_ids.shape[0] or maps.shape[1:3] != (n, n):  # e.g. one row per layer, [B, L, N]
+            raise ValueError(
+                f"{self.method_name}: the token map of {input_ids.shape[0]} × {n} tokens must be [B, N, N] over "
+                f"them, got {tuple(maps.shape)}"
+            )
         return maps.detach().to("cpu", torch.float32)
 
     def scale(self, contrastive: bool = False) -> str:

@@ -52,7 +52,8 @@ RAW_SCALES: dict[str, str] = {
     "minus the offset)",
     "alti": "ALTI shares, averaged over layers (each layer's column sums to 1)",
     "alti_no_residual": "ALTI shares without the residual, averaged over layers (each layer's column sums to 1)",
-    "alti_logit_layers": "logit contributions per layer (each layer's column sums to its share of the logit)",
+    "alti_logit_layers": "logit contributions per layer, averaged over layers (each layer's column sums to its "
+    "share of the logit; aggregate('sum') adds the layers)",
     "alti_logit_layers_contrast": "logit-difference contributions per layer (each layer's column sums to its share "
     "of logit(target) − logit(contrast))",
     "l2": "ℓ2 norms of the contribution vectors, averaged over layers",

@@ -20,7 +20,7 @@ from latim_captum._validation import check_layers, check_model_inputs
 from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.catalog import MethodSpec
 
-from ._conventions import check_ig_arguments, float_ids_error
+from ._conventions import check_ig_arguments, float_ids_error, inside_noise_tunnel
 
 __all__ = ["TokenMapAttribution", "TokenMaps", "LayerSpec", "DEFAULT", "row_as_map"]
 
@@ -145,8 +145,11 @@ class TokenMapAttribution(Attribution):
             **options: keyword options passed to :meth:`compute_maps` / ``map_fn`` on every call.
 
         Raises:
-            TypeError: the model is not a supported Mamba model.
+            TypeError: the model is not a supported Mamba model, or a ``dtype`` option other than torch.float32 /
+                torch.float64 (checked here, not at the first call).
         """
+        if "dtype" in options and options["dtype"] not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (compute dtype), got {options['dtype']!r}")
         self.adapter = get_adapter(model)
         super().__init__(self.adapter.model)
         self.options = dict(options)
@@ -239,8 +242,10 @@ class TokenMapAttribution(Attribution):
             return LayerSpec(check_layers(list(layer), n_layers), None, True)
         return LayerSpec(check_layers(layer, n_layers), None, False)
 
-    def format_target(self, target: Any, batch: int) -> Tensor | None:
+    def format_target(self, target: Any, batch: int, name: str = "target") -> Tensor | None:
         """Captum's target forms (None, int, list of B ints, 0-d or ``[B]`` tensor) as a ``[B]`` long tensor.
+
+        ``name`` is the argument's name in the messages (``"contrast"`` takes the same forms).
 
         Raises:
             ValueError: a tuple (multi-dimensional output index), a wrong length or shape, or an id outside the
@@ -249,28 +254,32 @@ class TokenMapAttribution(Attribution):
         if target is None:
             return None
         if isinstance(target, tuple):
-            raise ValueError(f"target {target!r}: tuple targets index multi-dimensional outputs; use an int per row")
+            raise ValueError(f"{name} {target!r}: tuple targets index multi-dimensional outputs; use an int per row")
         if isinstance(target, bool):
-            raise ValueError(f"target must be a token id, got {target!r}")
+            raise ValueError(f"{name} must be a token id, got {target!r}")
         if isinstance(target, list) and any(not isinstance(t, int) or isinstance(t, bool) for t in target):
-            raise ValueError(f"target list must hold one int token id per example, got {target!r}")
+            raise ValueError(f"{name} list must hold one int token id per example, got {target!r}")
         t = torch.as_tensor(target)
         if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
-            raise ValueError(f"target must hold integer token ids, got dtype {t.dtype}")
+            raise ValueError(f"{name} must hold integer token ids, got dtype {t.dtype}")
         if t.dim() == 0:
             t = t.expand(batch)
         elif t.dim() > 1:
             raise ValueError(
-                f"target has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}] (a tensor "
+                f"{name} has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}] (a tensor "
                 "shaped like the inputs here is usually Integrated Gradients' positional baselines: LaTIM needs "
-                "none, so pass target= by keyword)"
+                f"none, so pass {name}= by keyword)"
             )
         elif t.shape[0] != batch:
-            raise ValueError(f"target has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}]")
+            # NoiseTunnel repeats target for its noisy copies, not contrast
+            hint = " (under NoiseTunnel: an int, or a tensor already repeated nt_samples times)" * (name == "contrast")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}]{hint}"
+            )
         vocab = self.adapter.vocab_size
         bad = t[(t < 0) | (t >= vocab)]
         if bad.numel():
-            raise ValueError(f"target token id {int(bad[0])} is out of the vocabulary [0, {vocab})")
+            raise ValueError(f"{name} token id {int(bad[0])} is out of the vocabulary [0, {vocab})")
         return t.to(device=self.adapter.device, dtype=torch.long)
 
     @staticmethod
@@ -386,6 +395,12 @@ class TokenMapAttribution(Attribution):
         positions = query_positions(position, mask, bsz, n)
         spec = self.resolve_layer(layer)
         tgt = self.format_target(target, bsz)  # validated even by target-free maps, which then drop it
+        if self.uses_target and tgt is None and is_embeds and inside_noise_tunnel():
+            raise ValueError(
+                f"{self.get_name()} under NoiseTunnel needs target=: without it each noisy copy would explain its own "
+                "predicted token, and attributions of different tokens would be averaged (pass e.g. the clean "
+                "input's prediction, model(ids).logits[:, -1].argmax(-1))"
+            )
         if not self.uses_target:
             tgt = None
         ctr = self.format_contrast(contrast, bsz)
@@ -427,7 +442,7 @@ class TokenMapAttribution(Attribution):
             raise ValueError(
                 f"{self.get_name()} explains no logit, so it has no contrastive form; contrast= is for ALTI-Logit"
             )
-        return self.format_target(contrast, batch)
+        return self.format_target(contrast, batch, name="contrast")
 
     def _maps(self, ids, embeds, mask, spec: LayerSpec, target, contrast, position: int | None) -> TokenMaps:
         """:meth:`compute_maps` for one (sub-)batch, with ``position`` only for ``row_capable`` classes."""

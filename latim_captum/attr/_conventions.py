@@ -8,7 +8,9 @@ path. So:
   reads would be silently wrong);
 - ``n_steps`` and ``method`` (the integration rule) are accepted and ignored with a warning (they change no number);
 - ``internal_batch_size`` is honoured: at most that many examples go through the model at once (memory bound, same
-  numbers).
+  numbers);
+- under :class:`captum.attr.NoiseTunnel` a method that explains a token needs ``target=``, as Captum's own methods
+  do: the default (each input's predicted token) would differ between noisy copies (:func:`inside_noise_tunnel`).
 
 Example:
     >>> check_ig_arguments("LaTIM (ALTI-Logit)", None, None, None, None)        # nothing to say
@@ -19,12 +21,35 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["check_ig_arguments", "check_internal_batch_size", "float_ids_error"]
+__all__ = ["check_ig_arguments", "check_internal_batch_size", "float_ids_error", "inside_noise_tunnel"]
+
+
+def inside_noise_tunnel(max_frames: int = 16) -> bool:
+    """Whether the caller runs inside :meth:`captum.attr.NoiseTunnel.attribute`.
+
+    NoiseTunnel calls ``attribute.__wrapped__`` on each batch of noisy copies and expands only the arguments it
+    knows; the call itself carries no mark, so the stack is read (a few frames, and only on the path that needs it).
+
+    Example:
+        >>> inside_noise_tunnel()
+        False
+    """
+    from captum.attr import NoiseTunnel
+
+    frame = sys._getframe(1)
+    for _ in range(max_frames):
+        if frame is None:
+            return False
+        if isinstance(frame.f_locals.get("self"), NoiseTunnel):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def check_internal_batch_size(internal_batch_size: Any) -> int | None:
