@@ -36,9 +36,9 @@ class HFGraniteMoeHybridAdapter(HFHybridAdapter):
     def feed_forward(self, block: nn.Module) -> nn.Module:
         return block.block_sparse_moe if block.block_sparse_moe is not None else block.shared_mlp
 
-    @property
-    def residual_multiplier(self) -> float:
-        return float(self.model.config.residual_multiplier)
+    def residual_multiplier(self, block: nn.Module) -> float:
+        # the block's own (HF copies the config's into each decoder layer; the forward reads the layer's)
+        return float(getattr(block, "residual_multiplier", self.model.config.residual_multiplier))
 
     @property
     def logits_multiplier(self) -> float:

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from latim_captum._model_state import CallHooks
 from latim_captum._precision import fp32_math
 from latim_captum.attention import attention_output, attention_weights
-from latim_captum.traces import AttentionTrace, LayerTrace, ModelTrace, SublayerTrace, TokenwiseTrace
+from latim_captum.traces import (
+    AttentionTrace,
+    LayerTrace,
+    ModelTrace,
+    SublayerTrace,
+    TokenwiseTrace,
+    parameter_versions,
+)
 
 from .base import (
     CapturedLayer,
@@ -208,9 +215,8 @@ class HFHybridAdapter(HFBackboneAdapter):
         """``"moe"`` for a sparse mixture of experts, else ``"mlp"``."""
         return "moe" if "moe" in type(self.feed_forward(block)).__name__.lower() else "mlp"
 
-    @property
-    def residual_multiplier(self) -> float:
-        """Scale the block applies to each sublayer's output before adding it to the residual (Granite)."""
+    def residual_multiplier(self, block: nn.Module) -> float:
+        """Scale ``block`` applies to each sublayer's output before adding it to the residual (Granite)."""
         return 1.0
 
     @property
@@ -266,8 +272,9 @@ class HFHybridAdapter(HFBackboneAdapter):
             mixer, recomputed = self.mamba_trace(block, cap, dtype)
         else:
             mixer, recomputed = self.attention_trace(block, cap, attn_kwargs, mask, dtype)
-        if self.residual_multiplier != 1.0:
-            mixer, recomputed = _scaled(mixer, self.residual_multiplier), recomputed * self.residual_multiplier
+        scale = self.residual_multiplier(block)
+        if scale != 1.0:
+            mixer, recomputed = _scaled(mixer, scale), recomputed * scale
         return mixer, recomputed
 
     def block_traces(
@@ -327,7 +334,10 @@ class HFHybridAdapter(HFBackboneAdapter):
         """
         check_store(store)
         _warn_left_padding(self.model, attention_mask)
-        captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
+        source = parameter_versions(self.model)
+        # a private copy: the trace keeps the block inputs, and the caller may edit its tensor in place afterwards
+        private = None if inputs_embeds is None else inputs_embeds.clone()
+        captured, logits = self.capture(input_ids, private, attention_mask)
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
         devices: list[torch.device] = []
@@ -350,7 +360,7 @@ class HFHybridAdapter(HFBackboneAdapter):
             readout = self.readout(captured[-1].block_output, logits, dtype)
         return ModelTrace(
             embeddings=captured[0].block_input.to(dtype), layers=stored(layers, devices, store), readout=readout,
-            mask=mask, dtype=dtype,
+            mask=mask, dtype=dtype, source=source,
         )  # fmt: skip
 
     def _verify(

@@ -26,7 +26,7 @@ from .maps import alti_logit as _alti_logit_maps
 from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
-from .traces import ModelTrace, check_store
+from .traces import HostLayers, ModelTrace, check_store
 
 __all__ = [
     "METHODS",
@@ -83,6 +83,14 @@ def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store: str
     if isinstance(model, ModelTrace):
         if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
             raise ValueError("pass inputs with a model, not with a ModelTrace (it already holds them)")
+        model.check_current()
+        # how to make a trace cannot change a finished one: a request it does not already meet is refused
+        if dtype == torch.float64 and model.dtype != torch.float64:
+            raise ValueError(f"dtype=torch.float64 asked for, but this ModelTrace was made in {model.dtype}; trace "
+                             "the model again with trace(..., dtype=torch.float64)")  # fmt: skip
+        if store == "host" and not isinstance(model.layers, HostLayers):
+            raise ValueError("trace_store='host' asked for, but this ModelTrace keeps its layers on the device; "
+                             "trace the model again with trace(..., store='host')")  # fmt: skip
         return model
     return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store=store)
 
@@ -265,8 +273,8 @@ def interactions(
             ``"taylor2"``.
         layers: indices into ``ModelTrace.layers`` for the per-layer methods (None = all; negatives allowed):
             the residual sublayers, which are the blocks of a pure Mamba model; a hybrid's block ``b`` gives two,
-            its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. Ignored by
-            ``"alti_logit"``.
+            its mixer (``2b``) then its MLP/MoE (``2b + 1``); ``trace(...).kinds`` names them. An error with
+            ``"alti_logit"``, which aggregates every layer.
         attention_mask: ``[B, N]`` padding mask.
         target: ALTI-Logit's target token(s) (both forms): an int, ``[B]`` or ``[B, N]``; default the predicted
             next token.
@@ -284,7 +292,8 @@ def interactions(
         ``[B, len(layers), N, N]`` for per-layer methods, ``[B, N, N]`` for ``"alti_logit"``; lower-triangular.
 
     Raises:
-        ValueError: ``target`` given to a method that reads none (ℓp, ALTI), or an unknown method.
+        ValueError: ``target`` given to a method that reads none (ℓp, ALTI), ``layers`` given to ``"alti_logit"``,
+            or an unknown method.
 
     Example:
         >>> from transformers import MambaConfig, MambaForCausalLM
@@ -296,6 +305,9 @@ def interactions(
     check_method(method, METHODS)
     check_size("block_rows", block_rows)
     front_end = method if method in ("alti_logit", "alti_logit_layers") else "interactions"
+    if method == "alti_logit" and layers is not None:
+        raise ValueError("method 'alti_logit' aggregates every layer, so layers= would change nothing; use "
+                         "'alti_logit_layers' for eq 8's term of each layer")  # fmt: skip
     selected = None if method == "alti_logit" else layers
     guard_memory(front_end, model, input_ids, inputs_embeds, layers=selected, dtype=dtype, block_rows=block_rows,
                  backend=backend)  # fmt: skip

@@ -231,19 +231,39 @@ def _digest(value: Any) -> str:
 
 
 def _model_identity(model: nn.Module, name: str | None) -> dict:
-    """What names the model in ``run.json``: the caller's name, the class, a digest of its config, its size and its
-    parameters' dtypes (weights are not hashed: reading a 7B model again on resume would cost minutes)."""
+    """What names the model in ``run.json``: the caller's name, the class, the checkpoint it came from, a digest of
+    its config, a fingerprint of its weights (a strided sample of each tensor: hashing a 7B model's weights on every
+    resume would cost minutes), its size and its parameters' dtypes. A base model and its fine-tune share a config;
+    the fingerprint tells them apart, so a resume never mixes their maps."""
     config = getattr(model, "config", None)
     config_dict = config.to_dict() if hasattr(config, "to_dict") else {}
     config_dict = {k: v for k, v in config_dict.items() if not k.startswith("_") and k not in ("torch_dtype", "dtype")}
     return {
         "name": name or type(model).__name__,
         "class": type(model).__name__,
+        # the checkpoint a from_pretrained model came from (dropped with the other "_" keys above)
+        "source": str(getattr(config, "_name_or_path", "") or ""),
         "config": _digest(json.loads(json.dumps(config_dict, default=str))),
+        "weights": _weights_fingerprint(model),
         "parameters": sum(p.numel() for p in model.parameters()),
         # the config's dtype field says what was saved, not what runs: a model cast after loading gives other maps
         "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
     }
+
+
+def _weights_fingerprint(model: nn.Module, per_tensor: int = 64) -> str:
+    """A digest of a strided sample of every parameter's values (``per_tensor`` elements each, exact bytes): two
+    checkpoints of one config (a base model and its fine-tune) differ here, and it reads ~64 values per tensor, not
+    the weights (offloaded ``meta`` parameters are skipped)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.device.type == "meta" or p.numel() == 0:
+                continue
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor]
+            digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -9,13 +9,14 @@ channels), R = Mamba-1 state size, H = Mamba-2 heads, G = groups, S = Mamba-2 st
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "parameter_versions",
     "Mamba1SSM",
     "Mamba2SSM",
     "SSMParams",
@@ -450,6 +451,10 @@ class ModelTrace:
         readout: final norm + unembedding, or None for a model without an LM head.
         mask: ``[B, N]`` padding mask or None.
         dtype: the compute dtype of every tensor here.
+        source: ``(parameter, its version counter)`` for every parameter of the traced model. Where the compute
+            dtype is the model's, the trace holds the weights themselves, not copies (a copy would double the
+            model's memory), so an in-place edit of the model after tracing (an ablation, a training step) would
+            change the maps of this trace; :meth:`check_current` refuses the trace then.
     """
 
     embeddings: Tensor
@@ -457,6 +462,17 @@ class ModelTrace:
     readout: Readout | None
     mask: Tensor | None
     dtype: torch.dtype
+    source: tuple[tuple[Tensor, int], ...] = field(default=(), repr=False, compare=False)
+
+    def check_current(self) -> None:
+        """``RuntimeError`` when a parameter of the traced model was modified in place since the trace was made."""
+        changed = next((p for p, version in self.source if p._version != version), None)
+        if changed is not None:
+            raise RuntimeError(
+                f"the model was modified in place after this trace was made (a parameter of shape "
+                f"{tuple(changed.shape)}): its maps would mix the old forward pass with the new weights; trace the "
+                "model again"
+            )
 
     @property
     def n_layers(self) -> int:
@@ -570,3 +586,8 @@ def _moved(value: Any, device: torch.device, pin: bool = False) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_moved(v, device, pin) for v in value)
     return value
+
+
+def parameter_versions(model: torch.nn.Module) -> tuple[tuple[Tensor, int], ...]:
+    """:attr:`ModelTrace.source` of ``model``: every parameter with its in-place version counter (no copy)."""
+    return tuple((p, p._version) for p in model.parameters())
