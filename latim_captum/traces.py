@@ -8,6 +8,7 @@ channels), R = Mamba-1 state size, H = Mamba-2 heads, G = groups, S = Mamba-2 st
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, overload
@@ -16,7 +17,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "parameter_versions",
     "Mamba1SSM",
     "Mamba2SSM",
     "SSMParams",
@@ -35,6 +35,7 @@ __all__ = [
     "TRACE_STORES",
     "as_stored",
     "check_store",
+    "parameter_versions",
     "to_host",
 ]
 
@@ -451,7 +452,8 @@ class ModelTrace:
         readout: final norm + unembedding, or None for a model without an LM head.
         mask: ``[B, N]`` padding mask or None.
         dtype: the compute dtype of every tensor here.
-        source: ``(parameter, its version counter)`` for every parameter of the traced model. Where the compute
+        source: ``(weak reference to a parameter, its version counter)`` for every parameter of the traced model
+            (weak: a trace does not keep a deleted model's weights alive). Where the compute
             dtype is the model's, the trace holds the weights themselves, not copies (a copy would double the
             model's memory), so an in-place edit of the model after tracing (an ablation, a training step) would
             change the maps of this trace; :meth:`check_current` refuses the trace then.
@@ -462,11 +464,12 @@ class ModelTrace:
     readout: Readout | None
     mask: Tensor | None
     dtype: torch.dtype
-    source: tuple[tuple[Tensor, int], ...] = field(default=(), repr=False, compare=False)
+    source: tuple[tuple[weakref.ref, int], ...] = field(default=(), repr=False, compare=False)
 
     def check_current(self) -> None:
         """``RuntimeError`` when a parameter of the traced model was modified in place since the trace was made."""
-        changed = next((p for p, version in self.source if p._version != version), None)
+        params = ((ref(), version) for ref, version in self.source)
+        changed = next((p for p, version in params if p is not None and p._version != version), None)
         if changed is not None:
             raise RuntimeError(
                 f"the model was modified in place after this trace was made (a parameter of shape "
@@ -588,6 +591,6 @@ def _moved(value: Any, device: torch.device, pin: bool = False) -> Any:
     return value
 
 
-def parameter_versions(model: torch.nn.Module) -> tuple[tuple[Tensor, int], ...]:
-    """:attr:`ModelTrace.source` of ``model``: every parameter with its in-place version counter (no copy)."""
-    return tuple((p, p._version) for p in model.parameters())
+def parameter_versions(model: torch.nn.Module) -> tuple[tuple[weakref.ref, int], ...]:
+    """:attr:`ModelTrace.source` of ``model``: every parameter (weakly) with its in-place version counter."""
+    return tuple((weakref.ref(p), p._version) for p in model.parameters())
