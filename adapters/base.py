@@ -181,30 +181,38 @@ def check_no_unmerged_adapters(model: nn.Module) -> None:
         )
 
 
-_BIASED_PADDING_WARNED: set[str] = set()
+#: model classes already warned about left padding (once per class and process)
+_LEFT_PADDING_WARNED: set[str] = set()
+
+
+def warn_left_padding_once(model: nn.Module, attention_mask: Tensor | None, message: str) -> None:
+    """Warn ``"<model class> <message>"``, once per model class, when ``attention_mask`` has a padded position
+    before a token (left padding)."""
+    name = type(model).__name__
+    if attention_mask is None or name in _LEFT_PADDING_WARNED:
+        return
+    if bool((attention_mask[:, :-1] < attention_mask[:, 1:]).any()):
+        _LEFT_PADDING_WARNED.add(name)
+        warnings.warn(f"{name} {message}", UserWarning, stacklevel=5)
 
 
 def warn_biased_left_padding(adapter: ModelAdapter, attention_mask: Tensor | None) -> None:
-    """Warn, once per model class, that a left-padded batch changes the model's own outputs when its Mamba
-    in-projection has a bias (``use_bias=True``; released checkpoints have none).
+    """Warn that a left-padded batch changes the model's own outputs when its Mamba in-projection has a bias
+    (``use_bias=True``; released checkpoints have none).
 
     Hugging Face zeroes padded positions before the in-projection, so its bias reaches the real tokens through the
     convolution: the logits move with left padding and LaTIM, explaining that forward pass as it is, gives the
     padding columns a share (up to 6 % of an ALTI-Logit row measured on a tiny model).
     """
-    name = type(adapter.model).__name__
-    if attention_mask is None or name in _BIASED_PADDING_WARNED:
-        return
-    if not bool((attention_mask[:, :-1] < attention_mask[:, 1:]).any()):  # no padded position before a token
+    if attention_mask is None:
         return
     if any(getattr(getattr(adapter.mixer(b), "in_proj", None), "bias", None) is not None for b in adapter.blocks):
-        _BIASED_PADDING_WARNED.add(name)
-        warnings.warn(
-            f"{name} with left padding and an in-projection bias: the model's own logits change with left padding "
-            "(the bias reaches real tokens through the convolution), and LaTIM explains the padded forward pass as "
-            "it is, padding columns included; attribute unpadded sequences one at a time for the unpadded maps",
-            UserWarning,
-            stacklevel=4,
+        warn_left_padding_once(
+            adapter.model,
+            attention_mask,
+            "with left padding and an in-projection bias: the model's own logits change with left padding (the "
+            "bias reaches real tokens through the convolution), and LaTIM explains the padded forward pass as it is, "
+            "padding columns included; attribute unpadded sequences one at a time for the unpadded maps",
         )
 
 
@@ -498,6 +506,8 @@ class ModelAdapter(ABC):
         """
         check_no_unmerged_adapters(self.model)
         captured = [CapturedLayer() for _ in self.blocks]
+        if inputs_embeds is not None:  # the captures alias the first block's input: the caller may edit its own later
+            inputs_embeds = inputs_embeds.clone()
         with CallHooks() as hooks:
             self.add_capture_hooks(hooks, captured)
             with eval_mode(self.model), torch.no_grad():
@@ -581,9 +591,7 @@ class ModelAdapter(ABC):
         check_store(store)
         warn_biased_left_padding(self, attention_mask)
         source = parameter_versions(self.model)
-        # a private copy: the trace keeps the block inputs, and the caller may edit its tensor in place afterwards
-        private = None if inputs_embeds is None else inputs_embeds.clone()
-        captured, logits = self.capture(input_ids, private, attention_mask)
+        captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
         layers, devices = [], []
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):

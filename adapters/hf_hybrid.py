@@ -14,7 +14,6 @@ where the mixer/attention live and which multipliers apply.
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,6 +43,7 @@ from .base import (
     relative_error,
     stored,
     verification_tolerance,
+    warn_left_padding_once,
 )
 from .hf_common import HFBackboneAdapter, weight
 
@@ -125,10 +125,6 @@ def _scaled(trace: LayerTrace | AttentionTrace, scale: float) -> LayerTrace | At
     )
 
 
-#: hybrid model classes already warned about left padding (once per class and process)
-_LEFT_PADDING_WARNED: set[str] = set()
-
-
 def _warn_left_padding(model: nn.Module, attention_mask: Tensor | None) -> None:
     """Warn, once per model class, that a hybrid's own outputs depend on left padding (an upstream property).
 
@@ -136,18 +132,14 @@ def _warn_left_padding(model: nn.Module, attention_mask: Tensor | None) -> None:
     the convolution: the model's logits move (2-9 % measured) when a sequence is left-padded. LaTIM explains the
     padded forward pass as it is, faithfully, so its maps follow those logits.
     """
-    if attention_mask is None or type(model).__name__ in _LEFT_PADDING_WARNED:
-        return
-    if bool((attention_mask[:, :-1] < attention_mask[:, 1:]).any()):  # a padded position before a token
-        _LEFT_PADDING_WARNED.add(type(model).__name__)
-        warnings.warn(
-            f"{type(model).__name__} with left padding: Hugging Face hybrid models' own logits change with left "
-            "padding (their Mamba in-projection bias reaches real tokens through the convolution; 2-9 % measured), "
-            "and LaTIM explains the padded forward pass as it is; attribute unpadded sequences one at a time for "
-            "the unpadded model's maps (docs/hybrids.md, 'Padding')",
-            UserWarning,
-            stacklevel=4,
-        )
+    warn_left_padding_once(
+        model,
+        attention_mask,
+        "with left padding: Hugging Face hybrid models' own logits change with left padding (their Mamba "
+        "in-projection bias reaches real tokens through the convolution; 2-9 % measured), and LaTIM explains the "
+        "padded forward pass as it is; attribute unpadded sequences one at a time for the unpadded model's maps "
+        "(docs/hybrids.md, 'Padding')",
+    )
 
 
 @dataclass
@@ -335,9 +327,7 @@ class HFHybridAdapter(HFBackboneAdapter):
         check_store(store)
         _warn_left_padding(self.model, attention_mask)
         source = parameter_versions(self.model)
-        # a private copy: the trace keeps the block inputs, and the caller may edit its tensor in place afterwards
-        private = None if inputs_embeds is None else inputs_embeds.clone()
-        captured, logits = self.capture(input_ids, private, attention_mask)
+        captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
         devices: list[torch.device] = []

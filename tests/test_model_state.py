@@ -259,9 +259,9 @@ def test_hybrid_with_left_padding_warns_once(recwarn):
     LaTIM explains them faithfully, and says so once."""
     from test_hybrids import build_hybrid
 
-    from latim_captum.adapters import hf_hybrid
+    from latim_captum.adapters import base
 
-    hf_hybrid._LEFT_PADDING_WARNED.clear()
+    base._LEFT_PADDING_WARNED.clear()
     model, _ = build_hybrid("jamba", seed=4)
     ids = random_ids(2, 6)
     mask = left_pad_mask(2, 6, [2, 0])
@@ -276,9 +276,9 @@ def test_hybrid_with_left_padding_warns_once(recwarn):
 def test_hybrid_without_padding_does_not_warn(recwarn):
     from test_hybrids import build_hybrid
 
-    from latim_captum.adapters import hf_hybrid
+    from latim_captum.adapters import base
 
-    hf_hybrid._LEFT_PADDING_WARNED.clear()
+    base._LEFT_PADDING_WARNED.clear()
     model, _ = build_hybrid("jamba", seed=4)
     warnings.simplefilter("always")
     latim_captum.interactions(model, random_ids(2, 6), method="alti")

@@ -20,6 +20,7 @@ import json
 import pytest
 import torch
 from captum.attr import NoiseTunnel
+from test_cli_hardening import _one_error_line
 
 import latim_captum.attr as attr
 from conftest import build, random_ids
@@ -29,20 +30,12 @@ from latim_captum.cli import main
 @pytest.fixture(scope="module")
 def word_model(tmp_path_factory):
     """A tiny Mamba-1 with a WordLevel tokenizer (``w0 w1 ...``, ``<unk>``), saved as a folder."""
-    from test_inseq import make_tokenizer
+    from test_inseq import make_model, make_tokenizer
 
     path = tmp_path_factory.mktemp("words") / "tiny"
-    model = build("mamba1", layers=2)
-    model.config.pad_token_id, model.config.eos_token_id = 0, 1
-    model.save_pretrained(path)
+    make_model("mamba1", layers=2).save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
-
-
-def _one_error_line(capsys, fragment: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("latim: error:") and fragment in err, err
-    return err
 
 
 def _attribute_json(model, tmp_path, *argv: str) -> dict:

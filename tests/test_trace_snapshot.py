@@ -108,10 +108,10 @@ def test_left_padding_with_an_in_projection_bias_warns(kind):
     from latim_captum.adapters import base
 
     ids, mask = random_ids(2, 6), left_pad_mask(2, 6, [0, 2])
-    base._BIASED_PADDING_WARNED.clear()
+    base._LEFT_PADDING_WARNED.clear()
     with pytest.warns(UserWarning, match="left padding and an in-projection bias"):
         lc.interactions(build(kind, use_bias=True), ids, attention_mask=mask, method="l2")
-    base._BIASED_PADDING_WARNED.clear()
+    base._LEFT_PADDING_WARNED.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lc.interactions(build(kind), ids, attention_mask=mask, method="l2")
