@@ -15,6 +15,7 @@ from torch import nn
 from .base import (
     CapturedLayer,
     ModelAdapter,
+    ResidualChain,
     TraceMismatchError,
     execution_device,
     onloaded,
@@ -38,6 +39,7 @@ __all__ = [
     "HFHybridAdapter",
     "MambaSSMAdapter",
     "ModelAdapter",
+    "ResidualChain",
     "TraceMismatchError",
     "execution_device",
     "get_adapter",

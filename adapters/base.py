@@ -54,6 +54,7 @@ __all__ = [
     "check_no_unmerged_adapters",
     "mismatch_hint",
     "verification_tolerance",
+    "ResidualChain",
 ]
 
 
@@ -242,6 +243,55 @@ def verification_tolerance(model_dtype: torch.dtype, device: torch.device | str 
         if torch.get_float32_matmul_precision() == "highest":
             return 1e-4
     return {torch.float64: 1e-6, torch.float32: 1e-2}.get(model_dtype, 5e-2)
+
+
+class ResidualChain:
+    """Checks, as a trace is built, that the residual stream between the sublayers is the sum of their outputs:
+    ``layers[s].residual == layers[s-1].block_output`` and, at the end, that the last sublayer's ``block_output`` is
+    the hidden state the final norm reads.
+
+    Each sublayer's trace is checked on its own (its recomputed mixer against the model's), but the stream that
+    joins them is read from the model: a forward hook on a *block* that adds a steering vector, or a residual scaling
+    the adapter does not know, changes the stream without touching any mixer. The maps would then hand the tokens a
+    part of the stream no sublayer put there (ALTI-Logit's rows stopped summing to the logit: -0.02 against 0.60 on a
+    tiny Mamba with a vector added after block 1), so such a trace is refused.
+
+    Example:
+        >>> chain = ResidualChain(model, tolerance=1e-4, mask=None)            # doctest: +SKIP
+        >>> for idx, sub in enumerate(sublayers): chain.add(idx, sub)          # doctest: +SKIP
+        >>> chain.finish(final_hidden)                                         # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, tolerance: float, mask: Tensor | None) -> None:
+        self.model = model
+        self.tolerance = tolerance
+        self.keep = None if mask is None else mask.bool()
+        self._previous: Tensor | None = None  # the last sublayer's block_output, [B, N, D]
+
+    def add(self, idx: int, sublayer: SublayerTrace) -> None:
+        """Check ``sublayer.residual`` (of model block ``idx``) against the previous sublayer's output."""
+        residual = sublayer.residual
+        if self._previous is not None:
+            self._check(self._previous.to(residual.device), residual, f"layer {idx}: its input")
+        self._previous = sublayer.block_output
+
+    def finish(self, final_hidden: Tensor) -> None:
+        """Check the last sublayer's output against ``final_hidden`` (the last block's output, ``[B, N, D]``)."""
+        if self._previous is not None:
+            reference = final_hidden.to(device=self._previous.device, dtype=self._previous.dtype)
+            self._check(self._previous, reference, "the last block's output")
+
+    def _check(self, from_sublayers: Tensor, reference: Tensor, where: str) -> None:
+        if self.keep is not None:
+            keep = self.keep.to(reference.device)
+            from_sublayers, reference = from_sublayers[keep], reference[keep]
+        err = relative_error(from_sublayers, reference)
+        if not err <= self.tolerance:  # fail closed: a NaN error is no agreement
+            raise TraceMismatchError(
+                f"{where} differs from the residual stream the traced sublayers add up to (embeddings + their "
+                f"outputs) by {err:.2e} (relative, tolerance {self.tolerance:.0e}): something between the mixers "
+                f"changed the stream (a forward hook on a block, a residual scaling); {mismatch_hint(self.model)}"
+            )
 
 
 def check_finite_capture(
@@ -593,6 +643,8 @@ class ModelAdapter(ABC):
         source = parameter_versions(self.model)
         captured, logits = self.capture(input_ids, inputs_embeds, attention_mask)
         layers, devices = [], []
+        mask = captured[0].mixer_mask
+        chain = ResidualChain(self.model, verification_tolerance(self.model_dtype, self.device), mask)
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
                 devices.append(execution_device(block))
@@ -607,10 +659,12 @@ class ModelAdapter(ABC):
                             f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
                             f"tolerance {tol:.0e}); {mismatch_hint(self.model)}"
                         )
+                    chain.add(idx, layer)
                 layers.append(kept(_with_layer(layer, idx), store))
             final_hidden = captured[-1].block_output
+            if verify:
+                chain.finish(final_hidden)
             readout = self.readout(final_hidden, logits, dtype)
-        mask = captured[0].mixer_mask
         return ModelTrace(
             embeddings=captured[0].block_input.to(dtype),
             layers=stored(layers, devices, store),

@@ -35,7 +35,7 @@ from latim_captum.traces import LayerTrace, ParallelTrace, TokenwiseTrace
 
 from .base import CapturedLayer
 from .hf_common import gated_norm_groups, weight
-from .hf_hybrid import HFHybridAdapter, _scaled, _Verified, attention_trace
+from .hf_hybrid import _AFTER_FFN, HFHybridAdapter, _scaled, _Verified, attention_trace
 from .mixers import Mamba2Weights, mamba2_layer
 
 __all__ = ["HFFalconH1Adapter", "falcon_h1_mamba_trace"]
@@ -112,8 +112,8 @@ class HFFalconH1Adapter(HFHybridAdapter):
         return float(self.backbone.lm_head_multiplier)
 
     def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
-        """The base hooks plus, per block, the attention's rotary embeddings and output and the MLP sublayer's
-        input ``x'`` (the residual after both mixers), in ``captured[idx].extras``."""
+        """The base hooks (with the MLP norm's input ``x'``, the residual after both mixers) plus, per block, the
+        attention's rotary embeddings and output, in ``captured[idx].extras``."""
         super().add_capture_hooks(hooks, captured)
 
         def attn_pre(idx: int):
@@ -128,19 +128,13 @@ class HFFalconH1Adapter(HFHybridAdapter):
 
             return hook
 
-        def ffn_pre(idx: int):
-            def hook(_module, args):
-                captured[idx].extras["after_mixers"] = args[0].detach()
-
-            return hook
-
         for idx, block in enumerate(self.blocks):
             hooks.pre(block.self_attn, attn_pre(idx), with_kwargs=True)
             hooks.post(block.self_attn, attn_post(idx))
-            hooks.pre(block.pre_ff_layernorm, ffn_pre(idx))
 
     def block_traces(self, idx, block, cap, attn_kwargs, mask, dtype) -> list[_Verified | TokenwiseTrace]:
-        """The parallel mixers (each verified against its own output) then the MLP."""
+        """The parallel mixers (each verified against its own output, and their sum against what the block added to
+        the residual) then the MLP."""
         ssm, ssm_recomputed = falcon_h1_mamba_trace(block.mamba, cap, dtype)
         ssm_scale = float(block.ssm_out_multiplier)
         ssm, ssm_recomputed = _scaled(ssm, ssm_scale), ssm_recomputed * ssm_scale
@@ -158,7 +152,7 @@ class HFFalconH1Adapter(HFHybridAdapter):
             scaling=float(attn.scaling) * float(attn.key_multiplier),
         )
         residual = cap.block_input.to(dtype)
-        after_mixers = attn_kwargs["after_mixers"].to(dtype)
+        after_mixers = attn_kwargs["after_mixer"].to(dtype)
         parallel = ParallelTrace(
             layer=idx,
             residual=residual,
@@ -169,5 +163,14 @@ class HFFalconH1Adapter(HFHybridAdapter):
         mlp = TokenwiseTrace(
             layer=idx, residual=after_mixers, mixer_output=cap.block_output.to(dtype) - after_mixers, mask=mask
         )
-        # each part is verified on its own; the parallel sublayer carries the block's sum
-        return [_Verified(ssm, ssm_recomputed, False), _Verified(attn_trace, attn_recomputed, False), parallel, mlp]
+        # each part is verified on its own, and x + their sum against x'; the parallel sublayer carries the block's sum
+        parts_sum = residual + ssm.mixer_output + attn_trace.mixer_output.to(dtype)
+        mlp_added = after_mixers + attn_kwargs["ffn_output"].to(dtype)  # the MLP's multipliers act inside it
+        return [
+            _Verified(ssm, ssm_recomputed, False),
+            _Verified(attn_trace, attn_recomputed, False),
+            _Verified(parallel, parts_sum, False, after_mixers, "residual after the parallel mixers, x + M + A"),
+            _Verified(mlp, mlp_added, False, cap.block_output.to(dtype), _AFTER_FFN),
+            parallel,
+            mlp,
+        ]

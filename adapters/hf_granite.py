@@ -36,6 +36,17 @@ class HFGraniteMoeHybridAdapter(HFHybridAdapter):
     def feed_forward(self, block: nn.Module) -> nn.Module:
         return block.block_sparse_moe if block.block_sparse_moe is not None else block.shared_mlp
 
+    def ffn_kind(self, block: nn.Module) -> str:
+        # the shared MLP's class is GraniteMoeHybridMLP: the family's name holds "moe" with no experts at all
+        return "moe" if block.block_sparse_moe is not None else "mlp"
+
+    def feed_forward_modules(self, block: nn.Module) -> tuple[nn.Module, ...]:
+        # y = x' + (MoE(h) + shared_mlp(h)) · m_residual, the MoE optional
+        return tuple(m for m in (block.block_sparse_moe, block.shared_mlp) if m is not None)
+
+    def feed_forward_norm(self, block: nn.Module) -> nn.Module:
+        return block.post_attention_layernorm
+
     def residual_multiplier(self, block: nn.Module) -> float:
         # the block's own (HF copies the config's into each decoder layer; the forward reads the layer's)
         return float(getattr(block, "residual_multiplier", self.model.config.residual_multiplier))

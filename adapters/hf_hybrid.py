@@ -33,6 +33,7 @@ from latim_captum.traces import (
 
 from .base import (
     CapturedLayer,
+    ResidualChain,
     TraceMismatchError,
     check_store,
     execution_device,
@@ -142,6 +143,10 @@ def _warn_left_padding(model: nn.Module, attention_mask: Tensor | None) -> None:
     )
 
 
+_AFTER_MIXER = "residual after the mixer, x' = x + M(LN(x)) (the MLP norm's input)"
+_AFTER_FFN = "block output, y = x' + F(LN(x')) (F: the MLP/MoE modules' own output)"
+
+
 @dataclass
 class _Verified:
     """A token-mixing sublayer's trace with its independently recomputed output, checked by :meth:`trace`;
@@ -149,7 +154,7 @@ class _Verified:
     replaces the trace's ``mixer_output`` as what ``recomputed`` must match (an intermediate tensor of the block,
     named by ``what`` in the error)."""
 
-    trace: LayerTrace | AttentionTrace
+    trace: SublayerTrace
     recomputed: Tensor
     in_trace: bool = True
     reference: Tensor | None = None
@@ -202,6 +207,14 @@ class HFHybridAdapter(HFBackboneAdapter):
 
     def feed_forward(self, block: nn.Module) -> nn.Module:
         return block.feed_forward
+
+    def feed_forward_modules(self, block: nn.Module) -> tuple[nn.Module, ...]:
+        """The modules whose outputs, summed and times :meth:`residual_multiplier`, the block adds to ``x'``."""
+        return (self.feed_forward(block),)
+
+    def feed_forward_norm(self, block: nn.Module) -> nn.Module:
+        """The norm in front of the MLP/MoE: its input is the block's residual after the mixer, ``x'``."""
+        return block.pre_ff_layernorm
 
     def ffn_kind(self, block: nn.Module) -> str:
         """``"moe"`` for a sparse mixture of experts, else ``"mlp"``."""
@@ -278,17 +291,23 @@ class HFHybridAdapter(HFBackboneAdapter):
         mask: Tensor | None,
         dtype: torch.dtype,
     ) -> list[_Verified | TokenwiseTrace]:
-        """The block's sublayers in residual order: its mixer (to verify), then the MLP/MoE read as ``y − x'``."""
+        """The block's sublayers in residual order: its mixer (to verify), then the MLP/MoE read as ``y − x'``.
+
+        The mixer's own check does not see how the block adds its output to the residual (a multiplier, a norm after
+        the mixer, a hook on the block), so ``x' = x + M`` is checked against the MLP norm's captured input and
+        ``y = x' + F`` against the block's output, ``F`` the MLP/MoE modules' own output."""
         mixer, recomputed = self.mixer_sublayer(block, cap, attn_kwargs, mask, dtype)
         after_mixer = mixer.block_output
-        ffn = TokenwiseTrace(
-            layer=idx,
-            residual=after_mixer,
-            mixer_output=cap.block_output.to(dtype) - after_mixer,
-            mask=mask,
-            kind=self.ffn_kind(block),
-        )
-        return [_Verified(mixer, recomputed), ffn]
+        block_output = cap.block_output.to(dtype)
+        added = block_output - after_mixer
+        ffn = TokenwiseTrace(layer=idx, residual=after_mixer, mixer_output=added, mask=mask, kind=self.ffn_kind(block))
+        ffn_added = after_mixer + attn_kwargs["ffn_output"].to(dtype) * self.residual_multiplier(block)
+        return [
+            _Verified(mixer, recomputed),
+            _Verified(mixer, after_mixer, False, attn_kwargs["after_mixer"].to(dtype), _AFTER_MIXER),
+            _Verified(ffn, ffn_added, False, block_output, _AFTER_FFN),
+            ffn,
+        ]
 
     # -- tracing ------------------------------------------------------------------------------------------------
     def add_capture_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
@@ -307,6 +326,31 @@ class HFHybridAdapter(HFBackboneAdapter):
         for idx, block in enumerate(self.blocks):
             if self.block_kind(block) == "attention":
                 hooks.pre(self.mixer(block), attn_pre(idx), with_kwargs=True)
+        self.add_after_mixer_hooks(hooks, captured)
+
+    def add_after_mixer_hooks(self, hooks: CallHooks, captured: list[CapturedLayer]) -> None:
+        """Record each two-sublayer block's ``x'`` (the input of :meth:`feed_forward_norm`) and the sum of its
+        :meth:`feed_forward_modules`' outputs in ``captured[idx].extras["after_mixer"]`` and ``["ffn_output"]``."""
+
+        def ffn_norm_pre(idx: int):
+            def hook(_module, args):
+                captured[idx].extras["after_mixer"] = args[0].detach()
+
+            return hook
+
+        def ffn_post(idx: int):
+            def hook(_module, _args, output):
+                out = (output[0] if isinstance(output, tuple) else output).detach()
+                extras = captured[idx].extras
+                extras["ffn_output"] = out if "ffn_output" not in extras else extras["ffn_output"] + out
+
+            return hook
+
+        for idx, block in enumerate(self.blocks):
+            if self.sublayers_per_block(block) == 2:
+                hooks.pre(self.feed_forward_norm(block), ffn_norm_pre(idx))
+                for module in self.feed_forward_modules(block):
+                    hooks.post(module, ffn_post(idx))
 
     def trace(
         self,
@@ -331,6 +375,7 @@ class HFHybridAdapter(HFBackboneAdapter):
         mask = None if attention_mask is None else attention_mask.to(device=self.device, dtype=dtype)
         layers: list[SublayerTrace] = []
         devices: list[torch.device] = []
+        chain = ResidualChain(self.model, verification_tolerance(self.model_dtype, self.device), attention_mask)
         with torch.no_grad(), fp32_math():
             for idx, (block, cap) in enumerate(zip(self.blocks, captured)):
                 device = execution_device(block)  # a sharded model's block is recomputed where it runs
@@ -344,9 +389,13 @@ class HFHybridAdapter(HFBackboneAdapter):
                         reference = sub.trace.mixer_output if sub.reference is None else sub.reference
                         tol = verification_tolerance(self.model_dtype, device)
                         self._verify(idx, sub.recomputed, reference, mask, tol, sub.what)
-                listed = [sub for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
-                layers.extend(kept(replace(_unwrap(sub), layer=idx), store) for sub in listed)
+                listed = [_unwrap(sub) for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
+                for sub in listed if verify else ():
+                    chain.add(idx, sub)
+                layers.extend(kept(replace(sub, layer=idx), store) for sub in listed)
                 devices.extend(device for _ in listed)
+            if verify:
+                chain.finish(captured[-1].block_output)
             readout = self.readout(captured[-1].block_output, logits, dtype)
         return ModelTrace(
             embeddings=captured[0].block_input.to(dtype), layers=stored(layers, devices, store), readout=readout,

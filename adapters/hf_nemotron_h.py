@@ -71,4 +71,7 @@ class HFNemotronHAdapter(HFHybridAdapter):
             # what the block added (the model's own sum x + F rounds in its dtype), so that the trace's residual chain
             # is the model's; it differs from the mixer's output by that rounding only, and is verified against it
             return [_Verified(replace(mixer, mixer_output=added), recomputed)]
-        return [TokenwiseTrace(layer=idx, residual=residual, mixer_output=added, mask=mask, kind=kind)]
+        ffn = TokenwiseTrace(layer=idx, residual=residual, mixer_output=added, mask=mask, kind=kind)
+        # the MLP/MoE is read from the block: check that the block adds exactly its module's output
+        what = "block output, y = x + F(LN(x)) (F: the MLP/MoE module's own output)"
+        return [_Verified(ffn, residual + cap.mixer_output.to(dtype), False, cap.block_output.to(dtype), what), ffn]

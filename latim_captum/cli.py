@@ -248,22 +248,30 @@ def _activation_of(method, requested: str | None) -> str | None:
 
 
 def _attribute_options(method, args: argparse.Namespace) -> tuple[dict, str | None, int | None]:
-    """``latim attribute``'s LaTIM path ``{"backend", "precision"}``, activation strategy and layer for ``method``,
-    with the defaults filled in; an option that cannot act on ``method`` is an error, never ignored.
+    """``latim attribute``'s LaTIM path ``{"backend", "precision", "dtype"}``, activation strategy and layer for
+    ``method``, with the defaults filled in; an option that cannot act on ``method`` is an error, never ignored.
 
     Raises:
-        ValueError: ``--activation``, ``--backend`` or ``--precision`` with a method outside LaTIM, or ``--layer``
-            with a method that aggregates every layer.
+        ValueError: ``--activation``, ``--backend``, ``--precision`` or ``--dtype`` with a method outside LaTIM, or
+            ``--layer`` with a method that aggregates every layer.
     """
     if method.family != "latim":
-        given = [f"--{name}" for name in ("activation", "backend", "precision") if getattr(args, name) is not None]
+        names = ("activation", "backend", "precision", "dtype")
+        given = [f"--{name}" for name in names if getattr(args, name) is not None]
         if given:
             raise ValueError(f"{' and '.join(given)}: LaTIM options only, and --method {method.name} is not LaTIM")
     if args.layer is not None and not method.per_layer:
         raise ValueError(f"--method {method.name} aggregates every layer; --layer applies to per-layer methods only")
-    path = {"backend": args.backend or "auto", "precision": args.precision or "highest"}
+    path = {
+        "backend": args.backend or "auto",
+        "precision": args.precision or "highest",
+        "dtype": COMPUTE_DTYPES[args.dtype or "float32"],
+    }
     return path, _activation_of(method, args.activation), (-1 if args.layer is None else args.layer)
 
+
+#: ``--dtype`` choices: LaTIM's compute dtypes (the model keeps its own)
+COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: the JSON's ``explains`` per reading of ``latim attribute`` (None: a method that explains no token)
 EXPLAINS = {
@@ -315,6 +323,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     tokens = _tokens(tok, ids[0])
     title = method.label + ("" if act is None else f", activation {act}")
     written = save_heatmap(maps, tokens, f"{title} (layer {layer_s})", figure)
+    dtype_s = str(path["dtype"]).removeprefix("torch.") if method.family == "latim" else None
     print(f"wrote {written} ({len(tokens)} tokens, method {args.method}, activation {act}, layer {layer_s})")
     if args.json:
         Path(args.json).write_text(
@@ -323,10 +332,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                     "model": args.model,
                     "method": args.method,
                     "activation": act,  # None outside LaTIM
+                    "dtype": dtype_s,  # LaTIM's compute dtype; None outside LaTIM
                     "layer": layer_s,
                     "explains": EXPLAINS[explains],
                     "tokens": tokens,
-                    "scores": maps.float().cpu().tolist(),
+                    "scores": (maps if maps.dtype == torch.float64 else maps.float()).cpu().tolist(),
                 }
             )
             + "\n"
@@ -376,7 +386,7 @@ def _attribute_dataset(args: argparse.Namespace, examples, rank: int, world: int
         activation=args.activation,
         layers=args.layers,
         shard_size=args.shard_size,
-        dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
+        dtype=COMPUTE_DTYPES[args.dtype],
         backend=args.backend,
         precision=args.precision,
         add_special_tokens=args.add_special_tokens,
@@ -707,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="LaTIM's W_o product on fast/triton (LaTIM methods only; default highest; tf32, bf16)",
     )
+    attr.add_argument(
+        "--dtype",
+        choices=tuple(COMPUTE_DTYPES),
+        default=None,
+        help="LaTIM's compute dtype, whatever the model's (LaTIM methods only; default float32)",
+    )
     attr.set_defaults(func=cmd_attribute)
 
     from .dataset import DATASET_METHODS
@@ -730,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--layers", type=int, nargs="+", default=None, help="the per-layer methods' layers (default all)")
     ds.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
     ds.add_argument("--shard-size", type=int, default=16, help="examples per shard (default 16)")
-    ds.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype")
+    ds.add_argument("--dtype", choices=tuple(COMPUTE_DTYPES), default="float32", help="compute dtype")
     ds.add_argument(
         "--device", default="auto", help="auto (CUDA if available), cpu, cuda (under torchrun: GPU LOCAL_RANK), cuda:k"
     )

@@ -111,23 +111,28 @@ class Method:
         backend: str = "auto",
         precision: str = "highest",
         target: str | Tensor = "next",
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """The maps; ``max_sequences`` bounds row-replicating methods; ``backend`` and ``precision`` pick LaTIM's
         path (:data:`latim_captum.BACKENDS`: ``"auto"``, ``"ref"``, ``"fast"``, ``"triton"``, same maps to 1e-4, the
         fast one also much faster on a CPU; ``precision`` of its ``W_o`` product), unused by the other families;
-        ``target`` is the token each row explains (:func:`row_targets`), for the methods that explain one.
+        ``target`` is the token each row explains (:func:`row_targets`), for the methods that explain one; ``dtype``
+        is LaTIM's compute dtype (float32 or float64).
 
         Raises:
-            ValueError: ``target`` other than ``"next"`` for a method that explains no token, or a bad ``target``.
+            ValueError: ``target`` other than ``"next"`` for a method that explains no token, or a bad ``target``;
+                ``dtype`` other than float32 for a method outside LaTIM (those compute in the model's dtype).
         """
         check_size("max_sequences", max_sequences)
+        if self.family != "latim" and dtype != torch.float32:
+            raise ValueError(f"dtype={dtype} is LaTIM's compute dtype; method {self.name!r} is not LaTIM")
         kwargs = {}
         if self.spec.uses_target:
             kwargs["targets"] = row_targets(model, input_ids, target)
         elif not (isinstance(target, str) and target == "next"):
             raise ValueError(f"method {self.name!r} explains no target token; target={target!r} has no effect on it")
         if self.family == "latim":
-            maps = self.fn(model, input_ids, backend=backend, precision=precision, **kwargs)
+            maps = self.fn(model, input_ids, backend=backend, precision=precision, dtype=dtype, **kwargs)
         elif self.replicates_rows:
             maps = self.fn(model, input_ids, max_sequences, **kwargs)
         else:
@@ -179,18 +184,23 @@ def row_targets(model: nn.Module, input_ids: Tensor, target: str | Tensor = "nex
 
 
 def latim_map_fn(spec: MethodSpec, activation: str) -> Callable[..., Tensor]:
-    """``fn(model, ids, backend="auto", precision="highest") -> maps`` of a LaTIM table entry under ``activation``;
-    the methods that explain a logit read ``targets`` at each row (default the true next token,
+    """``fn(model, ids, backend="auto", precision="highest", dtype=torch.float32) -> maps`` of a LaTIM table entry
+    under ``activation``; the methods that explain a logit read ``targets`` at each row (default the true next token,
     :func:`next_token_targets`)."""
     from .api import interactions
 
     def maps(
-        model: nn.Module, ids: Tensor, backend: str = "auto", precision: str = "highest", targets: Tensor | None = None
+        model: nn.Module,
+        ids: Tensor,
+        backend: str = "auto",
+        precision: str = "highest",
+        targets: Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         target = (next_token_targets(ids) if targets is None else targets) if spec.uses_target else None
         return interactions(
             model, ids, method=spec.measure, activation=activation, target=target, backend=backend,
-            precision=precision,
+            precision=precision, dtype=dtype,
         )  # fmt: skip
 
     return maps

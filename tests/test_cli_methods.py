@@ -293,6 +293,7 @@ def test_attribute_explains_the_same_tokens_for_every_method(saved_untied_model,
     [
         ("saliency", ["--activation", "silu"], "--activation: LaTIM options only"),
         ("mamba_lrp", ["--backend", "fast", "--precision", "tf32"], "--backend and --precision: LaTIM options only"),
+        ("saliency", ["--dtype", "float64"], "--dtype: LaTIM options only"),
         ("alti_logit", ["--layer", "0"], "aggregates every layer"),
         ("saliency", ["--layer", "1"], "aggregates every layer"),
     ],
@@ -332,3 +333,27 @@ def test_registry_targets():
             fn(model, ids, target=torch.ones_like(ids, dtype=dtype))
     with pytest.raises(ValueError, match="explains no target token"):
         get_method("l2")(model, ids, target="predicted")
+
+
+@pytest.mark.parametrize("method, layer", [("alti_logit", []), ("alti", ["--layer", "0"])])
+def test_attribute_dtype_is_the_compute_dtype(saved_model, tmp_path, method, layer):
+    """``--dtype float64`` computes LaTIM in float64 (the JSON keeps its digits, and says so); the float32 map agrees
+    to float32 rounding and is not the float64 one."""
+    from latim_captum.api import alti_logit, interactions
+    from latim_captum.cli import load_model
+
+    argv = ["--text", "abc|ab", "--method", method, *layer]
+    got32 = _attribute_json(saved_model, tmp_path, *argv)
+    got64 = _attribute_json(saved_model, tmp_path, *argv, "--dtype", "float64")
+    assert (got32["dtype"], got64["dtype"]) == ("float32", "float64")
+    model, tok = load_model(str(saved_model), "cpu")
+    ids = torch.tensor([tok.convert_tokens_to_ids(list("abc|ab"))])
+    target = get_method(method).spec.uses_target
+    predicted = model(ids).logits.argmax(-1) if target else None
+    if method == "alti_logit":
+        expected = alti_logit(model, ids, target=predicted, dtype=torch.float64).scores[0]
+    else:
+        expected = interactions(model, ids, method="alti", layers=0, dtype=torch.float64)[0, 0]
+    torch.testing.assert_close(torch.tensor(got64["scores"], dtype=torch.float64), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(got32["scores"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-5)
+    assert got32["scores"] != got64["scores"]

@@ -1,16 +1,18 @@
-"""A model whose forward is not its weights' (an unmerged LoRA, a hook that steers an activation) is refused, not
-explained as the base model: by the LaTIM trace, by the baselines that rebuild the forward from the weights
-(MambaLRP, Mamba-Attribution with attention gradients), on every family."""
+"""A model whose forward is not its weights' (an unmerged LoRA, a hook that steers an activation or adds to the
+residual stream) is refused, not explained as the base model: by the LaTIM trace, by the baselines that rebuild the
+forward from the weights (MambaLRP, Mamba-Attribution with attention gradients), on every family."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from test_hybrids import FAMILIES, build_hybrid
 from torch import nn
 
 from conftest import build, random_ids
 from latim_captum.adapters import TraceMismatchError, verification_tolerance
-from latim_captum.attr import LatimALTI, LatimALTILogit, MambaAttribution, MambaLRP
+from latim_captum.adapters.hf_granite import HFGraniteMoeHybridAdapter
+from latim_captum.attr import LatimALTI, LatimALTILogit, LatimL2, MambaAttribution, MambaLRP
 
 
 def out_proj(model: nn.Module, layer: int = 0) -> nn.Module:
@@ -116,3 +118,60 @@ def test_unmerged_lora_is_refused_merged_or_disabled_is_explained(kind):
             torch.testing.assert_close(LatimALTILogit(model).attribute(ids, target=3), expected)
     finally:
         mixer.out_proj = base
+
+
+def add_to_output(vector: torch.Tensor):
+    """A forward hook on a block that adds a steering vector to the residual stream it returns."""
+
+    def hook(_module, _args, output):
+        if isinstance(output, tuple):
+            return (output[0] + vector, *output[1:])
+        return output + vector
+
+    return hook
+
+
+@pytest.mark.parametrize("block_index", [0, 1])
+@pytest.mark.parametrize("size", [0.01, 0.5])
+def test_trace_refuses_a_vector_added_between_blocks(kind, block_index, size):
+    """Every mixer is its weights' here, so each sublayer's own check passed: the maps gave the tokens a vector no
+    sublayer made (ALTI-Logit's row summed to -0.02 against a logit of 0.60). ``block_index=1`` is the last block
+    (its output feeds the final norm)."""
+    model = build(kind)
+    ids = random_ids(2, 7)
+    LatimALTILogit(model).attribute(ids, target=3)
+    vector = size * torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    handle = model.backbone.layers[block_index].register_forward_hook(add_to_output(vector))
+    try:
+        for method in (LatimL2(model), LatimALTI(model), LatimALTILogit(model)):
+            with pytest.raises(TraceMismatchError, match="residual stream the traced sublayers add up to"):
+                method.attribute(ids, target=3)
+    finally:
+        handle.remove()
+    LatimALTILogit(model).attribute(ids, target=3)  # the hook is gone: fine again
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_trace_refuses_a_vector_added_between_blocks(family):
+    model, _ = build_hybrid(family)
+    ids = random_ids(1, 6)
+    LatimALTILogit(model).attribute(ids, target=3)
+    vector = 0.3 * torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    handle = model.model.layers[0].register_forward_hook(add_to_output(vector))
+    try:
+        with pytest.raises(TraceMismatchError, match="remove hooks that change activations"):
+            LatimALTILogit(model).attribute(ids, target=3)
+    finally:
+        handle.remove()
+
+
+def test_hybrid_trace_checks_how_the_block_adds_its_mixer(monkeypatch):
+    """An adapter that missed a residual scaling inside a block (here Granite's multiplier, 0.6) still recomputes
+    every mixer exactly and the block's output is read from the model: only ``x' = x + M`` tells the mixer's share of
+    the block from the MLP's."""
+    model, _ = build_hybrid("granite")
+    ids = random_ids(1, 6)
+    LatimALTI(model).attribute(ids)
+    monkeypatch.setattr(HFGraniteMoeHybridAdapter, "residual_multiplier", lambda self, block: 1.0)
+    with pytest.raises(TraceMismatchError, match="x' = x"):
+        LatimALTI(model).attribute(ids)

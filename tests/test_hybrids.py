@@ -707,3 +707,19 @@ def test_cli_error_report_and_attribute_on_a_hybrid_folder(tmp_path, capsys):
     assert main(["attribute", "--model", str(path), "--text", "abc|ab", "--method", "l2", "--layer", "0",
                  "--out", str(out)]) == 0  # fmt: skip
     assert out.stat().st_size > 0
+
+
+def test_granite_without_experts_is_an_mlp_model():
+    """``num_local_experts=0``: the block adds only its shared MLP (class ``GraniteMoeHybridMLP``, whose name holds
+    "moe"), so every feed-forward sublayer is an MLP; the trace still sums to the logit."""
+    cfg, model_cls, _ = _config("granite", "silu", "sdpa", True)
+    cfg.num_local_experts = 0
+    torch.manual_seed(0)
+    model = perturb_(model_cls(cfg).eval(), seed=1)
+    assert all(block.block_sparse_moe is None for block in model.model.layers)
+    ids = random_ids(1, 6)
+    tr = latim_captum.trace(model, ids, dtype=torch.float64)
+    assert tr.kinds[1::2] == ["mlp", "mlp", "mlp"]
+    res = latim_captum.alti_logit(tr, activation="silu_gate")
+    gap = res.scores.sum(-1) - (res.logits - res.offset)
+    assert float(gap.abs().max()) < EXACT_TOL * float(res.logits.abs().max())
