@@ -12,7 +12,7 @@ from mamba_ssm_standin import MambaConfig, MambaLMHeadModel
 
 import latim_captum as lc
 from conftest import VOCAB, build, perturb_, random_ids
-from latim_captum.adapters import ADAPTERS, MambaSSMAdapter, get_adapter
+from latim_captum.adapters import ADAPTERS, MambaSSMAdapter, TraceMismatchError, get_adapter
 from latim_captum.adapters.mamba_ssm import mamba_ssm_config_from_hf, mamba_ssm_state_dict_from_hf
 
 F64 = torch.float64
@@ -179,3 +179,23 @@ def test_llm_generation_without_generate_stops_at_eos():
     stopped = llm.attribute("w3 w7 w1", max_new_tokens=4)
     assert stopped.output_tokens == free.output_tokens[:1] and stopped.token_attr.shape == (1, 3)
     torch.testing.assert_close(stopped.token_attr[0], free.token_attr[0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:2])
+def test_a_vector_added_by_a_block_hook_is_refused(layout):
+    """mamba-ssm's Block returns ``(mixer output, residual)``: a hook that steers the first adds a vector to the
+    stream that no mixer made; the next block's input tells it."""
+    model = standin("Mamba1", seed=2, **layout)
+    ids = random_ids(1, 6)
+    lc.alti_logit(model, ids)
+    vector = 0.3 * torch.randn(32, generator=torch.Generator().manual_seed(0))
+
+    def hook(_module, _args, output):
+        return output[0] + vector, output[1]
+
+    handle = model.backbone.layers[0].register_forward_hook(hook)
+    try:
+        with pytest.raises(TraceMismatchError, match="residual stream the traced sublayers add up to"):
+            lc.alti_logit(model, ids)
+    finally:
+        handle.remove()
