@@ -68,9 +68,11 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return out if b is None else out + b
 
 
-def _stabilize(x: Tensor, eps: float = 1e-6) -> Tensor:
-    # MambaLRP's stabiliser: push exact zeros and tiny values away from 0 before dividing
-    return x + ((x == 0).to(x.dtype) + x.sign()) * eps
+def _ratio(act: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``a(x) / x``, 0 where ``x == 0`` (there ``x · ratio`` is 0 whatever the ratio). The reference adds ε to the
+    denominator instead, which moves the forward value by ~1e-6 relative; this keeps it: ``x · (a(x) / x) = a(x)``."""
+    zero = x == 0
+    return torch.where(zero, torch.zeros_like(x), act(x) / torch.where(zero, torch.ones_like(x), x))
 
 
 def lrp_activation(name: str) -> Callable[[Tensor], Tensor]:
@@ -88,7 +90,7 @@ def lrp_activation(name: str) -> Callable[[Tensor], Tensor]:
     if name in ("linear", "identity", "none"):
         return lambda x: x
     act = activation_fn(name)
-    return lambda x: x * (act(x) / _stabilize(x)).detach()
+    return lambda x: x * _ratio(act, x).detach()
 
 
 def half_gate(y: Tensor, g: Tensor) -> Tensor:

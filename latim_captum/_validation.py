@@ -13,6 +13,7 @@ from latim_captum.adapters import ModelAdapter
 __all__ = [
     "check_model_inputs",
     "check_layers",
+    "rollout_layers",
     "check_position",
     "check_rows",
     "check_method",
@@ -110,6 +111,20 @@ def check_layers(layers: int | Sequence[int] | None, n_layers: int) -> list[int]
             raise ValueError(f"layer {layer} is out of range for a model with {n_layers} layers")
         out.append(layer % n_layers)
     return out
+
+
+def rollout_layers(layers: int | Sequence[int] | None, n_layers: int) -> list[int]:
+    """:func:`check_layers` for a rollout, which multiplies the layers' maps in the model's order: the indices
+    sorted (``[-1, 0]`` is ``[0, n - 1]``).
+
+    Raises:
+        ValueError: as :func:`check_layers`, or a layer named twice (a rollout passes each layer once).
+    """
+    selected = check_layers(layers, n_layers)
+    repeated = sorted({layer for layer in selected if selected.count(layer) > 1})
+    if repeated:
+        raise ValueError(f"layers names layer {repeated[0]} twice; a rollout passes each layer once")
+    return sorted(selected)
 
 
 def check_position(position: int, seq_len: int) -> int:

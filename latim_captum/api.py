@@ -37,6 +37,7 @@ __all__ = [
     "alti_logit_layers",
     "alti_rollout",
     "reconstruction_error",
+    "reconstruction_error_terms",
 ]
 
 #: the ``method`` names of :func:`interactions`: the LaTIM entries of the method table
@@ -382,8 +383,30 @@ def reconstruction_error(
         >>> reconstruction_error(model, ids, activation="silu")      # doctest: +SKIP
         tensor([0.0912, 0.1377])
     """
+    squared_error, squared_norm = reconstruction_error_terms(
+        model, input_ids, inputs_embeds, activation=activation, attention_mask=attention_mask, dtype=dtype
+    )
+    return squared_error.sqrt() / squared_norm.sqrt().clamp_min(torch.finfo(squared_norm.dtype).tiny)
+
+
+def reconstruction_error_terms(
+    model: nn.Module | ModelAdapter | ModelTrace,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    *,
+    activation: str = DEFAULT_ACTIVATION,
+    attention_mask: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """The two sums of :func:`reconstruction_error`, ``(‖Σ_j T_i(x_j) + b_o − mixer(h)_i‖²_F, ‖mixer(h)_i‖²_F)``
+    per layer (``[n_layers]`` each): add them over batches and take ``sqrt(Σ err²) / sqrt(Σ norm²)`` for the error
+    of a whole dataset, whatever its batching.
+
+    Example:
+        >>> err2, norm2 = reconstruction_error_terms(model, ids, activation="silu")      # doctest: +SKIP
+    """
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype)
-    errors = []
+    squared_errors, squared_norms = [], []
     for layer in tr.layers:
         shares = sublayer_shares(layer, activation)
         n = layer.residual.shape[1]
@@ -399,5 +422,6 @@ def reconstruction_error(
         if layer.mask is not None:
             keep = layer.mask.bool()
             estimate, reference = estimate[keep], reference[keep]
-        errors.append((estimate - reference).norm() / reference.norm().clamp_min(torch.finfo(reference.dtype).tiny))
-    return torch.stack(errors)
+        squared_errors.append((estimate - reference).square().sum())
+        squared_norms.append(reference.square().sum())
+    return torch.stack(squared_errors), torch.stack(squared_norms)

@@ -248,18 +248,20 @@ def _activation_of(method, requested: str | None) -> str | None:
 
 
 def _attribute_options(method, args: argparse.Namespace) -> tuple[dict, str | None, int | None]:
-    """``latim attribute``'s LaTIM path ``{"backend", "precision", "dtype"}``, activation strategy and layer for
+    """``latim attribute``'s path ``{"backend", "precision", "dtype"}``, activation strategy and layer for
     ``method``, with the defaults filled in; an option that cannot act on ``method`` is an error, never ignored.
 
     Raises:
-        ValueError: ``--activation``, ``--backend``, ``--precision`` or ``--dtype`` with a method outside LaTIM, or
-            ``--layer`` with a method that aggregates every layer.
+        ValueError: ``--activation``, ``--backend`` or ``--precision`` with a method outside LaTIM, ``--dtype`` with
+            one that computes in the model's dtype (the gradient methods), or ``--layer`` with a method that
+            aggregates every layer.
     """
     if method.family != "latim":
-        names = ("activation", "backend", "precision", "dtype")
-        given = [f"--{name}" for name in names if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("activation", "backend", "precision") if getattr(args, name) is not None]
         if given:
             raise ValueError(f"{' and '.join(given)}: LaTIM options only, and --method {method.name} is not LaTIM")
+    if args.dtype is not None and not method.takes_dtype:
+        raise ValueError(f"--dtype: --method {method.name} computes in the model's dtype")
     if args.layer is not None and not method.per_layer:
         raise ValueError(f"--method {method.name} aggregates every layer; --layer applies to per-layer methods only")
     path = {
@@ -323,7 +325,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     tokens = _tokens(tok, ids[0])
     title = method.label + ("" if act is None else f", activation {act}")
     written = save_heatmap(maps, tokens, f"{title} (layer {layer_s})", figure)
-    dtype_s = str(path["dtype"]).removeprefix("torch.") if method.family == "latim" else None
+    dtype_s = str(path["dtype"]).removeprefix("torch.") if method.takes_dtype else None
     print(f"wrote {written} ({len(tokens)} tokens, method {args.method}, activation {act}, layer {layer_s})")
     if args.json:
         Path(args.json).write_text(
@@ -332,7 +334,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                     "model": args.model,
                     "method": args.method,
                     "activation": act,  # None outside LaTIM
-                    "dtype": dtype_s,  # LaTIM's compute dtype; None outside LaTIM
+                    "dtype": dtype_s,  # the compute dtype; None for a method that computes in the model's
                     "layer": layer_s,
                     "explains": EXPLAINS[explains],
                     "tokens": tokens,
@@ -456,7 +458,13 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
     n = args.n_samples if args.n_samples is not None else meta.get("n_eval", 128)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    command = ["latim bench copying", "--variant", args.variant, "--scale", args.scale, "--device", args.device]
+    command += ["--model", str(path)] if args.model else []
+    command += ["--n-samples", str(args.n_samples)] if args.n_samples is not None else []
+    command += ["--methods", *args.methods] if args.methods else []
+    command += ["--rows", args.rows] if args.rows != "predict" else []
     run_meta = {
+        "command": " ".join(command),  # every option that changes a number (--batch, --backend: memory, speed)
         "model": str(path) if args.model or args.scale != "tiny" else f"embedded {COPY_MODELS[args.variant]}",
         "scale": args.scale,
         "device": device,
@@ -508,6 +516,7 @@ def _task_models(
 
     check_device(args.device)
     _check_backend(args.backend, args.device)
+    _check_model_choice(args, task)
     if args.variant and not args.model:  # the report's name is known before any training
         _check_out_dir("--out", Path(args.out), [f"{stem_of(args.variant)}.json", f"{stem_of(args.variant)}.md"])
     if args.scale == "tiny" and not args.model:
@@ -520,7 +529,8 @@ def _task_models(
         paths = [Path(args.train_out) / f"{task}-{v}-tiny" for v in args.variant]
         for variant, path in zip(args.variant, paths):
             steps = ["--steps", str(args.train_steps)] if args.train_steps else []
-            flags = ["--variant", variant, "--scale", "tiny", "--out", str(path), "--seed", str(args.seed), *steps]
+            seed = str(args.seed or 0)
+            flags = ["--variant", variant, "--scale", "tiny", "--out", str(path), "--seed", seed, *steps]
             trainer.train(trainer.resolve_args([*flags, *(["--quiet"] if args.quiet else [])]))
     else:
         paths = [Path(paper_path.format(variant=v)) for v in args.variant]
@@ -533,13 +543,35 @@ def _task_models(
     return paths, variants, loaded, stem
 
 
-def _model_choice_flags(args: argparse.Namespace) -> list[str]:
-    """The flags of a task benchmark's recorded command that choose its models when no ``--model`` is given: the
-    seed (of the tiny models trained in the run; retrieval's paper-scale folders are named by it) and the training
-    steps."""
+def _seed_names_paper_models(task: str) -> bool:
+    # retrieval's paper-scale folders carry their training seed (gpu-models/retrieval-<variant>-paper-s<seed>)
+    return task == "retrieval"
+
+
+def _check_model_choice(args: argparse.Namespace, task: str) -> None:
+    """``--seed`` and ``--train-steps`` choose the models a task benchmark trains (tiny scale) or loads (retrieval's
+    paper-scale folders, by seed); given where they choose nothing they are an error, not a line of the recorded
+    command that the run did not follow."""
+    given = [flag for flag, value in (("--seed", args.seed), ("--train-steps", args.train_steps)) if value is not None]
+    if args.model and given:
+        raise ValueError(f"{' and '.join(given)}: --model gives the models; these choose the models trained or loaded "
+                         "without it")  # fmt: skip
+    if args.scale == "paper" and args.train_steps is not None:
+        raise ValueError("--train-steps: tiny scale only (the paper-scale models are trained by their own command)")
+    if args.scale == "paper" and args.seed is not None and not _seed_names_paper_models(task):
+        raise ValueError(f"--seed: the paper-scale {task} models are one folder each (runs/{task}-<variant>-paper); "
+                         "it applies to the tiny scale only")  # fmt: skip
+
+
+def _model_choice_flags(args: argparse.Namespace, task: str) -> list[str]:
+    """The flags of a task benchmark's recorded command that chose its models (see :func:`_check_model_choice`): the
+    seed and training steps of the tiny models trained in the run, the seed naming retrieval's paper-scale folders."""
     if args.model:
         return []
-    return ["--seed", str(args.seed), *(["--train-steps", str(args.train_steps)] if args.train_steps else [])]
+    if args.scale == "tiny":
+        steps = ["--train-steps", str(args.train_steps)] if args.train_steps else []
+        return ["--seed", str(args.seed or 0), *steps]
+    return ["--seed", str(args.seed or 0)] if _seed_names_paper_models(task) else []
 
 
 def cmd_bench_alignment(args: argparse.Namespace) -> int:
@@ -556,7 +588,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     command += ["--methods", *args.methods] if args.methods else []
     command += ["--no-sink"] if args.no_sink else []
     command += ["--ties", args.ties] if args.ties != "first" else []
-    command += _model_choice_flags(args)
+    command += _model_choice_flags(args, "alignment")
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     for path, variant, (model, _, meta) in zip(paths, variants, loaded):
         run_meta = {
@@ -601,7 +633,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     started = time.time()  # --max-minutes counts the tiny models' training too
-    paper = "gpu-models/retrieval-{variant}-paper-s" + str(args.seed)
+    paper = "gpu-models/retrieval-{variant}-paper-s" + str(args.seed or 0)
     paths, variants, loaded, stem = _task_models(args, "retrieval", trainer, paper)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     lengths = args.lengths or list(LENGTHS[args.scale])
@@ -613,7 +645,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     command += ["--n-samples", str(n_samples), "--n-attr", str(n_attr)]
     command += ["--methods", *args.methods] if args.methods else []
     command += ["--no-fwe"] if args.no_fwe else []
-    command += _model_choice_flags(args)
+    command += _model_choice_flags(args, "retrieval")
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     examples: dict = {}
     for index, (path, variant, (model, _, meta)) in enumerate(zip(paths, variants, loaded)):
@@ -721,7 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=tuple(COMPUTE_DTYPES),
         default=None,
-        help="LaTIM's compute dtype, whatever the model's (LaTIM methods only; default float32)",
+        help="compute dtype of LaTIM and the baselines, whatever the model's (default float32; the gradient "
+        "methods compute in the model's dtype)",
     )
     attr.set_defaults(func=cmd_attribute)
 
@@ -826,7 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument(
         "--train-steps", type=_positive_int, default=None, help="tiny scale: training steps (default: preset)"
     )
-    align.add_argument("--seed", type=int, default=0, help="tiny scale: training seed")
+    align.add_argument("--seed", type=int, default=None, help="tiny scale: training seed (default 0)")
     align.add_argument("--device", default="cpu")
     align.add_argument(
         "--n-samples", type=_positive_int, default=None, help="held-out pairs (default: the model's n_eval)"
@@ -864,7 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     retr.add_argument(
         "--train-steps", type=_positive_int, default=None, help="tiny scale: training steps (default: preset)"
     )
-    retr.add_argument("--seed", type=int, default=0, help="training seed (tiny scale; the paper-scale folder name)")
+    retr.add_argument(
+        "--seed", type=int, default=None, help="training seed (tiny scale; the paper-scale folder name; default 0)"
+    )
     retr.add_argument("--device", default="cpu")
     retr.add_argument(
         "--lengths", type=_positive_int, nargs="+", default=None, help="sample lengths (default: the scale's)"

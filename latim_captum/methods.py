@@ -93,6 +93,12 @@ class Method:
         return f"{self.spec.label} exact" if self.activation == "silu_gate" else self.spec.label
 
     @property
+    def takes_dtype(self) -> bool:
+        """True if ``dtype=`` sets the compute dtype (LaTIM and the table's baselines); the gradient methods and
+        methods of your own compute in the model's dtype."""
+        return self.family == "latim" or (self.family == "baseline" and self.name in BASELINE_NAMES)
+
+    @property
     def per_layer(self) -> bool:
         """True if :attr:`fn` returns ``[B, L, N, N]``, False for one aggregated ``[B, N, N]`` map."""
         return self.spec.per_layer
@@ -117,22 +123,23 @@ class Method:
         path (:data:`latim_captum.BACKENDS`: ``"auto"``, ``"ref"``, ``"fast"``, ``"triton"``, same maps to 1e-4, the
         fast one also much faster on a CPU; ``precision`` of its ``W_o`` product), unused by the other families;
         ``target`` is the token each row explains (:func:`row_targets`), for the methods that explain one; ``dtype``
-        is LaTIM's compute dtype (float32 or float64).
+        is the compute dtype (float32 or float64) of LaTIM and the table's baselines.
 
         Raises:
             ValueError: ``target`` other than ``"next"`` for a method that explains no token, or a bad ``target``;
-                ``dtype`` other than float32 for a method outside LaTIM (those compute in the model's dtype).
+                ``dtype`` other than float32 for the gradient methods and methods of your own (those compute in the
+                model's dtype).
         """
         check_size("max_sequences", max_sequences)
-        if self.family != "latim" and dtype != torch.float32:
-            raise ValueError(f"dtype={dtype} is LaTIM's compute dtype; method {self.name!r} is not LaTIM")
-        kwargs = {}
+        if not self.takes_dtype and dtype != torch.float32:
+            raise ValueError(f"dtype={dtype}: method {self.name!r} computes in the model's dtype")
+        kwargs: dict = {"dtype": dtype} if self.takes_dtype else {}
         if self.spec.uses_target:
             kwargs["targets"] = row_targets(model, input_ids, target)
         elif not (isinstance(target, str) and target == "next"):
             raise ValueError(f"method {self.name!r} explains no target token; target={target!r} has no effect on it")
         if self.family == "latim":
-            maps = self.fn(model, input_ids, backend=backend, precision=precision, dtype=dtype, **kwargs)
+            maps = self.fn(model, input_ids, backend=backend, precision=precision, **kwargs)
         elif self.replicates_rows:
             maps = self.fn(model, input_ids, max_sequences, **kwargs)
         else:
@@ -276,17 +283,27 @@ def _baseline(name: str) -> Callable[..., Tensor]:
 
     if name in ROW_REPLICATING_BASELINES:  # keep ≤ max_sequences sequences in flight
 
-        def call_rows(model: nn.Module, ids: Tensor, max_sequences: int, targets: Tensor | None = None) -> Tensor:
+        def call_rows(
+            model: nn.Module,
+            ids: Tensor,
+            max_sequences: int,
+            targets: Tensor | None = None,
+            dtype: torch.dtype = torch.float32,
+        ) -> Tensor:
             row_batch = max(1, max_sequences // len(ids))
             targets = next_token_targets(ids) if targets is None else targets
-            return fn(model, ids, target=targets, row_batch=row_batch)
+            return fn(model, ids, target=targets, row_batch=row_batch, dtype=dtype)
 
         return call_rows
 
-    def call(model: nn.Module, input_ids: Tensor) -> Tensor:  # Mamba-Attention: explains no target
-        return fn(model, input_ids)
+    def call(model: nn.Module, input_ids: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:  # Mamba-Attention
+        return fn(model, input_ids, dtype=dtype)
 
     return call
+
+
+#: the table's baselines (their functions take ``dtype=``); a method registered under family "baseline" is not one
+BASELINE_NAMES = ("mamba_attention", "mamba_attribution", "mamba_lrp")
 
 
 def _method(name: str) -> Method:

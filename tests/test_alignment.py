@@ -505,6 +505,10 @@ def test_bench_alignment_trains_a_tiny_model_and_writes_table3(tmp_path):
         (["bench", "alignment", "--model", "/no/such/dir"], "no trained model"),
         (["bench", "alignment", "--variant", "mamba1", "--scale", "paper"], "no trained model"),
         (["bench", "copying", "--variant", "mamba1", "--rows", "input"], "invalid choice"),
+        # flags that would choose nothing are refused (they were recorded in the report's command, not followed)
+        (["bench", "alignment", "--model", "/no/such/dir", "--seed", "3"], "--seed: --model gives the models"),
+        (["bench", "alignment", "--variant", "mamba1", "--scale", "paper", "--seed", "3"], "--seed: the paper-scale"),
+        (["bench", "alignment", "--variant", "mamba1", "--scale", "paper", "--train-steps", "7"], "tiny scale only"),
     ],
 )
 def test_bench_alignment_errors_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):

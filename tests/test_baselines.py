@@ -318,3 +318,113 @@ def test_errors():
         mamba_attribution(model.backbone, ids)
     with pytest.raises(ValueError, match="layer 7"):
         mamba_attention(tr, layers=[7])
+
+
+# -- fixes from the baselines review ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "falcon", "mamba2"])
+def test_attention_gradient_is_the_total_derivative(kind):
+    """``Σ (∂y/∂M⁽ˡ⁾ ⊙ M⁽ˡ⁾) = d/dε y(M⁽ˡ⁾ → (1 + ε) M⁽ˡ⁾)``, later layers recomputing their own Δ, B, C from the
+    changed stream: a central difference of the replay. With ``M`` detached (the old leaf) layer 0 missed it by
+    ~5 %; only the last layer was exact."""
+    from latim_captum.baselines.mamba_attribution import _attention_gradients
+
+    model = build(kind, layers=3, seed=2).double()
+    ids = random_ids(1, 6, seed=1)
+    adapter = get_adapter(model)
+    embeds = model.backbone.embeddings(ids).detach()
+    row, target = 5, torch.full((1, 6), 7)
+    got = _attention_gradients(adapter, embeds, None, [row], target, [0, 1, 2], reduce=lambda gm: gm.sum((1, 2, 3)))
+
+    def logit_with_scaled(layer: int, eps: float) -> float:
+        def mixing(idx, ssm, phi):
+            m = hidden_attention(ssm) * (1 + eps if idx == layer else 1.0)
+            return torch.einsum("bisc,bsc->bic", m, phi)
+
+        with torch.no_grad():
+            return float(replay_logits(adapter, embeds, None, mixing=mixing)[0, row, 7])
+
+    eps = 1e-6
+    for layer in range(3):
+        fd = (logit_with_scaled(layer, eps) - logit_with_scaled(layer, -eps)) / (2 * eps)
+        assert abs(float(got[row][layer][0]) - fd) <= 1e-6 * max(1.0, abs(fd)), f"layer {layer}"
+
+
+def test_attribution_rollout_follows_the_model_order():
+    model = build("mamba1", layers=3).double()
+    ids = random_ids(1, 5)
+    for gradient in ("hidden", "attention"):
+        options = dict(gradient=gradient, dtype=F64)
+        expected = mamba_attribution(model, ids, layers=[0, 2], **options)
+        torch.testing.assert_close(mamba_attribution(model, ids, layers=[2, 0], **options), expected)
+        torch.testing.assert_close(mamba_attribution(model, ids, layers=[-1, 0], **options), expected)
+        with pytest.raises(ValueError, match="layer 0 twice"):
+            mamba_attribution(model, ids, layers=[0, 0, 2], gradient=gradient)
+
+
+def test_a_trace_passed_to_mamba_attention_is_checked():
+    model = build("mamba2")
+    ids = random_ids(1, 5)
+    tr = latim_captum.trace(model, ids)
+    with pytest.raises(ValueError, match="float64"):
+        mamba_attention(tr, dtype=F64)
+    with torch.no_grad():
+        model.backbone.layers[0].mixer.out_proj.weight.mul_(1.5)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        mamba_attention(tr)
+
+
+@pytest.mark.parametrize("call", ["lrp", "attention_gradient"])
+def test_replaying_baselines_warn_on_biased_left_padding(call):
+    from latim_captum.adapters import base
+
+    model = build("mamba1", use_bias=True)
+    ids, mask = random_ids(2, 6), left_pad_mask(2, 6, [0, 2])
+    base._LEFT_PADDING_WARNED.clear()
+    with pytest.warns(UserWarning, match="left padding"):
+        if call == "lrp":
+            mamba_lrp(model, ids, attention_mask=mask, target=3, position=-1)
+        else:
+            mamba_attribution(model, ids, attention_mask=mask, gradient="attention", position=-1)
+
+
+@pytest.mark.parametrize("name", ["gelu", "relu", "tanh"])
+def test_lrp_activation_keeps_the_value(name):
+    """``x · (a(x) / x)`` is ``a(x)``: the reference's ε in the denominator moved it by ~1e-6 relative."""
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-3, 3, 601, dtype=F64)  # holds an exact 0
+    torch.testing.assert_close(lrp_activation(name)(x), ACT2FN[name](x), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_hidden_attention_keeps_float32_precision_on_long_inputs(kind):
+    """The decay's exponent is a difference of two prefix sums that grow with N: taken in float32 it lost ~3e-4 of
+    the decay at N = 2048 (large Δ early, small late); in float64 then cast, float32 rounding only."""
+    from latim_captum.traces import Mamba1SSM, Mamba2SSM
+
+    gen = torch.Generator().manual_seed(0)
+    n = 2048
+    delta = torch.cat([torch.full((n // 2,), 2.0), torch.full((n - n // 2,), 0.01)]).to(F64)
+    if kind == "mamba1":
+        d, r = 2, 3
+        ssm = Mamba1SSM(
+            delta=delta[None, :, None].expand(1, n, d).contiguous(),
+            A=-torch.rand(d, r, generator=gen, dtype=F64) * 4 - 1,
+            B=torch.randn(1, n, r, generator=gen, dtype=F64),
+            C=torch.randn(1, n, r, generator=gen, dtype=F64),
+        )
+    else:
+        heads, p, s = 2, 2, 3
+        ssm = Mamba2SSM(
+            delta=delta[None, :, None].expand(1, n, heads).contiguous(),
+            A=-torch.rand(heads, generator=gen, dtype=F64) * 4 - 1,
+            B=torch.randn(1, n, 1, s, generator=gen, dtype=F64),
+            C=torch.randn(1, n, 1, s, generator=gen, dtype=F64),
+            head_dim=p,
+        )
+    as32 = type(ssm)(**{k: (v.float() if torch.is_tensor(v) else v) for k, v in vars(ssm).items()})
+    exact = hidden_attention(ssm, n - 4, n)
+    got = hidden_attention(as32, n - 4, n).double()
+    assert relative_error(got, exact) < 1e-5

@@ -186,6 +186,13 @@ def test_bench_copying_tiny(tmp_path, capsys):
     assert set(report["reconstruction_error"]) >= {"silu", "silu_gate"}
     md = (tmp_path / "copying-mamba2-tiny.md").read_text()
     assert "0.98 / 0.86 / 0.74" in md and "Decomposition error" in md
+    # the command that made it, and the model-free rows a method has to beat
+    assert report["meta"]["command"].startswith("latim bench copying --variant mamba2 --scale tiny --device cpu")
+    assert f"- command: `{report['meta']['command']}`" in md
+    free = report["model_free"]
+    assert free["random"]["by_rows"]["predict"]["auc"] == pytest.approx(0.5, abs=0.1)
+    assert free["same_token"]["by_rows"]["predict"]["auc"] > 0.55, "the band holds the row's own token's twin"
+    assert "*Random map (no model)*" in md and "*Same token as the row's input (no model)*" in md
 
 
 def test_copying_report_is_written_after_every_method(tmp_path):
@@ -293,7 +300,7 @@ def test_attribute_explains_the_same_tokens_for_every_method(saved_untied_model,
     [
         ("saliency", ["--activation", "silu"], "--activation: LaTIM options only"),
         ("mamba_lrp", ["--backend", "fast", "--precision", "tf32"], "--backend and --precision: LaTIM options only"),
-        ("saliency", ["--dtype", "float64"], "--dtype: LaTIM options only"),
+        ("saliency", ["--dtype", "float64"], "--dtype: --method saliency computes in the model's dtype"),
         ("alti_logit", ["--layer", "0"], "aggregates every layer"),
         ("saliency", ["--layer", "1"], "aggregates every layer"),
     ],
@@ -357,3 +364,15 @@ def test_attribute_dtype_is_the_compute_dtype(saved_model, tmp_path, method, lay
     torch.testing.assert_close(torch.tensor(got64["scores"], dtype=torch.float64), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.tensor(got32["scores"], dtype=torch.float64), expected, rtol=1e-4, atol=1e-5)
     assert got32["scores"] != got64["scores"]
+
+
+def test_registry_dtype_reaches_latim_and_the_baselines():
+    from conftest import build, random_ids
+
+    model = build("mamba1")
+    ids = random_ids(1, 5)
+    for name in ("l2", "alti_logit", "mamba_attention", "mamba_attribution", "mamba_lrp"):
+        assert get_method(name)(model, ids, dtype=torch.float64).dtype == torch.float64, name
+        assert get_method(name)(model, ids).dtype == torch.float32, name
+    with pytest.raises(ValueError, match="computes in the model's dtype"):
+        get_method("saliency")(model, ids, dtype=torch.float64)

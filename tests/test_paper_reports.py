@@ -85,6 +85,18 @@ def test_aggregate_refuses_mixed_or_repeated_runs():
         aggregate([reports[0], other])
     with pytest.raises(ValueError, match="seed appears twice"):
         aggregate([reports[0], copy.deepcopy(reports[0])])
+    # a SiLU and a linear model are two rows of Table 5, not two seeds; other sample counts are other evaluations
+    for key, value in (("act", "linear"), ("n_samples", 3)):
+        first, second = copy.deepcopy(reports[0]), copy.deepcopy(reports[1])
+        first["act"], second["act"] = "silu", "silu"
+        second[key] = value
+        with pytest.raises(ValueError, match=f"differ in {key}"):
+            aggregate([first, second])
+    unseeded = [copy.deepcopy(r) for r in reports[:2]]
+    for r in unseeded:
+        r["meta"].update(seed=None, model="runs/m")
+    with pytest.raises(ValueError, match="model folder appears twice"):
+        aggregate(unseeded)
     # a method missing from one report is left out and named; a report without the hold reading drops that reading
     partial = copy.deepcopy(reports[2])
     del partial["methods"]["alti_logit"]
@@ -100,7 +112,7 @@ def test_the_seed_script_reads_shipped_reports(tmp_path, capsys):
     files = []
     for seed in (0, 1):
         report = copy.deepcopy(shipped)
-        report["meta"]["seed"] = seed
+        report["meta"].update(seed=seed, model=f"{report['meta']['model']}-s{seed}")
         files.append(tmp_path / f"r{seed}.json")
         files[-1].write_text(json.dumps(report))
     assert main([*map(str, files), "--out", str(tmp_path)]) == 0
@@ -174,3 +186,19 @@ def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys)
     assert err.startswith("activations: error: two models share a conv activation") and len(err.splitlines()) == 1
     assert study(["--task", "copy"]) == 2
     assert "give --variant or --models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("act, exact", [("swish", "silu_gate"), ("silu", "silu_gate"), ("none", "identity"),
+                                        ("linear", "identity"), ("relu", None)])  # fmt: skip
+def test_table5_summary_knows_every_name_of_an_activation(act, exact):
+    """``hidden_act="swish"`` is SiLU: its exact-strategy columns were computed and then shown as "—"."""
+    from latim_captum.paper.activations import summarize
+
+    layers = {"layers": [_scores(0.6), _scores(0.8)]}
+    report = {
+        "act": act, "accuracy": {"token_acc": 1.0}, "reconstruction_error": {},
+        "methods": {"l2_silu_gate": {"label": "LaTIM (ℓ2) exact", "per_layer": True, **layers}},
+    }  # fmt: skip
+    row = summarize(report, "copy")
+    assert row["exact_strategy"] == exact
+    assert row["methods"]["l2_silu_gate"]["strategy"] == exact and row["methods"]["l2_silu_gate"]["value"] == 0.8

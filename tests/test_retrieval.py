@@ -341,6 +341,12 @@ def test_bench_retrieval_end_to_end(tmp_path):
         assert np.array(entry["fwe"]["N=96"]["shares"]).sum(-1) == pytest.approx(1.0)
     md = (out / "retrieval-mamba2-tiny.md").read_text()
     assert "Table 4" in md and "Table 6" in md and "trained from scratch" in md and "74.3" in md
+    # two training steps retrieve nothing: the report says so above its attribution tables
+    assert r["passkey"]["N=96 k=1"]["accuracy"] < 0.1 and "**mamba2 does not retrieve**" in md
+    from latim_captum.retrieval.evaluate import render_markdown
+
+    r["passkey"]["N=96 k=1"]["accuracy"] = 0.5
+    assert "does not retrieve" not in render_markdown(report)
     for suffix in ("shares", "fwe", "long"):
         assert (out / f"retrieval-mamba2-tiny-{suffix}.png").stat().st_size > 10_000
 
@@ -351,6 +357,9 @@ def test_bench_retrieval_end_to_end(tmp_path):
         (["bench", "retrieval"], "give --variant"),
         (["bench", "retrieval", "--model", "/nonexistent/x"], "no trained model"),
         (["bench", "retrieval", "--variant", "mamba2", "--scale", "paper"], "gpu-models/retrieval-mamba2-paper-s0"),
+        (["bench", "retrieval", "--variant", "mamba2", "--scale", "paper", "--seed", "2"], "paper-s2"),
+        (["bench", "retrieval", "--variant", "mamba2", "--scale", "paper", "--train-steps", "5"], "tiny scale only"),
+        (["bench", "retrieval", "--model", "/nonexistent/x", "--train-steps", "5"], "--model gives the models"),
     ],
 )
 def test_bench_retrieval_errors_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):

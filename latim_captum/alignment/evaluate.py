@@ -152,8 +152,7 @@ def evaluate_model(
     device = next(model.parameters()).device
     data = task.encode(task.pairs(n_samples, seed + 1))
     sure, possible = gold_of(data)
-    err = data.select(list(range(min(n_samples, batch))))
-    err_mask = torch.arange(err.ids.shape[1])[None] < err.lengths[:, None]
+    err_mask = torch.arange(data.ids.shape[1])[None] < data.lengths[:, None]
     monotone = [monotone_alignment(len(p.source), len(p.target)) for p in data.pairs]
     report: dict = {
         "variant": variant,
@@ -172,8 +171,8 @@ def evaluate_model(
         },
         "baselines": {"monotone": alignment_error_rate(monotone, sure, possible)},
         "methods": {},
-        "reconstruction_error": reconstruction_errors(model, err.ids.to(device), err_mask.to(device)),
-        "reconstruction_error_samples": len(err),
+        "reconstruction_error": reconstruction_errors(model, data.ids.to(device), err_mask.to(device), batch),
+        "reconstruction_error_samples": n_samples,
         "backend": backend,
     }
     if on_update is not None:

@@ -11,7 +11,8 @@ from latim_captum._model_state import check_grad_mode
 from latim_captum._queries import check_not_padding
 from latim_captum._validation import check_model_inputs, check_position, check_target
 from latim_captum.adapters import ModelAdapter, get_adapter
-from latim_captum.api import trace as _trace
+from latim_captum.adapters.base import warn_biased_left_padding
+from latim_captum.api import _as_trace
 from latim_captum.traces import ModelTrace
 
 __all__ = [
@@ -30,12 +31,9 @@ COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 def as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype: torch.dtype) -> ModelTrace:
     """A :class:`ModelTrace` from a trace (inputs must then be None) or from a model and its inputs."""
-    if isinstance(model_or_trace, ModelTrace):
-        if input_ids is not None or inputs_embeds is not None or attention_mask is not None:
-            raise ValueError("pass inputs with a model, not with a ModelTrace (it already holds them)")
-        tr = model_or_trace
-    else:
-        tr = _trace(model_or_trace, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype)
+    # a finished trace is checked as LaTIM's front ends check it: made from the model as it is, in a dtype that meets
+    # the request
+    tr = _as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype)
     if any(kind not in ("mamba1", "mamba2") for kind in tr.kinds):
         raise NotImplementedError(
             f"the Mamba baselines are defined for pure Mamba models; this trace has sublayers {sorted(set(tr.kinds))}"
@@ -63,6 +61,7 @@ def model_inputs(
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
     adapter = get_adapter(model)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
+    warn_biased_left_padding(adapter, attention_mask)  # as a trace does: the replays never trace the model
     with torch.no_grad():
         embeds = adapter.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
     return adapter, embeds.detach().to(dtype).requires_grad_(True), attention_mask

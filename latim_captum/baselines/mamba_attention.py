@@ -17,6 +17,10 @@ reference computes one query row and normalises that row's ``[channels, tokens]`
 single row gives the same values as the full map; a row whose entries are all equal maps them to 1. Mamba-1
 averages over its d_inner channels; Mamba-2 over its heads (its channels repeat their head's matrix, so the channel
 and head means agree). Padded rows and columns are 0.
+
+``M`` itself is eq 15 exactly, diagonal included. The reference's ``compute_middle_attn_vector`` differs there: it
+fills only ``s < i`` (no diagonal) and its decay product stops one step early (it leaves out ``exp(Δ_i A)`` of the
+query step).
 """
 
 from __future__ import annotations
@@ -107,7 +111,8 @@ def mamba_attention(
         target: unused (the map does not depend on a prediction); accepted for a uniform signature.
         position: compute only this query row (negative allowed).
         normalize: ``"minmax"`` (the reference's per-row min-max, default) or ``"none"`` (raw channel mean).
-        dtype: compute dtype of the trace (float32 or float64).
+        dtype: compute dtype of the trace (float32 or float64); a :class:`ModelTrace` keeps its own (a float64
+            request for a float32 trace is an error).
 
     Returns:
         ``[B, len(layers), N, N]`` (lower-triangular), or ``[B, len(layers), N]`` (row ``position``) when

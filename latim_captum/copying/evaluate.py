@@ -26,7 +26,7 @@ from ..adapters import get_adapter
 from ..tasks.reports import load_model_dir, model_act, progress, reconstruction_errors, resolve_method, variant_of
 from ..tasks.reports import write_report as _write_report
 from .data import CopyTask
-from .metrics import ROWS, faithfulness
+from .metrics import MODEL_FREE, ROWS, faithfulness, model_free_maps
 from .train import evaluate_copy
 
 __all__ = [
@@ -103,7 +103,8 @@ def evaluate_model(
     Returns:
         ``{"accuracy": {...}, "rows": rows, "methods": {name: {"label", "per_layer", "layers": [{auc, ap,
         recall_at_k}, ...] | "all": {...}, "by_rows": {"predict": {"layers" | "all"}, "hold": {...}}}},
-        "reconstruction_error": {activation: [per layer] or None where the strategy refuses the model}, ...}``;
+        "reconstruction_error": {activation: [per layer] or None where the strategy refuses the model},
+        "model_free": {name: {"label", "by_rows"}} (:func:`~latim_captum.copying.metrics.model_free_maps`), ...}``;
         ``layers``/``all`` are the ``rows`` reading.
     """
     from .._validation import check_size
@@ -118,7 +119,6 @@ def evaluate_model(
     n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device
     ids = task.sample(max(n_samples, 128), seed + 1)[:n_samples]
-    err_ids = ids[: min(n_samples, batch)].to(device)
     report: dict = {
         "variant": variant,
         "n_layers": n_layers,
@@ -131,10 +131,15 @@ def evaluate_model(
         "act": model_act(model),
         "methods": {},
         "reconstruction_error": {},
-        "reconstruction_error_samples": int(err_ids.shape[0]),
+        "reconstruction_error_samples": n_samples,
         "backend": backend,
     }
-    report["reconstruction_error"] = reconstruction_errors(model, err_ids)
+    free = model_free_maps(ids.cpu(), seed=seed + 1)
+    report["model_free"] = {
+        name: {"label": label, "by_rows": {r: faithfulness(free[name], task.length, rows=r) for r in ROWS}}
+        for name, label in MODEL_FREE.items()
+    }
+    report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch)
     if on_update is not None:
         on_update(report)
     names = list(methods) if methods is not None else available_methods(demo_only=True)
@@ -192,6 +197,8 @@ def _table2(report: dict, rows: str) -> list[str]:
             lines.append(f"| {entry['label']} | {at_paper} | {_fmt(layers[best])} (layer {best + 1}) | {ref_s} |")
         else:
             lines.append(f"| {entry['label']} | {_fmt(scores['all'])} (all layers) | — | {ref_s} |")
+    for entry in report.get("model_free", {}).values():  # reports older than the field have none
+        lines.append(f"| *{entry['label']}* | {_fmt(entry['by_rows'][rows])} | — | — |")
     return lines
 
 
@@ -205,6 +212,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Copying faithfulness — {variant} ({meta.get('scale', '?')} scale)",
         "",
+        *([f"- command: `{meta['command']}`"] if meta.get("command") else []),
         f"- model: `{meta.get('model', '?')}`; evaluated on: {meta.get('device', '?')}; "
         f"trained on: {meta.get('train_device') or '?'}, seed {meta.get('seed', '?')}, {meta.get('steps', '?')} steps"
         f", conv activation {report.get('act', 'silu')}",
@@ -214,6 +222,12 @@ def render_markdown(report: dict) -> str:
         f"exact match {report['accuracy']['exact_match']:.4f}",
         f"- metrics per query row ({_ROW_SPANS[rows]} × source columns 0..L-1, gold = 3 diagonals), averaged over "
         "rows and samples: AUC / AP / R@K",
+        *(
+            ["- the rows in italics use no model: a method has to beat them, not 0.5, to show that it finds the copy "
+             "(the gold band holds the source twin of each row's own input token)"]
+            if report.get("model_free")
+            else []
+        ),  # fmt: skip
         "",
         "## Table 2",
         "",

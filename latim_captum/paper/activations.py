@@ -36,7 +36,15 @@ from torch import nn
 
 from ..maps.options import BACKENDS
 from ..tasks.models import HIDDEN_ACTS
-from ..tasks.reports import exact_strategy, load_model_dir, model_act, quiet_transformers, variant_of, write_report
+from ..tasks.reports import (
+    exact_strategy,
+    exact_strategy_of,
+    load_model_dir,
+    model_act,
+    quiet_transformers,
+    variant_of,
+    write_report,
+)
 
 __all__ = ["PAPER_TABLE5", "TASKS", "evaluate_variant", "main", "methods_for", "render_markdown", "summarize"]
 
@@ -94,7 +102,7 @@ def _headline(entry: dict, task_name: str) -> dict:
 
 def summarize(report: dict, task_name: str) -> dict:
     """The Table 5 row of one model's report."""
-    exact = {"silu": "silu_gate", "linear": "identity", "identity": "identity"}.get(report["act"])
+    exact = exact_strategy_of(report["act"])  # the names methods_for knows too (swish, none, ...)
     methods = {}
     for name, entry in report["methods"].items():
         strategy = "silu" if name in ("l2", "alti_logit") else exact
@@ -211,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acts", nargs="+", choices=HIDDEN_ACTS, default=list(HIDDEN_ACTS), help="activations to train")
     p.add_argument("--train-out", default="runs", help="tiny scale: where the trained models go")
     p.add_argument("--train-steps", type=int, default=None, help="tiny scale: training steps (default: preset)")
-    p.add_argument("--seed", type=int, default=0, help="tiny scale: the one training seed of every variant")
+    p.add_argument("--seed", type=int, default=None, help="tiny scale: the one training seed of every variant (0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-samples", type=int, default=None, help="held-out samples (default: the model's n_eval)")
     p.add_argument("--batch", type=int, default=32)
@@ -232,7 +240,7 @@ def rerun_command(args: argparse.Namespace, paths: list[Path], variant: str) -> 
     else:
         parts.append(f"--variant {variant}")
         if args.scale == "tiny":
-            parts += [f"--seed {args.seed}", *([f"--train-steps {args.train_steps}"] if args.train_steps else [])]
+            parts += [f"--seed {args.seed or 0}", *([f"--train-steps {args.train_steps}"] if args.train_steps else [])]
         if list(args.acts) != list(HIDDEN_ACTS):
             parts.append(f"--acts {' '.join(args.acts)}")
     parts += [f"--n-samples {args.n_samples}"] if args.n_samples else []  # --batch, --max-sequences: memory only
@@ -244,6 +252,11 @@ def run(args: argparse.Namespace) -> dict:
     quiet_transformers()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda given but CUDA is not available")
+    trains = not args.models and args.scale == "tiny"
+    ineffective = [f for f, v in (("--seed", args.seed), ("--train-steps", args.train_steps)) if v is not None]
+    if ineffective and not trains:
+        raise ValueError(f"{' and '.join(ineffective)}: they choose the models trained in the run (tiny scale, no "
+                         "--models)")  # fmt: skip
     if args.models:
         paths = [Path(m) for m in args.models]
     elif args.variant is None:
@@ -251,7 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     elif args.scale == "tiny":
         paths = [Path(args.train_out) / f"{args.task}-{args.variant}-tiny-{act}" for act in args.acts]
         for act, path in zip(args.acts, paths):
-            _train_tiny(args.task, args.variant, act, path, args.seed, args.train_steps, args.quiet)
+            _train_tiny(args.task, args.variant, act, path, args.seed or 0, args.train_steps, args.quiet)
     else:
         paths = [Path("runs") / f"{args.task}-{args.variant}-paper-{act}" for act in args.acts]
     loaded = [load_model_dir(p) for p in paths]

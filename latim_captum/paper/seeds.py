@@ -68,25 +68,32 @@ def _per_layer(scores: list[dict], paper_layer: int | None) -> dict:
 def aggregate(reports: Sequence[dict], sources: Sequence[str] | None = None) -> dict:
     """Mean ± std over seeds of copying reports (``latim bench copying`` JSONs) of one variant.
 
-    ``ValueError`` when the reports mix variants, layer counts or tasks, or repeat a training seed.
+    ``ValueError`` when the reports mix variants, layer counts, tasks, conv activations (``act``: a SiLU and a
+    linear model are two rows of Table 5, not two seeds of one) or held-out sample counts, or repeat a training seed
+    or a model folder.
     """
     if not reports:
         raise ValueError("no reports to aggregate")
     first = reports[0]
-    for key in ("variant", "n_layers", "task"):
-        values = {json.dumps(r[key], sort_keys=True) for r in reports}
+    for key in ("variant", "n_layers", "task", "act", "n_samples"):
+        values = {json.dumps(r.get(key), sort_keys=True) for r in reports}
         if len(values) > 1:
             raise ValueError(f"the reports differ in {key}: {', '.join(sorted(values))}")
     seeds = [r.get("meta", {}).get("seed") for r in reports]
     known = [s for s in seeds if s is not None]
     if len(set(known)) < len(known):
         raise ValueError(f"a training seed appears twice ({seeds}): one report per seed")
+    models = [r.get("meta", {}).get("model") for r in reports]
+    named = [m for m in models if m is not None]
+    if len(set(named)) < len(named):
+        raise ValueError(f"a model folder appears twice ({named}): one report per trained model")
     pl = first.get("paper_layer")
     common = [name for name in first["methods"] if all(name in r["methods"] for r in reports)]
     out: dict = {
         "variant": first["variant"],
         "n_layers": first["n_layers"],
         "task": first["task"],
+        "act": first.get("act"),
         "n_seeds": len(reports),
         "seeds": seeds,
         "sources": list(sources or []),
@@ -133,6 +140,8 @@ def render_markdown(agg: dict) -> str:
         f"# Copying faithfulness over {n} training seeds — {variant} ({agg.get('scale') or '?'} scale)",
         "",
         f"- seeds: {', '.join(str(s) for s in agg['seeds'])}; reports: {', '.join(agg['sources']) or '?'}",
+        f"- conv activation: {agg.get('act') or '? (reports older than the field)'}; held-out samples per seed: "
+        f"{agg['n_samples'][0]}",
         *([f"- command: `{agg['command']}`"] if agg.get("command") else []),
         *(
             [

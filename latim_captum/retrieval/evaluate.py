@@ -77,6 +77,10 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "mamba_lrp",
 )
 
+#: below this passkey accuracy with the fewest keys a report says the model does not retrieve (its attribution shares
+#: then describe a model that fails the task)
+NOT_RETRIEVING = 0.1
+
 #: the paper's Table 6: Mamba-2 accuracy (%) per size and length for k = 1, 2, 4 keys (1000 samples each)
 PAPER_TABLE6: dict[str, dict[int, tuple[float, float, float]]] = {
     "130M": {1024: (99.8, 58.2, 28.1), 2048: (99.7, 57.3, 30.8)},
@@ -404,6 +408,16 @@ def render_markdown(suite: dict) -> str:
             f"({m.get('minutes') or 0:.1f} min); accuracy on {r['n_samples']} samples per setting (greedy answers, "
             f"seed {r['eval_seed']}), attribution on the first {r['n_attr']}"
         )
+    for variant, r in models.items():
+        fewest = min(r["keys"])
+        easiest = [r["passkey"].get(f"N={n} k={fewest}", {}).get("accuracy") for n in r["lengths"]]
+        best = max((a for a in easiest if a is not None), default=None)
+        if best is not None and best < NOT_RETRIEVING:
+            lines.append(
+                f"- **{variant} does not retrieve** (best passkey accuracy with {fewest} key(s): {best:.0%}): the "
+                "attribution shares below describe a model that fails the task; train it further (the paper-scale "
+                "recipe) before reading them"
+            )
     first = next(iter(models.values()), None)
     if first is None:
         return "\n".join(lines) + "\n"

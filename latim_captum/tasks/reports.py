@@ -55,7 +55,11 @@ def model_act(model: nn.Module) -> str:
 def exact_strategy(model: nn.Module) -> str | None:
     """The activation strategy that decomposes this model exactly: ``silu_gate`` for SiLU, ``identity`` for no
     activation, None otherwise (ReLU: no exact strategy in the package)."""
-    act = model_act(model)
+    return exact_strategy_of(model_act(model))
+
+
+def exact_strategy_of(act: str) -> str | None:
+    """:func:`exact_strategy` from the activation's name (``hidden_act``: ``silu``/``swish``, ``linear``/...)."""
     return "silu_gate" if act in SILU_NAMES else "identity" if act in IDENTITY_NAMES else None
 
 
@@ -111,20 +115,33 @@ def resolve_method(name: str):
 
 
 def reconstruction_errors(
-    model: nn.Module, ids: Tensor, attention_mask: Tensor | None = None
+    model: nn.Module, ids: Tensor, attention_mask: Tensor | None = None, batch: int | None = None
 ) -> dict[str, list[float] | None]:
-    """Relative decomposition error per layer (:func:`latim_captum.reconstruction_error`) for every activation
-    strategy; None for a strategy that refuses the model (``silu_gate`` on a model without SiLU)."""
-    from ..api import reconstruction_error
+    """Relative decomposition error per layer (:func:`latim_captum.reconstruction_error`) over every sample of
+    ``ids`` for every activation strategy; None for a strategy that refuses the model (``silu_gate`` on a model
+    without SiLU). ``batch`` samples at a time (None: all at once) changes the memory, not the number: the squared
+    norms are summed over batches before the ratio."""
+    from ..api import reconstruction_error_terms
 
+    step = ids.shape[0] if batch is None else batch
     out: dict[str, list[float] | None] = {}
     for act in ACTIVATIONS:
         try:
-            errors = reconstruction_error(model, ids, activation=act, attention_mask=attention_mask)
+            terms = [
+                reconstruction_error_terms(
+                    model,
+                    ids[start : start + step],
+                    activation=act,
+                    attention_mask=None if attention_mask is None else attention_mask[start : start + step],
+                )
+                for start in range(0, ids.shape[0], step)
+            ]
         except ValueError:
             out[act] = None
             continue
-        out[act] = [float(e) for e in errors]
+        squared_error = torch.stack([err for err, _ in terms]).sum(0)
+        squared_norm = torch.stack([norm for _, norm in terms]).sum(0)
+        out[act] = [float(e) for e in squared_error.sqrt() / squared_norm.sqrt()]
     return out
 
 
