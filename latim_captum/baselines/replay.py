@@ -28,7 +28,8 @@ Two hooks change the computation without changing its value:
   evenly between the two factors. For Mamba-2 the same rules cover its gated RMSNorm (gate: half rule; group RMS
   denominator: detached), whether the gate comes before or after the norm.
 * ``mixing(layer, ssm, phi)`` replaces the SSM's token mixing ``Σ_s M_{i,s} ⊙ φ_s`` (without the D skip), e.g. by
-  an explicit matrix ``M`` held as a leaf tensor so that a target's gradient with respect to ``M`` can be read.
+  the explicit matrix ``M`` plus a zero leaf tensor, whose gradient is a target's total derivative with respect to
+  ``M`` (Mamba-Attribution's ``gradient="attention"``).
 
 Without ``mixing`` the token mixing is the adapters' chunked scan (:func:`latim_captum.ssm.selective_scan`): it is
 differentiable and equals :func:`~latim_captum.ssm.selective_scan_ref` to rounding, in ``⌈N/64⌉`` (Mamba-2) or
