@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latim_captum.activations import activation_function
+
 from .base import ModelAdapter, mro_depth
 
 __all__ = [
@@ -60,12 +62,9 @@ def gated_norm_groups(norm: nn.Module, width: int) -> int:
 
 
 def activation_fn(name: str):
-    """The elementwise activation a HF config names (``hidden_act``)."""
-    from transformers.activations import ACT2FN
-
-    if name in ("identity", "none"):
-        return lambda t: t
-    return ACT2FN[name]
+    """The elementwise activation a HF config names (``hidden_act``):
+    :func:`latim_captum.activations.activation_function`."""
+    return activation_function(name)
 
 
 class HFBackboneAdapter(ModelAdapter):

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latim_captum.activations import divide_or_zero
 from latim_captum.ssm import selective_scan
 from latim_captum.traces import LayerTrace, Mamba1SSM, Mamba2SSM, SSMParams
 
@@ -68,13 +69,6 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return out if b is None else out + b
 
 
-def _ratio(act: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """``a(x) / x``, 0 where ``x == 0`` (there ``x · ratio`` is 0 whatever the ratio). The reference adds ε to the
-    denominator instead, which moves the forward value by ~1e-6 relative; this keeps it: ``x · (a(x) / x) = a(x)``."""
-    zero = x == 0
-    return torch.where(zero, torch.zeros_like(x), act(x) / torch.where(zero, torch.ones_like(x), x))
-
-
 def lrp_activation(name: str) -> Callable[[Tensor], Tensor]:
     """MambaLRP's rule for an elementwise activation ``a``: ``x · (a(x) / x).detach()``, same value, linear backward.
 
@@ -90,7 +84,9 @@ def lrp_activation(name: str) -> Callable[[Tensor], Tensor]:
     if name in ("linear", "identity", "none"):
         return lambda x: x
     act = activation_fn(name)
-    return lambda x: x * _ratio(act, x).detach()
+    # the reference adds ε to the denominator, which moves the forward value by ~1e-6 relative; the ratio taken
+    # where x != 0 (0 elsewhere, where x · ratio is 0 anyway) keeps it: x · (a(x) / x) = a(x)
+    return lambda x: x * divide_or_zero(act(x), x).detach()
 
 
 def half_gate(y: Tensor, g: Tensor) -> Tensor:

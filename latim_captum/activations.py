@@ -14,13 +14,25 @@ strategy       ``f(ψ_s^{(k)})``                                   exact when
 ``taylor2``    ``ψ/2 + ψ²/4`` (second order at 0)                 never
 ``silu_gate``  ``σ(ψ_s) · ψ_s^{(k)}``, ``σ(ψ_s)`` held fixed      always for SiLU models: ``Σ_k σ(ψ_s)ψ_s^{(k)} =``
                                                                   ``σ(ψ_s)ψ_s = SiLU(ψ_s)``
+``act``        ``a(ψ_s^{(k)})``, ``a`` the model's activation     never but for a model without activation (eq 19
+                                                                  with ``f := a``: ``silu`` on SiLU models,
+                                                                  ``identity`` on linear ones, ReLU on ReLU ones)
+``act_gate``   ``(a(ψ_s) / ψ_s) · ψ_s^{(k)}``, the ratio held     always, for any elementwise ``a`` with ``a(0) =
+               fixed (0 where ``ψ_s = 0``)                        0`` (``silu_gate`` on SiLU models)
 =============  =================================================  =================================================
 
+``silu``, ``taylor1``, ``taylor2`` and ``silu_gate`` approximate or hold SiLU: on a model whose conv activation is
+another (ReLU, GELU, none) they would decompose a function the model does not compute, so they are refused there
+(:func:`check_activation` names ``act`` and ``act_gate``).
+
 Every entry point defaults to :data:`DEFAULT_ACTIVATION` (``silu_gate``, exact for SiLU models); pass
-``activation="silu"`` to reproduce the paper, ``"identity"`` for a model without the activation.
+``activation="silu"`` to reproduce the paper, ``"identity"`` for a model without the activation, ``"act_gate"`` for
+an exact decomposition of any other activation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +47,13 @@ __all__ = [
     "tap_shares",
     "tap_gains",
     "check_activation",
+    "activation_function",
+    "divide_or_zero",
 ]
 
-ACTIVATIONS: tuple[str, ...] = ("silu", "identity", "taylor1", "taylor2", "silu_gate")
+ACTIVATIONS: tuple[str, ...] = ("silu", "identity", "taylor1", "taylor2", "silu_gate", "act", "act_gate")
+#: strategies written for SiLU (its approximations, its gate): refused on a model with another conv activation
+SILU_STRATEGIES = frozenset({"silu", "taylor1", "taylor2", "silu_gate"})
 #: the strategy every entry point uses unless told otherwise: ``silu_gate`` reconstructs a SiLU model exactly (the
 #: convergence delta is rounding); the paper's ``"silu"`` stays selectable to reproduce its numbers
 DEFAULT_ACTIVATION = "silu_gate"
@@ -45,16 +61,44 @@ SILU_NAMES = frozenset({"silu", "swish"})
 IDENTITY_NAMES = frozenset({"linear", "identity", "none"})
 
 
+def activation_function(name: str) -> Callable[[Tensor], Tensor]:
+    """The elementwise conv activation a config names (``hidden_act``, a mixer's ``activation``).
+
+    Example:
+        >>> activation_function("relu")(torch.tensor([-1.0, 2.0]))
+        tensor([0., 2.])
+    """
+    if name in SILU_NAMES:
+        return F.silu
+    if name in IDENTITY_NAMES:
+        return lambda t: t
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise ValueError(f"unknown conv activation {name!r} (not one of transformers' ACT2FN)")
+    return ACT2FN[name]
+
+
 def check_activation(activation: str, model_activation: str) -> None:
-    """Raise ``ValueError`` for an unknown strategy, or for ``silu_gate`` on a model whose activation is not SiLU."""
+    """Raise ``ValueError`` for an unknown strategy, or for a SiLU strategy (``silu``, ``taylor1``, ``taylor2``,
+    ``silu_gate``) on a model whose conv activation is not SiLU."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-    if activation == "silu_gate" and model_activation not in SILU_NAMES:
-        hint = " (use activation='identity', exact for it)" if model_activation in IDENTITY_NAMES else ""
+    if activation in SILU_STRATEGIES and model_activation not in SILU_NAMES:
+        what = "holds σ(ψ) fixed" if activation == "silu_gate" else "approximates SiLU"
+        exact = "'identity' or 'act_gate'" if model_activation in IDENTITY_NAMES else "'act_gate'"
         raise ValueError(
-            f"activation='silu_gate' holds σ(ψ) fixed and is exact only for SiLU models; this model's conv "
-            f"activation is {model_activation!r}{hint}"
+            f"activation={activation!r} {what}, and this model's conv activation is {model_activation!r}: use "
+            f"{exact} (exact for it) or 'act' (the paper's eq 19 with f := its own activation)"
         )
+    if activation in ("act", "act_gate"):
+        activation_function(model_activation)  # an activation we cannot name is refused before any work
+
+
+def divide_or_zero(values: Tensor, inputs: Tensor) -> Tensor:
+    """``values / inputs``, 0 where ``inputs == 0`` (the share ``ratio · input`` is 0 there whatever the ratio)."""
+    zero = inputs == 0
+    return torch.where(zero, torch.zeros_like(inputs), values / torch.where(zero, torch.ones_like(inputs), inputs))
 
 
 def conv_taps(conv_input: Tensor, conv_weight: Tensor, conv_bias: Tensor | None) -> Tensor:
@@ -79,13 +123,14 @@ def conv_taps(conv_input: Tensor, conv_weight: Tensor, conv_bias: Tensor | None)
     return taps
 
 
-def tap_shares(taps: Tensor, pre_activation: Tensor, activation: str) -> Tensor:
+def tap_shares(taps: Tensor, pre_activation: Tensor, activation: str, model_activation: str = "silu") -> Tensor:
     """Apply the additive function ``f`` of eq 19 to each tap: ``φ_s ≈ Σ_k f(ψ_s^{(k)})``, ``[K, B, N, d]``.
 
     Args:
         taps: ``ψ_s^{(k)}`` from :func:`conv_taps`, ``[K, B, N, d]``.
-        pre_activation: the real ``ψ_s = Σ_k ψ_s^{(k)}``, ``[B, N, d]`` (only ``silu_gate`` reads it).
+        pre_activation: the real ``ψ_s = Σ_k ψ_s^{(k)}``, ``[B, N, d]`` (only the gate strategies read it).
         activation: one of :data:`ACTIVATIONS`.
+        model_activation: the model's conv activation ``a`` (``act`` and ``act_gate`` apply it).
 
     Example:
         >>> psi = torch.randn(1, 5, 3); taps = conv_taps(psi, torch.ones(3, 1), None)
@@ -102,17 +147,22 @@ def tap_shares(taps: Tensor, pre_activation: Tensor, activation: str) -> Tensor:
         return taps / 2 + taps.square() / 4
     if activation == "silu_gate":
         return torch.sigmoid(pre_activation) * taps
+    if activation == "act":
+        return activation_function(model_activation)(taps)
+    if activation == "act_gate":
+        return divide_or_zero(activation_function(model_activation)(pre_activation), pre_activation) * taps
     raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
 
 
-def tap_gains(taps: Tensor, pre_activation: Tensor, activation: str) -> Tensor:
+def tap_gains(taps: Tensor, pre_activation: Tensor, activation: str, model_activation: str = "silu") -> Tensor:
     """Per-channel gains ``r`` with ``f(ψ_s^{(k)}) = r_s^{(k)} ⊙ ψ_s^{(k)}`` (:func:`tap_shares` as a fixed linear map
     of its tap), ``[K, B, N, d]``.
 
     A tap that is itself a sum of parts (the conv input of a Zamba2 hybrid layer, split over source tokens) is then
     shared out linearly, each part getting ``r ⊙ part``: the parts' shares add up to the tap's share for every
     strategy, exact or not. ``silu``: ``σ(ψ^{(k)})``; ``identity``: 1; ``taylor1``: ½; ``taylor2``: ``½ + ψ^{(k)}/4``;
-    ``silu_gate``: ``σ(ψ_s)``.
+    ``silu_gate``: ``σ(ψ_s)``; ``act``: ``a(ψ^{(k)}) / ψ^{(k)}``; ``act_gate``: ``a(ψ_s) / ψ_s`` (ratios 0 where the
+    divisor is).
 
     Example:
         >>> psi = torch.randn(1, 5, 3); taps = conv_taps(psi, torch.randn(3, 2), None)
@@ -129,4 +179,9 @@ def tap_gains(taps: Tensor, pre_activation: Tensor, activation: str) -> Tensor:
         return 0.5 + taps / 4
     if activation == "silu_gate":
         return torch.sigmoid(pre_activation).expand_as(taps).clone()
+    if activation == "act":
+        return divide_or_zero(activation_function(model_activation)(taps), taps)
+    if activation == "act_gate":
+        gate = divide_or_zero(activation_function(model_activation)(pre_activation), pre_activation)
+        return gate.expand_as(taps).clone()
     raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")

@@ -186,6 +186,12 @@ def _skip_reason(last_wall: float | None, last_n: int, n: int, point_budget: flo
     return None
 
 
+def _fp32_precision(device: torch.device) -> str:
+    """The W_o product of the float32 points: TF32 on CUDA (its tensor cores); IEEE float32 elsewhere, where TF32
+    does not exist."""
+    return "tf32" if device.type == "cuda" else "highest"
+
+
 def _warm_up(
     model, n: int, precision: str, device: torch.device, kernel: str = "torch", lengths: Sequence[int] = ()
 ) -> float:
@@ -285,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
                      "peak_tflops": {}, "points": [], "single_query": [], "skipped": [],
                      **provenance(args)}  # fmt: skip
     for dtype in dtypes.values():
-        prec = "bf16" if dtype == torch.bfloat16 else "tf32"
+        prec = "bf16" if dtype == torch.bfloat16 else _fp32_precision(device)
         results["peak_tflops"][prec] = matmul_peak(prec, device, 1024 if quick else 8192)
     t_start = time.perf_counter()
     total_budget = args.total_budget if args.total_budget is not None else (80.0 if quick else 450.0)
@@ -297,7 +303,7 @@ def run(args: argparse.Namespace) -> dict:
         # one (model, dtype) pair: an equal share of the time left
         combo_end = time.perf_counter() + (deadline - time.perf_counter()) / (len(combos) - combo_idx)
         dtype = dtypes[dname]
-        prec = "bf16" if dtype == torch.bfloat16 else "tf32"
+        prec = "bf16" if dtype == torch.bfloat16 else _fp32_precision(device)
         model = build_model(kind, quick, dtype, device)
         maps_lengths, kernel = lengths, args.kernel
         if kernel == "triton" and _layout(kind) not in _triton_variants():

@@ -76,7 +76,7 @@ def tap_contributions(trace: LayerTrace, activation: str) -> Tensor:
     """
     check_activation(activation, trace.activation)
     taps = conv_taps(trace.conv_input, trace.conv_weight, trace.conv_bias)
-    shares = tap_shares(taps, trace.pre_activation, activation)
+    shares = tap_shares(taps, trace.pre_activation, activation, trace.activation)
     if trace.mask is not None:
         shares = shares * trace.mask[None, :, :, None].to(shares.dtype)
     return shares
@@ -87,7 +87,7 @@ def layer_tap_gains(trace: LayerTrace, activation: str) -> Tensor:
     positions), ``[K, B, N, d]``: ``tap_contributions(trace, activation) == r ⊙ conv_taps(...)``."""
     check_activation(activation, trace.activation)
     taps = conv_taps(trace.conv_input, trace.conv_weight, trace.conv_bias)
-    gains = tap_gains(taps, trace.pre_activation, activation)
+    gains = tap_gains(taps, trace.pre_activation, activation, trace.activation)
     if trace.mask is not None:
         gains = gains * trace.mask[None, :, :, None].to(gains.dtype)
     return gains

@@ -69,12 +69,12 @@ def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     monkeypatch.setattr(layer_module, "layer_maps_fast", recording)
     measure_sets = [("l2",), ("alti",), ("logit",), ("alti", "logit")]
     lengths = [512, 2048, 8192]
-    bench_speed._warm_up(build("mamba1", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
+    bench_speed._warm_up(build("mamba1", layers=1, seed=0), 16, "bf16", torch.device("cpu"), "triton", lengths)
     for n in lengths:
         for measures in measure_sets:
             assert (measures, default_anchor_rows(n)) in calls, (n, measures)
     calls.clear()
-    bench_speed._warm_up(build("mamba2", layers=1, seed=0), 16, "tf32", torch.device("cpu"), "triton", lengths)
+    bench_speed._warm_up(build("mamba2", layers=1, seed=0), 16, "bf16", torch.device("cpu"), "triton", lengths)
     assert calls == [(measures, None) for measures in measure_sets]
 
 

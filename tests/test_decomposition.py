@@ -33,7 +33,10 @@ def test_hidden_attention_equals_scan(kind):
 
 
 @pytest.mark.parametrize("kind", ["mamba1", "falcon", "mamba2"])
-@pytest.mark.parametrize("activation,act", [("identity", "linear"), ("silu_gate", "silu")])
+@pytest.mark.parametrize(
+    "activation,act",
+    [("identity", "linear"), ("silu_gate", "silu"), ("act_gate", "relu"), ("act_gate", "gelu"), ("act_gate", "silu")],
+)
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_exact_strategies_reconstruct_mixer_output(kind, activation, act, use_bias):
     """Eq 23: Σ_j T_i(x_j) + b_o equals the model's mixer output (exact strategies, batch > 1, odd N, padding)."""
@@ -84,6 +87,32 @@ def test_identity_is_not_exact_on_silu_model():
 def test_silu_gate_rejected_on_identity_model():
     with pytest.raises(ValueError, match="silu_gate.*'linear'.*identity"):
         latim_captum.interactions(build("mamba1", act="linear"), random_ids(1, 4), activation="silu_gate")
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "linear"])
+@pytest.mark.parametrize("activation", ["silu", "taylor1", "taylor2", "silu_gate"])
+def test_silu_strategies_are_refused_on_other_activations(act, activation):
+    """They decompose SiLU: on a ReLU model ``silu`` ran silently with a decomposition error of 0.6-0.8 per layer
+    (the paper's recipe, eq 19 with f := the model's activation, is ``act``)."""
+    with pytest.raises(ValueError, match=f"conv activation is '{act}'.*'act_gate'"):
+        latim_captum.interactions(build("mamba2", act=act), random_ids(1, 4), activation=activation)
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+def test_act_strategies_are_the_named_ones_where_those_apply(kind):
+    """``act`` is eq 19 with f := the model's activation (``silu`` on SiLU models, ``identity`` on linear ones);
+    ``act_gate`` holds ``a(ψ)/ψ`` fixed (``silu_gate`` on SiLU models); on a ReLU model ``act`` is ReLU per tap."""
+    ids = random_ids(2, 7, seed=1)
+    for act, pairs in (("silu", (("act", "silu"), ("act_gate", "silu_gate"))), ("linear", (("act", "identity"),))):
+        tr = latim_captum.trace(build(kind, act=act, seed=4).double(), ids, dtype=torch.float64)
+        for ours, named in pairs:
+            torch.testing.assert_close(latim_captum.contributions(tr, layer=1, activation=ours),
+                                       latim_captum.contributions(tr, layer=1, activation=named))  # fmt: skip
+    tr = latim_captum.trace(build(kind, act="relu", seed=4).double(), ids, dtype=torch.float64)
+    layer = tr.layers[0]
+    taps = conv_taps(layer.conv_input, layer.conv_weight, layer.conv_bias)
+    torch.testing.assert_close(tap_shares(taps, layer.pre_activation, "act", "relu"), taps.clamp(min=0))
+    assert bool((latim_captum.reconstruction_error(tr, activation="act") > 1e-2).all()), "ReLU per tap is approximate"
 
 
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
@@ -171,8 +200,9 @@ def test_mamba2_gated_norm_groups_follow_the_installed_module(norm):
     assert float(err.max()) < EXACT_TOL, err
 
 
+@pytest.mark.parametrize("model_activation", ["silu", "relu", "gelu"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_tap_gains_are_the_shares_as_a_linear_map(activation):
+def test_tap_gains_are_the_shares_as_a_linear_map(activation, model_activation):
     """f(ψ^{(k)}) = r^{(k)} ⊙ ψ^{(k)} for every strategy, so a tap split into parts shares out linearly (the nested
     decomposition of a Zamba2 hybrid layer) and its parts' shares add up to the tap's."""
     gen = torch.Generator().manual_seed(0)
@@ -180,4 +210,5 @@ def test_tap_gains_are_the_shares_as_a_linear_map(activation):
     weight, bias = torch.randn(5, 4, generator=gen, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     taps = conv_taps(conv_input, weight, bias)
     psi = taps.sum(0)
-    torch.testing.assert_close(tap_gains(taps, psi, activation) * taps, tap_shares(taps, psi, activation))
+    gains = tap_gains(taps, psi, activation, model_activation)
+    torch.testing.assert_close(gains * taps, tap_shares(taps, psi, activation, model_activation))

@@ -19,10 +19,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+KEYS = [("mamba1", "silu"), ("falcon", "silu"), ("mamba2", "silu"), ("mamba1", "linear"), ("mamba2", "relu")]
+STRATEGIES = {"silu": ("silu", "silu_gate"), "linear": ("identity", "act_gate"), "relu": ("act", "act_gate")}
+
+
 @pytest.fixture(scope="module")
 def traces():
     out = {}
-    for kind, act in (("mamba1", "silu"), ("falcon", "silu"), ("mamba2", "silu"), ("mamba1", "linear")):
+    for kind, act in KEYS:
         model = build(kind, act=act, layers=2, seed=3, **({"conv_kernel": 3} if act == "linear" else {}))
         ids = random_ids(2, 21, seed=5)
         mask = left_pad_mask(2, 21, [0, 4])
@@ -32,10 +36,10 @@ def traces():
     return out
 
 
-@pytest.mark.parametrize("key", [("mamba1", "silu"), ("falcon", "silu"), ("mamba2", "silu"), ("mamba1", "linear")])
+@pytest.mark.parametrize("key", KEYS)
 def test_fast_maps_equal_reference(traces, key):
     """Every measure and tile size (1, smaller than / crossing the conv window, larger than N) matches the oracle."""
-    activations = ("identity",) if key[1] == "linear" else ("silu", "silu_gate")
+    activations = STRATEGIES[key[1]]
     blocks = (1, 3, 8, 64) if key[0] == "mamba1" and key[1] == "silu" else (3, 8, 64)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
         tr = traces[key][dtype]

@@ -165,11 +165,13 @@ def test_backend_and_precision_pass_through_and_are_checked(mamba1, tok):
     recorded in ``info``, and a reduced precision on the reference path is refused by name."""
     model = inseq.load_model(mamba1, "latim", tokenizer=tok)
     ref = scores(model.attribute(PROMPT, TEXT, backend="ref", **FAST))
-    out = model.attribute(PROMPT, TEXT, backend="fast", precision="tf32", **FAST)
+    out = model.attribute(PROMPT, TEXT, backend="fast", precision="highest", **FAST)
     torch.testing.assert_close(scores(out), ref, rtol=1e-4, atol=1e-5, equal_nan=True)
-    assert out.info["attribution_args"] == {"backend": "fast", "precision": "tf32"}
+    assert out.info["attribution_args"] == {"backend": "fast", "precision": "highest"}
     with pytest.raises(ValueError, match="precision='bf16' sets the W_o product"):
         model.attribute(PROMPT, TEXT, backend="ref", precision="bf16", **FAST)
+    with pytest.raises(ValueError, match="precision='tf32' runs the W_o product on CUDA"):  # a no-op on the CPU
+        model.attribute(PROMPT, TEXT, backend="fast", precision="tf32", **FAST)
 
 
 # ---------------------------------------------------------------- Inseq's own outputs

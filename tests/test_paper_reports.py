@@ -151,17 +151,22 @@ def test_activation_study_trains_three_variants_and_reports_them(task_name, tmp_
     suite = json.loads((tmp_path / f"activations-{task_name}-mamba2-tiny.json").read_text())
     rows = {row["summary"]["act"]: row for row in suite["models"]}
     assert list(rows) == ["silu", "relu", "linear"] and suite["meta"]["same_seed"]
-    for act, exact in (("silu", "silu_gate"), ("linear", "identity"), ("relu", None)):
+    expected = (("silu", "silu", "silu_gate"), ("linear", "act", "identity"), ("relu", "act", "act_gate"))
+    for act, paper, exact in expected:
         s = rows[act]["summary"]
-        assert s["exact_strategy"] == exact
+        assert (s["paper_strategy"], s["exact_strategy"]) == (paper, exact)
         errors = s["reconstruction_error"]
-        assert (errors["silu_gate"] is None) == (act != "silu")
-        if exact:  # the model's exact strategy reconstructs every layer; every other strategy does not
-            assert max(errors[exact]) < 1e-4
-            assert f"l2_{exact}" in s["methods"] and f"alti_logit_{exact}" in s["methods"]
+        # the SiLU strategies refuse the models without SiLU; act / act_gate decompose every model
+        for strategy in ("silu", "taylor1", "taylor2", "silu_gate"):
+            assert (errors[strategy] is None) == (act != "silu"), (act, strategy)
+        # the model's exact strategy reconstructs every layer (act_gate: any activation, silu_gate's twin on SiLU)
+        assert max(errors[exact]) < 1e-4 and max(errors["act_gate"]) < 1e-4
+        suffix = "" if paper == "silu" else "_act"
+        assert set(s["methods"]) == {f"l2{suffix}", f"alti_logit{suffix}", f"l2_{exact}", f"alti_logit_{exact}"}
+        if act != "linear":  # the paper's approximations are not exact; for a linear model act is the identity
+            assert min(errors[paper]) > 1e-3
         else:
-            assert set(s["methods"]) == {"l2", "alti_logit"}
-        assert min(errors["taylor1"]) > 1e-3
+            assert max(errors["act"]) < 1e-4
         for m in s["methods"].values():
             assert 0.0 <= m["value"] <= 1.0
     md = (tmp_path / f"activations-{task_name}-mamba2-tiny.md").read_text()
@@ -189,7 +194,7 @@ def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("act, exact", [("swish", "silu_gate"), ("silu", "silu_gate"), ("none", "identity"),
-                                        ("linear", "identity"), ("relu", None)])  # fmt: skip
+                                        ("linear", "identity"), ("relu", "act_gate")])  # fmt: skip
 def test_table5_summary_knows_every_name_of_an_activation(act, exact):
     """``hidden_act="swish"`` is SiLU: its exact-strategy columns were computed and then shown as "—"."""
     from latim_captum.paper.activations import summarize

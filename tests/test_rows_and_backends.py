@@ -14,6 +14,7 @@ from conftest import build, left_pad_mask, random_ids
 from latim_captum import LatimALTI, LatimALTILogit, LatimL2, alti_rollout_row
 from latim_captum.aggregate import rollout
 from latim_captum.maps import layer_maps
+from latim_captum.maps.options import check_precision
 
 MEASURES = ("l2", "alti", "logit")
 
@@ -172,9 +173,15 @@ def test_precision_reaches_the_tiles(monkeypatch):
 
     monkeypatch.setattr(layer_module, "layer_maps_fast", spy)
     latim_captum.interactions(model, ids, method="l2", backend="fast", precision="bf16")
-    LatimALTILogit(model, backend="fast", precision="tf32").attribute(ids)
+    LatimALTILogit(model, backend="fast", precision="highest").attribute(ids)
     LatimALTI(model, backend="fast", precision="bf16").attribute(ids, return_matrix=True)
-    assert {"bf16", "tf32"} == {p for p, _ in seen} and {k for _, k in seen} == {"torch"}
+    assert {"bf16", "highest"} == {p for p, _ in seen} and {k for _, k in seen} == {"torch"}
+    # TF32 exists on CUDA only: on the CPU it would give the 'highest' maps under its name
+    with pytest.raises(ValueError, match="precision='tf32' runs the W_o product on CUDA"):
+        LatimALTILogit(model, backend="fast", precision="tf32").attribute(ids)
+    tr = latim_captum.trace(model, ids, dtype=torch.float64)
+    with pytest.raises(ValueError, match="compute dtype is float64"):  # TF32 rounds float32 products only
+        check_precision("tf32", "fast", torch.device("cuda"), tr.dtype)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs CPU tensors")

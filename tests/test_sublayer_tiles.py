@@ -112,7 +112,7 @@ def test_reduced_precision_of_the_attention_products(family, kind):
     tr, projection = _traced(family, seed=5)
     layer = next(layer for layer in tr.layers if isinstance(layer, kind))
     ref = layer_maps(layer, "silu_gate", ("l2", "alti", "logit"), projection=projection, backend="fast")
-    for precision, tol in (("tf32", 1e-6), ("bf16", 3e-2)):
+    for precision, tol in (("bf16", 3e-2),):  # tf32: CUDA only (tests/test_fast_cuda.py)
         got = layer_maps(
             layer, "silu_gate", ("l2", "alti", "logit"), projection=projection, backend="fast", precision=precision
         )

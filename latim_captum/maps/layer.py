@@ -30,8 +30,9 @@ NO_RESIDUAL = "alti_no_residual"
 
 def without_residual(layer: SublayerTrace) -> SublayerTrace:
     """The sublayer with a zero residual stream: its ALTI proximities then compare ``T_i(x_j)`` with the mixer's own
-    output ``Σ_j T_i(x_j) + offset`` instead of ``y_i = x_i + …`` (token i's residual ``x_i`` is left out of
-    ``T'_i(x_i)`` and of ``y_i``). Only ALTI reads the residual; the contributions are unchanged."""
+    output ``mixer(h)_i`` (``= Σ_j T_i(x_j) + offset`` for an exact strategy) instead of ``y_i = x_i + mixer(h)_i``
+    (token i's residual ``x_i`` is left out of ``T'_i(x_i)`` and of ``y_i``). Only ALTI reads the residual; the
+    contributions are unchanged."""
     return dataclasses.replace(layer, residual=torch.zeros_like(layer.residual))
 
 
@@ -74,7 +75,7 @@ def layer_maps(
         maps[NO_RESIDUAL] = bare["alti"]
         return maps
     resolved = resolve_backend(backend, layer.residual.device)
-    check_precision(precision, backend, layer.residual.device)
+    check_precision(precision, backend, layer.residual.device, layer.residual.dtype)
     if isinstance(layer, LayerTrace) and resolved in ("fast", "triton"):
         config = dict(kernel_config or {})
         return layer_maps_fast(

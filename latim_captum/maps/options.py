@@ -73,14 +73,22 @@ def check_precision_name(precision: str) -> None:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
-def check_precision(precision: str, backend: str, device: torch.device) -> None:
-    """``ValueError`` for an unknown ``precision``, or a reduced one on a path that computes in the compute dtype."""
+def check_precision(precision: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """``ValueError`` for an unknown ``precision``, a reduced one on a path that computes in the compute dtype, or
+    ``"tf32"`` where it would change nothing (off CUDA: no TF32 units; a float64 compute dtype: TF32 rounds float32
+    products only), which would otherwise return ``"highest"``'s maps under another name."""
     check_precision_name(precision)
     if precision != "highest" and resolve_backend(backend, device) == "ref":
         raise ValueError(
             f"precision={precision!r} sets the W_o product of backend='fast' or 'triton'; backend={backend!r} "
             f"takes the reference path on {device.type}, which computes in the compute dtype only"
         )
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"precision='tf32' runs the W_o product on CUDA's TF32 units; on {device.type} it would run "
+                         "in IEEE float32, as 'highest' does ('bf16' rounds its operands on any device)")  # fmt: skip
+    if precision == "tf32" and dtype == torch.float64:
+        raise ValueError("precision='tf32' rounds float32 products; this compute dtype is float64, whose products "
+                         "it leaves as they are (use 'bf16', or a float32 compute dtype)")  # fmt: skip
 
 
 def check_measures(measures: Sequence[str]) -> None:

@@ -3,11 +3,14 @@
 
 - task accuracy (teacher forcing, held-out set);
 - decomposition error per layer for every activation strategy (:func:`latim_captum.reconstruction_error`:
-  ``silu``, ``identity``, ``taylor1``, ``taylor2``, ``silu_gate``; ``silu_gate`` refuses a model without SiLU);
-- interpretability of LaTIM (ℓ2) and LaTIM (ALTI-Logit), with ``f = silu`` (the paper's default) and with the
-  model's exact strategy where one exists (``silu_gate``, our own, for SiLU; ``identity`` for no activation; none
-  for ReLU): copying faithfulness (AUC, higher is better) or alignment error rate (AER, lower is better), rows
-  ``predict``; per-layer methods at their best layer.
+  ``silu``, ``identity``, ``taylor1``, ``taylor2``, ``silu_gate``, ``act``, ``act_gate``; the SiLU strategies
+  refuse a model without SiLU);
+- interpretability of LaTIM (ℓ2) and LaTIM (ALTI-Logit), with the paper's ``f`` (eq 19 with ``f`` := the model's own
+  activation: ``silu`` for SiLU, ``act`` for ReLU, ``identity`` for none) and with the model's exact strategy
+  (``silu_gate``, our own, for SiLU; ``identity`` for no activation; ``act_gate`` for ReLU): copying faithfulness
+  (AUC, higher is better) or alignment error rate (AER, lower is better), rows ``predict``; per-layer methods at
+  their best layer. (Reports before 2026-12-05 used ``f = silu`` on every model and had no exact strategy for
+  ReLU.)
 
 The paper's question: does an exactly decomposable model give better interpretations at no cost in quality? Its
 Table 5 (:data:`PAPER_TABLE5`) answers it for Mamba-2 370M after continued pretraining, on IWSLT17 DE→EN (AER and
@@ -20,8 +23,8 @@ Usage::
 
 Example:
     >>> from latim_captum.tasks.models import build_model
-    >>> methods_for(build_model("mamba1", layers=1, d_model=16, state=4, vocab=8, act="linear"))
-    ['l2', 'alti_logit', 'l2_identity', 'alti_logit_identity']
+    >>> methods_for(build_model("mamba1", layers=1, d_model=16, state=4, vocab=8, act="relu"))
+    ['l2_act', 'alti_logit_act', 'l2_act_gate', 'alti_logit_act_gate']
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..tasks.reports import (
     exact_strategy_of,
     load_model_dir,
     model_act,
+    paper_strategy_of,
     quiet_transformers,
     variant_of,
     write_report,
@@ -61,9 +65,11 @@ PAPER_TABLE5_LAYERS: tuple[str, ...] = ("layers 0-16", "16-32", "32-48")
 
 
 def methods_for(model: nn.Module) -> list[str]:
-    """ℓ2 and ALTI-Logit with ``f = silu``, then with the model's exact strategy if it has one."""
+    """ℓ2 and ALTI-Logit with the paper's ``f`` (``silu`` for SiLU models, the model's own activation ``act``
+    otherwise), then with the model's exact strategy."""
     exact = exact_strategy(model)
-    return ["l2", "alti_logit"] + ([f"l2_{exact}", f"alti_logit_{exact}"] if exact else [])
+    paper = [] if paper_strategy_of(model_act(model)) == "silu" else ["_act"]
+    return [f"l2{''.join(paper)}", f"alti_logit{''.join(paper)}", f"l2_{exact}", f"alti_logit_{exact}"]
 
 
 def evaluate_variant(model: nn.Module, task_name: str, meta: dict, **kwargs) -> dict:
@@ -105,11 +111,12 @@ def summarize(report: dict, task_name: str) -> dict:
     exact = exact_strategy_of(report["act"])  # the names methods_for knows too (swish, none, ...)
     methods = {}
     for name, entry in report["methods"].items():
-        strategy = "silu" if name in ("l2", "alti_logit") else exact
+        strategy = "silu" if name in ("l2", "alti_logit") else "act" if name.endswith("_act") else exact
         methods[name] = {"label": entry["label"], "strategy": strategy, **_headline(entry, task_name)}
     return {
         "act": report["act"],
         "accuracy": report["accuracy"],
+        "paper_strategy": paper_strategy_of(report["act"]),
         "exact_strategy": exact,
         "reconstruction_error": report["reconstruction_error"],
         "methods": methods,
@@ -152,26 +159,29 @@ def render_markdown(suite: dict) -> str:
         )
     lines += [
         f"- interpretability: {metric}; rows that predict the token (`predict`); ℓ2 at its best layer (number in "
-        "brackets), ALTI-Logit aggregated. Exact f: `silu_gate` (ours) for SiLU, `identity` for no activation, none "
-        "for ReLU",
+        "brackets), ALTI-Logit aggregated. The paper's f: eq 19 with f := the model's own activation (`silu`, `act` "
+        "for ReLU, the same as `identity` for none); exact f: `silu_gate` (ours) for SiLU, `identity` for no "
+        "activation, `act_gate` (ours) for ReLU",
         "- decomposition error: ‖Σ_j T_i(x_j) + b − mixer(h)_i‖ / ‖mixer(h)_i‖ per layer (layer 1 / layer 2 / ...)",
         "",
         "## Ours",
         "",
-        "| Conv activation | accuracy (token / exact) | error per layer, f = silu | exact f: error per layer | "
-        "ℓ2, f = silu | ℓ2, exact f | ALTI-Logit, f = silu | ALTI-Logit, exact f |",
+        "| Conv activation | accuracy (token / exact) | error per layer, the paper's f | exact f: error per layer | "
+        "ℓ2, the paper's f | ℓ2, exact f | ALTI-Logit, the paper's f | ALTI-Logit, exact f |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         s = row["summary"]
         exact = s["exact_strategy"]
+        paper = s.get("paper_strategy", "silu")  # reports older than the field used f = silu everywhere
+        suffix = "" if paper == "silu" else f"_{paper}"
         errors = s["reconstruction_error"]
         exact_err = f"{exact}: {_errs(errors.get(exact))}" if exact else "none"
         ms = s["methods"]
         lines.append(
             f"| {s['act']} | {s['accuracy']['token_acc']:.3f} / {s['accuracy']['exact_match']:.3f} | "
-            f"{_errs(errors.get('silu'))} | {exact_err} | {_value(ms.get('l2'))} | "
-            f"{_value(ms.get(f'l2_{exact}')) if exact else '—'} | {_value(ms.get('alti_logit'))} | "
+            f"{paper}: {_errs(errors.get(paper))} | {exact_err} | {_value(ms.get(f'l2{suffix}'))} | "
+            f"{_value(ms.get(f'l2_{exact}')) if exact else '—'} | {_value(ms.get(f'alti_logit{suffix}'))} | "
             f"{_value(ms.get(f'alti_logit_{exact}')) if exact else '—'} |"
         )
     lines += [

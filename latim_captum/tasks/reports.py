@@ -52,15 +52,21 @@ def model_act(model: nn.Module) -> str:
     return str(getattr(model.config, "hidden_act", "silu"))
 
 
-def exact_strategy(model: nn.Module) -> str | None:
+def exact_strategy(model: nn.Module) -> str:
     """The activation strategy that decomposes this model exactly: ``silu_gate`` for SiLU, ``identity`` for no
-    activation, None otherwise (ReLU: no exact strategy in the package)."""
+    activation, ``act_gate`` for any other (ReLU, GELU, ...)."""
     return exact_strategy_of(model_act(model))
 
 
-def exact_strategy_of(act: str) -> str | None:
+def exact_strategy_of(act: str) -> str:
     """:func:`exact_strategy` from the activation's name (``hidden_act``: ``silu``/``swish``, ``linear``/...)."""
-    return "silu_gate" if act in SILU_NAMES else "identity" if act in IDENTITY_NAMES else None
+    return "silu_gate" if act in SILU_NAMES else "identity" if act in IDENTITY_NAMES else "act_gate"
+
+
+def paper_strategy_of(act: str) -> str:
+    """The paper's approximate strategy for a model of conv activation ``act``: eq 19 with ``f`` := the model's own
+    activation, i.e. ``silu`` for SiLU models and ``act`` for every other (``identity`` on a linear model)."""
+    return "silu" if act in SILU_NAMES else "act"
 
 
 def load_model_dir(path: str | Path) -> tuple[nn.Module, object, dict]:
