@@ -279,7 +279,9 @@ def interactions(
         attention_mask: ``[B, N]`` padding mask.
         target: ALTI-Logit's target token(s) (both forms): an int, ``[B]`` or ``[B, N]``; default the predicted
             next token.
-        dtype: compute dtype (float32 or float64), whatever the model's dtype.
+        dtype: compute dtype (float32 or float64), whatever the model's dtype. A :class:`ModelTrace` computes in its
+            own dtype: a float64 request for a float32 trace is refused (it cannot be met); a float64 trace with the
+            default float32 gives float64 maps.
         block_rows: query rows per block (memory bound); default from a fixed budget (``"ref"``) or from the
             free device memory (``"fast"``, where it is the side of a square rows × columns tile).
         backend: ``"ref"`` (readable reference, materialises one row block of ``T``), ``"fast"`` (tiled, fused

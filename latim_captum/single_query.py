@@ -68,7 +68,7 @@ def alti_logit_row(
         target: the token the row explains (an int or ``[B]``); default the predicted next token at ``position``.
         contrast: a contrast token (an int or ``[B]``): the row then decomposes ``logit(target) −
             logit(contrast)``.
-        dtype: compute dtype.
+        dtype: compute dtype (a :class:`ModelTrace` keeps its own; see :func:`latim_captum.interactions`).
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
         precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.maps.fast`).
@@ -132,7 +132,7 @@ def alti_rollout_row(
         input_ids, inputs_embeds, attention_mask: the inputs (with a model).
         position: the query token (negative counts from the end); default each example's last real token.
         activation: activation strategy.
-        dtype: compute dtype.
+        dtype: compute dtype (a :class:`ModelTrace` keeps its own; see :func:`latim_captum.interactions`).
         block: tile side of the fast path (default from free memory).
         chunk: ALTI rows folded into ``w`` per step (default ``4·block``).
         precision: precision of the ``W_o`` GEMM (see :mod:`latim_captum.maps.fast`).
