@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from . import baselines
+from ._embedding_forward import logits_from_embeddings
 from ._model_state import check_grad_mode, eval_mode
 from ._validation import check_size
 from .catalog import MethodSpec, registry_entry, registry_names
@@ -236,8 +237,9 @@ def _gradient_maps(
     bsz, n = input_ids.shape
     out = torch.zeros(bsz, n, n, dtype=torch.float32, device=input_ids.device)
 
-    def forward(e: Tensor, rows: Tensor) -> Tensor:
-        logits = model(inputs_embeds=e, use_cache=False).logits
+    def forward(e: Tensor, rows: Tensor, ids: Tensor) -> Tensor:
+        # the model's own processing of its embeddings (FalconH1 scales those of input_ids only)
+        logits = logits_from_embeddings(model, ids, e)
         return logits[torch.arange(e.shape[0], device=e.device), rows].float()
 
     check_grad_mode(kind)
@@ -250,19 +252,20 @@ def _gradient_maps(
             reps = r1 - r0
             x = embeds[None].expand(reps, -1, -1, -1).reshape(reps * bsz, n, -1).clone().requires_grad_(True)
             rows = torch.arange(r0, r1, device=x.device).repeat_interleave(bsz)
+            ids = input_ids[None].expand(reps, -1, -1).reshape(reps * bsz, n)
             tgt = targets[:, r0:r1].T.reshape(-1)
             if kind == "saliency":
-                attr = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=(rows,))
+                attr = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=(rows, ids))
                 scores = attr.float().norm(dim=-1)
             elif kind == "input_x_gradient":
-                attr = InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=(rows,))
+                attr = InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=(rows, ids))
                 scores = attr.float().sum(-1)
             else:
                 attr = IntegratedGradients(forward).attribute(
                     x,
                     baselines=torch.zeros_like(x),
                     target=tgt,
-                    additional_forward_args=(rows,),
+                    additional_forward_args=(rows, ids),
                     n_steps=16,
                     internal_batch_size=max_batch,
                 )

@@ -723,3 +723,33 @@ def test_granite_without_experts_is_an_mlp_model():
     res = latim_captum.alti_logit(tr, activation="silu_gate")
     gap = res.scores.sum(-1) - (res.logits - res.offset)
     assert float(gap.abs().max()) < EXACT_TOL * float(res.logits.abs().max())
+
+
+def test_gradient_methods_run_the_forward_of_the_ids_on_falcon_h1():
+    """FalconH1 scales the embeddings of ``input_ids`` only (``embedding_multiplier``, 2.0 here): the gradient methods
+    fed ``inputs_embeds`` explained another forward pass (logits 40 % off). Input×Gradient's row must be the ids
+    forward's own ``x⁽⁰⁾ · ∂y/∂x⁽⁰⁾``, with ``x⁽⁰⁾`` what enters the first block (= multiplier × embedding)."""
+    from latim_captum.methods import get_method
+
+    model, _ = build_hybrid("falcon_h1")
+    assert float(model.config.embedding_multiplier) != 1.0
+    ids = random_ids(1, 6)
+    target = torch.full((1, 6), 3)
+    got = get_method("input_x_gradient")(model, ids, target=target)
+
+    captured = {}
+
+    def leaf_input(_module, args, kwargs):
+        hidden = (kwargs.get("hidden_states") if args == () else args[0]).detach().requires_grad_(True)
+        captured["x0"] = hidden
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+    handle = model.model.layers[0].register_forward_pre_hook(leaf_input, with_kwargs=True)
+    try:
+        logits = model(input_ids=ids, use_cache=False).logits
+    finally:
+        handle.remove()
+    for row in range(6):
+        (grad,) = torch.autograd.grad(logits[0, row, 3], captured["x0"], retain_graph=True)
+        expected = (grad * captured["x0"]).sum(-1)[0].detach()
+        torch.testing.assert_close(got[0, row], expected, atol=1e-5, rtol=1e-4)

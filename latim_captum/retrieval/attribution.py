@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._embedding_forward import logits_from_embeddings
 from ..activations import ACTIVATIONS, check_activation
 from ..api import alti_logit, trace
 from ..baselines import mamba_attention, mamba_attribution, mamba_lrp
@@ -167,8 +168,9 @@ def _gradient_rows(
         with torch.no_grad():
             embeds = model.get_input_embeddings()(ids).detach()
 
-        def forward(e: Tensor, at: Tensor) -> Tensor:
-            logits = model(inputs_embeds=e, use_cache=False).logits
+        def forward(e: Tensor, at: Tensor, rep_ids: Tensor) -> Tensor:
+            # the model's own processing of its embeddings (FalconH1 scales those of input_ids only)
+            logits = logits_from_embeddings(model, rep_ids, e)
             return logits[torch.arange(e.shape[0], device=e.device), at].float()
 
         out = []
@@ -178,17 +180,17 @@ def _gradient_rows(
             reps = len(chunk)
             x = embeds[None].expand(reps, -1, -1, -1).reshape(reps * bsz, n, -1).clone().requires_grad_(True)
             at = torch.tensor(chunk, device=ids.device).repeat_interleave(bsz)
+            rep_ids = ids[None].expand(reps, -1, -1).reshape(reps * bsz, n)
+            args = (at, rep_ids)
             tgt = targets[:, r0 : r0 + reps].T.reshape(-1)
             if kind == "saliency":
-                scores = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=(at,))
+                scores = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=args)
                 scores = scores.float().norm(dim=-1)
             elif kind == "input_x_gradient":
-                scores = (
-                    InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=(at,)).float().sum(-1)
-                )
+                scores = InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=args).float().sum(-1)
             else:
                 scores = IntegratedGradients(forward).attribute(
-                    x, baselines=torch.zeros_like(x), target=tgt, additional_forward_args=(at,), n_steps=n_steps,
+                    x, baselines=torch.zeros_like(x), target=tgt, additional_forward_args=args, n_steps=n_steps,
                     internal_batch_size=max_sequences,
                 ).float().sum(-1)  # fmt: skip
             out.append(scores.detach().reshape(reps, bsz, n).transpose(0, 1))
