@@ -233,7 +233,9 @@ def verification_tolerance(model_dtype: torch.dtype, device: torch.device | str 
     Mamba-2 kernels and cuDNN's convolutions use tf32 products (~5e-4 relative), bf16/fp16 models round every
     activation. A float32 model on the CPU with full-precision matmuls (``torch.get_float32_matmul_precision() ==
     "highest"``, the default) computes in IEEE fp32 throughout (~1e-7 relative), so there a 1e-4 gap already means a
-    different forward.
+    different forward. A float64 model is not computed in float64 throughout either: Hugging Face's Mamba RMSNorms
+    cast to float32 whatever the model's dtype (1.2e-6 relative measured on the embedded Mamba-1 copy model cast to
+    float64), hence 1e-5 there.
 
     Example:
         >>> verification_tolerance(torch.float32, "cpu"), verification_tolerance(torch.float32, "cuda")
@@ -242,7 +244,7 @@ def verification_tolerance(model_dtype: torch.dtype, device: torch.device | str 
     if model_dtype == torch.float32 and device is not None and torch.device(device).type == "cpu":
         if torch.get_float32_matmul_precision() == "highest":
             return 1e-4
-    return {torch.float64: 1e-6, torch.float32: 1e-2}.get(model_dtype, 5e-2)
+    return {torch.float64: 1e-5, torch.float32: 1e-2}.get(model_dtype, 5e-2)
 
 
 class ResidualChain:

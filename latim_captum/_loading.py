@@ -76,9 +76,15 @@ def load_pretrained(
 
     text = str(spec)
     folder = _local_folder(spec)
-    looks_local = folder is not None or text.startswith((".", "/", "~")) or text.count("/") > 1
+    # "runs/copy-mamba1-paper" is a folder under ./runs, not a hub repo "runs" (asking the hub takes ~30 s offline)
+    under_local_folder = text.count("/") == 1 and Path(text.split("/")[0]).is_dir()
+    looks_local = folder is not None or text.startswith((".", "/", "~")) or text.count("/") > 1 or under_local_folder
     if looks_local and (folder is None or not (folder / "config.json").is_file()):
         raise FileNotFoundError(f"no model at {text!r} (expected a folder with config.json)")
+    if tokenizer and folder is not None and not any(folder.glob("tokenizer*")) and not any(folder.glob("vocab*")):
+        # transformers would build an empty tokenizer from the config's class and read every text as no tokens
+        raise ModelLoadError(f"cannot load {text!r}: the folder has no tokenizer files (tokenizer.json, "
+                             "tokenizer_config.json, vocab*); save the tokenizer beside the model")  # fmt: skip
     target = folder if folder is not None else text
     kwargs = pretrained_kwargs(spec)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ __all__ = [
     "check_target",
     "check_size",
     "check_device",
+    "check_known_tokens",
 ]
 
 
@@ -224,3 +226,24 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.index is not None and dev.index >= count:
         raise ValueError(f"device {str(device)!r} given but this machine has {count} {dev.type} device(s)")
     return dev
+
+
+def check_known_tokens(tokenizer: Any, text: str, ids: Sequence[int], what: str) -> None:
+    """``ValueError`` when ``tokenizer`` read ``text`` (as ``ids``) with more unknown tokens than the unknown-token
+    strings typed in it: the map would be of another input (the embedded copy models read every character outside
+    ``a``-``o`` as their separator ``|``; a word-level tokenizer, an unknown word as ``<unk>``). ``what`` names the
+    text in the message (``--text``, ``file line 3: prompt``).
+
+    Example:
+        >>> check_known_tokens(tok, "abc", [0, 1, 2], "--text")                # doctest: +SKIP
+    """
+    unk, unk_id = getattr(tokenizer, "unk_token", None), getattr(tokenizer, "unk_token_id", None)
+    if unk_id is None:
+        return
+    read = [int(i) for i in ids]
+    if read.count(unk_id) > (text.count(unk) if unk else 0):
+        tokens = tokenizer.convert_ids_to_tokens(read)
+        raise ValueError(
+            f"{what} {text!r} has characters or words outside the tokenizer's vocabulary, read as its unknown token "
+            f"{unk!r}: {tokens}"
+        )

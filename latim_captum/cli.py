@@ -99,6 +99,8 @@ def load_model(
     from .models import COPY_MODELS, copy_model_path, load_copy_model
 
     dev = check_device(device) if device_map is None else None
+    if spec in COPY_MODELS and Path(spec).is_dir():  # never a silent choice between two models of one name
+        raise ValueError(f"--model {spec} names an embedded model and a folder here; give the folder as ./{spec}")
     if spec in COPY_MODELS and device_map is None:
         model, tok = load_copy_model(spec)
     else:
@@ -166,15 +168,12 @@ def _encode(tok, parts: dict[str, str | None]) -> torch.Tensor:
             (the embedded copy models read every character outside ``a``-``o`` as their separator ``|``: the map
             would be of another input).
     """
+    from ._validation import check_known_tokens
+
     given = {flag: text for flag, text in parts.items() if text}
     ids = [tok(text, return_tensors="pt", add_special_tokens=False).input_ids for text in given.values()]
-    unk, unk_id = getattr(tok, "unk_token", None), getattr(tok, "unk_token_id", None)
     for (flag, text), part in zip(given.items(), ids):
-        if unk_id is not None and int((part == unk_id).sum()) > (text.count(unk) if unk else 0):
-            raise ValueError(
-                f"{flag} {text!r} has characters or words outside the tokenizer's vocabulary, read as its unknown "
-                f"token {unk!r}: {_tokens(tok, part[0])}"
-            )
+        check_known_tokens(tok, text, part[0].tolist(), flag)
     return torch.cat(ids, dim=1) if ids else torch.zeros(1, 0, dtype=torch.long)
 
 
@@ -297,6 +296,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     _check_writable(outputs)
     model, tok = load_model(args.model, args.device)
     ids = _encode(tok, {"--text": args.text, "--target": args.target}).to(args.device)
+    n_prompt = ids.shape[1] - (_encode(tok, {"--target": args.target}).shape[1] if args.target else 0)
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     measure = method.spec.measure
@@ -306,22 +306,24 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     target = None if explains is None else row_targets(model, ids, "predicted")
     if explains == "next":
         target = next_token_targets(ids, last=target[:, -1])
+    from ._validation import check_layers
+
+    index = None  # the 0-based layer (sublayer) of a per-layer method, as --layer counts
     if method.family == "latim" and method.per_layer:
-        maps = interactions(model, ids, method=measure, activation=act, layers=layer, target=target, **path)
-        maps = maps[0, 0]
-        layer_s = str(layer)
+        n_layers = get_adapter(model).n_sublayers
+        index = check_layers(layer, n_layers)[0]  # before any work
+        maps = interactions(model, ids, method=measure, activation=act, layers=index, target=target, **path)[0, 0]
     elif measure == "alti_logit":
         maps = alti_logit(model, ids, activation=act, target=target, **path).scores[0]
-        layer_s = "all"
     else:
         maps = method(model, ids, **path, **({} if target is None else {"target": target}))[0]
         if maps.dim() == 3:
-            from ._validation import check_layers
-
-            maps = maps[check_layers(layer, maps.shape[0])[0]]
-            layer_s = str(layer)
-        else:
-            layer_s = "all"
+            n_layers = maps.shape[0]
+            index = check_layers(layer, n_layers)[0]
+            maps = maps[index]
+    # figures and reports count layers from 1 (`latim demo`, `latim bench`: "layer 2" of 2); --layer and the JSON's
+    # "layer" from 0, as the Python API does
+    layer_s = "all" if index is None else f"{index + 1} of {n_layers}"
     tokens = _tokens(tok, ids[0])
     title = method.label + ("" if act is None else f", activation {act}")
     written = save_heatmap(maps, tokens, f"{title} (layer {layer_s})", figure)
@@ -335,9 +337,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                     "method": args.method,
                     "activation": act,  # None outside LaTIM
                     "dtype": dtype_s,  # the compute dtype; None for a method that computes in the model's
-                    "layer": layer_s,
+                    "backend": path["backend"] if method.family == "latim" else None,
+                    "precision": path["precision"] if method.family == "latim" else None,
+                    "layer": "all" if index is None else index,  # 0-based, as --layer
+                    "layer_label": layer_s,  # 1-based, as the figure's title
                     "explains": EXPLAINS[explains],
-                    "tokens": tokens,
+                    "targets": None if target is None else target[0].tolist(),  # the token id each row explains
+                    "prompt_tokens": n_prompt,  # tokens of --text; those of --target follow
+                    "tokens": tokens,  # rows are the query positions, columns the source tokens
                     "scores": (maps if maps.dtype == torch.float64 else maps.float()).cpu().tolist(),
                 }
             )
@@ -721,8 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument(
         "--method",
         default="alti_logit",
-        help="registry name: l2, alti, alti_logit, *_silu_gate, "
-        "saliency, input_x_gradient, integrated_gradients, ... (default alti_logit)",
+        help="registry name: l2, alti (per layer), alti_logit, ..., saliency, input_x_gradient, "
+        "integrated_gradients, mamba_lrp, ... (default alti_logit); LaTIM names run with --activation",
     )
     attr.add_argument(
         "--activation",
@@ -941,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_whole.add_arguments(whole)
     whole.set_defaults(func=bench_whole.run_and_save)
-    for command in (demo, attr, err, copying, align, retr, speed, whole):
+    for command in (demo, attr, ds, err, copying, align, retr, speed, whole):
         # SUPPRESS: `latim --debug attribute ...` is not reset to False by the command's own default
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
 

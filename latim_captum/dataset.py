@@ -40,11 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_layers
-from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
+from ._validation import check_known_tokens, check_layers
+from .activations import ACTIVATIONS, DEFAULT_ACTIVATION, check_activation
 from .adapters import get_adapter
 from .api import METHODS, alti_logit, alti_rollout, interactions, trace
 from .catalog import latim_methods
+from .maps.options import check_backend, check_precision
 
 __all__ = [
     "DATASET_METHODS",
@@ -334,18 +335,27 @@ def _without_trailing_specials(tokenizer: Any, text: str, add_special_tokens: bo
 def _tokenize(tokenizer: Any, example: Example, add_special_tokens: bool) -> tuple[list[int], int, bool]:
     """Token ids of ``prompt + target`` (tokenised apart so the prompt's tokens are known), the prompt's count, and
     whether the joined text would give the same ids (False where the join falls inside a word or a run of spaces:
-    "Answer: " + "Paris" is ``Ġ`` + ``Paris`` apart but ``ĠParis`` joined)."""
-    if example.target is None:
-        prompt = list(tokenizer(example.prompt, add_special_tokens=add_special_tokens)["input_ids"])
-    else:
-        prompt = _without_trailing_specials(tokenizer, example.prompt, add_special_tokens)
+    "Answer: " + "Paris" is ``Ġ`` + ``Paris`` apart but ``ĠParis`` joined).
+
+    With ``add_special_tokens`` the template's tokens before the prompt (a BOS) are kept and those after it (an EOS)
+    dropped, with or without a target: the last row explains the prediction that continues the prompt, not the one
+    after an EOS the user never wrote.
+
+    Raises:
+        ValueError: a prompt or target that gives no tokens, or that the tokenizer reads with unknown tokens
+            (:func:`~latim_captum._validation.check_known_tokens`).
+    """
+    where = example.source or "example"
+    prompt = _without_trailing_specials(tokenizer, example.prompt, add_special_tokens)
     if not prompt:
-        raise ValueError(f"{example.source or 'example'}: the prompt gives no tokens")
+        raise ValueError(f"{where}: the prompt gives no tokens")
+    check_known_tokens(tokenizer, example.prompt, prompt, f"{where}: the prompt")
     if example.target is None:
         return prompt, len(prompt), True
     target = list(tokenizer(example.target, add_special_tokens=False)["input_ids"])
     if not target:
-        raise ValueError(f"{example.source or 'example'}: the target gives no tokens")
+        raise ValueError(f"{where}: the target gives no tokens")
+    check_known_tokens(tokenizer, example.target, target, f"{where}: the target")
     joined = _without_trailing_specials(tokenizer, example.prompt + example.target, add_special_tokens)
     return prompt + target, len(prompt), joined == prompt + target
 
@@ -465,12 +475,16 @@ def attribute_dataset(
     # token ids of every example first: one that gives no token fails now, not after hours of maps, and the ids
     # name the run (another tokenizer gives other maps of the same texts); hashed as they come, not kept, so a
     # large dataset's ids are never all in memory
-    token_digest, split = hashlib.sha256(), []
+    token_digest, split, first_ids = hashlib.sha256(), [], None
     for i, example in enumerate(examples):
         ids, _, same = _tokenize(tokenizer, example, add_special_tokens)
         token_digest.update(json.dumps(ids).encode() + b"\n")
+        first_ids = ids if first_ids is None else first_ids
         if not same:
             split.append(i)
+    # the options are checked against the model and its device before run.json names this run: a run refused at
+    # its first map would otherwise leave its settings behind and lock the folder for the corrected command
+    _check_options(model, first_ids, settings, dtype)
     if split and rank == 0:
         warnings.warn(
             f"{len(split)} example(s) tokenise differently as prompt + target than apart (first: "
@@ -549,6 +563,15 @@ def _shard_path(out: Path, shard: int) -> Path:
     return out / f"shard-{shard:05d}.safetensors"
 
 
+def _check_options(model: nn.Module, ids: list[int], settings: dict[str, Any], dtype: torch.dtype) -> None:
+    """``ValueError`` for an activation strategy, backend or precision that the model or its device refuses, from
+    the trace of one example (its first tokens)."""
+    probe = trace(model, torch.tensor([ids[:8]], device=get_adapter(model).device), dtype=dtype)
+    check_activation(settings["activation"], probe.activation or "silu")
+    check_backend(settings["backend"])
+    check_precision(settings["precision"], settings["backend"], probe.embeddings.device, probe.dtype)
+
+
 def _start_run(out: Path, run: dict, key: str, rank: int) -> None:
     """Check ``out`` against an earlier run (every rank, read only, so all fail alike) and, on rank 0, record this
     run's settings and clear its own stale temporary files."""
@@ -561,8 +584,12 @@ def _start_run(out: Path, run: dict, key: str, rank: int) -> None:
         if earlier.get("key") != key:
             fields = ("model", "settings", "n_examples", "examples", "tokens")
             diff = [k for k in fields if earlier.get(k) != run.get(k)]
+            old, new = earlier.get("settings") or {}, run["settings"]
+            changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
             raise ValueError(
-                f"{out} holds a run with other {', '.join(diff) or 'settings'}; use another --out folder or delete it"
+                f"{out} holds a run with other {', '.join(diff) or 'settings'}"
+                + (f" ({'; '.join(changed)})" if changed else "")
+                + "; use another --out folder or delete it"
             )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:

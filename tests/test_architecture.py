@@ -14,6 +14,7 @@ FLOORS: dict[str, int] = {
     # the data and the maths every floor shares
     "latim_captum._precision": 0,
     "latim_captum._model_state": 0,
+    "latim_captum._embedding_forward": 0,
     "latim_captum.traces": 0,
     "latim_captum.activations": 0,
     "latim_captum.ssm": 0,

@@ -321,3 +321,55 @@ def test_alignment_output_folders_are_checked_before_training(tmp_path, monkeypa
     argv = ["bench", "alignment", "--variant", "mamba1", "--out", str(tmp_path / "out"), "--train-out", str(blocker)]
     assert main(argv) == 2
     _one_error_line(capsys, "--train-out")
+
+
+def test_an_embedded_name_that_is_also_a_folder_here_is_refused(tmp_path, monkeypatch, capsys):
+    """``--model mamba2`` loaded the embedded model even with a folder ``./mamba2`` beside it, and said nothing."""
+    (tmp_path / "mamba2").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["attribute", "--model", "mamba2", "--text", "abc|ab", "--out", "x.png"]) == 2
+    _one_error_line(capsys, "names an embedded model and a folder here; give the folder as ./mamba2")
+
+
+def test_debug_after_attribute_dataset(tmp_path, capsys):
+    """``--debug`` works after every command (the docstring says so; attribute-dataset refused it)."""
+    assert main(["attribute-dataset", "--model", "mamba1", "--out", str(tmp_path / "o"), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "give one input" in err.strip().splitlines()[-1]
+
+
+def test_attribute_json_says_which_layer_and_what_each_row_explains(tmp_path):
+    """The layer as the figure counts it (1-based, like ``latim demo``) and as ``--layer`` does (0-based), the path,
+    the token each row explains and the prompt's length: what a reader needs to check the file."""
+    js = tmp_path / "s.json"
+    argv = ["attribute", "--model", "mamba1", "--text", "abcd|ab", "--target", "cd", "--out", str(tmp_path / "f.png")]
+    assert main([*argv, "--method", "l2", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert (data["layer"], data["layer_label"]) == (1, "2 of 2")  # the default --layer -1
+    assert (data["backend"], data["precision"], data["prompt_tokens"]) == ("auto", "highest", 7)
+    assert main([*argv, "--method", "alti_logit", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    ids = torch.tensor(cli.load_model("mamba1")[1].convert_tokens_to_ids(data["tokens"]))
+    assert data["layer"] == "all" and data["targets"][:-1] == ids[1:].tolist()  # each true next token
+    assert main([*argv, "--method", "saliency", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["backend"] is None
+
+
+def test_a_folder_without_tokenizer_files_is_named(saved_model, tmp_path, capsys):
+    """transformers builds an empty tokenizer from the config's class: every text was "0 token(s)"."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in saved_model.iterdir():
+        if not path.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(path, bare / path.name)
+    assert main(["attribute", "--model", str(bare), "--text", "abc|ab", "--out", str(tmp_path / "x.png")]) == 2
+    _one_error_line(capsys, "the folder has no tokenizer files")
+
+
+def test_a_missing_folder_under_a_local_folder_is_not_sent_to_the_hub(tmp_path, monkeypatch, capsys):
+    """``runs/copy-mamba1-paper`` (one slash: a hub name's shape) with ``./runs`` here is a local path: it was sent to
+    the hub, retried for ~30 s offline, and reported as a network error."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["attribute", "--model", "runs/copy-mamba1-paper", "--text", "abc|ab", "--out", "x.png"]) == 2
+    _one_error_line(capsys, "no model at 'runs/copy-mamba1-paper'")

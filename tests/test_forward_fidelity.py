@@ -60,7 +60,7 @@ def test_tolerance_is_tight_where_the_forward_is_ieee_fp32():
     assert verification_tolerance(torch.float32, "cpu") == 1e-4
     assert verification_tolerance(torch.float32, torch.device("cuda")) == 1e-2  # tf32 kernels and cuDNN
     assert verification_tolerance(torch.float32) == 1e-2  # no device known
-    assert verification_tolerance(torch.float64, "cpu") == 1e-6
+    assert verification_tolerance(torch.float64, "cpu") == 1e-5  # HF's RMSNorms run in float32 even then
     assert verification_tolerance(torch.bfloat16, "cpu") == 5e-2
     before = torch.get_float32_matmul_precision()
     try:

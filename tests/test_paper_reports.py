@@ -180,11 +180,13 @@ def test_activation_study_trains_three_variants_and_reports_them(task_name, tmp_
 
 
 def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):
+    from latim_captum.copying import copy_tokenizer
     from latim_captum.paper.activations import main as study
     from latim_captum.tasks.models import build_model
 
-    for name in ("a", "b"):
+    for name in ("a", "b"):  # model folders as the trainers write them: the model and its tokenizer
         build_model("mamba1", layers=1, d_model=16, state=4, vocab=8).save_pretrained(tmp_path / name)
+        copy_tokenizer(8).save_pretrained(tmp_path / name)
     capsys.readouterr()
     assert study(["--task", "copy", "--models", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()

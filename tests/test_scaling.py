@@ -297,8 +297,9 @@ def _word_tokenizer(template: str | None = None):
 
 
 def test_dataset_joins_prompt_and_target_as_the_model_reads_them(tmp_path, recwarn):
-    """A template's EOS after the prompt is not kept between prompt and target (the model never reads one there),
-    and a join that tokenises otherwise than the parts is reported, naming the example."""
+    """A template's EOS after the prompt is not kept, with a target (the model never reads one between prompt and
+    target) or without (the last row then explained the prediction after an EOS the user never wrote), and a join
+    that tokenises otherwise than the parts is reported, naming the example."""
     model = build("mamba1", layers=2)
     tok = _word_tokenizer("<bos> $A <eos>")
     examples = ds.examples_from_records([{"prompt": "w1 w2", "target": " w3 w4"}, {"prompt": "w5"}])
@@ -308,7 +309,8 @@ def test_dataset_joins_prompt_and_target_as_the_model_reads_them(tmp_path, recwa
     w = {f"w{i}": 4 + i for i in range(36)}
     assert data[0]["input_ids"].tolist() == [3, w["w1"], w["w2"], w["w3"], w["w4"]]
     assert data.entry(0)["prompt_length"] == 3
-    assert data[1]["input_ids"].tolist() == [3, w["w5"], 1], "without a target the template is kept whole"
+    assert data[1]["input_ids"].tolist() == [3, w["w5"]], "the BOS is kept, the EOS dropped"
+    assert data.entry(1)["prompt_length"] == 2
     assert not [x for x in recwarn if "tokenise differently" in str(x.message)]
     glued = ds.examples_from_records([{"prompt": "w1 w2", "target": "w3"}])  # joined: "w1 w2w3", one unknown word
     with pytest.warns(UserWarning, match=r"1 example\(s\) tokenise differently as prompt \+ target than apart"):
@@ -477,3 +479,33 @@ def test_hf_dataset_input(copy_model, tmp_path):
     expected = ds.read_jsonl(_write_jsonl(tmp_path / "in.jsonl", RECORDS))
     for got in (from_records, from_disk):
         assert [(e.prompt, e.target) for e in got] == [(e.prompt, e.target) for e in expected]
+
+
+def test_dataset_refuses_text_the_tokenizer_cannot_read(tmp_path):
+    """``latim attribute`` refused it; the dataset command stored ``w1 <unk>`` maps for ``"w1 Berlin"`` silently (the
+    embedded copy models read every unknown character as their separator)."""
+    model = build("mamba1", layers=2)
+    tok = _word_tokenizer()
+    cases = (({"prompt": "w1 Berlin"}, "the prompt"), ({"prompt": "w1", "target": " w2 Paris"}, "the target"))
+    for record, what in cases:
+        examples = ds.examples_from_records([{"prompt": "w1 w2"}, record])
+        with pytest.raises(ValueError, match=f"record 1: {what} .* outside the tokenizer's vocabulary"):
+            ds.attribute_dataset(model, tok, examples, tmp_path / "x", methods=("l2",), progress=False)
+        assert not (tmp_path / "x").exists(), "nothing is written for a refused run"
+    # an unknown-token string typed in the text is the text's own
+    fine = ds.examples_from_records([{"prompt": "w1 <unk> w2"}])
+    ds.attribute_dataset(model, tok, fine, tmp_path / "ok", methods=("l2",), progress=False)
+
+
+def test_a_run_refused_at_its_options_leaves_no_settings_behind(tmp_path):
+    """An option the model refuses (a SiLU strategy on a linear model) is checked before ``run.json`` is written: the
+    corrected command then runs in the same folder, and a real change of settings is named in the refusal."""
+    model = build("mamba1", layers=2, act="linear")
+    tok = _word_tokenizer()
+    examples = ds.examples_from_records([{"prompt": "w1 w2 w3"}])
+    with pytest.raises(ValueError, match="conv activation is 'linear'"):
+        ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), activation="silu", progress=False)
+    assert not (tmp_path / "run.json").exists()
+    ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), activation="identity", progress=False)
+    with pytest.raises(ValueError, match="activation: 'identity' → 'act_gate'"):
+        ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), activation="act_gate", progress=False)
