@@ -20,4 +20,7 @@ import sys
 from latim_captum.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "retrieval", *sys.argv[1:]]))
+    argv = sys.argv[1:]
+    # the repository's results folder unless told otherwise (``latim bench retrieval`` writes ./latim-bench)
+    out = [] if any(a == "--out" or a.startswith("--out=") for a in argv) else ["--out", "benchmarks/results"]
+    sys.exit(main(["bench", "retrieval", *argv, *out]))

@@ -700,6 +700,10 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the bench commands write into ./latim-bench: run from a checkout, the committed benchmarks/results stay as they are
+#: (benchmarks/<name>.py, the developers' entry points, write there)
+_BENCH_OUT_HELP = "folder for the {files} (default ./latim-bench; benchmarks/<name>.py writes benchmarks/results)"
+
 _DEBUG_HELP = "on an error, print the traceback too (default: one `latim: error:` line)"
 
 
@@ -846,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="query rows of the main table: predict (L..2L-1, the rows whose output is the copied token) or hold "
         "(L+1..2L, the rows whose input is); the report gives the other reading too",
     )
-    copying.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
+    copying.add_argument("--out", default="latim-bench", help=_BENCH_OUT_HELP.format(files=".md and .json"))
     copying.add_argument("--quiet", action="store_true", help="no progress bars")
     copying.set_defaults(func=cmd_bench_copying)
 
@@ -884,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sink", action="store_true", help="argmax over the source words only (default: <sep> too, as no link)"
     )
     align.add_argument("--ties", choices=["first", "all"], default="first", help="tied maxima: first or all")
-    align.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
+    align.add_argument("--out", default="latim-bench", help=_BENCH_OUT_HELP.format(files=".md and .json"))
     align.add_argument("--quiet", action="store_true", help="no progress bars")
     align.set_defaults(func=cmd_bench_alignment)
 
@@ -929,7 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
     retr.add_argument(
         "--max-minutes", type=float, default=None, help="start no further method after this long (models share it)"
     )
-    retr.add_argument("--out", default="benchmarks/results", help="folder for the .md, .json and .png")
+    retr.add_argument("--out", default="latim-bench", help=_BENCH_OUT_HELP.format(files=".md, .json and .png"))
     retr.add_argument("--quiet", action="store_true", help="no progress bars")
     retr.set_defaults(func=cmd_bench_retrieval)
 

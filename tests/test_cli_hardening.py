@@ -373,3 +373,22 @@ def test_a_missing_folder_under_a_local_folder_is_not_sent_to_the_hub(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert main(["attribute", "--model", "runs/copy-mamba1-paper", "--text", "abc|ab", "--out", "x.png"]) == 2
     _one_error_line(capsys, "no model at 'runs/copy-mamba1-paper'")
+
+
+@pytest.mark.parametrize("name", ["copying", "alignment", "retrieval"])
+def test_bench_commands_leave_the_committed_results_alone(name, monkeypatch):
+    """``latim bench <name>`` run from a checkout wrote over benchmarks/results (partial reports too); it writes
+    ./latim-bench, and benchmarks/<name>.py, the developers' entry point, still writes benchmarks/results."""
+    import runpy
+
+    parser = cli.build_parser()
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    for extra, out in (([], "benchmarks/results"), (["--out", "mine"], "mine")):
+        monkeypatch.setattr(sys, "argv", [script, "--variant", "mamba2", *extra])
+        with pytest.raises(SystemExit):
+            runpy.run_path(script, run_name="__main__")
+        argv = seen[-1]
+        assert argv[argv.index("--out") + 1] == out and argv.count("--out") == 1
+    assert parser.parse_args(["bench", name, "--variant", "mamba2"]).out == "latim-bench"
