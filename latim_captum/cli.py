@@ -780,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--input", default=None, help='JSON Lines file, one {"prompt": ..., "target": ...} per line')
     ds.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset (save_to_disk folder or name; needs "
                     "the datasets package) instead of --input")  # fmt: skip
-    ds.add_argument("--split", default="train", help="split of --hf-dataset (default train)")
+    ds.add_argument("--split", default=None, help="split of --hf-dataset (default train; a saved Dataset has none)")
     ds.add_argument("--prompt-field", default="prompt", help="field holding the prompt (default prompt)")
     ds.add_argument("--target-field", default="target", help="field holding the optional target (default target)")
     ds.add_argument(

@@ -147,13 +147,15 @@ def read_jsonl(
 
 
 def load_hf_dataset(
-    name: str, *, split: str = "train", prompt_field: str = "prompt", target_field: str = "target"
+    name: str, *, split: str | None = None, prompt_field: str = "prompt", target_field: str = "target"
 ) -> list[Example]:
     """Examples from a Hugging Face dataset: a folder written by ``Dataset.save_to_disk`` or a name/path for
     ``datasets.load_dataset`` (a local file or script; hub names need network access). Needs ``datasets``.
+    ``split``: of a ``DatasetDict`` or ``load_dataset`` (default ``"train"``); a saved single ``Dataset`` has none.
 
     Raises:
         ImportError: ``datasets`` is not installed.
+        ValueError: a split the data does not have, or one named for a saved single ``Dataset`` (it was ignored).
     """
     try:
         import datasets
@@ -163,9 +165,12 @@ def load_hf_dataset(
     # a Dataset's folder holds dataset_info.json / state.json, a DatasetDict's dataset_dict.json
     if any((path / marker).is_file() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
         data = datasets.load_from_disk(str(path))
+        if not isinstance(data, datasets.DatasetDict) and split is not None:
+            raise ValueError(f"{name} is a single saved Dataset, without splits; drop --split {split}")
     else:
-        data = datasets.load_dataset(name, split=split)
+        data = datasets.load_dataset(name, split=split or "train")
     if isinstance(data, datasets.DatasetDict):
+        split = split or "train"
         if split not in data:
             raise ValueError(f"{name} has no split {split!r}; splits: {', '.join(data)}")
         data = data[split]

@@ -345,6 +345,13 @@ def test_a_saved_dataset_dict_is_read_from_disk(tmp_path, monkeypatch):
     examples = ds.load_hf_dataset(str(tmp_path), split="test")
     assert calls == [("load_from_disk", str(tmp_path))]
     assert [(e.prompt, e.target) for e in examples] == [("ab", "c")]
+    with pytest.raises(ValueError, match="no split 'train'"):  # the default split, which this dict lacks
+        ds.load_hf_dataset(str(tmp_path))
+    # a single saved Dataset has no splits: a --split for it was ignored, every row read
+    fake.load_from_disk = lambda path: [{"prompt": "ab", "target": None}]
+    assert [e.prompt for e in ds.load_hf_dataset(str(tmp_path))] == ["ab"]
+    with pytest.raises(ValueError, match="single saved Dataset, without splits; drop --split validation"):
+        ds.load_hf_dataset(str(tmp_path), split="validation")
 
 
 @pytest.mark.parametrize(
