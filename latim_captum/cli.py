@@ -789,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--activation", choices=ACTIVATIONS, default=DEFAULT_ACTIVATION, help="activation strategy")
     ds.add_argument("--layers", type=int, nargs="+", default=None, help="the per-layer methods' layers (default all)")
     ds.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
-    ds.add_argument("--shard-size", type=int, default=16, help="examples per shard (default 16)")
+    ds.add_argument("--shard-size", type=_positive_int, default=16, help="examples per shard (default 16)")
     ds.add_argument("--dtype", choices=tuple(COMPUTE_DTYPES), default="float32", help="compute dtype")
     ds.add_argument(
         "--device", default="auto", help="auto (CUDA if available), cpu, cuda (under torchrun: GPU LOCAL_RANK), cuda:k"

@@ -131,7 +131,7 @@ def read_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"no input file at {path}")
     out = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark (files saved on Windows) is not text
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -459,7 +459,9 @@ def attribute_dataset(
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if layers is not None:
-        check_layers(layers, get_adapter(model).n_sublayers)
+        resolved = check_layers(layers, get_adapter(model).n_sublayers)
+        if len(set(resolved)) < len(resolved):
+            raise ValueError(f"--layers / layers= names a layer twice: {list(layers)}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
     examples = list(examples)

@@ -516,3 +516,13 @@ def test_a_run_refused_at_its_options_leaves_no_settings_behind(tmp_path):
     ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), activation="identity", progress=False)
     with pytest.raises(ValueError, match="activation: 'identity' → 'act_gate'"):
         ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), activation="act_gate", progress=False)
+
+
+def test_jsonl_with_a_byte_order_mark_and_layers_named_twice(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_text('\ufeff{"prompt": "w1 w2"}\n', encoding="utf-8")
+    assert [e.prompt for e in ds.read_jsonl(path)] == ["w1 w2"]  # Windows editors write one
+    model, tok = build("mamba1", layers=2), _word_tokenizer()
+    examples = ds.examples_from_records([{"prompt": "w1 w2"}])
+    with pytest.raises(ValueError, match="names a layer twice"):
+        ds.attribute_dataset(model, tok, examples, tmp_path / "o", methods=("l2",), layers=[0, -2], progress=False)
