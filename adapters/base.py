@@ -55,6 +55,7 @@ __all__ = [
     "mismatch_hint",
     "verification_tolerance",
     "ResidualChain",
+    "check_recomputed",
 ]
 
 
@@ -245,6 +246,28 @@ def verification_tolerance(model_dtype: torch.dtype, device: torch.device | str 
         if torch.get_float32_matmul_precision() == "highest":
             return 1e-4
     return {torch.float64: 1e-5, torch.float32: 1e-2}.get(model_dtype, 5e-2)
+
+
+def check_recomputed(
+    model: nn.Module,
+    idx: int,
+    recomputed: Tensor,
+    reference: Tensor,
+    mask: Tensor | None,
+    tol: float,
+    what: str = "mixer output",
+) -> None:
+    """``TraceMismatchError`` unless a tensor of block ``idx`` recomputed from the weights matches the model's own
+    (relative error over the non-padded positions of ``mask`` when given, at most ``tol``; a NaN error fails)."""
+    if mask is not None:
+        keep = mask.bool()
+        recomputed, reference = recomputed[keep], reference[keep]
+    err = relative_error(recomputed, reference)
+    if not err <= tol:  # fail closed: a NaN error is no agreement
+        raise TraceMismatchError(
+            f"layer {idx}: recomputed {what} differs from the model's by {err:.2e} (relative, tolerance {tol:.0e}); "
+            f"{mismatch_hint(model)}"
+        )
 
 
 class ResidualChain:
@@ -654,13 +677,8 @@ class ModelAdapter(ABC):
                 with onloaded(block):
                     layer, recomputed = self.mixer_trace(block, cap, dtype)
                 if verify:
-                    err = relative_error(recomputed, cap.mixer_output)
                     tol = verification_tolerance(self.model_dtype, devices[-1])
-                    if not err <= tol:  # fail closed: a NaN error is no agreement
-                        raise TraceMismatchError(
-                            f"layer {idx}: recomputed mixer output differs from the model's by {err:.2e} (relative, "
-                            f"tolerance {tol:.0e}); {mismatch_hint(self.model)}"
-                        )
+                    check_recomputed(self.model, idx, recomputed, cap.mixer_output, None, tol)
                     chain.add(idx, layer)
                 layers.append(kept(_with_layer(layer, idx), store))
             final_hidden = captured[-1].block_output

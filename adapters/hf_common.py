@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latim_captum.activations import activation_function
-
 from .base import ModelAdapter, mro_depth
 
 __all__ = [
@@ -21,7 +19,6 @@ __all__ = [
     "causal_depthwise_conv",
     "apply_padding_mask",
     "weight",
-    "activation_fn",
     "gated_norm_groups",
 ]
 
@@ -59,12 +56,6 @@ def gated_norm_groups(norm: nn.Module, width: int) -> int:
     if getattr(norm, "n_groups", None) is not None:
         return int(norm.n_groups)
     return 1
-
-
-def activation_fn(name: str):
-    """The elementwise activation a HF config names (``hidden_act``):
-    :func:`latim_captum.activations.activation_function`."""
-    return activation_function(name)
 
 
 class HFBackboneAdapter(ModelAdapter):

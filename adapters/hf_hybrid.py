@@ -34,14 +34,12 @@ from latim_captum.traces import (
 from .base import (
     CapturedLayer,
     ResidualChain,
-    TraceMismatchError,
+    check_recomputed,
     check_store,
     execution_device,
     kept,
-    mismatch_hint,
     moved_capture,
     onloaded,
-    relative_error,
     stored,
     verification_tolerance,
     warn_left_padding_once,
@@ -388,7 +386,7 @@ class HFHybridAdapter(HFBackboneAdapter):
                     if verify and isinstance(sub, _Verified):
                         reference = sub.trace.mixer_output if sub.reference is None else sub.reference
                         tol = verification_tolerance(self.model_dtype, device)
-                        self._verify(idx, sub.recomputed, reference, mask, tol, sub.what)
+                        check_recomputed(self.model, idx, sub.recomputed, reference, mask, tol, sub.what)
                 listed = [_unwrap(sub) for sub in sublayers if not isinstance(sub, _Verified) or sub.in_trace]
                 for sub in listed if verify else ():
                     chain.add(idx, sub)
@@ -401,22 +399,3 @@ class HFHybridAdapter(HFBackboneAdapter):
             embeddings=captured[0].block_input.to(dtype), layers=stored(layers, devices, store), readout=readout,
             mask=mask, dtype=dtype, source=source,
         )  # fmt: skip
-
-    def _verify(
-        self,
-        idx: int,
-        recomputed: Tensor,
-        reference: Tensor,
-        mask: Tensor | None,
-        tol: float,
-        what: str = "mixer output",
-    ) -> None:
-        if mask is not None:
-            keep = mask.bool()
-            recomputed, reference = recomputed[keep], reference[keep]
-        err = relative_error(recomputed, reference)
-        if not err <= tol:  # fail closed: a NaN error is no agreement
-            raise TraceMismatchError(
-                f"layer {idx}: recomputed {what} differs from the model's by {err:.2e} (relative, "
-                f"tolerance {tol:.0e}); {mismatch_hint(self.model)}"
-            )

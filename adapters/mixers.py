@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from latim_captum.activations import divide_or_zero
+from latim_captum.activations import activation_function, divide_or_zero
 from latim_captum.ssm import selective_scan
 from latim_captum.traces import LayerTrace, Mamba1SSM, Mamba2SSM, SSMParams
 
 from .base import CapturedLayer
-from .hf_common import activation_fn, apply_padding_mask, causal_depthwise_conv
+from .hf_common import apply_padding_mask, causal_depthwise_conv
 
 __all__ = [
     "Mamba1Weights",
@@ -83,7 +83,7 @@ def lrp_activation(name: str) -> Callable[[Tensor], Tensor]:
         return lambda x: x * torch.sigmoid(x).detach()
     if name in ("linear", "identity", "none"):
         return lambda x: x
-    act = activation_fn(name)
+    act = activation_function(name)
     # the reference adds ε to the denominator, which moves the forward value by ~1e-6 relative; the ratio taken
     # where x != 0 (0 elsewhere, where x · ratio is 0 anyway) keeps it: x · (a(x) / x) = a(x)
     return lambda x: x * divide_or_zero(act(x), x).detach()
@@ -104,7 +104,7 @@ def half_gate(y: Tensor, g: Tensor) -> Tensor:
 
 
 def _activation(name: str, lrp: bool) -> Callable[[Tensor], Tensor]:
-    return lrp_activation(name) if lrp else activation_fn(name)
+    return lrp_activation(name) if lrp else activation_function(name)
 
 
 def gated_norm_scale(

@@ -295,8 +295,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     outputs = [("--out", figure)] + ([("--json", Path(args.json))] if args.json else [])
     _check_writable(outputs)
     model, tok = load_model(args.model, args.device)
-    ids = _encode(tok, {"--text": args.text, "--target": args.target}).to(args.device)
-    n_prompt = ids.shape[1] - (_encode(tok, {"--target": args.target}).shape[1] if args.target else 0)
+    prompt_ids = _encode(tok, {"--text": args.text})
+    ids = torch.cat([prompt_ids, _encode(tok, {"--target": args.target})], dim=1).to(args.device)
+    n_prompt = prompt_ids.shape[1]
     if ids.shape[1] < 2:
         raise ValueError(f"--text {args.text!r} gives {ids.shape[1]} token(s); need at least 2")
     measure = method.spec.measure

@@ -7,7 +7,7 @@ import torch
 
 import latim_captum as lc
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.adapters.hf_common import activation_fn
+from latim_captum.activations import activation_function
 from latim_captum.ssm import selective_scan, selective_scan_chunked, selective_scan_ref
 from latim_captum.traces import Mamba1SSM, Mamba2SSM
 
@@ -69,7 +69,7 @@ def test_chunked_scan_on_padded_traces(kind):
     ids = random_ids(2, 37, seed=2)
     tr = lc.trace(model, ids, attention_mask=left_pad_mask(2, 37, [0, 9]), dtype=F64)
     for layer in tr.layers:
-        phi = activation_fn(layer.activation)(layer.pre_activation)
+        phi = activation_function(layer.activation)(layer.pre_activation)
         if layer.mask is not None:
             phi = phi * layer.mask[..., None]
         ref = selective_scan_ref(layer.ssm, phi)
