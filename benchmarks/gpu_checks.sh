@@ -109,8 +109,8 @@ if [ "$what" = onegpu ]; then
     echo "hybrid tiles, host traces, Triton on hybrids rc=$? $(tail -1 "$out/onegpu/test_cuda.log")"
   fi
   if want hybrid; then
-    timeout 500 python3 benchmarks/hybrid_tiles.py --device cuda --d-model 768 --layers 8 --attn-every 4 \
-      --lengths 1024 2048 --out "$out/onegpu/hybrid-tiles.md" > "$out/onegpu/hybrid_tiles.log" 2>&1
+    timeout "${HYBRID_S:-500}" python3 benchmarks/hybrid_tiles.py --device cuda --d-model 768 --layers 8 --attn-every 4 \
+      --lengths 1024 2048 --backends fast triton --out "$out/onegpu/hybrid-tiles.md" > "$out/onegpu/hybrid_tiles.log" 2>&1
     echo "hybrid_tiles rc=$?"; cat "$out/onegpu/hybrid-tiles.md" 2>/dev/null || tail -5 "$out/onegpu/hybrid_tiles.log"
   fi
   if want speed; then  # SPEED_MODELS=mamba2,mamba1,bamba by default: ~150 s per model and dtype
@@ -121,7 +121,7 @@ if [ "$what" = onegpu ]; then
   fi
   if want large; then
     timeout 540 python3 benchmarks/speed.py --models "${LARGE_MODELS:-mamba2_2.7b,falcon_mamba_7b}" --dtypes bf16 \
-      --lengths 2048 --single-lengths 8192,32768 --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget 460 \
+      --lengths 2048 --single-lengths 8192,32768 --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget "${LARGE_S:-460}" \
       --out "$out/onegpu/speed-large" > "$out/onegpu/speed-large.log" 2>&1
     echo "speed large rc=$?"; tail -n +14 "$out/onegpu/speed-large/speed.md" 2>/dev/null | head -20
   fi
