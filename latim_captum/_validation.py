@@ -247,3 +247,23 @@ def check_known_tokens(tokenizer: Any, text: str, ids: Sequence[int], what: str)
             f"{what} {text!r} has characters or words outside the tokenizer's vocabulary, read as its unknown token "
             f"{unk!r}: {tokens}"
         )
+
+
+#: the compute dtypes of the decomposition, by the names JSON and the command line can give
+COMPUTE_DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """``"float64"`` (or ``"torch.float64"``) as ``torch.float64``: a compute dtype given by name.
+
+    Example:
+        >>> dtype_from_name("torch.float64")
+        torch.float64
+
+    Raises:
+        ValueError: not the name of a compute dtype (:data:`COMPUTE_DTYPE_NAMES`).
+    """
+    key = name.strip().removeprefix("torch.")
+    if key not in COMPUTE_DTYPE_NAMES:
+        raise ValueError(f"dtype {name!r}: the compute dtype is one of {', '.join(COMPUTE_DTYPE_NAMES)}")
+    return COMPUTE_DTYPE_NAMES[key]

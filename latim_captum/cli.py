@@ -37,6 +37,7 @@ from types import ModuleType
 
 import torch
 
+from ._validation import COMPUTE_DTYPE_NAMES
 from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .catalog import registry_names
@@ -272,7 +273,7 @@ def _attribute_options(method, args: argparse.Namespace) -> tuple[dict, str | No
 
 
 #: ``--dtype`` choices: LaTIM's compute dtypes (the model keeps its own)
-COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+COMPUTE_DTYPES = COMPUTE_DTYPE_NAMES
 
 #: the JSON's ``explains`` per reading of ``latim attribute`` (None: a method that explains no token)
 EXPLAINS = {

@@ -57,6 +57,7 @@ from __future__ import annotations
 import copy
 import functools
 import html
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,9 +71,12 @@ from inseq.utils import Registry, extract_signature_args
 from torch import Tensor
 
 from . import baselines, catalog
+from ._validation import dtype_from_name
 from .activations import DEFAULT_ACTIVATION
 from .adapters import get_adapter
+from .adapters.hf_hybrid import HFHybridAdapter
 from .api import alti_logit, alti_logit_layers, interactions
+from .baselines.replay import supports_replay
 from .catalog import MethodSpec
 from .inseq_targets import RAW_SCALES, check_attributed_fn, contrast_ids, scale_note
 
@@ -107,6 +111,13 @@ RESERVED_ARGS = (
 #: refused; Inseq's gradient arguments (n_steps, internal_batch_size) stay accepted with Inseq's warning, so that a
 #: gradient method's call runs unchanged
 _FOREIGN_ARGS = ("layers", "position")
+#: the step-function arguments a contrastive map reads (``contrast_sources`` and ``contrast_force_inputs`` get their
+#: own refusal from :func:`~latim_captum.inseq_targets.contrast_ids`)
+_CONTRAST_FN_ARGS = ("contrast_targets", "contrast_targets_alignments", "contrast_sources", "contrast_force_inputs")
+#: baselines that differentiate a replay of the model (:func:`latim_captum.baselines.replay.supports_replay`)
+_REPLAY_BASELINES = ("mamba_attribution", "mamba_lrp")
+#: largest share of a real row's |score| allowed on padding columns (which Inseq drops); a bias-free model gives 0
+_PADDING_SHARE_TOLERANCE = 1e-5
 
 #: the extra (third) dimension of per-layer maps, named for Inseq's granular views
 _LAYER_DIM_NAMES = {
@@ -117,6 +128,14 @@ _TOKEN_DIM_NAMES = {
     "source_attributions": {0: "Input Tokens", 1: "Generated Tokens"},
     "target_attributions": {0: "Input Tokens", 1: "Generated Tokens"},
 }
+
+
+def _json_ready(name: str, value: Any) -> Any:
+    """A recorded attribution argument as JSON can hold it: a compute dtype by its name (``"float64"``), however
+    it was given."""
+    if name == "dtype" and isinstance(value, str):
+        value = dtype_from_name(value)
+    return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
 
 
 def _default_aggregate_dict() -> dict[str, Any]:
@@ -284,23 +303,83 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
         if self.attribution_model.is_encoder_decoder:
             raise TypeError(f"Inseq method {self.method_name!r} supports decoder-only Mamba models only")
         try:
-            get_adapter(model)
+            adapter = get_adapter(model)
         except TypeError as err:
             raise TypeError(
                 f"Inseq method {self.method_name!r} needs a Mamba model, got {type(model).__name__}: {err}"
             ) from err
+        spec = self.method_spec
+        if spec is not None and spec.family == "baseline":
+            if isinstance(adapter, HFHybridAdapter):
+                raise TypeError(
+                    f"Inseq method {self.method_name!r} is defined for pure Mamba models, got the hybrid "
+                    f"{type(model).__name__}; use a LaTIM method (e.g. 'latim')"
+                )
+            if spec.name in _REPLAY_BASELINES and not supports_replay(adapter):
+                raise TypeError(
+                    f"Inseq method {self.method_name!r} differentiates a replay of the model, which exists for the "
+                    f"Hugging Face Mamba, FalconMamba and Mamba2 families only, got {type(model).__name__}"
+                )
         super().hook(**kwargs)
 
     def get_attribution_args(self, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         exclude = [*RESERVED_ARGS, *self.token_map_kwargs]
         used, remaining = extract_signature_args(kwargs, self.token_map, exclude, return_remaining=True)
-        foreign = sorted(name for name in remaining if name in _FOREIGN_ARGS)
+        self._refuse_foreign(remaining)
+        return used, remaining
+
+    def _refuse_foreign(self, names) -> None:
+        foreign = sorted(name for name in names if name in _FOREIGN_ARGS)
         if foreign:
             raise ValueError(
                 f"{self.method_name} does not take {', '.join(foreign)}: its map has no such choice (layers: use a "
                 "per-layer method such as latim_alti_logit_layers; position: every step reads its own row)"
             )
-        return used, remaining
+
+    def check_attribution_args(self, attribution_args: dict[str, Any]) -> dict[str, Any]:
+        """The explicit ``attribution_args={...}`` dict, checked as keyword arguments are (Inseq passes it on
+        unchecked), with a ``dtype`` given by name (``"float64"``, as JSON and the CLI can) made a ``torch.dtype``.
+
+        Raises:
+            ValueError: an argument the method sets itself (``target``, ``attention_mask``, ...), one its map has no
+                choice for (``layers`` on an aggregated map, ``position``), or one :attr:`token_map` does not take.
+        """
+        params = inspect.signature(self.token_map).parameters
+        self._refuse_foreign(name for name in attribution_args if name not in params)
+        reserved = sorted(name for name in attribution_args if name in (*RESERVED_ARGS, *self.token_map_kwargs))
+        if reserved:
+            raise ValueError(f"{self.method_name} sets {', '.join(reserved)} itself; it cannot be passed")
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(name for name in attribution_args if name not in params)
+            if unknown:
+                takes = sorted(name for name in params if name not in (*RESERVED_ARGS, *self.token_map_kwargs))
+                raise ValueError(
+                    f"{self.method_name} takes no argument {', '.join(unknown)}; its arguments: {', '.join(takes)}"
+                )
+        checked = dict(attribution_args)
+        if isinstance(checked.get("dtype"), str):
+            checked["dtype"] = dtype_from_name(checked["dtype"])
+        return checked
+
+    def _check_attributed_fn_args(self, attributed_fn_args: dict[str, Any] | None) -> None:
+        # a map explains the logit (difference) itself: an argument of the step function would change nothing
+        if not self.uses_target:
+            return  # output-agnostic maps: Inseq warns that attributed_fn is not used
+        extra = sorted(name for name in (attributed_fn_args or {}) if name not in _CONTRAST_FN_ARGS)
+        if extra:
+            raise ValueError(
+                f"{self.method_name} decomposes the logit (difference) itself, so attributed_fn_args "
+                f"{', '.join(extra)} cannot be honoured; only contrast_targets (and its alignments) are read"
+            )
+
+    def prepare_and_attribute(self, *args, **kwargs):
+        outputs = super().prepare_and_attribute(*args, **kwargs)  # one output per batch (Inseq's @batched)
+        # Inseq records the arguments as given; a torch.dtype there would make out.save() fail
+        for out in outputs if isinstance(outputs, list) else [outputs]:
+            recorded = out.info.get("attribution_args")
+            if isinstance(recorded, dict):
+                out.info["attribution_args"] = {name: _json_ready(name, value) for name, value in recorded.items()}
+        return outputs
 
     def _run_compatibility_checks(self, attributed_fn) -> None:
         super()._run_compatibility_checks(attributed_fn)
@@ -352,7 +431,33 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
                 f"{self.method_name}: the token map of {input_ids.shape[0]} × {n} tokens must be [B, N, N] over "
                 f"them, got {tuple(maps.shape)}"
             )
-        return maps.detach().to("cpu", torch.float32)
+        maps = maps.detach().to("cpu", torch.float32)
+        if mask is not None:
+            self._refuse_scored_padding(maps, mask.to("cpu"))
+        return maps
+
+    def _refuse_scored_padding(self, maps: Tensor, mask: Tensor) -> None:
+        """Inseq drops the padding columns of a batch; a map that scores them would lose that part unseen.
+
+        A Mamba in-projection with a bias (``use_bias=True``) reaches the real tokens from the padding positions
+        through the convolution, so the model's own outputs change with left padding and the map of the padded
+        forward gives the padding columns a share: the real columns would then no longer sum to the logit (ALTI:
+        to 1), and the batch would disagree with one-at-a-time runs. Refused, naming the share.
+        """
+        real = mask.bool()
+        if bool(real.all()):
+            return
+        size = maps.abs().sum(-1)  # [B, N, N]: over the layers
+        on_padding = (size * (~real)[:, None, :]).sum(-1)
+        share = (on_padding / size.sum(-1).clamp_min(torch.finfo(size.dtype).tiny))[real]
+        if share.numel() and float(share.max()) > _PADDING_SHARE_TOLERANCE:
+            raise ValueError(
+                f"{self.method_name}: this left-padded batch gives the padding columns up to "
+                f"{100 * float(share.max()):.2g} % of a row's score (the model's Mamba in-projection has a bias, "
+                "which reaches the real tokens from the padding through the convolution, so its own outputs change "
+                "with left padding), and Inseq drops padding columns; attribute the prompts one at a time (one "
+                "model.attribute call per prompt)"
+            )
 
     def scale(self, contrastive: bool = False) -> str:
         """``"<method>: <what its raw scores are>"`` for the output's ``show()``."""
@@ -362,7 +467,12 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
         return f"{self.method_name}: {RAW_SCALES.get(key, 'the token map of ' + self.method_name)}"
 
     def attribute(self, batch, attributed_fn, *args, attribution_args: dict[str, Any] | None = None, **kwargs):
-        attribution_args = dict(attribution_args or {})
+        # every refusal before the map is computed (Inseq checks attributed_fn only after it)
+        check_attributed_fn(
+            self.method_name, attributed_fn, uses_target=self.uses_target, supports_contrast=self.supports_contrast
+        )
+        self._check_attributed_fn_args(kwargs.get("attributed_fn_args"))
+        attribution_args = self.check_attribution_args(dict(attribution_args or {}))
         ids = batch.input_ids
         if ids.shape[1] < 2:
             raise ValueError(f"{self.method_name}: nothing to attribute in a sequence of {ids.shape[1]} token(s)")

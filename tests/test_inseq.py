@@ -311,3 +311,86 @@ def test_attr_pos_window_matches_full_run(mamba1, tok):
     torch.testing.assert_close(
         seq.target_attributions[:, -2:], full[: seq.target_attributions.shape[0], -2:], equal_nan=True
     )
+
+
+# ---------------------------------------------------------------- options: honoured or refused before any work
+
+
+def test_left_padded_batch_on_biased_model_is_refused_not_truncated(tok):
+    # an in-projection bias reaches the real tokens from the padding (through the convolution): the padded map
+    # scores the padding columns, which Inseq drops, so the real columns would silently miss part of the logit
+    prompts = ["w3 w4 w5 w6 w7", "w7 w8"]
+    gen = {"generation_args": {"max_new_tokens": 2, "do_sample": False}, **FAST}
+    for kind in ("mamba1", "mamba2"):
+        biased = make_model(kind, use_bias=True)
+        for method in ("latim", "latim_alti"):
+            model = inseq.load_model(biased, method, tokenizer=tok)
+            with pytest.raises(ValueError, match="padding columns .* one at a time"):
+                model.attribute(prompts, **gen)
+            out = model.attribute(prompts[1], **gen)  # one prompt: no padding, exact
+            if method == "latim":
+                full = ids_of(tok, out.info["generated_texts"][0])
+                ref = latim_captum.alti_logit(biased, full, activation="silu_gate")
+                got = scores(out)[..., 0]  # [tokens, steps]: step k reads row 1 + k
+                want = ref.scores[0, 1:3, :].T.masked_fill(got.isnan(), float("nan"))
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
+    # a bias-free model's padding columns hold nothing: its batch is attributed (and equals single runs, above)
+    plain = inseq.load_model(make_model("mamba2"), "latim", tokenizer=tok)
+    assert len(plain.attribute(prompts, **gen)) == 2
+
+
+def test_dtype_by_name_is_honoured_and_the_output_saves(mamba1, tok, tmp_path):
+    model = inseq.load_model(mamba1, "latim", tokenizer=tok)
+    base = scores(model.attribute(PROMPT, TEXT, **FAST))
+    for given in (torch.float64, "float64", "torch.float64"):
+        out = model.attribute(PROMPT, TEXT, dtype=given, **FAST)
+        assert out.info["attribution_args"] == {"dtype": "float64"}
+        torch.testing.assert_close(scores(out), base, rtol=1e-4, atol=1e-5, equal_nan=True)
+        out.save(tmp_path / "out.json", overwrite=True)
+        back = inseq.FeatureAttributionOutput.load(tmp_path / "out.json")
+        torch.testing.assert_close(scores(back), scores(out), equal_nan=True)
+    with pytest.raises(ValueError, match="dtype 'float16'"):
+        model.attribute(PROMPT, TEXT, attribution_args={"dtype": "float16"}, **FAST)
+
+
+def test_attribution_args_dict_is_checked_like_keywords(mamba1, tok):
+    model = inseq.load_model(mamba1, "latim", tokenizer=tok)
+    for args, match in (
+        ({"layers": [0]}, "does not take layers"),
+        ({"position": 2}, "does not take position"),
+        ({"target": None}, "sets target itself"),
+        ({"attention_mask": None}, "sets attention_mask itself"),
+        ({"activaton": "silu"}, "takes no argument activaton"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            model.attribute(PROMPT, TEXT, attribution_args=args, **FAST)
+    silu = scores(model.attribute(PROMPT, TEXT, attribution_args={"activation": "silu"}, **FAST))
+    assert not torch.allclose(silu.nan_to_num(), scores(model.attribute(PROMPT, TEXT, **FAST)).nan_to_num())
+
+
+def test_attributed_fn_args_that_change_nothing_are_refused(mamba1, tok):
+    model = inseq.load_model(mamba1, "latim", tokenizer=tok)
+    with pytest.raises(ValueError, match="attributed_fn_args logprob cannot be honoured"):
+        model.attribute(PROMPT, TEXT, attributed_fn="probability", logprob=True, **FAST)
+
+
+def test_unsupported_attributed_fn_is_refused_before_the_map(mamba1, tok, monkeypatch):
+    from latim_captum.inseq import InseqTokenMapAttribution
+
+    model = inseq.load_model(mamba1, "latim", tokenizer=tok)
+    calls = []
+    original = InseqTokenMapAttribution.compute_maps
+    monkeypatch.setattr(InseqTokenMapAttribution, "compute_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(ValueError, match="attributed_fn=entropy"):
+        model.attribute(PROMPT, TEXT, attributed_fn="entropy", **FAST)
+    assert calls == []
+
+
+def test_baselines_refuse_hybrids_at_load(tok):
+    from test_hybrids import build_hybrid
+
+    hybrid, _ = build_hybrid("bamba")
+    for method in ("mamba_lrp", "mamba_attribution", "mamba_attention"):
+        with pytest.raises(TypeError, match=f"'{method}' is defined for pure Mamba models, got the hybrid"):
+            inseq.load_model(hybrid, method, tokenizer=tok)
+    inseq.load_model(hybrid, "latim", tokenizer=tok)  # LaTIM decomposes hybrids
