@@ -504,9 +504,11 @@ class ModelAdapter(ABC):
         Raises:
             RuntimeError: as the model does; a CPU model that reached a CUDA-only kernel gets the reason said."""
         try:
+            # return_dict: the output object whatever the config says (config.return_dict=False gives a tuple)
             return self.model(
-                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
-            )
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
+                return_dict=True,
+            )  # fmt: skip
         except RuntimeError as err:
             if self.device.type != "cuda" and "is_cuda()" in str(err):
                 raise _cuda_kernel_on_cpu(err, self.device) from err

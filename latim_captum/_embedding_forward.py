@@ -34,6 +34,6 @@ def logits_from_embeddings(model: nn.Module, input_ids: Tensor, embeds: Tensor) 
 
     handle = embedding.register_forward_hook(replace)
     try:
-        return model(input_ids=input_ids, use_cache=False).logits
+        return model(input_ids=input_ids, use_cache=False, return_dict=True).logits
     finally:
         handle.remove()

@@ -592,5 +592,16 @@ def _moved(value: Any, device: torch.device, pin: bool = False) -> Any:
 
 
 def parameter_versions(model: torch.nn.Module) -> tuple[tuple[weakref.ref, int], ...]:
-    """:attr:`ModelTrace.source` of ``model``: every parameter (weakly) with its in-place version counter."""
-    return tuple((weakref.ref(p), p._version) for p in model.parameters())
+    """:attr:`ModelTrace.source` of ``model``: every parameter (weakly) with its in-place version counter.
+
+    Raises:
+        ValueError: parameters made under ``torch.inference_mode()`` (inference tensors keep no version counter, so a
+            trace could not tell an in-place edit of the model).
+    """
+    params = list(model.parameters())
+    if any(p.is_inference() for p in params):
+        raise ValueError(
+            f"{type(model).__name__}'s parameters are inference tensors (the model was built or loaded under "
+            "torch.inference_mode()); load it outside inference mode (torch.no_grad() is fine)"
+        )
+    return tuple((weakref.ref(p), p._version) for p in params)

@@ -189,6 +189,13 @@ def plot_comparison(
     sizes = {a.shape[0] for a in arrays.values()}
     if len(ndims) != 1:
         raise ValueError("results mixes [N, N] maps and [N] scores; plot them separately")
+    not_square = [f"{name} {tuple(a.shape)}" for name, a in arrays.items() if a.ndim == 2 and a.shape[0] != a.shape[1]]
+    if not_square:
+        # e.g. an unsummed [N, D] gradient attribution, or a [1, N] row: neither is a token-to-token map
+        raise ValueError(
+            f"maps must be square [N, N] (token to token), got {', '.join(not_square)}; pass one query's scores as "
+            "[N] (e.g. attributions summed over the embedding dimension, or row[0])"
+        )
     if len(sizes) != 1:
         raise ValueError(f"results have different lengths {sorted(sizes)}; they must explain the same input")
     n = sizes.pop()

@@ -403,7 +403,7 @@ def test_query_rows_on_a_hybrid(family):
         for cls, layer in ((LatimALTI, "rollout"), (LatimALTI, "all"), (LatimALTILogit, None)):
             method = cls(model, dtype=torch.float64)
             kwargs = {} if layer is None else {"layer": layer}
-            whole = method.attribute(ids, None, mask, position=position, return_matrix=True, **kwargs)
+            whole = method.attribute(ids, None, mask, return_matrix=True, **kwargs)
             got = method.attribute(ids, None, mask, position=position, **kwargs)
             torch.testing.assert_close(got, whole[..., position, :], rtol=0, atol=1e-10)
 

@@ -89,7 +89,7 @@ def test_l2_attribute_computes_one_row(kind, layer, monkeypatch):
     model, ids, mask, _ = _trace(kind)
     method = LatimL2(model, dtype=torch.float64)
     for position in (-1, 6):
-        full = method.attribute(ids, None, mask, position=position, layer=layer, return_matrix=True)
+        full = method.attribute(ids, None, mask, layer=layer, return_matrix=True)
         calls = _spy_rows(monkeypatch, stack)
         row = method.attribute(ids, None, mask, position=position, layer=layer)
         monkeypatch.undo()
@@ -107,7 +107,7 @@ def test_alti_attribute_computes_one_row(kind, layer, monkeypatch):
     model, ids, mask, _ = _trace(kind)
     method = LatimALTI(model, dtype=torch.float64)
     for position in (-1, 4):
-        full = method.attribute(ids, None, mask, position=position, layer=layer, return_matrix=True)
+        full = method.attribute(ids, None, mask, layer=layer, return_matrix=True)
         _forbid(monkeypatch, latim_alti, "alti_rollout")
         calls = _spy_rows(monkeypatch, stack)
         row = method.attribute(ids, None, mask, position=position, layer=layer)
@@ -132,7 +132,7 @@ def test_alti_logit_attribute_computes_one_row(kind, activation, monkeypatch):
     method = LatimALTILogit(model, activation=activation, dtype=torch.float64)
     for position, target in ((-1, None), (5, [3, 7])):
         full, full_delta = method.attribute(
-            ids, target, mask, position=position, return_matrix=True, return_convergence_delta=True
+            ids, target, mask, return_matrix=True, return_convergence_delta=True
         )
         _forbid(monkeypatch, latim_alti_logit, "alti_logit")
         row, delta = method.attribute(ids, target, mask, position=position, return_convergence_delta=True)

@@ -272,7 +272,10 @@ class TokenMapAttribution(Attribution):
             )
         elif t.shape[0] != batch:
             # NoiseTunnel repeats target for its noisy copies, not contrast
-            hint = " (under NoiseTunnel: an int, or a tensor already repeated nt_samples times)" * (name == "contrast")
+            hint = (
+                " (under NoiseTunnel: an int, or, without nt_samples_batch_size, "
+                "contrast.repeat_interleave(nt_samples), the order of NoiseTunnel's noisy copies x0, x0, ..., x1, ...)"
+            ) * (name == "contrast")
             raise ValueError(
                 f"{name} has shape {tuple(t.shape)}; expected an int or one id per example, [{batch}]{hint}"
             )
@@ -358,7 +361,7 @@ class TokenMapAttribution(Attribution):
                 contrast token, same forms as ``target``; the scores then decompose ``logit(target) −
                 logit(contrast)``.
             return_matrix: return the whole map ``[B, N, N]`` (``[B, L, N, N]`` for a list / ``"all"``) instead of
-                the query row.
+                the query row (so ``position`` must then be None).
             return_convergence_delta: also return Captum's delta ``Σ scores − (F(x) − F(baseline))`` per example
                 (``[B]``; ``[B, N]`` with ``return_matrix``), where ``F(x) − F(baseline)`` is the total an exact
                 decomposition's row sums to (for ALTI-Logit the target logit minus the offset no token owns); only
@@ -382,6 +385,8 @@ class TokenMapAttribution(Attribution):
                 ``[B, N]`` input (noised token ids), or a convergence delta from a method without one.
         """
         batch_size = check_ig_arguments(self.get_name(), baselines, n_steps, method, internal_batch_size)
+        if return_matrix and position is not None:
+            raise ValueError("position selects one query row, and return_matrix=True returns every row: pass one")
         x, is_tuple = self.split_inputs(inputs)
         if return_convergence_delta and not self.has_convergence_delta():
             raise ValueError(
@@ -419,7 +424,8 @@ class TokenMapAttribution(Attribution):
         sums = result.sum(-1)
         if is_embeds and not return_matrix:
             d = x.shape[-1]
-            result = (result / d).unsqueeze(-1).expand(*result.shape, d)
+            # a tensor of its own, as Captum's methods return (a stride-0 view breaks .view() and in-place edits)
+            result = (result / d).unsqueeze(-1).expand(*result.shape, d).contiguous()
         attributions = (result,) if is_tuple else result
         if not return_convergence_delta:
             return attributions

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from latim_captum._memory import guard_memory
+from latim_captum.activations import ACTIVATIONS
 from latim_captum.api import trace
 from latim_captum.maps import check_backend, check_precision_name, stack
 
@@ -17,7 +18,10 @@ __all__ = ["path_options", "per_layer_maps", "guard_row_maps"]
 
 
 def path_options(activation: str, dtype: torch.dtype, backend: str, precision: str) -> dict[str, Any]:
-    """The keyword options of a LaTIM class, ``backend`` and ``precision`` checked by name (``ValueError``)."""
+    """The keyword options of a LaTIM class, ``activation``, ``backend`` and ``precision`` checked by name
+    (``ValueError``) when the class is made, not at its first call."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation strategy {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     check_backend(backend)
     check_precision_name(precision)
     return {"activation": activation, "dtype": dtype, "backend": backend, "precision": precision}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -210,6 +211,19 @@ class LatimALTILogit(TokenMapAttribution):
         attr = attribution_tensor(attributions)
         is_embeds = x.dtype.is_floating_point
         made = self.options_of(attr)
+        assumed = [name for name, given in (("position", position), ("contrast", contrast)) if given is DEFAULT]
+        assumed += [name for name in extra.pop("assumed", ())]
+        if not made and assumed:
+            # a copy, slice or detach of the returned tensor has no record of the call that made it
+            defaults = {"position": "the last real token", "contrast": "no contrast", "layer": "the last layer"}
+            warnings.warn(
+                "compute_convergence_delta: no attribute() call of this object returned these attributions (a copy, "
+                "slice or .detach() of its result has no record), so the defaults are assumed for "
+                + ", ".join(f"{name} ({defaults[name]})" for name in assumed)
+                + "; pass them as given to attribute()",
+                UserWarning,
+                stacklevel=3,
+            )
         # a row is shaped like the input ([B, N] ids, [B, N, D] embeds); a [B, N, N] map of embeds with N = D is
         # told apart by the call that made it
         matrix = made.get("return_matrix", False)

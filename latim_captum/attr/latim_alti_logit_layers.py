@@ -94,7 +94,7 @@ class LatimALTILogitLayers(LatimALTILogit):
             )
         return self._delta(
             attributions, start_point, end_point, target, additional_forward_args, position, contrast,
-            layer=spec.layers[0],
+            layer=spec.layers[0], assumed=("layer",) if layer is None else (),
         )  # fmt: skip
 
     def explained_total(self, tr, rows: Tensor, targets: Tensor, contrast: Tensor | None, layer: int = -1) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor
 
+from .._model_state import eval_mode
 from ._base import DEFAULT, TokenMapAttribution, TokenMaps
 from ._conventions import check_ig_arguments
 from ._llm_inputs import PromptColumns, prompt_columns
@@ -109,7 +110,8 @@ class LatimLLMAttribution:
         adapter = self.method.adapter
         ids = prompt[None].to(adapter.device)
         model = adapter.model
-        with torch.no_grad():
+        # in eval mode, as the maps are computed: a model found training (dropout) would explain other tokens
+        with torch.no_grad(), eval_mode(model):
             if callable(getattr(model, "generate", None)) and hasattr(model, "generation_config"):
                 args = {"use_cache": True, **gen_args}
                 if getattr(model.generation_config, "pad_token_id", None) is None:
@@ -228,7 +230,8 @@ class LatimLLMAttribution:
                 input_ids=full, inputs_embeds=None, attention_mask=None, layers=spec.layers, mode=spec.mode,
                 target=per_position,
             )  # fmt: skip
-            logits = method.adapter.output_logits(method.adapter.forward(full, None, None))
+            with eval_mode(method.adapter.model):  # the probabilities of the forward the maps explain
+                logits = method.adapter.output_logits(method.adapter.forward(full, None, None))
         maps = out.maps if isinstance(out, TokenMaps) else out
         maps = method._check_maps(maps, spec, 1, full.shape[1])[0]
         token_scores = maps[rows.to(maps.device)][:, :n_prompt].detach().cpu()
