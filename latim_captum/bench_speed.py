@@ -376,15 +376,12 @@ def run(args: argparse.Namespace) -> dict:
                 results["skipped"].append({**point, "mode": "single_query", "why": why})
                 continue
             ids = torch.randint(0, vocab, (1, n), device=device)
-            row = partial(lc.alti_logit_row, model, ids, position=-1, precision=prec, backend=_backend(kernel))
             try:
-                if n <= args.lig_max_n:  # untimed first, as LIG is: first-call work at this length is not its cost
-                    row()
-                wall, peak, _ = timed(row, device)
+                wall, peak, store = _single_query_seconds(model, ids, prec, kernel, device, warm=n <= args.lig_max_n)
             except (MemoryError, torch.OutOfMemoryError) as err:
                 results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
                 break
-            point.update(wall_s=wall, peak_gib=peak)
+            point.update(wall_s=wall, peak_gib=peak, trace_store=store)
             if n <= args.lig_max_n:
                 try:
                     point["lig50_s"] = _lig_seconds(model, ids, device)
@@ -402,6 +399,30 @@ def run(args: argparse.Namespace) -> dict:
             torch.cuda.empty_cache()
     results["total_s"] = time.perf_counter() - t_start
     return results
+
+
+def _single_query_seconds(
+    model: torch.nn.Module, ids: torch.Tensor, prec: str, kernel: str, device: torch.device, warm: bool
+) -> tuple[float, float, str]:
+    """Wall seconds and peak GiB of one ALTI-Logit row of ``ids`` (the last position), and where its trace was kept:
+    on the device, or, when the memory guard says the device-kept trace does not fit, in host memory (what a user
+    is told to ask for; the row reads one layer at a time). ``warm``: one untimed call first, as LIG gets."""
+    import latim_captum as lc
+
+    from .maps.options import LatimMemoryError
+
+    for store in ("device", "host"):
+        row = partial(lc.alti_logit_row, model, ids, position=-1, precision=prec, backend=_backend(kernel),
+                      trace_store=store)  # fmt: skip
+        try:
+            if warm:  # first-call work at this length is not its cost
+                row()
+            wall, peak, _ = timed(row, device)
+            return wall, peak, store
+        except LatimMemoryError:
+            if store == "host":
+                raise
+    raise AssertionError("unreachable")
 
 
 def _lengths(spec: str | None, default: list[int]) -> list[int]:
@@ -491,13 +512,16 @@ def to_markdown(results: dict) -> str:
                 f"{e['tflops']:.1f} | {100 * e['frac_peak']:.0f} | {ref} | {e['x_forward']:.0f} |"
             )
     lines += ["", "Single query (ALTI-Logit of the last token, all layers):", "",
-              "| model | dtype | N | wall s | peak GiB | LIG-50 s | × LIG-50 |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| model | dtype | N | trace kept on | wall s | peak GiB | LIG-50 s | × LIG-50 |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in results["single_query"]:
         lig = f"{p['lig50_s']:.2f} | {p['speedup_vs_lig50']:.1f}" if "lig50_s" in p else "— | —"
         if "lig50_error" in p:
             lig = "OOM | —"
-        lines.append(f"| {p['model']} | {p['dtype']} | {p['N']} | {p['wall_s']:.2f} | {p['peak_gib']:.2f} | {lig} |")
+        store = p.get("trace_store", "device")
+        lines.append(
+            f"| {p['model']} | {p['dtype']} | {p['N']} | {store} | {p['wall_s']:.2f} | {p['peak_gib']:.2f} | {lig} |"
+        )
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {json.dumps(s)}" for s in results["skipped"]]
     return "\n".join(lines) + "\n"

@@ -113,3 +113,30 @@ def test_models_have_the_published_shapes():
     model = bench_speed.build_model("bamba", True, torch.float32, torch.device("cpu"))
     kinds = [sublayer_kind(layer) for layer in latim_captum.trace(model, torch.tensor([[1, 2, 3, 4]])).layers]
     assert kinds.count("attention") == 2 and kinds.count("mamba2") == 2 and kinds.count("mlp") == 4
+
+
+def test_single_query_keeps_the_trace_on_the_host_when_the_device_one_does_not_fit(tmp_path, monkeypatch):
+    """A single query whose device-kept trace the memory guard refuses (a 7B shape at N = 8192) is measured with the
+    trace in host memory, as the refusal tells a user to ask for, and the report says where the trace was kept."""
+    from latim_captum.maps.options import LatimMemoryError
+
+    real = latim_captum.alti_logit_row
+    stores = []
+
+    def guarded(model_or_trace, *args, trace_store="device", **kwargs):
+        if isinstance(model_or_trace, latim_captum.ModelTrace):  # the warm-up's row, from a finished trace
+            return real(model_or_trace, *args, **kwargs)
+        stores.append(trace_store)
+        if trace_store == "device":
+            raise LatimMemoryError("trace needs about 113.2 GiB, more than the 87.9 GiB available")
+        return real(model_or_trace, *args, trace_store=trace_store, **kwargs)
+
+    monkeypatch.setattr(latim_captum, "alti_logit_row", guarded)
+    args = bench_speed.build_parser().parse_args(
+        ["--quick", "--out", str(tmp_path), "--device", "cpu", "--models", "mamba2", "--dtypes", "fp32",
+         "--lengths", "none", "--single-lengths", "16", "--lig-max-n", "0"]
+    )  # fmt: skip
+    results = bench_speed.run(args)
+    assert [p["trace_store"] for p in results["single_query"]] == ["host"] and results["single_query"][0]["wall_s"] > 0
+    assert stores == ["device", "host"] and not results["skipped"]
+    assert "| mamba2 | fp32 | 16 | host |" in (tmp_path / "speed.md").read_text()

@@ -22,8 +22,10 @@ EXACT_TOL = 1e-5  # fp32 models (the MoE grouped matmul runs in fp32 only); unsu
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
 
 
-def _config(family: str, act: str, attn: str, proj_bias: bool):
-    """(config, model class, expected mixer kinds per block) of a tiny ``family`` model."""
+def _config(family: str, act: str, attn: str, proj_bias: bool, kernel_widths: bool = False):
+    """(config, model class, expected mixer kinds per block) of a tiny ``family`` model; ``kernel_widths``: Mamba-2
+    heads of 8 × 8 instead of 4 × 16 (same inner width), so that the in-projection's width is a multiple of 8, which
+    causal-conv1d's CUDA kernel needs of the strides of the conv input it is handed (a view into that output)."""
     transformers = importlib.import_module("transformers")
     names = {
         "bamba": "Bamba",
@@ -38,7 +40,8 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
     if cfg_cls is None or model_cls is None:
         pytest.skip(f"transformers {transformers.__version__} has no {names[family]} models")
     # the Mamba-2 mixer of the Bamba-style configs (Bamba, Granite, Falcon-H1): 4 heads of 16, 2 groups, state 8
-    mamba2_kw = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=4)
+    heads, head_dim = (8, 8) if kernel_widths else (4, 16)
+    mamba2_kw = dict(mamba_n_heads=heads, mamba_d_head=head_dim, mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=4)
     if family == "bamba":
         cfg = cfg_cls(
             **COMMON,
@@ -77,8 +80,8 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
             **COMMON,
             layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
             head_dim=8,
-            mamba_num_heads=4,
-            mamba_head_dim=16,
+            mamba_num_heads=heads,
+            mamba_head_dim=head_dim,
             mamba_hidden_act=act,
             n_groups=2,
             ssm_state_size=8,
@@ -156,8 +159,16 @@ def _config(family: str, act: str, attn: str, proj_bias: bool):
     return cfg, model_cls, kinds
 
 
-def build_hybrid(family: str, *, act: str = "silu", seed: int = 0, attn: str = "sdpa", proj_bias: bool = True):
-    cfg, model_cls, kinds = _config(family, act, attn, proj_bias)
+def build_hybrid(
+    family: str,
+    *,
+    act: str = "silu",
+    seed: int = 0,
+    attn: str = "sdpa",
+    proj_bias: bool = True,
+    kernel_widths: bool = False,
+):
+    cfg, model_cls, kinds = _config(family, act, attn, proj_bias, kernel_widths)
     torch.manual_seed(seed)
     model = perturb_(model_cls(cfg).eval(), seed=seed + 1)
     if family == "zamba2":

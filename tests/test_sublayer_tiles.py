@@ -129,7 +129,7 @@ def test_tiles_on_cuda_equal_the_reference(family):
     (float64 trace: the tiles' own error, not TF32's), and a whole ALTI-Logit result matches the reference path's.
     Both come from one CUDA trace: with mamba-ssm installed, transformers runs its CUDA-only kernels for these
     models' forward on any device, so no CPU trace can be made beside it."""
-    model, _ = build_hybrid(family, seed=4)
+    model, _ = build_hybrid(family, seed=4, kernel_widths=True)  # widths mamba-ssm's kernels take, if installed
     ids, mask = random_ids(2, 9, seed=4), left_pad_mask(2, 9, [0, 2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -691,7 +691,7 @@ def _hybrid_gaps(device: str) -> dict[str, float]:
 
     gaps: dict[str, float] = {}
     for family in ("jamba", "bamba", "falcon_h1"):
-        model, _ = build_hybrid(family, seed=2)
+        model, _ = build_hybrid(family, seed=2, kernel_widths=True)  # widths mamba-ssm's kernels take, if installed
         model.to(device)
         ids = random_ids(1, 10, seed=2).to(device)
         with warnings.catch_warnings():
