@@ -504,7 +504,8 @@ class ModelAdapter(ABC):
         Raises:
             RuntimeError: as the model does; a CPU model that reached a CUDA-only kernel gets the reason said."""
         try:
-            # return_dict: the output object whatever the config says (config.return_dict=False gives a tuple)
+            # return_dict: the output object even where config.return_dict is False (a tuple otherwise; Mamba-1 and
+            # FalconMamba honour it, transformers' own Mamba-2 and hybrid forwards fail on that setting)
             return self.model(
                 input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
                 return_dict=True,
@@ -512,6 +513,14 @@ class ModelAdapter(ABC):
         except RuntimeError as err:
             if self.device.type != "cuda" and "is_cuda()" in str(err):
                 raise _cuda_kernel_on_cpu(err, self.device) from err
+            raise
+        except AttributeError as err:
+            if getattr(getattr(self.model, "config", None), "return_dict", True) is False and "tuple" in str(err):
+                # transformers' own forward of Mamba-2 and the hybrids breaks on this setting, return_dict=True or not
+                raise ValueError(
+                    f"{type(self.model).__name__}'s own forward fails with config.return_dict=False ({err}); set "
+                    "model.config.return_dict = True"
+                ) from err
             raise
 
     @staticmethod

@@ -114,8 +114,12 @@ _FOREIGN_ARGS = ("layers", "position")
 #: the step-function arguments a contrastive map reads (``contrast_sources`` and ``contrast_force_inputs`` get their
 #: own refusal from :func:`~latim_captum.inseq_targets.contrast_ids`)
 _CONTRAST_FN_ARGS = ("contrast_targets", "contrast_targets_alignments", "contrast_sources", "contrast_force_inputs")
+#: step-function arguments Inseq routes here from ``model.attribute`` and that leave the explained logit (difference)
+#: as it is: ``skip_special_tokens`` (how the contrast text is read), ``logprob`` (log p_t − log p_c is the logit
+#: difference itself; for ``probability`` a monotone reading of the logit, as ``probability`` itself is)
+_NEUTRAL_FN_ARGS = ("skip_special_tokens", "logprob")
 #: baselines that differentiate a replay of the model (:func:`latim_captum.baselines.replay.supports_replay`)
-_REPLAY_BASELINES = ("mamba_attribution", "mamba_lrp")
+_REPLAY_BASELINES = ("mamba_lrp",)  # Mamba-Attribution needs one only with gradient="attention" (refused there)
 #: largest share of a real row's |score| allowed on padding columns (which Inseq drops); a bias-free model gives 0
 _PADDING_SHARE_TOLERANCE = 1e-5
 
@@ -365,11 +369,14 @@ class InseqTokenMapAttribution(InternalsAttributionRegistry, Registry, metaclass
         # a map explains the logit (difference) itself: an argument of the step function would change nothing
         if not self.uses_target:
             return  # output-agnostic maps: Inseq warns that attributed_fn is not used
-        extra = sorted(name for name in (attributed_fn_args or {}) if name not in _CONTRAST_FN_ARGS)
+        extra = sorted(
+            name for name in (attributed_fn_args or {}) if name not in (*_CONTRAST_FN_ARGS, *_NEUTRAL_FN_ARGS)
+        )
         if extra:
             raise ValueError(
                 f"{self.method_name} decomposes the logit (difference) itself, so attributed_fn_args "
-                f"{', '.join(extra)} cannot be honoured; only contrast_targets (and its alignments) are read"
+                f"{', '.join(extra)} cannot be honoured; only contrast_targets (and its alignments) are read (step "
+                "score options go in step_scores_args)"
             )
 
     def prepare_and_attribute(self, *args, **kwargs):

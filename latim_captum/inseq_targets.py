@@ -9,7 +9,8 @@ Inseq lets a method explain any step function (``attributed_fn``). A LaTIM map e
 - ALTI-Logit also decomposes a **logit difference** exactly (the logit is linear in the unembedding row, so project on
   ``U_target − U_contrast``): that is what Inseq's contrastive functions ``contrast_logits_diff`` and
   ``contrast_prob_diff`` with ``contrast_targets=`` select. At each step the contrast token is read at the *original*
-  prefix, as Inseq does by default for an attributed function (``contrast_force_inputs=False``).
+  prefix (one forward pass). Inseq's own contrastive functions read it at the contrast text's prefix once the two
+  texts have differed, so at the steps after that a warning says the two readings part.
 
 Any other ``attributed_fn`` is refused with a ``ValueError`` (never silently replaced by the logit).
 
@@ -21,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -131,6 +133,7 @@ def contrast_ids(method: Any, batch: Any, attributed_fn: Any, kwargs: dict[str, 
     c_batch, alignments, _, _ = method.format_contrastive_targets(
         sequences.targets, batch.target_tokens, fn_args, {}, start, end, kwargs.get("skip_special_tokens", False)
     )
+    _warn_on_differing_prefix(method.method_name, c_batch.target_ids, ids, start, end)
     contrast = ids[:, 1:].clone().cpu()
     for step in range(start, end):
         try:
@@ -139,6 +142,26 @@ def contrast_ids(method: Any, batch: Any, attributed_fn: Any, kwargs: dict[str, 
             raise ValueError(f"contrast_targets has no token aligned with generation step {step}") from err
         contrast[:, step - 1] = torch.as_tensor(tokens).reshape(-1).cpu()
     return contrast
+
+
+def _warn_on_differing_prefix(method_name: str, c_ids: Tensor, ids: Tensor, start: int, end: int) -> None:
+    """Warn when an attributed step comes after the contrast text has differed from the attributed one: Inseq's own
+    contrastive step functions (its step scores, its gradient methods) read the contrast logit there in a second
+    forward pass over the contrast prefix, while one decomposition of the attributed text reads it at the text's own
+    prefix, so the two differ at those steps."""
+    n = min(c_ids.shape[1], ids.shape[1])
+    differs = (c_ids[:, :n].cpu() != ids[:, :n].cpu()).any(0).nonzero().flatten()
+    first = int(differs[0]) if differs.numel() else (n if c_ids.shape[1] != ids.shape[1] else None)
+    if first is not None and end - 1 > first:
+        warnings.warn(
+            f"{method_name}: contrast_targets differs from the attributed text at position {first}; at the "
+            f"steps after it ({first + 1} to {end - 1}) Inseq's own contrastive functions read the contrast "
+            "logit at the contrast text's prefix, while this map reads it at the attributed text's prefix (one "
+            "decomposition holds one forward pass), so its columns there are not what Inseq's step scores show; "
+            f"end the attribution at attr_pos_end={first + 1} to compare only the step where the two texts part",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def scale_note(method_name: str, raw: str, kwargs: dict[str, Any]) -> str:

@@ -28,6 +28,12 @@ def test_separate_delta_of_a_copy_says_which_defaults_it_assumed(m1):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the tensor attribute() returned: its own call's options, no warning
         torch.testing.assert_close(method.compute_convergence_delta(attr, end_point=ids, target=[4, 9]), delta)
+        # Captum's usual pattern, with no option beyond target: nothing to assume either
+        plain, plain_delta = method.attribute(ids, target=[4, 9], return_convergence_delta=True)
+        torch.testing.assert_close(method.compute_convergence_delta(plain, end_point=ids, target=[4, 9]), plain_delta)
+        layered = LatimALTILogitLayers(m1)
+        one = layered.attribute(ids, target=[4, 9])
+        layered.compute_convergence_delta(one, end_point=ids, target=[4, 9])
         # options given explicitly: nothing assumed
         given = method.compute_convergence_delta(attr.clone(), end_point=ids, target=[4, 9], position=2, contrast=None)
         torch.testing.assert_close(given, delta)
@@ -117,3 +123,10 @@ def test_plot_comparison_refuses_maps_that_are_not_square():
         plot_comparison({"ALTI": torch.rand(4, 4), "IG": torch.rand(4, 32)})
     with pytest.raises(ValueError, match="maps must be square"):
         plot_comparison({"row": torch.rand(1, 4)})
+
+
+def test_return_dict_false_that_breaks_the_models_own_forward_is_named():
+    model = build("mamba2", seed=7)
+    model.config.return_dict = False  # transformers' own Mamba-2 forward fails on this setting
+    with pytest.raises(ValueError, match="own forward fails with config.return_dict=False"):
+        LatimALTI(model).attribute(random_ids(1, 4))

@@ -370,8 +370,13 @@ def test_attribution_args_dict_is_checked_like_keywords(mamba1, tok):
 
 def test_attributed_fn_args_that_change_nothing_are_refused(mamba1, tok):
     model = inseq.load_model(mamba1, "latim", tokenizer=tok)
-    with pytest.raises(ValueError, match="attributed_fn_args logprob cannot be honoured"):
-        model.attribute(PROMPT, TEXT, attributed_fn="probability", logprob=True, **FAST)
+    with pytest.raises(ValueError, match="attributed_fn_args temperature cannot be honoured"):
+        model.attribute(PROMPT, TEXT, attributed_fn_args={"temperature": 2.0}, **FAST)
+    # logprob=True (log-probability step scores) leaves the explained logit as the default probability does
+    base = scores(model.attribute(PROMPT, TEXT, **FAST))
+    logprob = model.attribute(PROMPT, TEXT, step_scores=["probability"], logprob=True, **FAST)
+    torch.testing.assert_close(scores(logprob), base, equal_nan=True)
+    assert bool((logprob[0].step_scores["probability"] <= 0).all())  # the step scores are log-probabilities
 
 
 def test_unsupported_attributed_fn_is_refused_before_the_map(mamba1, tok, monkeypatch):

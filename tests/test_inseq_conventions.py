@@ -144,3 +144,19 @@ def test_latim_inseq_command_line(model, tok, tmp_path):
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "latim_alti_logit" in bad.stderr  # Inseq's own argument error lists ours
     json.loads(out_file.read_text())  # a plain Inseq JSON file
+
+
+def test_contrast_read_at_another_prefix_than_inseqs_is_said(model, tok):
+    """After the contrast text has differed, Inseq's own contrastive functions read the contrast logit at the contrast
+    text's prefix; the map reads it at the attributed text's (one forward pass): a warning names those steps, and an
+    attribution ended where the texts part has none."""
+    import warnings
+
+    am = inseq.load_model(model, "latim", tokenizer=tok)
+    n_prompt = len(PROMPT.split())
+    with pytest.warns(UserWarning, match=f"differs from the attributed text at position {n_prompt}; .*attr_pos_end"):
+        am.attribute(PROMPT, TEXT, attributed_fn="contrast_prob_diff", contrast_targets=CONTRAST, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        am.attribute(PROMPT, TEXT, attributed_fn="contrast_prob_diff", contrast_targets=CONTRAST,
+                     attr_pos_end=n_prompt + 1, **FAST)  # fmt: skip

@@ -213,7 +213,7 @@ class LatimALTILogit(TokenMapAttribution):
         made = self.options_of(attr)
         assumed = [name for name, given in (("position", position), ("contrast", contrast)) if given is DEFAULT]
         assumed += [name for name in extra.pop("assumed", ())]
-        if not made and assumed:
+        if assumed and id(attr) not in self._options_of:
             # a copy, slice or detach of the returned tensor has no record of the call that made it
             defaults = {"position": "the last real token", "contrast": "no contrast", "layer": "the last layer"}
             warnings.warn(
