@@ -153,12 +153,17 @@ def _warn_on_differing_prefix(method_name: str, c_ids: Tensor, ids: Tensor, star
     differs = (c_ids[:, :n].cpu() != ids[:, :n].cpu()).any(0).nonzero().flatten()
     first = int(differs[0]) if differs.numel() else (n if c_ids.shape[1] != ids.shape[1] else None)
     if first is not None and end - 1 > first:
+        steps = f"{max(start, first + 1)} to {end - 1}"
+        fix = (
+            f"end the attribution at attr_pos_end={first + 1} to compare only the step where the two texts part"
+            if first >= start
+            else "give a contrast text that shares the prompt"
+        )
         warnings.warn(
-            f"{method_name}: contrast_targets differs from the attributed text at position {first}; at the "
-            f"steps after it ({first + 1} to {end - 1}) Inseq's own contrastive functions read the contrast "
-            "logit at the contrast text's prefix, while this map reads it at the attributed text's prefix (one "
-            "decomposition holds one forward pass), so its columns there are not what Inseq's step scores show; "
-            f"end the attribution at attr_pos_end={first + 1} to compare only the step where the two texts part",
+            f"{method_name}: contrast_targets differs from the attributed text at position {first}; at steps "
+            f"{steps} Inseq's own contrastive functions read the contrast logit at the contrast text's prefix, "
+            "while this map reads it at the attributed text's prefix (one decomposition holds one forward pass), "
+            f"so its columns there are not what Inseq's step scores show; {fix}",
             UserWarning,
             stacklevel=2,
         )

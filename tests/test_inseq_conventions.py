@@ -160,3 +160,6 @@ def test_contrast_read_at_another_prefix_than_inseqs_is_said(model, tok):
         warnings.simplefilter("error", UserWarning)
         am.attribute(PROMPT, TEXT, attributed_fn="contrast_prob_diff", contrast_targets=CONTRAST,
                      attr_pos_end=n_prompt + 1, **FAST)  # fmt: skip
+    other_prompt = " ".join(["w30", *TEXT.split()[1:]])  # differs inside the prompt: every step reads another prefix
+    with pytest.warns(UserWarning, match=f"at steps {n_prompt} to .*shares the prompt"):
+        am.attribute(PROMPT, TEXT, attributed_fn="contrast_prob_diff", contrast_targets=other_prompt, **FAST)
