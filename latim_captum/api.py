@@ -21,12 +21,12 @@ from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
 from .catalog import latim_methods
 from .decompose import iter_row_blocks, sublayer_block_rows, sublayer_contributions, sublayer_shares
-from .maps import AltiLogit, AltiLogitLayers, check_backend, check_precision
+from .maps import AltiLogit, AltiLogitLayers, LatimMemoryError, check_backend, check_precision
 from .maps import alti_logit as _alti_logit_maps
 from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
-from .traces import HostLayers, ModelTrace, check_store
+from .traces import TRACE_STORES, HostLayers, ModelTrace, check_store
 
 __all__ = [
     "METHODS",
@@ -112,10 +112,19 @@ def _checked_trace(
     precision: str,
     store: str = "device",
 ) -> ModelTrace:
-    """The trace of a call (made here from a model, kept on the device or the host per ``store``), with
-    ``activation``, ``backend`` and ``precision`` checked."""
+    """The trace of a call (made here from a model, kept on the device or the host per ``store``; ``"auto"``: on
+    the device, or on the host when the memory guard says the device-kept trace does not fit), with ``activation``,
+    ``backend`` and ``precision`` checked."""
     check_backend(backend)
-    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store)
+    if store not in (*TRACE_STORES, "auto"):
+        raise ValueError(f"trace_store must be one of {', '.join(map(repr, (*TRACE_STORES, 'auto')))}, got {store!r}")
+    if store == "auto" and not isinstance(model, ModelTrace):
+        try:
+            tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, "device")
+        except LatimMemoryError:  # refused before anything was allocated: the row reads one layer at a time
+            tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, "host")
+    else:
+        tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, "device" if store == "auto" else store)
     _check_activation(activation, tr)
     check_precision(precision, backend, tr.embeddings.device, tr.dtype)
     return tr

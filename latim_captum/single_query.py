@@ -56,7 +56,7 @@ def alti_logit_row(
     chunk: int | None = None,
     precision: str = "highest",
     backend: str = "fast",
-    trace_store: str = "device",
+    trace_store: str = "auto",
 ) -> AltiLogit:
     """Row ``position`` of :func:`latim_captum.alti_logit` (same values), in O(N) memory beyond the trace.
 
@@ -75,9 +75,10 @@ def alti_logit_row(
         backend: path of the Mamba sublayers (:data:`latim_captum.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
             follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
-        trace_store: with a model, where the trace's layers are kept: ``"device"``, or ``"host"`` (pinned host
+        trace_store: with a model, where the trace's layers are kept: ``"device"``, ``"host"`` (pinned host
             memory, one layer at a time on the device: a trace larger than the GPU, see
-            :func:`latim_captum.trace`).
+            :func:`latim_captum.trace`), or ``"auto"`` (the default: on the device, on the host when the memory
+            guard says the device-kept trace does not fit; same values either way).
 
     Returns:
         :class:`AltiLogit` with ``scores [B, N]``, ``targets [B]``, ``logits [B]``, ``offset [B]``.
@@ -119,7 +120,7 @@ def alti_rollout_row(
     chunk: int | None = None,
     precision: str = "highest",
     backend: str = "fast",
-    trace_store: str = "device",
+    trace_store: str = "auto",
 ) -> Tensor:
     """Row ``position`` of the ALTI rollout ``R^{(L)} = P^{(L)} ⋯ P^{(1)}`` (:func:`latim_captum.aggregate.rollout`
     of every layer's ALTI map), ``[B, N]``, in O(N) memory beyond the trace; it sums to 1.
@@ -139,9 +140,10 @@ def alti_rollout_row(
         backend: path of the Mamba sublayers (:data:`latim_captum.BACKENDS`): ``"fast"`` (PyTorch tiles, the
             default on every device: O(N·d) memory), ``"triton"`` (its Triton kernels, CUDA; the rows per launch
             follow free memory), ``"ref"`` (materialises ``[B, rows, N, D]`` per row block) or ``"auto"``.
-        trace_store: with a model, where the trace's layers are kept: ``"device"``, or ``"host"`` (pinned host
+        trace_store: with a model, where the trace's layers are kept: ``"device"``, ``"host"`` (pinned host
             memory, one layer at a time on the device: a trace larger than the GPU, see
-            :func:`latim_captum.trace`).
+            :func:`latim_captum.trace`), or ``"auto"`` (the default: on the device, on the host when the memory
+            guard says the device-kept trace does not fit; same values either way).
 
     Example:
         >>> row = alti_rollout_row(model, ids, position=-1)                 # doctest: +SKIP

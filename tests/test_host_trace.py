@@ -160,3 +160,37 @@ def test_a_row_copies_each_layer_once(monkeypatch):
     row = latim_captum.alti_logit_row(tr, position=-1)
     torch.testing.assert_close(row.scores.sum(-1), row.logits - row.offset)
     assert sorted(copies) == [0, 1, 2, 3]
+
+
+def test_single_query_keeps_its_trace_on_the_host_when_the_device_one_does_not_fit(monkeypatch):
+    """``trace_store="auto"`` (the single-query default): a device-kept trace the memory guard refuses (a 7B shape
+    at N = 8192) is made in host memory instead, with the same row; ``"device"`` still refuses, and the row of a
+    trace that fits stays on the device."""
+    from latim_captum import api
+    from latim_captum.maps.options import LatimMemoryError
+
+    model = build("mamba2", layers=2, seed=5)
+    ids = random_ids(1, 9, seed=5)
+    want = latim_captum.alti_logit_row(model, ids, trace_store="device")
+    real, stores = api._as_trace, []
+
+    def guarded(model, input_ids, inputs_embeds, attention_mask, dtype, store="device"):
+        if isinstance(model, ModelTrace):  # a finished trace is taken as it is
+            return real(model, input_ids, inputs_embeds, attention_mask, dtype, store)
+        stores.append(store)
+        if store == "device":
+            raise LatimMemoryError("trace needs about 113.2 GiB, more than the 87.9 GiB available")
+        return real(model, input_ids, inputs_embeds, attention_mask, dtype, store)
+
+    monkeypatch.setattr(api, "_as_trace", guarded)
+    got = latim_captum.alti_logit_row(model, ids)
+    assert stores == ["device", "host"]
+    stores.clear()
+    torch.testing.assert_close(got.scores, want.scores)
+    torch.testing.assert_close(latim_captum.alti_rollout_row(model, ids), latim_captum.alti_rollout_row(
+        latim_captum.trace(model, ids, store="host"), position=-1))  # fmt: skip
+    assert stores == ["device", "host"]
+    with pytest.raises(LatimMemoryError, match="113.2 GiB"):
+        latim_captum.alti_logit_row(model, ids, trace_store="device")
+    with pytest.raises(ValueError, match="trace_store must be one of 'device', 'host', 'auto', got 'disk'"):
+        latim_captum.alti_logit_row(model, ids, trace_store="disk")
