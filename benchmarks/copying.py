@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from latim_captum.cli import main
+from latim_captum.cli import bench_script_main
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    # the repository's results folder unless told otherwise (``latim bench copying`` writes ./latim-bench)
-    out = [] if any(a == "--out" or a.startswith("--out=") for a in argv) else ["--out", "benchmarks/results"]
-    sys.exit(main(["bench", "copying", *argv, *out]))
+    sys.exit(bench_script_main("copying", sys.argv[1:]))

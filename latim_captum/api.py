@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ._memory import forward_memory_error, guard_memory
-from ._validation import check_layers, check_method, check_model_inputs, check_size, check_target
+from ._validation import COMPUTE_DTYPE_NAMES, check_layers, check_method, check_model_inputs, check_size, check_target
 from .activations import DEFAULT_ACTIVATION, check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
@@ -42,7 +42,7 @@ __all__ = [
 
 #: the ``method`` names of :func:`interactions`: the LaTIM entries of the method table
 METHODS: tuple[str, ...] = tuple(spec.measure for spec in latim_methods())
-_COMPUTE_DTYPES = (torch.float32, torch.float64)
+_COMPUTE_DTYPES = tuple(COMPUTE_DTYPE_NAMES.values())
 
 
 def trace(

@@ -709,6 +709,13 @@ _BENCH_OUT_HELP = "folder for the {files} (default ./latim-bench; benchmarks/<na
 _DEBUG_HELP = "on an error, print the traceback too (default: one `latim: error:` line)"
 
 
+def bench_script_main(command: str, argv: Sequence[str]) -> int:
+    """``benchmarks/<command>.py``, the developers' entry point: ``latim bench <command> ARGV`` writing into the
+    repository's ``benchmarks/results`` unless ``--out`` is given (``latim bench`` itself writes ./latim-bench)."""
+    given = any(arg == "--out" or arg.startswith("--out=") for arg in argv)
+    return main(["bench", command, *argv, *([] if given else ["--out", "benchmarks/results"])])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="latim", description="LaTIM token-to-token interactions for Mamba models")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from latim_captum._model_state import check_grad_mode
 from latim_captum._queries import check_not_padding
-from latim_captum._validation import check_model_inputs, check_position, check_target
+from latim_captum._validation import COMPUTE_DTYPE_NAMES, check_model_inputs, check_position, check_target
 from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.adapters.base import warn_biased_left_padding
 from latim_captum.api import _as_trace
@@ -26,7 +26,7 @@ __all__ = [
     "COMPUTE_DTYPES",
 ]
 
-COMPUTE_DTYPES = (torch.float32, torch.float64)
+COMPUTE_DTYPES = tuple(COMPUTE_DTYPE_NAMES.values())
 
 
 def as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype: torch.dtype) -> ModelTrace:

@@ -68,8 +68,8 @@ def methods_for(model: nn.Module) -> list[str]:
     """ℓ2 and ALTI-Logit with the paper's ``f`` (``silu`` for SiLU models, the model's own activation ``act``
     otherwise), then with the model's exact strategy."""
     exact = exact_strategy(model)
-    paper = [] if paper_strategy_of(model_act(model)) == "silu" else ["_act"]
-    return [f"l2{''.join(paper)}", f"alti_logit{''.join(paper)}", f"l2_{exact}", f"alti_logit_{exact}"]
+    paper = "" if paper_strategy_of(model_act(model)) == "silu" else "_act"  # the registry's "l2" is silu's
+    return [f"l2{paper}", f"alti_logit{paper}", f"l2_{exact}", f"alti_logit_{exact}"]
 
 
 def evaluate_variant(model: nn.Module, task_name: str, meta: dict, **kwargs) -> dict:
