@@ -20,6 +20,7 @@
 #   bash benchmarks/gpu_checks.sh retrieval DIR [DIR]         retrieval study (Tables 4/6, shares, Figure 3) from
 #        trained folders (e.g. gpu-models/retrieval-mamba1-paper-s0 gpu-models/retrieval-mamba2-paper-s0), with the
 #        kernels; $OUT/retrieval/retrieval-paper.{md,json} and three PNGs; METHODS="saliency ..." runs a subset
+#        (in that order), RETR_MIN the minutes after which no method starts (5.5), RETR_ARGS more options
 #   bash benchmarks/gpu_checks.sh onegpu tests|hybrid|speed|large|whole   real scale on one GPU, one part per call
 #        (each up to ~9 minutes): the CUDA tests of the hybrid tiles and host-kept traces; benchmarks/hybrid_tiles.py
 #        (8 Bamba blocks of 130M width, ref vs tiles per sublayer kind); `latim bench speed` end to end on
@@ -78,8 +79,10 @@ fi
 if [ "$what" = retrieval ]; then
   shift
   # shellcheck disable=SC2086  # METHODS: a space-separated subset of the study's methods (default: all)
-  timeout 560 python3 benchmarks/retrieval.py --scale paper --device cuda --model "$@" --out "$out/retrieval" \
-    --quiet --max-minutes 5.5 ${METHODS:+--methods $METHODS} > "$out/retrieval.log" 2>&1
+  # RETR_MIN: minutes after which no further method starts; RETR_ARGS: more options (e.g. "--n-attr 16")
+  timeout "${RETR_S:-560}" python3 benchmarks/retrieval.py --scale paper --device cuda --model "$@" \
+    --out "$out/retrieval" --quiet --max-minutes "${RETR_MIN:-5.5}" ${METHODS:+--methods $METHODS} ${RETR_ARGS:-} \
+    > "$out/retrieval.log" 2>&1
   echo "retrieval rc=$?"; head -60 "$out"/retrieval/retrieval-*paper.md 2>/dev/null || tail -5 "$out/retrieval.log"
   exit 0
 fi

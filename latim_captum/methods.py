@@ -45,10 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from . import baselines
-from ._embedding_forward import logits_from_embeddings
-from ._model_state import check_grad_mode, eval_mode
+from ._model_state import eval_mode
 from ._validation import check_size
 from .catalog import MethodSpec, registry_entry, registry_names
+from .gradient_rows import gradient_rows
 
 __all__ = [
     "DEFAULT_MAX_SEQUENCES",
@@ -225,54 +225,10 @@ def _gradient_maps(
     targets: Tensor | None = None,
 ) -> Tensor:
     """``[B, N, N]`` gradient maps; row i explains the logit of ``targets[:, i]`` (default the true next token
-    ``input_ids[i + 1]``) at position i.
-
-    Rows are batched: the sequence is replicated once per query row (``[R·B, N, D]``) and replica r reads the logit
-    at its own row, so one forward/backward gives R rows (a replica's gradient only flows from its own row's logit).
-    """
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
-
-    embed = model.get_input_embeddings()
+    ``input_ids[i + 1]``) at position i (:func:`latim_captum.gradient_rows.gradient_rows` on every row)."""
     targets = next_token_targets(input_ids) if targets is None else targets
-    bsz, n = input_ids.shape
-    out = torch.zeros(bsz, n, n, dtype=torch.float32, device=input_ids.device)
-
-    def forward(e: Tensor, rows: Tensor, ids: Tensor) -> Tensor:
-        # the model's own processing of its embeddings (FalconH1 scales those of input_ids only)
-        logits = logits_from_embeddings(model, ids, e)
-        return logits[torch.arange(e.shape[0], device=e.device), rows].float()
-
-    check_grad_mode(kind)
-    with eval_mode(model):  # each module's own train/eval flag comes back
-        with torch.no_grad():
-            embeds = embed(input_ids).detach()
-        chunk = max(1, max_batch // bsz)
-        for r0 in range(0, n, chunk):
-            r1 = min(n, r0 + chunk)
-            reps = r1 - r0
-            x = embeds[None].expand(reps, -1, -1, -1).reshape(reps * bsz, n, -1).clone().requires_grad_(True)
-            rows = torch.arange(r0, r1, device=x.device).repeat_interleave(bsz)
-            ids = input_ids[None].expand(reps, -1, -1).reshape(reps * bsz, n)
-            tgt = targets[:, r0:r1].T.reshape(-1)
-            if kind == "saliency":
-                attr = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=(rows, ids))
-                scores = attr.float().norm(dim=-1)
-            elif kind == "input_x_gradient":
-                attr = InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=(rows, ids))
-                scores = attr.float().sum(-1)
-            else:
-                attr = IntegratedGradients(forward).attribute(
-                    x,
-                    baselines=torch.zeros_like(x),
-                    target=tgt,
-                    additional_forward_args=(rows, ids),
-                    n_steps=16,
-                    internal_batch_size=max_batch,
-                )
-                scores = attr.float().sum(-1)
-            scores = scores.detach().reshape(reps, bsz, n).transpose(0, 1)  # [B, reps, N]
-            out[:, r0:r1] = scores
-    return out
+    rows = range(input_ids.shape[1])
+    return gradient_rows(model, input_ids, kind, rows=rows, targets=targets, max_sequences=max_batch)
 
 
 #: replicated sequences per backward pass of the row-replicating baselines (their ``row_batch``)

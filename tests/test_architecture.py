@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "latim_captum._memory": 4,
     "latim_captum.single_query": 4,
     "latim_captum.baselines": 4,
+    "latim_captum.gradient_rows": 4,
     # front ends
     "latim_captum.methods": 5,
     "latim_captum.attr": 5,

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._embedding_forward import logits_from_embeddings
 from ..activations import ACTIVATIONS, check_activation
 from ..api import alti_logit, trace
 from ..baselines import mamba_attention, mamba_attribution, mamba_lrp
+from ..gradient_rows import GRADIENT_KINDS, gradient_rows
 from ..maps.layer import layer_maps
 from ..maps.options import LatimMemoryError
 from ..single_query import alti_logit_row
@@ -37,7 +37,7 @@ from ..single_query import alti_logit_row
 __all__ = ["GRADIENT_METHODS", "LATIM_MEASURES", "answer_row_scores", "method_family", "parse_latim"]
 
 LATIM_MEASURES: tuple[str, ...] = ("l1", "l2", "alti", "alti_logit")
-GRADIENT_METHODS: tuple[str, ...] = ("saliency", "input_x_gradient", "integrated_gradients")
+GRADIENT_METHODS: tuple[str, ...] = GRADIENT_KINDS
 BASELINE_METHODS: tuple[str, ...] = ("mamba_attention", "mamba_attribution", "mamba_lrp")
 
 
@@ -110,7 +110,9 @@ def answer_row_scores(
         measure, activation = parse_latim(name)
         return _latim_rows(model, input_ids, measure, activation, rows, targets, backend)
     if family == "gradient":
-        return _gradient_rows(model, input_ids, name, rows, targets, max_sequences, n_steps)
+        return gradient_rows(
+            model, input_ids, name, rows=rows, targets=targets, max_sequences=max_sequences, n_steps=n_steps
+        )
     out = []
     for k, q in enumerate(rows):
         if name == "mamba_attention":
@@ -152,48 +154,3 @@ def _latim_rows(
         for layer in tr.layers
     ]
     return torch.stack(per_layer, dim=2).float()  # [B, R, L, N]
-
-
-def _gradient_rows(
-    model: nn.Module, ids: Tensor, kind: str, rows: list[int], targets: Tensor, max_sequences: int, n_steps: int
-) -> Tensor:
-    """Replica ``r·B + b`` of the input reads the logit of ``targets[b, r]`` at its own row ``rows[r]``: one
-    backward pass gives every row (a replica's gradient flows only from its own row's logit)."""
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
-
-    bsz, n = ids.shape
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            embeds = model.get_input_embeddings()(ids).detach()
-
-        def forward(e: Tensor, at: Tensor, rep_ids: Tensor) -> Tensor:
-            # the model's own processing of its embeddings (FalconH1 scales those of input_ids only)
-            logits = logits_from_embeddings(model, rep_ids, e)
-            return logits[torch.arange(e.shape[0], device=e.device), at].float()
-
-        out = []
-        step = max(1, max_sequences // bsz)
-        for r0 in range(0, len(rows), step):
-            chunk = rows[r0 : r0 + step]
-            reps = len(chunk)
-            x = embeds[None].expand(reps, -1, -1, -1).reshape(reps * bsz, n, -1).clone().requires_grad_(True)
-            at = torch.tensor(chunk, device=ids.device).repeat_interleave(bsz)
-            rep_ids = ids[None].expand(reps, -1, -1).reshape(reps * bsz, n)
-            args = (at, rep_ids)
-            tgt = targets[:, r0 : r0 + reps].T.reshape(-1)
-            if kind == "saliency":
-                scores = Saliency(forward).attribute(x, target=tgt, abs=True, additional_forward_args=args)
-                scores = scores.float().norm(dim=-1)
-            elif kind == "input_x_gradient":
-                scores = InputXGradient(forward).attribute(x, target=tgt, additional_forward_args=args).float().sum(-1)
-            else:
-                scores = IntegratedGradients(forward).attribute(
-                    x, baselines=torch.zeros_like(x), target=tgt, additional_forward_args=args, n_steps=n_steps,
-                    internal_batch_size=max_sequences,
-                ).float().sum(-1)  # fmt: skip
-            out.append(scores.detach().reshape(reps, bsz, n).transpose(0, 1))
-    finally:
-        model.train(was_training)
-    return torch.cat(out, dim=1)
