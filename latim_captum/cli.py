@@ -283,13 +283,33 @@ EXPLAINS = {
 }
 
 
+#: ``latim attribute`` names beyond the registry: the ALTI rollout over every layer (no target), per activation
+ROLLOUT_NAMES: dict[str, str] = {"alti_rollout": "silu", "alti_rollout_silu_gate": "silu_gate"}
+
+
+def _attribute_method(name: str):
+    """The registry's method called ``name``, or the ALTI rollout (:func:`latim_captum.alti_rollout`) for
+    ``alti_rollout[_silu_gate]``; ``ValueError`` naming every choice otherwise."""
+    from .catalog import MethodSpec
+    from .methods import Method, available_methods, get_method
+
+    if name in ROLLOUT_NAMES:
+        spec = MethodSpec("alti_rollout", "LaTIM (ALTI rollout)", "latim", False, False, measure="alti_rollout")
+        return Method(name, spec, ROLLOUT_NAMES[name], fn=None)
+    try:
+        return get_method(name)
+    except ValueError:
+        known = ", ".join([*available_methods(), *ROLLOUT_NAMES])
+        raise ValueError(f"unknown method {name!r}; choose from {known}") from None
+
+
 def cmd_attribute(args: argparse.Namespace) -> int:
     from ._plots import figure_path, save_heatmap
-    from .api import alti_logit, interactions
-    from .methods import get_method, next_token_targets, row_targets
+    from .api import alti_logit, alti_rollout, interactions
+    from .methods import next_token_targets, row_targets
 
     _quiet_transformers()
-    method = get_method(args.method)
+    method = _attribute_method(args.method)
     path, act, layer = _attribute_options(method, args)
     _check_backend(path["backend"], args.device)
     figure = figure_path(args.out)
@@ -317,6 +337,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         maps = interactions(model, ids, method=measure, activation=act, layers=index, target=target, **path)[0, 0]
     elif measure == "alti_logit":
         maps = alti_logit(model, ids, activation=act, target=target, **path).scores[0]
+    elif measure == "alti_rollout":
+        maps = alti_rollout(model, ids, activation=act, **path)[0]
     else:
         maps = method(model, ids, **path, **({} if target is None else {"target": target}))[0]
         if maps.dim() == 3:
@@ -742,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default="alti_logit",
         help="registry name: l2, alti (per layer), alti_logit, ..., saliency, input_x_gradient, "
-        "integrated_gradients, mamba_lrp, ... (default alti_logit); LaTIM names run with --activation",
+        "integrated_gradients, mamba_lrp, ... (default alti_logit), or alti_rollout (ALTI rolled out over every "
+        "layer); LaTIM names run with --activation",
     )
     attr.add_argument(
         "--activation",

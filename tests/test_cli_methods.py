@@ -154,6 +154,39 @@ def test_attribute_on_saved_model(saved_model, tmp_path, method):
     assert matrix.shape == (7, 7) and not matrix.triu(1).any()
 
 
+@pytest.mark.parametrize("name, activation", [("alti_rollout", None), ("alti_rollout", "silu"),
+                                              ("alti_rollout_silu_gate", None)])  # fmt: skip
+def test_attribute_alti_rollout_is_the_rollout_of_the_api(saved_model, tmp_path, name, activation):
+    from latim_captum import alti_rollout
+    from latim_captum.cli import load_model
+
+    scores = tmp_path / "s.json"
+    extra = [] if activation is None else ["--activation", activation]
+    argv = ["attribute", "--model", str(saved_model), "--text", "abc|ab", "--method", name, *extra]
+    assert main([*argv, "--out", str(tmp_path / "f.png"), "--json", str(scores)]) == 0
+    data = json.loads(scores.read_text())
+    used = activation or "silu_gate"
+    assert data["activation"] == used and data["layer"] == "all" and data["explains"] is None
+    model, tok = load_model(str(saved_model), "cpu")
+    ids = tok("abc|ab", return_tensors="pt").input_ids
+    want = alti_rollout(model, ids, activation=used)[0]
+    got = torch.tensor(data["scores"])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.sum(-1), torch.ones(len(data["tokens"])))  # every rollout row sums to 1
+    assert not got.triu(1).any()
+
+
+def test_attribute_alti_rollout_refuses_what_it_cannot_use(saved_model, tmp_path, capsys):
+    argv = ["attribute", "--model", str(saved_model), "--text", "abc|ab", "--out", str(tmp_path / "f.png")]
+    assert main([*argv, "--method", "alti_rollout", "--layer", "1"]) == 2
+    assert "aggregates every layer" in capsys.readouterr().err
+    assert main([*argv, "--method", "alti_rollout_silu_gate", "--activation", "silu"]) == 2
+    assert "means activation silu_gate" in capsys.readouterr().err
+    assert main([*argv, "--method", "alti_rolout"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'alti_rolout'" in err and "alti_rollout_silu_gate" in err and "saliency" in err
+
+
 def test_error_report(saved_model, capsys):
     assert main(["error-report", "--model", str(saved_model), "--text", "abcd|abcd"]) == 0
     printed = capsys.readouterr().out
