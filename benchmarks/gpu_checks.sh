@@ -25,7 +25,8 @@
 #        (each up to ~9 minutes): the CUDA tests of the hybrid tiles and host-kept traces; benchmarks/hybrid_tiles.py
 #        (8 Bamba blocks of 130M width, ref vs tiles per sublayer kind); `latim bench speed` end to end on
 #        mamba2/mamba1/bamba (130M widths, fp32 + bf16, N = 2048); the 7B-class shapes' maps (bf16, N = 2048, single
-#        query at 8192 / 32768); `latim bench whole-sequence` (130M Mamba-2, N = 2048); as $OUT/onegpu-<part>.tar.xz
+#        query at 8192 / 32768; LARGE_MODELS, LARGE_LENGTHS (none: single queries only), LARGE_SINGLE, LARGE_S);
+#        `latim bench whole-sequence` (130M Mamba-2, N = 2048); as $OUT/onegpu-<part>.tar.xz
 #   bash benchmarks/gpu_checks.sh scale [tests|check|bench|all]   scaling out on the visible GPUs: tests (test_scaling:
 #        layers split between GPU and CPU), check (a 7B-class shape split over 2 GPUs, or GPU + CPU on one, maps
 #        against one device) and bench (attribute_dataset throughput of 1 vs 2 (vs 4, vs 8) torchrun ranks on the
@@ -124,7 +125,7 @@ if [ "$what" = onegpu ]; then
   fi
   if want large; then
     timeout 540 python3 benchmarks/speed.py --models "${LARGE_MODELS:-mamba2_2.7b,falcon_mamba_7b}" --dtypes bf16 \
-      --lengths 2048 --single-lengths 8192,32768 --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget "${LARGE_S:-460}" \
+      --lengths "${LARGE_LENGTHS:-2048}" --single-lengths "${LARGE_SINGLE:-8192,32768}" --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget "${LARGE_S:-460}" \
       --out "$out/onegpu/speed-large" > "$out/onegpu/speed-large.log" 2>&1
     echo "speed large rc=$?"; tail -n +14 "$out/onegpu/speed-large/speed.md" 2>/dev/null | head -20
   fi
