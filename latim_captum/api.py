@@ -59,7 +59,8 @@ def trace(
     ``store="host"`` moves each layer's trace to (pinned) host memory as soon as it is made; the engine then copies
     one layer at a time back to the device that computed it (:class:`~latim_captum.traces.HostLayers`), so a trace
     larger than the GPU (long inputs: 84 GiB for mamba-130m at N = 131072) still runs, e.g. the single-query
-    :func:`~latim_captum.alti_logit_row`, whose memory beyond the trace is O(N·d).
+    :func:`~latim_captum.alti_logit_row`, whose memory beyond the trace is O(N·d). ``store="auto"``: on the device,
+    or on the host when the memory guard says the device-kept trace does not fit (``.on_host`` tells which).
 
     Example:
         >>> tr = trace(model, input_ids)                       # doctest: +SKIP
@@ -71,6 +72,11 @@ def trace(
     adapter = get_adapter(model)
     if dtype not in _COMPUTE_DTYPES:
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    if store == "auto":
+        try:
+            return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store="device")
+        except LatimMemoryError:  # refused before anything was allocated
+            return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store="host")
     check_store(store)
     guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype, trace_store=store)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
@@ -118,13 +124,8 @@ def _checked_trace(
     check_backend(backend)
     if store not in (*TRACE_STORES, "auto"):
         raise ValueError(f"trace_store must be one of {', '.join(map(repr, (*TRACE_STORES, 'auto')))}, got {store!r}")
-    if store == "auto" and not isinstance(model, ModelTrace):
-        try:
-            tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, "device")
-        except LatimMemoryError:  # refused before anything was allocated: the row reads one layer at a time
-            tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, "host")
-    else:
-        tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, "device" if store == "auto" else store)
+    # with a finished trace, "auto" asks for nothing it must already meet
+    tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store)
     _check_activation(activation, tr)
     check_precision(precision, backend, tr.embeddings.device, tr.dtype)
     return tr

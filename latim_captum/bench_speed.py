@@ -409,20 +409,17 @@ def _single_query_seconds(
     is told to ask for; the row reads one layer at a time). ``warm``: one untimed call first, as LIG gets."""
     import latim_captum as lc
 
-    from .maps.options import LatimMemoryError
+    stores = []
 
-    for store in ("device", "host"):
-        row = partial(lc.alti_logit_row, model, ids, position=-1, precision=prec, backend=_backend(kernel),
-                      trace_store=store)  # fmt: skip
-        try:
-            if warm:  # first-call work at this length is not its cost
-                row()
-            wall, peak, _ = timed(row, device)
-            return wall, peak, store
-        except LatimMemoryError:
-            if store == "host":
-                raise
-    raise AssertionError("unreachable")
+    def row() -> None:
+        tr = lc.trace(model, ids, store="auto")  # what alti_logit_row(model, ...) does by default
+        stores.append("host" if tr.on_host else "device")
+        lc.alti_logit_row(tr, position=-1, precision=prec, backend=_backend(kernel))
+
+    if warm:  # first-call work at this length is not its cost
+        row()
+    wall, peak, _ = timed(row, device)
+    return wall, peak, stores[-1]
 
 
 def _lengths(spec: str | None, default: list[int]) -> list[int]:

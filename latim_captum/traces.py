@@ -478,6 +478,11 @@ class ModelTrace:
             )
 
     @property
+    def on_host(self) -> bool:
+        """True when the layers are kept in host memory (:class:`HostLayers`), False when on their device."""
+        return isinstance(self.layers, HostLayers)
+
+    @property
     def n_layers(self) -> int:
         """Number of residual sublayers (= blocks for a pure Mamba model)."""
         return len(self.layers)

@@ -172,24 +172,27 @@ def test_single_query_keeps_its_trace_on_the_host_when_the_device_one_does_not_f
     model = build("mamba2", layers=2, seed=5)
     ids = random_ids(1, 9, seed=5)
     want = latim_captum.alti_logit_row(model, ids, trace_store="device")
-    real, stores = api._as_trace, []
+    assert not latim_captum.trace(model, ids, store="auto").on_host  # it fits: kept on the device
+    real, stores = api.guard_memory, []
 
-    def guarded(model, input_ids, inputs_embeds, attention_mask, dtype, store="device"):
-        if isinstance(model, ModelTrace):  # a finished trace is taken as it is
-            return real(model, input_ids, inputs_embeds, attention_mask, dtype, store)
-        stores.append(store)
-        if store == "device":
-            raise LatimMemoryError("trace needs about 113.2 GiB, more than the 87.9 GiB available")
-        return real(model, input_ids, inputs_embeds, attention_mask, dtype, store)
+    def guarded(name, *args, **kwargs):
+        if name == "trace":
+            stores.append(kwargs["trace_store"])
+            if kwargs["trace_store"] == "device":
+                raise LatimMemoryError("trace needs about 113.2 GiB, more than the 87.9 GiB available")
+        return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(api, "_as_trace", guarded)
+    monkeypatch.setattr(api, "guard_memory", guarded)
+    assert latim_captum.trace(model, ids, store="auto").on_host
+    assert stores == ["device", "host"]
+    stores.clear()
     got = latim_captum.alti_logit_row(model, ids)
     assert stores == ["device", "host"]
     stores.clear()
     torch.testing.assert_close(got.scores, want.scores)
     torch.testing.assert_close(latim_captum.alti_rollout_row(model, ids), latim_captum.alti_rollout_row(
         latim_captum.trace(model, ids, store="host"), position=-1))  # fmt: skip
-    assert stores == ["device", "host"]
+    assert stores == ["device", "host", "host"]  # the row's: device refused, then host; then the explicit one
     with pytest.raises(LatimMemoryError, match="113.2 GiB"):
         latim_captum.alti_logit_row(model, ids, trace_store="device")
     with pytest.raises(ValueError, match="trace_store must be one of 'device', 'host', 'auto', got 'disk'"):
