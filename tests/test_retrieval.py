@@ -317,9 +317,20 @@ def test_train_two_steps_then_resume(tmp_path):
 # --- the bench end to end and the figures -------------------------------------------------------------------------
 
 
-def test_bench_retrieval_end_to_end(tmp_path):
+def test_bench_retrieval_end_to_end(tmp_path, monkeypatch):
+    from collections import Counter
+
     from latim_captum.cli import main
+    from latim_captum.retrieval import evaluate
     from latim_captum.retrieval.train import main as train_main
+
+    calls, real = Counter(), evaluate.answer_row_scores
+
+    def counted(name, *args, **kwargs):
+        calls[name] += 1
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "answer_row_scores", counted)
 
     model = tmp_path / "m"
     assert train_main(_train_argv(model)) == 0
@@ -339,7 +350,10 @@ def test_bench_retrieval_end_to_end(tmp_path):
         assert per_layer.shape == ((1, 5) if entry["per_layer"] else (5,))
         assert per_layer.sum(-1) == pytest.approx(1.0)
         assert np.array(entry["fwe"]["N=96"]["shares"]).sum(-1) == pytest.approx(1.0)
+        # one untimed call on one sample, then one timed call per setting (2 samples fit one attribution batch)
+        assert calls[name] == 1 + 3 and entry["warmup_seconds"] > 0
     md = (out / "retrieval-mamba2-tiny.md").read_text()
+    assert "follows one untimed call on one sample" in md
     assert "Table 4" in md and "Table 6" in md and "trained from scratch" in md and "74.3" in md
     # two training steps retrieve nothing: the report says so above its attribution tables
     assert r["passkey"]["N=96 k=1"]["accuracy"] < 0.1 and "**mamba2 does not retrieve**" in md
