@@ -26,7 +26,7 @@ from .maps import alti_logit as _alti_logit_maps
 from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
-from .traces import TRACE_STORES, HostLayers, ModelTrace, check_store
+from .traces import TRACE_STORES, HostLayers, ModelTrace
 
 __all__ = [
     "METHODS",
@@ -72,18 +72,24 @@ def trace(
     adapter = get_adapter(model)
     if dtype not in _COMPUTE_DTYPES:
         raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    _check_store_choice(store, "store")
     if store == "auto":
         try:
             return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store="device")
         except LatimMemoryError:  # refused before anything was allocated
             return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store="host")
-    check_store(store)
     guard_memory("trace", adapter, input_ids, inputs_embeds, dtype=dtype, trace_store=store)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
     try:
         return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype, store=store)
     except torch.OutOfMemoryError as err:  # the model's own forward (the guard sized LaTIM's part, not the model's)
         raise forward_memory_error(adapter, input_ids, inputs_embeds) from err
+
+
+def _check_store_choice(store: str, name: str) -> None:
+    """``ValueError`` naming ``name`` and the choices unless ``store`` is a trace store or ``"auto"``."""
+    if store not in (*TRACE_STORES, "auto"):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, (*TRACE_STORES, 'auto')))}, got {store!r}")
 
 
 def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store: str = "device") -> ModelTrace:
@@ -122,8 +128,7 @@ def _checked_trace(
     the device, or on the host when the memory guard says the device-kept trace does not fit), with ``activation``,
     ``backend`` and ``precision`` checked."""
     check_backend(backend)
-    if store not in (*TRACE_STORES, "auto"):
-        raise ValueError(f"trace_store must be one of {', '.join(map(repr, (*TRACE_STORES, 'auto')))}, got {store!r}")
+    _check_store_choice(store, "trace_store")
     # with a finished trace, "auto" asks for nothing it must already meet
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store)
     _check_activation(activation, tr)

@@ -106,7 +106,7 @@ def test_to_device_gives_a_plain_list():
 
 def test_bad_store_is_refused():
     model = build("mamba1")
-    with pytest.raises(ValueError, match="store must be one of 'device', 'host', got 'disk'"):
+    with pytest.raises(ValueError, match="store must be one of 'device', 'host', 'auto', got 'disk'"):
         latim_captum.trace(model, random_ids(1, 6), store="disk")
     with pytest.raises(ValueError, match="store must be one of"):
         latim_captum.alti_logit_row(model, random_ids(1, 6), trace_store="gpu")
