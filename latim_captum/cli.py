@@ -379,22 +379,27 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_attribute_dataset(args: argparse.Namespace) -> int:
-    from .dataset import check_methods, init_distributed, load_hf_dataset, read_jsonl
+    from .dataset import check_methods, init_distributed, load_hf_dataset, read_jsonl, world_size_from_env
 
     _quiet_transformers()
     check_methods(args.methods, args.layers)
     if (args.input is None) == (args.hf_dataset is None):
         raise ValueError("give one input: --input FILE.jsonl or --hf-dataset NAME_OR_FOLDER")
+    if args.input is not None and args.split is not None:
+        raise ValueError("--split picks a split of --hf-dataset; a --input file has none")
+    if args.offload_folder is not None and args.device_map is None:
+        raise ValueError("--offload-folder is where --device-map offloads layers to disk; give --device-map too")
     fields = {"prompt_field": args.prompt_field, "target_field": args.target_field}
     if args.input is not None:
         examples = read_jsonl(args.input, **fields)
     else:
         examples = load_hf_dataset(args.hf_dataset, split=args.split, **fields)
     device_map = parse_device_map(args.device_map)
-    if device_map is not None and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    if device_map is not None and world_size_from_env() > 1:
         raise ValueError("--device-map shards one model over devices; under torchrun each rank holds a whole model")
     rank, world, device, initialised = init_distributed(args.device)
     try:
+        _check_backend(args.backend, str(device))  # before the run's settings are written to --out
         return _attribute_dataset(args, examples, rank, world, device, device_map)
     finally:
         if initialised:

@@ -103,22 +103,64 @@ def _example(record: Any, where: str, prompt_field: str, target_field: str) -> E
     return Example(prompt=prompt, target=target, source=where)
 
 
+#: the target field of the readers when none is named: missing from every record means "no targets"
+DEFAULT_TARGET_FIELD = "target"
+
+
+def _check_fields(prompt_field: str, target_field: str) -> None:
+    if prompt_field == target_field:
+        raise ValueError(
+            f"the prompt and target fields are both {prompt_field!r}: each prompt would be its own target"
+        )
+
+
+def _checked_targets(
+    examples: list[Example], fields: set[str], prompt_field: str, target_field: str, where: str
+) -> list[Example]:
+    """``examples`` unless the target field was named and no record has it (a typo would drop every target); a
+    warning when the default field is missing but the records have other fields that may hold the targets."""
+    if any(e.target is not None for e in examples):
+        return examples
+    others = sorted(fields - {prompt_field, target_field})
+    if target_field != DEFAULT_TARGET_FIELD:
+        raise ValueError(
+            f"no record of {where} has a value in the target field {target_field!r} (fields with values: "
+            f"{', '.join(sorted(fields))})"
+        )
+    if others:
+        warnings.warn(
+            f"no record of {where} has a value in the {target_field!r} field: every prompt is explained without a "
+            f"target (the model's own predictions); its other fields are {', '.join(others)} (target_field= / "
+            "--target-field names the one that holds the targets)",
+            stacklevel=3,
+        )
+    return examples
+
+
 def examples_from_records(
-    records: Iterable[Any], *, prompt_field: str = "prompt", target_field: str = "target", name: str = "record"
+    records: Iterable[Any],
+    *,
+    prompt_field: str = "prompt",
+    target_field: str = DEFAULT_TARGET_FIELD,
+    name: str = "record",
 ) -> list[Example]:
     """Examples from mappings (a list of dicts, a ``datasets.Dataset``, ...); errors name ``<name> <k>`` (0-based).
 
     Raises:
         ValueError: a record without a string prompt, an empty prompt or target, or no record at all.
     """
-    out = [_example(rec, f"{name} {k}", prompt_field, target_field) for k, rec in enumerate(records)]
+    _check_fields(prompt_field, target_field)
+    out, fields = [], set()
+    for k, rec in enumerate(records):
+        out.append(_example(rec, f"{name} {k}", prompt_field, target_field))
+        fields.update(str(k) for k, v in rec.items() if v is not None)
     if not out:
         raise ValueError(f"no examples in {name}s")
-    return out
+    return _checked_targets(out, fields, prompt_field, target_field, f"the {name}s")
 
 
 def read_jsonl(
-    path: str | os.PathLike, *, prompt_field: str = "prompt", target_field: str = "target"
+    path: str | os.PathLike, *, prompt_field: str = "prompt", target_field: str = DEFAULT_TARGET_FIELD
 ) -> list[Example]:
     """Examples from a JSON Lines file: one object per line, ``{"prompt": ..., "target": ...}`` (target optional);
     blank lines are skipped. Errors name the file and the 1-based line.
@@ -130,7 +172,8 @@ def read_jsonl(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no input file at {path}")
-    out = []
+    _check_fields(prompt_field, target_field)
+    out, fields = [], set()
     with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark (files saved on Windows) is not text
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -141,13 +184,14 @@ def read_jsonl(
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
             out.append(_example(record, where, prompt_field, target_field))
+            fields.update(str(k) for k, v in record.items() if v is not None)
     if not out:
         raise ValueError(f"no examples in {path}")
-    return out
+    return _checked_targets(out, fields, prompt_field, target_field, str(path))
 
 
 def load_hf_dataset(
-    name: str, *, split: str | None = None, prompt_field: str = "prompt", target_field: str = "target"
+    name: str, *, split: str | None = None, prompt_field: str = "prompt", target_field: str = DEFAULT_TARGET_FIELD
 ) -> list[Example]:
     """Examples from a Hugging Face dataset: a folder written by ``Dataset.save_to_disk`` or a name/path for
     ``datasets.load_dataset`` (a local file or script; hub names need network access). Needs ``datasets``.
@@ -194,7 +238,7 @@ def init_distributed(device: str = "auto") -> tuple[int, int, torch.device, bool
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device} given but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size_from_env()
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), _rank_device(device), False
     if world <= 1:
@@ -214,11 +258,29 @@ def _rank_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when unset); ``ValueError`` naming it unless a positive integer."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(value)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE must be a positive integer (torchrun sets it), got {value!r}")
+    return world
+
+
 def _rank_and_world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    if world_size_from_env() > 1:
+        # each of the W processes would do the whole dataset as rank 0, and delete the others' files in progress
+        raise RuntimeError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} says this process is one of several (torchrun), but no process "
+            "group is initialised: call latim_captum.dataset.init_distributed() before attribute_dataset"
+        )
     return 0, 1
 
 
@@ -238,8 +300,8 @@ def _digest(value: Any) -> str:
 
 def _model_identity(model: nn.Module, name: str | None) -> dict:
     """What names the model in ``run.json``: the caller's name, the class, the checkpoint it came from, a digest of
-    its config, a fingerprint of its weights (a strided sample of each tensor: hashing a 7B model's weights on every
-    resume would cost minutes), its size and its parameters' dtypes. A base model and its fine-tune share a config;
+    its config, a fingerprint of its weights (:func:`_weights_fingerprint`: every weight's row sums and a sample),
+    its size and its parameters' dtypes. A base model and its fine-tune share a config;
     the fingerprint tells them apart, so a resume never mixes their maps."""
     config = getattr(model, "config", None)
     config_dict = config.to_dict() if hasattr(config, "to_dict") else {}
@@ -258,9 +320,10 @@ def _model_identity(model: nn.Module, name: str | None) -> dict:
 
 
 def _weights_fingerprint(model: nn.Module, per_tensor: int = 64) -> str:
-    """A digest of a strided sample of every parameter's values (``per_tensor`` elements each, exact bytes): two
-    checkpoints of one config (a base model and its fine-tune) differ here, and it reads ~64 values per tensor, not
-    the weights (offloaded ``meta`` parameters are skipped)."""
+    """A digest of every parameter: its row sums in float64 (rounded to 12 significant digits, so the device that
+    sums does not matter) and a strided sample of ``per_tensor`` exact values. Two checkpoints of one config (a base
+    model and its fine-tune, a model with one embedding row edited) differ here; it reads every weight once, on the
+    device that holds it (offloaded ``meta`` parameters are skipped)."""
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -268,7 +331,9 @@ def _weights_fingerprint(model: nn.Module, per_tensor: int = 64) -> str:
                 continue
             flat = p.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor]
-            digest.update(name.encode() + sample.float().cpu().numpy().tobytes())
+            rows = p.detach().reshape(p.shape[0], -1).sum(1, dtype=torch.float64) if p.dim() > 1 else flat.double()
+            sums = ",".join(f"{v:.12g}" for v in rows.cpu().tolist())
+            digest.update(name.encode() + sample.float().cpu().numpy().tobytes() + sums.encode())
     return digest.hexdigest()[:16]
 
 
@@ -593,10 +658,13 @@ def _start_run(out: Path, run: dict, key: str, rank: int) -> None:
             diff = [k for k in fields if earlier.get(k) != run.get(k)]
             old, new = earlier.get("settings") or {}, run["settings"]
             changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+            old_model, new_model = earlier.get("model") or {}, run["model"]
+            changed += [f"model {k}: {old_model.get(k)!r} → {new_model.get(k)!r}" for k in new_model
+                        if old_model.get(k) != new_model.get(k)]  # fmt: skip
             raise ValueError(
                 f"{out} holds a run with other {', '.join(diff) or 'settings'}"
                 + (f" ({'; '.join(changed)})" if changed else "")
-                + "; use another --out folder or delete it"
+                + "; use another --out folder or delete that folder"
             )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -604,6 +672,8 @@ def _start_run(out: Path, run: dict, key: str, rank: int) -> None:
         for stale in out.glob("shard-*.safetensors.tmp-*"):
             stale.unlink(missing_ok=True)
         if not run_path.is_file():
+            # an index left by an earlier run (its run.json deleted) would serve this run's shards under its settings
+            (out / "index.json").unlink(missing_ok=True)
             _atomic_write_text(run_path, json.dumps({**run, "key": key}, indent=2) + "\n")
 
 
@@ -664,6 +734,11 @@ class AttributionSet(Sequence):
         entry = self.entry(i % len(self))
         out = {}
         with safe_open(str(self.root / entry["shard"]), framework="pt") as handle:
+            if (handle.metadata() or {}).get("run") != self.index.get("key"):
+                raise ValueError(
+                    f"{entry['shard']} in {self.root} was written by another run than its index.json: the folder "
+                    "mixes two runs; run attribute_dataset there again to finish the current one"
+                )
             for key, offset in entry["offsets"].items():
                 shape = entry["shapes"][key]
                 size = int(torch.Size(shape).numel())

@@ -526,3 +526,99 @@ def test_jsonl_with_a_byte_order_mark_and_layers_named_twice(tmp_path):
     examples = ds.examples_from_records([{"prompt": "w1 w2"}])
     with pytest.raises(ValueError, match="names a layer twice"):
         ds.attribute_dataset(model, tok, examples, tmp_path / "o", methods=("l2",), layers=[0, -2], progress=False)
+
+
+def test_a_model_with_one_embedding_row_edited_is_another_run(tmp_path):
+    """The weights fingerprint reads every weight (row sums): a resume with one embedding row changed is refused,
+    where a strided sample of 64 values per tensor missed it and mixed two models' maps in one folder."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from conftest import perturb_
+
+    torch.manual_seed(0)  # a vocabulary of 1000: most embedding rows lie between a 64-value sample's strides
+    config = MambaConfig(hidden_size=32, state_size=4, num_hidden_layers=1, vocab_size=1000, use_cache=False)
+    model = perturb_(MambaForCausalLM(config).eval(), seed=1)
+    tok = _word_tokenizer()
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        edited.get_input_embeddings().weight[9] += 0.01
+    examples = ds.examples_from_records([{"prompt": "w1 w2 w3"}, {"prompt": "w5 w1"}])
+    ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), shard_size=1, progress=False)
+    with pytest.raises(ValueError, match=r"other model \(model weights: '[0-9a-f]{16}' → '[0-9a-f]{16}'\)"):
+        ds.attribute_dataset(edited, tok, examples, tmp_path, methods=("l2",), shard_size=1, progress=False)
+    # the same weights on another device or dtype path sum alike: the fingerprint does not depend on who sums
+    assert ds._weights_fingerprint(copy.deepcopy(model)) == ds._weights_fingerprint(model)
+
+
+def test_a_new_run_in_a_folder_never_reads_the_old_index(tmp_path, monkeypatch):
+    """A finished run's folder with only its run.json deleted: the new run removes the old index.json before its
+    first shard, and a shard of another run than its index is refused on reading."""
+    model = build("mamba1", layers=1)
+    tok = _word_tokenizer()
+    examples = ds.examples_from_records([{"prompt": "w1 w2 w3"}, {"prompt": "w5 w1"}])
+    ds.attribute_dataset(model, tok, examples, tmp_path, methods=("l2",), shard_size=1, progress=False)
+    old_index = (tmp_path / "index.json").read_text()
+    (tmp_path / "run.json").unlink()
+    real, calls = ds._save_shard, []
+
+    def crash_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ds, "_save_shard", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        ds.attribute_dataset(model, tok, examples, tmp_path, methods=("alti",), shard_size=1, progress=False)
+    assert not (tmp_path / "index.json").exists() and len(calls) == 2
+    # a stale index put back by hand is refused at the shard the new run rewrote
+    (tmp_path / "index.json").write_text(old_index)
+    monkeypatch.undo()
+    ds.attribute_dataset(model, tok, examples, tmp_path, methods=("alti",), shard_size=1, progress=False)
+    (tmp_path / "index.json").write_text(old_index)
+    with pytest.raises(ValueError, match="written by another run than its index.json"):
+        ds.load_attributions(tmp_path)[0]
+
+
+def test_target_fields_that_cannot_be_meant_are_refused(tmp_path, recwarn):
+    records = [{"prompt": "w1 w2", "answer": "w3"}, {"prompt": "w4"}]
+    with pytest.raises(ValueError, match=r"no record of the records has a value in the target field 'answr'"):
+        ds.examples_from_records(records, target_field="answr")
+    path = _write_jsonl(tmp_path / "a.jsonl", records)
+    with pytest.raises(ValueError, match=r"a.jsonl has a value in the target field 'answr' \(fields with values: "
+                                         r"answer, prompt\)"):  # fmt: skip
+        ds.read_jsonl(path, target_field="answr")
+    with pytest.raises(ValueError, match="the prompt and target fields are both 'prompt'"):
+        ds.read_jsonl(path, target_field="prompt")
+    with pytest.warns(UserWarning, match="its other fields are answer"):
+        examples = ds.read_jsonl(path)  # the default field is missing: allowed, but the other field is named
+    assert [e.target for e in examples] == [None, None]
+    assert [e.target for e in ds.read_jsonl(path, target_field="answer")] == ["w3", None]
+
+
+def test_dataset_cli_refuses_options_it_would_ignore_or_fail_late(tmp_path, capsys, monkeypatch):
+    good = _write_jsonl(tmp_path / "good.jsonl", RECORDS)
+    base = ["attribute-dataset", "--model", "mamba1", "--input", str(good), "--out", str(tmp_path / "o")]
+    cases = [
+        (["--split", "test"], "--split picks a split of --hf-dataset"),
+        (["--offload-folder", str(tmp_path / "off")], "--offload-folder is where --device-map offloads"),
+        (["--backend", "triton"], "--backend triton"),
+    ]
+    for extra, message in cases:
+        assert cli_main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("latim: error:") and message in err, (extra, err)
+    assert not (tmp_path / "o").exists(), "a refused command writes no run settings"
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    assert cli_main(base) == 2
+    assert "WORLD_SIZE must be a positive integer (torchrun sets it), got 'abc'" in capsys.readouterr().err
+
+
+def test_python_api_under_torchrun_without_a_process_group_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    model = build("mamba1", layers=1)
+    examples = ds.examples_from_records([{"prompt": "w1 w2 w3"}])
+    with pytest.raises(RuntimeError, match="call latim_captum.dataset.init_distributed"):
+        ds.attribute_dataset(model, _word_tokenizer(), examples, tmp_path, methods=("l2",), progress=False)
+    assert not (tmp_path / "run.json").exists()
