@@ -173,18 +173,22 @@ def read_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"no input file at {path}")
     _check_fields(prompt_field, target_field)
+    try:  # a byte-order mark (files saved on Windows) is not text; "\r" before "\n" is JSON whitespace
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text ({err.reason})") from None
     out, fields = [], set()
-    with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark (files saved on Windows) is not text
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
-            out.append(_example(record, where, prompt_field, target_field))
-            fields.update(str(k) for k, v in record.items() if v is not None)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
+        out.append(_example(record, where, prompt_field, target_field))
+        fields.update(str(k) for k, v in record.items() if v is not None)
     if not out:
         raise ValueError(f"no examples in {path}")
     return _checked_targets(out, fields, prompt_field, target_field, str(path))
@@ -532,6 +536,12 @@ def attribute_dataset(
     examples = list(examples)
     if not examples:
         raise ValueError("no examples")
+    wrong = next((k for k, e in enumerate(examples) if not isinstance(e, Example)), None)
+    if wrong is not None:
+        raise TypeError(
+            f"examples[{wrong}] is a {type(examples[wrong]).__name__}, not an Example: make them with read_jsonl, "
+            "load_hf_dataset or examples_from_records (which reads dicts)"
+        )
     rank, world = _rank_and_world()
     out = Path(out_dir)
     settings = {
