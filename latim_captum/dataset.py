@@ -736,9 +736,11 @@ class AttributionSet(Sequence):
         """The index entry of example ``i``: its shard, length, prompt length, source and offsets."""
         return self.index["examples"][i]
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:  # type: ignore[override]
+    def __getitem__(self, i: int | slice) -> dict[str, Tensor] | list[dict[str, Tensor]]:  # type: ignore[override]
         from safetensors import safe_open
 
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(f"example {i} out of range ({len(self)} examples)")
         entry = self.entry(i % len(self))

@@ -578,6 +578,11 @@ def test_a_new_run_in_a_folder_never_reads_the_old_index(tmp_path, monkeypatch):
     (tmp_path / "index.json").write_text(old_index)
     with pytest.raises(ValueError, match="written by another run than its index.json"):
         ds.load_attributions(tmp_path)[0]
+    (tmp_path / "run.json").unlink()
+    ds.attribute_dataset(model, tok, examples, tmp_path, methods=("alti",), shard_size=1, progress=False)
+    loaded = ds.load_attributions(tmp_path)
+    sliced = loaded[-2:]  # a Sequence slices
+    assert len(sliced) == 2 and all(torch.equal(a["maps.alti"], loaded[k]["maps.alti"]) for k, a in enumerate(sliced))
 
 
 def test_target_fields_that_cannot_be_meant_are_refused(tmp_path, recwarn):
