@@ -155,9 +155,19 @@ def check_method(method: str, methods: Sequence[str]) -> str:
 
 
 def check_target(
-    target: int | Sequence[int] | Tensor | None, batch: int, seq_len: int, vocab: int, default: Tensor
+    target: int | Sequence[int] | Tensor | None,
+    batch: int,
+    seq_len: int,
+    vocab: int,
+    default: Tensor,
+    *,
+    name: str = "target",
+    per_position: bool = True,
 ) -> Tensor:
     """Per-position targets ``[B, N]`` from an int, a ``[B]`` or ``[B, N]`` tensor/list, or None (``default``).
+
+    ``name``: the argument's name in the messages (``"contrast"``); ``per_position=False``: one query position, so a
+    ``[B, N]`` tensor is not offered (nor taken).
 
     Raises:
         ValueError: a shape that is none of these, or a token id outside the vocabulary.
@@ -166,21 +176,21 @@ def check_target(
         return default
     t = torch.as_tensor(target, device=default.device)
     if t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TypeError(f"target must hold integer token ids, got dtype {t.dtype}")
+        raise TypeError(f"{name} must hold integer token ids, got dtype {t.dtype}")
     if t.dim() == 0:
         t = t.expand(batch, seq_len)
     elif t.dim() == 1 and t.shape[0] == batch:
         t = t[:, None].expand(batch, seq_len)
-    elif t.dim() == 2 and tuple(t.shape) == (batch, seq_len):
+    elif per_position and t.dim() == 2 and tuple(t.shape) == (batch, seq_len):
         pass
     else:
-        raise ValueError(
-            f"target has shape {tuple(t.shape)}; expected a scalar, [batch]=[{batch}] or [batch, seq_len]="
-            f"[{batch}, {seq_len}]"
-        )
+        wanted = f"a scalar or [batch]=[{batch}]"
+        if per_position:
+            wanted = f"a scalar, [batch]=[{batch}] or [batch, seq_len]=[{batch}, {seq_len}]"
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {wanted}")
     if bool((t < 0).any()) or bool((t >= vocab).any()):
         bad = int(t.min()) if bool((t < 0).any()) else int(t.max())
-        raise ValueError(f"target token id {bad} is out of the vocabulary [0, {vocab})")
+        raise ValueError(f"{name} token id {bad} is out of the vocabulary [0, {vocab})")
     return t.long()
 
 

@@ -188,7 +188,7 @@ def _logit_targets(tr: ModelTrace, target, contrast) -> tuple[Tensor, Tensor | N
     bsz, n = tr.shape
     vocab = readout.unembedding.shape[0]
     targets = check_target(target, bsz, n, vocab, readout.logits.argmax(-1))
-    return targets, None if contrast is None else check_target(contrast, bsz, n, vocab, targets)
+    return targets, None if contrast is None else check_target(contrast, bsz, n, vocab, targets, name="contrast")
 
 
 def alti_logit_layers(

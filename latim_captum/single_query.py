@@ -99,8 +99,10 @@ def alti_logit_row(
     rows = torch.as_tensor(q, device=readout.logits.device).expand(bsz)
     batch = torch.arange(bsz, device=rows.device)
     predicted = readout.logits.argmax(-1)
-    targets = check_target(target, bsz, n, vocab, predicted)[batch, rows]
-    contrasts = None if contrast is None else check_target(contrast, bsz, n, vocab, predicted)[batch, rows]
+    targets = check_target(target, bsz, n, vocab, predicted, per_position=False)[batch, rows]
+    contrasts = None if contrast is None else check_target(
+        contrast, bsz, n, vocab, predicted, name="contrast", per_position=False
+    )[batch, rows]  # fmt: skip
     return logit_row(
         tr, q, targets, contrast=contrasts, activation=activation, block=block, chunk=chunk, precision=precision,
         backend=backend,

@@ -88,6 +88,26 @@ def test_single_query_functions_per_example_rows(model):
         assert bool((row.scores[b, n_b:] == 0).all()) and bool((roll[b, n_b:] == 0).all())
 
 
+def test_single_query_rows_of_a_padded_batch_stay_rows(model, monkeypatch):
+    """Examples queried at different rows (right padding) read one map row per distinct query, never the slab of rows
+    between the shortest and the longest example's (``O(B·N²)``, not the ``O(N·d)`` these functions promise)."""
+    from latim_captum.maps import rows as rows_mod
+
+    ids, mask, _ = right_padded()
+    real, widths = rows_mod.RowStream.maps, []
+
+    def spy(self, layer, measure, rows):
+        widths.append((measure, rows[1] - rows[0]))
+        return real(self, layer, measure, rows)
+
+    monkeypatch.setattr(rows_mod.RowStream, "maps", spy)
+    latim_captum.alti_logit_row(model, ids, attention_mask=mask, dtype=torch.float64, chunk=2, block=2)
+    logit_rows = [w for m, w in widths if m == "logit"]
+    assert logit_rows and set(logit_rows) == {1}, widths  # the query rows (6, 3, 4): three reads of one row
+    assert len(logit_rows) == 3 * model.config.num_hidden_layers
+    assert max(w for m, w in widths if m == "alti") <= 2  # the Horner step's ALTI rows, chunk at a time
+
+
 def test_explicit_position_on_padding_is_an_error(model):
     ids, mask, _ = right_padded()
     tr = latim_captum.trace(model, ids, attention_mask=mask)
@@ -133,3 +153,17 @@ def test_internal_batch_size_changes_no_number():
     full2, delta2 = method.attribute(ids, internal_batch_size=2, **matrix)
     torch.testing.assert_close(full, full2, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(delta, delta2, rtol=0, atol=1e-10)
+
+
+def test_single_query_target_and_contrast_errors_name_the_argument(model):
+    ids = random_ids(2, 6, seed=4)
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=f"contrast token id {vocab} is out of the vocabulary"):
+        latim_captum.alti_logit_row(model, ids, contrast=[0, vocab])
+    with pytest.raises(ValueError, match=r"target has shape \(1,\); expected a scalar or \[batch\]=\[2\]$"):
+        latim_captum.alti_logit_row(model, ids, target=torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"contrast has shape \(3,\); expected a scalar or \[batch\]=\[2\]$"):
+        latim_captum.alti_logit_row(model, ids, contrast=[1, 2, 3])
+    # the full maps take one target per position too, and say so
+    with pytest.raises(ValueError, match=r"contrast has shape \(3,\); expected a scalar, \[batch\]=\[2\] or "):
+        latim_captum.alti_logit(model, ids, contrast=[1, 2, 3])

@@ -57,8 +57,10 @@ class RowStream:
     """Rows of one trace's per-layer maps and the Horner step ``w ← w P^{(l)}`` over rows ``≤ q`` in chunks.
 
     Each example has its own query row ``q[b]`` (right-padded batches query each example's last real token): a row of
-    a map is read for every example at once from the rows ``[min q, max q]``, and the Horner step runs over the rows
-    ``≤ max q`` (``w`` is zero beyond each example's own ``q[b]``, so the extra rows add nothing).
+    a map's query row is read for every example at once, one row per distinct ``q`` (a right-padded batch queries
+    each example at its own last token: reading the range ``[min q, max q]`` instead would be ``O(B·N²)``), and
+    the Horner step runs over the rows ``≤ max q`` (``w`` is zero beyond each example's own ``q[b]``, so the extra
+    rows add nothing).
 
     Contributions that reach the input tokens straight from the embeddings (a Zamba2 hybrid layer's embedding
     columns: ``R^{(l)} = A^x R^{(l-1)} + A^e``) bypass the rest of the recursion and are collected in
@@ -126,10 +128,13 @@ class RowStream:
         return scores[..., : self.n]
 
     def row(self, layer: SublayerTrace, measure: str) -> Tensor:
-        """Row ``q[b]`` of one map for every example (stream part), ``[B, N]``."""
-        block = self.maps(layer, measure, (self.q_min, self.q_max + 1))  # [B, rows, N(+N)]
-        pick = (self.q - self.q_min).to(block.device)[:, None, None].expand(-1, 1, block.shape[-1])
-        return self.stream_part(block.gather(1, pick)[:, 0])
+        """Row ``q[b]`` of one map for every example (stream part), ``[B, N]``: one map row per distinct ``q``."""
+        picked = None
+        for qv in sorted(set(self.q.tolist())):
+            one = self.maps(layer, measure, (qv, qv + 1))[:, 0]  # [B, N(+N)]
+            mine = (self.q == qv).to(one.device)[:, None]
+            picked = torch.where(mine, one, torch.zeros_like(one) if picked is None else picked)
+        return self.stream_part(picked)
 
     def through(self, w: Tensor, layer: SublayerTrace) -> Tensor:
         """``w P^{(l)}`` (stream part) for ``w`` zero beyond ``q``: ALTI rows ``≤ q`` only, ``chunk`` at a time."""
