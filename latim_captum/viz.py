@@ -3,12 +3,14 @@ one query row over a long context (span-aggregated bars, the whole row, rows zoo
 
 Every function returns the :class:`matplotlib.figure.Figure` (never shows it). Colour scales are per panel:
 non-negative data on a sequential map from 0, signed data on a diverging map centred on 0. The upper triangle of a
-causal map (j > i, always zero) is masked by default.
+causal map (j > i, always zero) is masked by default; a map that holds values there is drawn with a warning. Token
+labels are drawn as text (a ``$`` is not mathtext). NaN or infinite scores are refused: a colour cannot say them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -32,7 +34,18 @@ def _to_numpy(x: ArrayLike, name: str, dims: tuple[int, ...]) -> np.ndarray:
     arr = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
     if arr.ndim not in dims:
         raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}): nothing to draw")
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        # a NaN cell would look like the masked triangle, -inf like 0: no colour says them
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); a figure cannot show them")
     return arr
+
+
+def _text(label: object) -> str:
+    """``label`` drawn as itself: matplotlib reads ``$...$`` as mathtext (``$$`` fails at savefig)."""
+    return str(label).replace("$", r"\$")
 
 
 def _labels(tokens: Sequence[str] | None, n: int) -> list[str]:
@@ -40,7 +53,15 @@ def _labels(tokens: Sequence[str] | None, n: int) -> list[str]:
         return [str(i) for i in range(n)]
     if len(tokens) != n:
         raise ValueError(f"got {len(tokens)} token labels for {n} positions")
-    return [str(t) for t in tokens]
+    return [_text(t) for t in tokens]
+
+
+def _root_figure(ax: Axes) -> Figure:
+    """The top figure of ``ax`` (an axes of a SubFigure belongs to the SubFigure, which cannot be saved)."""
+    fig = ax.figure
+    while not isinstance(fig, Figure):
+        fig = fig.figure
+    return fig
 
 
 def _font_size(n: int) -> float:
@@ -75,6 +96,13 @@ def _draw_map(ax: Axes, matrix: np.ndarray, labels: list[str], title: str | None
     n = matrix.shape[0]
     data = matrix.astype(float).copy()
     if causal_mask:
+        upper = data[np.triu_indices(n, k=1)]
+        if upper.size and np.abs(upper).max() > 0:
+            warnings.warn(
+                f"{title or 'the map'}: the upper triangle (j > i) holds non-zero values (max |x| = "
+                f"{np.abs(upper).max():.3g}) that causal_mask=True hides; pass causal_mask=False to draw them",
+                stacklevel=3,
+            )
         data[np.triu_indices(n, k=1)] = np.nan
     image = ax.imshow(data, interpolation="nearest", aspect="equal", **_norm_args(data))
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -121,7 +149,7 @@ def plot_token_map(
         fig = Figure(figsize=(size + 1.0, size), layout="constrained")
         ax = fig.add_subplot()
     _draw_map(ax, data, _labels(tokens, data.shape[0]), title, causal_mask)
-    return ax.figure
+    return _root_figure(ax)
 
 
 def plot_layer_grid(
@@ -132,18 +160,24 @@ def plot_layer_grid(
     titles: Sequence[str] | None = None,
     causal_mask: bool = True,
 ) -> Figure:
-    """A grid of per-layer maps ``[L, N, N]`` (e.g. one example of ``interactions(...)[0]``).
+    """A grid of per-layer maps ``[L, N, N]`` (e.g. one example of ``interactions(...)[0]``), titled ``layer 1`` to
+    ``layer L`` unless ``titles`` names them.
 
     Examples:
-        >>> fig = plot_layer_grid(torch.rand(3, 5, 5), ncols=2)
+        >>> fig = plot_layer_grid(torch.rand(3, 5, 5).tril(), ncols=2)
         >>> len([a for a in fig.axes if a.get_title()])
         3
     """
     data = _to_numpy(maps, "maps", (3,))
     n_layers, n = data.shape[0], data.shape[1]
+    if data.shape[1] != data.shape[2]:
+        raise ValueError(f"maps must be [L, N, N] (square per layer), got shape {data.shape}")
+    if isinstance(titles, str):
+        raise TypeError(f"titles must be a sequence of {n_layers} strings, one per layer, not one string")
     if titles is not None and len(titles) != n_layers:
         raise ValueError(f"got {len(titles)} titles for {n_layers} layers")
-    titles = list(titles) if titles is not None else [f"layer {i}" for i in range(n_layers)]
+    # layers count from 1 in titles, as the CLI's and the benchmarks' figures do
+    titles = list(titles) if titles is not None else [f"layer {i + 1}" for i in range(n_layers)]
     ncols = max(1, min(ncols, n_layers))
     nrows = math.ceil(n_layers / ncols)
     size = _panel_size(n)
@@ -179,7 +213,7 @@ def plot_comparison(
         ncols: maps per row (more methods wrap onto further rows).
 
     Examples:
-        >>> fig = plot_comparison({"ALTI": torch.rand(4, 4), "ℓ2": torch.rand(4, 4)}, list("abcd"))
+        >>> fig = plot_comparison({"ALTI": torch.rand(4, 4).tril(), "ℓ2": torch.rand(4, 4).tril()}, list("abcd"))
         >>> fig = plot_comparison({"ALTI-Logit": torch.randn(4), "IG": torch.randn(4)}, list("abcd"))
     """
     if not results:
@@ -240,10 +274,17 @@ def span_mass(row: ArrayLike, spans: Sequence[tuple[str, int, int]]) -> dict[str
         {'a': 0.375, 'b': 0.5, 'rest': 0.125}
     """
     data = np.abs(_to_numpy(row, "row", (1,)))
+    labels = [label for label, _, _ in spans]
+    twice = sorted({label for label in labels if labels.count(label) > 1 or label == "rest"})
+    if twice:
+        # one share per label: a repeated label (or "rest", the uncovered positions') would overwrite another's
+        raise ValueError(f"span labels must be unique and not 'rest'; got {', '.join(map(repr, twice))}")
     total = float(data.sum())
     taken = np.zeros(len(data), dtype=bool)
     out = {}
     for label, start, stop in spans:
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))):
+            raise TypeError(f"span {label!r}: start and stop must be ints, got {start!r} and {stop!r}")
         if not 0 <= start <= stop <= len(data):
             raise ValueError(f"span {label!r} [{start}, {stop}) is outside a row of {len(data)} positions")
         here = np.zeros(len(data), dtype=bool)
@@ -272,6 +313,14 @@ def plot_span_shares(
     categories: list[str] = []
     for values in shares.values():
         categories += [c for c in values if c not in categories]
+    if not categories:
+        raise ValueError("shares has no category: each method maps span names to shares")
+    outside = [(m, c, v) for m, values in shares.items() for c, v in values.items()
+               if not np.isnan(float(v)) and not -1e-6 <= float(v) <= 1 + 1e-6]  # fmt: skip
+    if outside:
+        # the axis is [0, 1]: a share above 1 (or percentages) would look like 1, a negative one would not show
+        m, c, v = outside[0]
+        raise ValueError(f"shares are fractions of the mass in [0, 1]; got {v!r} for {m!r} / {c!r}")
     if ax is None:
         fig = Figure(figsize=(max(6.0, 1.1 * len(shares) * max(1, len(categories)) * 0.35 + 2), 3.6),
                      layout="constrained")  # fmt: skip
@@ -283,13 +332,13 @@ def plot_span_shares(
         ax.bar(x + (k - (len(categories) - 1) / 2) * width, values, width, label=cat,
                color=_SPAN_COLORS[k % len(_SPAN_COLORS)])  # fmt: skip
     ax.set_xticks(x)
-    ax.set_xticklabels(list(shares), rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels([_text(m) for m in shares], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("share of |score|")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncols=min(len(categories), 5))
     if title:
         ax.set_title(title, fontsize=9)
-    return ax.figure
+    return _root_figure(ax)
 
 
 def plot_long_context(
@@ -324,6 +373,8 @@ def plot_long_context(
         raise ValueError("rows is empty")
     if not spans:
         raise ValueError("spans is empty")
+    if context < 0:
+        raise ValueError(f"context must be >= 0 tokens, got {context}")
     arrays = {name: np.abs(_to_numpy(v, f"rows[{name!r}]", (1,))) for name, v in rows.items()}
     sizes = {a.shape[0] for a in arrays.values()}
     if len(sizes) != 1:
@@ -346,7 +397,8 @@ def plot_long_context(
     for k, (label, start, stop) in enumerate(spans):
         color = _SPAN_COLORS[k % len(_SPAN_COLORS)]
         whole.axvspan(start - 0.5, stop - 0.5, ymin=0.0, ymax=1.0, fill=False, edgecolor=color, linewidth=1.2)
-        whole.text((start + stop) / 2, -0.6, label, color=color, ha="center", va="bottom", fontsize=7)
+        # cells are centred on integers: the span's box runs from start - 0.5 to stop - 0.5
+        whole.text((start + stop - 1) / 2, -0.6, _text(label), color=color, ha="center", va="bottom", fontsize=7)
     whole.set_xlabel(f"position (0..{n - 1}); colour |score| / max |score| of the row")
     fig.colorbar(image, ax=whole, fraction=0.02, pad=0.01)
 
@@ -360,7 +412,7 @@ def plot_long_context(
         ax.set_yticklabels(names if k == 0 else [""] * len(names), fontsize=6)
         ax.axvspan(start - lo - 0.5, stop - lo - 0.5, fill=False, edgecolor=_SPAN_COLORS[k % len(_SPAN_COLORS)],
                    linewidth=1.5)  # fmt: skip
-        ax.set_title(f"{label} [{start}, {stop})", fontsize=8)
+        ax.set_title(f"{_text(label)} [{start}, {stop})", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
