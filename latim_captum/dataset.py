@@ -153,7 +153,7 @@ def examples_from_records(
     out, fields = [], set()
     for k, rec in enumerate(records):
         out.append(_example(rec, f"{name} {k}", prompt_field, target_field))
-        fields.update(str(k) for k, v in rec.items() if v is not None)
+        fields.update(str(key) for key, value in rec.items() if value is not None)
     if not out:
         raise ValueError(f"no examples in {name}s")
     return _checked_targets(out, fields, prompt_field, target_field, f"the {name}s")
@@ -188,7 +188,7 @@ def read_jsonl(
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not valid JSON ({err.msg}, column {err.colno})") from None
         out.append(_example(record, where, prompt_field, target_field))
-        fields.update(str(k) for k, v in record.items() if v is not None)
+        fields.update(str(key) for key, value in record.items() if value is not None)
     if not out:
         raise ValueError(f"no examples in {path}")
     return _checked_targets(out, fields, prompt_field, target_field, str(path))
