@@ -173,10 +173,11 @@ def read_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"no input file at {path}")
     _check_fields(prompt_field, target_field)
-    try:  # a byte-order mark (files saved on Windows) is not text; "\r" before "\n" is JSON whitespace
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (files saved on Windows) is not text
+    try:  # "\r" before "\n" is JSON whitespace
+        lines = raw.decode("utf-8").split("\n")
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        line = raw[: err.start].count(b"\n") + 1
         raise ValueError(f"{path} line {line}: not UTF-8 text ({err.reason})") from None
     out, fields = [], set()
     for number, line in enumerate(lines, start=1):

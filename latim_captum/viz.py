@@ -4,7 +4,8 @@ one query row over a long context (span-aggregated bars, the whole row, rows zoo
 Every function returns the :class:`matplotlib.figure.Figure` (never shows it). Colour scales are per panel:
 non-negative data on a sequential map from 0, signed data on a diverging map centred on 0. The upper triangle of a
 causal map (j > i, always zero) is masked by default; a map that holds values there is drawn with a warning. Token
-labels are drawn as text (a ``$`` is not mathtext). NaN or infinite scores are refused: a colour cannot say them.
+and span labels are data, drawn as text (a ``$`` is not mathtext); titles and method names are yours, drawn as
+matplotlib text (mathtext allowed). NaN or infinite scores are refused: a colour cannot say them.
 """
 
 from __future__ import annotations
@@ -329,10 +330,10 @@ def plot_span_shares(
     x = np.arange(len(shares))
     for k, cat in enumerate(categories):
         values = [float(v.get(cat, np.nan)) for v in shares.values()]
-        ax.bar(x + (k - (len(categories) - 1) / 2) * width, values, width, label=cat,
+        ax.bar(x + (k - (len(categories) - 1) / 2) * width, values, width, label=_text(cat),
                color=_SPAN_COLORS[k % len(_SPAN_COLORS)])  # fmt: skip
     ax.set_xticks(x)
-    ax.set_xticklabels([_text(m) for m in shares], rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels(list(shares), rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("share of |score|")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncols=min(len(categories), 5))

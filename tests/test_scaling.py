@@ -631,9 +631,10 @@ def test_python_api_under_torchrun_without_a_process_group_is_refused(tmp_path, 
 
 def test_non_utf8_lines_and_plain_dicts_are_named(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(b'{"prompt": "w1 w2"}\n{"prompt": "caf\xe9"}\n')
-    with pytest.raises(ValueError, match=r"latin1.jsonl line 2: not UTF-8 text"):
-        ds.read_jsonl(path)
+    for bom in (b"", b"\xef\xbb\xbf"):
+        path.write_bytes(bom + b'{"prompt": "w1 w2"}\n{"prompt": "caf\xe9"}\n')
+        with pytest.raises(ValueError, match=r"latin1.jsonl line 2: not UTF-8 text"):
+            ds.read_jsonl(path)
     with pytest.raises(TypeError, match=r"examples\[0\] is a dict, not an Example: .*examples_from_records"):
         ds.attribute_dataset(build("mamba1", layers=1), _word_tokenizer(), [{"prompt": "w1"}], tmp_path / "o")
     # a JSON string may hold U+2028 (a line separator to str.splitlines, not to JSON Lines)

@@ -104,8 +104,9 @@ def test_dollar_tokens_are_text_not_mathtext(tmp_path):
     shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert shown == ["price", r"\$\$", r"\$x^2\$", "w"]  # matplotlib draws \$ as a literal $
     row = torch.rand(12)
-    fig = plot_long_context({"m": row}, [("$k$", 2, 4)], [f"${i}" for i in range(12)])
-    fig.savefig(tmp_path / "long.png", dpi=50)
+    fig = plot_long_context({"m": row}, [("$$", 2, 4)], [f"${i}" for i in range(12)])
+    fig.savefig(tmp_path / "long.png", dpi=50)  # the span label is in the legend, the strip and a zoom title
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [r"\$\$", "rest"]
 
 
 def test_span_shares_that_would_be_drawn_wrong_are_refused():
