@@ -263,6 +263,12 @@ def check_known_tokens(tokenizer: Any, text: str, ids: Sequence[int], what: str)
 COMPUTE_DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 
+def check_compute_dtype(dtype: torch.dtype) -> None:
+    """``TypeError`` unless ``dtype`` is a compute dtype of the decomposition (:data:`COMPUTE_DTYPE_NAMES`)."""
+    if dtype not in COMPUTE_DTYPE_NAMES.values():
+        raise TypeError(f"dtype must be torch.float32 or torch.float64 (the compute dtype), got {dtype!r}")
+
+
 def dtype_from_name(name: str) -> torch.dtype:
     """``"float64"`` (or ``"torch.float64"``) as ``torch.float64``: a compute dtype given by name.
 

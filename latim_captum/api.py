@@ -15,7 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from ._memory import forward_memory_error, guard_memory
-from ._validation import COMPUTE_DTYPE_NAMES, check_layers, check_method, check_model_inputs, check_size, check_target
+from ._validation import (
+    check_compute_dtype,
+    check_layers,
+    check_method,
+    check_model_inputs,
+    check_size,
+    check_target,
+)
 from .activations import DEFAULT_ACTIVATION, check_activation
 from .adapters import ModelAdapter, get_adapter
 from .aggregate import fold_embedding_columns
@@ -26,7 +33,7 @@ from .maps import alti_logit as _alti_logit_maps
 from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
-from .traces import TRACE_STORES, HostLayers, ModelTrace
+from .traces import TRACE_STORES, ModelTrace
 
 __all__ = [
     "METHODS",
@@ -42,7 +49,6 @@ __all__ = [
 
 #: the ``method`` names of :func:`interactions`: the LaTIM entries of the method table
 METHODS: tuple[str, ...] = tuple(spec.measure for spec in latim_methods())
-_COMPUTE_DTYPES = tuple(COMPUTE_DTYPE_NAMES.values())
 
 
 def trace(
@@ -60,7 +66,7 @@ def trace(
     one layer at a time back to the device that computed it (:class:`~latim_captum.traces.HostLayers`), so a trace
     larger than the GPU (long inputs: 84 GiB for mamba-130m at N = 131072) still runs, e.g. the single-query
     :func:`~latim_captum.alti_logit_row`, whose memory beyond the trace is O(N·d). ``store="auto"``: on the device,
-    or on the host when the memory guard says the device-kept trace does not fit (``.on_host`` tells which).
+    or on the host when the memory guard says the device-kept trace does not fit (the trace's ``store`` says which).
 
     Example:
         >>> tr = trace(model, input_ids)                       # doctest: +SKIP
@@ -70,8 +76,7 @@ def trace(
     if isinstance(model, ModelTrace):
         raise TypeError("trace() takes a model, and this is already a ModelTrace")
     adapter = get_adapter(model)
-    if dtype not in _COMPUTE_DTYPES:
-        raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    check_compute_dtype(dtype)
     _check_store_choice(store, "store")
     if store == "auto":
         try:
@@ -101,7 +106,7 @@ def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store: str
         if dtype == torch.float64 and model.dtype != torch.float64:
             raise ValueError(f"dtype=torch.float64 asked for, but this ModelTrace was made in {model.dtype}; trace "
                              "the model again with trace(..., dtype=torch.float64)")  # fmt: skip
-        if store == "host" and not isinstance(model.layers, HostLayers):
+        if store == "host" and model.store != "host":
             raise ValueError("trace_store='host' asked for, but this ModelTrace keeps its layers on the device; "
                              "trace the model again with trace(..., store='host')")  # fmt: skip
         return model

@@ -413,7 +413,7 @@ def _single_query_seconds(
 
     def row() -> None:
         tr = lc.trace(model, ids, store="auto")  # what alti_logit_row(model, ...) does by default
-        stores.append("host" if tr.on_host else "device")
+        stores.append(tr.store)
         lc.alti_logit_row(tr, position=-1, precision=prec, backend=_backend(kernel))
 
     if warm:  # first-call work at this length is not its cost

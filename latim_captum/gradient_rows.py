@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ._embedding_forward import logits_from_embeddings
 from ._model_state import check_grad_mode, eval_mode
+from ._validation import check_size
 
 __all__ = ["GRADIENT_KINDS", "gradient_rows", "gradient_rows_ref"]
 
@@ -45,8 +46,7 @@ def _check(kind: str, input_ids: Tensor, rows: Sequence[int], targets: Tensor, m
         raise ValueError(f"rows must be in 0..{n - 1}, got {rows}")
     if tuple(targets.shape) != (bsz, len(rows)):
         raise ValueError(f"targets must be [B, R] = [{bsz}, {len(rows)}], got {tuple(targets.shape)}")
-    if max_sequences < 1:
-        raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+    check_size("max_sequences", max_sequences)
     check_grad_mode(kind)
     return rows
 

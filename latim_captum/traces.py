@@ -478,9 +478,10 @@ class ModelTrace:
             )
 
     @property
-    def on_host(self) -> bool:
-        """True when the layers are kept in host memory (:class:`HostLayers`), False when on their device."""
-        return isinstance(self.layers, HostLayers)
+    def store(self) -> str:
+        """Where the layers are kept, as ``trace(..., store=...)`` names it: ``"host"`` (:class:`HostLayers`) or
+        ``"device"``."""
+        return "host" if isinstance(self.layers, HostLayers) else "device"
 
     @property
     def n_layers(self) -> int:

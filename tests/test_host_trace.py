@@ -172,7 +172,7 @@ def test_single_query_keeps_its_trace_on_the_host_when_the_device_one_does_not_f
     model = build("mamba2", layers=2, seed=5)
     ids = random_ids(1, 9, seed=5)
     want = latim_captum.alti_logit_row(model, ids, trace_store="device")
-    assert not latim_captum.trace(model, ids, store="auto").on_host  # it fits: kept on the device
+    assert latim_captum.trace(model, ids, store="auto").store == "device"  # it fits
     real, stores = api.guard_memory, []
 
     def guarded(name, *args, **kwargs):
@@ -183,7 +183,7 @@ def test_single_query_keeps_its_trace_on_the_host_when_the_device_one_does_not_f
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(api, "guard_memory", guarded)
-    assert latim_captum.trace(model, ids, store="auto").on_host
+    assert latim_captum.trace(model, ids, store="auto").store == "host"
     assert stores == ["device", "host"]
     stores.clear()
     got = latim_captum.alti_logit_row(model, ids)

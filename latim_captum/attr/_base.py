@@ -16,7 +16,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from latim_captum._queries import last_real_positions, query_positions
-from latim_captum._validation import COMPUTE_DTYPE_NAMES, check_layers, check_model_inputs
+from latim_captum._validation import check_compute_dtype, check_layers, check_model_inputs
 from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.catalog import MethodSpec
 
@@ -148,8 +148,8 @@ class TokenMapAttribution(Attribution):
             TypeError: the model is not a supported Mamba model, or a ``dtype`` option other than torch.float32 /
                 torch.float64 (checked here, not at the first call).
         """
-        if "dtype" in options and options["dtype"] not in COMPUTE_DTYPE_NAMES.values():
-            raise TypeError(f"dtype must be torch.float32 or torch.float64 (compute dtype), got {options['dtype']!r}")
+        if "dtype" in options:
+            check_compute_dtype(options["dtype"])
         self.adapter = get_adapter(model)
         super().__init__(self.adapter.model)
         self.options = dict(options)

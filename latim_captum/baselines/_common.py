@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from latim_captum._model_state import check_grad_mode
 from latim_captum._queries import check_not_padding
-from latim_captum._validation import COMPUTE_DTYPE_NAMES, check_model_inputs, check_position, check_target
+from latim_captum._validation import check_compute_dtype, check_model_inputs, check_position, check_target
 from latim_captum.adapters import ModelAdapter, get_adapter
 from latim_captum.adapters.base import warn_biased_left_padding
 from latim_captum.api import _as_trace
@@ -23,10 +23,8 @@ __all__ = [
     "replicate_rows",
     "group_score",
     "row_minmax",
-    "COMPUTE_DTYPES",
 ]
 
-COMPUTE_DTYPES = tuple(COMPUTE_DTYPE_NAMES.values())
 
 
 def as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype: torch.dtype) -> ModelTrace:
@@ -57,8 +55,7 @@ def model_inputs(
     if isinstance(model, ModelTrace):
         raise TypeError(f"{method} differentiates through the model: pass the model, not a ModelTrace")
     check_grad_mode(method)
-    if dtype not in COMPUTE_DTYPES:
-        raise TypeError(f"compute dtype must be torch.float32 or torch.float64, got {dtype}")
+    check_compute_dtype(dtype)
     adapter = get_adapter(model)
     input_ids, inputs_embeds, attention_mask = check_model_inputs(adapter, input_ids, inputs_embeds, attention_mask)
     warn_biased_left_padding(adapter, attention_mask)  # as a trace does: the replays never trace the model

@@ -83,7 +83,7 @@ class RowStream:
         check_size("chunk", chunk)
         self.q, self.activation, self.projections = q, activation, PerDevice(projection)
         self.out = output_device(tr)
-        self.q_min, self.q_max = int(q.min()), int(q.max())
+        self.q_max = int(q.max())
         self.precision, self.backend = precision, backend
         # tiles sized from the first Mamba layer's shapes and its compute device's free memory; a host-kept trace's
         # layer is read where it is kept (no copy to the device just to size the tiles)
