@@ -41,11 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_known_tokens, check_layers
-from .activations import ACTIVATIONS, DEFAULT_ACTIVATION, check_activation
+from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from .adapters import get_adapter
 from .api import METHODS, alti_logit, alti_rollout, interactions, trace
 from .catalog import latim_methods
-from .maps.options import check_backend, check_precision
 
 __all__ = [
     "DATASET_METHODS",
@@ -647,12 +646,12 @@ def _shard_path(out: Path, shard: int) -> Path:
 
 
 def _check_options(model: nn.Module, ids: list[int], settings: dict[str, Any], dtype: torch.dtype) -> None:
-    """``ValueError`` for an activation strategy, backend or precision that the model or its device refuses, from
-    the trace of one example (its first tokens)."""
+    """The error of an activation strategy, backend or precision that the model or its device refuses, from one
+    layer's map of one example's first tokens on the run's path (a backend the device cannot run, e.g. triton off
+    CUDA or without its package, fails here too, not at the first shard)."""
     probe = trace(model, torch.tensor([ids[:8]], device=get_adapter(model).device), dtype=dtype)
-    check_activation(settings["activation"], probe.activation or "silu")
-    check_backend(settings["backend"])
-    check_precision(settings["precision"], settings["backend"], probe.embeddings.device, probe.dtype)
+    path = {key: settings[key] for key in ("activation", "backend", "precision")}
+    interactions(probe, method="l2", layers=0, **path)
 
 
 def _start_run(out: Path, run: dict, key: str, rank: int) -> None:

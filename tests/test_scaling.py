@@ -619,6 +619,19 @@ def test_dataset_cli_refuses_options_it_would_ignore_or_fail_late(tmp_path, caps
     assert "WORLD_SIZE must be a positive integer (torchrun sets it), got 'abc'" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(has_cuda() and importlib.util.find_spec("triton") is not None, reason="triton runs here")
+def test_a_backend_the_device_cannot_run_is_refused_before_the_run_is_named(tmp_path):
+    """The Python API too: the options' probe computes one map on the run's path, so triton without its package
+    (or off CUDA) fails before run.json would lock the folder for the corrected call."""
+    model = build("mamba1", layers=1)
+    examples = ds.examples_from_records([{"prompt": "w1 w2 w3"}])
+    with pytest.raises((ImportError, ValueError, RuntimeError), match="triton|CUDA"):
+        ds.attribute_dataset(model, _word_tokenizer(), examples, tmp_path, methods=("l2",), backend="triton",
+                             progress=False)  # fmt: skip
+    assert not (tmp_path / "run.json").exists()
+    ds.attribute_dataset(model, _word_tokenizer(), examples, tmp_path, methods=("l2",), progress=False)
+
+
 def test_python_api_under_torchrun_without_a_process_group_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
