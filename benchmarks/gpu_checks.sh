@@ -25,7 +25,8 @@
 #        (each up to ~9 minutes): the CUDA tests of the hybrid tiles and host-kept traces; benchmarks/hybrid_tiles.py
 #        (8 Bamba blocks of 130M width, ref vs tiles per sublayer kind); `latim bench speed` end to end on
 #        mamba2/mamba1/bamba (130M widths, fp32 + bf16, N = 2048); the 7B-class shapes' maps (bf16, N = 2048, single
-#        query at 8192 / 32768; LARGE_MODELS, LARGE_LENGTHS (none: single queries only), LARGE_SINGLE, LARGE_S);
+#        query at 8192 / 32768, on 1 and 2 layers of the published widths, extrapolated to the published depth;
+#        LARGE_MODELS, LARGE_LENGTHS (none: single queries only), LARGE_SINGLE, LARGE_DEPTHS, LARGE_S);
 #        `latim bench whole-sequence` (130M Mamba-2, N = 2048); as $OUT/onegpu-<part>.tar.xz
 #   bash benchmarks/gpu_checks.sh scale [tests|check|bench|all]   scaling out on the visible GPUs: tests (test_scaling:
 #        layers split between GPU and CPU), check (a 7B-class shape split over 2 GPUs, or GPU + CPU on one, maps
@@ -124,9 +125,14 @@ if [ "$what" = onegpu ]; then
     echo "speed 130m rc=$?"; head -12 "$out/onegpu/speed-130m/speed.md" 2>/dev/null
   fi
   if want large; then
-    timeout 540 python3 benchmarks/speed.py --models "${LARGE_MODELS:-mamba2_2.7b,falcon_mamba_7b}" --dtypes bf16 \
-      --lengths "${LARGE_LENGTHS:-2048}" --single-lengths "${LARGE_SINGLE:-8192,32768}" --ref-max-n 0 --lig-max-n 0 --no-end-to-end --total-budget "${LARGE_S:-460}" \
-      --out "$out/onegpu/speed-large" > "$out/onegpu/speed-large.log" 2>&1
+    # LARGE_DEPTHS: the layer counts each model is built with (widths kept), times extrapolated to the published
+    # depth; "none" builds the published depth (a 7B shape's single query at N = 8192 then takes ~10 minutes: one
+    # ALTI layer of rows ≤ q per layer, 63 of them, and 32768 takes hours)
+    depths=(); [ "${LARGE_DEPTHS:-1,2}" = none ] || depths=(--depths "${LARGE_DEPTHS:-1,2}")
+    timeout "${LARGE_S:-500}" python3 benchmarks/speed.py --models "${LARGE_MODELS:-mamba2_2.7b,falcon_mamba_7b}" \
+      --dtypes bf16 --lengths "${LARGE_LENGTHS:-2048,8192}" --single-lengths "${LARGE_SINGLE:-8192,32768}" \
+      "${depths[@]}" --ref-max-n 0 --lig-max-n 0 --no-end-to-end --point-budget 300 \
+      --total-budget "$(( ${LARGE_S:-500} - 40 ))" --out "$out/onegpu/speed-large" > "$out/onegpu/speed-large.log" 2>&1
     echo "speed large rc=$?"; tail -n +14 "$out/onegpu/speed-large/speed.md" 2>/dev/null | head -20
   fi
   if want whole; then

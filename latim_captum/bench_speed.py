@@ -296,29 +296,31 @@ def run(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     total_budget = args.total_budget if args.total_budget is not None else (80.0 if quick else 450.0)
     deadline = t_start + total_budget
-    combos = [(k, dn) for k in models for dn in dtypes]
+    depths = _depths(args.depths, models, quick)
+    combos = [(k, dn, depth) for k in models for dn in dtypes for depth in depths]
     results["total_budget_s"] = total_budget
     results["warmup_s"] = {}
-    for combo_idx, (kind, dname) in enumerate(combos):
-        # one (model, dtype) pair: an equal share of the time left
+    for combo_idx, (kind, dname, depth) in enumerate(combos):
+        # one (model, dtype, depth): an equal share of the time left
         combo_end = time.perf_counter() + (deadline - time.perf_counter()) / (len(combos) - combo_idx)
         dtype = dtypes[dname]
         prec = "bf16" if dtype == torch.bfloat16 else _fp32_precision(device)
-        model = build_model(kind, quick, dtype, device)
+        model = build_model(kind, quick, dtype, device, n_layers=depth)
         maps_lengths, kernel = lengths, args.kernel
         if kernel == "triton" and _layout(kind) not in _triton_variants():
             results["skipped"].append({"model": kind, "dtype": dname, "why": "kernel='triton' does not cover it"})
             maps_lengths, kernel = [], "torch"
         # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
-        results["warmup_s"][f"{kind}/{dname}"] = _warm_up(
+        results["warmup_s"][f"{kind}/{dname}" + (f"/{depth} layers" if depth else "")] = _warm_up(
             model, min((lengths or [256])[0], 256), prec, device, kernel, [*maps_lengths, *single_lengths]
         )
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         adapter = get_adapter(model)
         n_layers, vocab = adapter.n_sublayers, adapter.vocab_size
+        depth_fields = {"n_layers": n_layers, "published_layers": published_layers(kind, quick)}
         last_wall, last_n = None, 1
         for n in maps_lengths:
-            point = {"model": kind, "dtype": dname, "precision": prec, "N": n, "n_layers": n_layers}
+            point = {"model": kind, "dtype": dname, "precision": prec, "N": n, **depth_fields}
             why = _skip_reason(last_wall, last_n, n, args.point_budget, maps_end)
             if why:
                 results["skipped"].append({**point, "why": why})
@@ -370,7 +372,7 @@ def run(args: argparse.Namespace) -> dict:
         # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
         last_wall, last_n = None, 1
         for n in single_lengths:
-            point = {"model": kind, "dtype": dname, "N": n}
+            point = {"model": kind, "dtype": dname, "N": n, **depth_fields}
             why = _skip_reason(last_wall, last_n, n, args.point_budget, combo_end)
             if why:
                 results["skipped"].append({**point, "mode": "single_query", "why": why})
@@ -398,7 +400,85 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     results["total_s"] = time.perf_counter() - t_start
+    results["extrapolated"] = extrapolate_depth(results)
+    _save(results, args.out)
     return results
+
+
+def published_layers(kind: str, quick: bool) -> int:
+    """The layer count of ``kind`` as :func:`build_model` builds it without ``n_layers`` (the checkpoint's depth)."""
+    layers, _, _, _, attention = _SHAPES[kind]
+    return (4 if attention else 2) if quick else layers
+
+
+def _depths(spec: str | None, models: Sequence[str], quick: bool) -> list[int | None]:
+    """``--depths``: the layer counts each model is built with (``[None]``: its published depth). A ``ValueError``
+    names a bad count, a single sampled depth (two are needed to extrapolate) and a hybrid, whose attention blocks
+    cost what a Mamba layer does not (a sampled depth of its first layers holds none of them)."""
+    if not spec:
+        return [None]
+    try:
+        depths = sorted({int(x) for x in spec.split(",")})
+    except ValueError:
+        raise ValueError(f"--depths must be comma-separated layer counts, got {spec!r}") from None
+    if len(depths) < 2 or depths[0] < 1:
+        raise ValueError(f"--depths needs two or more distinct layer counts ≥ 1 to extrapolate from, got {spec!r}")
+    hybrids = [kind for kind in models if _SHAPES[kind][4]]
+    if hybrids:
+        raise ValueError(
+            f"--depths samples the depth of pure Mamba models; {', '.join(hybrids)} has attention blocks whose cost "
+            "a few Mamba layers do not show: time it at its published depth"
+        )
+    too_deep = [kind for kind in models if depths[-1] > published_layers(kind, quick)]
+    if too_deep:
+        raise ValueError(f"--depths {depths[-1]} is deeper than {', '.join(too_deep)} (nothing to extrapolate)")
+    return depths
+
+
+def _linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b·x``: ``(a, b)``."""
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    return mean_y - slope * mean_x, slope
+
+
+def extrapolate_depth(results: dict) -> list[dict]:
+    """Times (and peaks) at the published depth ``L`` from models built with fewer layers of the same widths.
+
+    Every part of a call is a sum over layers plus a constant (the embedding, the readout): the trace, each layer's
+    map, and the single query's Horner step ``w ← w P^{(l)}`` (one ALTI layer per layer below the last), so a time
+    measured at depths ``K₁ < K₂ < …`` is fitted as ``t(K) = a + b·K`` and read at ``K = L``; ``b`` is the per-layer
+    cost. The peak memory is fitted the same way (the trace grows by one layer's tensors per layer). Only points
+    measured at two or more depths are extrapolated; measured points keep their own rows.
+
+    Example:
+        >>> pts = [{"model": "m", "dtype": "bf16", "N": 8, "n_layers": k, "published_layers": 64,
+        ...         "wall_s": 1.0 + 2.0 * k, "peak_gib": 3.0 + k} for k in (1, 2)]
+        >>> extrapolate_depth({"points": [], "single_query": pts})[0]["wall_s"]
+        129.0
+    """
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    for p in results.get("single_query", []):
+        groups.setdefault((p["model"], p["dtype"], p["N"], "single_query"), []).append((p["n_layers"], p))
+    for p in results.get("points", []):
+        for method in ("l2", "alti", "alti_logit"):
+            if method in p:
+                groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p["n_layers"], p[method]))
+    rows = []
+    for (model, dtype, n, method), measured in groups.items():
+        depths = sorted({k for k, _ in measured})
+        if len(depths) < 2:
+            continue
+        published = next(p for p in [*results.get("points", []), *results.get("single_query", [])]
+                         if p["model"] == model)["published_layers"]  # fmt: skip
+        ks = [k for k, _ in measured]
+        a, b = _linear_fit(ks, [e["wall_s"] for _, e in measured])
+        pa, pb = _linear_fit(ks, [e["peak_gib"] for _, e in measured])
+        rows.append({"model": model, "dtype": dtype, "N": n, "method": method, "depths": depths,
+                     "measured_s": [e["wall_s"] for _, e in sorted(measured, key=lambda m: m[0])],
+                     "per_layer_s": b, "layers": published, "wall_s": a + b * published,
+                     "per_layer_gib": pb, "peak_gib": pa + pb * published})  # fmt: skip
+    return rows
 
 
 def _single_query_seconds(
@@ -461,6 +541,12 @@ def _triton_variants() -> tuple[str, ...]:
     return VARIANTS
 
 
+def _model_cell(point: dict) -> str:
+    """A point's model, with its depth when it was built with fewer layers than published (``--depths``)."""
+    k, published = point.get("n_layers"), point.get("published_layers")
+    return point["model"] if k is None or k == published else f"{point['model']} ({k} of {published} layers)"
+
+
 def to_markdown(results: dict) -> str:
     kernel = results.get("kernel", "torch")
     lines = [f"# LaTIM speed ({results['gpu']}, kernel={kernel})", "",
@@ -490,7 +576,7 @@ def to_markdown(results: dict) -> str:
         logit_sums = " / ".join(f"{e2e[k]['logit_row_sum_rel_error']:.0e}" for k in ("highest", "tf32", "bf16")
                                 if k in e2e and "logit_row_sum_rel_error" in e2e[k])  # fmt: skip
         lines.append(
-            f"| {p['model']} | {p['dtype']} | {p['N']} | {p['forward_s']:.3f} | {p['trace_s']:.3f} | "
+            f"| {_model_cell(p)} | {p['dtype']} | {p['N']} | {p['forward_s']:.3f} | {p['trace_s']:.3f} | "
             f"{e2e['default_s']:.3f} | {cell('highest')} | {cell('tf32')} | {cell('bf16')} | {sums} | "
             f"{logit_sums or '—'} |"
         )
@@ -505,7 +591,7 @@ def to_markdown(results: dict) -> str:
             e = p[method]
             ref = f"{e['speedup_vs_ref']:.1f}" if "speedup_vs_ref" in e else "—"
             lines.append(
-                f"| {p['model']} | {p['dtype']} | {p['N']} | {method} | {e['wall_s']:.3f} | {e['peak_gib']:.2f} | "
+                f"| {_model_cell(p)} | {p['dtype']} | {p['N']} | {method} | {e['wall_s']:.3f} | {e['peak_gib']:.2f} | "
                 f"{e['tflops']:.1f} | {100 * e['frac_peak']:.0f} | {ref} | {e['x_forward']:.0f} |"
             )
     lines += ["", "Single query (ALTI-Logit of the last token, all layers):", "",
@@ -517,8 +603,23 @@ def to_markdown(results: dict) -> str:
             lig = "OOM | —"
         store = p.get("trace_store", "device")
         lines.append(
-            f"| {p['model']} | {p['dtype']} | {p['N']} | {store} | {p['wall_s']:.2f} | {p['peak_gib']:.2f} | {lig} |"
+            f"| {_model_cell(p)} | {p['dtype']} | {p['N']} | {store} | {p['wall_s']:.2f} | {p['peak_gib']:.2f} | "
+            f"{lig} |"
         )
+    if results.get("extrapolated"):
+        lines += ["", "Extrapolated to the published depth (models built with fewer layers of the same widths; "
+                  "t(K) = a + b·K fitted over the sampled depths K, read at K = L; peak memory likewise). A peak "
+                  "above the GPU's memory means the trace goes to the host there (`store=\"auto\"`), which adds "
+                  "copies this estimate leaves out:", "",
+                  "| model | dtype | N | method | measured at K layers: s | per layer s | L | estimated s at L | "
+                  "per layer GiB | estimated peak GiB at L |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for e in results["extrapolated"]:
+            measured = ", ".join(f"{k}: {s:.2f}" for k, s in zip(e["depths"], e["measured_s"]))
+            lines.append(
+                f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | {e['per_layer_s']:.3f} | "
+                f"{e['layers']} | {e['wall_s']:.1f} | {e['per_layer_gib']:.2f} | {e['peak_gib']:.1f} |"
+            )
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {json.dumps(s)}" for s in results["skipped"]]
     return "\n".join(lines) + "\n"
@@ -551,6 +652,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-end-to-end", dest="end_to_end", action="store_false",
         help="skip the end-to-end calls (seven full calls per point: minutes on a 7B shape)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--depths", default=None,
+        help="comma-separated layer counts to build each (pure Mamba) model with, its widths unchanged: every time "
+        "is also extrapolated linearly to the published depth (a 7B shape's single query at N = 32768 is hours)",
     )  # fmt: skip
     parser.add_argument(
         "--total-budget", type=float, default=None,

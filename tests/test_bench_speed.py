@@ -141,3 +141,54 @@ def test_single_query_keeps_the_trace_on_the_host_when_the_device_one_does_not_f
     # every call (the untimed warm-up's too) is refused on the device, then made on the host
     assert stores and stores == ["device", "host"] * (len(stores) // 2) and not results["skipped"]
     assert "| mamba2 | fp32 | 16 | host |" in (tmp_path / "speed.md").read_text()
+
+
+def test_depths_build_each_model_at_each_depth_and_extrapolate(tmp_path):
+    """``--depths`` builds every model with each layer count (widths kept), times each point at each depth, and reads
+    the linear fit at the published depth; the report says which rows were measured on fewer layers."""
+    args = bench_speed.build_parser().parse_args(
+        ["--quick", "--out", str(tmp_path), "--device", "cpu", "--models", "mamba1", "--dtypes", "fp32",
+         "--lengths", "16", "--single-lengths", "16", "--lig-max-n", "0", "--no-end-to-end", "--depths", "2,1"]
+    )  # fmt: skip
+    results = bench_speed.run(args)
+    assert [(p["n_layers"], p["published_layers"]) for p in results["points"]] == [(1, 2), (2, 2)]
+    assert [p["n_layers"] for p in results["single_query"]] == [1, 2]
+    by_method = {e["method"]: e for e in results["extrapolated"]}
+    assert set(by_method) == {"l2", "alti", "alti_logit", "single_query"}
+    sq = by_method["single_query"]
+    t1, t2 = (p["wall_s"] for p in results["single_query"])
+    assert sq["depths"] == [1, 2] and sq["measured_s"] == [t1, t2] and sq["layers"] == 2
+    # two depths: the line through both points, read at L = 2, is the 2-layer time
+    assert abs(sq["per_layer_s"] - (t2 - t1)) < 1e-12 and abs(sq["wall_s"] - t2) < 1e-12
+    report = (tmp_path / "speed.md").read_text()
+    assert "mamba1 (1 of 2 layers)" in report and "Extrapolated to the published depth" in report
+
+
+def test_extrapolation_reads_the_least_squares_line_at_the_published_depth():
+    """Three depths on a line with noise: the fit's slope and its value at L, computed by hand."""
+    times = {1: 3.0, 2: 5.5, 3: 7.0}  # least squares: slope 2.0, intercept 1.1667; at L = 10: 21.1667
+    points = [{"model": "m", "dtype": "bf16", "N": 64, "n_layers": k, "published_layers": 10, "wall_s": t,
+               "peak_gib": 2.0 * k} for k, t in times.items()]  # fmt: skip
+    (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points})
+    assert abs(row["per_layer_s"] - 2.0) < 1e-12 and abs(row["wall_s"] - (7 / 6 + 20)) < 1e-12
+    assert abs(row["peak_gib"] - 20.0) < 1e-12 and row["measured_s"] == [3.0, 5.5, 7.0]
+    # a point measured at one depth only is not extrapolated
+    assert bench_speed.extrapolate_depth({"points": [], "single_query": points[:1]}) == []
+
+
+def test_depths_refuse_what_they_cannot_extrapolate(capsys):
+    """One depth, a hybrid (its attention blocks are not in its first layers) and a depth beyond the model's are
+    named errors, not a silently wrong estimate."""
+    from latim_captum import cli
+
+    bad_options = (
+        (["--depths", "2"], "two or more"),
+        (["--depths", "1,x"], "1,x"),
+        (["--models", "bamba", "--depths", "1,2"], "bamba"),
+        (["--depths", "1,3"], "deeper"),
+    )
+    for bad, named in bad_options:
+        assert cli.main(["bench", "speed", "--quick", "--device", "cpu", "--models", "mamba2", "--out", "/tmp/x",
+                         *bad]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert "latim: error:" in err and named in err, (bad, err)
