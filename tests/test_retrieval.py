@@ -13,7 +13,9 @@ import torch
 
 from latim_captum.retrieval.data import FILLER, KEYS, TINY_TASK, Needle, RetrievalSample, RetrievalTask, planted_counts
 from latim_captum.retrieval.metrics import (
+    ANSWERED_CATEGORIES,
     CATEGORIES,
+    answered_labels,
     fwe_labels,
     fwe_outcome,
     passkey_labels,
@@ -147,6 +149,53 @@ def test_passkey_labels_by_hand():
     assert passkey_labels(_hand_sample(0)).tolist() == expected
     with pytest.raises(ValueError, match="passkey"):
         passkey_labels(TASK.fwe(1, length=128, seed=0)[0])
+
+
+def test_answered_labels_by_hand():
+    # gold = the second needle [8, 11); the answer spelt the third needle's value: its span [12, 14) is "answered"
+    g, a, r = 0, 1, 2
+    expected = [r] * 8 + [g, g, g] + [r] + [a, a] + [r] * 6
+    assert answered_labels(_hand_sample(1), matched=2).tolist() == expected
+    expected = [r] * 3 + [a, a, a] + [r, r] + [g, g, g] + [r] * 9
+    assert answered_labels(_hand_sample(1), matched=0).tolist() == expected
+    for bad in (1, 3, -1):  # the gold needle itself (a right answer), no such needle, no needle matched
+        with pytest.raises(ValueError, match="matched"):
+            answered_labels(_hand_sample(1), matched=bad)
+    with pytest.raises(ValueError, match="passkey"):
+        answered_labels(TASK.fwe(1, length=128, seed=0)[0], matched=0)
+
+
+def test_answered_shares_keep_the_wrong_answers_that_read_a_needle():
+    """Only wrong answers that spell a needle's value count; a row on the answered needle's span has all its mass
+    there, per row and (per-layer methods) per layer."""
+    from latim_captum.retrieval.evaluate import _answered_shares
+
+    s = _hand_sample(1)
+    outcomes = [passkey_outcome(s, [v]) for v in ("3", "2", "9", "1")]  # wrong → 3rd, right, no value, wrong → 1st
+    scores = torch.zeros(4, 2, 20)  # 4 samples, 2 answer rows
+    scores[:, :, 12:14] = 1.0  # the third needle
+    scores[:, 1, 8] = 2.0  # second row: also the gold span, 2 of 4 of its mass
+    got = _answered_shares(scores, [s] * 4, outcomes, per_layer=False)
+    assert len(got) == 2
+    # sample 0 (read the third needle): rows (0, 1, 0) and (0.5, 0.5, 0) → (0.25, 0.75, 0)
+    assert got[0].tolist() == pytest.approx([0.25, 0.75, 0.0])
+    # sample 3 (read the first needle, [3, 6), which holds nothing): the third needle's mass is "rest"
+    assert got[1].tolist() == pytest.approx([0.25, 0.0, 0.75])
+    per_layer = _answered_shares(scores[:, :, None].expand(4, 2, 3, 20), [s] * 4, outcomes, per_layer=True)
+    assert [p.shape for p in per_layer] == [(3, len(ANSWERED_CATEGORIES))] * 2
+    assert per_layer[0][2].tolist() == pytest.approx([0.25, 0.75, 0.0])
+
+
+def test_the_answered_section_pools_settings_by_samples():
+    from latim_captum.retrieval.evaluate import _answered_section
+
+    entry = {"label": "M", "passkey": {"N=64 k=2": {"answered": {"n": 1, "shares": [0.1, 0.9, 0.0]}},
+                                       "N=64 k=4": {"answered": {"n": 3, "shares": [0.5, 0.3, 0.2]}}}}  # fmt: skip
+    lines = _answered_section({"mamba1": {"methods": {"m": entry}}}, [64], [2, 4])
+    # (1·0.1 + 3·0.5) / 4 = 0.4, (0.9 + 0.9) / 4 = 0.45, 0.6 / 4 = 0.15
+    assert "| mamba1 | M | N=64 k>1 | 4 | 40.0 | 45.0 | 15.0 |" in lines
+    empty = {"label": "M", "passkey": {"N=64 k=2": {"answered": {"n": 0, "shares": None}}}}
+    assert _answered_section({"mamba1": {"methods": {"m": empty}}}, [64], [2]) == []
 
 
 def test_span_shares_by_hand():
@@ -350,6 +399,8 @@ def test_bench_retrieval_end_to_end(tmp_path, monkeypatch):
         assert per_layer.shape == ((1, 5) if entry["per_layer"] else (5,))
         assert per_layer.sum(-1) == pytest.approx(1.0)
         assert np.array(entry["fwe"]["N=96"]["shares"]).sum(-1) == pytest.approx(1.0)
+        answered = entry["passkey"]["N=96 k=2"]["answered"]  # wrong answers of the 2 explained that read a needle
+        assert answered["n"] <= 2 and (answered["shares"] is None) == (answered["n"] == 0)
         # one untimed call on one sample, then one timed call per setting (2 samples fit one attribution batch)
         assert calls[name] == 1 + 3 and entry["warmup_seconds"] > 0
     md = (out / "retrieval-mamba2-tiny.md").read_text()

@@ -44,7 +44,9 @@ from ..tasks.reports import write_report as _write_report
 from .attribution import answer_row_scores, is_per_layer, method_family
 from .data import KEYS, RetrievalSample, RetrievalTask
 from .metrics import (
+    ANSWERED_CATEGORIES,
     CATEGORIES,
+    answered_labels,
     fwe_labels,
     fwe_outcome,
     passkey_labels,
@@ -148,6 +150,22 @@ def _mean(rows: list[Tensor]) -> list | None:
         return None
     stacked = torch.stack(rows)
     return torch.nanmean(stacked, dim=0).tolist()
+
+
+def _answered_shares(
+    scores: Tensor, samples: Sequence[RetrievalSample], outcomes: Sequence[dict], per_layer: bool
+) -> list[Tensor]:
+    """Per sample whose wrong answer spells another needle's value: its rows' shares over
+    :data:`~.metrics.ANSWERED_CATEGORIES` (gold, answered needle, rest), averaged over the answer rows; ``[3]`` or
+    ``[L, 3]``. ``scores``: ``[b, R, (L,) N]`` rows of ``samples``."""
+    out = []
+    for k, (s, o) in enumerate(zip(samples, outcomes)):
+        if o["correct"] or o["matched"] < 0:
+            continue
+        labels = answered_labels(s, o["matched"])
+        view = labels[None, None, :] if per_layer else labels[None, :]
+        out.append(torch.nanmean(span_shares(scores[k], view, len(ANSWERED_CATEGORIES)), dim=0))
+    return out
 
 
 def _passkey_settings(lengths: Sequence[int], keys: Sequence[int]) -> list[tuple[int, int]]:
@@ -305,6 +323,7 @@ def evaluate_model(
                 ids_all = _with_answer(samples, answers)
                 rows = list(samples[0].answer_rows)
                 per_sample: list[Tensor] = []
+                answered: list[Tensor] = []  # gold / answered / rest shares of the wrong answers that read a needle
                 t0 = time.time()
                 for s0 in range(0, len(samples), attr_batch):
                     ids = ids_all[s0 : s0 + attr_batch].to(device)
@@ -321,6 +340,8 @@ def evaluate_model(
                     view = labels[:, None, None, :] if per_layer else labels[:, None, :]
                     shares = span_shares(scores, view, n_labels)  # [b, R, (L,) C]
                     per_sample += list(torch.nanmean(shares, dim=1).unbind(0))
+                    if d["kind"] == "passkey":
+                        answered += _answered_shares(scores, part, d["outcomes"][s0 : s0 + attr_batch], per_layer)
                     for k, s in enumerate(part):
                         ex = examples.get(key) if examples is not None else None
                         if ex is not None and ex["sample"] is s:
@@ -334,7 +355,11 @@ def evaluate_model(
                     for cell in ("all", *CELLS):
                         chosen = [p for p, o in zip(per_sample, outcomes) if cell == "all" or _cell(o) == cell]
                         cells[cell] = {"n": len(chosen), "shares": _mean(chosen)}
-                    entry["passkey"][key] = {"seconds": seconds, "cells": cells}
+                    entry["passkey"][key] = {
+                        "seconds": seconds,
+                        "cells": cells,
+                        "answered": {"n": len(answered), "shares": _mean(answered)},
+                    }
                 else:
                     counts = torch.tensor(samples[0].counts, dtype=torch.float64)
                     mean = torch.nanmean(torch.stack(per_sample), dim=0)  # [(L,) m + 1]
@@ -389,6 +414,34 @@ def pooled_cells(entry: dict, settings: Sequence[str]) -> dict[str, dict]:
             total += c["n"]
         out[cell] = {"n": total, "shares": (acc / total).tolist() if total else None}
     return out
+
+
+def _answered_section(models: dict, lengths: Sequence[int], multi: Sequence[int]) -> list[str]:
+    """Markdown: per method, the shares on the gold needle / the needle a wrong answer spells / the rest, pooled over
+    the multi-key settings of each length (weighted by samples); none when no method recorded such an answer."""
+    rows = []
+    for variant, r in models.items():
+        for e in r["methods"].values():
+            for n in lengths:
+                total, acc = 0, None
+                for k in multi:
+                    a = e.get("passkey", {}).get(f"N={n} k={k}", {}).get("answered")
+                    if a and a["n"] and a["shares"] is not None:
+                        v = np.array(_layer_mean(a["shares"]), dtype=float) * a["n"]
+                        acc = v if acc is None else acc + v
+                        total += a["n"]
+                if total:
+                    vals = " | ".join(_pct(v) for v in acc / total)
+                    rows.append(f"| {variant} | {e['label']} | N={n} k>1 | {total} | {vals} |")
+    if not rows:
+        return []
+    return ["", "## Which needle a wrong answer read (passkey, %)", "",
+            "Wrong answers that spell another needle's value name the needle the model copied from. Share of |score| "
+            "of their answer rows on the gold needle's key–value span, on the span of the needle whose value was "
+            "answered, and on everything else (per-layer methods: mean over layers). A method that explains the "
+            "failure puts the mass on the needle answered.", "",
+            "| Model | Method | setting | n | gold | answered | rest |", "| --- | --- | --- | --- | --- | --- | --- |",
+            *rows]  # fmt: skip
 
 
 def render_markdown(suite: dict) -> str:
@@ -538,6 +591,8 @@ def render_markdown(suite: dict) -> str:
                         mean = acc / total
                         vals = " | ".join(f"{100 * g:.1f} / {100 * f:.1f}" for g, f in zip(mean[:, 0], mean[:, 1]))
                         lines.append(f"| {e['label']} | {_cell_name(cell)} (n={total}) | {vals} |")
+
+    lines += _answered_section(models, lengths, multi)
 
     if any(e.get("fwe") for r in models.values() for e in r["methods"].values()):
         lines += ["", "## FWE: contribution per occurrence of each planted word (Figure 3 right)", "",

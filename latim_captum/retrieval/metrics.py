@@ -22,6 +22,11 @@ shares (NaN). Passkey categories (:func:`passkey_labels`):
 - ``filler``: the intro, the filler sentences and the needles' shared template words;
 - ``query``: the question and the answer tokens before the row (everything after the haystack).
 
+**Which needle a wrong answer read.** A wrong answer that spells another needle's value (``matched``) names the
+needle the model copied from. :func:`answered_labels` splits a row's mass three ways, ``gold`` / ``answered`` (that
+needle's key–value span) / ``rest``: a method that explains the failure puts the mass on the needle answered, not
+on the gold one.
+
 FWE (:func:`fwe_labels`): one category per planted word (its occurrences, rank ``r`` = ``r``-th most frequent) and
 ``other`` (intro, question, answer). The *mean contribution per occurrence* of word ``r`` is
 ``share(r) / count(r)``: Figure 3 (right) and App. D.3's reading, where a word's mass does not grow with how often
@@ -43,7 +48,9 @@ from torch import Tensor
 from .data import RetrievalSample
 
 __all__ = [
+    "ANSWERED_CATEGORIES",
     "CATEGORIES",
+    "answered_labels",
     "fwe_labels",
     "fwe_outcome",
     "passkey_labels",
@@ -71,6 +78,33 @@ def passkey_labels(sample: RetrievalSample) -> Tensor:
             labels[start:stop] = FIRST
         else:
             labels[start:stop] = OTHER_KEYS
+    return labels
+
+
+#: the categories of :func:`answered_labels`, in label order
+ANSWERED_CATEGORIES: tuple[str, ...] = ("gold", "answered", "rest")
+
+
+def answered_labels(sample: RetrievalSample, matched: int) -> Tensor:
+    """``[N]`` index into :data:`ANSWERED_CATEGORIES` of every position of a passkey sample whose wrong answer spells
+    needle ``matched``'s value (order of appearance, :func:`passkey_outcome`): its key–value span is ``answered``,
+    the gold needle's ``gold``, everything else ``rest``.
+
+    Example:
+        >>> labels = answered_labels(sample, matched=outcome["matched"])     # doctest: +SKIP
+        >>> span_shares(row, labels, len(ANSWERED_CATEGORIES))               # doctest: +SKIP
+    """
+    if sample.kind != "passkey":
+        raise ValueError(f"answered_labels needs a passkey sample, got {sample.kind!r}")
+    if not 0 <= matched < len(sample.needles) or matched == sample.gold:
+        raise ValueError(
+            f"matched must name a needle other than the gold one (0..{len(sample.needles) - 1}, not {sample.gold}), "
+            f"got {matched}"
+        )
+    labels = torch.full((sample.length,), 2, dtype=torch.long)
+    for k, label in ((sample.gold, 0), (matched, 1)):
+        start, stop = sample.needles[k].span
+        labels[start:stop] = label
     return labels
 
 
