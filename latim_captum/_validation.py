@@ -241,8 +241,8 @@ def check_device(device: str | torch.device) -> torch.device:
 def check_known_tokens(tokenizer: Any, text: str, ids: Sequence[int], what: str) -> None:
     """``ValueError`` when ``tokenizer`` read ``text`` (as ``ids``) with more unknown tokens than the unknown-token
     strings typed in it: the map would be of another input (the embedded copy models read every character outside
-    ``a``-``o`` as their separator ``|``; a word-level tokenizer, an unknown word as ``<unk>``). ``what`` names the
-    text in the message (``--text``, ``file line 3: prompt``).
+    ``a``-``o`` and ``|`` as ``<unk>``; a word-level tokenizer, an unknown word). ``what`` names the text in the
+    message (``--text``, ``file line 3: prompt``).
 
     Example:
         >>> check_known_tokens(tok, "abc", [0, 1, 2], "--text")                # doctest: +SKIP

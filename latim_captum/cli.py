@@ -166,8 +166,8 @@ def _encode(tok, parts: dict[str, str | None]) -> torch.Tensor:
 
     Raises:
         ValueError: a text the tokenizer reads as its unknown token beyond the unknown-token strings typed in it
-            (the embedded copy models read every character outside ``a``-``o`` as their separator ``|``: the map
-            would be of another input).
+            (the embedded copy models read every character outside ``a``-``o`` and ``|`` as ``<unk>``, a token
+            they never saw in training: the map would be of another input).
     """
     from ._validation import check_known_tokens
 

@@ -399,3 +399,25 @@ def test_baselines_refuse_hybrids_at_load(tok):
         with pytest.raises(TypeError, match=f"'{method}' is defined for pure Mamba models, got the hybrid"):
             inseq.load_model(hybrid, method, tokenizer=tok)
     inseq.load_model(hybrid, "latim", tokenizer=tok)  # LaTIM decomposes hybrids
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_embedded_copy_models_label_every_token_and_generate(variant):
+    """The shipped copy models' separator ``|`` is an ordinary token (their pad/BOS/EOS is ``<pad>``, never in a
+    sample): Inseq labels every character where it stands (a separator that was the pad token was left out of the
+    labels, shifting each one after it), and Inseq's own decoding round-trips without ``--generated_texts``."""
+    from latim_captum.models import copy_task_of, load_copy_model
+
+    model, tokenizer = load_copy_model(variant)
+    task, _ = copy_task_of(variant)
+    text = task.encode_text(task.sample(1, seed=5))[0]
+    prompt = text[: task.length + 1]  # the source and the separator
+    attr = inseq.load_model(model, "latim", tokenizer=tokenizer)
+    seq = attr.attribute(prompt, text, **FAST).sequence_attributions[0]
+    assert [t.token for t in seq.target] == list(text)
+    assert seq.attr_pos_start == len(prompt) and seq.target_attributions.shape[0] == len(text)
+    # Inseq generates the copy itself: the text it decodes is the string of characters, and the model copies it
+    generated = attr.attribute(prompt, generation_args={"max_new_tokens": task.length}, **FAST)
+    out_text = generated.info["generated_texts"][0]
+    assert out_text.startswith(prompt) and len(out_text) == len(text)
+    assert [t.token for t in generated.sequence_attributions[0].target] == list(out_text)

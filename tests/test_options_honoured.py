@@ -2,8 +2,8 @@
 
 - ``latim attribute --target`` was glued to ``--text`` (``"w3 w4" + "w5 w6"`` read as ``w3 w4w5 w6``); it is
   tokenised apart, as ``latim attribute-dataset`` and Captum's LLM attribution do.
-- Text outside the tokenizer's vocabulary became the unknown token (on the embedded copy models: the separator
-  ``|``), and the map was of another input; it is refused.
+- Text outside the tokenizer's vocabulary became the unknown token (on the embedded copy models, before they had
+  an ``<unk>`` of their own: the separator ``|``), and the map was of another input; it is refused.
 - ``latim attribute`` records the activation strategy it used (the JSON and the figure's title).
 - Inseq: ``position=`` reached the baselines' maps (a ``[B, L, N]`` row read as a token map) and ``layers=`` was
   dropped by aggregated methods; both are refused.
@@ -65,10 +65,10 @@ def test_text_outside_the_vocabulary_is_refused(word_model, tmp_path, capsys):
     _one_error_line(capsys, "outside the tokenizer's vocabulary")
 
 
-def test_the_embedded_models_refuse_characters_they_would_read_as_the_separator(tmp_path, capsys):
+def test_the_embedded_models_refuse_characters_outside_their_alphabet(tmp_path, capsys):
     rc = main(["attribute", "--model", "mamba1", "--text", "hello world", "--out", str(tmp_path / "f.png")])
     assert rc == 2
-    _one_error_line(capsys, "read as its unknown token '|'")
+    _one_error_line(capsys, "read as its unknown token '<unk>'")
     got = _attribute_json("mamba1", tmp_path, "--text", "abc|ab", "--target", "c", "--method", "l2")
     assert got["tokens"] == ["a", "b", "c", "|", "a", "b", "c"]  # a typed separator is the separator
 

@@ -22,9 +22,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SEP", "SYMBOLS", "CopyTask", "copy_tokenizer"]
+__all__ = ["PAD", "SEP", "SYMBOLS", "UNK", "CopyTask", "copy_tokenizer", "model_vocab_size"]
 
 SEP = "|"
+#: the models' pad/bos/eos token and unknown-character token: ids ``vocab_size`` and ``vocab_size + 1``, one past the
+#: task's (never in a sample, so never a target). The separator stays an ordinary token: Inseq and Captum leave
+#: special tokens out of their labels, and a separator that was the pad token shifted every label after it.
+PAD = "<pad>"
+UNK = "<unk>"
 SYMBOLS = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -89,23 +94,36 @@ class CopyTask:
         return ["".join(chars[t] for t in row.tolist()) for row in ids]
 
 
+def model_vocab_size(vocab_size: int) -> int:
+    """Rows of a copy model's embedding for a task of ``vocab_size`` tokens: the task's, then :data:`PAD` and
+    :data:`UNK`."""
+    return vocab_size + 2
+
+
 def copy_tokenizer(vocab_size: int):
-    """A character-level ``PreTrainedTokenizerFast``: symbol ``k`` is ``SYMBOLS[k]``, the last id is ``"|"``.
+    """A character-level ``PreTrainedTokenizerFast``: symbol ``k`` is ``SYMBOLS[k]``, id ``vocab_size - 1`` is the
+    separator ``"|"`` (an ordinary token), then the special :data:`PAD` (pad, BOS and EOS) and :data:`UNK` (any
+    other character).
 
     Every character is one token (no spaces, no special tokens added), so ``tok("abc|abc").input_ids`` are the ids
-    of :class:`CopyTask`.
+    of :class:`CopyTask`; decoding joins the tokens without spaces, so decoded text tokenizes back to the same ids.
 
     Example:
         >>> tok = copy_tokenizer(8)
-        >>> tok("ab|ab").input_ids
-        [0, 1, 7, 0, 1]
+        >>> tok("ab|ab").input_ids, tok.pad_token_id, tok("a?").input_ids
+        ([0, 1, 7, 0, 1], 8, [0, 9])
+        >>> tok.decode([0, 1, 7, 0, 1])
+        'ab|ab'
     """
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     CopyTask(length=2, vocab_size=vocab_size)  # validates vocab_size
     vocab = {ch: k for k, ch in enumerate(SYMBOLS[: vocab_size - 1])}
     vocab[SEP] = vocab_size - 1
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SEP))
+    vocab[PAD] = vocab_size
+    vocab[UNK] = vocab_size + 1
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=SEP, pad_token=SEP)
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, pad_token=PAD, bos_token=PAD, eos_token=PAD)

@@ -3,7 +3,10 @@
 Paper scale (``--scale paper``): 8 layers, d_model 512, vocab 32, state 16 (Mamba-1) / 128 (Mamba-2), mimetic
 initialisation in layer 4 only, AdamW lr 7e-4, inverse-square-root schedule with 500 warm-up steps, 5,000 steps,
 batch 256, 128 evaluation samples of a 50-token string, no dropout, no clipping. Training strings: 500,000 fresh
-ones by default instead of the paper's 5,000, which our Mamba-1 memorises (see ``PAPER_N_TRAIN``).
+ones by default instead of the paper's 5,000, which our Mamba-1 memorises (see ``PAPER_N_TRAIN``). The embedding
+holds the task's ``vocab`` tokens and two more that no sample holds (``<pad>``, the config's pad/BOS/EOS, and
+``<unk>``): the separator stays an ordinary token, which Inseq and Captum label (since 2026-12-05; models trained
+before have ``vocab`` rows and the separator as pad).
 
 Loss: next-token cross-entropy on the copy part only — the rows ``L..2L-1`` whose next token is a copied token
 (the source is random, so its tokens cannot be predicted and would only add noise to the loss).
@@ -50,7 +53,7 @@ from ..tasks.training import (
     save_run,
     trainer_main,
 )
-from .data import CopyTask, copy_tokenizer
+from .data import CopyTask, copy_tokenizer, model_vocab_size
 
 __all__ = ["PRESETS", "build_model", "evaluate_copy", "inverse_sqrt", "main", "train"]
 
@@ -107,11 +110,13 @@ def build_model(
     length: int = 50,
     act: str = "silu",
 ) -> nn.Module:
-    """A fresh HF causal LM for copy strings of ``length`` symbols (:func:`latim_captum.tasks.models.build_model`
-    with ``2L + 1`` tokens and the separator, the last id, as pad/bos/eos)."""
+    """A fresh HF causal LM for copy strings of ``length`` symbols over a task vocabulary of ``vocab`` tokens
+    (:func:`latim_captum.tasks.models.build_model` with ``2L + 1`` tokens): its embedding holds the task's tokens,
+    then :data:`~.data.PAD` (the config's pad/bos/eos, never in a sample) and :data:`~.data.UNK`, as
+    :func:`~.data.copy_tokenizer` numbers them."""
     return _build_model(
-        variant, layers=layers, d_model=d_model, state=state, vocab=vocab, head_dim=head_dim,
-        seq_len=2 * length + 1, act=act,
+        variant, layers=layers, d_model=d_model, state=state, vocab=model_vocab_size(vocab), head_dim=head_dim,
+        seq_len=2 * length + 1, act=act, special_id=vocab,
     )  # fmt: skip
 
 
