@@ -8,8 +8,9 @@ the same precision (fp32 models use TF32 for the ``W_o`` GEMM, bf16 models bf16 
 Ratios reported per point: to the ``_ref`` path (timed on one layer, ×n_layers, only up to N = 2048: it materialises
 ``[rows, N, d, R]``), to Captum's ``LayerIntegratedGradients`` (50 steps, one prediction) for one-query ALTI-Logit,
 and to one plain forward pass. Every (model, dtype) pair is warmed up once (Triton JIT of mamba-ssm's kernels)
-before anything is timed and gets an equal share of ``--total-budget``; a point whose time, predicted quadratic in N
-from the previous one, exceeds ``--point-budget`` or the time left is skipped and listed with the reason.
+before anything is timed and gets an equal share of ``--total-budget`` (with ``--depths``, a share in proportion to
+the depth built); a point whose time, predicted quadratic in N from the previous one, exceeds ``--point-budget``
+or the time left is skipped and listed with the reason.
 
 Usage::
 
@@ -284,6 +285,7 @@ def run(args: argparse.Namespace) -> dict:
     lengths = _lengths(args.lengths, [16, 24] if quick else [512, 2048, 4096, 8192, 16384])
     single_lengths = _lengths(args.single_lengths, [16] if quick else [2048, 8192, 32768])
     models = _choices(args.models, MODELS, "--models")
+    depths = _depths(args.depths, models, quick)  # checked before the matmul peak: a bad option fails at once
     dtypes = {name: DTYPES[name] for name in _choices(args.dtypes, tuple(DTYPES), "--dtypes")}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results: dict = {"device": str(device), "gpu": gpu, "kernel": args.kernel,
@@ -296,13 +298,15 @@ def run(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     total_budget = args.total_budget if args.total_budget is not None else (80.0 if quick else 450.0)
     deadline = t_start + total_budget
-    depths = _depths(args.depths, models, quick)
     combos = [(k, dn, depth) for k in models for dn in dtypes for depth in depths]
+    # a share of the time left in proportion to the depth built (a deeper model costs more per point; without
+    # --depths every pair weighs 1)
+    weights = [depth or 1 for _, _, depth in combos]
     results["total_budget_s"] = total_budget
     results["warmup_s"] = {}
     for combo_idx, (kind, dname, depth) in enumerate(combos):
-        # one (model, dtype, depth): an equal share of the time left
-        combo_end = time.perf_counter() + (deadline - time.perf_counter()) / (len(combos) - combo_idx)
+        share = weights[combo_idx] / sum(weights[combo_idx:])
+        combo_end = time.perf_counter() + (deadline - time.perf_counter()) * share
         dtype = dtypes[dname]
         prec = "bf16" if dtype == torch.bfloat16 else _fp32_precision(device)
         model = build_model(kind, quick, dtype, device, n_layers=depth)
@@ -317,7 +321,9 @@ def run(args: argparse.Namespace) -> dict:
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         adapter = get_adapter(model)
         n_layers, vocab = adapter.n_sublayers, adapter.vocab_size
-        depth_fields = {"n_layers": n_layers, "published_layers": published_layers(kind, quick)}
+        # n_layers counts sublayers (a hybrid's mixers and MLPs); depth counts blocks, as published_depth does
+        published = published_layers(kind, quick)
+        depth_fields = {"n_layers": n_layers, "depth": depth or published, "published_depth": published}
         last_wall, last_n = None, 1
         for n in maps_lengths:
             point = {"model": kind, "dtype": dname, "precision": prec, "N": n, **depth_fields}
@@ -448,36 +454,44 @@ def extrapolate_depth(results: dict) -> list[dict]:
     Every part of a call is a sum over layers plus a constant (the embedding, the readout): the trace, each layer's
     map, and the single query's Horner step ``w ← w P^{(l)}`` (one ALTI layer per layer below the last), so a time
     measured at depths ``K₁ < K₂ < …`` is fitted as ``t(K) = a + b·K`` and read at ``K = L``; ``b`` is the per-layer
-    cost. The peak memory is fitted the same way (the trace grows by one layer's tensors per layer). Only points
-    measured at two or more depths are extrapolated; measured points keep their own rows.
+    cost. The peak memory is fitted the same way (the trace grows by one layer's tensors per layer). Single queries
+    are grouped by where their trace was kept (device or host: two cost models). A point measured at one depth only
+    (the others skipped) gets a row without an estimate, saying so.
 
     Example:
-        >>> pts = [{"model": "m", "dtype": "bf16", "N": 8, "n_layers": k, "published_layers": 64,
+        >>> pts = [{"model": "m", "dtype": "bf16", "N": 8, "depth": k, "published_depth": 64,
         ...         "wall_s": 1.0 + 2.0 * k, "peak_gib": 3.0 + k} for k in (1, 2)]
         >>> extrapolate_depth({"points": [], "single_query": pts})[0]["wall_s"]
         129.0
     """
     groups: dict[tuple, list[tuple[int, dict]]] = {}
+    published: dict[str, int] = {}
     for p in results.get("single_query", []):
-        groups.setdefault((p["model"], p["dtype"], p["N"], "single_query"), []).append((p["n_layers"], p))
+        if "depth" not in p:  # results of a run before --depths
+            continue
+        method = "single_query" + (f" (trace on the {p['trace_store']})" if p.get("trace_store") == "host" else "")
+        groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p["depth"], p))
+        published[p["model"]] = p["published_depth"]
     for p in results.get("points", []):
+        if "depth" not in p:
+            continue
+        published[p["model"]] = p["published_depth"]
         for method in ("l2", "alti", "alti_logit"):
             if method in p:
-                groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p["n_layers"], p[method]))
+                groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p["depth"], p[method]))
     rows = []
     for (model, dtype, n, method), measured in groups.items():
-        depths = sorted({k for k, _ in measured})
-        if len(depths) < 2:
+        measured.sort(key=lambda m: m[0])
+        depths = [k for k, _ in measured]
+        row = {"model": model, "dtype": dtype, "N": n, "method": method, "depths": depths,
+               "measured_s": [e["wall_s"] for _, e in measured], "layers": published[model]}  # fmt: skip
+        if len(set(depths)) < 2:
+            rows.append({**row, "why": f"measured at {depths[0]} layer(s) only (the other depths skipped)"})
             continue
-        published = next(p for p in [*results.get("points", []), *results.get("single_query", [])]
-                         if p["model"] == model)["published_layers"]  # fmt: skip
-        ks = [k for k, _ in measured]
-        a, b = _linear_fit(ks, [e["wall_s"] for _, e in measured])
-        pa, pb = _linear_fit(ks, [e["peak_gib"] for _, e in measured])
-        rows.append({"model": model, "dtype": dtype, "N": n, "method": method, "depths": depths,
-                     "measured_s": [e["wall_s"] for _, e in sorted(measured, key=lambda m: m[0])],
-                     "per_layer_s": b, "layers": published, "wall_s": a + b * published,
-                     "per_layer_gib": pb, "peak_gib": pa + pb * published})  # fmt: skip
+        a, b = _linear_fit(depths, row["measured_s"])
+        pa, pb = _linear_fit(depths, [e["peak_gib"] for _, e in measured])
+        rows.append({**row, "per_layer_s": b, "wall_s": a + b * published[model], "per_layer_gib": pb,
+                     "peak_gib": pa + pb * published[model]})  # fmt: skip
     return rows
 
 
@@ -543,7 +557,7 @@ def _triton_variants() -> tuple[str, ...]:
 
 def _model_cell(point: dict) -> str:
     """A point's model, with its depth when it was built with fewer layers than published (``--depths``)."""
-    k, published = point.get("n_layers"), point.get("published_layers")
+    k, published = point.get("depth"), point.get("published_depth")
     return point["model"] if k is None or k == published else f"{point['model']} ({k} of {published} layers)"
 
 
@@ -615,10 +629,14 @@ def to_markdown(results: dict) -> str:
                   "per layer GiB | estimated peak GiB at L |",
                   "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for e in results["extrapolated"]:
-            measured = ", ".join(f"{k}: {s:.2f}" for k, s in zip(e["depths"], e["measured_s"]))
+            measured = ", ".join(f"{k}: {s:.3g}" for k, s in zip(e["depths"], e["measured_s"]))
+            if "why" in e:
+                lines.append(f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | — | "
+                             f"{e['layers']} | not estimated: {e['why']} | — | — |")  # fmt: skip
+                continue
             lines.append(
-                f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | {e['per_layer_s']:.3f} | "
-                f"{e['layers']} | {e['wall_s']:.1f} | {e['per_layer_gib']:.2f} | {e['peak_gib']:.1f} |"
+                f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | {e['per_layer_s']:.3g} | "
+                f"{e['layers']} | {e['wall_s']:.3g} | {e['per_layer_gib']:.3g} | {e['peak_gib']:.3g} |"
             )
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {json.dumps(s)}" for s in results["skipped"]]
@@ -655,12 +673,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--depths", default=None,
-        help="comma-separated layer counts to build each (pure Mamba) model with, its widths unchanged: every time "
-        "is also extrapolated linearly to the published depth (a 7B shape's single query at N = 32768 is hours)",
+        help="comma-separated layer counts to build each (pure Mamba) model with, its widths unchanged: the map and "
+        "single-query times and peaks are also extrapolated linearly to the published depth (a 7B shape's single "
+        "query at N = 32768 is hours); with two depths, noise in their difference grows (L - 1)-fold",
     )  # fmt: skip
     parser.add_argument(
         "--total-budget", type=float, default=None,
-        help="seconds for the whole run, split equally between (model, dtype) pairs (default 80 quick, 450 full)",
+        help="seconds for the whole run, split equally between (model, dtype) pairs, with --depths in proportion to "
+        "the depth built (default 80 quick, 450 full)",
     )  # fmt: skip
 
 

@@ -151,8 +151,8 @@ def test_depths_build_each_model_at_each_depth_and_extrapolate(tmp_path):
          "--lengths", "16", "--single-lengths", "16", "--lig-max-n", "0", "--no-end-to-end", "--depths", "2,1"]
     )  # fmt: skip
     results = bench_speed.run(args)
-    assert [(p["n_layers"], p["published_layers"]) for p in results["points"]] == [(1, 2), (2, 2)]
-    assert [p["n_layers"] for p in results["single_query"]] == [1, 2]
+    assert [(p["depth"], p["published_depth"], p["n_layers"]) for p in results["points"]] == [(1, 2, 1), (2, 2, 2)]
+    assert [p["depth"] for p in results["single_query"]] == [1, 2]
     by_method = {e["method"]: e for e in results["extrapolated"]}
     assert set(by_method) == {"l2", "alti", "alti_logit", "single_query"}
     sq = by_method["single_query"]
@@ -167,13 +167,19 @@ def test_depths_build_each_model_at_each_depth_and_extrapolate(tmp_path):
 def test_extrapolation_reads_the_least_squares_line_at_the_published_depth():
     """Three depths on a line with noise: the fit's slope and its value at L, computed by hand."""
     times = {1: 3.0, 2: 5.5, 3: 7.0}  # least squares: slope 2.0, intercept 1.1667; at L = 10: 21.1667
-    points = [{"model": "m", "dtype": "bf16", "N": 64, "n_layers": k, "published_layers": 10, "wall_s": t,
+    points = [{"model": "m", "dtype": "bf16", "N": 64, "depth": k, "published_depth": 10, "wall_s": t,
                "peak_gib": 2.0 * k} for k, t in times.items()]  # fmt: skip
     (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points})
     assert abs(row["per_layer_s"] - 2.0) < 1e-12 and abs(row["wall_s"] - (7 / 6 + 20)) < 1e-12
     assert abs(row["peak_gib"] - 20.0) < 1e-12 and row["measured_s"] == [3.0, 5.5, 7.0]
-    # a point measured at one depth only is not extrapolated
-    assert bench_speed.extrapolate_depth({"points": [], "single_query": points[:1]}) == []
+    # a point measured at one depth only (the others skipped) gets a row that says so, with no estimate
+    (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points[:1]})
+    assert "wall_s" not in row and "measured at 1 layer(s) only" in row["why"]
+    # a single query whose trace went to the host at one depth is not fitted with the device-kept ones
+    mixed = [{**points[0], "trace_store": "device"}, {**points[1], "trace_store": "host"}]
+    rows = bench_speed.extrapolate_depth({"points": [], "single_query": mixed})
+    assert sorted(r["method"] for r in rows) == ["single_query", "single_query (trace on the host)"]
+    assert all("why" in r for r in rows)
 
 
 def test_depths_refuse_what_they_cannot_extrapolate(capsys):
@@ -192,3 +198,17 @@ def test_depths_refuse_what_they_cannot_extrapolate(capsys):
                          *bad]) == 2  # fmt: skip
         err = capsys.readouterr().err
         assert "latim: error:" in err and named in err, (bad, err)
+
+
+def test_hybrid_rows_are_not_labelled_with_a_depth_they_were_not_built_at(tmp_path):
+    """A hybrid's sublayers (mixers and MLPs) outnumber its blocks: without --depths the report names the model
+    alone, not "bamba (8 of 4 layers)"."""
+    args = bench_speed.build_parser().parse_args(
+        ["--quick", "--out", str(tmp_path), "--device", "cpu", "--models", "bamba", "--dtypes", "fp32",
+         "--lengths", "16", "--single-lengths", "none", "--no-end-to-end", "--ref-max-n", "0"]
+    )  # fmt: skip
+    results = bench_speed.run(args)
+    (point,) = results["points"]
+    assert point["n_layers"] == 8 and (point["depth"], point["published_depth"]) == (4, 4)
+    report = (tmp_path / "speed.md").read_text()
+    assert "| bamba | fp32 | 16 | l2 |" in report and "of 4 layers" not in report

@@ -359,6 +359,53 @@ def test_llm_attribution_refuses_padding_in_token_ids(m1):
     torch.testing.assert_close(res.token_attr[0], expected[0], atol=1e-6, rtol=1e-5)
 
 
+def test_pad_token_that_is_also_bos_or_eos_passes_only_where_that_token_can_stand():
+    """A pad token that is also the BOS passes at position 0 only, and only for a tokenizer that prepends its BOS; one
+    that is also the EOS passes at the end or between text, never in a run of padding at either end. A pad token
+    with no other role is refused anywhere (the shipped copy models: ``<pad>`` before ``abcdefghij|`` took 59 % of
+    Mamba-2's attribution mass when it passed)."""
+    from tokenizers import processors
+
+    from latim_captum.attr._llm_inputs import _refuse_padding
+    from latim_captum.copying import copy_tokenizer
+
+    def refused(ids, tok) -> bool:
+        try:
+            _refuse_padding(torch.tensor(ids), tok)
+        except ValueError as err:
+            assert "holds the pad token" in str(err)
+            return True
+        return False
+
+    copy_tok = copy_tokenizer(16)  # <pad> = 16, no BOS or EOS
+    assert refused([16, 0, 1, 15], copy_tok) and refused([0, 16, 1], copy_tok) and refused([0, 1, 16], copy_tok)
+    assert not refused([0, 1, 15, 0], copy_tok)
+
+    eos_pad = _tokenizer()
+    eos_pad.add_special_tokens({"pad_token": "w39", "eos_token": "w39"})  # pad = EOS, no BOS prepended
+    assert not refused([3, 39, 4], eos_pad) and not refused([3, 4, 39], eos_pad)  # a separator, a final EOS
+    assert refused([3, 4, 39, 39], eos_pad) and refused([39, 3, 4], eos_pad)  # right / left padding
+
+    bos_pad = _tokenizer()
+    bos_pad.add_special_tokens({"pad_token": "w38", "bos_token": "w38"})
+    assert refused([38, 3, 4], bos_pad)  # the tokenizer does not prepend its BOS: a leading w38 is padding
+    bos_pad._tokenizer.post_processor = processors.TemplateProcessing(single="w38 $A", special_tokens=[("w38", 38)])
+    assert bos_pad("w3").input_ids == [38, 3]
+    assert not refused([38, 3, 4], bos_pad)
+    assert refused([38, 38, 3, 4], bos_pad) and refused([38, 3, 38], bos_pad)
+
+
+def test_llm_attribution_refuses_pad_ids_on_the_embedded_copy_model():
+    from latim_captum.models import load_copy_model
+
+    model, tok = load_copy_model("mamba2")
+    llm = LatimLLMAttribution(LatimALTILogit(model), tok)
+    ids = torch.tensor([[tok.pad_token_id] * 3 + tok("abcdefghij|").input_ids])
+    with pytest.raises(ValueError, match="holds the pad token \\(id 16\\) at position\\(s\\) 0, 1, 2"):
+        llm.attribute(ids, target="abcde")
+    assert llm.attribute(ids[:, 3:], target="abcde").token_attr.shape == (5, 11)
+
+
 def _reference_maps(tr) -> dict:
     """Each class's full default map from the reference maths (``backend="ref"``), for a trace on any device."""
     from latim_captum.aggregate import rollout

@@ -403,8 +403,8 @@ def test_baselines_refuse_hybrids_at_load(tok):
 
 @pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
 def test_embedded_copy_models_label_every_token_and_generate(variant):
-    """The shipped copy models' separator ``|`` is an ordinary token (their pad/BOS/EOS is ``<pad>``, never in a
-    sample): Inseq labels every character where it stands (a separator that was the pad token was left out of the
+    """The shipped copy models' separator ``|`` is an ordinary token (their pad is ``<pad>``, never in a sample; they
+    have no EOS): Inseq labels every character where it stands (a separator that was the pad token was left out of the
     labels, shifting each one after it), and Inseq's own decoding round-trips without ``--generated_texts``."""
     from latim_captum.models import copy_task_of, load_copy_model
 
@@ -421,3 +421,10 @@ def test_embedded_copy_models_label_every_token_and_generate(variant):
     out_text = generated.info["generated_texts"][0]
     assert out_text.startswith(prompt) and len(out_text) == len(text)
     assert [t.token for t in generated.sequence_attributions[0].target] == list(out_text)
+    # a batch of prompts of two lengths is left-padded with <pad>: the model has no EOS, so generate tells the
+    # padding from the text and each prompt continues as it does alone (an EOS equal to the pad token read it)
+    prompts = [prompt, prompt[3:]]
+    alone = [attr.attribute(p, generation_args={"max_new_tokens": 4}, **FAST).info["generated_texts"][0]
+             for p in prompts]  # fmt: skip
+    batched = attr.attribute(prompts, generation_args={"max_new_tokens": 4}, **FAST)
+    assert batched.info["generated_texts"] == alone

@@ -181,6 +181,8 @@ def test_answered_shares_keep_the_wrong_answers_that_read_a_needle():
     assert got[0].tolist() == pytest.approx([0.25, 0.75, 0.0])
     # sample 3 (read the first needle, [3, 6), which holds nothing): the third needle's mass is "rest"
     assert got[1].tolist() == pytest.approx([0.25, 0.0, 0.75])
+    # a wrong answer whose rows hold no mass is not counted (its shares are NaN, not evidence)
+    assert len(_answered_shares(torch.zeros(4, 2, 20), [s] * 4, outcomes, per_layer=False)) == 0
     per_layer = _answered_shares(scores[:, :, None].expand(4, 2, 3, 20), [s] * 4, outcomes, per_layer=True)
     assert [p.shape for p in per_layer] == [(3, len(ANSWERED_CATEGORIES))] * 2
     assert per_layer[0][2].tolist() == pytest.approx([0.25, 0.75, 0.0])

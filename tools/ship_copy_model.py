@@ -29,8 +29,8 @@ d_model 512, 50-token strings: see `latim_captum/copying/train.py --scale paper`
 - Task: `source <SEP> copy` with {length}-token random strings over a {vocab}-token vocabulary (separator `|`
   included; symbols `{symbols}`), e.g. `{example}`. Loss on the copy part only.
 - Tokenizer: one token per character; `|` is an ordinary token. Two more ids follow the task's: `<pad>` (the
-  config's pad, BOS and EOS; never in a sample) and `<unk>` (any other character; `latim attribute` refuses such
-  text). Decoding joins the characters without spaces.
+  config's pad and BOS; never in a sample; no EOS: a copy string has a fixed length) and `<unk>` (any other
+  character; `latim attribute` refuses such text). Decoding joins the characters without spaces.
 - Model: {layers} layers, d_model {d_model}, state {state}{extra}; mimetic initialisation (Trockman et al., 2024,
   as implemented in `latim_captum/copying/mimetic.py`) in layer(s) {mimetic} (0-based).
 - Training: AdamW lr {lr}, inverse-square-root schedule, {warmup} warm-up steps, {steps} steps of batch {batch}

@@ -113,22 +113,46 @@ def _template_input(inp: TextTemplateInput, tokenizer: Any) -> PromptColumns:
 
 def _refuse_padding(ids: Tensor, tokenizer: Any) -> None:
     """A tensor prompt carries no attention mask, so a pad token in it would be read by the model as text and
-    attributed (``skip_tokens`` hides its column, not its effect on the state): refuse it. A pad token that is also
-    the tokenizer's BOS or EOS cannot be told from a real one and passes.
+    attributed (``skip_tokens`` hides its column, not its effect on the state): refuse it.
+
+    Where the pad token is also a real token it passes only where that token can stand: the BOS at position 0 when
+    the tokenizer prepends one; the EOS at the last position or between text (documents joined by it). Padding is
+    a run at the start or the end, so two pads there are refused either way.
 
     Raises:
-        ValueError: the prompt holds the tokenizer's pad token.
+        ValueError: the prompt holds the tokenizer's pad token where it can only be padding.
     """
     pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None or pad in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+    if pad is None:
         return
     where = (ids == pad).nonzero().flatten().tolist()
-    if where:
-        shown = ", ".join(map(str, where[:8])) + (", ..." if len(where) > 8 else "")
+    if not where:
+        return
+    n = ids.numel()
+    lead = next((k for k in range(n) if int(ids[k]) != pad), n)  # the leading run of pads: positions < lead
+    trail = next((k for k in range(n - 1, -1, -1) if int(ids[k]) != pad), -1)  # the trailing run: positions > trail
+    allowed: set[int] = set()
+    if pad == getattr(tokenizer, "bos_token_id", None) and _prepends_bos(tokenizer, pad):
+        allowed.add(0)
+    if pad == getattr(tokenizer, "eos_token_id", None):
+        allowed |= {k for k in where if lead <= k <= trail}  # between text: a separator, not padding
+        allowed.add(n - 1)
+    bad = [k for k in where if k not in allowed]
+    if bad:
+        shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
         raise ValueError(
             f"the prompt holds the pad token (id {pad}) at position(s) {shown}: token ids carry no attention mask, "
             "so the model would read the padding as text; pass the prompt without it (ids[mask.bool()])"
         )
+
+
+def _prepends_bos(tokenizer: Any, bos: int) -> bool:
+    """Whether ``tokenizer`` starts what it encodes with its BOS ``bos`` (a tokenizer that cannot say: assumed so)."""
+    try:
+        first = tokenizer("", add_special_tokens=True)["input_ids"][:1]
+    except Exception:  # noqa: BLE001 - any tokenizer failure means we cannot tell; one position is exempted
+        return True
+    return first == [bos]
 
 
 def _plain(ids: Tensor, tokenizer: Any, skip_tokens: list[int] | list[str] | None) -> PromptColumns:

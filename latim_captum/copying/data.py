@@ -25,9 +25,10 @@ from torch import Tensor
 __all__ = ["PAD", "SEP", "SYMBOLS", "UNK", "CopyTask", "copy_tokenizer", "model_vocab_size"]
 
 SEP = "|"
-#: the models' pad/bos/eos token and unknown-character token: ids ``vocab_size`` and ``vocab_size + 1``, one past the
-#: task's (never in a sample, so never a target). The separator stays an ordinary token: Inseq and Captum leave
-#: special tokens out of their labels, and a separator that was the pad token shifted every label after it.
+#: the models' pad token (also the config's BOS, which Inseq reads; there is no EOS) and unknown-character token: ids
+#: ``vocab_size`` and ``vocab_size + 1``, one past the task's (never in a sample, so never a target). The separator
+#: stays an ordinary token: Inseq and Captum leave special tokens out of their labels, and a separator that was the pad
+#: token shifted every label after it.
 PAD = "<pad>"
 UNK = "<unk>"
 SYMBOLS = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -102,8 +103,7 @@ def model_vocab_size(vocab_size: int) -> int:
 
 def copy_tokenizer(vocab_size: int):
     """A character-level ``PreTrainedTokenizerFast``: symbol ``k`` is ``SYMBOLS[k]``, id ``vocab_size - 1`` is the
-    separator ``"|"`` (an ordinary token), then the special :data:`PAD` (pad, BOS and EOS) and :data:`UNK` (any
-    other character).
+    separator ``"|"`` (an ordinary token), then the special :data:`PAD` and :data:`UNK` (any other character).
 
     Every character is one token (no spaces, no special tokens added), so ``tok("abc|abc").input_ids`` are the ids
     of :class:`CopyTask`; decoding joins the tokens without spaces, so decoded text tokenizes back to the same ids.
@@ -126,4 +126,6 @@ def copy_tokenizer(vocab_size: int):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, pad_token=PAD, bos_token=PAD, eos_token=PAD)
+    # no BOS or EOS: the tokenizer adds none, and a copy string has a fixed length (an EOS equal to the pad token
+    # keeps HF's generate from telling padding from text, so a left-padded batch would read its padding)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, pad_token=PAD)

@@ -4,9 +4,9 @@ Paper scale (``--scale paper``): 8 layers, d_model 512, vocab 32, state 16 (Mamb
 initialisation in layer 4 only, AdamW lr 7e-4, inverse-square-root schedule with 500 warm-up steps, 5,000 steps,
 batch 256, 128 evaluation samples of a 50-token string, no dropout, no clipping. Training strings: 500,000 fresh
 ones by default instead of the paper's 5,000, which our Mamba-1 memorises (see ``PAPER_N_TRAIN``). The embedding
-holds the task's ``vocab`` tokens and two more that no sample holds (``<pad>``, the config's pad/BOS/EOS, and
-``<unk>``): the separator stays an ordinary token, which Inseq and Captum label (since 2026-12-05; models trained
-before have ``vocab`` rows and the separator as pad).
+holds the task's ``vocab`` tokens and two more that no sample holds (``<pad>``, the config's pad and BOS, and
+``<unk>``; no EOS: a copy string has a fixed length): the separator stays an ordinary token, which Inseq and Captum
+label (since 2026-12-05; models trained before have ``vocab`` rows and the separator as pad).
 
 Loss: next-token cross-entropy on the copy part only — the rows ``L..2L-1`` whose next token is a copied token
 (the source is random, so its tokens cannot be predicted and would only add noise to the loss).
@@ -113,11 +113,16 @@ def build_model(
     """A fresh HF causal LM for copy strings of ``length`` symbols over a task vocabulary of ``vocab`` tokens
     (:func:`latim_captum.tasks.models.build_model` with ``2L + 1`` tokens): its embedding holds the task's tokens,
     then :data:`~.data.PAD` (the config's pad/bos/eos, never in a sample) and :data:`~.data.UNK`, as
-    :func:`~.data.copy_tokenizer` numbers them."""
-    return _build_model(
+    :func:`~.data.copy_tokenizer` numbers them; no EOS."""
+    model = _build_model(
         variant, layers=layers, d_model=d_model, state=state, vocab=model_vocab_size(vocab), head_dim=head_dim,
         seq_len=2 * length + 1, act=act, special_id=vocab,
     )  # fmt: skip
+    # no EOS: a copy string has a fixed length, and an EOS equal to the pad token keeps HF's generate from telling a
+    # left-padded batch's padding from its text (it cannot infer the attention mask), so the padding would be read
+    model.config.eos_token_id = None
+    model.generation_config.eos_token_id = None
+    return model
 
 
 @torch.no_grad()

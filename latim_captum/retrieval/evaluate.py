@@ -157,14 +157,16 @@ def _answered_shares(
 ) -> list[Tensor]:
     """Per sample whose wrong answer spells another needle's value: its rows' shares over
     :data:`~.metrics.ANSWERED_CATEGORIES` (gold, answered needle, rest), averaged over the answer rows; ``[3]`` or
-    ``[L, 3]``. ``scores``: ``[b, R, (L,) N]`` rows of ``samples``."""
+    ``[L, 3]``; a sample whose rows hold no mass is left out. ``scores``: ``[b, R, (L,) N]`` rows of ``samples``."""
     out = []
     for k, (s, o) in enumerate(zip(samples, outcomes)):
         if o["correct"] or o["matched"] < 0:
             continue
         labels = answered_labels(s, o["matched"])
         view = labels[None, None, :] if per_layer else labels[None, :]
-        out.append(torch.nanmean(span_shares(scores[k], view, len(ANSWERED_CATEGORIES)), dim=0))
+        shares = torch.nanmean(span_shares(scores[k], view, len(ANSWERED_CATEGORIES)), dim=0)
+        if not bool(torch.isnan(shares).all()):  # rows with no mass at all say nothing about where it went
+            out.append(shares)
     return out
 
 
