@@ -520,3 +520,15 @@ def test_bench_alignment_errors_are_one_line(argv, fragment, capsys, tmp_path, m
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("latim: error:") and fragment in err, err
+
+
+def test_an_unknown_method_fails_before_any_work():
+    """A misspelt method name is refused before the accuracy and the first method run, and before any report is
+    written through ``on_update`` (it used to fail after the methods before it, leaving a partial report)."""
+    from latim_captum.alignment import evaluate as ev
+
+    model, task = _tiny_model()
+    updates = []
+    with pytest.raises(ValueError, match="unknown method 'alti_logti'"):
+        ev.evaluate_model(model, task, n_samples=2, methods=["l2", "alti_logti"], quiet=True, on_update=updates.append)
+    assert updates == []

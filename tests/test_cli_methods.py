@@ -226,6 +226,12 @@ def test_bench_copying_tiny(tmp_path, capsys):
     assert free["random"]["by_rows"]["predict"]["auc"] == pytest.approx(0.5, abs=0.1)
     assert free["same_token"]["by_rows"]["predict"]["auc"] > 0.55, "the band holds the row's own token's twin"
     assert "*Random map (no model)*" in md and "*Same token as the row's input (no model)*" in md
+    # a misspelt method fails before any work: no partial report of the methods before it
+    bad = tmp_path / "bad"
+    argv = ["bench", "copying", "--variant", "mamba2", "--scale", "tiny", "--device", "cpu", "--n-samples", "4",
+            "--methods", "l2", "alti_logti", "--out", str(bad), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert not bad.exists() or not any(bad.iterdir())
 
 
 def test_copying_report_is_written_after_every_method(tmp_path):

@@ -147,6 +147,8 @@ def evaluate_model(
     """
     from ..methods import DEFAULT_MAX_SEQUENCES
 
+    names = list(methods or DEFAULT_METHODS)
+    resolved = [resolve_method(name) for name in names]  # an unknown name fails before any work or report
     variant = variant_of(model)
     n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device
@@ -178,8 +180,7 @@ def evaluate_model(
     if on_update is not None:
         on_update(report)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
-    for name in progress(list(methods or DEFAULT_METHODS), "methods", quiet):
-        method = resolve_method(name)
+    for name, method in zip(progress(names, "methods", quiet), resolved):
         t0 = time.time()
         # found[reading][layer] = hard alignments of every sample (one "layer" for an aggregated method)
         found: dict[str, list[list]] = {r: [] for r in ROWS}

@@ -115,6 +115,8 @@ def evaluate_model(
 
     for name, value in (("n_samples", n_samples), ("batch", batch), ("max_sequences", max_sequences)):
         check_size(name, value)  # 0 samples would give an empty report; batch 0 an endless loop
+    names = list(methods) if methods is not None else available_methods(demo_only=True)
+    resolved = [resolve_method(name) for name in names]  # an unknown name fails before any work or report
     variant = variant_of(model)
     n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device
@@ -142,10 +144,8 @@ def evaluate_model(
     report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch)
     if on_update is not None:
         on_update(report)
-    names = list(methods) if methods is not None else available_methods(demo_only=True)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
-    for name in progress(names, "methods", quiet):
-        method = resolve_method(name)
+    for name, method in zip(progress(names, "methods", quiet), resolved):
         t0 = time.time()
         chunks = [
             method(model, ids[s : s + batch].to(device), max_sequences=cap, backend=backend).float().cpu()
