@@ -112,7 +112,7 @@ def build_model(
 ) -> nn.Module:
     """A fresh HF causal LM for copy strings of ``length`` symbols over a task vocabulary of ``vocab`` tokens
     (:func:`latim_captum.tasks.models.build_model` with ``2L + 1`` tokens): its embedding holds the task's tokens,
-    then :data:`~.data.PAD` (the config's pad/bos/eos, never in a sample) and :data:`~.data.UNK`, as
+    then :data:`~.data.PAD` (the config's pad and BOS, never in a sample) and :data:`~.data.UNK`, as
     :func:`~.data.copy_tokenizer` numbers them; no EOS."""
     model = _build_model(
         variant, layers=layers, d_model=d_model, state=state, vocab=model_vocab_size(vocab), head_dim=head_dim,
