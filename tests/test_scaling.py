@@ -490,7 +490,7 @@ def test_hf_dataset_input(copy_model, tmp_path):
 
 def test_dataset_refuses_text_the_tokenizer_cannot_read(tmp_path):
     """``latim attribute`` refused it; the dataset command stored ``w1 <unk>`` maps for ``"w1 Berlin"`` silently (the
-    embedded copy models read every unknown character as their separator)."""
+    embedded copy models then read every unknown character as their separator)."""
     model = build("mamba1", layers=2)
     tok = _word_tokenizer()
     cases = (({"prompt": "w1 Berlin"}, "the prompt"), ({"prompt": "w1", "target": " w2 Paris"}, "the target"))
