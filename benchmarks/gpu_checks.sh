@@ -131,7 +131,7 @@ if [ "$what" = onegpu ]; then
     depths=(); [ "${LARGE_DEPTHS:-1,2}" = none ] || depths=(--depths "${LARGE_DEPTHS:-1,2}")
     timeout "${LARGE_S:-500}" python3 benchmarks/speed.py --models "${LARGE_MODELS:-mamba2_2.7b,falcon_mamba_7b}" \
       --dtypes bf16 --lengths "${LARGE_LENGTHS:-2048,8192}" --single-lengths "${LARGE_SINGLE:-8192,32768}" \
-      "${depths[@]}" --ref-max-n 0 --lig-max-n 0 --no-end-to-end --point-budget 300 \
+      ${depths[@]+"${depths[@]}"} --ref-max-n 0 --lig-max-n 0 --no-end-to-end --point-budget 300 \
       --total-budget "$(( ${LARGE_S:-500} - 40 ))" --out "$out/onegpu/speed-large" > "$out/onegpu/speed-large.log" 2>&1
     echo "speed large rc=$?"; tail -n +14 "$out/onegpu/speed-large/speed.md" 2>/dev/null | head -20
   fi
