@@ -212,3 +212,30 @@ def test_hybrid_rows_are_not_labelled_with_a_depth_they_were_not_built_at(tmp_pa
     assert point["n_layers"] == 8 and (point["depth"], point["published_depth"]) == (4, 4)
     report = (tmp_path / "speed.md").read_text()
     assert "| bamba | fp32 | 16 | l2 |" in report and "of 4 layers" not in report
+
+
+def test_a_single_query_costs_one_alti_layer_per_layer_below_the_last(monkeypatch):
+    """What ``--depths`` extrapolates on: the single query's rows work grows linearly with depth, one ALTI layer of
+    rows ``≤ q`` per layer below the last (the last contributes its Δ row only). Counted, not timed: the ALTI rows
+    read at depths 1, 2, 3 are 0, q + 1, 2(q + 1)."""
+    import latim_captum
+    from latim_captum.maps import rows as rows_module
+
+    real = rows_module.layer_maps
+    read: list[int] = []
+
+    def counting(layer, activation, measures, *args, rows=None, **kwargs):
+        if "alti" in measures and rows is not None:
+            read.append(rows[1] - rows[0])
+        return real(layer, activation, measures, *args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(rows_module, "layer_maps", counting)
+    n = 12
+    ids = torch.randint(0, 30, (1, n), generator=torch.Generator().manual_seed(0))
+    totals = []
+    for depth in (1, 2, 3):
+        read.clear()
+        tr = latim_captum.trace(build("mamba2", layers=depth, seed=depth), ids)
+        latim_captum.alti_logit_row(tr, position=-1)
+        totals.append(sum(read))
+    assert totals == [0, n, 2 * n]
