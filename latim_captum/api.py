@@ -33,7 +33,7 @@ from .maps import alti_logit as _alti_logit_maps
 from .maps import alti_logit_layers as _alti_logit_layer_maps
 from .maps import alti_rollout as _alti_rollout_maps
 from .maps import stack as _stack
-from .traces import TRACE_STORES, ModelTrace
+from .traces import ModelTrace, check_store
 
 __all__ = [
     "METHODS",
@@ -77,7 +77,7 @@ def trace(
         raise TypeError("trace() takes a model, and this is already a ModelTrace")
     adapter = get_adapter(model)
     check_compute_dtype(dtype)
-    _check_store_choice(store, "store")
+    check_store(store, "store", allow_auto=True)
     if store == "auto":
         try:
             return trace(model, input_ids, inputs_embeds, attention_mask=attention_mask, dtype=dtype, store="device")
@@ -89,12 +89,6 @@ def trace(
         return adapter.trace(input_ids, inputs_embeds, attention_mask, dtype=dtype, store=store)
     except torch.OutOfMemoryError as err:  # the model's own forward (the guard sized LaTIM's part, not the model's)
         raise forward_memory_error(adapter, input_ids, inputs_embeds) from err
-
-
-def _check_store_choice(store: str, name: str) -> None:
-    """``ValueError`` naming ``name`` and the choices unless ``store`` is a trace store or ``"auto"``."""
-    if store not in (*TRACE_STORES, "auto"):
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, (*TRACE_STORES, 'auto')))}, got {store!r}")
 
 
 def _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store: str = "device") -> ModelTrace:
@@ -133,7 +127,7 @@ def _checked_trace(
     the device, or on the host when the memory guard says the device-kept trace does not fit), with ``activation``,
     ``backend`` and ``precision`` checked."""
     check_backend(backend)
-    _check_store_choice(store, "trace_store")
+    check_store(store, "trace_store", allow_auto=True)
     # with a finished trace, "auto" asks for nothing it must already meet
     tr = _as_trace(model, input_ids, inputs_embeds, attention_mask, dtype, store)
     _check_activation(activation, tr)

@@ -399,7 +399,7 @@ def cmd_attribute_dataset(args: argparse.Namespace) -> int:
         raise ValueError("--device-map shards one model over devices; under torchrun each rank holds a whole model")
     rank, world, device, initialised = init_distributed(args.device)
     try:
-        _check_backend(args.backend, str(device))  # before the run's settings are written to --out
+        _check_backend(args.backend, str(device))  # before the model is loaded (attribute_dataset checks it too)
         return _attribute_dataset(args, examples, rank, world, device, device_map)
     finally:
         if initialised:

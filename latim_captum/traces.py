@@ -563,10 +563,12 @@ class HostLayers(Sequence):
         return list(self.host)
 
 
-def check_store(store: str) -> None:
-    """``ValueError`` naming the choices unless ``store`` is one of :data:`TRACE_STORES`."""
-    if store not in TRACE_STORES:
-        raise ValueError(f"store must be one of {', '.join(map(repr, TRACE_STORES))}, got {store!r}")
+def check_store(store: str, name: str = "store", allow_auto: bool = False) -> None:
+    """``ValueError`` naming ``name`` and the choices unless ``store`` is one of :data:`TRACE_STORES` (or ``"auto"``,
+    with ``allow_auto``: the device, else the host when the device-kept trace does not fit)."""
+    choices = (*TRACE_STORES, "auto") if allow_auto else TRACE_STORES
+    if store not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {store!r}")
 
 
 def as_stored(layers: list[SublayerTrace] | HostLayers) -> list[SublayerTrace]:

@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 
-
 def as_trace(model_or_trace, input_ids, inputs_embeds, attention_mask, dtype: torch.dtype) -> ModelTrace:
     """A :class:`ModelTrace` from a trace (inputs must then be None) or from a model and its inputs."""
     # a finished trace is checked as LaTIM's front ends check it: made from the model as it is, in a dtype that meets

@@ -401,20 +401,27 @@ def _layer_mean(shares: list | None) -> list | None:
     return shares
 
 
+def _pool(groups: Sequence[dict | None], layer_mean: bool = True) -> tuple[int, np.ndarray | None]:
+    """Samples and their mean shares over ``groups`` (``{"n", "shares"}`` each, weighted by ``n``; empty or missing
+    ones skipped); ``layer_mean``: per-layer shares averaged over layers first. ``(0, None)`` when none has a
+    sample."""
+    total, acc = 0, None
+    for g in groups:
+        if not g or not g["n"] or g["shares"] is None:
+            continue
+        v = np.array(_layer_mean(g["shares"]) if layer_mean else g["shares"], dtype=float) * g["n"]
+        acc = v if acc is None else acc + v
+        total += g["n"]
+    return total, (acc / total if total else None)
+
+
 def pooled_cells(entry: dict, settings: Sequence[str]) -> dict[str, dict]:
     """A method's passkey cells pooled over ``settings`` (weighted by samples): cell → ``{"n", "shares"}`` with
     layer-mean shares for per-layer methods."""
     out = {}
     for cell in ("all", *CELLS):
-        total, acc = 0, None
-        for key in settings:
-            c = entry.get("passkey", {}).get(key, {}).get("cells", {}).get(cell)
-            if not c or not c["n"] or c["shares"] is None:
-                continue
-            v = np.array(_layer_mean(c["shares"]), dtype=float) * c["n"]
-            acc = v if acc is None else acc + v
-            total += c["n"]
-        out[cell] = {"n": total, "shares": (acc / total).tolist() if total else None}
+        total, mean = _pool([entry.get("passkey", {}).get(key, {}).get("cells", {}).get(cell) for key in settings])
+        out[cell] = {"n": total, "shares": mean.tolist() if total else None}
     return out
 
 
@@ -425,15 +432,9 @@ def _answered_section(models: dict, lengths: Sequence[int], multi: Sequence[int]
     for variant, r in models.items():
         for e in r["methods"].values():
             for n in lengths:
-                total, acc = 0, None
-                for k in multi:
-                    a = e.get("passkey", {}).get(f"N={n} k={k}", {}).get("answered")
-                    if a and a["n"] and a["shares"] is not None:
-                        v = np.array(_layer_mean(a["shares"]), dtype=float) * a["n"]
-                        acc = v if acc is None else acc + v
-                        total += a["n"]
+                total, mean = _pool([e.get("passkey", {}).get(f"N={n} k={k}", {}).get("answered") for k in multi])
                 if total:
-                    vals = " | ".join(_pct(v) for v in acc / total)
+                    vals = " | ".join(_pct(v) for v in mean)
                     rows.append(f"| {variant} | {e['label']} | N={n} k>1 | {total} | {vals} |")
     if not rows:
         return []
@@ -582,15 +583,9 @@ def render_markdown(suite: dict) -> str:
             settings = [f"N={n} k={k}" for n in lengths for k in multi]
             for e in per_layer.values():
                 for cell in ("correct|later", "incorrect|later", "correct|first", "incorrect|first"):
-                    total, acc = 0, None
-                    for key in settings:
-                        c = e["passkey"].get(key, {}).get("cells", {}).get(cell)
-                        if c and c["n"] and c["shares"] is not None:
-                            v = np.array(c["shares"], dtype=float) * c["n"]
-                            acc = v if acc is None else acc + v
-                            total += c["n"]
+                    cells = [e["passkey"].get(key, {}).get("cells", {}).get(cell) for key in settings]
+                    total, mean = _pool(cells, layer_mean=False)
                     if total:
-                        mean = acc / total
                         vals = " | ".join(f"{100 * g:.1f} / {100 * f:.1f}" for g, f in zip(mean[:, 0], mean[:, 1]))
                         lines.append(f"| {e['label']} | {_cell_name(cell)} (n={total}) | {vals} |")
 
