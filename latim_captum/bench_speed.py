@@ -352,12 +352,14 @@ def run(args: argparse.Namespace) -> dict:
                                  backend=_backend(kernel))  # fmt: skip
 
                 try:
-                    wall, peak, _ = timed(all_layers, device)
+                    wall, peak, maps = timed(all_layers, device)
                 except torch.OutOfMemoryError as err:  # e.g. ALTI-Logit's two [L, N, N] maps at N = 16384
                     results["skipped"].append({**point, "method": method, "why": f"out of memory: {str(err)[:160]}"})
                     _save(results, args.out)
                     continue
-                entry = {"wall_s": wall, "peak_gib": peak, "tflops": flops / wall / 1e12,
+                held = _allocated_gib(device)  # weights, trace and the maps, while the maps are alive
+                del maps
+                entry = {"wall_s": wall, "peak_gib": peak, "held_gib": held, "tflops": flops / wall / 1e12,
                          "frac_peak": flops / wall / 1e12 / results["peak_tflops"][prec],
                          "x_forward": wall / fwd}  # fmt: skip
                 if n <= args.ref_max_n:
@@ -385,11 +387,13 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             ids = torch.randint(0, vocab, (1, n), device=device)
             try:
-                wall, peak, store = _single_query_seconds(model, ids, prec, kernel, device, warm=n <= args.lig_max_n)
+                wall, peak, store, held = _single_query_seconds(
+                    model, ids, prec, kernel, device, warm=n <= args.lig_max_n
+                )
             except (MemoryError, torch.OutOfMemoryError) as err:
                 results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
                 break
-            point.update(wall_s=wall, peak_gib=peak, trace_store=store)
+            point.update(wall_s=wall, peak_gib=peak, held_gib=held, trace_store=store)
             if n <= args.lig_max_n:
                 try:
                     point["lig50_s"] = _lig_seconds(model, ids, device)
@@ -454,15 +458,23 @@ def extrapolate_depth(results: dict) -> list[dict]:
     Every part of a call is a sum over layers plus a constant (the embedding, the readout): the trace, each layer's
     map, and the single query's Horner step ``w ← w P^{(l)}`` (one ALTI layer per layer below the last), so a time
     measured at depths ``K₁ < K₂ < …`` is fitted as ``t(K) = a + b·K`` and read at ``K = L``; ``b`` is the per-layer
-    cost. The peak memory is fitted the same way (the trace grows by one layer's tensors per layer). Single queries
-    are grouped by where their trace was kept (device or host: two cost models). A point measured at one depth only
-    (the others skipped) gets a row without an estimate, saying so.
+    cost. Single queries are grouped by where their trace was kept (device or host: two cost models). A point
+    measured at one depth only (the others skipped) gets a row without an estimate, saying so.
+
+    The peak is not linear in depth, so it is not fitted. It is what the call holds (weights, the device part of
+    the trace, the maps: ``held_gib``, exact and linear in ``K``) plus a transient workspace that is not: the tiles
+    are sized from the free memory (a deeper model leaves less, so its tiles shrink), and a single query at one layer
+    has no layer below the last, hence no ALTI workspace at all. The estimate at ``L`` is therefore the peak at the
+    deepest measured depth ``K*`` plus what the held bytes add from ``K*`` to ``L`` (their fit, per layer
+    ``per_layer_gib``): an upper bound where a deeper model's smaller tiles would fit. Points without ``held_gib``
+    (runs before it was recorded) get times only.
 
     Example:
         >>> pts = [{"model": "m", "dtype": "bf16", "N": 8, "depth": k, "published_depth": 64,
-        ...         "wall_s": 1.0 + 2.0 * k, "peak_gib": 3.0 + k} for k in (1, 2)]
-        >>> extrapolate_depth({"points": [], "single_query": pts})[0]["wall_s"]
-        129.0
+        ...         "wall_s": 1.0 + 2.0 * k, "peak_gib": 9.0 + k, "held_gib": 3.0 + k} for k in (1, 2)]
+        >>> row = extrapolate_depth({"points": [], "single_query": pts})[0]
+        >>> row["wall_s"], row["peak_gib"]
+        (129.0, 73.0)
     """
     groups: dict[tuple, list[tuple[int, dict]]] = {}
     published: dict[str, int] = {}
@@ -489,31 +501,42 @@ def extrapolate_depth(results: dict) -> list[dict]:
             rows.append({**row, "why": f"measured at {depths[0]} layer(s) only (the other depths skipped)"})
             continue
         a, b = _linear_fit(depths, row["measured_s"])
-        pa, pb = _linear_fit(depths, [e["peak_gib"] for _, e in measured])
-        rows.append({**row, "per_layer_s": b, "wall_s": a + b * published[model], "per_layer_gib": pb,
-                     "peak_gib": pa + pb * published[model]})  # fmt: skip
+        row.update(per_layer_s=b, wall_s=a + b * published[model], per_layer_gib=None, peak_gib=None)
+        if all("held_gib" in e for _, e in measured):
+            ha, hb = _linear_fit(depths, [e["held_gib"] for _, e in measured])
+            deepest = measured[-1][1]
+            added = ha + hb * published[model] - deepest["held_gib"]
+            row.update(per_layer_gib=hb, peak_gib=deepest["peak_gib"] + added)
+        rows.append(row)
     return rows
 
 
 def _single_query_seconds(
     model: torch.nn.Module, ids: torch.Tensor, prec: str, kernel: str, device: torch.device, warm: bool
-) -> tuple[float, float, str]:
-    """Wall seconds and peak GiB of one ALTI-Logit row of ``ids`` (the last position), and where its trace was kept:
-    on the device, or, when the memory guard says the device-kept trace does not fit, in host memory (what a user
-    is told to ask for; the row reads one layer at a time). ``warm``: one untimed call first, as LIG gets."""
+) -> tuple[float, float, str, float]:
+    """Wall seconds and peak GiB of one ALTI-Logit row of ``ids`` (the last position), where its trace was kept
+    (on the device, or, when the memory guard says the device-kept trace does not fit, in host memory: what a user
+    is told to ask for; the row reads one layer at a time), and the GiB held once the trace is made (weights and
+    the device part of the trace). ``warm``: one untimed call first, as LIG gets."""
     import latim_captum as lc
 
-    stores = []
+    stores, held = [], []
 
     def row() -> None:
         tr = lc.trace(model, ids, store="auto")  # what alti_logit_row(model, ...) does by default
         stores.append(tr.store)
+        held.append(_allocated_gib(device))
         lc.alti_logit_row(tr, position=-1, precision=prec, backend=_backend(kernel))
 
     if warm:  # first-call work at this length is not its cost
         row()
     wall, peak, _ = timed(row, device)
-    return wall, peak, stores[-1]
+    return wall, peak, stores[-1], held[-1]
+
+
+def _allocated_gib(device: torch.device) -> float:
+    """GiB of live tensors on a CUDA ``device`` (exact, unlike the peak: no transient workspace); 0 elsewhere."""
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
 
 
 def _lengths(spec: str | None, default: list[int]) -> list[int]:
@@ -622,11 +645,12 @@ def to_markdown(results: dict) -> str:
         )
     if results.get("extrapolated"):
         lines += ["", "Extrapolated to the published depth (models built with fewer layers of the same widths; "
-                  "t(K) = a + b·K fitted over the sampled depths K, read at K = L; peak memory likewise). A peak "
-                  "above the GPU's memory means the trace goes to the host there (`store=\"auto\"`), which adds "
-                  "copies this estimate leaves out:", "",
+                  "t(K) = a + b·K fitted over the sampled depths K, read at K = L). Peak memory: the peak at the "
+                  "deepest K plus what the held tensors (weights, trace, maps; per layer GiB) add up to L, an upper "
+                  "bound (the tiles are sized from the free memory). A peak above the GPU's memory means the trace "
+                  "goes to the host there (`store=\"auto\"`), which adds copies this estimate leaves out:", "",
                   "| model | dtype | N | method | measured at K layers: s | per layer s | L | estimated s at L | "
-                  "per layer GiB | estimated peak GiB at L |",
+                  "held per layer GiB | estimated peak GiB at L |",
                   "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for e in results["extrapolated"]:
             measured = ", ".join(f"{k}: {s:.3g}" for k, s in zip(e["depths"], e["measured_s"]))
@@ -634,9 +658,11 @@ def to_markdown(results: dict) -> str:
                 lines.append(f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | — | "
                              f"{e['layers']} | not estimated: {e['why']} | — | — |")  # fmt: skip
                 continue
+            no_peak = e.get("peak_gib") is None
+            gib = "— | not recorded in this run" if no_peak else f"{e['per_layer_gib']:.3g} | {e['peak_gib']:.3g}"
             lines.append(
                 f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | {e['per_layer_s']:.3g} | "
-                f"{e['layers']} | {e['wall_s']:.3g} | {e['per_layer_gib']:.3g} | {e['peak_gib']:.3g} |"
+                f"{e['layers']} | {e['wall_s']:.3g} | {gib} |"
             )
     if results["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {json.dumps(s)}" for s in results["skipped"]]

@@ -167,11 +167,21 @@ def test_depths_build_each_model_at_each_depth_and_extrapolate(tmp_path):
 def test_extrapolation_reads_the_least_squares_line_at_the_published_depth():
     """Three depths on a line with noise: the fit's slope and its value at L, computed by hand."""
     times = {1: 3.0, 2: 5.5, 3: 7.0}  # least squares: slope 2.0, intercept 1.1667; at L = 10: 21.1667
+    # held bytes grow 0.5 GiB a layer; the peak's workspace does not (none at one layer, tiles shrinking with depth)
+    peaks = {1: 1.6, 2: 4.0, 3: 3.8}
     points = [{"model": "m", "dtype": "bf16", "N": 64, "depth": k, "published_depth": 10, "wall_s": t,
-               "peak_gib": 2.0 * k} for k, t in times.items()]  # fmt: skip
+               "peak_gib": peaks[k], "held_gib": 1.0 + 0.5 * k} for k, t in times.items()]  # fmt: skip
     (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points})
     assert abs(row["per_layer_s"] - 2.0) < 1e-12 and abs(row["wall_s"] - (7 / 6 + 20)) < 1e-12
-    assert abs(row["peak_gib"] - 20.0) < 1e-12 and row["measured_s"] == [3.0, 5.5, 7.0]
+    assert row["measured_s"] == [3.0, 5.5, 7.0] and abs(row["per_layer_gib"] - 0.5) < 1e-12
+    # the deepest peak (3.8 at K = 3, held 2.5) plus what the held bytes add to L = 10 (6.0): 7.3; a line through
+    # the peaks would read 13.9 and, with the workspace shrinking instead, could go below zero
+    assert abs(row["peak_gib"] - 7.3) < 1e-12
+    # a run without held bytes gets times and no peak estimate
+    (row,) = bench_speed.extrapolate_depth(
+        {"points": [], "single_query": [{k: v for k, v in p.items() if k != "held_gib"} for p in points]}
+    )
+    assert abs(row["wall_s"] - (7 / 6 + 20)) < 1e-12 and row["peak_gib"] is None
     # a point measured at one depth only (the others skipped) gets a row that says so, with no estimate
     (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points[:1]})
     assert "wall_s" not in row and "measured at 1 layer(s) only" in row["why"]
