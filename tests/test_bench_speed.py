@@ -175,7 +175,7 @@ def test_extrapolation_reads_the_least_squares_line_at_the_published_depth():
     assert abs(row["per_layer_s"] - 2.0) < 1e-12 and abs(row["wall_s"] - (7 / 6 + 20)) < 1e-12
     assert row["measured_s"] == [3.0, 5.5, 7.0] and abs(row["per_layer_gib"] - 0.5) < 1e-12
     # the deepest peak (3.8 at K = 3, held 2.5) plus what the held bytes add to L = 10 (6.0): 7.3; a line through
-    # the peaks would read 13.9 and, with the workspace shrinking instead, could go below zero
+    # the peaks would read 11.9 and, with the workspace shrinking instead, could go below zero
     assert abs(row["peak_gib"] - 7.3) < 1e-12
     # a run without held bytes gets times and no peak estimate
     (row,) = bench_speed.extrapolate_depth(
