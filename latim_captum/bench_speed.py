@@ -647,8 +647,9 @@ def to_markdown(results: dict) -> str:
         lines += ["", "Extrapolated to the published depth (models built with fewer layers of the same widths; "
                   "t(K) = a + b·K fitted over the sampled depths K, read at K = L). Peak memory: the peak at the "
                   "deepest K plus what the held tensors (weights, trace, maps; per layer GiB) add up to L, an upper "
-                  "bound (the tiles are sized from the free memory). A peak above the GPU's memory means the trace "
-                  "goes to the host there (`store=\"auto\"`), which adds copies this estimate leaves out:", "",
+                  "bound (the tiles are sized from the free memory, and shrink to what is left). Where the held bytes "
+                  "alone outgrow the GPU, a single query keeps its trace on the host (`store=\"auto\"`: copies this "
+                  "estimate leaves out) and all-layer maps do not fit (ask for fewer layers or for rows):", "",
                   "| model | dtype | N | method | measured at K layers: s | per layer s | L | estimated s at L | "
                   "held per layer GiB | estimated peak GiB at L |",
                   "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
