@@ -26,7 +26,9 @@
 #        (8 Bamba blocks of 130M width, ref vs tiles per sublayer kind); `latim bench speed` end to end on
 #        mamba2/mamba1/bamba (130M widths, fp32 + bf16, N = 2048); the 7B-class shapes' maps (bf16, N = 2048, single
 #        query at 8192 / 32768, on 1 and 2 layers of the published widths, extrapolated to the published depth;
-#        LARGE_MODELS, LARGE_LENGTHS (none: single queries only), LARGE_SINGLE, LARGE_DEPTHS, LARGE_S);
+#        LARGE_MODELS (mamba2_2.7b, falcon_mamba_7b, bamba_9b: a hybrid gets a third layout, 2 blocks with one
+#        attention; one model per call), LARGE_LENGTHS (none: single queries only), LARGE_SINGLE, LARGE_DEPTHS,
+#        LARGE_S);
 #        `latim bench whole-sequence` (130M Mamba-2, N = 2048); as $OUT/onegpu-<part>.tar.xz
 #   bash benchmarks/gpu_checks.sh scale [tests|check|bench|all]   scaling out on the visible GPUs: tests (test_scaling:
 #        layers split between GPU and CPU), check (a 7B-class shape split over 2 GPUs, or GPU + CPU on one, maps

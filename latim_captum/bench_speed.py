@@ -94,11 +94,16 @@ def _family_config(
 
 
 def build_model(
-    kind: str, quick: bool, dtype: torch.dtype, device: torch.device, n_layers: int | None = None
+    kind: str,
+    quick: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    n_layers: int | None = None,
+    attention_blocks: tuple[int, ...] | None = None,
 ) -> torch.nn.Module:
     """Random-weight model of ``kind`` (:data:`MODELS`) in ``dtype``, made on ``device`` (a 7B shape is never held in
     host memory); ``quick``: the same layout at tiny widths; ``n_layers`` keeps the widths with fewer
-    (or more) layers."""
+    (or more) layers; ``attention_blocks``: a hybrid's attention block indices instead of the published ones."""
     import transformers
 
     if kind not in MODELS:
@@ -107,6 +112,8 @@ def build_model(
     if quick:
         layers, hidden, vocab, state = 2 if not attention else 4, 64, 256, 16
         attention = (1, 3) if attention else ()
+    if attention_blocks is not None and attention:
+        attention = attention_blocks
     cfg = _config(kind, n_layers or layers, hidden, vocab, state, attention, quick)
     cfg.use_cache = False
     cls = transformers.AutoModelForCausalLM
@@ -298,32 +305,37 @@ def run(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     total_budget = args.total_budget if args.total_budget is not None else (80.0 if quick else 450.0)
     deadline = t_start + total_budget
-    combos = [(k, dn, depth) for k in models for dn in dtypes for depth in depths]
+    combos = [(k, dn, design) for k in models for dn in dtypes for design in depths[k]]
     # a share of the time left in proportion to the depth built (a deeper model costs more per point; without
     # --depths every pair weighs 1)
-    weights = [depth or 1 for _, _, depth in combos]
+    weights = [design[0] if design else 1 for _, _, design in combos]
     results["total_budget_s"] = total_budget
     results["warmup_s"] = {}
-    for combo_idx, (kind, dname, depth) in enumerate(combos):
+    for combo_idx, (kind, dname, design) in enumerate(combos):
+        depth, attention = design if design else (None, None)
         share = weights[combo_idx] / sum(weights[combo_idx:])
         combo_end = time.perf_counter() + (deadline - time.perf_counter()) * share
         dtype = dtypes[dname]
         prec = "bf16" if dtype == torch.bfloat16 else _fp32_precision(device)
-        model = build_model(kind, quick, dtype, device, n_layers=depth)
+        model = build_model(kind, quick, dtype, device, n_layers=depth, attention_blocks=attention)
         maps_lengths, kernel = lengths, args.kernel
         if kernel == "triton" and _layout(kind) not in _triton_variants():
             results["skipped"].append({"model": kind, "dtype": dname, "why": "kernel='triton' does not cover it"})
             maps_lengths, kernel = [], "torch"
         # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
-        results["warmup_s"][f"{kind}/{dname}" + (f"/{depth} layers" if depth else "")] = _warm_up(
+        layout = f"/{depth} layers" + (f", {len(attention)} attention" if attention else "") if depth else ""
+        results["warmup_s"][f"{kind}/{dname}{layout}"] = _warm_up(
             model, min((lengths or [256])[0], 256), prec, device, kernel, [*maps_lengths, *single_lengths]
         )
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         adapter = get_adapter(model)
         n_layers, vocab = adapter.n_sublayers, adapter.vocab_size
         # n_layers counts sublayers (a hybrid's mixers and MLPs); depth counts blocks, as published_depth does
-        published = published_layers(kind, quick)
+        published, published_attn = published_layers(kind, quick), len(published_attention(kind, quick))
         depth_fields = {"n_layers": n_layers, "depth": depth or published, "published_depth": published}
+        if published_attn:  # a hybrid: its blocks of each kind, built and published
+            built_attn = published_attn if attention is None else len(attention)
+            depth_fields.update(attention_blocks=built_attn, published_attention=published_attn)
         last_wall, last_n = None, 1
         for n in maps_lengths:
             point = {"model": kind, "dtype": dname, "precision": prec, "N": n, **depth_fields}
@@ -421,28 +433,43 @@ def published_layers(kind: str, quick: bool) -> int:
     return (4 if attention else 2) if quick else layers
 
 
-def _depths(spec: str | None, models: Sequence[str], quick: bool) -> list[int | None]:
-    """``--depths``: the layer counts each model is built with (``[None]``: its published depth). A ``ValueError``
-    names a bad count, a single sampled depth (two are needed to extrapolate) and a hybrid, whose attention blocks
-    cost what a Mamba layer does not (a sampled depth of its first layers holds none of them)."""
+def published_attention(kind: str, quick: bool) -> tuple[int, ...]:
+    """The attention block indices of ``kind`` as :func:`build_model` builds it by default (pure Mamba: none)."""
+    attention = _SHAPES[kind][4]
+    return ((1, 3) if attention else ()) if quick else attention
+
+
+#: a layout ``build_model`` makes: ``(blocks, attention block indices)``; None: the published one
+Design = tuple[int, tuple[int, ...]] | None
+
+
+def _depths(spec: str | None, models: Sequence[str], quick: bool) -> dict[str, list[Design]]:
+    """``--depths``: the layouts each model is built with, its widths kept (``[None]``: the published one).
+
+    A pure Mamba model is built with each of the layer counts ``K``. A hybrid is built with each count of Mamba
+    blocks alone and once more with the largest count, its first block attention: three or more layouts in which
+    Mamba and attention blocks vary apart, so that both per-block costs can be fitted (each block is a mixer and an
+    MLP; the last sublayer is always an MLP, so where the attention blocks sit does not change the cost model). A
+    ``ValueError`` names a bad count, a single sampled depth (two are needed to extrapolate) and a depth beyond the
+    published one.
+    """
     if not spec:
-        return [None]
+        return {kind: [None] for kind in models}
     try:
         depths = sorted({int(x) for x in spec.split(",")})
     except ValueError:
         raise ValueError(f"--depths must be comma-separated layer counts, got {spec!r}") from None
     if len(depths) < 2 or depths[0] < 1:
         raise ValueError(f"--depths needs two or more distinct layer counts ≥ 1 to extrapolate from, got {spec!r}")
-    hybrids = [kind for kind in models if _SHAPES[kind][4]]
-    if hybrids:
-        raise ValueError(
-            f"--depths samples the depth of pure Mamba models; {', '.join(hybrids)} has attention blocks whose cost "
-            "a few Mamba layers do not show: time it at its published depth"
-        )
     too_deep = [kind for kind in models if depths[-1] > published_layers(kind, quick)]
     if too_deep:
         raise ValueError(f"--depths {depths[-1]} is deeper than {', '.join(too_deep)} (nothing to extrapolate)")
-    return depths
+    designs: dict[str, list[Design]] = {}
+    for kind in models:
+        designs[kind] = [(k, ()) for k in depths]
+        if published_attention(kind, quick):
+            designs[kind].append((depths[-1], (0,)))
+    return designs
 
 
 def _linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -452,22 +479,42 @@ def _linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]
     return mean_y - slope * mean_x, slope
 
 
+def _plane_fit(designs: Sequence[tuple[int, int]], ys: Sequence[float]) -> tuple[float, float, float] | None:
+    """Least-squares ``y = a + b·m + c·α`` over layouts of ``m`` Mamba and ``α`` attention blocks: ``(a, b, c)``,
+    or None when the layouts do not tell the two per-block costs apart (fewer than three affinely independent)."""
+    import numpy as np
+
+    x = np.array([[1.0, m, alpha] for m, alpha in designs])
+    if np.linalg.matrix_rank(x) < 3:
+        return None
+    coef = np.linalg.lstsq(x, np.array(ys, dtype=float), rcond=None)[0]
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
+def _blocks_of(point: dict) -> tuple[int, int]:
+    """``(Mamba blocks, attention blocks)`` a point was built with."""
+    attention = point.get("attention_blocks", 0)
+    return point["depth"] - attention, attention
+
+
 def extrapolate_depth(results: dict) -> list[dict]:
     """Times (and peaks) at the published depth ``L`` from models built with fewer layers of the same widths.
 
     Every part of a call is a sum over layers plus a constant (the embedding, the readout): the trace, each layer's
     map, and the single query's Horner step ``w ← w P^{(l)}`` (one ALTI layer per layer below the last), so a time
     measured at depths ``K₁ < K₂ < …`` is fitted as ``t(K) = a + b·K`` and read at ``K = L``; ``b`` is the per-layer
-    cost. Single queries are grouped by where their trace was kept (device or host: two cost models). A point
-    measured at one depth only (the others skipped) gets a row without an estimate, saying so.
+    cost. A hybrid's blocks are of two kinds, so its times are fitted as ``t = a + b·m + c·α`` over the layouts of
+    ``m`` Mamba and ``α`` attention blocks built (see ``--depths``) and read at the published layout; ``b`` and ``c``
+    are the per-block costs. Single queries are grouped by where their trace was kept (device or host: two cost
+    models). A point measured at too few layouts (the others skipped) gets a row without an estimate, saying so.
 
     The peak is not linear in depth, so it is not fitted. It is what the call holds (weights, the device part of
-    the trace, the maps: ``held_gib``, exact and linear in ``K``) plus a transient workspace that is not: the tiles
-    are sized from the free memory (a deeper model leaves less, so its tiles shrink), and a single query at one layer
-    has no layer below the last, hence no ALTI workspace at all. The estimate at ``L`` is therefore the peak at the
-    deepest measured depth ``K*`` plus what the held bytes add from ``K*`` to ``L`` (their fit, per layer
-    ``per_layer_gib``): an upper bound where a deeper model's smaller tiles would fit. Points without ``held_gib``
-    (runs before it was recorded) get times only.
+    the trace, the maps: ``held_gib``, exact and linear in the blocks) plus a transient workspace that is not: the
+    tiles are sized from the free memory (a deeper model leaves less, so its tiles shrink), and a single query at one
+    layer has no layer below the last, hence no ALTI workspace at all. The estimate at ``L`` is therefore the held
+    bytes' fit read at ``L`` plus the largest workspace (peak − held) of the deepest layouts measured: an upper bound
+    where a deeper model's smaller tiles would fit. Points without ``held_gib`` (runs before it was recorded) get
+    times only.
 
     Example:
         >>> pts = [{"model": "m", "dtype": "bf16", "N": 8, "depth": k, "published_depth": 64,
@@ -476,37 +523,55 @@ def extrapolate_depth(results: dict) -> list[dict]:
         >>> row["wall_s"], row["peak_gib"]
         (129.0, 73.0)
     """
-    groups: dict[tuple, list[tuple[int, dict]]] = {}
-    published: dict[str, int] = {}
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for p in results.get("single_query", []):
         if "depth" not in p:  # results of a run before --depths
             continue
         method = "single_query" + (f" (trace on the {p['trace_store']})" if p.get("trace_store") == "host" else "")
-        groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p["depth"], p))
-        published[p["model"]] = p["published_depth"]
+        groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p, p))
     for p in results.get("points", []):
         if "depth" not in p:
             continue
-        published[p["model"]] = p["published_depth"]
         for method in ("l2", "alti", "alti_logit"):
             if method in p:
-                groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p["depth"], p[method]))
+                groups.setdefault((p["model"], p["dtype"], p["N"], method), []).append((p, p[method]))
     rows = []
     for (model, dtype, n, method), measured in groups.items():
-        measured.sort(key=lambda m: m[0])
-        depths = [k for k, _ in measured]
-        row = {"model": model, "dtype": dtype, "N": n, "method": method, "depths": depths,
-               "measured_s": [e["wall_s"] for _, e in measured], "layers": published[model]}  # fmt: skip
-        if len(set(depths)) < 2:
-            rows.append({**row, "why": f"measured at {depths[0]} layer(s) only (the other depths skipped)"})
-            continue
-        a, b = _linear_fit(depths, row["measured_s"])
-        row.update(per_layer_s=b, wall_s=a + b * published[model], per_layer_gib=None, peak_gib=None)
+        measured.sort(key=lambda m: _blocks_of(m[0]))
+        point = measured[0][0]
+        hybrid = point.get("published_attention", 0) > 0
+        designs = [_blocks_of(p) for p, _ in measured]
+        row = {"model": model, "dtype": dtype, "N": n, "method": method, "depths": [p["depth"] for p, _ in measured],
+               "measured_s": [e["wall_s"] for _, e in measured], "layers": point["published_depth"]}  # fmt: skip
+        times = row["measured_s"]
+        if hybrid:
+            row["attention_blocks"] = [alpha for _, alpha in designs]
+            row["published_attention"] = point["published_attention"]
+            target = (point["published_depth"] - point["published_attention"], point["published_attention"])
+            fit = _plane_fit(designs, times)
+            if fit is None:
+                rows.append({**row, "why": "too few layouts measured to tell Mamba and attention blocks apart"})
+                continue
+            a, b, c = fit
+            row.update(per_layer_s=b, per_attention_s=c, wall_s=a + b * target[0] + c * target[1])
+        else:
+            if len(set(row["depths"])) < 2:
+                rows.append({**row, "why": f"measured at {row['depths'][0]} layer(s) only (the other depths skipped)"})
+                continue
+            a, b = _linear_fit(row["depths"], times)
+            row.update(per_layer_s=b, wall_s=a + b * point["published_depth"])
+        row.update(per_layer_gib=None, peak_gib=None)
         if all("held_gib" in e for _, e in measured):
-            ha, hb = _linear_fit(depths, [e["held_gib"] for _, e in measured])
-            deepest = measured[-1][1]
-            added = ha + hb * published[model] - deepest["held_gib"]
-            row.update(per_layer_gib=hb, peak_gib=deepest["peak_gib"] + added)
+            held = [e["held_gib"] for _, e in measured]
+            deepest = max(row["depths"])
+            workspace = max(e["peak_gib"] - e["held_gib"] for p, e in measured if p["depth"] == deepest)
+            if hybrid:
+                ha, hb, hc = _plane_fit(designs, held)
+                row.update(per_layer_gib=hb, per_attention_gib=hc, peak_gib=ha + hb * target[0] + hc * target[1])
+            else:
+                ha, hb = _linear_fit(row["depths"], held)
+                row.update(per_layer_gib=hb, peak_gib=ha + hb * point["published_depth"])
+            row["peak_gib"] += workspace
         rows.append(row)
     return rows
 
@@ -579,9 +644,21 @@ def _triton_variants() -> tuple[str, ...]:
 
 
 def _model_cell(point: dict) -> str:
-    """A point's model, with its depth when it was built with fewer layers than published (``--depths``)."""
+    """A point's model, with its layout when it was built with other layers than published (``--depths``)."""
     k, published = point.get("depth"), point.get("published_depth")
-    return point["model"] if k is None or k == published else f"{point['model']} ({k} of {published} layers)"
+    attention, published_attn = point.get("attention_blocks", 0), point.get("published_attention", 0)
+    if k is None or (k, attention) == (published, published_attn):
+        return point["model"]
+    if published_attn:
+        return f"{point['model']} ({k} of {published} blocks, {attention} of {published_attn} attention)"
+    return f"{point['model']} ({k} of {published} layers)"
+
+
+def _measured_cell(e: dict) -> str:
+    """The sampled times of an extrapolated row: ``K: s`` per depth, ``m+αa: s`` per hybrid layout."""
+    if "attention_blocks" not in e:
+        return ", ".join(f"{k}: {s:.3g}" for k, s in zip(e["depths"], e["measured_s"]))
+    return ", ".join(f"{k - a}m+{a}a: {s:.3g}" for k, a, s in zip(e["depths"], e["attention_blocks"], e["measured_s"]))
 
 
 def to_markdown(results: dict) -> str:
@@ -645,8 +722,10 @@ def to_markdown(results: dict) -> str:
         )
     if results.get("extrapolated"):
         lines += ["", "Extrapolated to the published depth (models built with fewer layers of the same widths; "
-                  "t(K) = a + b·K fitted over the sampled depths K, read at K = L). Peak memory: the peak at the "
-                  "deepest K plus what the held tensors (weights, trace, maps; per layer GiB) add up to L, an upper "
+                  "t(K) = a + b·K fitted over the sampled depths K, read at K = L; a hybrid's t = a + b·m + c·α over "
+                  "its layouts of m Mamba and α attention blocks, the per layer cells then b / c). Peak memory: "
+                  "the largest workspace (peak − held) of the deepest layouts plus the held tensors (weights, trace, "
+                  "maps; per layer GiB) fitted the same way and read at L, an upper "
                   "bound (the tiles are sized from the free memory, and shrink to what is left). Where the held bytes "
                   "alone outgrow the GPU, a single query keeps its trace on the host (`store=\"auto\"`: copies this "
                   "estimate leaves out) and all-layer maps do not fit (ask for fewer layers or for rows):", "",
@@ -654,15 +733,22 @@ def to_markdown(results: dict) -> str:
                   "held per layer GiB | estimated peak GiB at L |",
                   "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for e in results["extrapolated"]:
-            measured = ", ".join(f"{k}: {s:.3g}" for k, s in zip(e["depths"], e["measured_s"]))
+            measured = _measured_cell(e)
             if "why" in e:
                 lines.append(f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | — | "
                              f"{e['layers']} | not estimated: {e['why']} | — | — |")  # fmt: skip
                 continue
-            no_peak = e.get("peak_gib") is None
-            gib = "— | not recorded in this run" if no_peak else f"{e['per_layer_gib']:.3g} | {e['peak_gib']:.3g}"
+            attn_s = f" / {e['per_attention_s']:.3g}" if "per_attention_s" in e else ""
+            per_layer = f"{e['per_layer_s']:.3g}{attn_s}"
+            if e.get("peak_gib") is None:
+                gib = "— | not recorded in this run"
+            else:
+                held = f"{e['per_layer_gib']:.3g}" + (
+                    f" / {e['per_attention_gib']:.3g}" if "per_attention_gib" in e else ""
+                )
+                gib = f"{held} | {e['peak_gib']:.3g}"
             lines.append(
-                f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | {e['per_layer_s']:.3g} | "
+                f"| {e['model']} | {e['dtype']} | {e['N']} | {e['method']} | {measured} | {per_layer} | "
                 f"{e['layers']} | {e['wall_s']:.3g} | {gib} |"
             )
     if results["skipped"]:
@@ -700,9 +786,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--depths", default=None,
-        help="comma-separated layer counts to build each (pure Mamba) model with, its widths unchanged: the map and "
-        "single-query times and peaks are also extrapolated linearly to the published depth (a 7B shape's single "
-        "query at N = 32768 is hours); with two depths, noise in their difference grows (L - 1)-fold",
+        help="comma-separated layer counts to build each model with, its widths unchanged (a hybrid: with Mamba "
+        "blocks alone, then once more with the largest count and one attention block): the map and single-query "
+        "times and peaks are also extrapolated linearly to the published layout (a 7B shape's single query at "
+        "N = 32768 is hours); with two depths, noise in their difference grows (L - 1)-fold",
     )  # fmt: skip
     parser.add_argument(
         "--total-budget", type=float, default=None,

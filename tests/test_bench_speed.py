@@ -193,14 +193,13 @@ def test_extrapolation_reads_the_least_squares_line_at_the_published_depth():
 
 
 def test_depths_refuse_what_they_cannot_extrapolate(capsys):
-    """One depth, a hybrid (its attention blocks are not in its first layers) and a depth beyond the model's are
-    named errors, not a silently wrong estimate."""
+    """One depth, a count that is not a number and a depth beyond the model's are named errors, not a silently wrong
+    estimate."""
     from latim_captum import cli
 
     bad_options = (
         (["--depths", "2"], "two or more"),
         (["--depths", "1,x"], "1,x"),
-        (["--models", "bamba", "--depths", "1,2"], "bamba"),
         (["--depths", "1,3"], "deeper"),
     )
     for bad, named in bad_options:
@@ -208,6 +207,47 @@ def test_depths_refuse_what_they_cannot_extrapolate(capsys):
                          *bad]) == 2  # fmt: skip
         err = capsys.readouterr().err
         assert "latim: error:" in err and named in err, (bad, err)
+
+
+def test_hybrid_layouts_fit_mamba_and_attention_blocks_apart():
+    """A hybrid's times on the plane t = 1 + 2·m + 5·α over three layouts read 1 + 2·8 + 5·2 = 27 at the published 8
+    Mamba + 2 attention blocks; held bytes likewise, plus the largest workspace of the deepest layouts. Layouts that
+    only vary the Mamba blocks cannot tell the two costs apart: a row that says so, no estimate."""
+    layouts = ((1, 0), (2, 0), (1, 1))  # (Mamba blocks, attention blocks)
+    workspace = {(1, 0): 0.2, (2, 0): 1.0, (1, 1): 0.6}  # the deepest layouts (2 blocks) hold 1.0 and 0.6
+    points = [{"model": "h", "dtype": "bf16", "N": 64, "depth": m + a, "attention_blocks": a, "published_depth": 10,
+               "published_attention": 2, "wall_s": 1.0 + 2.0 * m + 5.0 * a,
+               "held_gib": 0.5 + 0.1 * m + 0.7 * a, "peak_gib": 0.5 + 0.1 * m + 0.7 * a + workspace[(m, a)]}
+              for m, a in layouts]  # fmt: skip
+    (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points})
+    assert abs(row["wall_s"] - 27.0) < 1e-9 and abs(row["per_layer_s"] - 2.0) < 1e-9
+    assert abs(row["per_attention_s"] - 5.0) < 1e-9 and row["attention_blocks"] == [0, 1, 0]
+    # held at 8 Mamba + 2 attention: 0.5 + 0.8 + 1.4 = 2.7; the largest workspace of the 2-block layouts: 1.0
+    assert abs(row["peak_gib"] - 3.7) < 1e-9 and abs(row["per_attention_gib"] - 0.7) < 1e-9
+    (row,) = bench_speed.extrapolate_depth({"points": [], "single_query": points[:2]})
+    assert "wall_s" not in row and "apart" in row["why"]
+
+
+def test_depths_build_a_hybrid_in_layouts_that_separate_its_block_kinds(tmp_path):
+    """``--depths 1,2`` on a hybrid builds 1 and 2 Mamba blocks, then 2 blocks with one attention, times each, labels
+    each layout and extrapolates to the published 4 blocks, 2 of them attention."""
+    args = bench_speed.build_parser().parse_args(
+        ["--quick", "--out", str(tmp_path), "--device", "cpu", "--models", "bamba", "--dtypes", "fp32",
+         "--lengths", "16", "--single-lengths", "16", "--lig-max-n", "0", "--no-end-to-end", "--ref-max-n", "0",
+         "--depths", "1,2"]
+    )  # fmt: skip
+    results = bench_speed.run(args)
+    built = [(p["depth"], p["attention_blocks"], p["published_depth"], p["published_attention"], p["n_layers"])
+             for p in results["points"]]  # fmt: skip
+    assert built == [(1, 0, 4, 2, 2), (2, 0, 4, 2, 4), (2, 1, 4, 2, 4)]
+    cpu = torch.device("cpu")
+    configs = [bench_speed.build_model("bamba", True, torch.float32, cpu, 2, a).config for a in ((), (0,))]
+    assert [(c.num_hidden_layers, list(c.attn_layer_indices or [])) for c in configs] == [(2, []), (2, [0])]
+    rows = {e["method"]: e for e in results["extrapolated"]}
+    assert set(rows) == {"l2", "alti", "alti_logit", "single_query"}
+    assert all("per_attention_s" in e and e["layers"] == 4 for e in rows.values())
+    report = (tmp_path / "speed.md").read_text()
+    assert "bamba (2 of 4 blocks, 1 of 2 attention)" in report and "1m+1a: " in report
 
 
 def test_hybrid_rows_are_not_labelled_with_a_depth_they_were_not_built_at(tmp_path):
