@@ -422,7 +422,8 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     results["total_s"] = time.perf_counter() - t_start
-    results["extrapolated"] = extrapolate_depth(results)
+    # only runs that sampled depths: a run at the published depth has nothing to extrapolate
+    results["extrapolated"] = extrapolate_depth(results) if args.depths else []
     _save(results, args.out)
     return results
 

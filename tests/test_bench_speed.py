@@ -262,6 +262,8 @@ def test_hybrid_rows_are_not_labelled_with_a_depth_they_were_not_built_at(tmp_pa
     assert point["n_layers"] == 8 and (point["depth"], point["published_depth"]) == (4, 4)
     report = (tmp_path / "speed.md").read_text()
     assert "| bamba | fp32 | 16 | l2 |" in report and "of 4 layers" not in report
+    # built at its published depth: nothing to extrapolate, and no table of "measured at 4 layer(s) only" rows
+    assert results["extrapolated"] == [] and "Extrapolated to the published depth" not in report
 
 
 def test_a_single_query_costs_one_alti_layer_per_layer_below_the_last(monkeypatch):
