@@ -371,9 +371,11 @@ def run(args: argparse.Namespace) -> dict:
                     continue
                 held = _allocated_gib(device)  # weights, trace and the maps, while the maps are alive
                 del maps
-                entry = {"wall_s": wall, "peak_gib": peak, "held_gib": held, "tflops": flops / wall / 1e12,
+                entry = {"wall_s": wall, "peak_gib": peak, "tflops": flops / wall / 1e12,
                          "frac_peak": flops / wall / 1e12 / results["peak_tflops"][prec],
                          "x_forward": wall / fwd}  # fmt: skip
+                if held is not None:
+                    entry["held_gib"] = held
                 if n <= args.ref_max_n:
                     layer0 = tr.layers[0]
                     ref_fn = partial(lc.layer_maps_ref, layer0, "silu", measures, projection=proj)
@@ -387,7 +389,9 @@ def run(args: argparse.Namespace) -> dict:
                 point[method] = entry
                 _save(results, args.out)
             last_wall, last_n = time.perf_counter() - point_start, n
-            del tr
+            # every reference to this trace goes (all_layers holds it as a default): a live trace would count in the
+            # single queries' held bytes and peaks, and the fit would carry it to the published depth
+            tr = all_layers = proj = layer0 = ref_fn = fast_fn = None
             print(json.dumps(point), flush=True)
         # one prediction: single-query ALTI-Logit vs Captum LIG (50 steps), and the single-query memory curve
         last_wall, last_n = None, 1
@@ -405,7 +409,9 @@ def run(args: argparse.Namespace) -> dict:
             except (MemoryError, torch.OutOfMemoryError) as err:
                 results["skipped"].append({**point, "mode": "single_query", "why": str(err)[:300]})
                 break
-            point.update(wall_s=wall, peak_gib=peak, held_gib=held, trace_store=store)
+            point.update(wall_s=wall, peak_gib=peak, trace_store=store)
+            if held is not None:
+                point["held_gib"] = held
             if n <= args.lig_max_n:
                 try:
                     point["lig50_s"] = _lig_seconds(model, ids, device)
@@ -448,7 +454,7 @@ def _depths(spec: str | None, models: Sequence[str], quick: bool) -> dict[str, l
     """``--depths``: the layouts each model is built with, its widths kept (``[None]``: the published one).
 
     A pure Mamba model is built with each of the layer counts ``K``. A hybrid is built with each count of Mamba
-    blocks alone and once more with the largest count, its first block attention: three or more layouts in which
+    blocks alone and once more with the largest count, its last block attention: three or more layouts in which
     Mamba and attention blocks vary apart, so that both per-block costs can be fitted (each block is a mixer and an
     MLP; the last sublayer is always an MLP, so where the attention blocks sit does not change the cost model). A
     ``ValueError`` names a bad count, a single sampled depth (two are needed to extrapolate) and a depth beyond the
@@ -469,7 +475,7 @@ def _depths(spec: str | None, models: Sequence[str], quick: bool) -> dict[str, l
     for kind in models:
         designs[kind] = [(k, ()) for k in depths]
         if published_attention(kind, quick):
-            designs[kind].append((depths[-1], (0,)))
+            designs[kind].append((depths[-1], (depths[-1] - 1,)))
     return designs
 
 
@@ -554,12 +560,20 @@ def extrapolate_depth(results: dict) -> list[dict]:
                 rows.append({**row, "why": "too few layouts measured to tell Mamba and attention blocks apart"})
                 continue
             a, b, c = fit
+            if b <= 0 or c <= 0:
+                rows.append({**row, "why": f"a per-block cost ≤ 0 (Mamba {b:.3g} s, attention {c:.3g} s): the timing "
+                             "noise outweighs a block; sample deeper layouts"})  # fmt: skip
+                continue
             row.update(per_layer_s=b, per_attention_s=c, wall_s=a + b * target[0] + c * target[1])
         else:
             if len(set(row["depths"])) < 2:
                 rows.append({**row, "why": f"measured at {row['depths'][0]} layer(s) only (the other depths skipped)"})
                 continue
             a, b = _linear_fit(row["depths"], times)
+            if b <= 0:
+                rows.append({**row, "why": f"a per-layer cost ≤ 0 ({b:.3g} s): the timing noise outweighs a layer; "
+                             "sample deeper layouts"})  # fmt: skip
+                continue
             row.update(per_layer_s=b, wall_s=a + b * point["published_depth"])
         row.update(per_layer_gib=None, peak_gib=None)
         if all("held_gib" in e for _, e in measured):
@@ -579,11 +593,11 @@ def extrapolate_depth(results: dict) -> list[dict]:
 
 def _single_query_seconds(
     model: torch.nn.Module, ids: torch.Tensor, prec: str, kernel: str, device: torch.device, warm: bool
-) -> tuple[float, float, str, float]:
+) -> tuple[float, float, str, float | None]:
     """Wall seconds and peak GiB of one ALTI-Logit row of ``ids`` (the last position), where its trace was kept
     (on the device, or, when the memory guard says the device-kept trace does not fit, in host memory: what a user
     is told to ask for; the row reads one layer at a time), and the GiB held once the trace is made (weights and
-    the device part of the trace). ``warm``: one untimed call first, as LIG gets."""
+    the device part of the trace; None off CUDA). ``warm``: one untimed call first, as LIG gets."""
     import latim_captum as lc
 
     stores, held = [], []
@@ -600,9 +614,10 @@ def _single_query_seconds(
     return wall, peak, stores[-1], held[-1]
 
 
-def _allocated_gib(device: torch.device) -> float:
-    """GiB of live tensors on a CUDA ``device`` (exact, unlike the peak: no transient workspace); 0 elsewhere."""
-    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+def _allocated_gib(device: torch.device) -> float | None:
+    """GiB of live tensors on a CUDA ``device`` (exact, unlike the peak: no transient workspace); None elsewhere
+    (no allocator to ask: a CPU run reports no peak estimate rather than 0)."""
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def _lengths(spec: str | None, default: list[int]) -> list[int]:
@@ -789,8 +804,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--depths", default=None,
         help="comma-separated layer counts to build each model with, its widths unchanged (a hybrid: with Mamba "
         "blocks alone, then once more with the largest count and one attention block): the map and single-query "
-        "times and peaks are also extrapolated linearly to the published layout (a 7B shape's single query at "
-        "N = 32768 is hours); with two depths, noise in their difference grows (L - 1)-fold",
+        "times are also extrapolated linearly to the published layout, and the peaks from the held bytes (a 7B "
+        "shape's single query at N = 32768 is hours); with two depths, noise in their difference grows "
+        "(L - 1)-fold",
     )  # fmt: skip
     parser.add_argument(
         "--total-budget", type=float, default=None,
