@@ -108,13 +108,13 @@ def build_model(
 
     if kind not in MODELS:
         raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODELS)}")
-    layers, hidden, vocab, state, attention = _SHAPES[kind]
+    _, hidden, vocab, state, _ = _SHAPES[kind]
     if quick:
-        layers, hidden, vocab, state = 2 if not attention else 4, 64, 256, 16
-        attention = (1, 3) if attention else ()
+        hidden, vocab, state = 64, 256, 16
+    attention = published_attention(kind, quick)
     if attention_blocks is not None and attention:
         attention = attention_blocks
-    cfg = _config(kind, n_layers or layers, hidden, vocab, state, attention, quick)
+    cfg = _config(kind, n_layers or published_layers(kind, quick), hidden, vocab, state, attention, quick)
     cfg.use_cache = False
     cls = transformers.AutoModelForCausalLM
     torch.manual_seed(0)
@@ -486,16 +486,26 @@ def _linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]
     return mean_y - slope * mean_x, slope
 
 
-def _plane_fit(designs: Sequence[tuple[int, int]], ys: Sequence[float]) -> tuple[float, float, float] | None:
-    """Least-squares ``y = a + b·m + c·α`` over layouts of ``m`` Mamba and ``α`` attention blocks: ``(a, b, c)``,
-    or None when the layouts do not tell the two per-block costs apart (fewer than three affinely independent)."""
+def _least_squares(x: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float] | None:
+    """Least-squares coefficients of ``y = x·c`` (``x``: one row of regressors per measured layout, the constant
+    first), or None when the layouts do not determine them (``x`` of less than full column rank: one depth only, or
+    a hybrid whose layouts do not vary its Mamba and attention blocks apart). One cost beside the constant: the
+    closed form of a line (exact where the points lie on one)."""
     import numpy as np
 
-    x = np.array([[1.0, m, alpha] for m, alpha in designs])
-    if np.linalg.matrix_rank(x) < 3:
+    if len(x[0]) == 2:
+        ks = [row[1] for row in x]
+        return list(_linear_fit(ks, ys)) if len(set(ks)) > 1 else None
+    x = np.array(x, dtype=float)
+    if np.linalg.matrix_rank(x) < x.shape[1]:
         return None
-    coef = np.linalg.lstsq(x, np.array(ys, dtype=float), rcond=None)[0]
-    return float(coef[0]), float(coef[1]), float(coef[2])
+    return [float(c) for c in np.linalg.lstsq(x, np.array(ys, dtype=float), rcond=None)[0]]
+
+
+def _regressors(mamba: int, attention: int, hybrid: bool) -> list[float]:
+    """One row of the cost model's regressors: 1 (the constant), then the blocks of each cost (a pure Mamba model's
+    layers count as one kind)."""
+    return [1.0, mamba, attention] if hybrid else [1.0, mamba + attention]
 
 
 def _blocks_of(point: dict) -> tuple[int, int]:
@@ -546,47 +556,37 @@ def extrapolate_depth(results: dict) -> list[dict]:
     for (model, dtype, n, method), measured in groups.items():
         measured.sort(key=lambda m: _blocks_of(m[0]))
         point = measured[0][0]
-        hybrid = point.get("published_attention", 0) > 0
+        published_attn = point.get("published_attention", 0)
+        hybrid = published_attn > 0
         designs = [_blocks_of(p) for p, _ in measured]
         row = {"model": model, "dtype": dtype, "N": n, "method": method, "depths": [p["depth"] for p, _ in measured],
                "measured_s": [e["wall_s"] for _, e in measured], "layers": point["published_depth"]}  # fmt: skip
-        times = row["measured_s"]
         if hybrid:
-            row["attention_blocks"] = [alpha for _, alpha in designs]
-            row["published_attention"] = point["published_attention"]
-            target = (point["published_depth"] - point["published_attention"], point["published_attention"])
-            fit = _plane_fit(designs, times)
-            if fit is None:
-                rows.append({**row, "why": "too few layouts measured to tell Mamba and attention blocks apart"})
-                continue
-            a, b, c = fit
-            if b <= 0 or c <= 0:
-                rows.append({**row, "why": f"a per-block cost ≤ 0 (Mamba {b:.3g} s, attention {c:.3g} s): the timing "
-                             "noise outweighs a block; sample deeper layouts"})  # fmt: skip
-                continue
-            row.update(per_layer_s=b, per_attention_s=c, wall_s=a + b * target[0] + c * target[1])
-        else:
-            if len(set(row["depths"])) < 2:
-                rows.append({**row, "why": f"measured at {row['depths'][0]} layer(s) only (the other depths skipped)"})
-                continue
-            a, b = _linear_fit(row["depths"], times)
-            if b <= 0:
-                rows.append({**row, "why": f"a per-layer cost ≤ 0 ({b:.3g} s): the timing noise outweighs a layer; "
-                             "sample deeper layouts"})  # fmt: skip
-                continue
-            row.update(per_layer_s=b, wall_s=a + b * point["published_depth"])
-        row.update(per_layer_gib=None, peak_gib=None)
+            row.update(attention_blocks=[alpha for _, alpha in designs], published_attention=published_attn)
+        x = [_regressors(m, alpha, hybrid) for m, alpha in designs]
+        target = _regressors(point["published_depth"] - published_attn, published_attn, hybrid)
+        coef = _least_squares(x, row["measured_s"])
+        if coef is None:
+            why = ("too few layouts measured to tell Mamba and attention blocks apart" if hybrid else
+                   f"measured at {row['depths'][0]} layer(s) only (the other depths skipped)")  # fmt: skip
+            rows.append({**row, "why": why})
+            continue
+        if min(coef[1:]) <= 0:
+            costs = ", ".join(f"{kind} {c:.3g} s" for kind, c in zip(("Mamba", "attention"), coef[1:]))
+            rows.append({**row, "why": f"a per-block cost ≤ 0 ({costs}): the timing noise outweighs a block; sample "
+                         "deeper layouts"})  # fmt: skip
+            continue
+        row.update(per_layer_s=coef[1], wall_s=sum(c * t for c, t in zip(coef, target)), per_layer_gib=None,
+                   peak_gib=None)  # fmt: skip
+        if hybrid:
+            row["per_attention_s"] = coef[2]
         if all("held_gib" in e for _, e in measured):
-            held = [e["held_gib"] for _, e in measured]
+            held = _least_squares(x, [e["held_gib"] for _, e in measured])
             deepest = max(row["depths"])
             workspace = max(e["peak_gib"] - e["held_gib"] for p, e in measured if p["depth"] == deepest)
+            row.update(per_layer_gib=held[1], peak_gib=sum(c * t for c, t in zip(held, target)) + workspace)
             if hybrid:
-                ha, hb, hc = _plane_fit(designs, held)
-                row.update(per_layer_gib=hb, per_attention_gib=hc, peak_gib=ha + hb * target[0] + hc * target[1])
-            else:
-                ha, hb = _linear_fit(row["depths"], held)
-                row.update(per_layer_gib=hb, peak_gib=ha + hb * point["published_depth"])
-            row["peak_gib"] += workspace
+                row["per_attention_gib"] = held[2]
         rows.append(row)
     return rows
 
