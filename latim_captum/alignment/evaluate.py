@@ -40,6 +40,8 @@ __all__ = [
     "PAPER_MODELS",
     "PAPER_TABLE3",
     "evaluate_model",
+    "paper_cells",
+    "paper_table3_markdown",
     "render_markdown",
     "write_report",
 ]
@@ -227,9 +229,34 @@ def _cell(entry: dict | None, reading: str) -> str:
     return f"{score['aer']:.2f}" + (f" (L{layer + 1})" if layer is not None else "")
 
 
-def _paper_cells(name: str, dataset: str) -> str:
+def paper_cells(name: str, dataset: str) -> str:
+    """The paper's Table 3 AERs of a method on one dataset, ``M1 130M / M1 370M / M2 130M / M2 370M``."""
     ref = PAPER_TABLE3.get(name, {}).get(dataset)
     return " / ".join("—" if v is None else f"{v:.2f}" for v in ref) if ref else "—"
+
+
+#: the paper's Table 3 rows as it labels them
+_PAPER_LABELS = {
+    "mamba_lrp": "MambaLRP",
+    "alti_logit": "LaTIM (ALTI-Logit)",
+    "mamba_attention": "Mamba-Attention (best layer)",
+    "mamba_attribution": "Mamba-Attribution (best layer)",
+    "l2": "LaTIM (ℓ2) (best layer)",
+    "alti": "LaTIM (ALTI) (best layer)",
+}
+
+
+def paper_table3_markdown() -> list[str]:
+    """The paper's whole Table 3 (every dataset and checkpoint) as markdown lines, headed as different data."""
+    lines = [
+        "## The paper's Table 3 (AER; different data and models)",
+        "",
+        "| Method | " + " | ".join(f"{d}: " + " / ".join(PAPER_MODELS) for d in _PAPER_DATASETS) + " |",
+        "| --- |" + " --- |" * len(_PAPER_DATASETS),
+    ]
+    for name, label in _PAPER_LABELS.items():
+        lines.append(f"| {label} | " + " | ".join(paper_cells(name, d) for d in _PAPER_DATASETS) + " |")
+    return lines
 
 
 def render_markdown(suite: dict) -> str:
@@ -291,7 +318,7 @@ def render_markdown(suite: dict) -> str:
         if name == "mamba_attribution":
             label += " (aggregated here; the paper lists it under best layer)"
         cells = [_cell(e, r) for e in entries for r in ROWS]
-        return f"| {label} | " + " | ".join(cells) + f" | {_paper_cells(name, 'IWSLT17 DE→EN')} |"
+        return f"| {label} | " + " | ".join(cells) + f" | {paper_cells(name, 'IWSLT17 DE→EN')} |"
 
     def per_layer(name: str) -> bool:
         return any(models[v]["methods"].get(name, {}).get("per_layer") for v in variants)
@@ -330,23 +357,7 @@ def render_markdown(suite: dict) -> str:
         for act, errs in report["reconstruction_error"].items():
             cells = " | ".join(f"{e:.2e}" for e in errs) if errs is not None else " | ".join(["—"] * n_layers)
             lines.append(f"| {act} | {cells} |")
-    lines += [
-        "",
-        "## The paper's Table 3 (AER; different data and models)",
-        "",
-        "| Method | " + " | ".join(f"{d}: " + " / ".join(PAPER_MODELS) for d in _PAPER_DATASETS) + " |",
-        "| --- |" + " --- |" * len(_PAPER_DATASETS),
-    ]
-    labels = {
-        "mamba_lrp": "MambaLRP",
-        "alti_logit": "LaTIM (ALTI-Logit)",
-        "mamba_attention": "Mamba-Attention (best layer)",
-        "mamba_attribution": "Mamba-Attribution (best layer)",
-        "l2": "LaTIM (ℓ2) (best layer)",
-        "alti": "LaTIM (ALTI) (best layer)",
-    }
-    for name, label in labels.items():
-        lines.append(f"| {label} | " + " | ".join(_paper_cells(name, d) for d in _PAPER_DATASETS) + " |")
+    lines += ["", *paper_table3_markdown()]
     return "\n".join(lines) + "\n"
 
 
