@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..copying.evaluate import PAPER_TABLE2
 from ..copying.metrics import ROWS
+from ..tasks.reports import write_report
 
 __all__ = ["METRICS", "aggregate", "main", "mean_std", "render_markdown"]
 
@@ -224,13 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"copying_seeds: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2
     stem = args.stem or f"copying-{agg['variant']}-{agg.get('scale') or 'unknown'}-seeds"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(agg, indent=2) + "\n")
-    md = render_markdown(agg)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / stem}.json and .md")
+    json_path, md_path = write_report(agg, args.out, stem, render_markdown)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..copying.metrics import ROWS
+from ..tasks.reports import write_report
 from .seeds import mean_std
 
 __all__ = [
@@ -514,14 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"study_seeds: error: {type(err).__name__ + ': ' if isinstance(err, KeyError) else ''}{reason}",
               file=sys.stderr)  # fmt: skip
         return 2
-    stem = args.stem or _stem(agg)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(agg, indent=2) + "\n")
-    md = _RENDER[agg["kind"]](agg)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"wrote {out / stem}.json and .md")
+    json_path, md_path = write_report(agg, args.out, args.stem or _stem(agg), _RENDER[agg["kind"]])
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 
