@@ -130,3 +130,26 @@ def test_return_dict_false_that_breaks_the_models_own_forward_is_named():
     model.config.return_dict = False  # transformers' own Mamba-2 forward fails on this setting
     with pytest.raises(ValueError, match="own forward fails with config.return_dict=False"):
         LatimALTI(model).attribute(random_ids(1, 4))
+
+
+def test_generation_keeps_a_pad_id_of_zero(m1):
+    """A tokenizer whose pad id is 0 hands 0 to generate(), not its EOS id (``pad or eos`` read 0 as missing)."""
+    from test_captum_attr import _tokenizer
+
+    tokenizer = _tokenizer()
+    tokenizer.pad_token, tokenizer.eos_token = "[UNK]", "w9"  # pad id 0, EOS id 9
+    seen: dict = {}
+    generate = m1.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return generate(*args, **kwargs)
+
+    config_pad, m1.generation_config.pad_token_id = m1.generation_config.pad_token_id, None
+    m1.generate = spy
+    try:
+        LatimLLMAttribution(LatimALTILogit(m1), tokenizer).attribute("w3 w7 w1", max_new_tokens=2)
+    finally:
+        del m1.generate
+        m1.generation_config.pad_token_id = config_pad
+    assert tokenizer.pad_token_id == 0 and seen["pad_token_id"] == 0, seen.get("pad_token_id")

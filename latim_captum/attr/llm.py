@@ -115,7 +115,8 @@ class LatimLLMAttribution:
             if callable(getattr(model, "generate", None)) and hasattr(model, "generation_config"):
                 args = {"use_cache": True, **gen_args}
                 if getattr(model.generation_config, "pad_token_id", None) is None:
-                    args.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                    pad = self.tokenizer.pad_token_id  # id 0 is a pad id, not a missing one
+                    args.setdefault("pad_token_id", pad if pad is not None else self.tokenizer.eos_token_id)
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **args)
                 return out[0, ids.shape[1] :].cpu()
             unknown = set(gen_args) - {"max_new_tokens", "do_sample", "temperature", "top_p", "eos_token_id"}
