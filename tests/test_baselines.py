@@ -3,6 +3,7 @@ conservation, the replayed forward, and argument errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from latim_captum.adapters.base import ModelAdapter
 from latim_captum.adapters.mixers import gated_norm_scale, half_gate, lrp_activation
 from latim_captum.baselines import mamba_attention, mamba_attribution, mamba_lrp
 from latim_captum.baselines.replay import replay_logits
-from latim_captum.ssm import hidden_attention
+from latim_captum.ssm import hidden_attention, hidden_attention_anchored
 
 F64 = torch.float64
 # HF's torch fallbacks compute norms and A in float32 even in a float64 model, so our float64 replay can only match
@@ -55,6 +56,54 @@ def _hand_model(gate: float = 1.0) -> MambaForCausalLM:
 def _upper(maps: torch.Tensor) -> torch.Tensor:
     n = maps.shape[-1]
     return maps[..., torch.ones(n, n, dtype=torch.bool).triu(1)]
+
+
+# -- anchored hidden attention -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mamba1", "falcon", "mamba2"])
+@pytest.mark.parametrize("anchor", [1, 3, 4, None])
+def test_anchored_hidden_attention_equals_eq15(kind, anchor, monkeypatch):
+    """The baselines' hidden attention (Mamba-1: factorised around anchors) is eq 15: every row block, anchors that
+    do not divide N or the block, channel chunks near the anchors, the gradients through Δ, B and C; exact zeros
+    above the diagonal."""
+    import latim_captum.ssm as ssm_module
+
+    monkeypatch.setattr(ssm_module, "_DIRECT_ELEMENTS", 200)  # several channel chunks near every anchor
+    model = build(kind, seed=7)
+    tr = latim_captum.trace(model, random_ids(2, 11, seed=3), dtype=F64)
+    upper = torch.ones(11, 11, dtype=torch.bool).triu(1)
+    for layer in tr.layers:
+        for start, stop in ((0, 11), (4, 9), (10, 11)):
+            exact = hidden_attention(layer.ssm, start, stop)
+            got = hidden_attention_anchored(layer.ssm, start, stop, anchor_rows=anchor)
+            assert relative_error(got, exact) < 1e-12, (kind, anchor, start, stop)
+            assert bool((got[:, upper[start:stop]] == 0).all())
+    # the same gradients: the attention variant of Mamba-Attribution differentiates M through Δ, B and C
+    ssm = tr.layers[0].ssm
+    fields = {name: getattr(ssm, name).detach().clone().requires_grad_() for name in ("delta", "B", "C")}
+    weights = torch.randn(2, 11, 11, ssm.delta.shape[-1] * getattr(ssm, "head_dim", 1), dtype=F64)
+    grads = []
+    for fn in (hidden_attention, hidden_attention_anchored):
+        leaf = dataclasses.replace(ssm, **fields)
+        value = (fn(leaf) * weights).sum()
+        grads.append(torch.autograd.grad(value, list(fields.values())))
+    for a, b in zip(*grads):
+        assert relative_error(b, a) < 1e-11
+
+
+def test_anchored_hidden_attention_with_fast_decay_and_bad_anchor():
+    """Decays that underflow (Δ large) give zeros, not NaN or inf, where eq 15 gives values below float32's range;
+    an anchor below 1 is refused."""
+    model = build("mamba1", seed=9)
+    tr = latim_captum.trace(model, random_ids(1, 40, seed=4))
+    ssm = tr.layers[0].ssm
+    fast = dataclasses.replace(ssm, delta=ssm.delta * 200)
+    got = hidden_attention_anchored(fast, anchor_rows=8)
+    assert bool(torch.isfinite(got).all())
+    assert relative_error(got, hidden_attention(fast)) < 1e-5
+    with pytest.raises(ValueError, match="anchor_rows must be ≥ 1"):
+        hidden_attention_anchored(ssm, anchor_rows=0)
 
 
 # -- replay ---------------------------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ single row gives the same values as the full map; a row whose entries are all eq
 averages over its d_inner channels; Mamba-2 over its heads (its channels repeat their head's matrix, so the channel
 and head means agree). Padded rows and columns are 0.
 
-``M`` itself is eq 15 exactly, diagonal included. The reference's ``compute_middle_attn_vector`` differs there: it
-fills only ``s < i`` (no diagonal) and its decay product stops one step early (it leaves out ``exp(Δ_i A)`` of the
-query step).
+``M`` itself is eq 15 exactly, diagonal included (Mamba-1's factorised around anchors,
+:func:`latim_captum.ssm.hidden_attention_anchored`, the same values). The reference's ``compute_middle_attn_vector``
+differs there: it fills only ``s < i`` (no diagonal) and its decay product stops one step early (it leaves out
+``exp(Δ_i A)`` of the query step).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from latim_captum._validation import check_layers
 from latim_captum.adapters import ModelAdapter
 from latim_captum.decompose import default_block_rows, iter_row_blocks
-from latim_captum.ssm import hidden_attention
+from latim_captum.ssm import hidden_attention_anchored
 from latim_captum.traces import LayerTrace, Mamba2SSM, ModelTrace
 
 from ._common import as_trace, query_rows, row_minmax
@@ -60,7 +61,7 @@ def attention_rows(
         normalize: ``"minmax"`` (per row over channels and causal source tokens) or ``"none"``.
         positive: clamp ``M`` at 0 before normalising (Mamba-Attribution's ``M^+``).
     """
-    mixing = hidden_attention(layer.ssm, start, stop)  # [B, r, N, d]
+    mixing = hidden_attention_anchored(layer.ssm, start, stop)  # [B, r, N, d]
     if isinstance(layer.ssm, Mamba2SSM):
         mixing = mixing[..., :: layer.ssm.head_dim]  # one column per head
     if positive:

@@ -46,7 +46,7 @@ from latim_captum._validation import check_size, rollout_layers
 from latim_captum.adapters import ModelAdapter
 from latim_captum.adapters.base import _first_tensor
 from latim_captum.aggregate import normalize_rows
-from latim_captum.ssm import hidden_attention
+from latim_captum.ssm import hidden_attention_anchored
 from latim_captum.traces import Mamba2SSM, SSMParams
 
 from ._common import (
@@ -153,7 +153,7 @@ def _attention_gradients(
     probes: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (zero leaf, value of M), per head for Mamba-2
 
     def mixing(layer: int, ssm: SSMParams, phi: Tensor) -> Tensor:
-        full = hidden_attention(ssm)  # [B, N, N, d]
+        full = hidden_attention_anchored(ssm)  # [B, N, N, d]: eq 15, Mamba-1's around anchors
         per_head = isinstance(ssm, Mamba2SSM)
         value = full[..., :: ssm.head_dim] if per_head else full  # Mamba-2: M is shared by a head's channels
         probe = torch.zeros_like(value, requires_grad=True)

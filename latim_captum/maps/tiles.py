@@ -18,14 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from latim_captum.decompose import tap_contributions
-from latim_captum.ssm import d_inner_of
+from latim_captum.ssm import d_inner_of, default_anchor_rows
 from latim_captum.traces import LayerTrace, Mamba1SSM
 
 from .memory import DEFAULT_TILE_BYTES, tile_bytes_for
@@ -67,12 +66,6 @@ class LayerContext:
     @property
     def mamba1(self) -> bool:
         return isinstance(self.layer.ssm, Mamba1SSM)
-
-
-def default_anchor_rows(n: int) -> int:
-    """Mamba-1 rows per factorisation anchor: ≈ √(N/2), which balances the direct (N·a·d·R) and factor (N²/a·d·R)
-    elementwise work, as a power of two in [16, 128]."""
-    return int(min(128, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(n / 2)))))))
 
 
 def layer_context(
