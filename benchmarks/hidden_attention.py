@@ -57,6 +57,17 @@ def timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Ten
     return time.perf_counter() - start, out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     device = args.device
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({platform.processor() or '?'}, "
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({cpu_model()}, "
     name += "" if device.startswith("cuda") else f"{torch.get_num_threads()} threads)"
     points = [measure(n, args) for n in args.lengths]
     command = "python benchmarks/hidden_attention.py " + " ".join(sys.argv[1:] if argv is None else argv)
