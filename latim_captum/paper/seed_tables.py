@@ -54,6 +54,7 @@ def layered(per_seed: Sequence[Sequence[float]], better: Callable = min) -> dict
 
 
 def check_same(items: Sequence[dict], keys: Sequence[str], what: str) -> None:
+    """``ValueError`` naming the first of ``keys`` whose value (compared as JSON) differs between ``items``."""
     for key in keys:
         values = {json.dumps(item.get(key), sort_keys=True) for item in items}
         if len(values) > 1:
@@ -85,7 +86,7 @@ def mean_errors(reports: Sequence[dict], key: str = "reconstruction_error") -> d
     return out
 
 
-def reading_of(entry: dict, task: str, rows: str) -> dict | None:
+def _reading_of(entry: dict, task: str, rows: str) -> dict | None:
     """One reading of a method's report entry: ``{"layers": [...]}`` or ``{"all": {...}}``; None when absent."""
     if task == "alignment":
         return entry["readings"].get(rows)
@@ -101,7 +102,7 @@ def method_over_seeds(entries: Sequence[dict], task: str) -> dict:
     first = entries[0]
     out: dict = {"label": first["label"], "per_layer": bool(first["per_layer"])}
     for rows in ROWS:
-        scores = [reading_of(e, task, rows) for e in entries]
+        scores = [_reading_of(e, task, rows) for e in entries]
         if any(s is None for s in scores):
             continue
         if out["per_layer"]:
@@ -121,6 +122,7 @@ def common_keys(dicts: Sequence[dict]) -> tuple[list[str], list[str]]:
 
 
 def ms(x: dict, digits: int = 2) -> str:
+    """``"0.62 ± 0.04"`` of a :func:`~latim_captum.paper.seeds.mean_std` (the mean alone for one seed)."""
     return f"{x['mean']:.{digits}f}" + (f" ± {x['std']:.{digits}f}" if x["std"] is not None else "")
 
 
@@ -136,14 +138,15 @@ def best_cell(item: dict, rows: str) -> str:
     return f"{ms(best)} (L{best['layer'] + 1})"
 
 
-def seed_values(item: dict, rows: str) -> list[float] | None:
+def _seed_values(item: dict, rows: str) -> list[float] | None:
+    """Each seed's value in ``rows``: an aggregated method's, a per-layer one's at the best layer of the mean."""
     reading = item.get(rows)
     if reading is None:
         return None
     return reading["all"]["values"] if "all" in reading else reading["best_of_mean"]["values"]
 
 
-def seed_best_line(label: str, item: dict, rows: str) -> str | None:
+def _seed_best_line(label: str, item: dict, rows: str) -> str | None:
     reading = item.get(rows)
     if reading is None or "per_seed_best" not in reading:
         return None
@@ -152,6 +155,7 @@ def seed_best_line(label: str, item: dict, rows: str) -> str | None:
 
 
 def sci(x: dict) -> str:
+    """:func:`ms` in scientific notation, for decomposition errors that span orders of magnitude."""
     return f"{x['mean']:.2e}" + (f" ± {x['std']:.1e}" if x["std"] is not None else "")
 
 
@@ -166,7 +170,7 @@ def per_seed_and_layers(name: str, group: dict, measure: str, best_word: str) ->
         "| --- |" + " --- |" * len(seeds),
     ]
     for item in group["methods"].values():
-        values = seed_values(item, "predict")
+        values = _seed_values(item, "predict")
         if values is not None:
             lines.append(f"| {item['label']} | " + " | ".join(f"{x:.2f}" for x in values) + " |")
     per_layer = [(item["label"], item) for item in group["methods"].values() if item["per_layer"]]
@@ -179,7 +183,7 @@ def per_seed_and_layers(name: str, group: dict, measure: str, best_word: str) ->
             f"| Method | {measure} mean ± std | layers per seed |",
             "| --- | --- | --- |",
         ]
-        lines += [line for label, item in per_layer if (line := seed_best_line(label, item, "predict"))]
+        lines += [line for label, item in per_layer if (line := _seed_best_line(label, item, "predict"))]
         n_layers = len(per_layer[0][1]["predict"]["layers"])
         lines += [
             "",
