@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 import latim_captum
+from latim_captum._environment import device_name
 from latim_captum.baselines import mamba_attention, mamba_attribution
 from latim_captum.ssm import default_anchor_rows, hidden_attention, hidden_attention_anchored
 from latim_captum.tasks.models import build_model
@@ -55,17 +55,6 @@ def timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Ten
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start, out
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     device = args.device
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({cpu_model()}, "
-    name += "" if device.startswith("cuda") else f"{torch.get_num_threads()} threads)"
+    name = device_name(device)
     points = [measure(n, args) for n in args.lengths]
     command = "python benchmarks/hidden_attention.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {

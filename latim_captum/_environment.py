@@ -10,9 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 from importlib import metadata
+from pathlib import Path
 
-__all__ = ["SOFTWARE", "provenance", "provenance_lines", "run_options", "software_versions", "versions_line"]
+import torch
+
+__all__ = [
+    "SOFTWARE",
+    "device_name",
+    "provenance",
+    "provenance_lines",
+    "run_options",
+    "software_versions",
+    "versions_line",
+]
 
 #: distributions whose versions change a benchmark's numbers (kernels, model code, the methods compared)
 SOFTWARE: tuple[str, ...] = (
@@ -57,3 +69,20 @@ def provenance_lines(results: dict) -> list[str]:
     if "versions" not in results:
         return []
     return [versions_line(results["versions"]), f"- options: `{json.dumps(results['options'])}`", ""]
+
+
+def device_name(device: str | torch.device) -> str:
+    """What a timing ran on: the GPU's name, or ``"CPU (<model>, <n> threads)"`` (the model from ``/proc/cpuinfo``;
+    ``platform.processor()`` is empty on Linux) with the threads torch uses."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({model}, {torch.get_num_threads()} threads)"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from latim_captum._environment import SOFTWARE, run_options, software_versions, versions_line
+from latim_captum._environment import SOFTWARE, device_name, run_options, software_versions, versions_line
 
 
 def test_versions_name_every_package_and_the_absent_ones():
@@ -23,3 +23,18 @@ def test_options_are_json_ready_without_the_handler():
     options = run_options(args)
     assert options == {"out": "results/x", "tokens": 16, "models": ["mamba2"], "quick": False}
     assert json.loads(json.dumps(options)) == options
+
+
+def test_cpu_device_name_says_the_model_and_threads(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n")
+    real_path = Path
+
+    def fake_path(arg, *rest):
+        return real_path(cpuinfo) if arg == "/proc/cpuinfo" else real_path(arg, *rest)
+
+    monkeypatch.setattr("latim_captum._environment.Path", fake_path)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert device_name("cpu") == "CPU (Example CPU @ 2.0GHz, 3 threads)"
+    monkeypatch.setattr("latim_captum._environment.Path", lambda *_: real_path(tmp_path / "missing"))
+    assert device_name(torch.device("cpu")).startswith("CPU (") and device_name("cpu").endswith(", 3 threads)")
