@@ -30,6 +30,8 @@
 #        attention; one model per call), LARGE_LENGTHS (none: single queries only), LARGE_SINGLE, LARGE_DEPTHS,
 #        LARGE_S);
 #        `latim bench whole-sequence` (130M Mamba-2, N = 2048); as $OUT/onegpu-<part>.tar.xz
+#   bash benchmarks/gpu_checks.sh hidden-attention   the baselines' Mamba-1 hidden attention, eq 15 against the
+#        anchored factorisation (benchmarks/hidden_attention.py; HA_LENGTHS, HA_D, HA_ROWS, HA_S)
 #   bash benchmarks/gpu_checks.sh scale [tests|check|bench|all]   scaling out on the visible GPUs: tests (test_scaling:
 #        layers split between GPU and CPU), check (a 7B-class shape split over 2 GPUs, or GPU + CPU on one, maps
 #        against one device) and bench (attribute_dataset throughput of 1 vs 2 (vs 4, vs 8) torchrun ranks on the
@@ -171,6 +173,16 @@ if [ "$what" = scale ]; then
       echo "attribute_dataset $v procs $procs rc=$?"; tail -8 "$out/scale_$v.log"
     done
   fi
+  exit 0
+fi
+if [ "$what" = hidden-attention ]; then
+  # the baselines' Mamba-1 hidden attention, eq 15 against anchored (benchmarks/hidden_attention.py); the one-layer
+  # timing holds [rows, N, d, R] for eq 15 (with its float64 exponents: 12 bytes an entry), so few rows on the GPU
+  # shellcheck disable=SC2086
+  timeout "${HA_S:-500}" python3 benchmarks/hidden_attention.py --device cuda --lengths ${HA_LENGTHS:-512 1024 2048} \
+    --d-model "${HA_D:-768}" --rows "${HA_ROWS:-16}" --out "$out/hidden-attention" > "$out/hidden_attention.log" 2>&1
+  echo "hidden_attention rc=$?"
+  cat "$out/hidden-attention/hidden-attention-cuda.md" 2>/dev/null || tail -5 "$out/hidden_attention.log"
   exit 0
 fi
 if [ "$what" = copying ]; then
