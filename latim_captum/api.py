@@ -300,8 +300,8 @@ def interactions(
             free device memory (``"fast"``, where it is the side of a square rows × columns tile).
         backend: ``"ref"`` (readable reference, materialises one row block of ``T``), ``"fast"`` (tiled, fused
             reductions, :mod:`latim_captum.maps.fast`), ``"triton"`` (the fast path's Triton kernels, CUDA, float32;
-            the fastest on a GPU, compiled and autotuned on first use) or ``"auto"`` (fast on CUDA, ref elsewhere);
-            same values.
+            the fastest on a GPU, compiled and autotuned on first use) or ``"auto"`` (``"fast"`` on every device: the
+            fastest path measured on a CPU too); same values.
         precision: the tiled paths' ``W_o`` product: ``"highest"`` (the compute dtype), ``"tf32"`` or ``"bf16"``
             (tensor cores; ~1e-4 and ~1e-3 relative).
 

@@ -788,8 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="LaTIM's path (LaTIM methods only): auto (default; fast on CUDA, reference elsewhere), ref, fast, triton "
-        "(CUDA kernels); same maps",
+        help="LaTIM's path (LaTIM methods only): auto (default: the tiles, as fast), ref (the readable reference), "
+        "fast, triton (CUDA kernels); same maps",
     )
     attr.add_argument(
         "--precision",
@@ -870,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="LaTIM's path: auto (fast on CUDA, reference elsewhere); fast is much quicker on a CPU too, same maps",
+        help="LaTIM's path: auto (the tiles, as fast), ref (the readable reference), fast, triton; same maps",
     )
     copying.add_argument(
         "--max-sequences",

@@ -86,7 +86,7 @@ def test_parallel_tiles_read_the_sum_not_the_parts():
 
 
 def test_the_fast_backend_takes_the_tiles(monkeypatch):
-    """backend="fast" (and "auto" on CUDA) reaches the tiles for attention and MLP sublayers, not the reference."""
+    """backend="fast" (and "auto") reaches the tiles for attention and MLP sublayers, not the reference."""
     tr, projection = _traced("jamba")
     seen = []
     for name, tag in (("attention_maps_fast", "a"), ("tokenwise_maps_fast", "t"), ("parallel_maps_fast", "p")):

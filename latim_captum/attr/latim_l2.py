@@ -30,8 +30,9 @@ class LatimL2(LatimMeasure):
         activation: the additive ``f`` of eq 19: ``"silu_gate"`` (the default, exact for SiLU models), ``"silu"``
             (the paper's), ``"identity"``, ``"taylor1"``, ``"taylor2"``.
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``.
-        backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (fast on CUDA, reference elsewhere),
-            ``"ref"``, ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same values.
+        backend: LaTIM's path (:data:`latim_captum.BACKENDS`): ``"auto"`` (the tiles, on every device), ``"ref"``
+            (the readable reference), ``"fast"`` or ``"triton"`` (the Triton kernels: the fastest on a GPU); same
+            values.
         precision: the tiled paths' ``W_o`` product, ``"highest"``, ``"tf32"`` or ``"bf16"``.
 
     ``attribute`` without ``return_matrix`` computes only the query row (O(N·d·D) per layer).

@@ -95,7 +95,7 @@ def evaluate_model(
         batch: samples per attribution call.
         max_sequences: replicated sequences per backward pass of the row-replicating methods (default
             :data:`~latim_captum.methods.DEFAULT_MAX_SEQUENCES`; lower it on a CPU).
-        backend: LaTIM's path (``"auto"``: fast on CUDA, reference elsewhere; ``"fast"`` on a CPU is much faster).
+        backend: LaTIM's path (``"auto"``: the tiles, on every device; ``"ref"``: the readable reference).
         rows: the main reading of the query rows (``"predict"`` or ``"hold"``); both are computed.
         on_update: called with the report so far after the reconstruction errors and after every method, so a run
             cut short (a time limit on a lent GPU) still leaves the rows it finished.
