@@ -43,6 +43,7 @@ __all__ = [
     "paper_cells",
     "paper_table3_markdown",
     "render_markdown",
+    "table3_markdown",
     "write_report",
 ]
 
@@ -259,6 +260,54 @@ def paper_table3_markdown() -> list[str]:
     return lines
 
 
+def table3_markdown(
+    title: str,
+    methods: dict[str, dict[str, dict]],
+    cell: Callable[[dict, str], str],
+    monotone: Sequence[str],
+    best_layer: str = "Best layer",
+) -> list[str]:
+    """Table 3's shape as markdown lines: a column per variant and reading, the aggregated methods, then the
+    per-layer ones at their best layer, then the model-free diagonal, each row beside the paper's IWSLT17 DE→EN cells.
+
+    ``methods``: ``{variant: {method: entry}}``; ``cell(entry, reading)`` writes one variant's reading of an entry
+    (— where a variant lacks the method); ``monotone``: the diagonal's cell per variant; ``best_layer``: how the
+    per-layer block is headed.
+    """
+    variants = list(methods)
+    heads = [f"{v} {r}" for v in variants for r in ROWS]
+    paper_head = "Paper, IWSLT17 DE→EN, different data (" + " / ".join(PAPER_MODELS) + ")"
+    lines = [
+        f"## {title}",
+        "",
+        "| Method | " + " | ".join(heads) + f" | {paper_head} |",
+        "| --- |" + " --- |" * (len(heads) + 1),
+    ]
+    names: list[str] = []
+    for table in methods.values():
+        names += [n for n in table if n not in names]
+    blank = " |" * (len(heads) + 1)
+
+    def row(name: str) -> str:
+        entries = [methods[v].get(name) for v in variants]
+        label = next(e["label"] for e in entries if e is not None)
+        if name == "mamba_attribution":
+            label += " (aggregated here; the paper lists it under best layer)"
+        cells = [cell(e, r) if e is not None else "—" for e in entries for r in ROWS]
+        return f"| {label} | " + " | ".join(cells) + f" | {paper_cells(name, 'IWSLT17 DE→EN')} |"
+
+    def per_layer(name: str) -> bool:
+        return any(methods[v].get(name, {}).get("per_layer") for v in variants)
+
+    lines.append("| *Aggregating layers* |" + blank)
+    lines += [row(n) for n in names if not per_layer(n)]
+    lines.append(f"| *{best_layer} (its number in brackets)* |" + blank)
+    lines += [row(n) for n in names if per_layer(n)]
+    lines.append("| *No model* |" + blank)
+    lines.append("| Monotone diagonal | " + " | ".join(m for m in monotone for _ in ROWS) + " | — |")
+    return lines
+
+
 def render_markdown(suite: dict) -> str:
     """Markdown: Table 3 with ours beside the paper's, every layer, decomposition errors, the paper's whole table.
 
@@ -298,38 +347,8 @@ def render_markdown(suite: dict) -> str:
             "- readings: **predict** = the row that predicts the target word (S + t, the decoder output; AWO), "
             "**hold** = the row that holds it (S + 1 + t, the decoder input; AWI / Shift-Att)",
         ]
-    heads = [f"{v} {r}" for v in variants for r in ROWS]
-    paper_head = "Paper, IWSLT17 DE→EN, different data (" + " / ".join(PAPER_MODELS) + ")"
-    lines += [
-        "",
-        "## Table 3",
-        "",
-        "| Method | " + " | ".join(heads) + f" | {paper_head} |",
-        "| --- |" + " --- |" * (len(heads) + 1),
-    ]
-    names: list[str] = []
-    for report in models.values():
-        names += [n for n in report["methods"] if n not in names]
-    blank = " |" * (len(heads) + 1)
-
-    def row(name: str) -> str:
-        entries = [models[v]["methods"].get(name) for v in variants]
-        label = next(e["label"] for e in entries if e is not None)
-        if name == "mamba_attribution":
-            label += " (aggregated here; the paper lists it under best layer)"
-        cells = [_cell(e, r) for e in entries for r in ROWS]
-        return f"| {label} | " + " | ".join(cells) + f" | {paper_cells(name, 'IWSLT17 DE→EN')} |"
-
-    def per_layer(name: str) -> bool:
-        return any(models[v]["methods"].get(name, {}).get("per_layer") for v in variants)
-
-    lines.append("| *Aggregating layers* |" + blank)
-    lines += [row(n) for n in names if not per_layer(n)]
-    lines.append("| *Best layer (its number in brackets)* |" + blank)
-    lines += [row(n) for n in names if per_layer(n)]
-    lines.append("| *No model* |" + blank)
-    mono = [f"{models[v]['baselines']['monotone']['aer']:.2f}" for v in variants for _ in ROWS]
-    lines.append("| Monotone diagonal | " + " | ".join(mono) + " | — |")
+    monotone = [f"{models[v]['baselines']['monotone']['aer']:.2f}" for v in variants]
+    lines += ["", *table3_markdown("Table 3", {v: models[v]["methods"] for v in variants}, _cell, monotone)]
     for variant, report in models.items():
         n_layers = report["n_layers"]
         lines += [

@@ -87,7 +87,7 @@ def _layers_ms(layers: list[dict] | None) -> str:
 def render_activations_markdown(agg: dict) -> str:
     """Markdown: the Table 5 analogue over seeds (one row per activation), per-seed values, every strategy's error
     and the paper's Table 5."""
-    from .activations import paper_table5_markdown
+    from .activations import paper_table5_markdown, strategy_errors_markdown
 
     task, measure = agg["task"], agg["measure"]
     better = "higher is better" if measure == "auc" else "lower is better"
@@ -132,16 +132,7 @@ def render_activations_markdown(agg: dict) -> str:
         )
     for act, a in agg["acts"].items():
         lines += per_seed_and_layers(act, a, measure.upper(), "highest" if measure == "auc" else "lowest")
-    strategies, _ = common_keys([a["reconstruction_error"] for a in agg["acts"].values()])
-    lines += [
-        "",
-        "## Decomposition error of every strategy (per layer, mean ± std)",
-        "",
-        "| Conv activation | " + " | ".join(strategies) + " |",
-        "| --- |" + " --- |" * len(strategies),
-    ]
-    for act, a in agg["acts"].items():
-        errors = a["reconstruction_error"]
-        lines.append(f"| {act} | " + " | ".join(_layers_ms(errors.get(k)) for k in strategies) + " |")
-    lines += ["", *paper_table5_markdown()]
+    errors = {act: a["reconstruction_error"] for act, a in agg["acts"].items()}
+    title = "Decomposition error of every strategy (per layer, mean ± std)"
+    lines += ["", *strategy_errors_markdown(title, errors, _layers_ms), "", *paper_table5_markdown()]
     return "\n".join(lines) + "\n"

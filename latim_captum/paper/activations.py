@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,6 +59,7 @@ __all__ = [
     "methods_for",
     "paper_table5_markdown",
     "render_markdown",
+    "strategy_errors_markdown",
     "summarize",
 ]
 
@@ -160,6 +162,25 @@ def paper_table5_markdown() -> list[str]:
     return lines
 
 
+def strategy_errors_markdown(
+    title: str, errors: dict[str, dict[str, Any]], cell: Callable[[Any | None], str]
+) -> list[str]:
+    """The table of every strategy's decomposition error, a row per conv activation: ``errors[act][strategy]`` is
+    that model's per-layer error (None where the strategy refuses the activation), written by ``cell``."""
+    strategies: list[str] = []
+    for by_strategy in errors.values():
+        strategies += [k for k in by_strategy if k not in strategies]
+    lines = [
+        f"## {title}",
+        "",
+        "| Conv activation | " + " | ".join(strategies) + " |",
+        "| --- |" + " --- |" * len(strategies),
+    ]
+    for act, by_strategy in errors.items():
+        lines.append(f"| {act} | " + " | ".join(cell(by_strategy.get(k)) for k in strategies) + " |")
+    return lines
+
+
 def render_markdown(suite: dict) -> str:
     """Markdown: ours (one row per trained activation), every strategy's error, and the paper's Table 5."""
     meta = suite["meta"]
@@ -168,7 +189,6 @@ def render_markdown(suite: dict) -> str:
     rows = suite["models"]
     if not rows:
         raise ValueError("no model in the report")
-    strategies = list(rows[0]["summary"]["reconstruction_error"])
     lines = [
         f"# What the activation costs (paper Table 5 analogue) — {task_name} task, {meta.get('variant')} "
         f"({meta.get('scale', '?')} scale)",
@@ -211,16 +231,8 @@ def render_markdown(suite: dict) -> str:
             f"{_value(ms.get(f'l2_{exact}')) if exact else '—'} | {_value(ms.get(f'alti_logit{suffix}'))} | "
             f"{_value(ms.get(f'alti_logit_{exact}')) if exact else '—'} |"
         )
-    lines += [
-        "",
-        "## Decomposition error of every strategy (per layer)",
-        "",
-        "| Conv activation | " + " | ".join(strategies) + " |",
-        "| --- |" + " --- |" * len(strategies),
-    ]
-    for row in rows:
-        errors = row["summary"]["reconstruction_error"]
-        lines.append(f"| {row['summary']['act']} | " + " | ".join(_errs(errors.get(k)) for k in strategies) + " |")
+    errors = {row["summary"]["act"]: row["summary"]["reconstruction_error"] for row in rows}
+    lines += ["", *strategy_errors_markdown("Decomposition error of every strategy (per layer)", errors, _errs)]
     lines += ["", *paper_table5_markdown()]
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..copying.metrics import ROWS
 from .seed_tables import (
     best_cell,
     check_same,
@@ -63,7 +62,7 @@ def aggregate_alignment(suites: Sequence[dict], sources: Sequence[str] | None = 
 def render_alignment_markdown(agg: dict) -> str:
     """Markdown: Table 3 over seeds beside the paper's IWSLT17 column, per-seed values, every layer, the
     decomposition errors and the paper's whole Table 3."""
-    from ..alignment.evaluate import PAPER_MODELS, paper_cells, paper_table3_markdown
+    from ..alignment.evaluate import paper_table3_markdown, table3_markdown
 
     variants: dict = agg["variants"]
     lines = [
@@ -94,34 +93,9 @@ def render_alignment_markdown(agg: dict) -> str:
         "lowest mean AER, the same for every seed; number in brackets). Readings: **predict** = the row that "
         "predicts the target word, **hold** = the row that holds it"
     )
-    heads = [f"{v} {r}" for v in variants for r in ROWS]
-    paper_head = "Paper, IWSLT17 DE→EN, different data (" + " / ".join(PAPER_MODELS) + ")"
-    lines += [
-        "",
-        "## Table 3 over seeds",
-        "",
-        "| Method | " + " | ".join(heads) + f" | {paper_head} |",
-        "| --- |" + " --- |" * (len(heads) + 1),
-    ]
-    names, _ = common_keys([v["methods"] for v in variants.values()])
-    blank = " |" * (len(heads) + 1)
-
-    def row(name: str) -> str:
-        items = [v["methods"].get(name) for v in variants.values()]
-        label = next(i["label"] for i in items if i is not None)
-        cells = [best_cell(i, r) if i is not None else "—" for i in items for r in ROWS]
-        return f"| {label} | " + " | ".join(cells) + f" | {paper_cells(name, 'IWSLT17 DE→EN')} |"
-
-    def per_layer(name: str) -> bool:
-        return any(v["methods"].get(name, {}).get("per_layer") for v in variants.values())
-
-    lines.append("| *Aggregating layers* |" + blank)
-    lines += [row(n) for n in names if not per_layer(n)]
-    lines.append("| *Best layer of the mean (its number in brackets)* |" + blank)
-    lines += [row(n) for n in names if per_layer(n)]
-    lines.append("| *No model* |" + blank)
-    mono = [ms(v["monotone"]) for v in variants.values() for _ in ROWS]
-    lines.append("| Monotone diagonal | " + " | ".join(mono) + " | — |")
+    methods = {name: v["methods"] for name, v in variants.items()}
+    monotone = [ms(v["monotone"]) for v in variants.values()]
+    lines += ["", *table3_markdown("Table 3 over seeds", methods, best_cell, monotone, "Best layer of the mean")]
     for variant, v in variants.items():
         lines += per_seed_and_layers(variant, v, "AER", "lowest")
         lines += [
