@@ -14,22 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import latim_captum as lc
 from latim_captum._environment import device_name
+from latim_captum.bench_speed import timed
 from latim_captum.tasks.models import build_model
 
 METHODS = ("l2", "alti", "alti_logit")
 
 
 def timed_maps(model: torch.nn.Module, ids: torch.Tensor, method: str, backend: str) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    maps = lc.interactions(model, ids, method=method, backend=backend)
-    return time.perf_counter() - start, maps
+    wall, _, maps = timed(lambda: lc.interactions(model, ids, method=method, backend=backend), torch.device("cpu"))
+    return wall, maps
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,6 @@ import argparse
 import importlib
 import json
 import sys
-import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch
 import latim_captum
 from latim_captum._environment import device_name
 from latim_captum.baselines import mamba_attention, mamba_attribution
+from latim_captum.bench_speed import timed
 from latim_captum.ssm import default_anchor_rows, hidden_attention, hidden_attention_anchored
 from latim_captum.tasks.models import build_model
 
@@ -47,39 +46,29 @@ def plain_eq15():
         attention_module.hidden_attention_anchored, attribution_module.hidden_attention_anchored = saved
 
 
-def timed(fn: Callable[[], torch.Tensor], device: str) -> tuple[float, torch.Tensor]:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
 
 def measure(n: int, args: argparse.Namespace) -> dict:
     """One length: the one-layer timing, then both baselines end to end, each with eq 15 and anchored."""
-    device = args.device
+    device = torch.device(args.device)
     model = build_model("mamba1", layers=args.layers, d_model=args.d_model, state=args.state, vocab=64)
     model = model.to(device).eval()
     ids = torch.randint(0, 64, (1, n), device=device)
     mamba_attention(model, ids[:, :16])  # untimed: first calls allocate and load
     ssm = latim_captum.trace(model, ids).layers[0].ssm
     rows = min(n, args.rows)
-    t_eq15, exact = timed(lambda: hidden_attention(ssm, n - rows, n), device)
-    t_anch, fast = timed(lambda: hidden_attention_anchored(ssm, n - rows, n), device)
+    t_eq15, _, exact = timed(lambda: hidden_attention(ssm, n - rows, n), device)
+    t_anch, _, fast = timed(lambda: hidden_attention_anchored(ssm, n - rows, n), device)
     point = {"n": n, "rows": rows, "anchor_rows": default_anchor_rows(n), "layer_eq15_s": t_eq15,
              "layer_anchored_s": t_anch, "layer_max_rel_diff": rel(fast, exact)}  # fmt: skip
     del exact, fast
     with plain_eq15():
-        t_att_eq15, att_eq15 = timed(lambda: mamba_attention(model, ids), device)
-        t_attr_eq15, attr_eq15 = timed(lambda: mamba_attribution(model, ids, position=-1), device)
-    t_att, att = timed(lambda: mamba_attention(model, ids), device)
-    t_attr, attr = timed(lambda: mamba_attribution(model, ids, position=-1), device)
+        t_att_eq15, _, att_eq15 = timed(lambda: mamba_attention(model, ids), device)
+        t_attr_eq15, _, attr_eq15 = timed(lambda: mamba_attribution(model, ids, position=-1), device)
+    t_att, _, att = timed(lambda: mamba_attention(model, ids), device)
+    t_attr, _, attr = timed(lambda: mamba_attribution(model, ids, position=-1), device)
     point.update(
         attention_eq15_s=t_att_eq15, attention_anchored_s=t_att, attention_max_rel_diff=rel(att, att_eq15),
         attribution_eq15_s=t_attr_eq15, attribution_anchored_s=t_attr, attribution_max_rel_diff=rel(attr, attr_eq15),
