@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from latim_captum._environment import device_name
+
 
 class IdTokenizer:
     """Reads ``"12 7 301"`` back as token ids: synthetic prompts need no vocabulary file."""
@@ -73,8 +75,8 @@ def worker(args: argparse.Namespace) -> int:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     if rank == 0:
-        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        Path(args.result).write_text(json.dumps({"procs": world, "wall_s": wall, "device": device_name}) + "\n")
+        name = device_name(device)
+        Path(args.result).write_text(json.dumps({"procs": world, "wall_s": wall, "device": name}) + "\n")
     if initialised:
         dist.destroy_process_group()
     return 0

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from latim_captum._environment import device_name
+
 
 def build(d_model: int, layers: int, attn_every: int, device: str) -> torch.nn.Module:
     from transformers import BambaConfig, BambaForCausalLM
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace, write=None) -> str:
     device = torch.device(args.device)
     backends = ["ref", *args.backends]
     model = build(args.d_model, args.layers, args.attn_every, args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = device_name(device)
     fast_cols = " | ".join(f"{b} s | ref / {b} | max abs diff ({b})" for b in args.backends)
     lines = [
         f"# Hybrid sublayers: reference vs tiled path ({name}, {torch.get_num_threads()} threads)",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from latim_captum._environment import device_name
 from latim_captum.bench_speed import build_model, matmul_peak, timed
 from latim_captum.maps.tiles import dominant_flops
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     precision = "bf16" if dtype == torch.bfloat16 else "tf32"
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    gpu = device_name(device)
     peak_tflops = matmul_peak(precision, device)
     model = build_model(args.model, False, dtype, device, n_layers=args.layers)
     d_model = model.config.hidden_size

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ._environment import provenance, provenance_lines
+from ._environment import device_name, provenance, provenance_lines
 from ._validation import check_device
 from .adapters import get_adapter
 from .traces import LayerTrace
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
     models = _choices(args.models, MODELS, "--models")
     depths = _depths(args.depths, models, quick)  # checked before the matmul peak: a bad option fails at once
     dtypes = {name: DTYPES[name] for name in _choices(args.dtypes, tuple(DTYPES), "--dtypes")}
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    gpu = device_name(device)
     results: dict = {"device": str(device), "gpu": gpu, "kernel": args.kernel,
                      "floor": "2 * N(N+1)/2 * d_inner * d_model FLOPs per layer (W_o projection of every causal pair)",
                      "peak_tflops": {}, "points": [], "single_query": [], "skipped": [],

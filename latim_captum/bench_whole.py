@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._environment import provenance, provenance_lines
+from ._environment import device_name, provenance, provenance_lines
 from ._validation import check_device
 from .adapters import get_adapter
 from .bench_speed import build_model, timed
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, on_update: Callable[[dict], None] | None = Non
     ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         predicted = model(ids).logits[0].argmax(-1)
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    gpu = device_name(device)
     out: dict = {"device": gpu, "model": args.model, "quick": args.quick, "N": n, "latim": {}, "gradients": {},
                  **provenance(args)}  # fmt: skip
     precisions = [None, "tf32"] if device.type == "cuda" else [None]

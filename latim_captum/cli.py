@@ -37,6 +37,7 @@ from types import ModuleType
 
 import torch
 
+from ._environment import device_name
 from ._validation import COMPUTE_DTYPE_NAMES
 from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from .adapters import get_adapter
@@ -493,7 +494,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     model.to(args.device)
     task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
     n = args.n_samples if args.n_samples is not None else meta.get("n_eval", 128)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    device = device_name(args.device)
     command = ["latim bench copying", "--variant", args.variant, "--scale", args.scale, "--device", args.device]
     command += ["--model", str(path)] if args.model else []
     command += ["--n-samples", str(args.n_samples)] if args.n_samples is not None else []
@@ -617,7 +618,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     paths, variants, loaded, stem = _task_models(args, "alignment", trainer, "runs/alignment-{variant}-paper")
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    device = device_name(args.device)
     command = ["latim bench alignment", "--scale", args.scale, "--device", args.device]
     command += ["--model", *map(str, paths)] if args.model else ["--variant", *args.variant]
     command += ["--n-samples", str(args.n_samples)] if args.n_samples else []
@@ -671,7 +672,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     started = time.time()  # --max-minutes counts the tiny models' training too
     paper = "gpu-models/retrieval-{variant}-paper-s" + str(args.seed or 0)
     paths, variants, loaded, stem = _task_models(args, "retrieval", trainer, paper)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    device = device_name(args.device)
     lengths = args.lengths or list(LENGTHS[args.scale])
     n_samples = args.n_samples or (500 if args.scale == "paper" else 24)
     n_attr = args.n_attr or (24 if args.scale == "paper" else 6)

@@ -10,6 +10,7 @@ import torch
 import latim_captum
 from conftest import build
 from latim_captum import bench_speed
+from latim_captum._environment import device_name
 from latim_captum.maps import layer as layer_module
 from latim_captum.maps.tiles import default_anchor_rows
 
@@ -21,6 +22,8 @@ def test_quick_run_writes_every_ratio(tmp_path):
     results = bench_speed.run(args)
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["points"] == results["points"] and results["points"]
+    # the report names what it ran on: the CPU's model and threads, not a bare "cpu"
+    assert saved["gpu"] == device_name("cpu") and saved["gpu"].startswith("CPU (")
     for point in results["points"]:
         for method in ("l2", "alti", "alti_logit"):
             entry = point[method]

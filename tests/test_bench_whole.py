@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from latim_captum import bench_whole
+from latim_captum._environment import device_name
 from latim_captum.bench_speed import build_model
 
 
@@ -36,6 +37,7 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
                "16", "--batch", "4", "--out", str(tmp_path)])  # fmt: skip
     assert rc == 0
     res = json.loads((tmp_path / "whole-sequence.json").read_text())
+    assert res["device"] == device_name("cpu")
     assert res["latim"]["default"]["row_sum_rel_error"] < 1e-5
     for name in ("saliency", "lig"):
         g = res["gradients"][name]

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._environment import device_name
 from ..maps.options import BACKENDS
 from ..tasks.models import HIDDEN_ACTS
 from ..tasks.reports import (
@@ -311,7 +312,7 @@ def run(args: argparse.Namespace) -> dict:
     if len(set(acts)) < len(acts):
         raise ValueError(f"two models share a conv activation ({', '.join(acts)}): one model per activation")
     variant = variants.pop()
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    device = device_name(args.device)
     command = rerun_command(args, paths, variant)
     same_seed = len({m.get("seed") for _, _, m in loaded}) == 1
     meta = {"task": args.task, "variant": variant, "scale": args.scale, "device": device, "command": command}

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._environment import device_name
 from .models import HIDDEN_ACTS, block_kernels, check_conv_kernel_layout, check_device_forward, prepare_for_kernels_
 
 __all__ = [
@@ -96,11 +97,6 @@ def check_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda given but CUDA is not available")
     return device
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or ``"cpu"``."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def autocast_for(device: torch.device, bf16: bool) -> tuple[bool, Callable[[], contextlib.AbstractContextManager]]:
