@@ -201,11 +201,19 @@ def _fp32_precision(device: torch.device) -> str:
 
 
 def _warm_up(
-    model, n: int, precision: str, device: torch.device, kernel: str = "torch", lengths: Sequence[int] = ()
+    model,
+    n: int,
+    precision: str,
+    device: torch.device,
+    kernel: str = "torch",
+    lengths: Sequence[int] = (),
+    end_to_end_precisions: Sequence[str] = (),
 ) -> float:
     """One untimed pass of everything the benchmark times, at length ``n``; returns its seconds. With
     ``kernel="triton"``, every measure set once per Mamba-1 anchor size that the timed ``lengths`` will use: each
-    (measures, anchor) pair is its own autotuning key, and tuning inside a timed point would time the tuning."""
+    (measures, precision, anchor) triple is its own autotuning key, and tuning inside a timed point would time the
+    tuning. ``end_to_end_precisions``: the other precisions the end-to-end table times (its ℓ2 call), tuned for ℓ2
+    at the same anchors."""
     import latim_captum as lc
     from latim_captum.maps.tiles import default_anchor_rows
 
@@ -220,15 +228,22 @@ def _warm_up(
         # Mamba-2 has no anchors (one key per measure set whatever N): anchor_rows=None, tuned once
         mamba1 = tr.layers[0].variant == "mamba1"
         anchors = sorted({default_anchor_rows(length) for length in (n, *lengths)}) if mamba1 else [None]
-        for anchor in anchors:
-            for measures in (("l2",), ("alti",), ("logit",), ("alti", "logit")):
-                lc.layer_maps(
-                    tr.layers[0], "silu", measures, projection=proj, precision=precision, backend=_backend(kernel),
-                    kernel_config={"anchor_rows": anchor},
-                )  # fmt: skip
+        every_set = (("l2",), ("alti",), ("logit",), ("alti", "logit"))
+        tuned = [(precision, every_set), *((p, (("l2",),)) for p in end_to_end_precisions if p != precision)]
+        for prec, measure_sets in tuned:
+            for anchor in anchors:
+                for measures in measure_sets:
+                    lc.layer_maps(
+                        tr.layers[0], "silu", measures, projection=proj, precision=prec, backend=_backend(kernel),
+                        kernel_config={"anchor_rows": anchor},
+                    )  # fmt: skip
     lc.alti_logit_row(tr, position=-1, precision=precision, backend=_backend(kernel))
     _sync(device)
     return time.perf_counter() - start
+
+
+#: the precisions the end-to-end table times on CUDA (the warm-up tunes each of them)
+_E2E_PRECISIONS: tuple[str, ...] = ("highest", "tf32", "bf16")
 
 
 def _end_to_end(model, ids: torch.Tensor, device: torch.device, kernel: str) -> dict:
@@ -241,7 +256,7 @@ def _end_to_end(model, ids: torch.Tensor, device: torch.device, kernel: str) -> 
     out: dict = {}
     wall, _, _ = timed(partial(lc.interactions, model, ids, method="l2"), device)
     out["default_s"] = wall
-    precisions = ("highest", "tf32", "bf16") if device.type == "cuda" else ("highest",)
+    precisions = _E2E_PRECISIONS if device.type == "cuda" else ("highest",)
     reference = None
     for prec in precisions:
         call = partial(lc.interactions, model, ids, method="l2", backend=_backend(kernel), precision=prec)
@@ -324,9 +339,11 @@ def run(args: argparse.Namespace) -> dict:
             maps_lengths, kernel = [], "torch"
         # warm-up (Triton JIT/autotune of mamba-ssm's kernels and ours, cuBLAS handles) before anything is timed
         layout = f"/{depth} layers" + (f", {len(attention)} attention" if attention else "") if depth else ""
+        e2e_precisions = _E2E_PRECISIONS if args.end_to_end and device.type == "cuda" else ()
         results["warmup_s"][f"{kind}/{dname}{layout}"] = _warm_up(
-            model, min((lengths or [256])[0], 256), prec, device, kernel, [*maps_lengths, *single_lengths]
-        )
+            model, min((lengths or [256])[0], 256), prec, device, kernel, [*maps_lengths, *single_lengths],
+            end_to_end_precisions=e2e_precisions,
+        )  # fmt: skip
         maps_end = time.perf_counter() + 0.7 * (combo_end - time.perf_counter())
         adapter = get_adapter(model)
         n_layers, vocab = adapter.n_sublayers, adapter.vocab_size

@@ -61,12 +61,13 @@ def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     """Mamba-1's anchor size is part of the fused kernel's autotuning key and grows with N: the warm-up runs each
     measure set at the anchor of every timed length, so no timed point pays for autotuning. Mamba-2 has no anchors:
     each measure set runs once."""
-    calls = []
+    calls, precisions = [], []
     real = layer_module.layer_maps_fast
 
     def recording(layer, activation, measures, *args, kernel="torch", anchor_rows=None, **kwargs):
         if kernel == "triton" and kwargs.get("rows") is None:  # the warm-up loop's maps, not the single query's rows
             calls.append((tuple(measures), anchor_rows))
+            precisions.append(kwargs["precision"])
         return real(layer, activation, measures, *args, anchor_rows=anchor_rows, **kwargs)  # the PyTorch tiles
 
     monkeypatch.setattr(layer_module, "layer_maps_fast", recording)
@@ -76,9 +77,35 @@ def test_warm_up_tunes_every_anchor_of_the_timed_lengths(monkeypatch):
     for n in lengths:
         for measures in measure_sets:
             assert (measures, default_anchor_rows(n)) in calls, (n, measures)
+    assert set(precisions) == {"bf16"}
     calls.clear()
     bench_speed._warm_up(build("mamba2", layers=1, seed=0), 16, "bf16", torch.device("cpu"), "triton", lengths)
     assert calls == [(measures, None) for measures in measure_sets]
+
+
+def test_warm_up_tunes_the_end_to_end_precisions(monkeypatch):
+    """The end-to-end table times the ℓ2 call at every precision; the precision is part of the autotuning key, so
+    the warm-up tunes ℓ2 at each of them too (an H100 run timed `highest` at 21.2 s and `bf16` at 11.5 s on the
+    fp32 model, their first tuning included, against 5.5 s and 1.03 s once tuned)."""
+    seen = []
+    real = layer_module.layer_maps_fast
+
+    def recording(layer, activation, measures, *args, kernel="torch", anchor_rows=None, **kwargs):
+        if kernel == "triton" and kwargs.get("rows") is None:
+            seen.append((kwargs["precision"], tuple(measures), anchor_rows))
+        return real(layer, activation, measures, *args, anchor_rows=anchor_rows, **kwargs)
+
+    monkeypatch.setattr(layer_module, "layer_maps_fast", recording)
+    lengths = [512, 2048]
+    # a CPU has no TF32 (refused there): the bf16 row with the CPU's other precision
+    bench_speed._warm_up(build("mamba1", layers=1, seed=0), 16, "bf16", torch.device("cpu"), "triton", lengths,
+                         end_to_end_precisions=("highest", "bf16"))  # fmt: skip
+    for n in lengths:
+        assert ("highest", ("l2",), default_anchor_rows(n)) in seen, n
+    assert {p for p, *_ in seen} == {"highest", "bf16"}
+    # the row's own precision keeps every measure set; the others need only the ℓ2 call the table times
+    assert {m for p, m, _ in seen if p == "bf16"} == {("l2",), ("alti",), ("logit",), ("alti", "logit")}
+    assert {m for p, m, _ in seen if p == "highest"} == {("l2",)}
 
 
 def test_latim_bench_speed_command(tmp_path, capsys):
