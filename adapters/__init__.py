@@ -88,10 +88,13 @@ def supported_model_classes() -> list[str]:
     return [name for adapter in ADAPTERS for name in adapter.model_class_names]
 
 
-def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
+def get_adapter(model: nn.Module | ModelAdapter, *, shapes_only: bool = False) -> ModelAdapter:
     """The adapter for ``model`` (an adapter passes through).
 
     A subclass of a supported class is supported (the adapter of the closest class in its hierarchy is used).
+    ``shapes_only=True`` also takes a model on the meta device, for what its shapes alone tell
+    (:meth:`~latim_captum.adapters.base.ModelAdapter.sizes`, as :mod:`latim_captum.plan` reads them); nothing may
+    run it.
 
     Raises:
         TypeError: no registered adapter supports the model (the message names the supported classes), or the model
@@ -105,7 +108,8 @@ def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
     _check_unwrapped(model)
     matches = [(depth, k) for k, adapter in enumerate(ADAPTERS) if (depth := adapter.match_depth(model)) is not None]
     if matches:
-        _check_materialised(model)
+        if not shapes_only:
+            _check_materialised(model)
         return ADAPTERS[min(matches)[1]](model)  # the closest class; ties: the first in ADAPTERS
     raise TypeError(
         f"{type(model).__name__} is not a supported Mamba model; supported classes: "

@@ -6,6 +6,9 @@
   dataset), written as resumable safetensors shards with a JSON index; data parallel under ``torchrun``
   (:mod:`latim_captum.dataset`); ``--device-map`` loads a model sharded over several devices.
 - ``latim error-report``: decomposition error per layer and activation strategy (paper Table 5 metric).
+- ``latim plan``: the longest input each request (all maps, ALTI-Logit, one row with the trace on the GPU or the
+  host) admits on a GPU of a given size, from the memory guard's arithmetic on the model's shape
+  (:mod:`latim_captum.plan`).
 - ``latim bench copying``: the Table 2 benchmark on a trained copy model.
 - ``latim bench alignment``: the Table 3 analogue (AER) on the synthetic translation task
   (:mod:`latim_captum.alignment`), tiny models trained in the run by default.
@@ -48,6 +51,17 @@ __all__ = ["build_parser", "main"]
 
 #: the registry names ``latim demo`` runs by default (the method table's demo entries)
 DEMO_METHODS: tuple[str, ...] = tuple(registry_names(demo_only=True))
+
+
+def _positive_float(text: str) -> float:
+    """argparse type of sizes in GiB: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -473,6 +487,33 @@ def cmd_error_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import markdown, plan, shape_of
+
+    _quiet_transformers()
+    gpu_gib = args.gpu_gib
+    if gpu_gib is None:
+        if not torch.cuda.is_available():
+            raise ValueError("--gpu-gib is needed on a machine without CUDA (the GPU memory to plan for)")
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    outputs = [("--json", Path(args.json))] if args.json else []
+    _check_writable(outputs)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.model_dtype)
+    shape = shape_of(args.model, dtype)
+    gpu_bytes = int(gpu_gib * 2**30)
+    host_bytes = int(args.host_gib * 2**30) if args.host_gib else None
+    if shape.weight_bytes >= gpu_bytes:
+        raise ValueError(f"the weights alone ({shape.weight_bytes / 2**30:.1f} GiB) fill the {gpu_gib:g} GiB given")
+    rows = plan(shape, gpu_bytes, host_bytes, length=args.tokens)
+    print(markdown(shape, rows, gpu_bytes, host_bytes), end="")
+    if args.json:
+        record = {"model": shape.name, "widths": shape.widths, "weight_bytes": shape.weight_bytes,
+                  "gpu_gib": gpu_gib, "host_gib": args.host_gib, "rows": rows}  # fmt: skip
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {Path(args.json).resolve()}")
+    return 0
+
+
 def cmd_bench_copying(args: argparse.Namespace) -> int:
     from ._validation import check_device
     from .copying.data import CopyTask
@@ -851,6 +892,23 @@ def build_parser() -> argparse.ArgumentParser:
     err.add_argument("--device", default="cpu")
     err.set_defaults(func=cmd_error_report)
 
+    plan_p = sub.add_parser(
+        "plan", help="the longest input each request admits on a GPU of a given size (the memory guard's arithmetic)"
+    )
+    plan_p.add_argument(
+        "model", help="a shape of `latim bench speed` (mamba1 / mamba2: the 130M shapes, falcon_mamba_7b, "
+        "mamba2_2.7b, bamba_9b, ...), a folder with a config.json, or a cached hub name; no weights are read",
+    )  # fmt: skip
+    plan_p.add_argument("--gpu-gib", type=_positive_float, default=None,
+                        help="GPU memory in GiB, the weights included (default: CUDA device 0's)")  # fmt: skip
+    plan_p.add_argument("--host-gib", type=_positive_float, default=None,
+                        help="host memory for a host-kept trace (default: not checked)")  # fmt: skip
+    plan_p.add_argument("--tokens", type=_positive_int, default=None, help="also show each request's memory at N")
+    plan_p.add_argument("--model-dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                        help="the weights' dtype (default: bf16 for a shape, else the config's)")  # fmt: skip
+    plan_p.add_argument("--json", default=None, help="also write the plan as JSON")
+    plan_p.set_defaults(func=cmd_plan)
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
     copying = bench_sub.add_parser("copying", help="copying faithfulness (paper Table 2) of a trained copy model")
@@ -990,7 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_whole.add_arguments(whole)
     whole.set_defaults(func=bench_whole.run_and_save)
-    for command in (demo, attr, ds, err, copying, align, retr, speed, whole):
+    for command in (demo, attr, ds, err, plan_p, copying, align, retr, speed, whole):
         # SUPPRESS: `latim --debug attribute ...` is not reset to False by the command's own default
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
 
