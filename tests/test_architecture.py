@@ -22,6 +22,7 @@ FLOORS: dict[str, int] = {
     "latim_captum.shared": 0,
     "latim_captum.catalog": 0,
     "latim_captum.viz": 0,
+    "latim_captum._environment": 0,  # versions and device names for reports: imports nothing of the package
     # model families in, traces out
     "latim_captum.adapters": 1,
     # checks on what a caller passes, contribution vectors, scores from vectors
