@@ -12,6 +12,12 @@
 #   bash benchmarks/gpu_checks.sh train-alignment mamba1|mamba2 [ACT] [SEED]   alignment model (App. B.2 recipe,
 #        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
+#   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   several seeds in one
+#        call: each seed trains in its own process at once on the one GPU (a paper-scale step keeps it busy a
+#        fraction of its ~75 ms), for TRAIN_MIN minutes (7.0) or the recipe's steps, then is evaluated there (copy:
+#        Table 2, both readings of the rows; alignment: Table 3); the reports come back as $OUT/train-eval.tar.xz,
+#        the weights stay in ./gpu-models/ (git-ignored) while the machine is warm. Over seeds, on any machine:
+#        python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
 #        curriculum, 7.5 minutes of steps) into ./gpu-models/retrieval-<v>-paper-s<seed> (git-ignored, kept while the
@@ -67,6 +73,43 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   echo "train $name rc=$?"; head -14 "/tmp/$name/metrics.json"
   # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x)
   tar c -C /tmp "$name" | split -d -b 15M - "$out/$name.tar.part"
+  exit 0
+fi
+if [ "$what" = train-eval ]; then
+  task=$2; v=$3; act=$4; shift 4
+  case "$task" in
+    copy) module=latim_captum.copying.train ;;
+    alignment) module=latim_captum.alignment.train ;;
+    *) echo "train-eval: task copy or alignment, not '$task'"; exit 2 ;;
+  esac
+  mkdir -p gpu-models "$out/train-eval"
+  # TE_SCALE / TE_DEVICE / TE_BF16 (default --bf16; set it empty for none) only for a smoke run of this step on a
+  # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1
+  for seed in "$@"; do
+    name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+    (
+      # shellcheck disable=SC2046
+      timeout "${TRAIN_S:-480}" python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
+        --device "${TE_DEVICE:-cuda}" ${TE_BF16---bf16} --quiet --act "$act" --seed "$seed" \
+        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-7.0}" --out "gpu-models/$name" \
+        > "$out/train-eval/train_$name.log" 2>&1
+      echo "train $name rc=$? $(head -c 300 "gpu-models/$name/metrics.json" 2>/dev/null | tr '\n' ' ')"
+      cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null
+      if [ "$task" = copy ]; then
+        timeout "${EVAL_S:-240}" python3 benchmarks/copying.py --variant "$v" --scale "${TE_SCALE:-paper}" \
+          --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet \
+          > "$out/train-eval/eval_$name.log" 2>&1
+      else
+        timeout "${EVAL_S:-240}" python3 benchmarks/alignment.py --scale "${TE_SCALE:-paper}" \
+          --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet \
+          > "$out/train-eval/eval_$name.log" 2>&1
+      fi
+      echo "evaluate $name rc=$?"
+    ) &
+  done
+  wait
+  # few files come back: every report and log in one archive
+  tar cJf "$out/train-eval.tar.xz" -C "$out" train-eval && rm -rf "$out/train-eval"
   exit 0
 fi
 if [ "$what" = train-retrieval ]; then
