@@ -55,9 +55,11 @@ out=${OUT:-./gpu-out}; mkdir -p "$out"
 # shellcheck disable=SC1091
 source benchmarks/gpu_env.sh > "$out/env.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-# --kernels off where the kernels cannot compute the activation (see the header)
+# --kernels off where the kernels cannot compute the activation (see the header); KERNELS=unfused (or any
+# --kernels value) instead: the unfused kernels with the model's own activation (latim_captum.tasks.unfused)
 kernel_flags() { # variant act
-  if [ "$2" = relu ] || { [ "$2" = linear ] && [ "$1" = mamba1 ]; }; then echo "--kernels off"; fi
+  if [ -n "${KERNELS:-}" ]; then echo "--kernels $KERNELS"
+  elif [ "$2" = relu ] || { [ "$2" = linear ] && [ "$1" = mamba1 ]; }; then echo "--kernels off"; fi
 }
 if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   v=$2; act=${3:-silu}; seed=${4:-0}
@@ -84,7 +86,8 @@ if [ "$what" = train-eval ]; then
   esac
   mkdir -p gpu-models "$out/train-eval"
   # TE_SCALE / TE_DEVICE / TE_BF16 (default --bf16; set it empty for none) only for a smoke run of this step on a
-  # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1
+  # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1 (like
+  # every step, it sources gpu_env.sh, which installs this checkout, editable, into the python3 on the PATH)
   for seed in "$@"; do
     name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
     (
@@ -247,7 +250,7 @@ if [ "$what" = cuda-tests ]; then
     i=$((i + 1))
   done
   for f in tests/test_fast_cuda.py tests/test_captum_attr.py tests/test_mamba_ssm_cuda.py tests/test_copying_cuda.py \
-      tests/test_sublayer_tiles.py tests/test_host_trace.py; do
+      tests/test_sublayer_tiles.py tests/test_host_trace.py tests/test_unfused_cuda.py; do
     # rc read before any command substitution: $(basename ...) would reset $? to 0
     (timeout "${TEST_S:-420}" python3 -m pytest -q -rA --tb=short -p no:cacheprovider -m cuda "$f" \
       > "$out/t$i.log" 2>&1

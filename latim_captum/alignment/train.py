@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> dict:
         special_id=task.pad_id,
     )
     ready_model(model, device, act=args.act, check_len=task.max_seq_len, mimetic_layers=args.mimetic_layers,
-                mimetic_a_scale=args.mimetic_a_scale)  # fmt: skip
+                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         steps=args.steps,

@@ -173,7 +173,7 @@ def train(args: argparse.Namespace) -> dict:
         act=args.act,
     )
     ready_model(model, device, act=args.act, check_len=task.seq_len, mimetic_layers=args.mimetic_layers,
-                mimetic_a_scale=args.mimetic_a_scale)  # fmt: skip
+                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule="inverse_sqrt",
         steps=args.steps,

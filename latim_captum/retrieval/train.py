@@ -264,7 +264,7 @@ def train(args: argparse.Namespace) -> dict:
         )
     fresh = resume is None  # a resumed model keeps its trained weights
     ready_model(model, device, act=args.act, check_len=128, mimetic_layers=args.mimetic_layers if fresh else None,
-                mimetic_a_scale=args.mimetic_a_scale)  # fmt: skip
+                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         steps=args.steps,

@@ -10,7 +10,9 @@ config's name, so ``"linear"`` and ``"relu"`` are refused). :func:`prepare_for_k
 ``"linear"`` model (what "linear" means), which lets Mamba-2 train on the kernels; :func:`check_device_forward`
 compares the model's training-mode forward on the device with the CPU's PyTorch path (which follows the config)
 before training, so a variant never trains as another model than its config says (Mamba-1 ``linear`` and every
-``relu`` model fail it on a GPU with the kernels); ``--kernels off`` in the trainers hides the kernels from HF.
+``relu`` model fail it on a GPU with the kernels); ``--kernels off`` in the trainers hides the kernels from HF, and
+``--kernels unfused`` keeps them, unfused, with the model's own activation between them
+(:mod:`latim_captum.tasks.unfused`).
 
 Example:
     >>> m = build_model("mamba2", layers=1, d_model=32, state=8, vocab=16, head_dim=16, seq_len=20, act="linear")

@@ -113,18 +113,26 @@ def ready_model(
     check_len: int,
     mimetic_layers: list[int] | None = None,
     mimetic_a_scale: float = 1e-2,
+    kernels: str = "auto",
 ) -> nn.Module:
     """A freshly built (or resumed) model made ready to train on ``device``, in train mode: mimetic initialisation of
     ``mimetic_layers`` (a fresh model only), the conv weights' layout checked for causal-conv1d on CUDA, and a model
     without SiLU prepared for mamba-ssm's kernels with its device forward compared with the PyTorch one on
-    ``check_len`` tokens (the kernels' activation must be the model's)."""
+    ``check_len`` tokens (the kernels' activation must be the model's). ``kernels="unfused"``: the mixers train on
+    the unfused kernels with the model's own activation (:mod:`latim_captum.tasks.unfused`), compared likewise."""
     if mimetic_layers:
         from ..copying.mimetic import mimetic_init_
 
         mimetic_init_(model, mimetic_layers, a_scale=mimetic_a_scale)
     if device.type == "cuda":
         check_conv_kernel_layout(model)
-    if act != "silu":
+    if kernels == "unfused":
+        from .unfused import install_unfused_forward_, kernel_ops
+
+        if device.type != "cuda":
+            raise ValueError("--kernels unfused runs mamba-ssm's CUDA kernels: give --device cuda")
+        install_unfused_forward_(model, kernel_ops())
+    if act != "silu" or kernels == "unfused":
         prepare_for_kernels_(model)
         check_device_forward(model, device, seq_len=check_len)
     return model.to(device).train()
@@ -222,10 +230,11 @@ def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides:
     )
     p.add_argument(
         "--kernels",
-        choices=["auto", "off"],
+        choices=["auto", "off", "unfused"],
         default="auto",
         help="off: hide mamba-ssm and causal-conv1d from HF (its PyTorch path), needed for --act relu/linear on a "
-        "GPU with the kernels (they apply SiLU or refuse the activation)",
+        "GPU with the kernels (they apply SiLU or refuse the activation); unfused: keep the kernels, unfused, with "
+        "the model's own activation between them (CUDA; checked against the PyTorch path before training)",
     )
     p.add_argument("--max-minutes", type=float, default=None, help="stop (evaluate and save) after this long")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

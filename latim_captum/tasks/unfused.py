@@ -1,0 +1,177 @@
+"""A training forward for HF Mamba mixers whose conv activation the fused kernels cannot apply (ReLU; Mamba-1
+without activation), run on mamba-ssm's and causal-conv1d's *unfused* kernels.
+
+The fused training paths (``mamba_inner_fn``, ``mamba_split_conv1d_scan_combined``) apply SiLU or nothing inside the
+conv. HF's PyTorch path follows ``hidden_act`` but takes 2–4 s a step at the copy task's paper scale (H100), against
+~75 ms on the kernels. This forward keeps the kernels and does the activation itself, from the module's own layers::
+
+    Mamba-1:  x, z = in_proj(h);  x = act(conv(x));  Δ_low, B, C = x_proj(x);  Δ = dt_proj.weight Δ_low
+              y = selective_scan(x, Δ, A, B, C, D, z, Δ bias, softplus)  (y · SiLU(z) inside);  out_proj(y)
+    Mamba-2:  z, xBC, dt = in_proj(h);  xBC = act(conv(xBC));  x, B, C = split(xBC)
+              y = chunk_scan(x, dt, A, B, C, D, dt_bias, softplus, dt_limit);  out_proj(norm(y, z))
+
+``conv`` is causal-conv1d with no activation, ``act`` the mixer's own (``ACT2FN[hidden_act]``), ``norm`` its own
+gated RMSNorm (whatever the installed transformers groups it by). :class:`ScanOps` holds the three kernels;
+:data:`REFERENCE_OPS` holds plain-PyTorch references of them, with which the tests compare this forward to HF's own
+PyTorch forward on a CPU (values and gradients). On the GPU, the trainers compare the device forward with HF's
+PyTorch one before training (:func:`~latim_captum.tasks.models.check_device_forward`).
+
+Example:
+    >>> from latim_captum.tasks.models import build_model
+    >>> m = build_model("mamba1", layers=1, d_model=16, state=4, vocab=12, act="relu")
+    >>> install_unfused_forward_(m, REFERENCE_OPS, on_cpu=True)   # the references stand in for the kernels
+    1
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["REFERENCE_OPS", "ScanOps", "install_unfused_forward_", "kernel_ops", "unfused_mixer_forward"]
+
+#: the mixer classes this forward reproduces (FalconMamba's extra RMSNorms on Δ, B, C are not in it)
+MIXERS: tuple[str, ...] = ("MambaMixer", "Mamba2Mixer")
+
+
+@dataclass(frozen=True)
+class ScanOps:
+    """The three kernels of the unfused path (signatures of causal-conv1d and mamba-ssm 2.x).
+
+    Attributes:
+        conv: ``(x [B, D, L], weight [D, K], bias [D] | None) -> [B, D, L]``, causal, no activation.
+        selective_scan: Mamba-1's ``(u, delta [B, d, L], A [d, N], B, C [B, N, L], D [d], z [B, d, L],
+            delta_bias [d]) -> [B, d, L]``: ``softplus(delta + delta_bias)``, the recurrence, ``+ D·u``, ``· SiLU(z)``.
+        chunk_scan: Mamba-2's ``(x [b, L, H, P], dt [b, L, H], A [H], B, C [b, L, G, N], chunk_size, D [H],
+            dt_bias [H], dt_limit) -> [b, L, H, P]``: ``clamp(softplus(dt + dt_bias))``, the recurrence, ``+ D·x``.
+    """
+
+    conv: Callable[..., Tensor]
+    selective_scan: Callable[..., Tensor]
+    chunk_scan: Callable[..., Tensor]
+
+
+def _conv_ref(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    k = weight.shape[-1]
+    return F.conv1d(x, weight.unsqueeze(1), bias, padding=k - 1, groups=x.shape[1])[..., : x.shape[-1]]
+
+
+def _selective_scan_ref(u, delta, A, B, C, D, z, delta_bias) -> Tensor:
+    dtype = u.dtype
+    u, delta, B, C, z = (t.float() if t.dtype != torch.float64 else t for t in (u, delta, B, C, z))
+    delta = F.softplus(delta + delta_bias[..., None].to(delta.dtype))
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[-1])
+    ys = []
+    for i in range(u.shape[-1]):
+        inflow = (delta[:, :, i] * u[:, :, i])[..., None] * B[:, None, :, i]
+        state = torch.exp(delta[:, :, i, None] * A) * state + inflow
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    y = torch.stack(ys, dim=-1) + u * D[:, None].to(u.dtype)
+    return (y * F.silu(z)).to(dtype)
+
+
+def _chunk_scan_ref(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit) -> Tensor:
+    dtype = x.dtype
+    x, dt, B, C = (t.float() if t.dtype != torch.float64 else t for t in (x, dt, B, C))
+    dt = F.softplus(dt + dt_bias.to(dt.dtype)).clamp(dt_limit[0], dt_limit[1])
+    heads, groups = x.shape[2], B.shape[2]
+    group_of = torch.arange(heads, device=x.device) // (heads // groups)
+    B, C = B[:, :, group_of], C[:, :, group_of]  # [b, L, H, N]
+    state = x.new_zeros(x.shape[0], heads, x.shape[3], B.shape[-1])  # [b, H, P, N]
+    ys = []
+    for i in range(x.shape[1]):
+        decay = torch.exp(dt[:, i] * A.to(dt.dtype))[..., None, None]
+        state = decay * state + (dt[:, i, :, None] * x[:, i])[..., None] * B[:, i, :, None, :]
+        ys.append((state * C[:, i, :, None, :]).sum(-1))
+    y = torch.stack(ys, dim=1) + x * D.to(x.dtype)[:, None]
+    return y.to(dtype)
+
+
+#: plain-PyTorch references of the three kernels (float32 or float64 arithmetic, as the kernels upcast)
+REFERENCE_OPS = ScanOps(conv=_conv_ref, selective_scan=_selective_scan_ref, chunk_scan=_chunk_scan_ref)
+
+
+def kernel_ops() -> ScanOps:
+    """The CUDA kernels (``ImportError`` naming what is missing without causal-conv1d and mamba-ssm)."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError as err:
+        raise ImportError(f"--kernels unfused needs causal-conv1d and mamba-ssm ({err})") from err
+
+    def conv(x, weight, bias):
+        return causal_conv1d_fn(x.contiguous(), weight, bias, activation=None)
+
+    def selective_scan(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan_fn(u, delta, A, B.contiguous(), C.contiguous(), D, z=z, delta_bias=delta_bias,
+                                 delta_softplus=True)  # fmt: skip
+
+    def chunk_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit):
+        return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, z=None, dt_bias=dt_bias, dt_softplus=True,
+                                         dt_limit=tuple(dt_limit))  # fmt: skip
+
+    return ScanOps(conv=conv, selective_scan=selective_scan, chunk_scan=chunk_scan)
+
+
+def unfused_mixer_forward(mixer: nn.Module, hidden_states: Tensor, ops: ScanOps) -> Tensor:
+    """One HF ``MambaMixer`` / ``Mamba2Mixer`` forward (no cache, no padding mask) on ``ops``; ``[B, L, D]`` in
+    and out, in the input's dtype."""
+    dtype = hidden_states.dtype
+    conv_bias = mixer.conv1d.bias if getattr(mixer, "use_conv_bias", True) else None
+    weight = mixer.conv1d.weight.squeeze(1)
+    A = -torch.exp(mixer.A_log.float())
+    if type(mixer).__name__ == "MambaMixer":
+        x, z = mixer.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # [B, d, L] each
+        x = mixer.act(ops.conv(x, weight, conv_bias))
+        rank, n = mixer.time_step_rank, mixer.ssm_state_size
+        dt_low, B, C = torch.split(mixer.x_proj(x.transpose(1, 2)), [rank, n, n], dim=-1)
+        delta = mixer.dt_proj.weight @ dt_low.transpose(1, 2)  # [B, d, L]; the bias goes in with the softplus
+        y = ops.selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D.float(), z,
+                               mixer.dt_proj.bias.float())  # fmt: skip
+        return mixer.out_proj(y.transpose(1, 2).to(dtype))
+    inner, heads, groups, n = mixer.intermediate_size, mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
+    projected = mixer.in_proj(hidden_states)
+    if projected.shape[-1] != 2 * inner + 2 * groups * n + heads:
+        raise ValueError("the unfused Mamba-2 forward covers in_proj = [z | xBC | dt] only (no extra MLP part)")
+    z, xbc, dt = projected.split([inner, inner + 2 * groups * n, heads], dim=-1)
+    xbc = mixer.act(ops.conv(xbc.transpose(1, 2), weight, conv_bias).transpose(1, 2))
+    x, B, C = torch.split(xbc, [inner, groups * n, groups * n], dim=-1)
+    b, length = x.shape[:2]
+    y = ops.chunk_scan(
+        x.reshape(b, length, heads, mixer.head_dim), dt, A, B.reshape(b, length, groups, n),
+        C.reshape(b, length, groups, n), mixer.chunk_size, mixer.D, mixer.dt_bias, mixer.time_step_limit,
+    )  # fmt: skip
+    return mixer.out_proj(mixer.norm(y.reshape(b, length, inner), z).to(dtype))
+
+
+def install_unfused_forward_(model: nn.Module, ops: ScanOps, *, on_cpu: bool = False) -> int:
+    """Give each Mamba mixer of ``model`` the unfused forward on ``ops`` for CUDA inputs (and CPU ones with
+    ``on_cpu``, for tests); a call with a cache or a padding mask, or on another device, keeps the mixer's own
+    forward. Returns the number of mixers patched; ``TypeError`` for a mixer class it does not reproduce.
+
+    The patch lives on the instances (``save_pretrained`` writes the same weights and config)."""
+    count = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if not name.endswith("Mixer") or not hasattr(module, "A_log"):
+            continue
+        if name not in MIXERS:
+            raise TypeError(f"the unfused forward reproduces {', '.join(MIXERS)}, not {name}")
+        own = module.forward
+
+        def forward(self, hidden_states, *args, _own=own, **kwargs):
+            cache = args[0] if args else kwargs.get("cache", kwargs.get("cache_params"))
+            mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+            if cache is None and mask is None and (hidden_states.is_cuda or on_cpu):
+                return unfused_mixer_forward(self, hidden_states, ops)
+            return _own(hidden_states, *args, **kwargs)
+
+        module.forward = types.MethodType(forward, module)
+        count += 1
+    return count

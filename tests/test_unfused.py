@@ -1,0 +1,125 @@
+"""The unfused training forward (:mod:`latim_captum.tasks.unfused`) with reference kernels against HF's own PyTorch
+forward: the same logits and the same gradients, for every activation the trainers offer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import perturb_
+from latim_captum.tasks.models import build_model
+from latim_captum.tasks.unfused import REFERENCE_OPS, ScanOps, install_unfused_forward_
+
+
+def _model(variant: str, act: str) -> torch.nn.Module:
+    m = build_model(variant, layers=2, d_model=16, state=4, vocab=12, head_dim=8, seq_len=12, act=act)
+    # moved away from the init (Δ bias, A, D, norms, convs), in float64 so a wrong term cannot hide in rounding
+    return perturb_(m, seed=3).double()
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("act", ["silu", "relu", "linear"])
+def test_unfused_forward_is_the_model(variant, act):
+    torch.manual_seed(0)
+    # eval mode: HF's plain PyTorch path in float64 (in train mode, transformers routes Mamba-1 through a reference
+    # of mamba-ssm's fused function that computes in float32); Mamba has no dropout, so nothing else changes
+    model = _model(variant, act).eval()
+    ids = torch.randint(0, 12, (2, 11))
+    reference = model(input_ids=ids).logits
+    ref_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
+    assert install_unfused_forward_(model, REFERENCE_OPS, on_cpu=True) == 2
+    got = model(input_ids=ids).logits
+    grads = torch.autograd.grad(got.square().sum(), list(model.parameters()))
+    # HF's PyTorch path computes parts of the scan in float32 even in a float64 model (A, B, x, Δ's bias are cast),
+    # so the two agree to float32 rounding: measured ≤ 2.3e-7 of the largest logit and ≤ 1.0e-6 of each gradient's
+    # largest entry; a wrong term moves the logits by 1e-2 and more (test_each_kernel_is_used)
+    scale = float(reference.abs().max())
+    assert float((got - reference).abs().max()) < 1e-6 * scale
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        assert float((g - r).abs().max()) < 5e-6 * max(float(r.abs().max()), 1e-3), name
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_each_kernel_is_used(variant):
+    """A wrong kernel changes the logits: the forward really goes through the ops it is given."""
+    model = _model(variant, "relu").eval()
+    ids = torch.randint(0, 12, (1, 9))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+    for field in ("conv", "selective_scan" if variant == "mamba1" else "chunk_scan"):
+        real = getattr(REFERENCE_OPS, field)
+        wrong = ScanOps(**{**REFERENCE_OPS.__dict__, field: lambda *a, _real=real: 1.01 * _real(*a)})
+        patched = _model(variant, "relu").eval()
+        install_unfused_forward_(patched, wrong, on_cpu=True)
+        with torch.no_grad():
+            assert not torch.allclose(patched(input_ids=ids).logits, reference, atol=1e-6), field
+
+
+def test_cpu_inputs_keep_the_models_own_forward_unless_asked():
+    """Without ``on_cpu`` a CPU input takes the mixer's own forward (the trainers' device check compares the kernels
+    with it), and so does a call with a padding mask."""
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return REFERENCE_OPS.conv(*args)
+
+    model = _model("mamba2", "relu").eval()
+    install_unfused_forward_(model, ScanOps(spy, REFERENCE_OPS.selective_scan, REFERENCE_OPS.chunk_scan))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 12, (1, 5)))
+    assert not calls
+    on_cpu = _model("mamba2", "relu").eval()
+    install_unfused_forward_(on_cpu, ScanOps(spy, REFERENCE_OPS.selective_scan, REFERENCE_OPS.chunk_scan), on_cpu=True)
+    with torch.no_grad():
+        on_cpu(input_ids=torch.randint(0, 12, (1, 5)), attention_mask=torch.tensor([[0, 1, 1, 1, 1]]))
+        assert not calls
+        on_cpu(input_ids=torch.randint(0, 12, (1, 5)))
+    assert len(calls) == 2  # one per layer
+
+
+def test_other_mixers_are_refused():
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM
+
+    falcon = FalconMambaForCausalLM(FalconMambaConfig(hidden_size=16, state_size=4, num_hidden_layers=1,
+                                                      vocab_size=12))  # fmt: skip
+    with pytest.raises(TypeError, match="not FalconMambaMixer"):
+        install_unfused_forward_(falcon, REFERENCE_OPS)
+
+
+def test_the_kernels_are_named_when_missing():
+    import importlib.util
+
+    from latim_captum.tasks.unfused import kernel_ops
+
+    if importlib.util.find_spec("mamba_ssm") is not None:
+        pytest.skip("mamba-ssm is installed here")
+    with pytest.raises(ImportError, match="--kernels unfused needs causal-conv1d and mamba-ssm"):
+        kernel_ops()
+
+
+def test_mamba2_clamps_the_time_step_as_the_model_does():
+    """Mamba-2's Δ is clamped to ``time_step_limit``: with a limit that binds, both forwards clamp alike."""
+    torch.manual_seed(0)
+    model = _model("mamba2", "relu").eval()
+    for module in model.modules():
+        if hasattr(module, "time_step_limit"):
+            module.time_step_limit = (0.0, 0.02)
+    ids = torch.randint(0, 12, (2, 11))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        install_unfused_forward_(model, REFERENCE_OPS, on_cpu=True)
+        got = model(input_ids=ids).logits
+        unclamped = _model("mamba2", "relu").eval()(input_ids=ids).logits
+    assert float((got - reference).abs().max()) < 1e-6 * float(reference.abs().max())
+    assert float((unclamped - reference).abs().max()) > 1e-3  # the limit binds
+
+
+def test_the_trainers_refuse_unfused_kernels_off_cuda(tmp_path, capsys):
+    from latim_captum.copying.train import main
+
+    rc = main(["--variant", "mamba2", "--act", "relu", "--kernels", "unfused", "--out", str(tmp_path / "m"),
+               "--steps", "2", "--length", "4", "--vocab", "8", "--n-train", "16", "--n-eval", "4"])  # fmt: skip
+    assert rc == 2
+    assert "--kernels unfused runs mamba-ssm's CUDA kernels" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,37 @@
+"""The unfused training forward on the real kernels (CUDA, mamba-ssm and causal-conv1d installed): the same model
+as HF's PyTorch path, what the trainers' forward check also asks before training with ``--kernels unfused``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import perturb_
+from latim_captum.tasks.models import build_model, check_device_forward
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("act", ["relu", "linear", "silu"])
+def test_unfused_kernels_are_the_model(variant, act):
+    pytest.importorskip("mamba_ssm", reason="needs mamba-ssm (CUDA build)")
+    from latim_captum.tasks.unfused import install_unfused_forward_, kernel_ops
+
+    # the paper-scale widths' layout (head_dim 64, in-projection a multiple of 8), two layers, fp32
+    model = build_model(variant, layers=2, d_model=256, state=16, vocab=32, head_dim=64, seq_len=101, act=act)
+    model = perturb_(model, seed=1)
+    assert install_unfused_forward_(model, kernel_ops()) == 2
+    diff = check_device_forward(model, torch.device("cuda"), seq_len=101)  # raises past 1e-3 of the logits
+    print(f"{variant} {act}: unfused kernels vs HF's PyTorch path, largest logit difference {diff:.2e}")
+    # and it trains as the trainers run it (bf16 autocast): one backward through the kernels gives finite gradients
+    # on every parameter
+    model.cuda().train()
+    ids = torch.randint(0, 32, (4, 101), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits
+    logits.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
