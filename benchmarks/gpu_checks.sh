@@ -14,10 +14,11 @@
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   several seeds in one
 #        call: each seed trains in its own process at once on the one GPU (a paper-scale step keeps it busy a
-#        fraction of its ~75 ms), for TRAIN_MIN minutes (7.0) or the recipe's steps, then is evaluated there (copy:
-#        Table 2, both readings of the rows; alignment: Table 3); the reports come back as $OUT/train-eval.tar.xz,
-#        the weights stay in ./gpu-models/ (git-ignored) while the machine is warm. Over seeds, on any machine:
-#        python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
+#        fraction of its ~75 ms), for TRAIN_MIN minutes (6.0) or the recipe's steps, then is evaluated there (copy:
+#        Table 2, both readings of the rows; alignment: Table 3) in what is left of TE_S seconds (560: give the call
+#        timeout_s ≥ TE_S + 40); the reports come back as $OUT/train-eval.tar.xz, the weights stay in ./gpu-models/
+#        (git-ignored) while the machine is warm (an evaluation cut by TE_S can run again there with `copying`).
+#        Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
 #        curriculum, 7.5 minutes of steps) into ./gpu-models/retrieval-<v>-paper-s<seed> (git-ignored, kept while the
@@ -88,26 +89,29 @@ if [ "$what" = train-eval ]; then
   # TE_SCALE / TE_DEVICE / TE_BF16 (default --bf16; set it empty for none) only for a smoke run of this step on a
   # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1 (like
   # every step, it sources gpu_env.sh, which installs this checkout, editable, into the python3 on the PATH)
+  end=$(( $(date +%s) + ${TE_S:-560} - 20 ))  # 20 s kept for the archive
   for seed in "$@"; do
     name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
     (
       # shellcheck disable=SC2046
-      timeout "${TRAIN_S:-480}" python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
+      timeout $(( end - $(date +%s) )) python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
         --device "${TE_DEVICE:-cuda}" ${TE_BF16---bf16} --quiet --act "$act" --seed "$seed" \
-        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-7.0}" --out "gpu-models/$name" \
+        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-6.0}" --out "gpu-models/$name" \
         > "$out/train-eval/train_$name.log" 2>&1
       echo "train $name rc=$? $(head -c 300 "gpu-models/$name/metrics.json" 2>/dev/null | tr '\n' ' ')"
       cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null
+      left=$(( end - $(date +%s) ))
+      if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; exit 0; fi
       if [ "$task" = copy ]; then
-        timeout "${EVAL_S:-240}" python3 benchmarks/copying.py --variant "$v" --scale "${TE_SCALE:-paper}" \
+        timeout "$left" python3 benchmarks/copying.py --variant "$v" --scale "${TE_SCALE:-paper}" \
           --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet \
           > "$out/train-eval/eval_$name.log" 2>&1
       else
-        timeout "${EVAL_S:-240}" python3 benchmarks/alignment.py --scale "${TE_SCALE:-paper}" \
+        timeout "$left" python3 benchmarks/alignment.py --scale "${TE_SCALE:-paper}" \
           --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet \
           > "$out/train-eval/eval_$name.log" 2>&1
       fi
-      echo "evaluate $name rc=$?"
+      echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
     ) &
   done
   wait

@@ -123,3 +123,17 @@ def test_the_trainers_refuse_unfused_kernels_off_cuda(tmp_path, capsys):
     assert rc == 2
     assert "--kernels unfused runs mamba-ssm's CUDA kernels" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_missing_kernels_are_one_error_line_for_the_trainers():
+    """On a CUDA machine without mamba-ssm, ``--kernels unfused`` is a ValueError naming the packages (the trainers
+    print ValueErrors as one line), before any forward pass."""
+    import importlib.util
+
+    from latim_captum.tasks.training import ready_model
+
+    if importlib.util.find_spec("mamba_ssm") is not None:
+        pytest.skip("mamba-ssm is installed here")
+    model = build_model("mamba2", layers=1, d_model=16, state=4, vocab=12, head_dim=8, seq_len=12, act="relu")
+    with pytest.raises(ValueError, match="needs causal-conv1d and mamba-ssm"):
+        ready_model(model, torch.device("cuda"), act="relu", check_len=12, kernels="unfused")

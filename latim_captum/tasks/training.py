@@ -131,7 +131,11 @@ def ready_model(
 
         if device.type != "cuda":
             raise ValueError("--kernels unfused runs mamba-ssm's CUDA kernels: give --device cuda")
-        install_unfused_forward_(model, kernel_ops())
+        try:
+            ops = kernel_ops()
+        except ImportError as err:  # the trainers' one-line error, as for every refused argument
+            raise ValueError(str(err)) from err
+        install_unfused_forward_(model, ops)
     if act != "silu" or kernels == "unfused":
         prepare_for_kernels_(model)
         check_device_forward(model, device, seq_len=check_len)
