@@ -40,7 +40,7 @@ def test_the_host_limits_the_host_kept_row():
     assert largest_length(shape, "row", 2**40, host_bytes=1) > 500  # a device-kept trace needs no host memory
 
 
-@pytest.mark.parametrize("kind", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("kind", ["mamba1", "mamba2", "bamba"])
 @pytest.mark.parametrize(
     ("request_name", "front_end", "store"),
     [("maps", "interactions", "device"), ("alti_logit", "alti_logit", "device"), ("row", "trace", "device"),
@@ -49,7 +49,10 @@ def test_the_host_limits_the_host_kept_row():
 def test_the_plan_counts_what_the_guard_counts(kind, request_name, front_end, store, monkeypatch):
     """The guard's own estimate for a real call on a real model (captured where it is checked) equals the plan's,
     part by part; on a CPU the guard adds its fixed tile budget, which CUDA replaces by the free memory."""
-    model = build(kind, layers=3)
+    if kind == "bamba":  # a hybrid (Mamba-2 and attention blocks, each with its MLP) at tiny widths
+        model = build_model("bamba", True, torch.float32, torch.device("cpu"))
+    else:
+        model = build(kind, layers=3)
     seen = []
     monkeypatch.setattr(_memory, "check_fits", lambda need, device, what, advice: seen.append(need))
     ids = torch.zeros(2, 57, dtype=torch.long)
@@ -57,7 +60,15 @@ def test_the_plan_counts_what_the_guard_counts(kind, request_name, front_end, st
     guard = seen[-1]
     mine, _ = request_estimate(model_memory(model), request_name, 57, batch=2)
     assert (guard.trace, guard.forward, guard.result) == (mine.trace, mine.forward, mine.result)
-    assert guard.work - (DEFAULT_TILE_BYTES if guard.work else 0) == mine.work
+    # work = the front end's working maps + max(tile, reference block of the attention sublayers): the tile is the
+    # fixed CPU budget for the guard here and 0 on CUDA (sized to the free memory) for the plan
+    one_map = 2 * 57 * 57 * 4
+    maps = {"interactions": one_map, "alti_logit": 4 * one_map}.get(front_end)
+    if maps is None:  # the trace alone: no working maps, no tile
+        assert guard.work == mine.work == 0
+    else:
+        assert guard.work == maps + max(DEFAULT_TILE_BYTES, mine.work - maps)
+        assert (mine.work > maps) == (kind == "bamba")  # only a hybrid's attention needs reference blocks
 
 
 def test_a_shape_on_the_meta_device_is_the_same_as_the_model():
