@@ -495,7 +495,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if gpu_gib is None:
         if not torch.cuda.is_available():
             raise ValueError("--gpu-gib is needed on a machine without CUDA (the GPU memory to plan for)")
-        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+        # what the model and LaTIM can have: the guard reads the free memory, less the CUDA context and anything
+        # else resident, not the card's total
+        gpu_gib = torch.cuda.mem_get_info(0)[0] / 2**30
     outputs = [("--json", Path(args.json))] if args.json else []
     _check_writable(outputs)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.model_dtype)
@@ -900,7 +902,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mamba2_2.7b, bamba_9b, ...), a folder with a config.json, or a cached hub name; no weights are read",
     )  # fmt: skip
     plan_p.add_argument("--gpu-gib", type=_positive_float, default=None,
-                        help="GPU memory in GiB, the weights included (default: CUDA device 0's)")  # fmt: skip
+                        help="GPU memory in GiB for the weights and LaTIM: the card's total less the CUDA context "
+                        "(~0.5 GiB) and anything else on it (default: what CUDA device 0 has free now)")  # fmt: skip
     plan_p.add_argument("--host-gib", type=_positive_float, default=None,
                         help="host memory for a host-kept trace (default: not checked)")  # fmt: skip
     plan_p.add_argument("--tokens", type=_positive_int, default=None, help="also show each request's memory at N")

@@ -7,7 +7,12 @@ The memory guard (:mod:`latim_captum.maps.memory`) refuses a request before anyt
 This module turns that inequality around. For a model (a shape is enough: a model on the meta device, or one of
 ``latim bench speed``'s published shapes), and for a GPU of a given size, :func:`largest_length` finds the largest
 ``N`` (batch 1) that the guard lets through. It searches by bisection, since every term grows with ``N``. The GPU's
-memory counts the weights as well, so ``free = GPU memory − weights``.
+memory counts the weights as well, so ``free = GPU memory − weights``; give the memory a process can have (the card's
+total less the CUDA context, ~0.5 GiB, and anything else resident), since that is what the guard reads.
+
+A hybrid's attention sublayers are estimated by reference row blocks whose row count steps down as ``N`` grows, so
+at short lengths (a few thousand tokens for a 9B hybrid) its estimate is not monotone in ``N``. The length found is
+admitted, but a few tokens more may be too, and a few fewer may not.
 
 The guard's estimate counts the large allocations only, and on CUDA the tiles are sized to what is left. So the
 length found is an upper bound: above it the call is refused, and at it the tiles get little room and run slowly.

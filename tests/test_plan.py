@@ -165,3 +165,17 @@ def test_gpu_memory_is_needed_without_cuda(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["plan", "mamba1"]) == 2
     assert "--gpu-gib is needed" in capsys.readouterr().err
+
+
+def test_without_gpu_gib_the_free_memory_is_planned_for(tmp_path, monkeypatch):
+    """The guard compares with the free memory (the CUDA context and other processes already taken out), so the
+    default plans for that, not for the card's total."""
+    from latim_captum.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(70.5 * 2**30), 80 * 2**30))
+    out = tmp_path / "plan.json"
+    assert main(["plan", "falcon_mamba_7b", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["gpu_gib"] == 70.5
+    assert saved["rows"][0]["largest_n"] == largest_length(shape_of("falcon_mamba_7b"), "maps", int(70.5 * 2**30))

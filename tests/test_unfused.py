@@ -55,27 +55,28 @@ def test_each_kernel_is_used(variant):
             assert not torch.allclose(patched(input_ids=ids).logits, reference, atol=1e-6), field
 
 
-def test_cpu_inputs_keep_the_models_own_forward_unless_asked():
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_cpu_inputs_keep_the_models_own_forward_unless_asked(variant):
     """Without ``on_cpu`` a CPU input takes the mixer's own forward (the trainers' device check compares the kernels
-    with it), and so does a call with a padding mask."""
+    with it). With it, a mask of ones is no mask (Mamba-1 hands every mixer the raw mask), and a padding mask is
+    refused: falling back to the mixer's own forward would, on CUDA in train mode, be the fused kernel's SiLU."""
     calls = []
 
     def spy(*args):
         calls.append(1)
         return REFERENCE_OPS.conv(*args)
 
-    model = _model("mamba2", "relu").eval()
-    install_unfused_forward_(model, ScanOps(spy, REFERENCE_OPS.selective_scan, REFERENCE_OPS.chunk_scan))
-    with torch.no_grad():
-        model(input_ids=torch.randint(0, 12, (1, 5)))
+    spied = ScanOps(spy, REFERENCE_OPS.selective_scan, REFERENCE_OPS.chunk_scan)
+    model = _model(variant, "relu").train()
+    install_unfused_forward_(model, spied)
+    model(input_ids=torch.randint(0, 12, (2, 5)))
     assert not calls
-    on_cpu = _model("mamba2", "relu").eval()
-    install_unfused_forward_(on_cpu, ScanOps(spy, REFERENCE_OPS.selective_scan, REFERENCE_OPS.chunk_scan), on_cpu=True)
-    with torch.no_grad():
-        on_cpu(input_ids=torch.randint(0, 12, (1, 5)), attention_mask=torch.tensor([[0, 1, 1, 1, 1]]))
-        assert not calls
-        on_cpu(input_ids=torch.randint(0, 12, (1, 5)))
+    on_cpu = _model(variant, "relu").train()
+    install_unfused_forward_(on_cpu, spied, on_cpu=True)
+    on_cpu(input_ids=torch.randint(0, 12, (2, 5)), attention_mask=torch.ones(2, 5, dtype=torch.long))
     assert len(calls) == 2  # one per layer
+    with pytest.raises(ValueError, match="takes no padding"):
+        on_cpu(input_ids=torch.randint(0, 12, (2, 5)), attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1] * 5]))
 
 
 def test_other_mixers_are_refused():

@@ -152,8 +152,10 @@ def unfused_mixer_forward(mixer: nn.Module, hidden_states: Tensor, ops: ScanOps)
 
 def install_unfused_forward_(model: nn.Module, ops: ScanOps, *, on_cpu: bool = False) -> int:
     """Give each Mamba mixer of ``model`` the unfused forward on ``ops`` for CUDA inputs (and CPU ones with
-    ``on_cpu``, for tests); a call with a cache or a padding mask, or on another device, keeps the mixer's own
-    forward. Returns the number of mixers patched; ``TypeError`` for a mixer class it does not reproduce.
+    ``on_cpu``, for tests); a call with a cache (generation), or on another device, keeps the mixer's own forward.
+    An attention mask of ones is no mask; one with padding is refused (``ValueError``): on CUDA in train mode the
+    mixer's own forward is the fused kernel, which would apply SiLU whatever the model's activation. Returns the
+    number of mixers patched; ``TypeError`` for a mixer class it does not reproduce.
 
     The patch lives on the instances (``save_pretrained`` writes the same weights and config)."""
     count = 0
@@ -168,7 +170,10 @@ def install_unfused_forward_(model: nn.Module, ops: ScanOps, *, on_cpu: bool = F
         def forward(self, hidden_states, *args, _own=own, **kwargs):
             cache = args[0] if args else kwargs.get("cache", kwargs.get("cache_params"))
             mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-            if cache is None and mask is None and (hidden_states.is_cuda or on_cpu):
+            if cache is None and (hidden_states.is_cuda or on_cpu):
+                if mask is not None and not bool((mask == 1).all()):
+                    raise ValueError("the unfused training forward takes no padding: train on unpadded batches "
+                                     "(an attention mask of ones is fine)")  # fmt: skip
                 return unfused_mixer_forward(self, hidden_states, ops)
             return _own(hidden_states, *args, **kwargs)
 
