@@ -15,7 +15,7 @@
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   several seeds in one
 #        call: each seed trains in its own process at once on the one GPU (a paper-scale step keeps it busy a
 #        fraction of its ~75 ms), for TRAIN_MIN minutes (6.0) or the recipe's steps, then is evaluated there (copy:
-#        Table 2, both readings of the rows; alignment: Table 3) in what is left of TE_S seconds (560: give the call
+#        Table 2, both readings of the rows; alignment: Table 3) in what is left of TE_S seconds (540: give the call
 #        timeout_s ≥ TE_S + 40); the reports come back as $OUT/train-eval.tar.xz, the weights stay in ./gpu-models/
 #        (git-ignored) while the machine is warm (an evaluation cut by TE_S can run again there with `copying`).
 #        Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
@@ -89,7 +89,7 @@ if [ "$what" = train-eval ]; then
   # TE_SCALE / TE_DEVICE / TE_BF16 (default --bf16; set it empty for none) only for a smoke run of this step on a
   # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1 (like
   # every step, it sources gpu_env.sh, which installs this checkout, editable, into the python3 on the PATH)
-  end=$(( $(date +%s) + ${TE_S:-560} - 20 ))  # 20 s kept for the archive
+  end=$(( $(date +%s) + ${TE_S:-540} - 20 ))  # 20 s kept for the archive
   for seed in "$@"; do
     name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
     (
