@@ -81,8 +81,8 @@ fi
 if [ "$what" = train-eval ]; then
   task=$2; v=$3; act=$4; shift 4
   case "$task" in
-    copy) module=latim_captum.copying.train ;;
-    alignment) module=latim_captum.alignment.train ;;
+    copy) module=latim_captum.copying.train; evaluate=(benchmarks/copying.py --variant "$v") ;;
+    alignment) module=latim_captum.alignment.train; evaluate=(benchmarks/alignment.py) ;;
     *) echo "train-eval: task copy or alignment, not '$task'"; exit 2 ;;
   esac
   mkdir -p gpu-models "$out/train-eval"
@@ -102,15 +102,8 @@ if [ "$what" = train-eval ]; then
       cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null
       left=$(( end - $(date +%s) ))
       if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; exit 0; fi
-      if [ "$task" = copy ]; then
-        timeout "$left" python3 benchmarks/copying.py --variant "$v" --scale "${TE_SCALE:-paper}" \
-          --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet \
-          > "$out/train-eval/eval_$name.log" 2>&1
-      else
-        timeout "$left" python3 benchmarks/alignment.py --scale "${TE_SCALE:-paper}" \
-          --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet \
-          > "$out/train-eval/eval_$name.log" 2>&1
-      fi
+      timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" --device "${TE_DEVICE:-cuda}" \
+        --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet > "$out/train-eval/eval_$name.log" 2>&1
       echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
     ) &
   done

@@ -123,8 +123,8 @@ def request_estimate(
     return need, host_trace_bytes(sizes) if on_host else 0
 
 
-def _fits(shape: ModelMemory, request: str, length: int, gpu_bytes: int, host_bytes: int | None, **kw) -> bool:
-    need, host = request_estimate(shape, request, length, **kw)
+def _fits(shape: ModelMemory, need: Estimate, host: int, gpu_bytes: int, host_bytes: int | None) -> bool:
+    """Whether the weights and ``need`` fit ``gpu_bytes``, and the host-kept trace ``host`` fits ``host_bytes``."""
     return shape.weight_bytes + need.total <= gpu_bytes and (host_bytes is None or host <= host_bytes)
 
 
@@ -145,7 +145,10 @@ def largest_length(
         raise ValueError(f"the GPU's memory must be positive, got {gpu_bytes} bytes")
     if host_bytes is not None and host_bytes <= 0:
         raise ValueError(f"the host's memory must be positive, got {host_bytes} bytes")
-    fits = lambda n: _fits(shape, request, n, gpu_bytes, host_bytes, batch=batch, dtype=dtype)  # noqa: E731
+
+    def fits(n: int) -> bool:
+        return _fits(shape, *request_estimate(shape, request, n, batch=batch, dtype=dtype), gpu_bytes, host_bytes)
+
     if not fits(1):
         return 0
     lo, hi = 1, _MAX_LENGTH  # fits(lo); hi may or may not fit
@@ -180,7 +183,7 @@ def plan(
                 gpu_gib=(shape.weight_bytes + need.total) / 2**30,
                 parts=f"weights {shape.weight_bytes / 2**30:.1f} GiB, {need.describe()}",
                 host_gib=host / 2**30,
-                fits=_fits(shape, request, length, gpu_bytes, host_bytes, dtype=dtype),
+                fits=_fits(shape, need, host, gpu_bytes, host_bytes),
             )
         rows.append(row)
     return rows

@@ -42,7 +42,6 @@ __all__ = [
     "autocast_for",
     "check_device",
     "cosine",
-    "device_name",
     "fill_from_preset",
     "inverse_sqrt",
     "make_optimizer",
