@@ -103,7 +103,8 @@ if [ "$what" = train-eval ]; then
       left=$(( end - $(date +%s) ))
       if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; exit 0; fi
       timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" --device "${TE_DEVICE:-cuda}" \
-        --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet > "$out/train-eval/eval_$name.log" 2>&1
+        --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet ${METHODS:+--methods $METHODS} \
+        > "$out/train-eval/eval_$name.log" 2>&1
       echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
     ) &
   done
@@ -229,8 +230,9 @@ if [ "$what" = hidden-attention ]; then
   exit 0
 fi
 if [ "$what" = copying ]; then
+  # shellcheck disable=SC2086  # METHODS: a space-separated subset of the methods, in that order
   python3 benchmarks/copying.py --variant "$2" --scale paper --device cuda --model "$3" --out "$out/copy" --quiet \
-    > "$out/copy_$2.log" 2>&1
+    ${METHODS:+--methods $METHODS} ${COPY_ARGS:-} > "$out/copy_$2.log" 2>&1
   echo "copying $2 rc=$?"; head -25 "$out/copy/copying-$2-paper.md" 2>/dev/null
   exit 0
 fi

@@ -4,9 +4,11 @@
 #   .sd/wheels/site.tar.xz.part*    mamba-ssm + causal-conv1d built by ../shared/tools/mamba-kernels.sh, unpacked from
 #                                   their wheels with stripped .so files (56 MiB: fits the 64 MiB carry with .whl)
 #   .whl/*.whl                      pure-Python wheels missing there (captum, inseq, ...)
+# unpacked once per machine: a second shell of the same call (an evaluation beside a training) must not rewrite the
+# .so files a running process has mapped
 if [ -d .sd/wheels ]; then
-  mkdir -p /tmp/kwsite && cat .sd/wheels/site.tar.xz.part* | xz -d -T0 | tar x -C /tmp/kwsite \
-    && export PYTHONPATH=/tmp/kwsite${PYTHONPATH:+:$PYTHONPATH} \
+  { [ -d /tmp/kwsite/mamba_ssm ] || { mkdir -p /tmp/kwsite && cat .sd/wheels/site.tar.xz.part* | xz -d -T0 \
+    | tar x -C /tmp/kwsite; }; } && export PYTHONPATH=/tmp/kwsite${PYTHONPATH:+:$PYTHONPATH} \
     && python3 -c "import mamba_ssm, causal_conv1d; print('mamba_ssm', mamba_ssm.__version__)"
 fi
 if [ -d .whl ]; then

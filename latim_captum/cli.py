@@ -516,10 +516,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resumed_report(path: str, run_meta: dict) -> dict:
+    """The copying report ``--resume`` names, checked to be of the same weights and training run."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume {path}: cannot read a report there ({err})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("methods"), dict) or "meta" not in report:
+        raise ValueError(f"--resume {path}: not a copying report (latim bench copying's .json)")
+    theirs = report["meta"].get("weights")
+    if theirs is None:
+        raise ValueError(f"--resume {path}: the report has no weights fingerprint (written before --resume existed)")
+    if theirs != run_meta["weights"]:
+        raise ValueError(f"--resume {path}: the report is of other weights than --model ({theirs} vs "
+                         f"{run_meta['weights']})")  # fmt: skip
+    return report
+
+
 def cmd_bench_copying(args: argparse.Namespace) -> int:
     from ._validation import check_device
     from .copying.data import CopyTask
     from .copying.evaluate import evaluate_model, load_model_dir, render_markdown, write_report
+    from .dataset import weights_fingerprint
     from .models import COPY_MODELS, copy_model_path
 
     _quiet_transformers()
@@ -552,7 +570,13 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         "steps": meta.get("steps"),
         "train_device": meta.get("device"),
         "train_eval_token_acc": meta.get("eval_token_acc"),
+        "weights": weights_fingerprint(model),  # what --resume checks
     }
+    resume = _resumed_report(args.resume, run_meta) if args.resume else None
+    if resume is not None:
+        # the methods resumed were computed by the earlier command (kept in resumed_from)
+        run_meta["resumed_from"] = [*resume["meta"].get("resumed_from", []), resume["meta"].get("command")]
+        run_meta["device"] = ", ".join(dict.fromkeys([resume["meta"].get("device"), device]))
 
     def write_partial(report: dict) -> None:
         write_report({**report, "meta": run_meta}, args.out, stem)
@@ -569,6 +593,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         rows=args.rows,
         quiet=args.quiet,
         on_update=write_partial,
+        resume=resume,
     )
     report["meta"] = run_meta
     json_path, md_path = write_report(report, args.out, stem)
@@ -950,6 +975,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(L+1..2L, the rows whose input is); the report gives the other reading too",
     )
     copying.add_argument("--out", default="latim-bench", help=_BENCH_OUT_HELP.format(files=".md and .json"))
+    copying.add_argument(
+        "--resume",
+        default=None,
+        metavar="REPORT",
+        help="a report of the same model left by a run cut short (its .json): keep its accuracy, reconstruction "
+        "errors and finished methods, run only the methods it lacks (the weights' fingerprints must match)",
+    )
     copying.add_argument("--quiet", action="store_true", help="no progress bars")
     copying.set_defaults(func=cmd_bench_copying)
 

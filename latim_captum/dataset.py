@@ -58,6 +58,7 @@ __all__ = [
     "load_attributions",
     "load_hf_dataset",
     "read_jsonl",
+    "weights_fingerprint",
 ]
 
 #: what ``methods=`` accepts: the per-layer maps and ALTI-Logit of :data:`latim_captum.api.METHODS`, and the rollout
@@ -304,7 +305,7 @@ def _digest(value: Any) -> str:
 
 def _model_identity(model: nn.Module, name: str | None) -> dict:
     """What names the model in ``run.json``: the caller's name, the class, the checkpoint it came from, a digest of
-    its config, a fingerprint of its weights (:func:`_weights_fingerprint`: every weight's row sums and a sample),
+    its config, a fingerprint of its weights (:func:`weights_fingerprint`: every weight's row sums and a sample),
     its size and its parameters' dtypes. A base model and its fine-tune share a config;
     the fingerprint tells them apart, so a resume never mixes their maps."""
     config = getattr(model, "config", None)
@@ -316,14 +317,14 @@ def _model_identity(model: nn.Module, name: str | None) -> dict:
         # the checkpoint a from_pretrained model came from (dropped with the other "_" keys above)
         "source": str(getattr(config, "_name_or_path", "") or ""),
         "config": _digest(json.loads(json.dumps(config_dict, default=str))),
-        "weights": _weights_fingerprint(model),
+        "weights": weights_fingerprint(model),
         "parameters": sum(p.numel() for p in model.parameters()),
         # the config's dtype field says what was saved, not what runs: a model cast after loading gives other maps
         "dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
     }
 
 
-def _weights_fingerprint(model: nn.Module, per_tensor: int = 64) -> str:
+def weights_fingerprint(model: nn.Module, per_tensor: int = 64) -> str:
     """A digest of every parameter: its row sums in float64 (rounded to 12 significant digits, so the device that
     sums does not matter) and a strided sample of ``per_tensor`` exact values. Two checkpoints of one config (a base
     model and its fine-tune, a model with one embedding row edited) differ here; it reads every weight once, on the

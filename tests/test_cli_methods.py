@@ -254,6 +254,42 @@ def test_copying_report_is_written_after_every_method(tmp_path):
     assert list(final["methods"]) == ["l2", "alti"]
 
 
+def test_copying_resume_runs_only_the_missing_methods(tmp_path, capsys):
+    """``--resume`` continues a report cut short: the finished methods are kept as they were (not recomputed), the
+    missing ones are computed as a fresh run computes them; another model's or another sample count's report is
+    refused by name."""
+
+    def bench(out, *extra, variant="mamba2", n="3"):
+        argv = ["bench", "copying", "--variant", variant, "--n-samples", n, "--out", str(tmp_path / out), "--quiet"]
+        return main([*argv, *extra])
+
+    def report(out, variant="mamba2"):
+        return json.loads((tmp_path / out / f"copying-{variant}-tiny.json").read_text())
+
+    assert bench("cut", "--methods", "l2") == 0
+    assert bench("fresh", "--methods", "alti") == 0
+    first = report("cut")
+    cut = str(tmp_path / "cut" / "copying-mamba2-tiny.json")
+    assert bench("resumed", "--methods", "l2", "alti", "--resume", cut) == 0
+    resumed = report("resumed")
+    assert list(resumed["methods"]) == ["l2", "alti"]
+    assert resumed["methods"]["l2"] == first["methods"]["l2"], "a finished method is kept, seconds included"
+    fresh = report("fresh")["methods"]["alti"]
+    assert resumed["methods"]["alti"]["by_rows"] == fresh["by_rows"]
+    assert resumed["accuracy"] == first["accuracy"]
+    assert resumed["meta"]["resumed_from"] == [first["meta"]["command"]]
+    capsys.readouterr()
+
+    assert bench("other", "--methods", "alti", "--resume", cut, variant="mamba1") == 2
+    assert "other weights" in capsys.readouterr().err
+    assert bench("fewer", "--methods", "alti", "--resume", cut, n="2") == 2
+    assert "differs from this run in n_samples" in capsys.readouterr().err
+    old = {**first, "meta": {k: v for k, v in first["meta"].items() if k != "weights"}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert bench("old", "--methods", "alti", "--resume", str(tmp_path / "old.json")) == 2
+    assert "no weights fingerprint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

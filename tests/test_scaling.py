@@ -547,7 +547,7 @@ def test_a_model_with_one_embedding_row_edited_is_another_run(tmp_path):
     with pytest.raises(ValueError, match=r"other model \(model weights: '[0-9a-f]{16}' → '[0-9a-f]{16}'\)"):
         ds.attribute_dataset(edited, tok, examples, tmp_path, methods=("l2",), shard_size=1, progress=False)
     # the same weights on another device or dtype path sum alike: the fingerprint does not depend on who sums
-    assert ds._weights_fingerprint(copy.deepcopy(model)) == ds._weights_fingerprint(model)
+    assert ds.weights_fingerprint(copy.deepcopy(model)) == ds.weights_fingerprint(model)
 
 
 def test_a_new_run_in_a_folder_never_reads_the_old_index(tmp_path, monkeypatch):

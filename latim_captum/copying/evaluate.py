@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ __all__ = [
 
 # 0-based layer the paper reads its copy maps at (§4.1 footnote 6: layer 4 for Mamba-1, layer 3 for Mamba-2)
 PAPER_LAYER = {"mamba1": 3, "mamba2": 2}
+#: what a report to resume must share with the run that resumes it (the weights are the caller's check)
+RESUME_KEYS: tuple[str, ...] = ("variant", "n_layers", "task", "n_samples", "eval_seed", "rows", "act")
 
 # Table 2 of the paper: (AUC, AP, R@K)
 PAPER_TABLE2: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -82,6 +85,7 @@ def evaluate_model(
     rows: str = "predict",
     quiet: bool = False,
     on_update: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> dict:
     """Accuracy, faithfulness of each method and reconstruction error of a copy model on held-out samples.
 
@@ -99,6 +103,10 @@ def evaluate_model(
         rows: the main reading of the query rows (``"predict"`` or ``"hold"``); both are computed.
         on_update: called with the report so far after the reconstruction errors and after every method, so a run
             cut short (a time limit on a lent GPU) still leaves the rows it finished.
+        resume: the report such a cut run left, of *this* model (the caller checks the weights: ``latim bench
+            copying --resume`` compares their fingerprints): its accuracy, reconstruction errors and finished
+            methods are kept, and only the methods it lacks run. ``ValueError`` when it was computed on other
+            samples, rows, task or model shape (:data:`RESUME_KEYS`).
 
     Returns:
         ``{"accuracy": {...}, "rows": rows, "methods": {name: {"label", "per_layer", "layers": [{auc, ap,
@@ -141,11 +149,25 @@ def evaluate_model(
         name: {"label": label, "by_rows": {r: faithfulness(free[name], task.length, rows=r) for r in ROWS}}
         for name, label in MODEL_FREE.items()
     }
-    report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch)
+    if resume is not None:
+        for key in RESUME_KEYS:
+            if json.dumps(resume.get(key), sort_keys=True) != json.dumps(report[key], sort_keys=True):
+                raise ValueError(
+                    f"the report to resume differs from this run in {key}: {resume.get(key)!r} there, "
+                    f"{report[key]!r} here"
+                )
+        # the finished methods first, in their order, then the new ones in the order asked
+        report["methods"] = {name: entry for name, entry in resume["methods"].items()}
+        report["accuracy"] = resume["accuracy"]  # same weights, same samples: kept as first measured
+        report["reconstruction_error"] = resume["reconstruction_error"]
+        names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
+    else:
+        report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch)
+        names_todo = list(zip(names, resolved))
     if on_update is not None:
         on_update(report)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
-    for name, method in zip(progress(names, "methods", quiet), resolved):
+    for name, method in progress(names_todo, "methods", quiet):
         t0 = time.time()
         chunks = [
             method(model, ids[s : s + batch].to(device), max_sequences=cap, backend=backend).float().cpu()
