@@ -12,12 +12,14 @@
 #   bash benchmarks/gpu_checks.sh train-alignment mamba1|mamba2 [ACT] [SEED]   alignment model (App. B.2 recipe,
 #        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
-#   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   several seeds in one
-#        call: each seed trains in its own process at once on the one GPU (a paper-scale step keeps it busy a
-#        fraction of its ~75 ms), for TRAIN_MIN minutes (6.0) or the recipe's steps, then is evaluated there (copy:
-#        Table 2, both readings of the rows; alignment: Table 3) in what is left of TE_S seconds (540: give the call
-#        timeout_s ≥ TE_S + 40); the reports come back as $OUT/train-eval.tar.xz, the weights stay in ./gpu-models/
-#        (git-ignored) while the machine is warm (an evaluation cut by TE_S can run again there with `copying`).
+#   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   train, then evaluate
+#        there: each seed trains in its own process, for TRAIN_MIN minutes (6.0) or the recipe's steps, then is
+#        evaluated (copy: Table 2, both readings of the rows; alignment: Table 3; METHODS: a subset, in that order) in
+#        what is left of TE_S seconds (540: give the call timeout_s ≥ TE_S + 40); the reports come back as
+#        $OUT/train-eval.tar.xz, the weights stay in ./gpu-models/ (git-ignored) while the machine is warm (an
+#        evaluation cut by TE_S continues there: COPY_ARGS="--resume REPORT.json" bash ... copying). Several seeds
+#        share the GPU by time-slicing (the 2026-12-04 pilot: eight models made about the steps of one alone), so
+#        the recipe's 5,000 steps (6.4 minutes alone on an H100) need one seed per call.
 #        Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
