@@ -16,8 +16,9 @@
 #        there: each seed trains in its own process, for TRAIN_MIN minutes (6.0) or the recipe's steps, then is
 #        evaluated (copy: Table 2, both readings of the rows; alignment: Table 3; METHODS: a subset, in that order) in
 #        what is left of TE_S seconds (540: give the call timeout_s ≥ TE_S + 40); the reports come back as
-#        $OUT/train-eval.tar.xz, the weights stay in ./gpu-models/ (git-ignored) while the machine is warm (an
-#        evaluation cut by TE_S continues there: COPY_ARGS="--resume REPORT.json" bash ... copying). Several seeds
+#        $OUT/train-eval.tar.xz, the weights and reports stay in ./gpu-models/ (git-ignored) while the machine is
+#        warm; RESUME="copy-mamba1-paper-silu-s1 ..." continues those models' evaluations cut by TE_S beside this
+#        call's training (a train-eval with no seed only resumes). Several seeds
 #        share the GPU by time-slicing (the 2026-12-04 pilot: eight models made about the steps of one alone), so
 #        the recipe's 5,000 steps (6.4 minutes alone on an H100) need one seed per call.
 #        Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
@@ -92,6 +93,22 @@ if [ "$what" = train-eval ]; then
   # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1 (like
   # every step, it sources gpu_env.sh, which installs this checkout, editable, into the python3 on the PATH)
   end=$(( $(date +%s) + ${TE_S:-540} - 20 ))  # 20 s kept for the archive
+  # RESUME="NAME ...": copy models of an earlier call on this warm machine whose evaluation TE_S cut; each goes on
+  # beside this call's training (latim bench copying --resume: only the methods its report lacks), into
+  # $out/train-eval/NAME-resumed
+  for name in ${RESUME:-}; do
+    [ "$task" = copy ] || { echo "RESUME: copy models only"; break; }
+    rv=${name#copy-}; rv=${rv%%-*}; stem="copying-$rv-${TE_SCALE:-paper}"
+    (
+      # shellcheck disable=SC2086
+      timeout $(( end - $(date +%s) )) python3 benchmarks/copying.py --variant "$rv" --scale "${TE_SCALE:-paper}" \
+        --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --resume "gpu-models/$name.report/$stem.json" \
+        --out "$out/train-eval/$name-resumed" --quiet ${METHODS:+--methods $METHODS} \
+        > "$out/train-eval/eval_$name-resumed.log" 2>&1
+      echo "resume $name rc=$?"
+      cp "$out/train-eval/$name-resumed/$stem."* "gpu-models/$name.report/" 2>/dev/null
+    ) &
+  done
   for seed in "$@"; do
     name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
     (
@@ -108,6 +125,8 @@ if [ "$what" = train-eval ]; then
         --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet ${METHODS:+--methods $METHODS} \
         > "$out/train-eval/eval_$name.log" 2>&1
       echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
+      # kept while the machine is warm, for RESUME in the next call
+      rm -rf "gpu-models/$name.report" && cp -r "$out/train-eval/$name" "gpu-models/$name.report"
     ) &
   done
   wait
