@@ -52,7 +52,9 @@
 # Activation variants: the kernels apply SiLU or none, so relu trains with --kernels off (HF's PyTorch path: far
 # fewer steps in the same minutes), Mamba-2 linear on the kernels (activation None), Mamba-1 linear with --kernels
 # off (mamba-ssm's fused Mamba-1 training path always applies SiLU); the trainers check the device forward against
-# the PyTorch one before training either way.
+# the PyTorch one before training either way (that reference hides the kernels from transformers 5.17, which calls
+# them on CPU tensors: latim_captum.tasks.models.hf_torch_path). relu / linear models are evaluated with the kernels
+# off the PYTHONPATH (eval_path).
 set -u
 what=${1:-all}; bench_s=${2:-300}
 out=${OUT:-./gpu-out}; mkdir -p "$out"
@@ -64,6 +66,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.t
 kernel_flags() { # variant act
   if [ -n "${KERNELS:-}" ]; then echo "--kernels $KERNELS"
   elif [ "$2" = relu ] || { [ "$2" = linear ] && [ "$1" = mamba1 ]; }; then echo "--kernels off"; fi
+}
+# the PYTHONPATH an evaluation of a model with this conv activation runs under: HF hands the kernels the config's
+# activation name, which they refuse for relu and linear ("activation must be None, silu, or swish") on CUDA, so
+# those models are evaluated on HF's PyTorch path, with the kernels off the path
+eval_path() { # act
+  if [ "$1" = silu ]; then echo "${PYTHONPATH:-}"
+  else echo "${PYTHONPATH:-}" | tr ':' '\n' | grep -v kwsite | paste -sd:; fi
 }
 if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   v=$2; act=${3:-silu}; seed=${4:-0}
@@ -98,10 +107,11 @@ if [ "$what" = train-eval ]; then
   # $out/train-eval/NAME-resumed
   for name in ${RESUME:-}; do
     [ "$task" = copy ] || { echo "RESUME: copy models only"; break; }
-    rv=${name#copy-}; rv=${rv%%-*}; stem="copying-$rv-${TE_SCALE:-paper}"
+    rv=${name#copy-}; rv=${rv%%-*}; stem="copying-$rv-${TE_SCALE:-paper}"; ract=${name%-s*}; ract=${ract##*-}
     (
       # shellcheck disable=SC2086
-      timeout $(( end - $(date +%s) )) python3 benchmarks/copying.py --variant "$rv" --scale "${TE_SCALE:-paper}" \
+      PYTHONPATH=$(eval_path "$ract") timeout $(( end - $(date +%s) )) python3 benchmarks/copying.py --variant "$rv" \
+        --scale "${TE_SCALE:-paper}" \
         --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --resume "gpu-models/$name.report/$stem.json" \
         --out "$out/train-eval/$name-resumed" --quiet ${METHODS:+--methods $METHODS} \
         > "$out/train-eval/eval_$name-resumed.log" 2>&1
@@ -121,7 +131,8 @@ if [ "$what" = train-eval ]; then
       cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null
       left=$(( end - $(date +%s) ))
       if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; exit 0; fi
-      timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" --device "${TE_DEVICE:-cuda}" \
+      PYTHONPATH=$(eval_path "$act") timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" \
+        --device "${TE_DEVICE:-cuda}" \
         --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet ${METHODS:+--methods $METHODS} \
         > "$out/train-eval/eval_$name.log" 2>&1
       echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
@@ -166,8 +177,8 @@ if [ "$what" = alignment ]; then
 fi
 if [ "$what" = activations ]; then
   task=$2; shift 2
-  python3 benchmarks/activations.py --task "$task" --scale paper --device cuda --models "$@" --out "$out/act" \
-    --quiet > "$out/activations.log" 2>&1
+  PYTHONPATH=$(eval_path relu) python3 benchmarks/activations.py --task "$task" --scale paper --device cuda \
+    --models "$@" --out "$out/act" --quiet > "$out/activations.log" 2>&1
   echo "activations rc=$?"; head -30 "$out"/act/activations-*.md 2>/dev/null || tail -5 "$out/activations.log"
   exit 0
 fi

@@ -139,3 +139,73 @@ def test_missing_kernels_are_one_error_line_for_the_trainers():
     model = build_model("mamba2", layers=1, d_model=32, state=4, vocab=12, head_dim=8, seq_len=12, act="relu")
     with pytest.raises(ValueError, match="needs causal-conv1d and mamba-ssm"):
         ready_model(model, torch.device("cuda"), act="relu", check_len=12, kernels="unfused")
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_the_device_checks_reference_is_hfs_pytorch_path_even_where_transformers_calls_kernels_on_cpu(
+    variant, monkeypatch
+):
+    """transformers 5.17, the GPU machines' release, picks kernel or PyTorch once, at import, whatever the inputs'
+    device: with causal-conv1d installed, HF's CPU forward called the CUDA kernel there, and the trainers' device
+    check failed before its reference ("Expected x.is_cuda() to be true"). Simulated here with the release's own
+    wrapper around a stand-in package that is not on the device of the inputs."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+    from transformers.integrations import hub_kernels
+
+    from latim_captum.tasks.models import check_device_forward, hf_torch_path
+    from latim_captum.tasks.unfused import unfused_mixer_forward
+
+    modeling = sys.modules[type(_model(variant, "relu")).__module__]
+    kernel_calls = []
+
+    def torch_conv(hidden_states, weight, bias=None, activation=None, **kwargs):
+        out = F.conv1d(hidden_states, weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1,
+                       groups=hidden_states.shape[1])[..., : hidden_states.shape[-1]]  # fmt: skip
+        return out if activation in (None, "linear") else getattr(F, activation)(out)
+
+    def cuda_only_kernel(x, weight, bias=None, activation=None, **kwargs):
+        kernel_calls.append(x.device.type)
+        if not x.is_cuda:
+            raise RuntimeError("Expected x.is_cuda() to be true")
+        return torch_conv(x, weight, bias, activation)
+
+    # 5.17's wrapper, reduced to what it does with the package installed (its code compiled as hub_kernels.py's, as
+    # 5.17's is; later releases wrap the function in a module that falls back by device, which needs no swap)
+    source = (
+        "import functools\n"
+        "def make(torch_function, implementation):\n"
+        "    @functools.wraps(torch_function)\n"
+        "    def wrapped(*args, **kwargs):\n"
+        "        return implementation(*args, **kwargs)\n"
+        "    return wrapped\n"
+    )
+    namespace: dict = {}
+    exec(compile(source, hub_kernels.__file__, "exec"), namespace)
+    wrapper = namespace["make"](torch_conv, cuda_only_kernel)
+    monkeypatch.setattr(modeling, "causal_conv1d_fn", wrapper)
+
+    model = _model(variant, "relu").float().eval()
+    ids = torch.randint(0, 12, (2, 9))
+    with pytest.raises(RuntimeError, match="is_cuda"):
+        model(input_ids=ids)  # what HF's CPU forward did on the GPU machines
+    with hf_torch_path(model) as swapped:
+        reference = model(input_ids=ids).logits
+    assert swapped >= 1 and modeling.causal_conv1d_fn is wrapper, "swapped for the block, then put back"
+    kernel_calls.clear()
+    # "the device" here is train mode: the mixers run the unfused forward on the reference ops, as CUDA inputs run
+    # it on the kernels; the check's reference (eval mode, as CPU inputs) is the mixers' own forward, HF's
+    for mixer in (m for m in model.modules() if type(m).__name__.endswith("Mixer")):
+
+        def forward(self, hidden_states, *args, _own=mixer.forward, **kwargs):
+            if self.training:
+                return unfused_mixer_forward(self, hidden_states, REFERENCE_OPS)
+            return _own(hidden_states, *args, **kwargs)
+
+        mixer.forward = types.MethodType(forward, mixer)
+    assert check_device_forward(model, torch.device("cpu"), seq_len=9) < 1e-5
+    assert kernel_calls == [], "the reference takes HF's PyTorch path, not the kernel"
+    with torch.no_grad(), hf_torch_path(model):
+        assert torch.allclose(model.train()(input_ids=ids).logits, reference, atol=1e-5), "the stand-in device side"

@@ -22,8 +22,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -35,6 +37,7 @@ __all__ = [
     "build_model",
     "check_conv_kernel_layout",
     "check_device_forward",
+    "hf_torch_path",
     "prepare_for_kernels_",
 ]
 
@@ -145,17 +148,49 @@ def block_kernels() -> None:
         sys.modules[name] = None  # an import of it now raises ImportError, which HF treats as "not installed"
 
 
+@contextlib.contextmanager
+def hf_torch_path(model: nn.Module) -> Iterator[int]:
+    """HF's PyTorch path for ``model``'s modules for the duration, with mamba-ssm / causal-conv1d installed or not.
+
+    transformers 5.17 (the GPU machines' release) picks kernel or PyTorch once, at import, whatever the inputs'
+    device: with causal-conv1d installed, a CPU forward calls the CUDA kernel ("Expected x.is_cuda() to be true"),
+    and a ``relu`` model's conv calls one that refuses the activation. Later releases fall back to PyTorch for
+    inputs on a device the kernel does not run on. Each module-level function of the model's modeling modules that
+    such a wrapper (``transformers.integrations.hub_kernels``) made is swapped for the PyTorch function it wraps,
+    and put back after; releases that wrap otherwise have nothing to swap. Yields the number of functions swapped.
+
+    Example:
+        >>> with hf_torch_path(model):  # doctest: +SKIP
+        ...     reference = model.cpu()(input_ids=ids).logits
+    """
+    swapped = []
+    names = {type(m).__module__ for m in model.modules() if type(m).__module__.startswith("transformers.models.")}
+    for module in filter(None, (sys.modules.get(name) for name in sorted(names))):
+        for attr, fn in list(vars(module).items()):
+            code = getattr(fn, "__code__", None)
+            if hasattr(fn, "__wrapped__") and code is not None and code.co_filename.endswith("hub_kernels.py"):
+                swapped.append((module, attr, fn))
+                setattr(module, attr, fn.__wrapped__)
+    try:
+        yield len(swapped)
+    finally:
+        for module, attr, fn in reversed(swapped):
+            setattr(module, attr, fn)
+
+
 @torch.no_grad()
 def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int, atol: float = 1e-3) -> float:
-    """Compare the model's training-mode logits on ``device`` with its CPU float32 forward (HF's PyTorch path);
-    ``ValueError`` if they differ (a kernel that ignores ``hidden_act``) or the device path fails. Returns the
-    largest difference. On the CPU both sides take HF's PyTorch path (train and eval mode differ in nothing for
-    Mamba, which has no dropout), so the check passes there unless the training-mode forward is another model."""
+    """Compare the model's training-mode logits on ``device`` with its CPU float32 forward (HF's PyTorch path, also
+    where transformers would call the kernels on CPU tensors: :func:`hf_torch_path`); ``ValueError`` if they differ
+    (a kernel that ignores ``hidden_act``) or the device path fails. Returns the largest difference. On the CPU both
+    sides take HF's PyTorch path (train and eval mode differ in nothing for Mamba, which has no dropout), so the
+    check passes there unless the training-mode forward is another model."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
     was_training = model.training
     cpu = model.to("cpu").float().eval()
-    reference = cpu(input_ids=ids).logits
+    with hf_torch_path(cpu):
+        reference = cpu(input_ids=ids).logits
     model.to(device).train()
     try:
         got = model(input_ids=ids.to(device)).logits.float().cpu()
