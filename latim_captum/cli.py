@@ -576,7 +576,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     if resume is not None:
         # the methods resumed were computed by the earlier command (kept in resumed_from)
         run_meta["resumed_from"] = [*resume["meta"].get("resumed_from", []), resume["meta"].get("command")]
-        run_meta["device"] = ", ".join(dict.fromkeys([resume["meta"].get("device"), device]))
+        run_meta["device"] = ", ".join(dict.fromkeys(d for d in (resume["meta"].get("device"), device) if d))
 
     def write_partial(report: dict) -> None:
         write_report({**report, "meta": run_meta}, args.out, stem)

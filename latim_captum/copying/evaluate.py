@@ -157,7 +157,7 @@ def evaluate_model(
                     f"{report[key]!r} here"
                 )
         # the finished methods first, in their order, then the new ones in the order asked
-        report["methods"] = {name: entry for name, entry in resume["methods"].items()}
+        report["methods"] = dict(resume["methods"])
         report["accuracy"] = resume["accuracy"]  # same weights, same samples: kept as first measured
         report["reconstruction_error"] = resume["reconstruction_error"]
         names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
