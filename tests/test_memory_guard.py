@@ -218,9 +218,18 @@ MEASURE = textwrap.dedent(
 
     model = build({kind!r}, seed=0)
     latim_captum.interactions(model, random_ids(1, 16), method={method!r})  # warm up
-    start = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) * 1024
+
+    def status_kib(field):
+        return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
+
+    try:  # reset the peak (VmHWM) to the present, so the peak read after is the request's (Linux >= 4.0)
+        open("/proc/self/clear_refs", "w").write("5")
+        reset = True
+    except OSError:
+        reset = False  # then the lifetime peak, which an earlier high-water mark (imports) can inflate
+    start = status_kib("VmRSS")
     latim_captum.interactions(model, random_ids(1, 1024), method={method!r})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     sizes = RequestSizes(batch=1, seq=1024, **get_adapter(model).sizes())
     front_end = "alti_logit" if {method!r} == "alti_logit" else "interactions"
     print(json.dumps({{"measured": peak - start, "estimate": estimate(front_end, sizes, layers=2).total}}))
