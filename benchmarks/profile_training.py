@@ -24,6 +24,8 @@ import time
 import torch
 
 TRAINERS = {"copy": "latim_captum.copying.train", "alignment": "latim_captum.alignment.train"}
+#: profiler warm-up steps between the waited and the recorded ones
+_WARMUP = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     rest = [a for a in args.trainer_args if a != "--"]
     cuda = "cuda" in rest
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    schedule = torch.profiler.schedule(wait=args.wait, warmup=2, active=args.active, repeat=1)
+    schedule = torch.profiler.schedule(wait=args.wait, warmup=_WARMUP, active=args.active, repeat=1)
     stamps: list[float] = []
     prof = torch.profiler.profile(activities=activities, schedule=schedule)
     # the trainers call the scheduler once per optimiser step (and once when it is built): the profiler steps there
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         prof.step()
 
     trainer = importlib.import_module(TRAINERS[args.task])
-    steps = args.wait + 2 + args.active + 1
+    steps = args.wait + _WARMUP + args.active + 1
     with tempfile.TemporaryDirectory() as out, prof:
         torch.optim.lr_scheduler.LambdaLR.step = step_and_mark
         try:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             torch.optim.lr_scheduler.LambdaLR.step = original
     # stamps[0] is the scheduler's construction; step k ends at stamps[k]
-    first = 1 + args.wait + 2
+    first = 1 + args.wait + _WARMUP
     active = stamps[first : first + args.active + 1]
     wall_ms = 1e3 * (active[-1] - active[0]) / (len(active) - 1)
     events = prof.key_averages()

@@ -152,7 +152,7 @@ def test_the_device_checks_reference_is_hfs_pytorch_path_even_where_transformers
     import sys
     import types
 
-    import torch.nn.functional as F
+    from transformers.activations import ACT2FN
     from transformers.integrations import hub_kernels
 
     from latim_captum.tasks.models import check_device_forward, hf_torch_path
@@ -162,9 +162,8 @@ def test_the_device_checks_reference_is_hfs_pytorch_path_even_where_transformers
     kernel_calls = []
 
     def torch_conv(hidden_states, weight, bias=None, activation=None, **kwargs):
-        out = F.conv1d(hidden_states, weight.unsqueeze(1), bias, padding=weight.shape[-1] - 1,
-                       groups=hidden_states.shape[1])[..., : hidden_states.shape[-1]]  # fmt: skip
-        return out if activation in (None, "linear") else getattr(F, activation)(out)
+        out = REFERENCE_OPS.conv(hidden_states, weight, bias)
+        return out if activation is None else ACT2FN[activation](out)
 
     def cuda_only_kernel(x, weight, bias=None, activation=None, **kwargs):
         kernel_calls.append(x.device.type)

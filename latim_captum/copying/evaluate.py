@@ -136,7 +136,8 @@ def evaluate_model(
         "task": task.to_dict(),
         "n_samples": n_samples,
         "eval_seed": seed + 1,
-        "accuracy": evaluate_copy(model, task, ids),
+        # a resumed report's: same weights, same samples (measured once, not again)
+        "accuracy": resume["accuracy"] if resume is not None else evaluate_copy(model, task, ids),
         "rows": rows,
         "act": model_act(model),
         "methods": {},
@@ -158,12 +159,10 @@ def evaluate_model(
                 )
         # the finished methods first, in their order, then the new ones in the order asked
         report["methods"] = dict(resume["methods"])
-        report["accuracy"] = resume["accuracy"]  # same weights, same samples: kept as first measured
         report["reconstruction_error"] = resume["reconstruction_error"]
-        names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
     else:
         report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch)
-        names_todo = list(zip(names, resolved))
+    names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
     if on_update is not None:
         on_update(report)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
