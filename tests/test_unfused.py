@@ -208,3 +208,44 @@ def test_the_device_checks_reference_is_hfs_pytorch_path_even_where_transformers
     assert kernel_calls == [], "the reference takes HF's PyTorch path, not the kernel"
     with torch.no_grad(), hf_torch_path(model):
         assert torch.allclose(model.train()(input_ids=ids).logits, reference, atol=1e-5), "the stand-in device side"
+
+
+@pytest.mark.parametrize("before", [None, "tf32"])
+def test_full_fp32_matmuls_sets_and_puts_back(monkeypatch, before):
+    """Inside: TF32 off for PyTorch and Triton; after, even through an error, each setting as it was."""
+    import os
+
+    from latim_captum.tasks.models import full_fp32_matmuls
+
+    if before is None:
+        monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_F32_DEFAULT", before)
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    # cuBLASModule's attributes are properties monkeypatch cannot restore: set and put back here
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with pytest.raises(KeyError), full_fp32_matmuls():
+            assert os.environ["TRITON_F32_DEFAULT"] == "ieee"
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            raise KeyError("inside")
+        assert os.environ.get("TRITON_F32_DEFAULT") == before
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_device_side_of_the_check_runs_in_full_fp32(monkeypatch):
+    """check_device_forward's device forward (train mode) sees full-precision products; its CPU reference does not
+    need them and runs as the process is set."""
+    import os
+
+    from latim_captum.tasks.models import check_device_forward
+
+    monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
+    model = _model("mamba2", "relu").float()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, os.environ.get("TRITON_F32_DEFAULT"))))
+    check_device_forward(model, torch.device("cpu"), seq_len=9)
+    assert seen == [(False, None), (True, "ieee")]
+    assert "TRITON_F32_DEFAULT" not in os.environ

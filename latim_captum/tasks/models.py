@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from collections.abc import Iterator
 
@@ -37,6 +38,7 @@ __all__ = [
     "build_model",
     "check_conv_kernel_layout",
     "check_device_forward",
+    "full_fp32_matmuls",
     "hf_torch_path",
     "prepare_for_kernels_",
 ]
@@ -178,13 +180,43 @@ def hf_torch_path(model: nn.Module) -> Iterator[int]:
             setattr(module, attr, fn)
 
 
+@contextlib.contextmanager
+def full_fp32_matmuls() -> Iterator[None]:
+    """float32 matrix products computed in float32, not TF32, for the duration: PyTorch's (``torch.backends``
+    ``cuda.matmul`` and ``cudnn``) and Triton's (``TRITON_F32_DEFAULT=ieee``, read when a kernel is compiled; Triton's
+    ``tl.dot`` takes float32 inputs as TF32 by default, and mamba-ssm's Mamba-2 chunk scan is Triton). Everything is
+    put back after. A kernel compiled earlier in the process under TF32 may be reused (its cache key may not hold
+    the precision), so a check that needs full precision runs first, as the trainers' does.
+
+    Example:
+        >>> with full_fp32_matmuls():
+        ...     os.environ["TRITON_F32_DEFAULT"], torch.backends.cuda.matmul.allow_tf32
+        ('ieee', False)
+    """
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    env = os.environ.get("TRITON_F32_DEFAULT")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    os.environ["TRITON_F32_DEFAULT"] = "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        if env is None:
+            os.environ.pop("TRITON_F32_DEFAULT", None)
+        else:
+            os.environ["TRITON_F32_DEFAULT"] = env
+
+
 @torch.no_grad()
 def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int, atol: float = 1e-3) -> float:
     """Compare the model's training-mode logits on ``device`` with its CPU float32 forward (HF's PyTorch path, also
     where transformers would call the kernels on CPU tensors: :func:`hf_torch_path`); ``ValueError`` if they differ
     (a kernel that ignores ``hidden_act``) or the device path fails. Returns the largest difference. On the CPU both
     sides take HF's PyTorch path (train and eval mode differ in nothing for Mamba, which has no dropout), so the
-    check passes there unless the training-mode forward is another model."""
+    check passes there unless the training-mode forward is another model. The device side runs with float32
+    products in float32 (:func:`full_fp32_matmuls`): the check asks whether the kernels compute the model, and
+    TF32's 10-bit mantissa (Triton's default for float32 ``tl.dot``, in mamba-ssm's Mamba-2 chunk scan) errs by
+    ~1e-3 of each product, which two layers already carry past ``atol``."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
     was_training = model.training
@@ -193,7 +225,8 @@ def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int
         reference = cpu(input_ids=ids).logits
     model.to(device).train()
     try:
-        got = model(input_ids=ids.to(device)).logits.float().cpu()
+        with full_fp32_matmuls():
+            got = model(input_ids=ids.to(device)).logits.float().cpu()
     except (NotImplementedError, AssertionError, RuntimeError) as err:
         raise ValueError(
             f"the {device} forward of this hidden_act={model.config.hidden_act!r} model fails ({err}); the CUDA "
