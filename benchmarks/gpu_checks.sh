@@ -13,15 +13,16 @@
 #        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   train, then evaluate
-#        there: each seed trains in its own process, for TRAIN_MIN minutes (6.0) or the recipe's steps, then is
-#        evaluated (copy: Table 2, both readings of the rows; alignment: Table 3; METHODS: a subset, in that order) in
-#        what is left of TE_S seconds (540: give the call timeout_s ≥ TE_S + 40); the reports come back as
-#        $OUT/train-eval.tar.xz, the weights and reports stay in ./gpu-models/ (git-ignored) while the machine is
-#        warm; RESUME="copy-mamba1-paper-silu-s1 ..." continues those models' evaluations cut by TE_S beside this
-#        call's training (a train-eval with no seed only resumes). Several seeds
-#        share the GPU by time-slicing (the 2026-12-04 pilot: eight models made about the steps of one alone), so
-#        the recipe's 5,000 steps (6.4 minutes alone on an H100) need one seed per call.
-#        Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py) on the reports
+#        there: each seed trains in its own process, for TRAIN_MIN minutes (6.0) or the recipe's steps, with nothing
+#        else on the GPU; then every evaluation runs (copy: Table 2, both readings of the rows; alignment: Table 3;
+#        METHODS: a subset, in that order) in what is left of TE_S seconds (540: give the call timeout_s >= TE_S + 40).
+#        The reports come back as $OUT/train-eval.tar.xz, each trained folder as $OUT/NAME.tar.part* (WEIGHTS=0: not;
+#        cat them | tar x), and weights and reports stay in ./gpu-models/ (git-ignored) while the machine is warm:
+#        RESUME="copy-mamba1-paper-silu-s1 ..." continues those models' evaluations cut by TE_S, beside this call's
+#        evaluation (a train-eval with no seed only resumes). One seed per call: seeds sharing the GPU time-slice it
+#        (the 2026-12-04 pilot: eight models made about the steps of one alone), and the recipe's 5,000 steps take 6.4
+#        minutes alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py)
+#        on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
 #        curriculum, 7.5 minutes of steps) into ./gpu-models/retrieval-<v>-paper-s<seed> (git-ignored, kept while the
@@ -102,8 +103,23 @@ if [ "$what" = train-eval ]; then
   # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1 (like
   # every step, it sources gpu_env.sh, which installs this checkout, editable, into the python3 on the PATH)
   end=$(( $(date +%s) + ${TE_S:-540} - 20 ))  # 20 s kept for the archive
-  # RESUME="NAME ...": copy models of an earlier call on this warm machine whose evaluation TE_S cut; each goes on
-  # beside this call's training (latim bench copying --resume: only the methods its report lacks), into
+  # the trainings run alone: beside an evaluation on the same GPU, the paper-scale Mamba-1 made 9.6 steps/s against
+  # 13.2 alone (H100, 2026-12-06), so TRAIN_MIN cut it at 4,247 of the recipe's 5,000 steps
+  for seed in "$@"; do
+    name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+    (
+      # shellcheck disable=SC2046
+      timeout $(( end - $(date +%s) )) python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
+        --device "${TE_DEVICE:-cuda}" ${TE_BF16---bf16} --quiet --act "$act" --seed "$seed" \
+        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-6.0}" --out "gpu-models/$name" \
+        > "$out/train-eval/train_$name.log" 2>&1
+      echo "train $name rc=$? $(head -c 300 "gpu-models/$name/metrics.json" 2>/dev/null | tr '\n' ' ')"
+      cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null
+    ) &
+  done
+  wait
+  # then every evaluation at once, in what is left of TE_S. RESUME="NAME ...": copy models of an earlier call on this
+  # warm machine whose evaluation TE_S cut (latim bench copying --resume: only the methods its report lacks), into
   # $out/train-eval/NAME-resumed
   for name in ${RESUME:-}; do
     [ "$task" = copy ] || { echo "RESUME: copy models only"; break; }
@@ -121,16 +137,11 @@ if [ "$what" = train-eval ]; then
   done
   for seed in "$@"; do
     name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+    [ -f "gpu-models/$name/metrics.json" ] || { echo "evaluate $name: no trained model"; continue; }
+    left=$(( end - $(date +%s) ))
+    if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; continue; fi
     (
-      # shellcheck disable=SC2046
-      timeout $(( end - $(date +%s) )) python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
-        --device "${TE_DEVICE:-cuda}" ${TE_BF16---bf16} --quiet --act "$act" --seed "$seed" \
-        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-6.0}" --out "gpu-models/$name" \
-        > "$out/train-eval/train_$name.log" 2>&1
-      echo "train $name rc=$? $(head -c 300 "gpu-models/$name/metrics.json" 2>/dev/null | tr '\n' ' ')"
-      cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null
-      left=$(( end - $(date +%s) ))
-      if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; exit 0; fi
+      # shellcheck disable=SC2086
       PYTHONPATH=$(eval_path "$act") timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" \
         --device "${TE_DEVICE:-cuda}" \
         --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet ${METHODS:+--methods $METHODS} \
@@ -141,8 +152,16 @@ if [ "$what" = train-eval ]; then
     ) &
   done
   wait
-  # few files come back: every report and log in one archive
+  # few files come back: every report and log in one archive; WEIGHTS=1 (the default) also returns each trained
+  # folder as 15 MB parts of a tar (cat them | tar x), so a cut evaluation can be resumed anywhere (8 files come
+  # back in all: one seed's paper-scale weights are 4 parts)
   tar cJf "$out/train-eval.tar.xz" -C "$out" train-eval && rm -rf "$out/train-eval"
+  if [ "${WEIGHTS:-1}" = 1 ]; then
+    for seed in "$@"; do
+      name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+      [ -d "gpu-models/$name" ] && tar c -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
+    done
+  fi
   exit 0
 fi
 if [ "$what" = train-retrieval ]; then
