@@ -31,6 +31,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .._precision import fp32_math
+
 __all__ = [
     "HIDDEN_ACTS",
     "VARIANTS",
@@ -182,25 +184,23 @@ def hf_torch_path(model: nn.Module) -> Iterator[int]:
 
 @contextlib.contextmanager
 def full_fp32_matmuls() -> Iterator[None]:
-    """float32 matrix products computed in float32, not TF32, for the duration: PyTorch's (``torch.backends``
-    ``cuda.matmul`` and ``cudnn``) and Triton's (``TRITON_F32_DEFAULT=ieee``, read when a kernel is compiled; Triton's
-    ``tl.dot`` takes float32 inputs as TF32 by default, and mamba-ssm's Mamba-2 chunk scan is Triton). Everything is
-    put back after. A kernel compiled earlier in the process under TF32 may be reused (its cache key may not hold
-    the precision), so a check that needs full precision runs first, as the trainers' does.
+    """float32 matrix products computed in float32, not TF32, for the duration: PyTorch's
+    (:func:`latim_captum._precision.fp32_math`) and Triton's (``TRITON_F32_DEFAULT=ieee``, read when a kernel is
+    compiled; Triton's ``tl.dot`` takes float32 inputs as TF32 by default, and mamba-ssm's Mamba-2 chunk scan is
+    Triton). Everything is put back after. A kernel compiled earlier in the process under TF32 may be reused (its
+    cache key may not hold the precision), so a check that needs full precision runs first, as the trainers' does.
 
     Example:
         >>> with full_fp32_matmuls():
         ...     os.environ["TRITON_F32_DEFAULT"], torch.backends.cuda.matmul.allow_tf32
         ('ieee', False)
     """
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     env = os.environ.get("TRITON_F32_DEFAULT")
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     os.environ["TRITON_F32_DEFAULT"] = "ieee"
     try:
-        yield
+        with fp32_math():
+            yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
         if env is None:
             os.environ.pop("TRITON_F32_DEFAULT", None)
         else:
