@@ -107,6 +107,7 @@ if [ "$what" = train-eval ]; then
   # 13.2 alone (H100, 2026-12-06), so TRAIN_MIN cut it at 4,247 of the recipe's 5,000 steps
   for seed in "$@"; do
     name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+    rm -rf "gpu-models/$name" "gpu-models/$name.report"  # what is evaluated below is this call's model or none
     (
       # shellcheck disable=SC2046
       timeout $(( end - $(date +%s) )) python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \

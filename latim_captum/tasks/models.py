@@ -216,7 +216,7 @@ def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int
     check passes there unless the training-mode forward is another model. The device side runs with float32
     products in float32 (:func:`full_fp32_matmuls`): the check asks whether the kernels compute the model, and
     TF32's 10-bit mantissa (Triton's default for float32 ``tl.dot``, in mamba-ssm's Mamba-2 chunk scan) errs by
-    ~1e-3 of each product, which two layers already carry past ``atol``."""
+    ~1e-3 of each product, which can carry two layers' logits past ``atol`` (``benchmarks/tf32_chunk_scan.py``)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
     was_training = model.training
