@@ -99,6 +99,7 @@ if [ "$what" = train-eval ]; then
     *) echo "train-eval: task copy or alignment, not '$task'"; exit 2 ;;
   esac
   mkdir -p gpu-models "$out/train-eval"
+  seed_name() { echo "$task-$v-${TE_SCALE:-paper}-$act-s$1"; }  # a seed's folder in gpu-models/ and its files in $OUT
   # TE_SCALE / TE_DEVICE / TE_BF16 (default --bf16; set it empty for none) only for a smoke run of this step on a
   # CPU: TE_SCALE=tiny TE_DEVICE=cpu TE_BF16= bash benchmarks/gpu_checks.sh train-eval copy mamba2 silu 0 1 (like
   # every step, it sources gpu_env.sh, which installs this checkout, editable, into the python3 on the PATH)
@@ -106,7 +107,7 @@ if [ "$what" = train-eval ]; then
   # the trainings run alone: beside an evaluation on the same GPU, the paper-scale Mamba-1 made 9.6 steps/s against
   # 13.2 alone (H100, 2026-12-06), so TRAIN_MIN cut it at 4,247 of the recipe's 5,000 steps
   for seed in "$@"; do
-    name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+    name=$(seed_name "$seed")
     rm -rf "gpu-models/$name" "gpu-models/$name.report"  # what is evaluated below is this call's model or none
     (
       # shellcheck disable=SC2046
@@ -137,7 +138,7 @@ if [ "$what" = train-eval ]; then
     ) &
   done
   for seed in "$@"; do
-    name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+    name=$(seed_name "$seed")
     [ -f "gpu-models/$name/metrics.json" ] || { echo "evaluate $name: no trained model"; continue; }
     left=$(( end - $(date +%s) ))
     if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; continue; fi
@@ -159,7 +160,7 @@ if [ "$what" = train-eval ]; then
   tar cJf "$out/train-eval.tar.xz" -C "$out" train-eval && rm -rf "$out/train-eval"
   if [ "${WEIGHTS:-1}" = 1 ]; then
     for seed in "$@"; do
-      name="$task-$v-${TE_SCALE:-paper}-$act-s$seed"
+      name=$(seed_name "$seed")
       [ -d "gpu-models/$name" ] && tar c -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
     done
   fi
