@@ -14,12 +14,13 @@
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   train, then evaluate
 #        there: each seed trains in its own process, for TRAIN_MIN minutes (6.0) or the recipe's steps, with nothing
-#        else on the GPU; then every evaluation runs (copy: Table 2, both readings of the rows; alignment: Table 3;
-#        METHODS: a subset, in that order) in what is left of TE_S seconds (540: give the call timeout_s >= TE_S + 40).
+#        else on the GPU; then the evaluations run one after another (copy: Table 2, both readings of the rows;
+#        alignment: Table 3; METHODS: a subset, in that order) in what is left of TE_S seconds (540: give the call
+#        timeout_s >= TE_S + 40).
 #        The reports come back as $OUT/train-eval.tar.xz, each trained folder as $OUT/NAME.tar.part* (WEIGHTS=0: not;
 #        cat them | tar x), and weights and reports stay in ./gpu-models/ (git-ignored) while the machine is warm:
-#        RESUME="copy-mamba1-paper-silu-s1 ..." continues those models' evaluations cut by TE_S, beside this call's
-#        evaluation (a train-eval with no seed only resumes). One seed per call: seeds sharing the GPU time-slice it
+#        RESUME="copy-mamba1-paper-silu-s1 ..." continues those models' evaluations cut by TE_S, after this call's
+#        (a train-eval with no seed only resumes). One seed per call: seeds sharing the GPU time-slice it
 #        (the 2026-12-04 pilot: eight models made about the steps of one alone), and the recipe's 5,000 steps take 6.4
 #        minutes alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py)
 #        on the reports
@@ -120,40 +121,41 @@ if [ "$what" = train-eval ]; then
     ) &
   done
   wait
-  # then every evaluation at once, in what is left of TE_S. RESUME="NAME ...": copy models of an earlier call on this
-  # warm machine whose evaluation TE_S cut (latim bench copying --resume: only the methods its report lacks), into
-  # $out/train-eval/NAME-resumed
-  for name in ${RESUME:-}; do
-    [ "$task" = copy ] || { echo "RESUME: copy models only"; break; }
-    rv=${name#copy-}; rv=${rv%%-*}; stem="copying-$rv-${TE_SCALE:-paper}"; ract=${name%-s*}; ract=${ract##*-}
-    (
-      # shellcheck disable=SC2086
-      PYTHONPATH=$(eval_path "$ract") timeout $(( end - $(date +%s) )) python3 benchmarks/copying.py --variant "$rv" \
-        --scale "${TE_SCALE:-paper}" \
-        --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" --resume "gpu-models/$name.report/$stem.json" \
-        --out "$out/train-eval/$name-resumed" --quiet ${METHODS:+--methods $METHODS} \
-        > "$out/train-eval/eval_$name-resumed.log" 2>&1
-      echo "resume $name rc=$?"
-      cp "$out/train-eval/$name-resumed/$stem."* "gpu-models/$name.report/" 2>/dev/null
-    ) &
-  done
+  # then the evaluations, one after another in what is left of TE_S: this call's seeds first, then RESUME="NAME ...",
+  # copy models of an earlier call on this warm machine whose evaluation TE_S cut (latim bench copying --resume: only
+  # the methods its report lacks), into $out/train-eval/NAME-resumed. Side by side they time-slice the GPU: on an
+  # H100 (2026-12-06) a resumed MambaLRP took 48 s against 22 s alone, and the new seed's evaluation beside it wrote
+  # no report in 122 s
   for seed in "$@"; do
     name=$(seed_name "$seed")
     [ -f "gpu-models/$name/metrics.json" ] || { echo "evaluate $name: no trained model"; continue; }
     left=$(( end - $(date +%s) ))
     if [ "$left" -lt 10 ]; then echo "evaluate $name: no time left"; continue; fi
-    (
-      # shellcheck disable=SC2086
-      PYTHONPATH=$(eval_path "$act") timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" \
-        --device "${TE_DEVICE:-cuda}" \
-        --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet ${METHODS:+--methods $METHODS} \
-        > "$out/train-eval/eval_$name.log" 2>&1
-      echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
-      # kept while the machine is warm, for RESUME in the next call
-      rm -rf "gpu-models/$name.report" && cp -r "$out/train-eval/$name" "gpu-models/$name.report"
-    ) &
+    # shellcheck disable=SC2086
+    PYTHONPATH=$(eval_path "$act") timeout "$left" python3 "${evaluate[@]}" --scale "${TE_SCALE:-paper}" \
+      --device "${TE_DEVICE:-cuda}" \
+      --model "gpu-models/$name" --out "$out/train-eval/$name" --quiet ${METHODS:+--methods $METHODS} \
+      > "$out/train-eval/eval_$name.log" 2>&1
+    echo "evaluate $name rc=$? in $(( $(date +%s) + left - end )) s"
+    # kept while the machine is warm, for RESUME in the next call
+    rm -rf "gpu-models/$name.report" && cp -r "$out/train-eval/$name" "gpu-models/$name.report"
   done
-  wait
+  for name in ${RESUME:-}; do
+    [ "$task" = copy ] || { echo "RESUME: copy models only"; break; }
+    rv=${name#copy-}; rv=${rv%%-*}; stem="copying-$rv-${TE_SCALE:-paper}"; ract=${name%-s*}; ract=${ract##*-}
+    left=$(( end - $(date +%s) ))
+    if [ "$left" -lt 10 ]; then echo "resume $name: no time left"; continue; fi
+    # a cut evaluation that wrote no report yet (it writes one after the decomposition errors) starts afresh
+    resume=(); [ -f "gpu-models/$name.report/$stem.json" ] && resume=(--resume "gpu-models/$name.report/$stem.json")
+    # shellcheck disable=SC2086
+    PYTHONPATH=$(eval_path "$ract") timeout "$left" python3 benchmarks/copying.py --variant "$rv" \
+      --scale "${TE_SCALE:-paper}" --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" "${resume[@]}" \
+      --out "$out/train-eval/$name-resumed" --quiet ${METHODS:+--methods $METHODS} \
+      > "$out/train-eval/eval_$name-resumed.log" 2>&1
+    echo "resume $name rc=$? (${resume[*]:-no report: from the start})"
+    mkdir -p "gpu-models/$name.report"
+    cp "$out/train-eval/$name-resumed/$stem."* "gpu-models/$name.report/" 2>/dev/null
+  done
   # few files come back: every report and log in one archive; WEIGHTS=1 (the default) also returns each trained
   # folder as 15 MB parts of a tar (cat them | tar x), so a cut evaluation can be resumed anywhere (8 files come
   # back in all: one seed's paper-scale weights are 4 parts)

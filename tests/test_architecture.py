@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "latim_captum._validation": 2,
     "latim_captum._queries": 2,
     "latim_captum.decompose": 2,
+    "latim_captum.row_sums": 2,
     "latim_captum.aggregate": 2,
     # the engine: traces in, maps out
     "latim_captum.maps": 3,

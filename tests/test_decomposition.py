@@ -38,13 +38,15 @@ def test_hidden_attention_equals_scan(kind):
     [("identity", "linear"), ("silu_gate", "silu"), ("act_gate", "relu"), ("act_gate", "gelu"), ("act_gate", "silu")],
 )
 @pytest.mark.parametrize("use_bias", [False, True])
-def test_exact_strategies_reconstruct_mixer_output(kind, activation, act, use_bias):
-    """Eq 23: Σ_j T_i(x_j) + b_o equals the model's mixer output (exact strategies, batch > 1, odd N, padding)."""
+@pytest.mark.parametrize("backend", ["auto", "ref"])
+def test_exact_strategies_reconstruct_mixer_output(kind, activation, act, use_bias, backend):
+    """Eq 23: Σ_j T_i(x_j) + b_o equals the model's mixer output (exact strategies, batch > 1, odd N, padding), in the
+    error's scan form and as the sum of the materialised vectors."""
     model = build(kind, act=act, seed=5, use_bias=use_bias).double()
     ids = random_ids(3, 7, seed=2)
     mask = left_pad_mask(3, 7, [0, 2, 3])
     err = latim_captum.reconstruction_error(
-        model, ids, attention_mask=mask, activation=activation, dtype=torch.float64
+        model, ids, attention_mask=mask, activation=activation, dtype=torch.float64, backend=backend
     )
     assert err.shape == (2,)
     assert bool((err < EXACT_TOL).all()), f"{activation} on a {act} {kind} model is not exact: {err.tolist()}"

@@ -176,7 +176,9 @@ def evaluate_model(
         },
         "baselines": {"monotone": alignment_error_rate(monotone, sure, possible)},
         "methods": {},
-        "reconstruction_error": reconstruction_errors(model, data.ids.to(device), err_mask.to(device), batch),
+        "reconstruction_error": reconstruction_errors(
+            model, data.ids.to(device), err_mask.to(device), batch, backend=backend
+        ),
         "reconstruction_error_samples": n_samples,
         "backend": backend,
     }

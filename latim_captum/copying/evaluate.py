@@ -161,7 +161,7 @@ def evaluate_model(
         report["methods"] = dict(resume["methods"])
         report["reconstruction_error"] = resume["reconstruction_error"]
     else:
-        report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch)
+        report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch, backend=backend)
     names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
     if on_update is not None:
         on_update(report)

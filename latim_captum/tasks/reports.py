@@ -121,12 +121,17 @@ def resolve_method(name: str):
 
 
 def reconstruction_errors(
-    model: nn.Module, ids: Tensor, attention_mask: Tensor | None = None, batch: int | None = None
+    model: nn.Module,
+    ids: Tensor,
+    attention_mask: Tensor | None = None,
+    batch: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, list[float] | None]:
     """Relative decomposition error per layer (:func:`latim_captum.reconstruction_error`) over every sample of
     ``ids`` for every activation strategy; None for a strategy that refuses the model (``silu_gate`` on a model
     without SiLU). ``batch`` samples at a time (None: all at once) changes the memory, not the number: the squared
-    norms are summed over batches before the ratio."""
+    norms are summed over batches before the ratio. ``backend``: that of
+    :func:`~latim_captum.api.reconstruction_error_terms` (``"ref"``: the materialised vectors' sums)."""
     from ..api import reconstruction_error_terms
 
     step = ids.shape[0] if batch is None else batch
@@ -139,6 +144,7 @@ def reconstruction_errors(
                     ids[start : start + step],
                     activation=act,
                     attention_mask=None if attention_mask is None else attention_mask[start : start + step],
+                    backend=backend,
                 )
                 for start in range(0, ids.shape[0], step)
             ]
