@@ -11,16 +11,17 @@
 #        python benchmarks/copying_seeds.py <the seeds' copying-<v>-paper.json>)
 #   bash benchmarks/gpu_checks.sh train-alignment mamba1|mamba2 [ACT] [SEED]   alignment model (App. B.2 recipe,
 #        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
-#   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders
+#   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders,
+#        cut at TE_S seconds; a second call on the warm machine continues it
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   train, then evaluate
 #        there: each seed trains in its own process, for TRAIN_MIN minutes (6.0) or the recipe's steps, with nothing
 #        else on the GPU; then the evaluations run one after another (copy: Table 2, both readings of the rows;
 #        alignment: Table 3; METHODS: a subset, in that order) in what is left of TE_S seconds (540: give the call
-#        timeout_s >= TE_S + 40).
-#        The reports come back as $OUT/train-eval.tar.xz, each trained folder as $OUT/NAME.tar.part* (WEIGHTS=0: not;
-#        cat them | tar x), and weights and reports stay in ./gpu-models/ (git-ignored) while the machine is warm:
-#        RESUME="copy-mamba1-paper-silu-s1 ..." continues those models' evaluations cut by TE_S, after this call's
-#        (a train-eval with no seed only resumes). One seed per call: seeds sharing the GPU time-slice it
+#        timeout_s >= TE_S + 40). The reports come back as $OUT/train-eval.tar.xz, each trained folder as
+#        $OUT/NAME.tar.part* (WEIGHTS=0: not; cat them | tar x), and weights and reports stay in ./gpu-models/
+#        (git-ignored) while the machine is warm: RESUME="copy-mamba1-paper-silu-s1 alignment-mamba2-paper-silu-s0 ..."
+#        continues those models' evaluations cut by TE_S, after this call's (a train-eval with no seed only resumes).
+#        One seed per call: seeds sharing the GPU time-slice it
 #        (the 2026-12-04 pilot: eight models made about the steps of one alone), and the recipe's 5,000 steps take 6.4
 #        minutes alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or study_seeds.py)
 #        on the reports
@@ -51,10 +52,10 @@
 #        Needs accelerate (a wheel in .whl/ on a bare machine: pip download --no-deps -d .whl accelerate)
 # A model's fp32 weights (54 MB) and the kernels (56 MB) do not fit one carry: train with the kernels, then evaluate
 # in a second call carrying the weights (the evaluation runs on the PyTorch path without them).
-# Activation variants: the kernels apply SiLU or none, so relu trains with --kernels off (HF's PyTorch path: far
-# fewer steps in the same minutes), Mamba-2 linear on the kernels (activation None), Mamba-1 linear with --kernels
-# off (mamba-ssm's fused Mamba-1 training path always applies SiLU); the trainers check the device forward against
-# the PyTorch one before training either way (that reference hides the kernels from transformers 5.17, which calls
+# Activation variants: the fused kernels apply SiLU or none, so relu trains with --kernels unfused (the kernels with
+# the model's activation between them; KERNELS=off: HF's PyTorch path, far fewer steps in the same minutes), Mamba-2
+# linear on the kernels (activation None), Mamba-1 linear with --kernels unfused (mamba-ssm's fused Mamba-1 training
+# path always applies SiLU); the trainers check the device forward against the PyTorch one before training either way (that reference hides the kernels from transformers 5.17, which calls
 # them on CPU tensors: latim_captum.tasks.models.hf_torch_path). relu / linear models are evaluated with the kernels
 # off the PYTHONPATH (eval_path).
 set -u
@@ -63,11 +64,14 @@ out=${OUT:-./gpu-out}; mkdir -p "$out"
 # shellcheck disable=SC1091
 source benchmarks/gpu_env.sh > "$out/env.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-# --kernels off where the kernels cannot compute the activation (see the header); KERNELS=unfused (or any
-# --kernels value) instead: the unfused kernels with the model's own activation (latim_captum.tasks.unfused)
+# KERNELS=off|unfused|auto overrides the choice below (latim_captum.tasks.unfused)
+# the trainers' kernels for a conv activation the fused kernels cannot apply (ReLU; Mamba-1 without activation): the
+# unfused kernels with the model's activation between them (their CUDA test passed for every case on an H100,
+# 2026-12-06, in full float32; the trainer checks them against HF's PyTorch path before training), where HF's
+# PyTorch path (KERNELS=off) takes 2-4 s a step at the copy task's paper scale
 kernel_flags() { # variant act
   if [ -n "${KERNELS:-}" ]; then echo "--kernels $KERNELS"
-  elif [ "$2" = relu ] || { [ "$2" = linear ] && [ "$1" = mamba1 ]; }; then echo "--kernels off"; fi
+  elif [ "$2" = relu ] || { [ "$2" = linear ] && [ "$1" = mamba1 ]; }; then echo "--kernels unfused"; fi
 }
 # the PYTHONPATH an evaluation of a model with this conv activation runs under: HF hands the kernels the config's
 # activation name, which they refuse for relu and linear ("activation must be None, silu, or swish") on CUDA, so
@@ -122,8 +126,8 @@ if [ "$what" = train-eval ]; then
   done
   wait
   # then the evaluations, one after another in what is left of TE_S: this call's seeds first, then RESUME="NAME ...",
-  # copy models of an earlier call on this warm machine whose evaluation TE_S cut (latim bench copying --resume: only
-  # the methods its report lacks), into $out/train-eval/NAME-resumed. Side by side they time-slice the GPU: on an
+  # models of an earlier call on this warm machine whose evaluation TE_S cut (latim bench copying|alignment --resume:
+  # only the methods its report lacks), into $out/train-eval/NAME-resumed. Side by side they time-slice the GPU: on an
   # H100 (2026-12-06) a resumed MambaLRP took 48 s against 22 s alone, and the new seed's evaluation beside it wrote
   # no report in 122 s
   for seed in "$@"; do
@@ -141,14 +145,19 @@ if [ "$what" = train-eval ]; then
     rm -rf "gpu-models/$name.report" && cp -r "$out/train-eval/$name" "gpu-models/$name.report"
   done
   for name in ${RESUME:-}; do
-    [ "$task" = copy ] || { echo "RESUME: copy models only"; break; }
-    rv=${name#copy-}; rv=${rv%%-*}; stem="copying-$rv-${TE_SCALE:-paper}"; ract=${name%-s*}; ract=${ract##*-}
+    rtask=${name%%-*}; rv=${name#"$rtask"-}; rv=${rv%%-*}; ract=${name%-s*}; ract=${ract##*-}
+    case "$rtask" in
+      copy) stem="copying-$rv-${TE_SCALE:-paper}"; script=(benchmarks/copying.py --variant "$rv") ;;
+      alignment) stem="alignment-$rv-${TE_SCALE:-paper}"; script=(benchmarks/alignment.py) ;;
+      *) echo "resume $name: a copy-* or alignment-* model, not '$rtask'"; continue ;;
+    esac
+    [ -f "gpu-models/$name/config.json" ] || { echo "resume $name: no model in gpu-models/"; continue; }
     left=$(( end - $(date +%s) ))
     if [ "$left" -lt 10 ]; then echo "resume $name: no time left"; continue; fi
     # a cut evaluation that wrote no report yet (it writes one after the decomposition errors) starts afresh
     resume=(); [ -f "gpu-models/$name.report/$stem.json" ] && resume=(--resume "gpu-models/$name.report/$stem.json")
     # shellcheck disable=SC2086
-    PYTHONPATH=$(eval_path "$ract") timeout "$left" python3 benchmarks/copying.py --variant "$rv" \
+    PYTHONPATH=$(eval_path "$ract") timeout "$left" python3 "${script[@]}" \
       --scale "${TE_SCALE:-paper}" --device "${TE_DEVICE:-cuda}" --model "gpu-models/$name" "${resume[@]}" \
       --out "$out/train-eval/$name-resumed" --quiet ${METHODS:+--methods $METHODS} \
       > "$out/train-eval/eval_$name-resumed.log" 2>&1
@@ -192,10 +201,22 @@ if [ "$what" = retrieval ]; then
   exit 0
 fi
 if [ "$what" = alignment ]; then
+  # Table 3 of trained folders (gpu-models/alignment-<v>-paper-<act>-s<seed>, kept on the warm machine by train-eval)
+  # in at most TE_S seconds (540), keeping the rows any earlier evaluation of them finished: this step's own report of
+  # the same folders if a call of it was cut, else each folder's train-eval report (DIR.report/)
   shift
-  python3 benchmarks/alignment.py --scale paper --device cuda --model "$@" --out "$out/align" --quiet \
-    > "$out/alignment.log" 2>&1
-  echo "alignment rc=$?"; head -40 "$out"/align/alignment-*paper.md 2>/dev/null || tail -5 "$out/alignment.log"
+  kept="gpu-models/$(for d in "$@"; do basename "$d"; done | paste -sd+).table3"
+  resume=(); for f in "$kept"/alignment-*.json; do [ -f "$f" ] && resume=("$f"); done
+  if [ ${#resume[@]} = 0 ]; then
+    for d in "$@"; do for f in "$d.report"/alignment-*.json; do [ -f "$f" ] && resume+=("$f"); done; done
+  fi
+  rargs=(); [ ${#resume[@]} -gt 0 ] && rargs=(--resume "${resume[@]}")
+  # shellcheck disable=SC2086
+  timeout "${TE_S:-540}" python3 benchmarks/alignment.py --scale "${TE_SCALE:-paper}" --device "${TE_DEVICE:-cuda}" \
+    --model "$@" "${rargs[@]}" --out "$out/align" --quiet ${METHODS:+--methods $METHODS} > "$out/alignment.log" 2>&1
+  echo "alignment rc=$? (resumed: ${resume[*]:-nothing})"
+  mkdir -p "$kept" && cp "$out"/align/alignment-*.* "$kept/" 2>/dev/null
+  head -40 "$out"/align/alignment-*.md 2>/dev/null || tail -5 "$out/alignment.log"
   exit 0
 fi
 if [ "$what" = activations ]; then

@@ -516,21 +516,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed_report(path: str, run_meta: dict) -> dict:
-    """The copying report ``--resume`` names, checked to be of the same weights and training run."""
+def _read_resume(path: str, bench: str, key: str) -> dict:
+    """The report ``--resume`` names: a ``latim bench <bench>`` .json, with its ``key`` (``methods`` or ``models``)."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"--resume {path}: cannot read a report there ({err})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("methods"), dict) or "meta" not in report:
-        raise ValueError(f"--resume {path}: not a copying report (latim bench copying's .json)")
-    theirs = report["meta"].get("weights")
-    if theirs is None:
-        raise ValueError(f"--resume {path}: the report has no weights fingerprint (written before --resume existed)")
-    if theirs != run_meta["weights"]:
-        raise ValueError(f"--resume {path}: the report is of other weights than --model ({theirs} vs "
-                         f"{run_meta['weights']})")  # fmt: skip
+    if not isinstance(report, dict) or not isinstance(report.get(key), dict) or "meta" not in report:
+        raise ValueError(f"--resume {path}: not a report of latim bench {bench} (its .json)")
     return report
+
+
+def _check_resumed_weights(path: str, theirs: dict, run_meta: dict) -> None:
+    """A resumed report's model (``theirs``: its meta) must be ``--model``: same weights' fingerprint."""
+    if theirs.get("weights") is None:
+        raise ValueError(f"--resume {path}: the report has no weights fingerprint (written before --resume existed)")
+    if theirs["weights"] != run_meta["weights"]:
+        raise ValueError(f"--resume {path}: the report is of other weights than --model ({theirs['weights']} vs "
+                         f"{run_meta['weights']})")  # fmt: skip
+
+
+def _resumed_report(path: str, run_meta: dict) -> dict:
+    """The copying report ``--resume`` names, checked to be of the same weights."""
+    report = _read_resume(path, "copying", "methods")
+    _check_resumed_weights(path, report["meta"], run_meta)
+    return report
+
+
+def _resumed_meta(meta: dict, resumed: Sequence[dict], device: str) -> None:
+    """Record in ``meta`` (this run's) the commands that computed the resumed rows (``resumed``: their reports'
+    metas) and every device they ran on, this run's last."""
+    meta["resumed_from"] = [c for r in resumed for c in (*r.get("resumed_from", []), r.get("command"))]
+    meta["device"] = ", ".join(dict.fromkeys(d for d in (*(r.get("device") for r in resumed), device) if d))
 
 
 def cmd_bench_copying(args: argparse.Namespace) -> int:
@@ -573,10 +590,8 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
         "weights": weights_fingerprint(model),  # what --resume checks
     }
     resume = _resumed_report(args.resume, run_meta) if args.resume else None
-    if resume is not None:
-        # the methods resumed were computed by the earlier command (kept in resumed_from)
-        run_meta["resumed_from"] = [*resume["meta"].get("resumed_from", []), resume["meta"].get("command")]
-        run_meta["device"] = ", ".join(dict.fromkeys(d for d in (resume["meta"].get("device"), device) if d))
+    if resume is not None:  # the methods resumed were computed by the earlier command (kept in resumed_from)
+        _resumed_meta(run_meta, [resume["meta"]], device)
 
     def write_partial(report: dict) -> None:
         write_report({**report, "meta": run_meta}, args.out, stem)
@@ -683,6 +698,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     from .alignment import train as trainer
     from .alignment.data import AlignmentTask
     from .alignment.evaluate import evaluate_model, render_markdown, write_report
+    from .dataset import weights_fingerprint
 
     _quiet_transformers()
     paths, variants, loaded, stem = _task_models(args, "alignment", trainer, "runs/alignment-{variant}-paper")
@@ -695,6 +711,21 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     command += ["--ties", args.ties] if args.ties != "first" else []
     command += _model_choice_flags(args, "alignment")
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
+    resumed: dict[str, tuple[str, dict]] = {}  # variant -> (the report file, its model's report)
+    resumed_metas = []
+    for path in args.resume or []:
+        report = _read_resume(path, "alignment", "models")
+        resumed_metas.append(report["meta"])
+        for variant, entry in report["models"].items():
+            if variant not in variants:
+                raise ValueError(f"--resume {path}: the report holds {variant}, which this run does not score (give "
+                                 "its --model too)")  # fmt: skip
+            if variant in resumed:
+                raise ValueError(f"--resume: {variant} is in two reports ({resumed[variant][0]} and {path})")
+            resumed[variant] = (path, entry)
+    if resumed_metas:  # the methods resumed were computed by the earlier commands (kept in resumed_from)
+        _resumed_meta(suite["meta"], resumed_metas, device)
+    runs = []  # every model's meta and resumed report: the weights are checked before any work
     for path, variant, (model, _, meta) in zip(paths, variants, loaded):
         run_meta = {
             "model": str(path),
@@ -702,7 +733,14 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
             "steps": meta.get("steps"),
             "train_device": meta.get("device"),
             "train_eval_token_acc": meta.get("eval_token_acc"),
+            "weights": weights_fingerprint(model),  # what --resume checks
         }
+        # a model no resumed report holds (its run was cut before it) starts afresh
+        source, resume = resumed.get(variant, (None, None))
+        if resume is not None:
+            _check_resumed_weights(source, resume.get("meta", {}), run_meta)
+        runs.append((variant, model, meta, run_meta, resume))
+    for variant, model, meta, run_meta, resume in runs:
 
         def write_partial(report: dict, variant: str = variant, run_meta: dict = run_meta) -> None:
             suite["models"][variant] = {**report, "meta": run_meta}
@@ -721,6 +759,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
             ties=args.ties,
             quiet=args.quiet,
             on_update=write_partial,
+            resume=resume,
         )
         write_partial(report)
     json_path, md_path = write_report(suite, args.out, stem)
@@ -1020,6 +1059,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     align.add_argument("--ties", choices=["first", "all"], default="first", help="tied maxima: first or all")
     align.add_argument("--out", default="latim-bench", help=_BENCH_OUT_HELP.format(files=".md and .json"))
+    align.add_argument(
+        "--resume",
+        nargs="+",
+        default=None,
+        metavar="REPORT",
+        help="reports of these models left by runs cut short (their .json; one per model, or one of several): keep "
+        "each model's accuracy, decomposition errors and finished methods, run only what it lacks (the weights' "
+        "fingerprints must match)",
+    )
     align.add_argument("--quiet", action="store_true", help="no progress bars")
     align.set_defaults(func=cmd_bench_alignment)
 

@@ -532,3 +532,80 @@ def test_an_unknown_method_fails_before_any_work():
     with pytest.raises(ValueError, match="unknown method 'alti_logti'"):
         ev.evaluate_model(model, task, n_samples=2, methods=["l2", "alti_logti"], quiet=True, on_update=updates.append)
     assert updates == []
+
+
+def test_bench_alignment_resume_runs_only_what_each_model_lacks(tmp_path, capsys):
+    """``--resume`` continues a suite cut short: a model's finished methods are kept as they were (not recomputed),
+    its missing ones and a model the cut run never reached are computed as a fresh run computes them; another
+    model's report, other pairs, a model left out and a file that is no alignment report are refused by name."""
+    import json
+
+    from latim_captum.cli import main
+
+    runs = tmp_path / "runs"
+    models = [str(runs / f"alignment-{v}-tiny") for v in ("mamba1", "mamba2")]
+
+    def bench(out, *extra, model=models, n="3"):
+        argv = ["bench", "alignment", "--model", *model, "--n-samples", n, "--out", str(tmp_path / out), "--quiet"]
+        return main([*argv, *extra])
+
+    def suite(out):
+        return json.loads((tmp_path / out / "alignment-tiny.json").read_text())
+
+    def suite_of(out, variant="mamba2"):  # a run of one model
+        return json.loads((tmp_path / out / f"alignment-{variant}-tiny.json").read_text())
+
+    argv = ["bench", "alignment", "--variant", "mamba1", "mamba2", "--train-steps", "2", "--train-out", str(runs),
+            "--n-samples", "3", "--methods", "l2", "--out", str(tmp_path / "trained"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert bench("cut", "--methods", "l2") == 0
+    cut = suite("cut")
+    reached_one = {**cut, "models": {"mamba1": cut["models"]["mamba1"]}}  # cut before the second model
+    (tmp_path / "one.json").write_text(json.dumps(reached_one))
+    assert bench("fresh", "--methods", "alti_logit") == 0
+    fresh = suite("fresh")
+
+    assert bench("resumed", "--methods", "l2", "alti_logit", "--resume", str(tmp_path / "one.json")) == 0
+    resumed = suite("resumed")
+    assert resumed["meta"]["resumed_from"] == [cut["meta"]["command"]]
+    first = resumed["models"]["mamba1"]
+    assert list(first["methods"]) == ["l2", "alti_logit"]
+    assert first["methods"]["l2"] == cut["models"]["mamba1"]["methods"]["l2"], "a finished method is kept, seconds too"
+    assert first["accuracy"] == cut["models"]["mamba1"]["accuracy"]
+    for variant in ("mamba1", "mamba2"):
+        model = resumed["models"][variant]
+        assert (
+            model["methods"]["alti_logit"]["readings"] == fresh["models"][variant]["methods"]["alti_logit"]["readings"]
+        )
+    assert (
+        resumed["models"]["mamba2"]["methods"]["l2"]["readings"]
+        == cut["models"]["mamba2"]["methods"]["l2"]["readings"]
+    )
+    capsys.readouterr()
+
+    whole = str(tmp_path / "cut" / "alignment-tiny.json")
+    other = {**cut, "models": {**cut["models"], "mamba2": {**cut["models"]["mamba2"], "meta": {
+        **cut["models"]["mamba2"]["meta"], "weights": cut["models"]["mamba1"]["meta"]["weights"]}}}}  # fmt: skip
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert bench("x1", "--methods", "alti", "--resume", str(tmp_path / "other.json")) == 2
+    assert "other weights" in capsys.readouterr().err
+    refused = tmp_path / "x1"
+    assert not refused.exists() or not any(refused.iterdir()), "the weights are checked before any model is scored"
+    assert bench("x2", "--methods", "alti", "--resume", whole, n="2") == 2
+    assert "differs from this run in n_samples" in capsys.readouterr().err
+    assert bench("x3", "--methods", "alti", "--resume", whole, model=models[1:]) == 2
+    assert "holds mamba1, which this run does not score" in capsys.readouterr().err
+    # one report per model (two cut runs of one model each) resume together; a model in two of them is refused
+    assert bench("m2", "--methods", "l2", model=models[1:]) == 0
+    per_model = [str(tmp_path / "one.json"), str(tmp_path / "m2" / "alignment-mamba2-tiny.json")]
+    assert bench("merged", "--methods", "l2", "--resume", *per_model) == 0
+    merged = suite("merged")
+    assert merged["meta"]["resumed_from"] == [cut["meta"]["command"], suite_of("m2")["meta"]["command"]]
+    for variant, source in (("mamba1", reached_one), ("mamba2", suite_of("m2"))):
+        assert merged["models"][variant]["methods"] == source["models"][variant]["methods"], "nothing left to run"
+    assert bench("x5", "--methods", "l2", "--resume", whole, per_model[1]) == 2
+    assert "mamba2 is in two reports" in capsys.readouterr().err
+    copying = tmp_path / "copying.json"
+    copying.write_text(json.dumps({"meta": {}, "methods": {}}))
+    assert bench("x4", "--methods", "alti", "--resume", str(copying)) == 2
+    assert "not a report of latim bench alignment" in capsys.readouterr().err

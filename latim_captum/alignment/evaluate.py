@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..tasks.reports import model_act, progress, reconstruction_errors, resolve_method, variant_of
+from ..tasks.reports import check_resume, model_act, progress, reconstruction_errors, resolve_method, variant_of
 from ..tasks.reports import write_report as _write_report
 from .data import AlignmentTask
 from .metrics import ROWS, alignment_error_rate, batch_alignments, gold_of, monotone_alignment
@@ -37,6 +37,7 @@ from .train import evaluate_translation
 
 __all__ = [
     "DEFAULT_METHODS",
+    "RESUME_KEYS",
     "PAPER_MODELS",
     "PAPER_TABLE3",
     "evaluate_model",
@@ -109,6 +110,8 @@ PAPER_TABLE3: dict[str, dict] = {
     },
 }
 _PAPER_DATASETS = ("GoldAlign DE→EN", "IWSLT17 DE→EN", "IWSLT17 FR→EN")
+#: what a report to resume must share with the run that resumes it (the weights are the caller's check)
+RESUME_KEYS: tuple[str, ...] = ("variant", "n_layers", "task", "n_samples", "eval_seed", "act", "extraction")
 
 
 def evaluate_model(
@@ -125,6 +128,7 @@ def evaluate_model(
     ties: str = "first",
     quiet: bool = False,
     on_update: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> dict:
     """Accuracy, AER of each method in both readings of the rows, and decomposition error of a translation model.
 
@@ -140,6 +144,10 @@ def evaluate_model(
         backend: LaTIM's path (``"auto"``, ``"ref"``, ``"fast"``, ``"triton"``: same maps).
         sink, ties: hard-alignment extraction (:func:`~.metrics.extract_alignment`).
         on_update: called with the report so far after the decomposition errors and after every method.
+        resume: the report such a cut run left, of *this* model (the caller checks the weights: ``latim bench
+            alignment --resume`` compares their fingerprints): its accuracy, decomposition errors and finished
+            methods are kept, and only the methods it lacks run. ``ValueError`` when it was computed on other pairs,
+            task, extraction or model shape (:data:`RESUME_KEYS`).
 
     Returns:
         A dict with ``variant``, ``accuracy``, ``extraction``, ``gold`` (link counts), ``baselines`` (the monotone
@@ -166,7 +174,8 @@ def evaluate_model(
         "task": task.to_dict(),
         "n_samples": n_samples,
         "eval_seed": seed + 1,
-        "accuracy": evaluate_translation(model, data),
+        # a resumed report's: same weights, same pairs (measured once, not again)
+        "accuracy": resume["accuracy"] if resume is not None else evaluate_translation(model, data),
         "extraction": {"sink": sink, "ties": ties, "readings": list(ROWS)},
         "gold": {
             "source_words": int(data.source_lengths.sum()),
@@ -176,16 +185,23 @@ def evaluate_model(
         },
         "baselines": {"monotone": alignment_error_rate(monotone, sure, possible)},
         "methods": {},
-        "reconstruction_error": reconstruction_errors(
-            model, data.ids.to(device), err_mask.to(device), batch, backend=backend
-        ),
         "reconstruction_error_samples": n_samples,
         "backend": backend,
     }
+    if resume is not None:
+        check_resume(resume, report, RESUME_KEYS)
+        # the finished methods first, in their order, then the new ones in the order asked
+        report["methods"] = dict(resume["methods"])
+        report["reconstruction_error"] = resume["reconstruction_error"]
+    else:
+        report["reconstruction_error"] = reconstruction_errors(
+            model, data.ids.to(device), err_mask.to(device), batch, backend=backend
+        )
+    names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
     if on_update is not None:
         on_update(report)
     cap = DEFAULT_MAX_SEQUENCES if max_sequences is None else max_sequences
-    for name, method in zip(progress(names, "methods", quiet), resolved):
+    for name, method in progress(names_todo, "methods", quiet):
         t0 = time.time()
         # found[reading][layer] = hard alignments of every sample (one "layer" for an aggregated method)
         found: dict[str, list[list]] = {r: [] for r in ROWS}

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,15 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..tasks.reports import load_model_dir, model_act, progress, reconstruction_errors, resolve_method, variant_of
+from ..tasks.reports import (
+    check_resume,
+    load_model_dir,
+    model_act,
+    progress,
+    reconstruction_errors,
+    resolve_method,
+    variant_of,
+)
 from ..tasks.reports import write_report as _write_report
 from .data import CopyTask
 from .metrics import MODEL_FREE, ROWS, faithfulness, model_free_maps
@@ -32,6 +39,7 @@ from .train import evaluate_copy
 
 __all__ = [
     "PAPER_LAYER",
+    "RESUME_KEYS",
     "PAPER_TABLE2",
     "evaluate_model",
     "load_model_dir",
@@ -151,12 +159,7 @@ def evaluate_model(
         for name, label in MODEL_FREE.items()
     }
     if resume is not None:
-        for key in RESUME_KEYS:
-            if json.dumps(resume.get(key), sort_keys=True) != json.dumps(report[key], sort_keys=True):
-                raise ValueError(
-                    f"the report to resume differs from this run in {key}: {resume.get(key)!r} there, "
-                    f"{report[key]!r} here"
-                )
+        check_resume(resume, report, RESUME_KEYS)
         # the finished methods first, in their order, then the new ones in the order asked
         report["methods"] = dict(resume["methods"])
         report["reconstruction_error"] = resume["reconstruction_error"]

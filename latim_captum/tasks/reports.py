@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from ..methods import METHOD_REGISTRY, Method, latim_map_fn
 
 __all__ = [
     "StrategyMethod",
+    "check_resume",
     "exact_strategy",
     "load_model_dir",
     "model_act",
@@ -155,6 +156,17 @@ def reconstruction_errors(
         squared_norm = torch.stack([norm for _, norm in terms]).sum(0)
         out[act] = [float(e) for e in squared_error.sqrt() / squared_norm.sqrt()]
     return out
+
+
+def check_resume(resume: dict, report: dict, keys: Sequence[str]) -> None:
+    """Refuse to continue ``resume`` (a report a cut run left) as ``report`` (this run's, before any method) unless
+    they share every one of ``keys`` (samples, task, model shape, readings: what a method's numbers depend on besides
+    the weights, which the caller checks). ``ValueError`` names the first key that differs."""
+    for key in keys:
+        if json.dumps(resume.get(key), sort_keys=True) != json.dumps(report[key], sort_keys=True):
+            raise ValueError(
+                f"the report to resume differs from this run in {key}: {resume.get(key)!r} there, {report[key]!r} here"
+            )
 
 
 def write_report(report: dict, out_dir: str | Path, stem: str, render: Callable[[dict], str]) -> tuple[Path, Path]:
