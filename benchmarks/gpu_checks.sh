@@ -205,7 +205,8 @@ if [ "$what" = alignment ]; then
   # in at most TE_S seconds (540), keeping the rows any earlier evaluation of them finished: this step's own report of
   # the same folders if a call of it was cut, else each folder's train-eval report (DIR.report/)
   shift
-  kept="gpu-models/$(for d in "$@"; do basename "$d"; done | paste -sd+).table3"
+  dirs=(); for d in "$@"; do dirs+=("${d%/}"); done; set -- "${dirs[@]}"  # DIR/ would look for DIR/.report
+  kept="gpu-models/$(for d in "$@"; do basename "$d"; done | sort | paste -sd+).table3"
   resume=(); for f in "$kept"/alignment-*.json; do [ -f "$f" ] && resume=("$f"); done
   if [ ${#resume[@]} = 0 ]; then
     for d in "$@"; do for f in "$d.report"/alignment-*.json; do [ -f "$f" ] && resume+=("$f"); done; done

@@ -16,9 +16,7 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -28,7 +26,7 @@ from latim_captum.api import reconstruction_error_terms
 from latim_captum.bench_speed import timed
 from latim_captum.copying.train import PRESETS
 from latim_captum.tasks.models import build_model
-from latim_captum.tasks.reports import ACTIVATIONS
+from latim_captum.tasks.reports import ACTIVATIONS, write_report
 
 #: errors below this are float32 rounding (an exact strategy)
 EXACT = 1e-4
@@ -122,12 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({q['ref_total_s'] / q['scan_total_s']:.0f}×) | {q['forward_s']:.3f} s | {q['trace_s']:.2f} s | "
             f"{q['l2_maps_s']:.2f} s |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"reconstruction-error-{'cuda' if args.device.startswith('cuda') else 'cpu'}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / stem}.json and .md")
+    json_path, md_path = write_report(report, args.out, stem, lambda _: "\n".join(lines) + "\n")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

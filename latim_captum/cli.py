@@ -546,7 +546,8 @@ def _resumed_report(path: str, run_meta: dict) -> dict:
 def _resumed_meta(meta: dict, resumed: Sequence[dict], device: str) -> None:
     """Record in ``meta`` (this run's) the commands that computed the resumed rows (``resumed``: their reports'
     metas) and every device they ran on, this run's last."""
-    meta["resumed_from"] = [c for r in resumed for c in (*r.get("resumed_from", []), r.get("command"))]
+    commands = (c for r in resumed for c in (*r.get("resumed_from", []), r.get("command")))
+    meta["resumed_from"] = [c for c in commands if c]
     meta["device"] = ", ".join(dict.fromkeys(d for d in (*(r.get("device") for r in resumed), device) if d))
 
 
@@ -697,10 +698,12 @@ def _model_choice_flags(args: argparse.Namespace, task: str) -> list[str]:
 def cmd_bench_alignment(args: argparse.Namespace) -> int:
     from .alignment import train as trainer
     from .alignment.data import AlignmentTask
-    from .alignment.evaluate import evaluate_model, render_markdown, write_report
+    from .alignment.evaluate import RESUME_KEYS, evaluate_model, render_markdown, resume_keys, write_report
     from .dataset import weights_fingerprint
+    from .tasks.reports import check_resume
 
     _quiet_transformers()
+    to_resume = [(path, _read_resume(path, "alignment", "models")) for path in args.resume or []]  # before training
     paths, variants, loaded, stem = _task_models(args, "alignment", trainer, "runs/alignment-{variant}-paper")
     device = device_name(args.device)
     command = ["latim bench alignment", "--scale", args.scale, "--device", args.device]
@@ -712,20 +715,16 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     command += _model_choice_flags(args, "alignment")
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     resumed: dict[str, tuple[str, dict]] = {}  # variant -> (the report file, its model's report)
-    resumed_metas = []
-    for path in args.resume or []:
-        report = _read_resume(path, "alignment", "models")
-        resumed_metas.append(report["meta"])
+    for path, report in to_resume:
         for variant, entry in report["models"].items():
             if variant not in variants:
-                raise ValueError(f"--resume {path}: the report holds {variant}, which this run does not score (give "
-                                 "its --model too)")  # fmt: skip
+                raise ValueError(f"--resume {path}: the report holds {variant}, which this run does not score")
             if variant in resumed:
                 raise ValueError(f"--resume: {variant} is in two reports ({resumed[variant][0]} and {path})")
             resumed[variant] = (path, entry)
-    if resumed_metas:  # the methods resumed were computed by the earlier commands (kept in resumed_from)
-        _resumed_meta(suite["meta"], resumed_metas, device)
-    runs = []  # every model's meta and resumed report: the weights are checked before any work
+    if to_resume:  # the methods resumed were computed by the earlier commands (kept in resumed_from)
+        _resumed_meta(suite["meta"], [report["meta"] for _, report in to_resume], device)
+    runs = []  # every model's meta and resumed report, checked before any work
     for path, variant, (model, _, meta) in zip(paths, variants, loaded):
         run_meta = {
             "model": str(path),
@@ -735,21 +734,32 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
             "train_eval_token_acc": meta.get("eval_token_acc"),
             "weights": weights_fingerprint(model),  # what --resume checks
         }
+        task = AlignmentTask(**meta["task"]) if "task" in meta else AlignmentTask()
+        n_samples = args.n_samples if args.n_samples is not None else meta.get("n_eval", 128)
         # a model no resumed report holds (its run was cut before it) starts afresh
         source, resume = resumed.get(variant, (None, None))
         if resume is not None:
             _check_resumed_weights(source, resume.get("meta", {}), run_meta)
-        runs.append((variant, model, meta, run_meta, resume))
-    for variant, model, meta, run_meta, resume in runs:
+            keys = resume_keys(model, task, n_samples=n_samples, seed=int(meta.get("seed", 0)), sink=not args.no_sink,
+                               ties=args.ties)  # fmt: skip
+            try:
+                check_resume(resume, keys, RESUME_KEYS)
+            except ValueError as err:
+                raise ValueError(f"--resume {source}, {variant}: {err}") from None
+            # a run cut before this model still holds its resumed rows
+            suite["models"][variant] = {**resume, "meta": {**resume.get("meta", {}), **run_meta}}
+        runs.append((variant, model, task, n_samples, meta, run_meta, resume))
+    for variant, model, task, n_samples, meta, run_meta, resume in runs:
 
         def write_partial(report: dict, variant: str = variant, run_meta: dict = run_meta) -> None:
             suite["models"][variant] = {**report, "meta": run_meta}
+            suite["models"] = {v: suite["models"][v] for v in variants if v in suite["models"]}  # in run order
             write_report(suite, args.out, stem)
 
         report = evaluate_model(
             model.to(args.device),
-            AlignmentTask(**meta["task"]) if "task" in meta else AlignmentTask(),
-            n_samples=args.n_samples if args.n_samples is not None else meta.get("n_eval", 128),
+            task,
+            n_samples=n_samples,
             seed=int(meta.get("seed", 0)),
             methods=args.methods,
             batch=args.batch,
@@ -806,6 +816,7 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
 
         def write_partial(report: dict, variant: str = variant, run_meta: dict = run_meta) -> None:
             suite["models"][variant] = {**report, "meta": run_meta}
+            suite["models"] = {v: suite["models"][v] for v in variants if v in suite["models"]}  # in run order
             write_report(suite, args.out, stem)
 
         report = evaluate_model(

@@ -593,6 +593,8 @@ def test_bench_alignment_resume_runs_only_what_each_model_lacks(tmp_path, capsys
     assert not refused.exists() or not any(refused.iterdir()), "the weights are checked before any model is scored"
     assert bench("x2", "--methods", "alti", "--resume", whole, n="2") == 2
     assert "differs from this run in n_samples" in capsys.readouterr().err
+    refused = tmp_path / "x2"
+    assert not refused.exists() or not any(refused.iterdir()), "the settings are checked before any model is scored"
     assert bench("x3", "--methods", "alti", "--resume", whole, model=models[1:]) == 2
     assert "holds mamba1, which this run does not score" in capsys.readouterr().err
     # one report per model (two cut runs of one model each) resume together; a model in two of them is refused
@@ -609,3 +611,42 @@ def test_bench_alignment_resume_runs_only_what_each_model_lacks(tmp_path, capsys
     copying.write_text(json.dumps({"meta": {}, "methods": {}}))
     assert bench("x4", "--methods", "alti", "--resume", str(copying)) == 2
     assert "not a report of latim bench alignment" in capsys.readouterr().err
+
+
+def test_bench_alignment_cut_during_one_model_keeps_the_others_resumed_rows(tmp_path, monkeypatch, capsys):
+    """A resumed run cut while it scores its first model still writes the second model's resumed rows (the next
+    --resume of its report must not score that model again), in run order; the report on disk is whole."""
+    import json
+
+    import latim_captum.alignment.evaluate as ev
+    from latim_captum.cli import main
+
+    runs = tmp_path / "runs"
+    argv = ["bench", "alignment", "--variant", "mamba1", "mamba2", "--train-steps", "2", "--train-out", str(runs),
+            "--n-samples", "3", "--methods", "l2", "--out", str(tmp_path / "first"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "first" / "alignment-tiny.json").read_text())
+    only_second = {**first, "models": {"mamba2": first["models"]["mamba2"]}}
+    (tmp_path / "second.json").write_text(json.dumps(only_second))
+    real = ev.evaluate_model
+
+    def cut_after_the_errors(model, task, **kwargs):
+        update = kwargs["on_update"]
+
+        def update_then_stop(report):
+            update(report)
+            raise RuntimeError("time limit")
+
+        return real(model, task, **{**kwargs, "on_update": update_then_stop})
+
+    monkeypatch.setattr(ev, "evaluate_model", cut_after_the_errors)
+    models = [str(runs / f"alignment-{v}-tiny") for v in ("mamba1", "mamba2")]
+    argv = ["bench", "alignment", "--model", *models, "--n-samples", "3", "--methods", "l2", "alti",
+            "--resume", str(tmp_path / "second.json"), "--out", str(tmp_path / "cut"), "--quiet"]  # fmt: skip
+    assert main(argv) != 0
+    assert "time limit" in capsys.readouterr().err
+    cut = json.loads((tmp_path / "cut" / "alignment-tiny.json").read_text())
+    assert list(cut["models"]) == ["mamba1", "mamba2"], "the second model's resumed rows, in run order"
+    assert cut["models"]["mamba2"]["methods"] == first["models"]["mamba2"]["methods"]
+    assert cut["models"]["mamba1"]["methods"] == {}, "cut after the first model's decomposition errors"
+    assert not list((tmp_path / "cut").glob("*.partial")), "no half-written file is left"

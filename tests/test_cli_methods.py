@@ -278,6 +278,10 @@ def test_copying_resume_runs_only_the_missing_methods(tmp_path, capsys):
     assert resumed["methods"]["alti"]["by_rows"] == fresh["by_rows"]
     assert resumed["accuracy"] == first["accuracy"]
     assert resumed["meta"]["resumed_from"] == [first["meta"]["command"]]
+    assert resumed["backend"] == "auto"
+    # the record names every path the rows came from
+    assert bench("by-ref", "--methods", "l2", "alti", "--resume", cut, "--backend", "ref") == 0
+    assert report("by-ref")["backend"] == "auto, ref"
     capsys.readouterr()
 
     assert bench("other", "--methods", "alti", "--resume", cut, variant="mamba1") == 2

@@ -29,7 +29,15 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
-from ..tasks.reports import check_resume, model_act, progress, reconstruction_errors, resolve_method, variant_of
+from ..tasks.reports import (
+    check_resume,
+    model_act,
+    progress,
+    reconstruction_errors,
+    resolve_method,
+    resumed_backend,
+    variant_of,
+)
 from ..tasks.reports import write_report as _write_report
 from .data import AlignmentTask
 from .metrics import ROWS, alignment_error_rate, batch_alignments, gold_of, monotone_alignment
@@ -42,6 +50,7 @@ __all__ = [
     "PAPER_TABLE3",
     "evaluate_model",
     "paper_cells",
+    "resume_keys",
     "paper_table3_markdown",
     "render_markdown",
     "table3_markdown",
@@ -114,6 +123,20 @@ _PAPER_DATASETS = ("GoldAlign DE→EN", "IWSLT17 DE→EN", "IWSLT17 FR→EN")
 RESUME_KEYS: tuple[str, ...] = ("variant", "n_layers", "task", "n_samples", "eval_seed", "act", "extraction")
 
 
+def resume_keys(model: nn.Module, task: AlignmentTask, *, n_samples: int, seed: int, sink: bool, ties: str) -> dict:
+    """The fields of :data:`RESUME_KEYS` a run of :func:`evaluate_model` with these settings records: what a report
+    it resumes must share (``latim bench alignment --resume`` checks every model's before any work)."""
+    return {
+        "variant": variant_of(model),
+        "act": model_act(model),
+        "n_layers": get_adapter(model).n_layers,
+        "task": task.to_dict(),
+        "n_samples": n_samples,
+        "eval_seed": seed + 1,
+        "extraction": {"sink": sink, "ties": ties, "readings": list(ROWS)},
+    }
+
+
 def evaluate_model(
     model: nn.Module,
     task: AlignmentTask,
@@ -160,23 +183,15 @@ def evaluate_model(
 
     names = list(methods or DEFAULT_METHODS)
     resolved = [resolve_method(name) for name in names]  # an unknown name fails before any work or report
-    variant = variant_of(model)
-    n_layers = get_adapter(model).n_layers
     device = next(model.parameters()).device
     data = task.encode(task.pairs(n_samples, seed + 1))
     sure, possible = gold_of(data)
     err_mask = torch.arange(data.ids.shape[1])[None] < data.lengths[:, None]
     monotone = [monotone_alignment(len(p.source), len(p.target)) for p in data.pairs]
     report: dict = {
-        "variant": variant,
-        "act": model_act(model),
-        "n_layers": n_layers,
-        "task": task.to_dict(),
-        "n_samples": n_samples,
-        "eval_seed": seed + 1,
+        **resume_keys(model, task, n_samples=n_samples, seed=seed, sink=sink, ties=ties),
         # a resumed report's: same weights, same pairs (measured once, not again)
         "accuracy": resume["accuracy"] if resume is not None else evaluate_translation(model, data),
-        "extraction": {"sink": sink, "ties": ties, "readings": list(ROWS)},
         "gold": {
             "source_words": int(data.source_lengths.sum()),
             "target_words": int(data.target_lengths.sum()),
@@ -190,6 +205,7 @@ def evaluate_model(
     }
     if resume is not None:
         check_resume(resume, report, RESUME_KEYS)
+        report["backend"] = resumed_backend(resume, backend)
         # the finished methods first, in their order, then the new ones in the order asked
         report["methods"] = dict(resume["methods"])
         report["reconstruction_error"] = resume["reconstruction_error"]

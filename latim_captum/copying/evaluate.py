@@ -30,6 +30,7 @@ from ..tasks.reports import (
     progress,
     reconstruction_errors,
     resolve_method,
+    resumed_backend,
     variant_of,
 )
 from ..tasks.reports import write_report as _write_report
@@ -160,6 +161,7 @@ def evaluate_model(
     }
     if resume is not None:
         check_resume(resume, report, RESUME_KEYS)
+        report["backend"] = resumed_backend(resume, backend)
         # the finished methods first, in their order, then the new ones in the order asked
         report["methods"] = dict(resume["methods"])
         report["reconstruction_error"] = resume["reconstruction_error"]

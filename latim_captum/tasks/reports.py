@@ -26,6 +26,7 @@ from ..methods import METHOD_REGISTRY, Method, latim_map_fn
 __all__ = [
     "StrategyMethod",
     "check_resume",
+    "resumed_backend",
     "exact_strategy",
     "load_model_dir",
     "model_act",
@@ -169,11 +170,20 @@ def check_resume(resume: dict, report: dict, keys: Sequence[str]) -> None:
             )
 
 
+def resumed_backend(resume: dict, backend: str) -> str:
+    """The ``backend`` a resumed report records: every path its rows came from, the resumed ones first (the paths
+    give the same maps; the record says how they were made)."""
+    return ", ".join(dict.fromkeys(b for b in (resume.get("backend"), backend) if b))
+
+
 def write_report(report: dict, out_dir: str | Path, stem: str, render: Callable[[dict], str]) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` (``render(report)``) under ``out_dir``; returns both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(render(report))
+    # each file whole or not at all: a run killed by a time limit mid-write must leave a report --resume can read
+    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, render(report))):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        partial.replace(path)
     return json_path, md_path
