@@ -55,9 +55,10 @@
 # Activation variants: the fused kernels apply SiLU or none, so relu trains with --kernels unfused (the kernels with
 # the model's activation between them; KERNELS=off: HF's PyTorch path, far fewer steps in the same minutes), Mamba-2
 # linear on the kernels (activation None), Mamba-1 linear with --kernels unfused (mamba-ssm's fused Mamba-1 training
-# path always applies SiLU); the trainers check the device forward against the PyTorch one before training either way (that reference hides the kernels from transformers 5.17, which calls
-# them on CPU tensors: latim_captum.tasks.models.hf_torch_path). relu / linear models are evaluated with the kernels
-# off the PYTHONPATH (eval_path).
+# path always applies SiLU); the trainers check the device forward against the PyTorch one before training either way
+# (that reference hides the kernels from transformers 5.17, which calls them on CPU tensors:
+# latim_captum.tasks.models.hf_torch_path). relu / linear models are evaluated with the kernels off the PYTHONPATH
+# (eval_path).
 set -u
 what=${1:-all}; bench_s=${2:-300}
 out=${OUT:-./gpu-out}; mkdir -p "$out"

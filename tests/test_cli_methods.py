@@ -282,6 +282,9 @@ def test_copying_resume_runs_only_the_missing_methods(tmp_path, capsys):
     # the record names every path the rows came from
     assert bench("by-ref", "--methods", "l2", "alti", "--resume", cut, "--backend", "ref") == 0
     assert report("by-ref")["backend"] == "auto, ref"
+    by_ref = str(tmp_path / "by-ref" / "copying-mamba2-tiny.json")
+    assert bench("again", "--methods", "l2", "alti", "--resume", by_ref, "--backend", "ref") == 0
+    assert report("again")["backend"] == "auto, ref", "each path once"
     capsys.readouterr()
 
     assert bench("other", "--methods", "alti", "--resume", cut, variant="mamba1") == 2

@@ -172,8 +172,9 @@ def check_resume(resume: dict, report: dict, keys: Sequence[str]) -> None:
 
 def resumed_backend(resume: dict, backend: str) -> str:
     """The ``backend`` a resumed report records: every path its rows came from, the resumed ones first (the paths
-    give the same maps; the record says how they were made)."""
-    return ", ".join(dict.fromkeys(b for b in (resume.get("backend"), backend) if b))
+    give the same maps; the record says how they were made). A report resumed twice lists each path once."""
+    earlier = (resume.get("backend") or "").split(", ")
+    return ", ".join(dict.fromkeys(b for b in (*earlier, backend) if b))
 
 
 def write_report(report: dict, out_dir: str | Path, stem: str, render: Callable[[dict], str]) -> tuple[Path, Path]:
