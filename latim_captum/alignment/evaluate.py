@@ -30,12 +30,11 @@ from torch import nn
 
 from ..adapters import get_adapter
 from ..tasks.reports import (
-    check_resume,
     model_act,
     progress,
     reconstruction_errors,
     resolve_method,
-    resumed_backend,
+    resume_into,
     variant_of,
 )
 from ..tasks.reports import write_report as _write_report
@@ -203,13 +202,7 @@ def evaluate_model(
         "reconstruction_error_samples": n_samples,
         "backend": backend,
     }
-    if resume is not None:
-        check_resume(resume, report, RESUME_KEYS)
-        report["backend"] = resumed_backend(resume, backend)
-        # the finished methods first, in their order, then the new ones in the order asked
-        report["methods"] = dict(resume["methods"])
-        report["reconstruction_error"] = resume["reconstruction_error"]
-    else:
+    if not resume_into(report, resume, RESUME_KEYS):
         report["reconstruction_error"] = reconstruction_errors(
             model, data.ids.to(device), err_mask.to(device), batch, backend=backend
         )

@@ -24,13 +24,12 @@ from torch import nn
 
 from ..adapters import get_adapter
 from ..tasks.reports import (
-    check_resume,
     load_model_dir,
     model_act,
     progress,
     reconstruction_errors,
     resolve_method,
-    resumed_backend,
+    resume_into,
     variant_of,
 )
 from ..tasks.reports import write_report as _write_report
@@ -159,13 +158,7 @@ def evaluate_model(
         name: {"label": label, "by_rows": {r: faithfulness(free[name], task.length, rows=r) for r in ROWS}}
         for name, label in MODEL_FREE.items()
     }
-    if resume is not None:
-        check_resume(resume, report, RESUME_KEYS)
-        report["backend"] = resumed_backend(resume, backend)
-        # the finished methods first, in their order, then the new ones in the order asked
-        report["methods"] = dict(resume["methods"])
-        report["reconstruction_error"] = resume["reconstruction_error"]
-    else:
+    if not resume_into(report, resume, RESUME_KEYS):
         report["reconstruction_error"] = reconstruction_errors(model, ids.to(device), batch=batch, backend=backend)
     names_todo = [(n, m) for n, m in zip(names, resolved) if n not in report["methods"]]
     if on_update is not None:

@@ -26,6 +26,7 @@ from ..methods import METHOD_REGISTRY, Method, latim_map_fn
 __all__ = [
     "StrategyMethod",
     "check_resume",
+    "resume_into",
     "resumed_backend",
     "exact_strategy",
     "load_model_dir",
@@ -175,6 +176,19 @@ def resumed_backend(resume: dict, backend: str) -> str:
     give the same maps; the record says how they were made). A report resumed twice lists each path once."""
     earlier = (resume.get("backend") or "").split(", ")
     return ", ".join(dict.fromkeys(b for b in (*earlier, backend) if b))
+
+
+def resume_into(report: dict, resume: dict | None, keys: Sequence[str]) -> bool:
+    """Continue ``resume`` (a report a cut run left; None: nothing to continue) in ``report``, this run's before any
+    method: :func:`check_resume` on ``keys``, then its finished methods (first, in their order), its decomposition
+    errors and :func:`resumed_backend`. Returns whether it did, so the caller measures the errors only otherwise."""
+    if resume is None:
+        return False
+    check_resume(resume, report, keys)
+    report["backend"] = resumed_backend(resume, report["backend"])
+    report["methods"] = dict(resume["methods"])
+    report["reconstruction_error"] = resume["reconstruction_error"]
+    return True
 
 
 def write_report(report: dict, out_dir: str | Path, stem: str, render: Callable[[dict], str]) -> tuple[Path, Path]:
