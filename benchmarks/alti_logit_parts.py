@@ -1,0 +1,206 @@
+"""Which part of ALTI-Logit an activation strategy moves: the layers' logit terms Δ or the rollout R below them.
+
+ALTI-Logit (eq 8) is ``C = diag(u · x^{(0)}) + Σ_l Δ^{(l)} R^{(l-1)}``: each layer's logit terms
+``Δ^{(l)}_{ik} = T^{(l)}_i(x_k) · u_i`` carried to the input tokens by the ALTI rollout ``R^{(l-1)}`` of the layers
+below. Both are built from the contribution vectors ``T^{(l)}_i(x_k)``, so both depend on the activation strategy
+``f`` (eq 19). This script computes, on trained copy models, ALTI-Logit with Δ from one strategy and R from another
+(the paper's ``silu`` and the exact ``silu_gate``, all four pairings) and scores each map on the copy task (Table 2's
+AUC / AP / R@K, both readings of the rows), aggregated and per layer (``Δ^{(l)} R^{(l-1)}``). A pairing that uses
+one strategy throughout is checked against :func:`latim_captum.maps.all_layers.alti_logit` before it is scored.
+
+Writes ``<stem>.{md,json}`` under ``--out``.
+
+Usage (repository root, models from ``gpu_checks.sh train-eval``)::
+
+    python benchmarks/alti_logit_parts.py --model gpu-models/copy-mamba2-paper-silu-s{0,1,2} --samples 32 \\
+        --out benchmarks/results --stem alti-logit-parts-copy-mamba2-paper-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import latim_captum
+from latim_captum._environment import device_name
+from latim_captum.aggregate import through
+from latim_captum.api import reconstruction_error_terms
+from latim_captum.copying.data import CopyTask
+from latim_captum.copying.metrics import ROWS, faithfulness
+from latim_captum.maps.all_layers import alti_logit, logit_terms
+from latim_captum.maps.layer import layer_maps
+from latim_captum.methods import next_token_targets
+from latim_captum.tasks.reports import load_model_dir, variant_of, write_report
+
+#: the paper's strategy and the exact one
+STRATEGIES = ("silu", "silu_gate")
+#: (strategy of Δ, strategy of R): the paper's, the exact one, and the two mixtures
+PAIRINGS = (("silu", "silu"), ("silu_gate", "silu_gate"), ("silu", "silu_gate"), ("silu_gate", "silu"))
+#: a pairing of one strategy reproduces alti_logit to this relative error (float32 sums in another order)
+SAME_PATH_RTOL = 1e-4
+
+
+def pairing_name(pair: tuple[str, str]) -> str:
+    return f"Δ {pair[0]}, R {pair[1]}"
+
+
+def layer_parts(tr, targets: torch.Tensor) -> dict:
+    """Every layer's Δ^{(l)} and ALTI map ``P^{(l)}`` (``[B, L, N, N]`` each) under both strategies:
+    ``{"logit": {act: ...}, "alti": {act: ...}}``, and ``"direct"``: the embedding's own term ``u_i · x_i^{(0)}``
+    (``[B, N]``)."""
+    direction, _, _ = logit_terms(tr.readout, targets, None)
+    u = direction * tr.readout.norm_scale[..., None]  # [B, N, D]
+    out: dict = {"logit": {}, "alti": {}}
+    for act in STRATEGIES:
+        maps = [layer_maps(layer, act, ("alti", "logit"), projection=u) for layer in tr.layers]
+        for measure in ("logit", "alti"):
+            out[measure][act] = torch.stack([m[measure] for m in maps], dim=1)
+    out["direct"] = (u * tr.embeddings).sum(-1)
+    return out
+
+
+def terms(deltas: torch.Tensor, alti_maps: torch.Tensor) -> torch.Tensor:
+    """``[B, L, N, N]`` per-layer terms ``Δ^{(l)} R^{(l-1)}`` of eq 8, with ``R^{(0)} = I`` and
+    ``R^{(l)} = P^{(l)} R^{(l-1)}``."""
+    bsz, n_layers, n, _ = deltas.shape
+    flow = torch.eye(n, dtype=deltas.dtype).expand(bsz, n, n)
+    out = []
+    for layer in range(n_layers):
+        out.append(through(deltas[:, layer], flow))
+        flow = through(alti_maps[:, layer], flow)
+    return torch.stack(out, dim=1)
+
+
+def aggregate(direct: torch.Tensor, layer_terms: torch.Tensor) -> torch.Tensor:
+    """Eq 8: ``diag(u · x^{(0)}) + Σ_l Δ^{(l)} R^{(l-1)}``."""
+    return torch.diag_embed(direct) + layer_terms.sum(1)
+
+
+def swapped_rollout(parts: dict, layer: int) -> torch.Tensor:
+    """The exact strategy's ALTI maps with layer ``layer``'s from the paper's ``silu``."""
+    maps = parts["alti"]["silu_gate"].clone()
+    maps[:, layer] = parts["alti"]["silu"][:, layer]
+    return maps
+
+
+def check_same_path(tr, targets: torch.Tensor, parts: dict) -> None:
+    """The one-strategy pairings against the library's ALTI-Logit; a mismatch stops the run (a wrong map scored)."""
+    for act in STRATEGIES:
+        mine = aggregate(parts["direct"], terms(parts["logit"][act], parts["alti"][act]))
+        lib = alti_logit(tr, targets, activation=act).scores
+        err = float((mine - lib).abs().max() / lib.abs().max())
+        if err > SAME_PATH_RTOL:
+            raise RuntimeError(f"{act}: the pairing's ALTI-Logit is {err:.1e} (relative) from alti_logit")
+
+
+def study_model(path: Path, n_samples: int, batch: int) -> dict:
+    model, _, meta = load_model_dir(path)
+    task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
+    seed = meta.get("seed", 0)
+    ids = task.sample(max(n_samples, 128), seed + 1)[:n_samples]  # the copying report's held-out strings
+    chunks: list[dict] = []
+    err2 = norm2 = 0.0
+    for start in range(0, n_samples, batch):
+        part_ids = ids[start : start + batch]
+        tr = latim_captum.trace(model, part_ids)
+        targets = next_token_targets(part_ids)
+        got = layer_parts(tr, targets)
+        check_same_path(tr, targets, got)
+        chunks.append(got)
+        e2, n2 = reconstruction_error_terms(tr, activation="silu")
+        err2, norm2 = err2 + e2, norm2 + n2
+        print(f"{path.name}: {min(start + batch, n_samples)}/{n_samples}", file=sys.stderr, flush=True)
+    parts = {
+        "direct": torch.cat([c["direct"] for c in chunks]),
+        **{m: {act: torch.cat([c[m][act] for c in chunks]) for act in STRATEGIES} for m in ("logit", "alti")},
+    }
+    n_layers = parts["logit"]["silu"].shape[1]
+
+    def scored(maps: torch.Tensor) -> dict:
+        return {r: faithfulness(maps, task.length, rows=r) for r in ROWS}
+
+    result: dict = {"model": str(path), "variant": variant_of(model), "seed": seed, "steps": meta.get("steps"),
+                    "n_samples": n_samples, "pairings": [], "one_layer_silu_rollout": [],
+                    "silu_decomposition_error": (err2 / norm2).sqrt().tolist()}  # fmt: skip
+    for d_act, r_act in PAIRINGS:
+        layer_terms = terms(parts["logit"][d_act], parts["alti"][r_act])
+        result["pairings"].append({
+            "delta": d_act, "rollout": r_act,
+            "aggregate": scored(aggregate(parts["direct"], layer_terms)),
+            "layers": [scored(layer_terms[:, layer]) for layer in range(n_layers)],
+        })  # fmt: skip
+    # the exact strategy throughout but for one layer's ALTI map: which layer's rollout step carries the error
+    for layer in range(n_layers - 1):  # the top layer's ALTI map is read by no term
+        layer_terms = terms(parts["logit"]["silu_gate"], swapped_rollout(parts, layer))
+        swapped = aggregate(parts["direct"], layer_terms)
+        result["one_layer_silu_rollout"].append({"layer": layer + 1, **scored(swapped)})
+    return result
+
+
+def _cell(m: dict) -> str:
+    return f"{m['auc']:.2f} / {m['ap']:.2f} / {m['recall_at_k']:.2f}"
+
+
+def render(report: dict) -> str:
+    lines = [
+        "# ALTI-Logit's parts under two activation strategies (copy task)",
+        "",
+        f"- command: `{report['command']}`",
+        f"- device: {report['device']}; {report['models'][0]['n_samples']} held-out strings per model (the first of "
+        "the copying report's)",
+        "- Δ: each layer's logit terms `T_i(x_k) · u_i`; R: the ALTI rollout of the layers below; a pairing takes Δ "
+        "from one strategy and R from the other. Cells: AUC / AP / R@K",
+        "",
+    ]
+    for model in report["models"]:
+        lines += [f"## {model['model']} ({model['variant']}, seed {model['seed']}, {model['steps']} steps)", ""]
+        lines += ["| Pairing | aggregated, predict rows | aggregated, hold rows |", "| --- | --- | --- |"]
+        for p in model["pairings"]:
+            name = pairing_name((p["delta"], p["rollout"]))
+            lines.append(f"| {name} | {_cell(p['aggregate']['predict'])} | {_cell(p['aggregate']['hold'])} |")
+        n_layers = len(model["pairings"][0]["layers"])
+        lines += ["", "Per-layer terms Δ^(l) R^(l-1), AUC on the predict rows:", ""]
+        lines.append("| Pairing | " + " | ".join(f"layer {i + 1}" for i in range(n_layers)) + " |")
+        lines.append("| --- |" + " --- |" * n_layers)
+        for p in model["pairings"]:
+            cells = " | ".join(f"{m['predict']['auc']:.2f}" for m in p["layers"])
+            lines.append(f"| {pairing_name((p['delta'], p['rollout']))} | {cells} |")
+        swaps = model["one_layer_silu_rollout"]
+        lines += ["", "Δ and R from `silu_gate` but for one layer's ALTI map in R, from `silu` (aggregated; AUC "
+                  "predict / hold):", ""]  # fmt: skip
+        lines.append("| " + " | ".join(f"layer {s['layer']}" for s in swaps) + " |")
+        lines.append("|" + " --- |" * len(swaps))
+        lines.append("| " + " | ".join(f"{s['predict']['auc']:.2f} / {s['hold']['auc']:.2f}" for s in swaps) + " |")
+        errors = ", ".join(f"{e:.2f}" for e in model["silu_decomposition_error"])
+        lines += ["", f"`silu`'s decomposition error, layers 1 to {n_layers} (Table 5's metric, these strings): "
+                  f"{errors}", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", required=True, help="trained copy model folders")
+    parser.add_argument("--samples", type=int, default=32, help="held-out strings per model (default 32)")
+    parser.add_argument("--batch", type=int, default=8, help="strings per trace")
+    parser.add_argument("--out", default="latim-bench", help="folder for the .md and .json")
+    parser.add_argument("--stem", default="alti-logit-parts", help="file name stem")
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.batch < 1:
+        parser.error("--samples and --batch must be positive")
+    torch.set_grad_enabled(False)
+    report = {
+        "command": "python benchmarks/alti_logit_parts.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": device_name("cpu"),
+        "torch": torch.__version__,
+        "models": [study_model(Path(p), args.samples, args.batch) for p in args.model],
+    }
+    js, md = write_report(report, args.out, args.stem, render)
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""benchmarks/alti_logit_parts.py: its pairings of one strategy score what the method table's ALTI-Logit scores,
+and its one-layer rollout swap is the mixed pairing where one layer's ALTI map is all R reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latim_captum import reconstruction_error
+from latim_captum.copying.data import CopyTask
+from latim_captum.copying.metrics import ROWS, faithfulness
+from latim_captum.methods import get_method
+from latim_captum.models import copy_model_path
+from latim_captum.tasks.reports import load_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("alti_logit_parts", ROOT / "benchmarks" / "alti_logit_parts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_pairings_match_the_method_table(tmp_path, variant):
+    path = copy_model_path(variant)
+    n = 3
+    assert _script().main(["--model", str(path), "--samples", str(n), "--batch", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "alti-logit-parts.json").read_text())
+    (model_report,) = report["models"]
+    pairings = {(p["delta"], p["rollout"]): p for p in model_report["pairings"]}
+    assert len(pairings) == 4
+
+    model, _, meta = load_model_dir(path)
+    task = CopyTask(**meta["task"])
+    ids = task.sample(128, meta.get("seed", 0) + 1)[:n]
+    for act, name in (("silu", "alti_logit"), ("silu_gate", "alti_logit_silu_gate")):
+        maps = get_method(name)(model, ids).float()
+        for rows in ROWS:
+            want = faithfulness(maps, task.length, rows=rows)
+            got = pairings[(act, act)]["aggregate"][rows]
+            for key in ("auc", "ap", "recall_at_k"):
+                assert got[key] == pytest.approx(want[key], abs=1e-6), (act, rows, key)
+
+    # the embedded models have 2 layers: R is read only through layer 1's ALTI map, so swapping that one map to
+    # silu is the pairing (Δ silu_gate, R silu)
+    (swap,) = model_report["one_layer_silu_rollout"]
+    assert swap["layer"] == 1
+    for rows in ROWS:
+        assert swap[rows] == pairings[("silu_gate", "silu")]["aggregate"][rows]
+    # batched 2 + 1 in the script, whole here: the squared sums add up to the same dataset error
+    want_error = reconstruction_error(model, ids, activation="silu")
+    assert model_report["silu_decomposition_error"] == pytest.approx(want_error.tolist(), rel=1e-5)
+    md = (tmp_path / "alti-logit-parts.md").read_text()
+    assert "Δ silu, R silu_gate" in md and f"{n} held-out strings" in md
+
+
+def test_terms_roll_out_the_layers_below():
+    script = _script()
+    gen = torch.Generator().manual_seed(0)
+    deltas = torch.randn(2, 3, 4, 4, generator=gen)
+    maps = torch.rand(2, 3, 4, 4, generator=gen)
+    got = script.terms(deltas, maps)
+    assert torch.allclose(got[:, 0], deltas[:, 0])
+    assert torch.allclose(got[:, 1], deltas[:, 1] @ maps[:, 0])
+    assert torch.allclose(got[:, 2], deltas[:, 2] @ maps[:, 1] @ maps[:, 0])
