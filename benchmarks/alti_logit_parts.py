@@ -190,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.samples < 1 or args.batch < 1:
         parser.error("--samples and --batch must be positive")
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled(False): main() may run inside another program (the tests)
+        models = [study_model(Path(p), args.samples, args.batch) for p in args.model]
     report = {
         "command": "python benchmarks/alti_logit_parts.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": device_name("cpu"),
         "torch": torch.__version__,
-        "models": [study_model(Path(p), args.samples, args.batch) for p in args.model],
+        "models": models,
     }
     js, md = write_report(report, args.out, args.stem, render)
     print(f"wrote {js} and {md}")

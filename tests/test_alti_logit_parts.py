@@ -32,6 +32,7 @@ def test_pairings_match_the_method_table(tmp_path, variant):
     path = copy_model_path(variant)
     n = 3
     assert _script().main(["--model", str(path), "--samples", str(n), "--batch", "2", "--out", str(tmp_path)]) == 0
+    assert torch.is_grad_enabled()  # the script's main leaves the caller's autograd state alone
     report = json.loads((tmp_path / "alti-logit-parts.json").read_text())
     (model_report,) = report["models"]
     pairings = {(p["delta"], p["rollout"]): p for p in model_report["pairings"]}
