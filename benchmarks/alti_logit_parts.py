@@ -7,6 +7,8 @@ below. Both are built from the contribution vectors ``T^{(l)}_i(x_k)``, so both 
 (the paper's ``silu`` and the exact ``silu_gate``, all four pairings) and scores each map on the copy task (Table 2's
 AUC / AP / R@K, both readings of the rows), aggregated and per layer (``Δ^{(l)} R^{(l-1)}``). A pairing that uses
 one strategy throughout is checked against :func:`latim_captum.maps.all_layers.alti_logit` before it is scored.
+Then one layer at a time: one strategy throughout but for that layer's ALTI map in R, from the other (both ways),
+which says whether one rollout step carries the difference; and ``silu``'s decomposition error per layer.
 
 Writes ``<stem>.{md,json}`` under ``--out``.
 
@@ -55,6 +57,7 @@ def layer_parts(tr, targets: torch.Tensor) -> dict:
     u = direction * tr.readout.norm_scale[..., None]  # [B, N, D]
     out: dict = {"logit": {}, "alti": {}}
     for act in STRATEGIES:
+        # no embedding columns: the copy models are HF Mamba / Mamba-2 (variant_of refuses anything else)
         maps = [layer_maps(layer, act, ("alti", "logit"), projection=u) for layer in tr.layers]
         for measure in ("logit", "alti"):
             out[measure][act] = torch.stack([m[measure] for m in maps], dim=1)
@@ -79,11 +82,16 @@ def aggregate(direct: torch.Tensor, layer_terms: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(direct) + layer_terms.sum(1)
 
 
-def swapped_rollout(parts: dict, layer: int) -> torch.Tensor:
-    """The exact strategy's ALTI maps with layer ``layer``'s from the paper's ``silu``."""
-    maps = parts["alti"]["silu_gate"].clone()
-    maps[:, layer] = parts["alti"]["silu"][:, layer]
+def swapped_rollout(parts: dict, layer: int, base: str, swap: str) -> torch.Tensor:
+    """``[B, L, N, N]`` ALTI maps from strategy ``base`` but for layer ``layer``'s (0-based), from ``swap``."""
+    maps = parts["alti"][base].clone()
+    maps[:, layer] = parts["alti"][swap][:, layer]
     return maps
+
+
+#: the one-layer swaps: (key in the report, strategy of Δ and of the other layers' ALTI maps, strategy of the swapped
+#: layer's map): does one layer's rollout step carry the paper's strategy's loss, and does mending it alone recover it
+SWAPS = (("one_layer_silu_rollout", "silu_gate", "silu"), ("one_layer_exact_rollout", "silu", "silu_gate"))
 
 
 def check_same_path(tr, targets: torch.Tensor, parts: dict) -> None:
@@ -98,6 +106,7 @@ def check_same_path(tr, targets: torch.Tensor, parts: dict) -> None:
 
 def study_model(path: Path, n_samples: int, batch: int) -> dict:
     model, _, meta = load_model_dir(path)
+    variant = variant_of(model)  # before any work: HF Mamba / Mamba-2 copy models only
     task = CopyTask(**meta["task"]) if "task" in meta else CopyTask()
     seed = meta.get("seed", 0)
     ids = task.sample(max(n_samples, 128), seed + 1)[:n_samples]  # the copying report's held-out strings
@@ -122,8 +131,8 @@ def study_model(path: Path, n_samples: int, batch: int) -> dict:
     def scored(maps: torch.Tensor) -> dict:
         return {r: faithfulness(maps, task.length, rows=r) for r in ROWS}
 
-    result: dict = {"model": str(path), "variant": variant_of(model), "seed": seed, "steps": meta.get("steps"),
-                    "n_samples": n_samples, "pairings": [], "one_layer_silu_rollout": [],
+    result: dict = {"model": str(path), "variant": variant, "seed": seed, "steps": meta.get("steps"),
+                    "n_samples": n_samples, "pairings": [], **{key: [] for key, _, _ in SWAPS},
                     "silu_decomposition_error": (err2 / norm2).sqrt().tolist()}  # fmt: skip
     for d_act, r_act in PAIRINGS:
         layer_terms = terms(parts["logit"][d_act], parts["alti"][r_act])
@@ -132,11 +141,10 @@ def study_model(path: Path, n_samples: int, batch: int) -> dict:
             "aggregate": scored(aggregate(parts["direct"], layer_terms)),
             "layers": [scored(layer_terms[:, layer]) for layer in range(n_layers)],
         })  # fmt: skip
-    # the exact strategy throughout but for one layer's ALTI map: which layer's rollout step carries the error
-    for layer in range(n_layers - 1):  # the top layer's ALTI map is read by no term
-        layer_terms = terms(parts["logit"]["silu_gate"], swapped_rollout(parts, layer))
-        swapped = aggregate(parts["direct"], layer_terms)
-        result["one_layer_silu_rollout"].append({"layer": layer + 1, **scored(swapped)})
+    for key, base, swap in SWAPS:
+        for layer in range(n_layers - 1):  # the top layer's ALTI map is read by no term
+            layer_terms = terms(parts["logit"][base], swapped_rollout(parts, layer, base, swap))
+            result[key].append({"layer": layer + 1, **scored(aggregate(parts["direct"], layer_terms))})
     return result
 
 
@@ -168,12 +176,14 @@ def render(report: dict) -> str:
         for p in model["pairings"]:
             cells = " | ".join(f"{m['predict']['auc']:.2f}" for m in p["layers"])
             lines.append(f"| {pairing_name((p['delta'], p['rollout']))} | {cells} |")
-        swaps = model["one_layer_silu_rollout"]
-        lines += ["", "Δ and R from `silu_gate` but for one layer's ALTI map in R, from `silu` (aggregated; AUC "
-                  "predict / hold):", ""]  # fmt: skip
-        lines.append("| " + " | ".join(f"layer {s['layer']}" for s in swaps) + " |")
-        lines.append("|" + " --- |" * len(swaps))
-        lines.append("| " + " | ".join(f"{s['predict']['auc']:.2f} / {s['hold']['auc']:.2f}" for s in swaps) + " |")
+        for key, base, swap in SWAPS:
+            swaps = model[key]
+            lines += ["", f"Δ and R from `{base}` but for one layer's ALTI map in R, from `{swap}` (aggregated; AUC "
+                      "predict / hold):", ""]  # fmt: skip
+            lines.append("| " + " | ".join(f"layer {s['layer']}" for s in swaps) + " |")
+            lines.append("|" + " --- |" * len(swaps))
+            cells = " | ".join(f"{s['predict']['auc']:.2f} / {s['hold']['auc']:.2f}" for s in swaps)
+            lines.append(f"| {cells} |")
         errors = ", ".join(f"{e:.2f}" for e in model["silu_decomposition_error"])
         lines += ["", f"`silu`'s decomposition error, layers 1 to {n_layers} (Table 5's metric, these strings): "
                   f"{errors}", ""]  # fmt: skip

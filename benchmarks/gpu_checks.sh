@@ -14,7 +14,7 @@
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders,
 #        cut at TE_S seconds; a second call on the warm machine continues it
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   train, then evaluate
-#        there: each seed trains in its own process, for TRAIN_MIN minutes (7.5) or the recipe's steps, with nothing
+#        there: each seed trains in its own process, for TRAIN_MIN minutes (8.0) or the recipe's steps, with nothing
 #        else on the GPU; then the evaluations run one after another (copy: Table 2, both readings of the rows;
 #        alignment: Table 3; METHODS: a subset, in that order) in what is left of TE_S seconds (540: give the call
 #        timeout_s >= TE_S + 40). The reports come back as $OUT/train-eval.tar.xz, each trained folder as
@@ -23,8 +23,8 @@
 #        continues those models' evaluations cut by TE_S, after this call's (a train-eval with no seed only resumes).
 #        One seed per call: seeds sharing the GPU time-slice it
 #        (the 2026-12-04 pilot: eight models made about the steps of one alone), and the recipe's 5,000 steps take
-#        6.4 minutes (Mamba-1) or 4.1-4.8 (Mamba-2; the first on a bare machine 1.5 more, its Triton kernels
-#        compiling) alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or
+#        6.4 minutes (Mamba-1) or 4.1-4.8 (Mamba-2; about 7.4 for the first on a bare machine, whose first 500
+#        steps take 1.5 minutes longer) alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or
 #        study_seeds.py) on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
@@ -120,7 +120,7 @@ if [ "$what" = train-eval ]; then
       # shellcheck disable=SC2046
       timeout $(( end - $(date +%s) )) python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
         --device "${TE_DEVICE:-cuda}" ${TE_BF16---bf16} --quiet --act "$act" --seed "$seed" \
-        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-7.5}" --out "gpu-models/$name" \
+        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.0}" --out "gpu-models/$name" \
         > "$out/train-eval/train_$name.log" 2>&1
       echo "train $name rc=$? $(head -c 300 "gpu-models/$name/metrics.json" 2>/dev/null | tr '\n' ' ')"
       cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null

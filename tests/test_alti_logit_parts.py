@@ -41,25 +41,51 @@ def test_pairings_match_the_method_table(tmp_path, variant):
     model, _, meta = load_model_dir(path)
     task = CopyTask(**meta["task"])
     ids = task.sample(128, meta.get("seed", 0) + 1)[:n]
-    for act, name in (("silu", "alti_logit"), ("silu_gate", "alti_logit_silu_gate")):
-        maps = get_method(name)(model, ids).float()
+    for act, suffix in (("silu", ""), ("silu_gate", "_silu_gate")):
+        maps = get_method("alti_logit" + suffix)(model, ids).float()
+        layer_maps = get_method("alti_logit_layers" + suffix)(model, ids).float()  # [B, L, N, N]
         for rows in ROWS:
             want = faithfulness(maps, task.length, rows=rows)
             got = pairings[(act, act)]["aggregate"][rows]
             for key in ("auc", "ap", "recall_at_k"):
                 assert got[key] == pytest.approx(want[key], abs=1e-6), (act, rows, key)
+            for layer, got_layer in enumerate(pairings[(act, act)]["layers"]):
+                want_layer = faithfulness(layer_maps[:, layer], task.length, rows=rows)
+                assert got_layer[rows]["auc"] == pytest.approx(want_layer["auc"], abs=1e-6), (act, rows, layer)
 
-    # the embedded models have 2 layers: R is read only through layer 1's ALTI map, so swapping that one map to
-    # silu is the pairing (Δ silu_gate, R silu)
-    (swap,) = model_report["one_layer_silu_rollout"]
-    assert swap["layer"] == 1
-    for rows in ROWS:
-        assert swap[rows] == pairings[("silu_gate", "silu")]["aggregate"][rows]
+    # the embedded models have 2 layers: R is read only through layer 1's ALTI map, so swapping that one map is
+    # the mixed pairing; the two mixtures score apart from the pure ones here, so a swap of the wrong (unread) map
+    # would show
+    for key, (d_act, r_act) in (("one_layer_silu_rollout", ("silu_gate", "silu")),
+                                ("one_layer_exact_rollout", ("silu", "silu_gate"))):  # fmt: skip
+        assert pairings[(d_act, r_act)]["aggregate"] != pairings[(d_act, d_act)]["aggregate"]
+        (swap,) = model_report[key]
+        assert swap["layer"] == 1
+        for rows in ROWS:
+            assert swap[rows] == pairings[(d_act, r_act)]["aggregate"][rows]
     # batched 2 + 1 in the script, whole here: the squared sums add up to the same dataset error
     want_error = reconstruction_error(model, ids, activation="silu")
     assert model_report["silu_decomposition_error"] == pytest.approx(want_error.tolist(), rel=1e-5)
     md = (tmp_path / "alti-logit-parts.md").read_text()
     assert "Δ silu, R silu_gate" in md and f"{n} held-out strings" in md
+
+
+def test_a_swapped_rollout_step_moves_only_the_terms_above_it():
+    script = _script()
+    gen = torch.Generator().manual_seed(1)
+    parts = {"alti": {act: torch.rand(2, 4, 5, 5, generator=gen) for act in script.STRATEGIES}}
+    deltas = torch.randn(2, 4, 5, 5, generator=gen)
+    base = script.terms(deltas, parts["alti"]["silu_gate"])
+    for layer in range(3):
+        maps = script.swapped_rollout(parts, layer, "silu_gate", "silu")
+        assert torch.equal(maps[:, layer], parts["alti"]["silu"][:, layer])
+        got = script.terms(deltas, maps)
+        assert torch.equal(got[:, : layer + 1], base[:, : layer + 1])  # terms at or below the swap read R below it
+        flow = torch.eye(5).expand(2, 5, 5)
+        for lower in range(layer + 1):
+            flow = maps[:, lower] @ flow
+        assert torch.allclose(got[:, layer + 1], deltas[:, layer + 1] @ flow)
+        assert not torch.allclose(got[:, layer + 1], base[:, layer + 1])
 
 
 def test_terms_roll_out_the_layers_below():
