@@ -22,9 +22,9 @@
 #        (git-ignored) while the machine is warm: RESUME="copy-mamba1-paper-silu-s1 alignment-mamba2-paper-silu-s0 ..."
 #        continues those models' evaluations cut by TE_S, after this call's (a train-eval with no seed only resumes).
 #        One seed per call: seeds sharing the GPU time-slice it
-#        (the 2026-12-04 pilot: eight models made about the steps of one alone), and the recipe's 5,000 steps take
-#        6.4 minutes (Mamba-1) or 4.1-4.8 (Mamba-2; about 7.4 for the first on a bare machine, whose first 500
-#        steps take 1.5 minutes longer) alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or
+#        (the 2026-12-04 pilot: eight models made about the steps of one alone), and the recipe's 5,000 steps take 6.4
+#        minutes (Mamba-1) or 4.1-4.8 (Mamba-2; about 7.4 for the first on a bare machine, whose first 500 steps take
+#        1.5 minutes longer) alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or
 #        study_seeds.py) on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
