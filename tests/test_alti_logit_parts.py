@@ -1,5 +1,6 @@
-"""benchmarks/alti_logit_parts.py: its pairings of one strategy score what the method table's ALTI-Logit scores,
-and its one-layer rollout swap is the mixed pairing where one layer's ALTI map is all R reads."""
+"""benchmarks/alti_logit_parts.py: its pairings of one strategy score what the method table's ALTI-Logit scores
+(aggregated and per layer), and its one-layer rollout swaps, both ways round, are the mixed pairings where one
+layer's ALTI map is all R reads."""
 
 from __future__ import annotations
 
