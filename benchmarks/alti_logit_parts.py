@@ -28,11 +28,11 @@ import torch
 
 import latim_captum
 from latim_captum._environment import device_name
-from latim_captum.aggregate import through
+from latim_captum.aggregate import alti_logit_terms
 from latim_captum.api import reconstruction_error_terms
 from latim_captum.copying.data import CopyTask
 from latim_captum.copying.metrics import ROWS, faithfulness
-from latim_captum.maps.all_layers import alti_logit, logit_terms
+from latim_captum.maps.all_layers import alti_logit
 from latim_captum.maps.layer import layer_maps
 from latim_captum.methods import next_token_targets
 from latim_captum.tasks.reports import load_model_dir, variant_of, write_report
@@ -53,8 +53,7 @@ def layer_parts(tr, targets: torch.Tensor) -> dict:
     """Every layer's Δ^{(l)} and ALTI map ``P^{(l)}`` (``[B, L, N, N]`` each) under both strategies:
     ``{"logit": {act: ...}, "alti": {act: ...}}``, and ``"direct"``: the embedding's own term ``u_i · x_i^{(0)}``
     (``[B, N]``)."""
-    direction, _, _ = logit_terms(tr.readout, targets, None)
-    u = direction * tr.readout.norm_scale[..., None]  # [B, N, D]
+    u = tr.readout.projection(targets)  # [B, N, D]
     out: dict = {"logit": {}, "alti": {}}
     for act in STRATEGIES:
         # no embedding columns: the copy models are HF Mamba / Mamba-2 (variant_of refuses anything else)
@@ -66,15 +65,9 @@ def layer_parts(tr, targets: torch.Tensor) -> dict:
 
 
 def terms(deltas: torch.Tensor, alti_maps: torch.Tensor) -> torch.Tensor:
-    """``[B, L, N, N]`` per-layer terms ``Δ^{(l)} R^{(l-1)}`` of eq 8, with ``R^{(0)} = I`` and
-    ``R^{(l)} = P^{(l)} R^{(l-1)}``."""
-    bsz, n_layers, n, _ = deltas.shape
-    flow = torch.eye(n, dtype=deltas.dtype).expand(bsz, n, n)
-    out = []
-    for layer in range(n_layers):
-        out.append(through(deltas[:, layer], flow))
-        flow = through(alti_maps[:, layer], flow)
-    return torch.stack(out, dim=1)
+    """``[B, L, N, N]`` per-layer terms ``Δ^{(l)} R^{(l-1)}`` of eq 8 for ``[B, L, N, N]`` Δ and ALTI maps
+    (:func:`latim_captum.aggregate.alti_logit_terms`)."""
+    return torch.stack(list(alti_logit_terms(deltas.unbind(1), alti_maps.unbind(1))), dim=1)
 
 
 def aggregate(direct: torch.Tensor, layer_terms: torch.Tensor) -> torch.Tensor:

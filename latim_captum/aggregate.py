@@ -20,6 +20,7 @@ token's two columns for a per-token map.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -35,6 +36,7 @@ __all__ = [
     "fold_embedding_columns",
     "through",
     "rollout",
+    "alti_logit_terms",
     "alti_logit_combine",
 ]
 
@@ -179,21 +181,33 @@ def rollout(maps: list[Tensor]) -> Tensor:
     return out
 
 
-def alti_logit_combine(deltas: list[Tensor], alti_maps: list[Tensor], direct: Tensor) -> Tensor:
-    """ALTI-Logit (eq 8): ``C = Σ_l Δ^{(l)} R^{(l-1)} + diag(direct)``.
+def alti_logit_terms(deltas: Sequence[Tensor], alti_maps: Sequence[Tensor]) -> Iterator[Tensor]:
+    """Each layer's term of eq 8, ``Δ^{(l)} R^{(l-1)}`` (``[B, N, N]``), bottom to top, with ``R^{(0)} = I`` and
+    ``R^{(l)} = P^{(l)} R^{(l-1)}``: the per-layer ALTI-Logit maps that :func:`alti_logit_combine` sums.
 
     A sublayer with embedding columns gives ``[B, N, 2N]`` ``Δ = [Δ^x | Δ^e]`` and ALTI map ``[A^x | A^e]``: its term
     is ``Δ^x R^{(l-1)} + Δ^e`` and its rollout step ``R^{(l)} = A^x R^{(l-1)} + A^e`` (see :func:`rollout`).
+
+    Example:
+        >>> a, d = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]]), torch.tensor([[[1.0, 0.0], [2.0, 2.0]]])
+        >>> [t[0, 1].tolist() for t in alti_logit_terms([d, d], [a, a])]
+        [[2.0, 2.0], [3.0, 1.0]]
+    """
+    flow = None  # R^{(0)} = I
+    for delta, layer_map in zip(deltas, alti_maps):
+        yield through(delta, flow)
+        flow = through(layer_map, flow)
+
+
+def alti_logit_combine(deltas: list[Tensor], alti_maps: list[Tensor], direct: Tensor) -> Tensor:
+    """ALTI-Logit (eq 8): ``C = Σ_l Δ^{(l)} R^{(l-1)} + diag(direct)``, the terms of :func:`alti_logit_terms` summed.
 
     Args:
         deltas: per layer ``Δ^{(l)}`` (eq 7), ``[B, N, N]`` (or ``[B, N, 2N]``).
         alti_maps: per layer ALTI maps ``P^{(l)}`` (rows sum to 1), ``[B, N, N]`` (or ``[B, N, 2N]``); ``R^{(0)} = I``.
         direct: the embedding's direct path ``u_i · x_i^{(0)}``, ``[B, N]`` (token i's own, before any layer).
     """
-    bsz, n = direct.shape
-    flow = torch.eye(n, dtype=direct.dtype, device=direct.device).expand(bsz, n, n)
     total = torch.diag_embed(direct)
-    for delta, layer_map in zip(deltas, alti_maps):
-        total = total + through(delta, flow)
-        flow = through(layer_map, flow)
+    for term in alti_logit_terms(deltas, alti_maps):
+        total = total + term
     return total

@@ -7,7 +7,7 @@ import torch
 
 import latim_captum
 from conftest import build, left_pad_mask, random_ids
-from latim_captum.aggregate import alti_logit_combine, alti_scores, fold_embedding_columns, rollout
+from latim_captum.aggregate import alti_logit_combine, alti_logit_terms, alti_scores, fold_embedding_columns, rollout
 
 
 @pytest.mark.parametrize("method", ["l1", "l2", "alti", "alti_logit"])
@@ -81,6 +81,9 @@ def test_rollout_and_alti_logit_with_embedding_columns_by_hand():
     torch.testing.assert_close(rollout([p2]), p2[..., :n] + p2[..., n:])
     expected = torch.diag_embed(direct) + d1 + (d2[..., :n] @ r1 + d2[..., n:]) + d3 @ r2
     torch.testing.assert_close(alti_logit_combine([d1, d2, d3], [p1, p2, p3], direct), expected)
+    terms = list(alti_logit_terms([d1, d2, d3], [p1, p2, p3]))  # the per-layer maps the combine sums
+    for got, want in zip(terms, [d1, d2[..., :n] @ r1 + d2[..., n:], d3 @ r2], strict=True):
+        torch.testing.assert_close(got, want)
     torch.testing.assert_close(fold_embedding_columns(p2, n), p2[..., :n] + p2[..., n:])
     assert fold_embedding_columns(p1, n) is p1
     with pytest.raises(ValueError, match="expected 4 or 8 columns"):
