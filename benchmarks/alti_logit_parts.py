@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import latim_captum
-from latim_captum._environment import device_name
+from latim_captum._environment import command_line, device_name
 from latim_captum.aggregate import alti_logit_terms
 from latim_captum.api import reconstruction_error_terms
 from latim_captum.copying.data import CopyTask
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():  # not set_grad_enabled(False): main() may run inside another program (the tests)
         models = [study_model(Path(p), args.samples, args.batch) for p in args.model]
     report = {
-        "command": "python benchmarks/alti_logit_parts.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("python benchmarks/alti_logit_parts.py", argv),
         "device": device_name("cpu"),
         "torch": torch.__version__,
         "models": models,

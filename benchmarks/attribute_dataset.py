@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from latim_captum._environment import device_name
+from latim_captum._environment import command_line, device_name
 
 
 class IdTokenizer:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "model": args.model, "quick": args.quick, "n": args.n, "examples": args.examples, "methods": args.methods,
         "device": rows[0]["device"], "threads_per_proc": args.threads, "backend": args.backend,
-        "command": "python benchmarks/attribute_dataset.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("python benchmarks/attribute_dataset.py", argv),
     }  # fmt: skip
     report = {"meta": meta, "rows": rows}
     text = render(report)

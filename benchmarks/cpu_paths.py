@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import latim_captum as lc
-from latim_captum._environment import device_name
+from latim_captum._environment import command_line, device_name
 from latim_captum.bench_speed import timed
 from latim_captum.tasks.models import build_model
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                "max_rel_diff": diff})  # fmt: skip
                 print(f"{variant} N={n} {method}: ref {t_ref:.2f} s, fast {t_fast:.2f} s "
                       f"(ref / fast {t_ref / t_fast:.2f}), max rel diff {diff:.1e}", flush=True)  # fmt: skip
-    command = "python benchmarks/cpu_paths.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python benchmarks/cpu_paths.py", argv)
     report = {"device": device, "torch": torch.__version__, "command": command, "d_model": args.d_model,
               "layers": args.layers, "points": points}  # fmt: skip
     lines = [

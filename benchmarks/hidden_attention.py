@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import latim_captum
-from latim_captum._environment import device_name
+from latim_captum._environment import command_line, device_name
 from latim_captum.baselines import mamba_attention, mamba_attribution
 from latim_captum.bench_speed import timed
 from latim_captum.ssm import default_anchor_rows, hidden_attention, hidden_attention_anchored
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     name = device_name(device)
     points = [measure(n, args) for n in args.lengths]
-    command = "python benchmarks/hidden_attention.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python benchmarks/hidden_attention.py", argv)
     report = {
         "device": name, "torch": torch.__version__, "command": command, "d_model": args.d_model,
         "d_inner": 2 * args.d_model, "state": args.state, "layers": args.layers, "points": points,

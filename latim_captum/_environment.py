@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import torch
 
 __all__ = [
     "SOFTWARE",
+    "command_line",
     "device_name",
     "provenance",
     "provenance_lines",
@@ -69,6 +73,19 @@ def provenance_lines(results: dict) -> list[str]:
     if "versions" not in results:
         return []
     return [versions_line(results["versions"]), f"- options: `{json.dumps(results['options'])}`", ""]
+
+
+def command_line(program: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reruns a script, for its report: ``program`` (e.g. ``"python benchmarks/x.py"``) and its
+    arguments (``argv``; None: this process's ``sys.argv[1:]``), each quoted for a POSIX shell where it needs it, so
+    that a path with a space is one argument when the line is pasted.
+
+    Example:
+        >>> command_line("python benchmarks/x.py", ["--out", "my results"])
+        "python benchmarks/x.py --out 'my results'"
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    return f"{program} {shlex.join(args)}" if args else program
 
 
 def device_name(device: str | torch.device) -> str:

@@ -579,6 +579,7 @@ def cmd_bench_copying(args: argparse.Namespace) -> int:
     command += ["--n-samples", str(args.n_samples)] if args.n_samples is not None else []
     command += ["--methods", *args.methods] if args.methods else []
     command += ["--rows", args.rows] if args.rows != "predict" else []
+    command += ["--resume", args.resume] if args.resume else []
     run_meta = {
         "command": " ".join(command),  # every option that changes a number (--batch, --backend: memory, speed)
         "model": str(path) if args.model or args.scale != "tiny" else f"embedded {COPY_MODELS[args.variant]}",
@@ -713,6 +714,7 @@ def cmd_bench_alignment(args: argparse.Namespace) -> int:
     command += ["--no-sink"] if args.no_sink else []
     command += ["--ties", args.ties] if args.ties != "first" else []
     command += _model_choice_flags(args, "alignment")
+    command += ["--resume", *args.resume] if args.resume else []
     suite: dict = {"meta": {"scale": args.scale, "device": device, "command": " ".join(command)}, "models": {}}
     resumed: dict[str, tuple[str, dict]] = {}  # variant -> (the report file, its model's report)
     for path, report in to_resume:

@@ -603,6 +603,9 @@ def test_bench_alignment_resume_runs_only_what_each_model_lacks(tmp_path, capsys
     assert bench("merged", "--methods", "l2", "--resume", *per_model) == 0
     merged = suite("merged")
     assert merged["meta"]["resumed_from"] == [cut["meta"]["command"], suite_of("m2")["meta"]["command"]]
+    assert merged["meta"]["command"].endswith("--resume " + " ".join(per_model))
+    merged_md = (tmp_path / "merged" / "alignment-tiny.md").read_text()
+    assert "computed by: " + "; ".join(f"`{c}`" for c in merged["meta"]["resumed_from"]) in merged_md
     for variant, source in (("mamba1", reached_one), ("mamba2", suite_of("m2"))):
         assert merged["models"][variant]["methods"] == source["models"][variant]["methods"], "nothing left to run"
     assert bench("x5", "--methods", "l2", "--resume", whole, per_model[1]) == 2

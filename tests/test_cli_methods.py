@@ -278,6 +278,10 @@ def test_copying_resume_runs_only_the_missing_methods(tmp_path, capsys):
     assert resumed["methods"]["alti"]["by_rows"] == fresh["by_rows"]
     assert resumed["accuracy"] == first["accuracy"]
     assert resumed["meta"]["resumed_from"] == [first["meta"]["command"]]
+    assert resumed["meta"]["command"].endswith(f"--resume {cut}"), "the command that wrote the report, resume included"
+    md = (tmp_path / "resumed" / "copying-mamba2-tiny.md").read_text()
+    assert f"computed by: `{first['meta']['command']}`" in md, "the report says which command computed kept rows"
+    assert "computed by" not in (tmp_path / "cut" / "copying-mamba2-tiny.md").read_text()
     assert resumed["backend"] == "auto"
     # the record names every path the rows came from
     assert bench("by-ref", "--methods", "l2", "alti", "--resume", cut, "--backend", "ref") == 0

@@ -38,3 +38,16 @@ def test_cpu_device_name_says_the_model_and_threads(monkeypatch, tmp_path):
     assert device_name("cpu") == "CPU (Example CPU @ 2.0GHz, 3 threads)"
     monkeypatch.setattr("latim_captum._environment.Path", lambda *_: real_path(tmp_path / "missing"))
     assert device_name(torch.device("cpu")).startswith("CPU (") and device_name("cpu").endswith(", 3 threads)")
+
+
+def test_command_line_quotes_what_a_shell_would_split(monkeypatch):
+    import shlex
+
+    from latim_captum._environment import command_line
+
+    argv = ["--model", "runs/my model", "--methods", "l2", "alti", "--out", "a'b"]
+    line = command_line("python benchmarks/x.py", argv)
+    assert shlex.split(line) == ["python", "benchmarks/x.py", *argv], "pasted, the line gives the same arguments"
+    assert command_line("python benchmarks/x.py", []) == "python benchmarks/x.py"
+    monkeypatch.setattr("sys.argv", ["x.py", "--samples", "3"])
+    assert command_line("python benchmarks/x.py") == "python benchmarks/x.py --samples 3", "None: this process's"

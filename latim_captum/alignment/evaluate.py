@@ -35,6 +35,7 @@ from ..tasks.reports import (
     reconstruction_errors,
     resolve_method,
     resume_into,
+    resumed_lines,
     variant_of,
 )
 from ..tasks.reports import write_report as _write_report
@@ -353,6 +354,7 @@ def render_markdown(suite: dict) -> str:
         "shape only.",
         "",
         f"- command: `{meta.get('command', '?')}`; evaluated on: {meta.get('device', '?')}",
+        *resumed_lines(meta),
     ]
     for variant, report in models.items():
         m = report.get("meta", {})

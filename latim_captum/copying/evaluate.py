@@ -30,6 +30,7 @@ from ..tasks.reports import (
     reconstruction_errors,
     resolve_method,
     resume_into,
+    resumed_lines,
     variant_of,
 )
 from ..tasks.reports import write_report as _write_report
@@ -232,6 +233,7 @@ def render_markdown(report: dict) -> str:
         f"# Copying faithfulness — {variant} ({meta.get('scale', '?')} scale)",
         "",
         *([f"- command: `{meta['command']}`"] if meta.get("command") else []),
+        *resumed_lines(meta),
         f"- model: `{meta.get('model', '?')}`; evaluated on: {meta.get('device', '?')}; "
         f"trained on: {meta.get('train_device') or '?'}, seed {meta.get('seed', '?')}, {meta.get('steps', '?')} steps"
         f", conv activation {report.get('act', 'silu')}",

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._environment import command_line
 from ..copying.evaluate import PAPER_TABLE2
 from ..copying.metrics import ROWS
 from ..tasks.reports import write_report
@@ -220,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reports = [json.loads(Path(f).read_text()) for f in args.reports]
         agg = aggregate(reports, list(args.reports))
-        agg["command"] = " ".join(["python benchmarks/copying_seeds.py", *(sys.argv[1:] if argv is None else argv)])
+        agg["command"] = command_line("python benchmarks/copying_seeds.py", argv)
     except (ValueError, KeyError, OSError) as err:
         print(f"copying_seeds: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2

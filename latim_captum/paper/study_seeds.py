@@ -32,6 +32,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._environment import command_line
 from ..tasks.reports import write_report
 from .activation_seeds import aggregate_activations, render_activations_markdown
 from .alignment_seeds import aggregate_alignment, render_alignment_markdown
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kind == "copying":
             raise ValueError("copying reports: use benchmarks/copying_seeds.py (Table 2 over seeds)")
         agg = _AGGREGATE[kind](suites, list(args.reports))
-        agg["command"] = " ".join(["python benchmarks/study_seeds.py", *(sys.argv[1:] if argv is None else argv)])
+        agg["command"] = command_line("python benchmarks/study_seeds.py", argv)
     except (ValueError, KeyError, TypeError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"study_seeds: error: {type(err).__name__ + ': ' if isinstance(err, KeyError) else ''}{reason}",

@@ -28,6 +28,7 @@ __all__ = [
     "check_resume",
     "resume_into",
     "resumed_backend",
+    "resumed_lines",
     "exact_strategy",
     "load_model_dir",
     "model_act",
@@ -189,6 +190,21 @@ def resume_into(report: dict, resume: dict | None, keys: Sequence[str]) -> bool:
     report["methods"] = dict(resume["methods"])
     report["reconstruction_error"] = resume["reconstruction_error"]
     return True
+
+
+def resumed_lines(meta: dict) -> list[str]:
+    """A report's markdown line naming the earlier commands whose rows a ``--resume`` run kept (``meta``'s
+    ``resumed_from``; none: no line), so a reader of a report written on one machine from rows computed on another
+    sees where each came from.
+
+    Example:
+        >>> resumed_lines({"resumed_from": ["latim bench alignment --device cuda"]})
+        ['- rows kept from earlier runs (`--resume`), computed by: `latim bench alignment --device cuda`']
+    """
+    commands = meta.get("resumed_from") or []
+    if not commands:
+        return []
+    return ["- rows kept from earlier runs (`--resume`), computed by: " + "; ".join(f"`{c}`" for c in commands)]
 
 
 def write_report(report: dict, out_dir: str | Path, stem: str, render: Callable[[dict], str]) -> tuple[Path, Path]:
