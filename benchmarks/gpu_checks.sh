@@ -224,8 +224,9 @@ if [ "$what" = alignment ]; then
 fi
 if [ "$what" = activations ]; then
   task=$2; shift 2
-  PYTHONPATH=$(eval_path relu) python3 benchmarks/activations.py --task "$task" --scale paper --device cuda \
-    --models "$@" --out "$out/act" --quiet > "$out/activations.log" 2>&1
+  # cut at TE_S seconds (540) so that a slow run still returns its log within a call's 10 minutes
+  PYTHONPATH=$(eval_path relu) timeout "${TE_S:-540}" python3 benchmarks/activations.py --task "$task" --scale paper \
+    --device cuda --models "$@" --out "$out/act" --quiet > "$out/activations.log" 2>&1
   echo "activations rc=$?"; head -30 "$out"/act/activations-*.md 2>/dev/null || tail -5 "$out/activations.log"
   exit 0
 fi

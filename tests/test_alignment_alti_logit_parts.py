@@ -86,7 +86,7 @@ def test_parts_match_the_method_table_and_their_definitions(tmp_path, model_dir)
                         want += [float(flow[k, i, i]) for i in rows]
                     assert shares[layer] == pytest.approx(sum(want) / len(want), rel=1e-5), (act, which, layer)
             assert got["aggregated"]["eq8"] == pytest.approx(_aer(eq8, data, sure, possible))
-            # layer 1's term is its Δ (R^(0) = I); with every column kept, masking nothing would equal the term
+            # layer 1's term is its Δ (R^(0) = I)
             assert got["layers"]["term"][0] == pytest.approx(got["layers"]["delta"][0])
     # the strategies differ on this model, so a report that ignored --strategies would show
     assert report["strategies"]["silu"]["layers"]["term"] != report["strategies"]["silu_gate"]["layers"]["term"]
