@@ -19,6 +19,8 @@
 #        alignment: Table 3; METHODS: a subset, in that order) in what is left of TE_S seconds (540: give the call
 #        timeout_s >= TE_S + 40). The reports come back as $OUT/train-eval.tar.xz, each trained folder as
 #        $OUT/NAME.tar.part* (WEIGHTS=0: not; cat them | tar x), and weights and reports stay in ./gpu-models/
+#        (TRAIN_ARGS: more trainer flags, e.g. "--stop-at 9844" to cut a Table 5 variant at the step where the silu
+#        model's TRAIN_MIN cut it, the schedule unchanged)
 #        (git-ignored) while the machine is warm: RESUME="copy-mamba1-paper-silu-s1 alignment-mamba2-paper-silu-s0 ..."
 #        continues those models' evaluations cut by TE_S, after this call's (a train-eval with no seed only resumes).
 #        One seed per call: seeds sharing the GPU time-slice it
@@ -90,9 +92,10 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   else
     module=latim_captum.alignment.train; name="alignment-$v-paper-$act-s$seed"
   fi
-  # shellcheck disable=SC2046
+  # shellcheck disable=SC2046,SC2086
   timeout 540 python3 -m "$module" --variant "$v" --scale paper --device cuda --bf16 --quiet --act "$act" \
-    --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes 8.2 --out "/tmp/$name" > "$out/train_$name.log" 2>&1
+    --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes 8.2 ${TRAIN_ARGS:-} --out "/tmp/$name" \
+    > "$out/train_$name.log" 2>&1
   echo "train $name rc=$?"; head -14 "/tmp/$name/metrics.json"
   # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x)
   tar c -C /tmp "$name" | split -d -b 15M - "$out/$name.tar.part"
@@ -117,10 +120,10 @@ if [ "$what" = train-eval ]; then
     name=$(seed_name "$seed")
     rm -rf "gpu-models/$name" "gpu-models/$name.report"  # what is evaluated below is this call's model or none
     (
-      # shellcheck disable=SC2046
+      # shellcheck disable=SC2046,SC2086
       timeout $(( end - $(date +%s) )) python3 -m "$module" --variant "$v" --scale "${TE_SCALE:-paper}" \
         --device "${TE_DEVICE:-cuda}" ${TE_BF16---bf16} --quiet --act "$act" --seed "$seed" \
-        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.0}" --out "gpu-models/$name" \
+        $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.0}" ${TRAIN_ARGS:-} --out "gpu-models/$name" \
         > "$out/train-eval/train_$name.log" 2>&1
       echo "train $name rc=$? $(head -c 300 "gpu-models/$name/metrics.json" 2>/dev/null | tr '\n' ' ')"
       cp "gpu-models/$name/metrics.json" "$out/train-eval/train_$name.json" 2>/dev/null

@@ -176,6 +176,7 @@ def train(args: argparse.Namespace) -> dict:
         evaluate=lambda: evaluate_translation(model, eval_batch, autocast=autocast()),
         eval_every=args.eval_every,
         max_minutes=args.max_minutes,
+        stop_at=args.stop_at,
         quiet=args.quiet,
         desc=f"train {args.variant}",
     )

@@ -198,6 +198,7 @@ def train(args: argparse.Namespace) -> dict:
         evaluate=lambda: evaluate_copy(model, task, eval_ids, autocast=autocast()),
         eval_every=args.eval_every,
         max_minutes=args.max_minutes,
+        stop_at=args.stop_at,
         quiet=args.quiet,
         desc=f"train {args.variant}",
     )

@@ -240,6 +240,9 @@ def _load_resume(path: Path, device: torch.device) -> tuple[nn.Module, dict, dic
 
 def train(args: argparse.Namespace) -> dict:
     """Train (or resume), evaluate and save; returns the metrics dict (also written to ``metrics.json``)."""
+    if getattr(args, "stop_at", None) is not None:  # the shared flag; a resumed run's steps count from its start
+        raise ValueError("--stop-at is for the copy and alignment trainers; cut a retrieval run with --max-minutes "
+                         "and continue it with --resume")  # fmt: skip
     torch.manual_seed(args.seed)
     device = check_device(args.device)
     resume = Path(args.resume) if args.resume else None

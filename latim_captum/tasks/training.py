@@ -148,6 +148,7 @@ def run_fields(args: argparse.Namespace, device: torch.device, bf16: bool, final
         "scale": args.scale,
         "act": args.act,
         "steps": final["step"],
+        "schedule_steps": args.steps,  # the learning-rate schedule's length; more than "steps" for a run cut short
         "seed": args.seed,
         "device": device_name(device),
         "bf16": bf16,
@@ -167,17 +168,25 @@ def run_training(
     evaluate: Callable[[], dict],
     eval_every: int,
     max_minutes: float | None = None,
+    stop_at: int | None = None,
     quiet: bool = False,
     desc: str = "train",
 ) -> list[dict]:
     """The step loop: ``step_loss(step)`` (forward and loss of one batch), backward, AdamW and scheduler steps;
-    ``evaluate()`` every ``eval_every`` steps, at the end and when ``max_minutes`` runs out.
+    ``evaluate()`` every ``eval_every`` steps, at the end and when ``max_minutes`` runs out or ``stop_at`` steps are
+    done. ``stop_at`` cuts the run at a step count with the schedule of ``steps`` unchanged: the run another one cut
+    by ``max_minutes`` at that step made, for comparing models of one recipe (Table 5's activations).
+
+    Raises:
+        ValueError: ``stop_at`` outside ``1..steps``.
 
     Returns:
         the evaluation history, one ``{"step", "train_loss", **evaluate(), "minutes"}`` per evaluation.
     """
     from tqdm.auto import tqdm
 
+    if stop_at is not None and not 1 <= stop_at <= steps:
+        raise ValueError(f"stop_at must be in 1..{steps} (the schedule's steps), got {stop_at}")
     history: list[dict] = []
     t0 = time.time()
     bar = tqdm(range(steps), desc=desc, disable=quiet)
@@ -191,7 +200,8 @@ def run_training(
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
         done = step + 1
         out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
-        if done % eval_every == 0 or done == steps or out_of_time:
+        stopped = stop_at is not None and done == stop_at
+        if done % eval_every == 0 or done == steps or out_of_time or stopped:
             metrics = evaluate()
             history.append({"step": done, "train_loss": loss.item(), **metrics, "minutes": (time.time() - t0) / 60})
             bar.write(
@@ -200,6 +210,9 @@ def run_training(
             )
         if out_of_time:
             bar.write(f"stopping at step {done}: --max-minutes {max_minutes} reached")
+            break
+        if stopped:
+            bar.write(f"stopping at step {done} of the schedule's {steps}: --stop-at")
             break
     bar.close()
     return history
@@ -240,6 +253,14 @@ def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides:
         "the model's own activation between them (CUDA; checked against the PyTorch path before training)",
     )
     p.add_argument("--max-minutes", type=float, default=None, help="stop (evaluate and save) after this long")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="stop (evaluate and save) after this many steps, the schedule still that of --steps: another run's cut "
+        "by --max-minutes, at the same step (to compare models of one recipe)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch default)")
     p.add_argument("--mimetic-a-scale", type=float, default=1e-2, help="A = -a_scale in the mimetic layers")
