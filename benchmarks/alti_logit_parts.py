@@ -134,6 +134,15 @@ def study_model(path: Path, n_samples: int, batch: int) -> dict:
             "aggregate": scored(aggregate(parts["direct"], layer_terms)),
             "layers": [scored(layer_terms[:, layer]) for layer in range(n_layers)],
         })  # fmt: skip
+    # the same logit terms without the rollout (each layer's inputs read as the tokens at their positions): not eq 8,
+    # it says how much of the copy a layer's terms hold before R carries them to the input tokens
+    result["no_rollout"] = {
+        act: {
+            "aggregate": scored(aggregate(parts["direct"], parts["logit"][act])),
+            "layers": [scored(parts["logit"][act][:, layer]) for layer in range(n_layers)],
+        }
+        for act in STRATEGIES
+    }
     for key, base, swap in SWAPS:
         for layer in range(n_layers - 1):  # the top layer's ALTI map is read by no term
             layer_terms = terms(parts["logit"][base], swapped_rollout(parts, layer, base, swap))
@@ -169,6 +178,14 @@ def render(report: dict) -> str:
         for p in model["pairings"]:
             cells = " | ".join(f"{m['predict']['auc']:.2f}" for m in p["layers"])
             lines.append(f"| {pairing_name((p['delta'], p['rollout']))} | {cells} |")
+        lines += ["", "Without the rollout: Δ^(l) alone per layer, and `diag(u·x⁰) + Σ_l Δ^(l)` aggregated (not eq "
+                  "8; AUC on the predict rows, aggregated predict / hold):", ""]  # fmt: skip
+        lines.append("| Δ from | aggregated | " + " | ".join(f"layer {i + 1}" for i in range(n_layers)) + " |")
+        lines.append("| --- | --- |" + " --- |" * n_layers)
+        for act, got in model["no_rollout"].items():
+            agg = f"{got['aggregate']['predict']['auc']:.2f} / {got['aggregate']['hold']['auc']:.2f}"
+            cells = " | ".join(f"{m['predict']['auc']:.2f}" for m in got["layers"])
+            lines.append(f"| `{act}` | {agg} | {cells} |")
         for key, base, swap in SWAPS:
             swaps = model[key]
             lines += ["", f"Δ and R from `{base}` but for one layer's ALTI map in R, from `{swap}` (aggregated; AUC "

@@ -64,11 +64,29 @@ def test_pairings_match_the_method_table(tmp_path, variant):
         assert swap["layer"] == 1
         for rows in ROWS:
             assert swap[rows] == pairings[(d_act, r_act)]["aggregate"][rows]
+    # without the rollout: each layer's Δ alone and diag(u·x⁰) + Σ_l Δ^(l), from the layer maps here
+    import latim_captum
+    from latim_captum.maps.layer import layer_maps
+    from latim_captum.methods import next_token_targets
+
+    with torch.no_grad():
+        tr = latim_captum.trace(model, ids)
+        u = tr.readout.projection(next_token_targets(ids))
+        for act in ("silu", "silu_gate"):
+            deltas = torch.stack([layer_maps(lay, act, ("logit",), projection=u)["logit"] for lay in tr.layers], 1)
+            summed = torch.diag_embed((u * tr.embeddings).sum(-1)) + deltas.sum(1)
+            got = model_report["no_rollout"][act]
+            for rows in ROWS:
+                want = faithfulness(summed, task.length, rows=rows)["auc"]
+                assert got["aggregate"][rows]["auc"] == pytest.approx(want, abs=1e-6), (act, rows)
+            for layer in range(deltas.shape[1]):
+                want = faithfulness(deltas[:, layer], task.length, rows="predict")["auc"]
+                assert got["layers"][layer]["predict"]["auc"] == pytest.approx(want, abs=1e-6), (act, layer)
     # batched 2 + 1 in the script, whole here: the squared sums add up to the same dataset error
     want_error = reconstruction_error(model, ids, activation="silu")
     assert model_report["silu_decomposition_error"] == pytest.approx(want_error.tolist(), rel=1e-5)
     md = (tmp_path / "alti-logit-parts.md").read_text()
-    assert "Δ silu, R silu_gate" in md and f"{n} held-out strings" in md
+    assert "Δ silu, R silu_gate" in md and f"{n} held-out strings" in md and "Without the rollout" in md
 
 
 def test_a_swapped_rollout_step_moves_only_the_terms_above_it():
