@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 import latim_captum
-from latim_captum._environment import command_line, device_name
-from latim_captum.aggregate import alti_logit_terms, through
+from latim_captum.aggregate import through
 from latim_captum.alignment.data import AlignmentBatch, AlignmentTask
 from latim_captum.alignment.metrics import alignment_error_rate, batch_alignments, gold_of
-from latim_captum.maps.all_layers import alti_logit
-from latim_captum.maps.layer import layer_maps
 from latim_captum.methods import next_token_targets
-from latim_captum.tasks.reports import ACTIVATIONS, load_model_dir, variant_of, write_report
+from latim_captum.paper.alti_logit_parts import aggregate, check_same_path, layer_parts, terms, write_study
+from latim_captum.tasks.reports import ACTIVATIONS, load_model_dir, variant_of
 
 #: the per-layer parts, in the report's order: (key, label)
 PARTS = (
@@ -56,8 +55,6 @@ PARTS = (
 AGGREGATES = (("eq8", "eq 8: diag(u·x⁰) + Σ_l Δ^(l) R^(l-1)"), ("no_rollout", "diag(u·x⁰) + Σ_l Δ^(l), no rollout"))
 #: the rows whose self-share of the rollout is reported (:func:`rows_of`)
 SHARE_ROWS = ("source", "predict")
-#: eq 8 built here reproduces alti_logit to this relative error (float32 sums in another order)
-SAME_PATH_RTOL = 1e-4
 
 
 def rows_of(batch: AlignmentBatch, k: int, which: str) -> torch.Tensor:
@@ -76,35 +73,33 @@ def self_shares(rollout: torch.Tensor, batch: AlignmentBatch, which: str) -> lis
     return out
 
 
-def batch_parts(model, part: AlignmentBatch, activation: str) -> dict:
-    """Every part's ``[B, N, N]`` maps of one batch under one strategy: ``{"delta": [per layer], "term": [...],
-    "term_source": [...], "alti": [...], "rollout": [...], "eq8": map, "no_rollout": map}``; eq 8 is checked against
-    ``alti_logit``."""
+def batch_parts(model, part: AlignmentBatch, strategies: Sequence[str]) -> dict:
+    """Every part's ``[B, N, N]`` maps of one batch under each strategy, from one trace: ``{act: {"delta": [per
+    layer], "term": [...], "term_source": [...], "alti": [...], "rollout": [...], "eq8": map, "no_rollout": map}}``;
+    eq 8 is checked against ``alti_logit`` first."""
     ids = part.ids.to(next(model.parameters()).device)
     tr = latim_captum.trace(model, ids)
     targets = next_token_targets(ids)
-    u = tr.readout.projection(targets)  # [B, N, D]
-    # no embedding columns: the task models are HF Mamba / Mamba-2 (variant_of refuses anything else)
-    maps = [layer_maps(layer, activation, ("alti", "logit"), projection=u) for layer in tr.layers]
-    deltas, altis = [m["logit"] for m in maps], [m["alti"] for m in maps]
-    terms = list(alti_logit_terms(deltas, altis))
-    source = torch.zeros_like(deltas[0], dtype=torch.bool)  # [B, N, N]: the columns of each sample's source words
+    parts = layer_parts(tr, targets, strategies)
+    check_same_path(tr, targets, parts)
+    source = torch.zeros_like(parts["logit"][strategies[0]], dtype=torch.bool)  # [B, L, N, N]: source-word columns
     for k in range(len(part)):
-        source[k, :, : int(part.source_lengths[k])] = True
-    source_terms = list(alti_logit_terms([d.masked_fill(~source, 0.0) for d in deltas], altis))
-    direct = torch.diag_embed((u * tr.embeddings).sum(-1))
-    eq8 = direct + torch.stack(terms).sum(0)
-    lib = alti_logit(tr, targets, activation=activation).scores
-    err = float((eq8 - lib).abs().max() / lib.abs().max())
-    if err > SAME_PATH_RTOL:
-        raise RuntimeError(f"{activation}: eq 8 built here is {err:.1e} (relative) from alti_logit")
-    rollouts, flow = [], None
-    for alti_map in altis:
-        flow = through(alti_map, flow)
-        rollouts.append(flow)
-    no_rollout = direct + torch.stack(deltas).sum(0)
-    return {"delta": deltas, "term": terms, "term_source": source_terms, "alti": altis, "rollout": rollouts,
-            "eq8": eq8, "no_rollout": no_rollout}  # fmt: skip
+        source[k, ..., : int(part.source_lengths[k])] = True
+    out = {}
+    for act in strategies:
+        deltas, altis = parts["logit"][act], parts["alti"][act]
+        layer_terms = terms(deltas, altis)
+        rollouts, flow = [], None
+        for alti_map in altis.unbind(1):
+            flow = through(alti_map, flow)
+            rollouts.append(flow)
+        out[act] = {
+            "delta": deltas.unbind(1), "term": layer_terms.unbind(1),
+            "term_source": terms(deltas.masked_fill(~source, 0.0), altis).unbind(1),
+            "alti": altis.unbind(1), "rollout": rollouts,
+            "eq8": aggregate(parts["direct"], layer_terms), "no_rollout": aggregate(parts["direct"], deltas),
+        }  # fmt: skip
+    return out
 
 
 def study_model(path: Path, n_samples: int, batch: int, strategies: list[str]) -> dict:
@@ -115,14 +110,13 @@ def study_model(path: Path, n_samples: int, batch: int, strategies: list[str]) -
     seed = int(meta.get("seed", 0))
     data = task.encode(task.pairs(n_samples, seed + 1))  # the Table 3 report's held-out pairs
     sure, possible = gold_of(data)
-    n_layers = len(latim_captum.trace(model, data.ids[:1]).layers)
+    n_layers = model.config.num_hidden_layers  # one Mamba mixer per layer (variant_of checked the model)
     found = {act: {key: [[] for _ in range(n_layers)] for key, _ in PARTS} for act in strategies}
     found_all = {act: {key: [] for key, _ in AGGREGATES} for act in strategies}
     shares = {act: {which: [[] for _ in range(n_layers)] for which in SHARE_ROWS} for act in strategies}
     for start in range(0, n_samples, batch):
         part = data.select(list(range(start, min(n_samples, start + batch))))
-        for act in strategies:
-            got = batch_parts(model, part, act)
+        for act, got in batch_parts(model, part, strategies).items():
             for key, _ in PARTS:
                 for layer, maps in enumerate(got[key]):
                     found[act][key][layer] += batch_alignments(maps, part, rows="predict")
@@ -195,13 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples and --batch must be positive")
     with torch.no_grad():  # not set_grad_enabled(False): main() may run inside another program (the tests)
         models = [study_model(Path(p), args.samples, args.batch, args.strategies) for p in args.model]
-    report = {
-        "command": command_line("python benchmarks/alignment_alti_logit_parts.py", argv),
-        "device": device_name("cpu"),
-        "torch": torch.__version__,
-        "models": models,
-    }
-    js, md = write_report(report, args.out, args.stem, render)
+    js, md = write_study(models, "benchmarks/alignment_alti_logit_parts.py", argv, args, render)
     print(f"wrote {js} and {md}")
     return 0
 

@@ -27,52 +27,19 @@ from pathlib import Path
 import torch
 
 import latim_captum
-from latim_captum._environment import command_line, device_name
-from latim_captum.aggregate import alti_logit_terms
 from latim_captum.api import reconstruction_error_terms
 from latim_captum.copying.data import CopyTask
 from latim_captum.copying.metrics import ROWS, faithfulness
-from latim_captum.maps.all_layers import alti_logit
-from latim_captum.maps.layer import layer_maps
 from latim_captum.methods import next_token_targets
-from latim_captum.tasks.reports import load_model_dir, variant_of, write_report
+from latim_captum.paper.alti_logit_parts import STRATEGIES, aggregate, check_same_path, layer_parts, terms, write_study
+from latim_captum.tasks.reports import load_model_dir, variant_of
 
-#: the paper's strategy and the exact one
-STRATEGIES = ("silu", "silu_gate")
 #: (strategy of Δ, strategy of R): the paper's, the exact one, and the two mixtures
 PAIRINGS = (("silu", "silu"), ("silu_gate", "silu_gate"), ("silu", "silu_gate"), ("silu_gate", "silu"))
-#: a pairing of one strategy reproduces alti_logit to this relative error (float32 sums in another order)
-SAME_PATH_RTOL = 1e-4
 
 
 def pairing_name(pair: tuple[str, str]) -> str:
     return f"Δ {pair[0]}, R {pair[1]}"
-
-
-def layer_parts(tr, targets: torch.Tensor) -> dict:
-    """Every layer's Δ^{(l)} and ALTI map ``P^{(l)}`` (``[B, L, N, N]`` each) under both strategies:
-    ``{"logit": {act: ...}, "alti": {act: ...}}``, and ``"direct"``: the embedding's own term ``u_i · x_i^{(0)}``
-    (``[B, N]``)."""
-    u = tr.readout.projection(targets)  # [B, N, D]
-    out: dict = {"logit": {}, "alti": {}}
-    for act in STRATEGIES:
-        # no embedding columns: the copy models are HF Mamba / Mamba-2 (variant_of refuses anything else)
-        maps = [layer_maps(layer, act, ("alti", "logit"), projection=u) for layer in tr.layers]
-        for measure in ("logit", "alti"):
-            out[measure][act] = torch.stack([m[measure] for m in maps], dim=1)
-    out["direct"] = (u * tr.embeddings).sum(-1)
-    return out
-
-
-def terms(deltas: torch.Tensor, alti_maps: torch.Tensor) -> torch.Tensor:
-    """``[B, L, N, N]`` per-layer terms ``Δ^{(l)} R^{(l-1)}`` of eq 8 for ``[B, L, N, N]`` Δ and ALTI maps
-    (:func:`latim_captum.aggregate.alti_logit_terms`)."""
-    return torch.stack(list(alti_logit_terms(deltas.unbind(1), alti_maps.unbind(1))), dim=1)
-
-
-def aggregate(direct: torch.Tensor, layer_terms: torch.Tensor) -> torch.Tensor:
-    """Eq 8: ``diag(u · x^{(0)}) + Σ_l Δ^{(l)} R^{(l-1)}``."""
-    return torch.diag_embed(direct) + layer_terms.sum(1)
 
 
 def swapped_rollout(parts: dict, layer: int, base: str, swap: str) -> torch.Tensor:
@@ -85,16 +52,6 @@ def swapped_rollout(parts: dict, layer: int, base: str, swap: str) -> torch.Tens
 #: the one-layer swaps: (key in the report, strategy of Δ and of the other layers' ALTI maps, strategy of the swapped
 #: layer's map): does one layer's rollout step carry the paper's strategy's loss, and does mending it alone recover it
 SWAPS = (("one_layer_silu_rollout", "silu_gate", "silu"), ("one_layer_exact_rollout", "silu", "silu_gate"))
-
-
-def check_same_path(tr, targets: torch.Tensor, parts: dict) -> None:
-    """The one-strategy pairings against the library's ALTI-Logit; a mismatch stops the run (a wrong map scored)."""
-    for act in STRATEGIES:
-        mine = aggregate(parts["direct"], terms(parts["logit"][act], parts["alti"][act]))
-        lib = alti_logit(tr, targets, activation=act).scores
-        err = float((mine - lib).abs().max() / lib.abs().max())
-        if err > SAME_PATH_RTOL:
-            raise RuntimeError(f"{act}: the pairing's ALTI-Logit is {err:.1e} (relative) from alti_logit")
 
 
 def study_model(path: Path, n_samples: int, batch: int) -> dict:
@@ -212,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples and --batch must be positive")
     with torch.no_grad():  # not set_grad_enabled(False): main() may run inside another program (the tests)
         models = [study_model(Path(p), args.samples, args.batch) for p in args.model]
-    report = {
-        "command": command_line("python benchmarks/alti_logit_parts.py", argv),
-        "device": device_name("cpu"),
-        "torch": torch.__version__,
-        "models": models,
-    }
-    js, md = write_report(report, args.out, args.stem, render)
+    js, md = write_study(models, "benchmarks/alti_logit_parts.py", argv, args, render)
     print(f"wrote {js} and {md}")
     return 0
 

@@ -104,7 +104,7 @@ def test_source_columns_and_no_rollout_parts_by_hand(model_dir):
     task = AlignmentTask(**meta["task"])
     part = task.encode(task.pairs(3, meta["seed"] + 1))
     with torch.no_grad():
-        got = script.batch_parts(model, part, "silu_gate")
+        got = script.batch_parts(model, part, ["silu_gate"])["silu_gate"]
         tr = latim_captum.trace(model, part.ids)
         u = tr.readout.projection(next_token_targets(part.ids))
         maps = [layer_maps(layer, "silu_gate", ("alti", "logit"), projection=u) for layer in tr.layers]
