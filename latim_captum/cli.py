@@ -1144,7 +1144,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_whole.add_arguments(whole)
     whole.set_defaults(func=bench_whole.run_and_save)
-    for command in (demo, attr, ds, err, plan_p, copying, align, retr, speed, whole):
+    from .paper import activations as activation_study
+
+    acts = bench_sub.add_parser(
+        "activations",
+        help="what the conv activation costs (paper Table 5): accuracy, decomposition errors, ℓ2 and ALTI-Logit of "
+        "models trained with silu, relu and no activation",
+    )
+    activation_study.add_arguments(acts, out_default="latim-bench")
+    acts.set_defaults(func=activation_study.run_and_save, program="latim bench activations")
+    for command in (demo, attr, ds, err, plan_p, copying, align, retr, speed, whole, acts):
         # SUPPRESS: `latim --debug attribute ...` is not reset to False by the command's own default
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
 

@@ -198,6 +198,29 @@ def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys)
     assert "give --variant or --models" in capsys.readouterr().err
 
 
+def test_latim_bench_activations_runs_the_study_and_names_itself(tmp_path, capsys):
+    """``latim bench activations`` is the script's study under the CLI: same options, its own command recorded."""
+    from latim_captum.cli import main
+
+    argv = ["bench", "activations", "--task", "copy", "--variant", "mamba2", "--acts", "silu", "linear",
+            "--train-steps", "2", "--train-out", str(tmp_path / "runs"), "--n-samples", "3", "--batch", "3",
+            "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    suite = json.loads((tmp_path / "activations-copy-mamba2-tiny.json").read_text())
+    assert [row["summary"]["act"] for row in suite["models"]] == ["silu", "linear"]
+    assert suite["meta"]["command"] == (
+        "latim bench activations --task copy --scale tiny --device cpu --variant mamba2 --seed 0 --train-steps 2 "
+        "--acts silu linear --n-samples 3"
+    )
+    capsys.readouterr()
+    assert main(["bench", "activations", "--task", "copy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "latim: error: give --variant or --models"
+    assert main(["bench", "activations", "--task", "copy", "--models", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latim: error: ") and len(err.splitlines()) == 1 and "none" in err
+
+
 @pytest.mark.parametrize("act, exact", [("swish", "silu_gate"), ("silu", "silu_gate"), ("none", "identity"),
                                         ("linear", "identity"), ("relu", "act_gate")])  # fmt: skip
 def test_table5_summary_knows_every_name_of_an_activation(act, exact):

@@ -55,11 +55,13 @@ from ..tasks.reports import (
 __all__ = [
     "PAPER_TABLE5",
     "TASKS",
+    "add_arguments",
     "evaluate_variant",
     "main",
     "methods_for",
     "paper_table5_markdown",
     "render_markdown",
+    "run_and_save",
     "strategy_errors_markdown",
     "summarize",
 ]
@@ -247,8 +249,13 @@ def _train_tiny(task_name: str, variant: str, act: str, out: Path, seed: int, st
     train(resolve_args(flags + (["--steps", str(steps)] if steps else []) + (["--quiet"] if quiet else [])))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/activations.py", description=__doc__.split("\n\n")[0])
+#: the command a report of ``benchmarks/activations.py`` names (``latim bench activations`` sets its own)
+SCRIPT = "python benchmarks/activations.py"
+
+
+def add_arguments(p: argparse.ArgumentParser, out_default: str = "benchmarks/results") -> None:
+    """The study's options on ``p``: this script's parser, and ``latim bench activations``'s (whose reports name
+    that command and go to ``./latim-bench`` by default)."""
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--variant", choices=["mamba1", "mamba2"], default=None, help="needed unless --models")
     p.add_argument("--scale", choices=["tiny", "paper"], default="tiny", help="tiny: train the models in the run")
@@ -262,15 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-sequences", type=int, default=None)
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="LaTIM's path (same maps)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for the .md and .json")
+    p.add_argument("--out", default=out_default, help="folder for the .md and .json")
     p.add_argument("--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=SCRIPT, description=__doc__.split("\n\n")[0])
+    add_arguments(p)
     return p
 
 
 def rerun_command(args: argparse.Namespace, paths: list[Path], variant: str) -> str:
     """The command that reruns this study: every option that changes its numbers (a tiny run's seed, steps and
     activations; the evaluation's sample counts), not only the task and the models."""
-    parts = ["python benchmarks/activations.py", f"--task {args.task}", f"--scale {args.scale}"]
+    parts = [getattr(args, "program", SCRIPT), f"--task {args.task}", f"--scale {args.scale}"]
     parts.append(f"--device {args.device}")
     if args.models:
         parts.append(f"--models {' '.join(map(str, paths))}")
@@ -332,6 +344,12 @@ def run(args: argparse.Namespace) -> dict:
     print(render_markdown(suite))
     print(f"wrote {json_path} and {md_path}")
     return suite
+
+
+def run_and_save(args: argparse.Namespace) -> int:
+    """``latim bench activations``: :func:`run` (which writes the report); failures reach the CLI's one-line error."""
+    run(args)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
