@@ -10,7 +10,9 @@
 #        readings of the rows; for Table 2 over seeds, one call per seed with its own $OUT, then on any machine:
 #        python benchmarks/copying_seeds.py <the seeds' copying-<v>-paper.json>)
 #   bash benchmarks/gpu_checks.sh train-alignment mamba1|mamba2 [ACT] [SEED]   alignment model (App. B.2 recipe,
-#        cut at 8.2 minutes) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part*
+#        cut at TRAIN_MIN minutes, 8.2) as $OUT/alignment-<v>-paper-<act>-s<seed>.tar.part* (both train steps:
+#        TRAIN_ARGS, more trainer flags, e.g. "--stop-at 9844"; TRAIN_S, the process's limit, 530 s; the folder
+#        stays in gpu-models/ and the same line on the warm machine resumes a run cut short, FRESH=1 starts anew)
 #   bash benchmarks/gpu_checks.sh alignment DIR [DIR]         Table 3 analogue (AER) from trained alignment folders,
 #        cut at TE_S seconds; a second call on the warm machine continues it
 #   bash benchmarks/gpu_checks.sh train-eval copy|alignment mamba1|mamba2 ACT SEED [SEED...]   train, then evaluate
@@ -92,13 +94,25 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   else
     module=latim_captum.alignment.train; name="alignment-$v-paper-$act-s$seed"
   fi
+  # kept in gpu-models/ while the machine is warm: a folder with a trainer_state.pt (a run cut by TRAIN_MIN or
+  # TRAIN_S) is resumed, as if it had not stopped, unless FRESH=1; a finished one is refused and returned again
+  dir="gpu-models/$name"; resume=()
+  [ "${FRESH:-0}" != 1 ] && [ -f "$dir/trainer_state.pt" ] && resume=(--resume "$dir")
+  [ ${#resume[@]} = 0 ] && rm -rf "$dir"
+  mkdir -p gpu-models
+  # TRAIN_MIN (8.2) minutes of steps; TRAIN_S (530) seconds for the process, whose SIGTERM then ends the run after
+  # its step, saved and resumable (a bare machine first spends ~40 s unpacking the kernels, and each start ~50 s
+  # drawing the task's strings and checking the kernels)
   # shellcheck disable=SC2046,SC2086
-  timeout 540 python3 -m "$module" --variant "$v" --scale paper --device cuda --bf16 --quiet --act "$act" \
-    --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes 8.2 ${TRAIN_ARGS:-} --out "/tmp/$name" \
-    > "$out/train_$name.log" 2>&1
-  echo "train $name rc=$?"; head -14 "/tmp/$name/metrics.json"
-  # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x)
-  tar c -C /tmp "$name" | split -d -b 15M - "$out/$name.tar.part"
+  timeout "${TRAIN_S:-530}" python3 -m "$module" --variant "$v" --scale paper --device cuda --bf16 --quiet \
+    --act "$act" --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.2}" ${TRAIN_ARGS:-} \
+    "${resume[@]}" --out "$dir.new" > "$out/train_$name.log" 2>&1
+  rc=$?
+  [ -f "$dir.new/metrics.json" ] && rm -rf "$dir" && mv "$dir.new" "$dir"
+  echo "train $name rc=$rc ${resume[*]}"; head -14 "$dir/metrics.json" 2>/dev/null || tail -3 "$out/train_$name.log"
+  # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x), without the
+  # optimiser's state (twice the weights), which stays here for a resume
+  [ -d "$dir" ] && tar c --exclude trainer_state.pt -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
   exit 0
 fi
 if [ "$what" = train-eval ]; then

@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,13 +45,18 @@ from ..tasks.training import (
     add_training_arguments,
     autocast_for,
     check_device,
+    continue_history,
     fill_from_preset,
     inverse_sqrt,
+    load_resume,
     make_optimizer,
     ready_model,
+    restore_,
+    resumed_args,
     run_fields,
     run_training,
     save_run,
+    save_trainer_state,
     trainer_main,
 )
 from .data import CopyTask, copy_tokenizer, model_vocab_size
@@ -160,19 +166,24 @@ def train(args: argparse.Namespace) -> dict:
     """Train, evaluate and save; returns the metrics dict (also written to ``metrics.json``)."""
     torch.manual_seed(args.seed)
     device = check_device(args.device)
+    resume = Path(args.resume) if args.resume else None
+    model, state, _ = load_resume(resume, args.variant) if resume is not None else (None, {}, {})
     task = CopyTask(length=args.length, vocab_size=args.vocab)
     train_ids, eval_ids = task.splits(args.n_train, args.n_eval, seed=args.seed)
-    model = build_model(
-        args.variant,
-        layers=args.layers,
-        d_model=args.d_model,
-        state=args.state,
-        vocab=args.vocab,
-        head_dim=args.head_dim,
-        length=args.length,
-        act=args.act,
-    )
-    ready_model(model, device, act=args.act, check_len=task.seq_len, mimetic_layers=args.mimetic_layers,
+    if model is None:
+        model = build_model(
+            args.variant,
+            layers=args.layers,
+            d_model=args.d_model,
+            state=args.state,
+            vocab=args.vocab,
+            head_dim=args.head_dim,
+            length=args.length,
+            act=args.act,
+        )
+    # a resumed model keeps its trained weights: no mimetic initialisation
+    ready_model(model, device, act=args.act, check_len=task.seq_len,
+                mimetic_layers=args.mimetic_layers if resume is None else None,
                 mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule="inverse_sqrt",
@@ -181,6 +192,7 @@ def train(args: argparse.Namespace) -> dict:
     use_bf16, autocast = autocast_for(device, args.bf16)
     rows = torch.tensor(list(task.query_rows), device=device)
     gen = torch.Generator().manual_seed(args.seed + 2)
+    start = restore_(state, opt, sched, gen)  # a resumed run draws the batches the run would have drawn next
 
     def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(0, train_ids.shape[0], (args.batch,), generator=gen)
@@ -199,9 +211,11 @@ def train(args: argparse.Namespace) -> dict:
         eval_every=args.eval_every,
         max_minutes=args.max_minutes,
         stop_at=args.stop_at,
+        start=start,
         quiet=args.quiet,
         desc=f"train {args.variant}",
     )
+    history = continue_history(state, history)
     final = history[-1]
     result = {
         **run_fields(args, device, use_bf16, final),
@@ -209,9 +223,12 @@ def train(args: argparse.Namespace) -> dict:
         "task": task.to_dict(),
         "n_train": args.n_train,
         "n_eval": args.n_eval,
+        "resumed_from": str(resume) if resume else None,
         "history": history,
     }
     save_run(model, copy_tokenizer(args.vocab), args.out, args, result)
+    save_trainer_state(args.out, opt, sched, step=final["step"], minutes=final["minutes"], history=history,
+                       generator=gen)  # fmt: skip
     return result
 
 
@@ -241,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = resumed_args(parser.parse_args(argv), parser)
     return fill_from_preset(args, {"head_dim": 64, **PRESETS[args.scale][args.variant]})
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import sys
 import time
@@ -66,11 +65,15 @@ from ..tasks.training import (
     autocast_for,
     check_device,
     fill_from_preset,
+    load_resume,
     make_optimizer,
     ready_model,
+    restore_,
+    resumed_args,
     run_fields,
     run_training,
     save_run,
+    save_trainer_state,
     trainer_main,
 )
 from .data import KEYS, TINY_TASK, RetrievalSample, RetrievalTask
@@ -223,21 +226,6 @@ def eval_groups(task: RetrievalTask, *, length: int, n: int, seed: int) -> dict[
     return groups
 
 
-def _load_resume(path: Path, device: torch.device) -> tuple[nn.Module, dict, dict]:
-    from transformers import AutoModelForCausalLM
-
-    state_file = path / "trainer_state.pt"
-    if not state_file.is_file():
-        raise ValueError(f"--resume {path}: no trainer_state.pt there (not a folder written by this trainer)")
-    from .._loading import pretrained_kwargs
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
-    # tensors, numbers, strings and lists only: no pickled objects from a folder that may not be ours
-    state = torch.load(state_file, map_location=device, weights_only=True)
-    meta = json.loads((path / "metrics.json").read_text())
-    return model, state, meta
-
-
 def train(args: argparse.Namespace) -> dict:
     """Train (or resume), evaluate and save; returns the metrics dict (also written to ``metrics.json``)."""
     if getattr(args, "stop_at", None) is not None:  # the shared flag; a resumed run's steps count from its start
@@ -248,10 +236,8 @@ def train(args: argparse.Namespace) -> dict:
     resume = Path(args.resume) if args.resume else None
     state: dict = {}
     if resume is not None:
-        model, state, meta = _load_resume(resume, device)
+        model, state, meta = load_resume(resume, args.variant)
         task = RetrievalTask(**meta["task"])
-        if meta.get("variant") != args.variant:
-            raise ValueError(f"--resume {resume} holds a {meta.get('variant')} model, not {args.variant}")
     else:
         task = task_of_scale(args.scale)
         model = build_model(
@@ -272,10 +258,7 @@ def train(args: argparse.Namespace) -> dict:
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
         steps=args.steps,
     )  # fmt: skip
-    start = int(state.get("step", 0))
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    start = restore_(state, opt, sched)
     minutes_before = float(state.get("minutes", 0.0))
     progress = {"p": float(state.get("progress", 0.0))}
     history_before = list(state.get("history", []))
@@ -360,17 +343,8 @@ def train(args: argparse.Namespace) -> dict:
         "history": history,
     }
     save_run(model, task.tokenizer(), args.out, args, result)
-    torch.save(
-        {
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": final["step"],
-            "progress": progress["p"],
-            "minutes": final["minutes"],
-            "history": history,
-        },
-        Path(args.out) / "trainer_state.pt",
-    )
+    save_trainer_state(args.out, opt, sched, step=final["step"], minutes=final["minutes"], history=history,
+                       progress=progress["p"])  # fmt: skip
     return result
 
 
@@ -411,25 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train at these lengths only (one stage, cycled), instead of the preset's curriculum",
     )
-    p.add_argument("--resume", default=None, help="continue the run saved in this folder")
     return p
 
 
-#: what a resumed run takes from its own command line (the rest comes from the saved run's arguments)
-_CALL_SETTINGS = ("variant", "out", "resume", "device", "bf16", "kernels", "quiet", "max_minutes")
+#: what a resumed run takes from its command line when given, besides the trainers' CALL_SETTINGS
 _OPTIONAL_SETTINGS = ("steps", "curriculum_minutes", "data_workers")
 
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if args.resume:
-        saved_file = Path(args.resume) / "training_args.json"
-        if not saved_file.is_file():
-            raise SystemExit(f"--resume {args.resume}: no training_args.json there")
-        for key, value in json.loads(saved_file.read_text()).items():
-            if key in _CALL_SETTINGS or (key in _OPTIONAL_SETTINGS and getattr(args, key, None) is not None):
-                continue
-            setattr(args, key, value)
+    parser = build_parser()
+    args = resumed_args(parser.parse_args(argv), parser, _OPTIONAL_SETTINGS)
     args = fill_from_preset(args, {"head_dim": 64, **PRESETS[args.scale][args.variant]})
     if args.lengths:
         args.curriculum = [[1.0, list(args.lengths)]]

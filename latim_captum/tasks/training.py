@@ -5,7 +5,9 @@ The trainers (:mod:`latim_captum.copying.train`, :mod:`latim_captum.alignment.tr
 :func:`ready_model`, optimise it with AdamW under a warm-up schedule, evaluate on their held-out set every
 ``eval_every`` steps (and at the end, or when ``--max-minutes`` runs out), and write the same folder:
 ``model.safetensors`` (15 MB shards), ``config.json``, the tokenizer, ``training_args.json`` and ``metrics.json``
-(whose common fields are :func:`run_fields`).
+(whose common fields are :func:`run_fields`), and ``trainer_state.pt`` (:func:`save_trainer_state`: optimiser,
+schedule, the batch generator, step and history), from which ``--resume DIR`` continues a run cut by
+``--max-minutes`` or ``--stop-at`` as if it had not stopped (:func:`load_resume`, :func:`resumed_args`).
 
 Schedules (``step`` counted from 1, factor of the base learning rate):
 
@@ -25,7 +27,9 @@ import argparse
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,15 +45,28 @@ __all__ = [
     "add_training_arguments",
     "autocast_for",
     "check_device",
+    "continue_history",
     "cosine",
     "fill_from_preset",
     "inverse_sqrt",
     "make_optimizer",
     "ready_model",
     "run_fields",
+    "resumed_args",
+    "load_resume",
+    "restore_",
     "run_training",
     "save_run",
+    "save_trainer_state",
 ]
+
+#: the file a run's optimiser, schedule, batch generator, step and history are saved in, for ``--resume``
+TRAINER_STATE = "trainer_state.pt"
+
+#: what a resumed run takes from its own command line; the rest comes from the saved run's ``training_args.json``
+CALL_SETTINGS: tuple[str, ...] = (
+    "variant", "out", "resume", "device", "bf16", "kernels", "quiet", "max_minutes", "stop_at",
+)  # fmt: skip
 
 SCHEDULES: tuple[str, ...] = ("inverse_sqrt", "cosine")
 
@@ -169,53 +186,87 @@ def run_training(
     eval_every: int,
     max_minutes: float | None = None,
     stop_at: int | None = None,
+    start: int = 0,
     quiet: bool = False,
     desc: str = "train",
 ) -> list[dict]:
     """The step loop: ``step_loss(step)`` (forward and loss of one batch), backward, AdamW and scheduler steps;
-    ``evaluate()`` every ``eval_every`` steps, at the end and when ``max_minutes`` runs out or ``stop_at`` steps are
-    done. ``stop_at`` cuts the run at a step count with the schedule of ``steps`` unchanged: the run another one cut
-    by ``max_minutes`` at that step made, for comparing models of one recipe (Table 5's activations).
+    ``evaluate()`` every ``eval_every`` steps, at the end and when ``max_minutes`` runs out, ``stop_at`` steps are
+    done or the process gets SIGTERM (it then returns after the current step, so that the caller saves the run).
+    ``stop_at`` cuts the run at a step count with the schedule of ``steps`` unchanged: the run another one cut by
+    ``max_minutes`` at that step made, for comparing models of one recipe (Table 5's activations). ``start``: the
+    steps a resumed run made before (:func:`restore_`); steps count from the run's start, minutes from this call's.
 
     Raises:
-        ValueError: ``stop_at`` outside ``1..steps``.
+        ValueError: ``stop_at`` outside ``start + 1..steps``, or ``start`` not below ``steps``.
 
     Returns:
         the evaluation history, one ``{"step", "train_loss", **evaluate(), "minutes"}`` per evaluation.
     """
     from tqdm.auto import tqdm
 
-    if stop_at is not None and not 1 <= stop_at <= steps:
-        raise ValueError(f"stop_at must be in 1..{steps} (the schedule's steps), got {stop_at}")
+    if not 0 <= start < steps:
+        raise ValueError(f"the run has made {start} of its {steps} steps: nothing to resume")
+    if stop_at is not None and not start + 1 <= stop_at <= steps:
+        raise ValueError(f"stop_at must be in {start + 1}..{steps} (the schedule's steps), got {stop_at}")
     history: list[dict] = []
+    terminated = _TermFlag()
     t0 = time.time()
-    bar = tqdm(range(steps), desc=desc, disable=quiet)
-    for step in bar:
-        loss = step_loss(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-        done = step + 1
-        out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
-        stopped = stop_at is not None and done == stop_at
-        if done % eval_every == 0 or done == steps or out_of_time or stopped:
-            metrics = evaluate()
-            history.append({"step": done, "train_loss": loss.item(), **metrics, "minutes": (time.time() - t0) / 60})
-            bar.write(
-                f"step {done}: loss {loss.item():.4f} eval token acc {metrics['token_acc']:.4f} "
-                f"exact {metrics['exact_match']:.4f}"
-            )
-        if out_of_time:
-            bar.write(f"stopping at step {done}: --max-minutes {max_minutes} reached")
-            break
-        if stopped:
-            bar.write(f"stopping at step {done} of the schedule's {steps}: --stop-at")
-            break
+    bar = tqdm(range(start, steps), desc=desc, disable=quiet, initial=start, total=steps)
+    with terminated:
+        for step in bar:
+            loss = step_loss(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+            done = step + 1
+            out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+            stopped = stop_at is not None and done == stop_at
+            if done % eval_every == 0 or done == steps or out_of_time or stopped or terminated.seen:
+                metrics = evaluate()
+                minutes = (time.time() - t0) / 60
+                history.append({"step": done, "train_loss": loss.item(), **metrics, "minutes": minutes})
+                bar.write(
+                    f"step {done}: loss {loss.item():.4f} eval token acc {metrics['token_acc']:.4f} "
+                    f"exact {metrics['exact_match']:.4f}"
+                )
+            if terminated.seen:
+                bar.write(f"stopping at step {done}: SIGTERM (a time limit such as timeout's)")
+                break
+            if out_of_time:
+                bar.write(f"stopping at step {done}: --max-minutes {max_minutes} reached")
+                break
+            if stopped:
+                bar.write(f"stopping at step {done} of the schedule's {steps}: --stop-at")
+                break
     bar.close()
     return history
+
+
+class _TermFlag:
+    """While entered (main thread only), SIGTERM sets ``seen`` instead of killing the process, so that the step loop
+    ends after the current step and the run is evaluated and saved (and can be resumed): a trainer cut by
+    ``timeout`` keeps its steps. The previous handler is put back on exit."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.seen = True
+
+    def __enter__(self) -> _TermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def save_run(model: nn.Module, tokenizer, out: str | Path, args: argparse.Namespace, result: dict) -> Path:
@@ -228,6 +279,115 @@ def save_run(model: nn.Module, tokenizer, out: str | Path, args: argparse.Namesp
     (out / "training_args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return out
+
+
+def save_trainer_state(
+    out: str | Path,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    step: int,
+    minutes: float,
+    history: list[dict],
+    generator: torch.Generator | None = None,
+    **extra: object,
+) -> Path:
+    """Write ``out/trainer_state.pt``: what :func:`restore_` needs to continue the run as if it had not stopped (the
+    optimiser's moments, the schedule's position, the batch generator's state), and its step, minutes and history.
+    ``extra``: a trainer's own fields (numbers, strings, lists or tensors: read back with ``weights_only``)."""
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "minutes": minutes}
+    state["history"] = history
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    path = Path(out) / TRAINER_STATE
+    torch.save({**state, **extra}, path)
+    return path
+
+
+def continue_history(state: dict, history: list[dict]) -> list[dict]:
+    """A resumed run's whole evaluation history: the saved run's, then this call's (from :func:`run_training` with
+    ``start``: its steps count from the run's start already) with the saved minutes added to its own."""
+    before = float(state.get("minutes", 0.0))
+    return list(state.get("history", [])) + [{**entry, "minutes": entry["minutes"] + before} for entry in history]
+
+
+def load_resume(path: str | Path, variant: str) -> tuple[nn.Module, dict, dict]:
+    """``(model, trainer state, metrics.json)`` of the run saved in ``path``, the model in float32 on the CPU.
+
+    Raises:
+        ValueError: no ``trainer_state.pt`` there, or a model of another variant.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from .._loading import pretrained_kwargs
+
+    path = Path(path)
+    state_file = path / TRAINER_STATE
+    if not state_file.is_file():
+        raise ValueError(f"--resume {path}: no {TRAINER_STATE} there (not a folder written by a task trainer)")
+    meta = json.loads((path / "metrics.json").read_text())
+    if meta.get("variant") != variant:
+        raise ValueError(f"--resume {path} holds a {meta.get('variant')} model, not {variant}")
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a trainer's output is its step lines (and its one error line)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    # tensors, numbers, strings and lists only: no pickled objects from a folder that may not be ours
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    return model, state, meta
+
+
+def restore_(
+    state: dict,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Load a saved run's optimiser, schedule and batch generator (an empty ``state``: a fresh run, nothing to load);
+    returns the steps it made. ``ValueError`` for a state without the generator a trainer draws its batches from."""
+    if not state:
+        return 0
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if generator is not None:
+        if "generator" not in state:
+            raise ValueError(f"the saved {TRAINER_STATE} has no batch generator state: it cannot be resumed")
+        generator.set_state(state["generator"])
+    return int(state["step"])
+
+
+def resumed_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, optional: tuple[str, ...] = ()
+) -> argparse.Namespace:
+    """``args`` with a ``--resume DIR`` run's saved arguments (``DIR/training_args.json``), but for the call's
+    settings (:data:`CALL_SETTINGS`) and, where given, ``optional`` ones; unchanged without ``--resume``.
+
+    Any other option given with a value unlike the saved run's is refused: the run continues its own recipe, and a
+    flag that would be dropped in silence (``--lr``, ``--act``, ``--seed``) is an error, not a no-op.
+
+    Raises:
+        SystemExit: no saved arguments in the folder, or options that contradict them (one line, named).
+    """
+    if not getattr(args, "resume", None):
+        return args
+    saved_file = Path(args.resume) / "training_args.json"
+    if not saved_file.is_file():
+        raise SystemExit(f"--resume {args.resume}: no training_args.json there")
+    conflicts = []
+    for key, value in json.loads(saved_file.read_text()).items():
+        if key in CALL_SETTINGS or (key in optional and getattr(args, key, None) is not None):
+            continue
+        given = getattr(args, key, None)
+        if given is not None and given != parser.get_default(key) and given != value:
+            conflicts.append(f"--{key.replace('_', '-')} {given} (the run's: {value})")
+        setattr(args, key, value)
+    if conflicts:
+        raise SystemExit(f"--resume {args.resume} continues the saved run's recipe; drop {', '.join(conflicts)}")
+    return args
 
 
 def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides: list[tuple[str, type]]) -> None:
@@ -260,6 +420,13 @@ def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides:
         metavar="STEP",
         help="stop (evaluate and save) after this many steps, the schedule still that of --steps: another run's cut "
         "by --max-minutes, at the same step (to compare models of one recipe)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help=f"continue the run saved in DIR (its {TRAINER_STATE}): its model, task, optimiser and arguments; this "
+        "call's --out, --device, --bf16, --kernels, --quiet, --max-minutes and --stop-at",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch default)")
