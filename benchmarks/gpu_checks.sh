@@ -31,6 +31,8 @@
 #        1.5 minutes longer) alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or
 #        study_seeds.py) on the reports
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
+#   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
+#        activation under torch.profiler ($OUT/profile-train-<task>-<v>-<act>.txt; PROFILE_ACTS, PROFILE_S)
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
 #        curriculum, 7.5 minutes of steps) into ./gpu-models/retrieval-<v>-paper-s<seed> (git-ignored, kept while the
 #        machine stays warm; run again on a warm machine to resume it for another 7.5 minutes) and as
@@ -237,6 +239,19 @@ if [ "$what" = alignment ]; then
   echo "alignment rc=$? (resumed: ${resume[*]:-nothing})"
   mkdir -p "$kept" && cp "$out"/align/alignment-*.* "$kept/" 2>/dev/null
   head -40 "$out"/align/alignment-*.md 2>/dev/null || tail -5 "$out/alignment.log"
+  exit 0
+fi
+if [ "$what" = train-profile ]; then
+  # where a training step of each conv activation goes (benchmarks/profile_training.py, one process per activation,
+  # the trainers' own kernel choice): on an H100 (2026-12-06) the paper-scale Mamba-2 copy model without activation
+  # (fused kernels) made ~6 steps/s on a fresh machine and ReLU (unfused kernels) ~4, against SiLU's 17-20
+  task=${2:-copy}; v=${3:-mamba2}; shift $(( $# < 3 ? $# : 3 ))
+  for act in ${PROFILE_ACTS:-silu linear relu}; do
+    # shellcheck disable=SC2046
+    timeout "${PROFILE_S:-170}" python3 benchmarks/profile_training.py --task "$task" -- --variant "$v" --scale paper \
+      --device cuda --bf16 --act "$act" $(kernel_flags "$v" "$act") > "$out/profile-train-$task-$v-$act.txt" 2>&1
+    echo "profile $act rc=$?"; grep -m2 "per step" "$out/profile-train-$task-$v-$act.txt"
+  done
   exit 0
 fi
 if [ "$what" = activations ]; then
