@@ -24,7 +24,9 @@ Usage::
     python -m latim_captum.alignment.train --variant mamba2 --scale tiny --out runs/align-m2
     python -m latim_captum.alignment.train --variant mamba1 --scale paper --device cuda --bf16 --out runs/align-m1
 
-Writes ``model.safetensors``, ``config.json``, the tokenizer files, ``training_args.json`` and ``metrics.json``.
+Writes ``model.safetensors``, ``config.json``, the tokenizer files, ``training_args.json``, ``metrics.json`` and
+``trainer_state.pt``, from which ``--resume DIR --out NEW`` continues a run cut by ``--max-minutes``, ``--stop-at``
+or SIGTERM as if it had not stopped (the saved run's recipe; this call's device, kernels, time and ``--stop-at``).
 """
 
 from __future__ import annotations

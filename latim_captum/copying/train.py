@@ -26,7 +26,9 @@ Usage::
     python -m latim_captum.copying.train --variant mamba1 --scale paper --device cuda --bf16 --out runs/m1-paper
     python -m latim_captum.copying.train --variant mamba2 --scale paper --act linear --kernels off --out runs/m2-lin
 
-Writes ``model.safetensors``, ``config.json``, the tokenizer files, ``training_args.json`` and ``metrics.json``.
+Writes ``model.safetensors``, ``config.json``, the tokenizer files, ``training_args.json``, ``metrics.json`` and
+``trainer_state.pt``, from which ``--resume DIR --out NEW`` continues a run cut by ``--max-minutes``, ``--stop-at``
+or SIGTERM as if it had not stopped (the saved run's recipe; this call's device, kernels, time and ``--stop-at``).
 """
 
 from __future__ import annotations
