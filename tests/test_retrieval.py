@@ -363,6 +363,9 @@ def test_train_two_steps_then_resume(tmp_path):
     assert [h["step"] for h in resumed["history"]] == [2, 3]
     assert resumed["tokens_per_batch"] == 192, "a resumed run keeps the saved run's settings"
     assert main(["--variant", "mamba1", "--resume", str(out), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    # --steps may change on a resume; a recipe option with another value is refused, not dropped
+    with pytest.raises(SystemExit, match=r"drop --fwe-share 0\.5 \(the run's: 0\.25\)"):
+        main(["--variant", "mamba2", "--resume", str(out), "--out", str(tmp_path / "z"), "--fwe-share", "0.5"])
 
 
 # --- the bench end to end and the figures -------------------------------------------------------------------------

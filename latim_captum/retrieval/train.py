@@ -30,7 +30,8 @@ exact match per passkey key count and for FWE.
 **Resuming.** The output folder holds ``trainer_state.pt`` (optimizer, schedule, step, progress, minutes);
 ``--resume DIR`` continues from it with DIR's model, task, optimizer and training arguments; only the call's own
 settings (``--out``, ``--device``, ``--bf16``, ``--kernels``, ``--quiet``, ``--max-minutes``) and, when given,
-``--steps``, ``--curriculum-minutes`` and ``--data-workers`` are taken from the command line. The curriculum
+``--steps``, ``--curriculum-minutes`` and ``--data-workers`` are taken from the command line; any other option given
+with a value unlike the saved run's is refused (:func:`~latim_captum.tasks.training.resumed_args`). The curriculum
 resumes where it stopped (its progress is saved). A step's batch depends on ``(seed, step)`` and its length only.
 
 Usage::
