@@ -244,7 +244,8 @@ fi
 if [ "$what" = train-profile ]; then
   # where a training step of each conv activation goes (benchmarks/profile_training.py, one process per activation,
   # the trainers' own kernel choice): on an H100 (2026-12-06) the paper-scale Mamba-2 copy model without activation
-  # (fused kernels) made ~6 steps/s on a fresh machine and ReLU (unfused kernels) ~4, against SiLU's 17-20
+  # (fused kernels) made ~6 steps/s on a fresh machine and ReLU (unfused kernels) ~4 on a warm one, against SiLU's
+  # 11 and 17-20
   task=${2:-copy}; v=${3:-mamba2}; shift $(( $# < 3 ? $# : 3 ))
   for act in ${PROFILE_ACTS:-silu linear relu}; do
     # shellcheck disable=SC2046
