@@ -35,7 +35,7 @@
 #        activation under torch.profiler ($OUT/profile-train-<task>-<v>-<act>.txt; PROFILE_ACTS, PROFILE_S)
 #   bash benchmarks/gpu_checks.sh train-retrieval mamba1|mamba2 [SEED]   retrieval model (passkey + FWE, length
 #        curriculum, 7.5 minutes of steps) into ./gpu-models/retrieval-<v>-paper-s<seed> (git-ignored, kept while the
-#        machine stays warm; run again on a warm machine to resume it for another 7.5 minutes) and as
+#        machine stays warm; run again on a warm machine to resume it for another 7.5 minutes, FRESH=1: anew) and as
 #        $OUT/retrieval-<v>-paper-s<seed>.tar.part* (model + trainer_state.pt)
 #   bash benchmarks/gpu_checks.sh retrieval DIR [DIR]         retrieval study (Tables 4/6, shares, Figure 3) from
 #        trained folders (e.g. gpu-models/retrieval-mamba1-paper-s0 gpu-models/retrieval-mamba2-paper-s0), with the
@@ -88,6 +88,20 @@ eval_path() { # act
   if [ "$1" = silu ]; then echo "${PYTHONPATH:-}"
   else echo "${PYTHONPATH:-}" | tr ':' '\n' | grep -v kwsite | paste -sd:; fi
 }
+# resumable_train NAME LIMIT_S CMD...: run a trainer (CMD, without --resume / --out) into gpu-models/NAME, kept while
+# the machine is warm: a folder with a trainer_state.pt (a run cut by its minutes or by LIMIT_S, whose SIGTERM ends
+# the run after its step, saved) is resumed, as if it had not stopped, unless FRESH=1; the folder is replaced only by
+# a run that saved (trainer_state.pt, written last), so a cut one leaves the last good model in place
+resumable_train() {
+  local name=$1 limit=$2; shift 2
+  local dir="gpu-models/$name" resume=()
+  mkdir -p gpu-models; rm -rf "$dir.new"
+  if [ "${FRESH:-0}" = 1 ]; then rm -rf "$dir"; elif [ -f "$dir/trainer_state.pt" ]; then resume=(--resume "$dir"); fi
+  timeout "$limit" "$@" "${resume[@]}" --out "$dir.new" > "$out/train_$name.log" 2>&1
+  local rc=$?
+  if [ -f "$dir.new/trainer_state.pt" ]; then rm -rf "$dir" && mv "$dir.new" "$dir"; fi
+  echo "train $name rc=$rc ${resume[*]}"
+}
 if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   v=$2; act=${3:-silu}; seed=${4:-0}
   if [ "$what" = train ]; then
@@ -96,22 +110,13 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   else
     module=latim_captum.alignment.train; name="alignment-$v-paper-$act-s$seed"
   fi
-  # kept in gpu-models/ while the machine is warm: a folder with a trainer_state.pt (a run cut by TRAIN_MIN or
-  # TRAIN_S) is resumed, as if it had not stopped, unless FRESH=1; a finished one is refused and returned again
-  dir="gpu-models/$name"; resume=()
-  [ "${FRESH:-0}" != 1 ] && [ -f "$dir/trainer_state.pt" ] && resume=(--resume "$dir")
-  [ ${#resume[@]} = 0 ] && rm -rf "$dir"
-  mkdir -p gpu-models
-  # TRAIN_MIN (8.2) minutes of steps; TRAIN_S (530) seconds for the process, whose SIGTERM then ends the run after
-  # its step, saved and resumable (a bare machine first spends ~40 s unpacking the kernels, and each start ~50 s
-  # drawing the task's strings and checking the kernels)
+  # TRAIN_MIN (8.2) minutes of steps; TRAIN_S (530) seconds for the process (a bare machine first spends ~40 s
+  # unpacking the kernels, and each start ~50 s drawing the task's strings and checking the kernels)
   # shellcheck disable=SC2046,SC2086
-  timeout "${TRAIN_S:-530}" python3 -m "$module" --variant "$v" --scale paper --device cuda --bf16 --quiet \
-    --act "$act" --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.2}" ${TRAIN_ARGS:-} \
-    "${resume[@]}" --out "$dir.new" > "$out/train_$name.log" 2>&1
-  rc=$?
-  [ -f "$dir.new/metrics.json" ] && rm -rf "$dir" && mv "$dir.new" "$dir"
-  echo "train $name rc=$rc ${resume[*]}"; head -14 "$dir/metrics.json" 2>/dev/null || tail -3 "$out/train_$name.log"
+  resumable_train "$name" "${TRAIN_S:-530}" python3 -m "$module" --variant "$v" --scale paper --device cuda --bf16 \
+    --quiet --act "$act" --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.2}" ${TRAIN_ARGS:-}
+  dir="gpu-models/$name"
+  head -14 "$dir/metrics.json" 2>/dev/null || tail -3 "$out/train_$name.log"
   # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x), without the
   # optimiser's state (twice the weights), which stays here for a resume
   [ -d "$dir" ] && tar c --exclude trainer_state.pt -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
@@ -200,14 +205,9 @@ if [ "$what" = train-eval ]; then
 fi
 if [ "$what" = train-retrieval ]; then
   v=$2; seed=${3:-0}; name="retrieval-$v-paper-s$seed"; dir="gpu-models/$name"
-  mkdir -p gpu-models; rm -rf "$dir.new"
-  resume=(); [ -f "$dir/trainer_state.pt" ] && resume=(--resume "$dir")
-  timeout 560 python3 -m latim_captum.retrieval.train --variant "$v" --scale paper --device cuda --bf16 --quiet \
-    --seed "$seed" --max-minutes 7.5 "${resume[@]}" --out "$dir.new" > "$out/train_$name.log" 2>&1
-  rc=$?
-  # the folder is replaced only by a finished run (a cut one leaves the last good model in place)
-  if [ -f "$dir.new/trainer_state.pt" ]; then rm -rf "$dir" && mv "$dir.new" "$dir"; fi
-  echo "train $name rc=$rc ${resume[*]}"; head -24 "$dir/metrics.json" 2>/dev/null || tail -5 "$out/train_$name.log"
+  resumable_train "$name" 560 python3 -m latim_captum.retrieval.train --variant "$v" --scale paper --device cuda \
+    --bf16 --quiet --seed "$seed" --max-minutes 7.5
+  head -24 "$dir/metrics.json" 2>/dev/null || tail -5 "$out/train_$name.log"
   tar c -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
   exit 0
 fi

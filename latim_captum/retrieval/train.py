@@ -65,6 +65,7 @@ from ..tasks.training import (
     add_training_arguments,
     autocast_for,
     check_device,
+    continue_history,
     fill_from_preset,
     load_resume,
     make_optimizer,
@@ -262,7 +263,6 @@ def train(args: argparse.Namespace) -> dict:
     start = restore_(state, opt, sched)
     minutes_before = float(state.get("minutes", 0.0))
     progress = {"p": float(state.get("progress", 0.0))}
-    history_before = list(state.get("history", []))
     use_bf16, autocast = autocast_for(device, args.bf16)
     eval_length = min(args.curriculum[-1][1])
     groups = eval_groups(task, length=eval_length, n=args.n_eval, seed=args.seed)
@@ -321,10 +321,9 @@ def train(args: argparse.Namespace) -> dict:
         )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for entry in history:
+    for entry in history:  # this loop counts its steps from the call's start; the schedule extends per resume
         entry["step"] += start
-        entry["minutes"] += minutes_before
-    history = history_before + history
+    history = continue_history(state, history)
     final = history[-1]
     result = {
         "task_name": "retrieval",
