@@ -30,6 +30,13 @@
 #        minutes (Mamba-1) or 4.1-4.8 (Mamba-2; about 7.4 for the first on a bare machine, whose first 500 steps take
 #        1.5 minutes longer) alone on an H100. Over seeds, on any machine: python benchmarks/copying_seeds.py (or
 #        study_seeds.py) on the reports
+#   bash benchmarks/gpu_checks.sh switch DIR [ACT...]   Table 5's models as the paper made them (App. B.3): continue
+#        the SiLU model trained in DIR (e.g. gpu-models/copy-mamba2-paper-silu-s1, carried alone) while its conv
+#        activation switches to each ACT (relu linear; silu: the continued-training control), the trainer's
+#        --switch-from recipe, on the unfused kernels, into gpu-models/<DIR's name with silu -> ACT-cp> (resumable on
+#        a warm machine like train; SWITCH_MIN minutes of steps, 3.5, SWITCH_S seconds, 290, per ACT); the first
+#        ACT's folder comes back as $OUT/<name>.tar.part* (at most 8 files come back: one model's four parts)
+#   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
 #        activation under torch.profiler ($OUT/profile-train-<task>-<v>-<act>.txt; PROFILE_ACTS, PROFILE_S)
@@ -121,6 +128,28 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
   # optimiser's state (twice the weights), which stays here for a resume
   [ -d "$dir" ] && tar c --exclude trainer_state.pt -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
   exit 0
+fi
+if [ "$what" = switch ]; then
+  src=${2%/}; shift 2; acts=("$@"); [ ${#acts[@]} -gt 0 ] || acts=(relu linear)
+  meta=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m.get('task_name', 'copy'), m['variant'])" \
+    "$src/metrics.json") || { echo "switch: no trained model at $src"; exit 1; }
+  read -r task v <<< "$meta"
+  module=latim_captum.copying.train; [ "$task" = alignment ] && module=latim_captum.alignment.train
+  first=""
+  for act in "${acts[@]}"; do
+    name=$(basename "$src"); name=${name/silu/$act-cp}; first=${first:-$name}
+    resumable_train "$name" "${SWITCH_S:-290}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
+      --device cuda --bf16 --quiet --kernels unfused --max-minutes "${SWITCH_MIN:-3.5}"
+    grep -E "^step|error" "$out/train_$name.log" | tail -4
+  done
+  [ -d "gpu-models/$first" ] && tar c --exclude trainer_state.pt -C gpu-models "$first" \
+    | split -d -b 15M - "$out/$first.tar.part"
+  exit 0
+fi
+if [ "$what" = fetch ]; then
+  [ -d "gpu-models/$2" ] || { echo "fetch: no gpu-models/$2 on this machine"; ls gpu-models; exit 1; }
+  tar c --exclude trainer_state.pt -C gpu-models "$2" | split -d -b 15M - "$out/$2.tar.part"
+  ls -l "$out"; exit 0
 fi
 if [ "$what" = train-eval ]; then
   task=$2; v=$3; act=$4; shift 4

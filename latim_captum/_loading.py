@@ -96,4 +96,13 @@ def load_pretrained(
     # errors, ...: the caller gets one kind with the cause, not a traceback of the library's internals
     except Exception as err:
         raise ModelLoadError(f"cannot load {text!r}: {_cause(err)}") from err
+    alpha = getattr(model.config, "latim_switch_alpha", None)
+    if alpha is not None and float(alpha) < 1.0:
+        # a run of latim_captum.tasks.switch cut before the end: its weights serve a SiLU/new-activation blend that
+        # no HF activation computes, so any map of it would be of another model
+        raise ModelLoadError(
+            f"cannot load {text!r}: it was saved mid-way through switching its activation from SiLU to "
+            f"{model.config.hidden_act!r} (alpha {float(alpha):.3f} < 1), so it computes neither model; resume the "
+            "run with --resume to finish the switch"
+        )
     return model, tok

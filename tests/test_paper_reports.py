@@ -182,6 +182,31 @@ def test_activation_study_trains_three_variants_and_reports_them(task_name, tmp_
     assert suite["meta"]["command"].endswith(want) and f"- command: `{suite['meta']['command']}`" in md
 
 
+def test_activation_study_rows_of_continued_training(tmp_path):
+    """The paper's Table 5 rows SiLU, SiLU + CP and ReLU + CP: a SiLU model and the runs continued from it
+    (``--switch-from``) are rows of their own, named by the switch."""
+    from latim_captum.copying.train import main as train
+    from latim_captum.paper.activations import main as study
+
+    small = ["--variant", "mamba2", "--n-train", "64", "--n-eval", "8", "--batch", "8", "--length", "4", "--vocab",
+             "8", "--layers", "2", "--d-model", "16", "--head-dim", "8", "--state", "4", "--quiet"]  # fmt: skip
+    assert train([*small, "--steps", "4", "--warmup", "2", "--out", str(tmp_path / "silu")]) == 0
+    switch = ["--variant", "mamba2", "--switch-from", str(tmp_path / "silu"), "--steps", "4", "--warmup", "1",
+              "--decay", "1", "--quiet"]  # fmt: skip
+    for act in ("silu", "relu"):
+        assert train([*switch, "--act", act, "--out", str(tmp_path / f"{act}-cp")]) == 0
+    dirs = [tmp_path / "silu", tmp_path / "silu-cp", tmp_path / "relu-cp"]
+    argv = ["--task", "copy", "--models", *map(str, dirs), "--n-samples", "2", "--batch", "2", "--out", str(tmp_path)]
+    assert study([*argv, "--quiet"]) == 0
+    suite = json.loads((tmp_path / "activations-copy-mamba2-tiny.json").read_text())
+    assert [row["summary"]["label"] for row in suite["models"]] == ["silu", "silu + CP", "relu + CP"]
+    assert [row["summary"]["act"] for row in suite["models"]] == ["silu", "silu", "relu"]
+    assert suite["models"][2]["meta"]["switch"]["to"] == "relu"
+    md = (tmp_path / "activations-copy-mamba2-tiny.md").read_text()
+    assert f"- relu + CP: `{dirs[2]}`" in md and f"continued from `{dirs[0]}` switching SiLU → relu" in md
+    assert "\n| silu + CP | " in md and "\n| relu + CP | " in md
+
+
 def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):
     from latim_captum.copying import copy_tokenizer
     from latim_captum.paper.activations import main as study

@@ -62,7 +62,7 @@ def test_exact_strategy_per_activation_and_its_decomposition_error():
 
 def test_the_device_check_catches_a_training_forward_that_ignores_the_activation():
     model = _tiny("mamba1", "relu")
-    assert check_device_forward(model, torch.device("cpu"), seq_len=8) == 0.0  # same path on both sides
+    assert check_device_forward(model, torch.device("cpu"), seq_len=8) == (0.0, 0.0)  # same path on both sides
 
     class SiluInTraining(torch.nn.Module):
         """What mamba-ssm's fused Mamba-1 training path does to a ReLU model: SiLU in the conv while training."""
@@ -82,6 +82,47 @@ def test_the_device_check_catches_a_training_forward_that_ignores_the_activation
 
     with pytest.raises(ValueError, match="does not follow hidden_act='relu'"):
         check_device_forward(SiluInTraining(model), torch.device("cpu"), seq_len=8)
+
+
+class _StraightThroughReLU(torch.nn.Module):
+    """ReLU's values with the identity's derivative: a training path whose forward is the model and whose backward
+    is not (what a kernel with the wrong activation flag in its backward would give)."""
+
+    def forward(self, x):
+        return x + (torch.relu(x) - x).detach()
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_the_device_check_catches_a_backward_that_is_not_the_forwards(variant):
+    import types
+
+    from latim_captum.tasks.unfused import REFERENCE_OPS, unfused_mixer_forward
+
+    model = _tiny(variant, "relu")
+    straight_through = {"on": False}
+    # "the device" is train mode, where the mixers run the unfused forward on the reference kernels (it applies the
+    # mixer's own act; HF's train-mode CPU path in recent releases is a reference of the fused kernel, which does not)
+    for mixer in (m for m in model.modules() if type(m).__name__.endswith("Mixer")):
+
+        def forward(self, hidden_states, *args, _own=mixer.forward, **kwargs):
+            if not self.training:
+                return _own(hidden_states, *args, **kwargs)
+            act = self.act
+            self.act = _StraightThroughReLU() if straight_through["on"] else act
+            try:
+                return unfused_mixer_forward(self, hidden_states, REFERENCE_OPS)
+            finally:
+                self.act = act
+
+        mixer.forward = types.MethodType(forward, mixer)
+    assert max(check_device_forward(model, torch.device("cpu"), seq_len=8)) < 1e-5
+    straight_through["on"] = True
+    with pytest.raises(ValueError, match="backward differs from the PyTorch one: .*gradient by"):
+        check_device_forward(model, torch.device("cpu"), seq_len=8)
+    # the forward alone is the model's: the logits agree, so only the gradients can have failed it
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(model.train()(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)
 
 
 def test_block_kernels_refuses_when_too_late_and_hides_the_kernels_otherwise():

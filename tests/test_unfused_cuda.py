@@ -37,3 +37,36 @@ def test_unfused_kernels_are_the_model(variant, act):
         logits = model(input_ids=ids).logits
     logits.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("new", ["relu", "linear"])
+def test_a_switching_model_on_the_kernels_is_its_cpu_reference(variant, new):
+    """Mid-switch (α = 0.5: a blend no HF activation computes), the kernels' forward and gradients are those of the
+    same unfused forward on the plain-PyTorch reference kernels on the CPU."""
+    pytest.importorskip("mamba_ssm", reason="needs mamba-ssm (CUDA build)")
+    import copy
+
+    from latim_captum.tasks.switch import install_switch_, set_alpha_
+    from latim_captum.tasks.unfused import REFERENCE_OPS, install_unfused_forward_, kernel_ops
+
+    torch.manual_seed(0)
+    model = perturb_(build_model(variant, layers=2, d_model=256, state=16, vocab=32, head_dim=64, seq_len=101), seed=1)
+    reference = copy.deepcopy(model)
+    for m, ops, on_cpu in ((model, kernel_ops(), False), (reference, REFERENCE_OPS, True)):
+        set_alpha_(install_switch_(m, new), 0.5)
+        install_unfused_forward_(m, ops, on_cpu=on_cpu)
+    model.cuda().train()
+    ids = torch.randint(0, 32, (2, 101))
+    results = []
+    from latim_captum.tasks.models import full_fp32_matmuls
+
+    for m, device in ((reference, "cpu"), (model, "cuda")):
+        with full_fp32_matmuls():
+            logits = m(input_ids=ids.to(device)).logits
+        grads = torch.autograd.grad(logits.float().square().mean(), list(m.parameters()))
+        results.append((logits.detach().cpu(), [g.cpu() for g in grads]))
+    (ref_logits, ref_grads), (got_logits, got_grads) = results
+    assert float((got_logits - ref_logits).abs().max()) < 1e-3 * float(ref_logits.abs().max())
+    for (name, _), g, r in zip(model.named_parameters(), got_grads, ref_grads):
+        assert float((g - r).norm()) <= 1e-2 * float(r.norm()) + 1e-8, name

@@ -42,12 +42,14 @@ from torch import nn
 
 from ..tasks.models import build_model
 from ..tasks.training import (
+    SCHEDULES,
+    add_switch_arguments,
     add_training_arguments,
     autocast_for,
     check_device,
     continue_history,
     fill_from_preset,
-    load_resume,
+    finish_switch_,
     make_optimizer,
     ready_model,
     restore_,
@@ -56,11 +58,14 @@ from ..tasks.training import (
     run_training,
     save_run,
     save_trainer_state,
+    start_model,
+    switch_stepper,
+    switched_args,
     trainer_main,
 )
 from .data import TINY_TASK, AlignmentBatch, AlignmentTask
 
-__all__ = ["PRESETS", "evaluate_translation", "main", "task_of_scale", "train"]
+__all__ = ["PRESETS", "SWITCH_RECIPES", "evaluate_translation", "main", "task_of_scale", "train"]
 
 _PAPER = dict(
     layers=8,
@@ -93,6 +98,13 @@ _TINY = dict(
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"mamba1": {**_PAPER, "state": 16}, "mamba2": {**_PAPER, "state": 128, "head_dim": 64}},
     "tiny": {"mamba1": {**_TINY, "state": 16}, "mamba2": {**_TINY, "state": 32, "head_dim": 16}},
+}
+
+#: the ``--switch-from`` recipe per scale (App. B.3's shape: warm-up, stable, and a decay on the new activation alone;
+#: gradient clipping 5.0)
+SWITCH_RECIPES: dict[str, dict] = {
+    "paper": dict(steps=2000, warmup=100, decay=200, lr=2e-4, clip=5.0, schedule="wsd", eval_every=250),
+    "tiny": dict(steps=400, warmup=20, decay=40, lr=1e-3, clip=5.0, schedule="wsd", eval_every=100),
 }
 
 
@@ -147,29 +159,20 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     device = check_device(args.device)
     resume = Path(args.resume) if args.resume else None
-    model, state, _ = load_resume(resume, args.variant) if resume is not None else (None, {}, {})
     task = task_of_scale(args.scale)
     train_pairs, eval_pairs = task.splits(args.n_train, args.n_eval, seed=args.seed)
     train_batch, eval_batch = task.encode(train_pairs), task.encode(eval_pairs)
-    if model is None:
-        model = build_model(
-            args.variant,
-            layers=args.layers,
-            d_model=args.d_model,
-            state=args.state,
-            vocab=task.vocab_size,
-            head_dim=args.head_dim,
-            seq_len=task.max_seq_len,
-            act=args.act,
-            special_id=task.pad_id,
-        )
-    # a resumed model keeps its trained weights: no mimetic initialisation
+    model, state, switches = start_model(args, lambda: build_model(
+        args.variant, layers=args.layers, d_model=args.d_model, state=args.state, vocab=task.vocab_size,
+        head_dim=args.head_dim, seq_len=task.max_seq_len, act=args.act, special_id=task.pad_id,
+    ))  # fmt: skip
+    # a resumed or switched model keeps its trained weights: no mimetic initialisation
     ready_model(model, device, act=args.act, check_len=task.max_seq_len,
                 mimetic_layers=args.mimetic_layers if resume is None else None,
-                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels)  # fmt: skip
+                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels, switches=switches)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
-        steps=args.steps,
+        steps=args.steps, decay=args.decay or 0,
     )  # fmt: skip
     use_bf16, autocast = autocast_for(device, args.bf16)
     gen = torch.Generator().manual_seed(args.seed + 2)
@@ -194,6 +197,8 @@ def train(args: argparse.Namespace) -> dict:
         start=start,
         quiet=args.quiet,
         desc=f"train {args.variant}",
+        before_step=switch_stepper(args, switches),
+        clip=args.clip,
     )
     history = continue_history(state, history)
     final = history[-1]
@@ -205,6 +210,7 @@ def train(args: argparse.Namespace) -> dict:
         "n_train": args.n_train,
         "n_eval": args.n_eval,
         "resumed_from": str(resume) if resume else None,
+        "switch": finish_switch_(model, args, switches),
         "history": history,
     }
     save_run(model, task.tokenizer(), args.out, args, result)
@@ -233,13 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval-every", int),
     ]
     add_training_arguments(p, PRESETS, overrides)
-    p.add_argument("--schedule", choices=["cosine", "inverse_sqrt"], default=None, help="override the preset")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="override the preset")
+    add_switch_arguments(p, SWITCH_RECIPES)
     return p
 
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = resumed_args(parser.parse_args(argv), parser)
+    args = switched_args(resumed_args(parser.parse_args(argv), parser), parser, SWITCH_RECIPES)
     return fill_from_preset(args, {"head_dim": 64, **PRESETS[args.scale][args.variant]})
 
 

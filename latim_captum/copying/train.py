@@ -44,13 +44,15 @@ from torch import nn
 
 from ..tasks.models import build_model as _build_model
 from ..tasks.training import (
+    SCHEDULES,
+    add_switch_arguments,
     add_training_arguments,
     autocast_for,
     check_device,
     continue_history,
     fill_from_preset,
+    finish_switch_,
     inverse_sqrt,
-    load_resume,
     make_optimizer,
     ready_model,
     restore_,
@@ -59,11 +61,14 @@ from ..tasks.training import (
     run_training,
     save_run,
     save_trainer_state,
+    start_model,
+    switch_stepper,
+    switched_args,
     trainer_main,
 )
 from .data import CopyTask, copy_tokenizer, model_vocab_size
 
-__all__ = ["PRESETS", "build_model", "evaluate_copy", "inverse_sqrt", "main", "train"]
+__all__ = ["PRESETS", "SWITCH_RECIPES", "build_model", "evaluate_copy", "inverse_sqrt", "main", "train"]
 
 # The paper's 5,000 fixed training strings are memorised, not copied, by our 8-layer Mamba-1 (held-out accuracy at
 # chance; benchmarks/results/gpu-session-2026-11-23.md); fresh strings (500,000, each seen ~2.5 times) make the models
@@ -81,6 +86,7 @@ _PAPER = dict(
     batch=256,
     lr=7e-4,
     warmup=500,
+    schedule="inverse_sqrt",
     n_train=PAPER_N_TRAIN,
     n_eval=128,
     eval_every=500,
@@ -95,6 +101,7 @@ _TINY = dict(
     batch=64,
     lr=3e-3,
     warmup=100,
+    schedule="inverse_sqrt",
     n_train=5000,
     n_eval=128,
     eval_every=250,
@@ -104,6 +111,13 @@ _TINY = dict(
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"mamba1": {**_PAPER, "state": 16}, "mamba2": {**_PAPER, "state": 128, "head_dim": 64}},
     "tiny": {"mamba1": {**_TINY, "state": 16}, "mamba2": {**_TINY, "state": 32, "head_dim": 16}},
+}
+
+#: the ``--switch-from`` recipe per scale (App. B.3's shape: warm-up, stable, and a decay on the new activation alone;
+#: gradient clipping 5.0), shorter than the paper's 33,000 steps as the copy models are (5,000 steps)
+SWITCH_RECIPES: dict[str, dict] = {
+    "paper": dict(steps=2000, warmup=100, decay=200, lr=2e-4, clip=5.0, schedule="wsd", eval_every=250),
+    "tiny": dict(steps=600, warmup=30, decay=60, lr=1e-3, clip=5.0, schedule="wsd", eval_every=100),
 }
 
 
@@ -169,27 +183,19 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     device = check_device(args.device)
     resume = Path(args.resume) if args.resume else None
-    model, state, _ = load_resume(resume, args.variant) if resume is not None else (None, {}, {})
     task = CopyTask(length=args.length, vocab_size=args.vocab)
     train_ids, eval_ids = task.splits(args.n_train, args.n_eval, seed=args.seed)
-    if model is None:
-        model = build_model(
-            args.variant,
-            layers=args.layers,
-            d_model=args.d_model,
-            state=args.state,
-            vocab=args.vocab,
-            head_dim=args.head_dim,
-            length=args.length,
-            act=args.act,
-        )
-    # a resumed model keeps its trained weights: no mimetic initialisation
+    model, state, switches = start_model(args, lambda: build_model(
+        args.variant, layers=args.layers, d_model=args.d_model, state=args.state, vocab=args.vocab,
+        head_dim=args.head_dim, length=args.length, act=args.act,
+    ))  # fmt: skip
+    # a resumed or switched model keeps its trained weights: no mimetic initialisation
     ready_model(model, device, act=args.act, check_len=task.seq_len,
                 mimetic_layers=args.mimetic_layers if resume is None else None,
-                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels)  # fmt: skip
+                mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels, switches=switches)  # fmt: skip
     opt, sched = make_optimizer(
-        model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule="inverse_sqrt",
-        steps=args.steps,
+        model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+        steps=args.steps, decay=args.decay or 0,
     )  # fmt: skip
     use_bf16, autocast = autocast_for(device, args.bf16)
     rows = torch.tensor(list(task.query_rows), device=device)
@@ -216,6 +222,8 @@ def train(args: argparse.Namespace) -> dict:
         start=start,
         quiet=args.quiet,
         desc=f"train {args.variant}",
+        before_step=switch_stepper(args, switches),
+        clip=args.clip,
     )
     history = continue_history(state, history)
     final = history[-1]
@@ -226,6 +234,7 @@ def train(args: argparse.Namespace) -> dict:
         "n_train": args.n_train,
         "n_eval": args.n_eval,
         "resumed_from": str(resume) if resume else None,
+        "switch": finish_switch_(model, args, switches),
         "history": history,
     }
     save_run(model, copy_tokenizer(args.vocab), args.out, args, result)
@@ -256,12 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("head-dim", int),
     ]
     add_training_arguments(p, PRESETS, overrides)
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="override the preset")
+    add_switch_arguments(p, SWITCH_RECIPES)
     return p
 
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = resumed_args(parser.parse_args(argv), parser)
+    args = switched_args(resumed_args(parser.parse_args(argv), parser), parser, SWITCH_RECIPES)
     return fill_from_preset(args, {"head_dim": 64, **PRESETS[args.scale][args.variant]})
 
 

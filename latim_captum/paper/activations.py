@@ -61,6 +61,7 @@ __all__ = [
     "methods_for",
     "paper_table5_markdown",
     "render_markdown",
+    "row_label",
     "run_and_save",
     "strategy_errors_markdown",
     "summarize",
@@ -184,6 +185,12 @@ def strategy_errors_markdown(
     return lines
 
 
+def row_label(act: str, run_meta: dict) -> str:
+    """A report row's name: the conv activation, ``+ CP`` for a model continued from a SiLU one while its activation
+    switched (:mod:`latim_captum.tasks.switch`; the paper's "SiLU + CP" row is the switch to SiLU itself)."""
+    return f"{act} + CP" if run_meta.get("switch") else act
+
+
 def render_markdown(suite: dict) -> str:
     """Markdown: ours (one row per trained activation), every strategy's error, and the paper's Table 5."""
     meta = suite["meta"]
@@ -203,9 +210,11 @@ def render_markdown(suite: dict) -> str:
     ]
     for row in rows:
         m = row["meta"]
+        switch = m.get("switch")
+        how = f", continued from `{switch['from']}` switching SiLU → {switch['to']}" if switch else ""
         lines.append(
-            f"- {row['summary']['act']}: `{m.get('model', '?')}`, trained on {m.get('train_device') or '?'}, seed "
-            f"{m.get('seed', '?')}, {m.get('steps', '?')} steps"
+            f"- {row['summary'].get('label', row['summary']['act'])}: `{m.get('model', '?')}`, trained on "
+            f"{m.get('train_device') or '?'}, seed {m.get('seed', '?')}, {m.get('steps', '?')} steps{how}"
         )
     lines += [
         f"- interpretability: {metric}; rows that predict the token (`predict`); ℓ2 at its best layer (number in "
@@ -229,12 +238,12 @@ def render_markdown(suite: dict) -> str:
         exact_err = f"{exact}: {_errs(errors.get(exact))}" if exact else "none"
         ms = s["methods"]
         lines.append(
-            f"| {s['act']} | {s['accuracy']['token_acc']:.3f} / {s['accuracy']['exact_match']:.3f} | "
+            f"| {s.get('label', s['act'])} | {s['accuracy']['token_acc']:.3f} / {s['accuracy']['exact_match']:.3f} | "
             f"{paper}: {_errs(errors.get(paper))} | {exact_err} | {_value(ms.get(f'l2{suffix}'))} | "
             f"{_value(ms.get(f'l2_{exact}')) if exact else '—'} | {_value(ms.get(f'alti_logit{suffix}'))} | "
             f"{_value(ms.get(f'alti_logit_{exact}')) if exact else '—'} |"
         )
-    errors = {row["summary"]["act"]: row["summary"]["reconstruction_error"] for row in rows}
+    errors = {r["summary"].get("label", r["summary"]["act"]): r["summary"]["reconstruction_error"] for r in rows}
     lines += ["", *strategy_errors_markdown("Decomposition error of every strategy (per layer)", errors, _errs)]
     lines += ["", *paper_table5_markdown()]
     return "\n".join(lines) + "\n"
@@ -318,11 +327,12 @@ def run(args: argparse.Namespace) -> dict:
         paths = [Path("runs") / f"{args.task}-{args.variant}-paper-{act}" for act in args.acts]
     loaded = [load_model_dir(p) for p in paths]
     variants = {variant_of(m) for m, _, _ in loaded}
-    acts = [model_act(m) for m, _, _ in loaded]
+    labels = [row_label(model_act(m), run_meta) for m, _, run_meta in loaded]
     if len(variants) > 1:
         raise ValueError(f"the models mix variants ({', '.join(sorted(variants))}): one variant per report")
-    if len(set(acts)) < len(acts):
-        raise ValueError(f"two models share a conv activation ({', '.join(acts)}): one model per activation")
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two models share a conv activation ({', '.join(labels)}): one model per activation "
+                         "(and per continued-training switch)")  # fmt: skip
     variant = variants.pop()
     device = device_name(args.device)
     command = rerun_command(args, paths, variant)
@@ -331,14 +341,15 @@ def run(args: argparse.Namespace) -> dict:
     meta["same_seed"] = same_seed
     suite: dict = {"meta": meta, "models": []}
     stem = f"activations-{args.task}-{variant}-{args.scale}"
-    for path, (model, _, run_meta) in zip(paths, loaded):
+    for path, label, (model, _, run_meta) in zip(paths, labels, loaded):
         kwargs = dict(batch=args.batch, max_sequences=args.max_sequences, backend=args.backend, quiet=args.quiet)
         if args.n_samples:
             kwargs["n_samples"] = args.n_samples
         report = evaluate_variant(model.to(args.device), args.task, run_meta, **kwargs)
-        keep = ("seed", "steps", "act")
+        keep = ("seed", "steps", "act", "switch")
         row_meta = {"model": str(path), "train_device": run_meta.get("device"), **{k: run_meta.get(k) for k in keep}}
-        suite["models"].append({"meta": row_meta, "summary": summarize(report, args.task), "report": report})
+        summary = {**summarize(report, args.task), "label": label}
+        suite["models"].append({"meta": row_meta, "summary": summary, "report": report})
         write_report(suite, args.out, stem, render_markdown)
     json_path, md_path = write_report(suite, args.out, stem, render_markdown)
     print(render_markdown(suite))

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from torch import nn
 from .._precision import fp32_math
 
 __all__ = [
+    "DeviceCheck",
     "HIDDEN_ACTS",
     "VARIANTS",
     "block_kernels",
@@ -207,26 +209,48 @@ def full_fp32_matmuls() -> Iterator[None]:
             os.environ["TRITON_F32_DEFAULT"] = env
 
 
-@torch.no_grad()
-def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int, atol: float = 1e-3) -> float:
-    """Compare the model's training-mode logits on ``device`` with its CPU float32 forward (HF's PyTorch path, also
-    where transformers would call the kernels on CPU tensors: :func:`hf_torch_path`); ``ValueError`` if they differ
-    (a kernel that ignores ``hidden_act``) or the device path fails. Returns the largest difference. On the CPU both
-    sides take HF's PyTorch path (train and eval mode differ in nothing for Mamba, which has no dropout), so the
-    check passes there unless the training-mode forward is another model. The device side runs with float32
-    products in float32 (:func:`full_fp32_matmuls`): the check asks whether the kernels compute the model, and
-    TF32's 10-bit mantissa (Triton's default for float32 ``tl.dot``, in mamba-ssm's Mamba-2 chunk scan) errs by
-    ~1e-3 of each product, which can carry two layers' logits past ``atol`` (``benchmarks/tf32_chunk_scan.py``)."""
+class DeviceCheck(NamedTuple):
+    """What :func:`check_device_forward` measured: the largest logit difference, and the largest relative gradient
+    difference over the parameters (``‖g_device − g_ref‖ / ‖g_ref‖``, parameters with a share of the gradient)."""
+
+    logits: float
+    grads: float
+
+
+def check_device_forward(
+    model: nn.Module, device: torch.device, *, seq_len: int, atol: float = 1e-3, grad_rtol: float = 1e-2
+) -> DeviceCheck:
+    """Compare the model's training-mode logits on ``device``, and the gradients they give, with its CPU float32
+    forward and backward (HF's PyTorch path, also where transformers would call the kernels on CPU tensors:
+    :func:`hf_torch_path`); ``ValueError`` if they differ (a kernel that ignores ``hidden_act``, or a backward that
+    is not the forward's) or the device path fails. On the CPU both sides take HF's PyTorch path (train and eval mode
+    differ in nothing for Mamba, which has no dropout), so the check passes there unless the training-mode forward is
+    another model. The device side runs with float32 products in float32 (:func:`full_fp32_matmuls`): the check asks
+    whether the kernels compute the model, and TF32's 10-bit mantissa (Triton's default for float32 ``tl.dot``, in
+    mamba-ssm's Mamba-2 chunk scan) errs by ~1e-3 of each product, which can carry two layers' logits past ``atol``
+    (``benchmarks/tf32_chunk_scan.py``).
+
+    Gradients: of the cross-entropy of the logits against random next tokens, per parameter relative to the
+    reference's norm, over the parameters that carry at least 1e-4 of the whole gradient's norm (a parameter with
+    almost none compares rounding); ``grad_rtol`` 1e-2 leaves float32 kernels' reordered sums room while a wrong
+    activation derivative (SiLU's for ReLU's, or 1 for either) moves whole layers' gradients by tens of percent."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
+    targets = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
     was_training = model.training
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(logits: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(logits.device).flatten())
+        return logits.detach().float().cpu(), torch.autograd.grad(loss, params, allow_unused=True)
+
     cpu = model.to("cpu").float().eval()
-    with hf_torch_path(cpu):
-        reference = cpu(input_ids=ids).logits
+    with torch.enable_grad(), hf_torch_path(cpu):
+        reference, ref_grads = loss_and_grads(cpu(input_ids=ids).logits)
     model.to(device).train()
     try:
-        with full_fp32_matmuls():
-            got = model(input_ids=ids.to(device)).logits.float().cpu()
+        with torch.enable_grad(), full_fp32_matmuls():
+            got, grads = loss_and_grads(model(input_ids=ids.to(device)).logits)
     except (NotImplementedError, AssertionError, RuntimeError) as err:
         raise ValueError(
             f"the {device} forward of this hidden_act={model.config.hidden_act!r} model fails ({err}); the CUDA "
@@ -241,4 +265,21 @@ def check_device_forward(model: nn.Module, device: torch.device, *, seq_len: int
             f"the {device} forward differs from the PyTorch one by {diff:.3g} (logits up to {scale:.3g}): a kernel "
             f"does not follow hidden_act={model.config.hidden_act!r}; train it with --kernels off"
         )
-    return diff
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    norms = [0.0 if g is None else float(g.norm()) for g in ref_grads]
+    total = math.sqrt(sum(n * n for n in norms))
+    worst, worst_name = 0.0, ""
+    for name, g, r, norm in zip(names, grads, ref_grads, norms):
+        if (g is None) != (r is None):
+            raise ValueError(f"the {device} backward reaches {name} where the PyTorch one does not, or the reverse")
+        if r is None or norm < 1e-4 * total:
+            continue
+        rel = float((g.cpu() - r).norm()) / norm
+        if rel > worst:
+            worst, worst_name = rel, name
+    if worst > grad_rtol:
+        raise ValueError(
+            f"the {device} backward differs from the PyTorch one: {worst_name}'s gradient by {worst:.3g} of its norm "
+            f"(hidden_act={model.config.hidden_act!r}); train it with --kernels off"
+        )
+    return DeviceCheck(diff, worst)

@@ -13,12 +13,19 @@ Schedules (``step`` counted from 1, factor of the base learning rate):
 
 - ``inverse_sqrt`` (Vaswani et al., 2017; the paper's copy recipe, App. B.1): ``min(step/warmup, sqrt(warmup/step))``;
 - ``cosine`` (the paper's MT recipe, App. B.2): ``step/warmup`` during warm-up, then
-  ``½(1 + cos(π·(step − warmup)/(total − warmup)))`` down to 0 at ``total``.
+  ``½(1 + cos(π·(step − warmup)/(total − warmup)))`` down to 0 at ``total``;
+- ``wsd`` (warm-up–stable–decay, Hu et al., 2024; the paper's continued training, App. B.3): ``step/warmup``, then 1,
+  then ``(total − step)/decay`` over the last ``decay`` steps, down to 0 at ``total``.
+
+``--switch-from DIR`` (:func:`add_switch_arguments`, :func:`switched_args`) continues a trained SiLU model's run while
+its conv activation switches to ``--act`` (:mod:`latim_captum.tasks.switch`).
 
 Example:
     >>> f = cosine(warmup=2, total=6)
     >>> [round(f(s), 3) for s in range(6)]
     [0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
+    >>> [round(wsd(warmup=2, total=6, decay=2)(s), 3) for s in range(6)]
+    [0.5, 1.0, 1.0, 1.0, 0.5, 0.0]
 """
 
 from __future__ import annotations
@@ -39,9 +46,11 @@ from torch import nn
 
 from .._environment import device_name
 from .models import HIDDEN_ACTS, block_kernels, check_conv_kernel_layout, check_device_forward, prepare_for_kernels_
+from .switch import SWITCH_FROM, SwitchActivation, set_alpha_, switch_alpha
 
 __all__ = [
     "SCHEDULES",
+    "add_switch_arguments",
     "add_training_arguments",
     "autocast_for",
     "check_device",
@@ -58,6 +67,11 @@ __all__ = [
     "run_training",
     "save_run",
     "save_trainer_state",
+    "finish_switch_",
+    "start_model",
+    "switch_stepper",
+    "switched_args",
+    "wsd",
 ]
 
 #: the file a run's optimiser, schedule, batch generator, step and history are saved in, for ``--resume``
@@ -68,7 +82,12 @@ CALL_SETTINGS: tuple[str, ...] = (
     "variant", "out", "resume", "device", "bf16", "kernels", "quiet", "max_minutes", "stop_at",
 )  # fmt: skip
 
-SCHEDULES: tuple[str, ...] = ("inverse_sqrt", "cosine")
+SCHEDULES: tuple[str, ...] = ("inverse_sqrt", "cosine", "wsd")
+
+#: the options a ``--switch-from`` run sets itself; every other recipe option is the source run's
+SWITCH_OWN: tuple[str, ...] = (
+    "steps", "lr", "warmup", "decay", "clip", "schedule", "act", "eval_every", "mimetic_layers", "switch_from",
+)  # fmt: skip
 
 
 def inverse_sqrt(warmup: int) -> Callable[[int], float]:
@@ -94,16 +113,41 @@ def cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def wsd(warmup: int, total: int, decay: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, the base rate, then a linear decay to 0 at step ``total`` over the last
+    ``decay`` steps; ``ValueError`` unless ``decay >= 1`` and ``warmup + decay <= total``."""
+    if decay < 1 or warmup + decay > total:
+        raise ValueError(f"wsd needs decay >= 1 and warmup + decay <= steps, got {warmup} + {decay} of {total}")
+
+    def factor(step: int) -> float:
+        s = step + 1
+        if s <= warmup:
+            return s / warmup
+        return 1.0 if s <= total - decay else max(0.0, (total - s) / decay)
+
+    return factor
+
+
 def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, warmup: int, schedule: str = "inverse_sqrt", steps: int
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    warmup: int,
+    schedule: str = "inverse_sqrt",
+    steps: int,
+    decay: int = 0,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW and its per-step scheduler (:data:`SCHEDULES`)."""
+    """AdamW and its per-step scheduler (:data:`SCHEDULES`; ``decay``: ``wsd``'s decay steps)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup < 1:
         raise ValueError(f"warmup must be >= 1 step, got {warmup}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    factor = inverse_sqrt(warmup) if schedule == "inverse_sqrt" else cosine(warmup, steps)
+    if schedule == "wsd":
+        factor = wsd(warmup, steps, decay)
+    else:
+        factor = inverse_sqrt(warmup) if schedule == "inverse_sqrt" else cosine(warmup, steps)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -130,31 +174,47 @@ def ready_model(
     mimetic_layers: list[int] | None = None,
     mimetic_a_scale: float = 1e-2,
     kernels: str = "auto",
+    switches: list[SwitchActivation] | None = None,
 ) -> nn.Module:
     """A freshly built (or resumed) model made ready to train on ``device``, in train mode: mimetic initialisation of
     ``mimetic_layers`` (a fresh model only), the conv weights' layout checked for causal-conv1d on CUDA, and a model
-    without SiLU prepared for mamba-ssm's kernels with its device forward compared with the PyTorch one on
-    ``check_len`` tokens (the kernels' activation must be the model's). ``kernels="unfused"``: the mixers train on
-    the unfused kernels with the model's own activation (:mod:`latim_captum.tasks.unfused`), compared likewise."""
+    without SiLU prepared for mamba-ssm's kernels with its device forward and gradients compared with the PyTorch
+    ones on ``check_len`` tokens (the kernels' activation must be the model's). ``kernels="unfused"``: the mixers
+    train on the unfused kernels with the model's own activation (:mod:`latim_captum.tasks.unfused`), compared
+    likewise.
+
+    ``switches`` (a ``--switch-from`` run, :func:`~latim_captum.tasks.switch.install_switch_`): the mixers always
+    run the unfused forward, which applies their blended ``act`` (the kernels on CUDA, ``kernels="off"`` refused; the
+    plain-PyTorch references on the CPU), compared at ``α = 1`` (the model the run ends as, which HF's PyTorch path
+    computes) and left at ``α = 0``."""
     if mimetic_layers:
         from ..copying.mimetic import mimetic_init_
 
         mimetic_init_(model, mimetic_layers, a_scale=mimetic_a_scale)
     if device.type == "cuda":
         check_conv_kernel_layout(model)
-    if kernels == "unfused":
+    if switches and device.type != "cuda":
+        from .unfused import REFERENCE_OPS, install_unfused_forward_
+
+        install_unfused_forward_(model, REFERENCE_OPS, on_cpu=True)
+    elif kernels == "unfused" or switches:
         from .unfused import install_unfused_forward_, kernel_ops
 
         if device.type != "cuda":
             raise ValueError("--kernels unfused runs mamba-ssm's CUDA kernels: give --device cuda")
+        if kernels == "off":
+            raise ValueError("--switch-from trains on the unfused kernels (HF's PyTorch path applies the named "
+                             "activation, not the blend): drop --kernels off")  # fmt: skip
         try:
             ops = kernel_ops()
         except ImportError as err:  # the trainers' one-line error, as for every refused argument
             raise ValueError(str(err)) from err
         install_unfused_forward_(model, ops)
-    if act != "silu" or kernels == "unfused":
+    if act != "silu" or kernels == "unfused" or switches:
         prepare_for_kernels_(model)
+        set_alpha_(switches or [], 1.0)
         check_device_forward(model, device, seq_len=check_len)
+        set_alpha_(switches or [], 0.0)
     return model.to(device).train()
 
 
@@ -189,6 +249,8 @@ def run_training(
     start: int = 0,
     quiet: bool = False,
     desc: str = "train",
+    before_step: Callable[[int], None] | None = None,
+    clip: float | None = None,
 ) -> list[dict]:
     """The step loop: ``step_loss(step)`` (forward and loss of one batch), backward, AdamW and scheduler steps;
     ``evaluate()`` every ``eval_every`` steps, at the end and when ``max_minutes`` runs out, ``stop_at`` steps are
@@ -196,6 +258,7 @@ def run_training(
     ``stop_at`` cuts the run at a step count with the schedule of ``steps`` unchanged: the run another one cut by
     ``max_minutes`` at that step made, for comparing models of one recipe (Table 5's activations). ``start``: the
     steps a resumed run made before (:func:`restore_`); steps count from the run's start, minutes from this call's.
+    ``before_step(step)`` runs before each step's forward (a switch's ``α``); ``clip``: the gradients' largest norm.
 
     Raises:
         ValueError: ``stop_at`` outside ``start + 1..steps``, or ``start`` not below ``steps``.
@@ -215,9 +278,13 @@ def run_training(
     bar = tqdm(range(start, steps), desc=desc, disable=quiet, initial=start, total=steps)
     with terminated:
         for step in bar:
+            if before_step is not None:
+                before_step(step)
             loss = step_loss(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             sched.step()
             if step % 10 == 0:
@@ -317,18 +384,30 @@ def load_resume(path: str | Path, variant: str) -> tuple[nn.Module, dict, dict]:
     Raises:
         ValueError: no ``trainer_state.pt`` there, or a model of another variant.
     """
+    path = Path(path)
+    state_file = path / TRAINER_STATE
+    if not state_file.is_file():
+        raise ValueError(f"--resume {path}: no {TRAINER_STATE} there (not a folder written by a task trainer)")
+    model, meta = load_trained(path, variant, flag="--resume")
+    # tensors, numbers, strings and lists only: no pickled objects from a folder that may not be ours
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    return model, state, meta
+
+
+def load_trained(path: str | Path, variant: str, *, flag: str = "--switch-from") -> tuple[nn.Module, dict]:
+    """``(model, metrics.json)`` of a task trainer's folder, the model in float32 on the CPU; ``ValueError`` for a
+    folder without ``metrics.json`` or a model of another variant (``flag`` names the option in the message)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from .._loading import pretrained_kwargs
 
     path = Path(path)
-    state_file = path / TRAINER_STATE
-    if not state_file.is_file():
-        raise ValueError(f"--resume {path}: no {TRAINER_STATE} there (not a folder written by a task trainer)")
+    if not (path / "metrics.json").is_file():
+        raise ValueError(f"{flag} {path}: no metrics.json there (not a folder written by a task trainer)")
     meta = json.loads((path / "metrics.json").read_text())
     if meta.get("variant") != variant:
-        raise ValueError(f"--resume {path} holds a {meta.get('variant')} model, not {variant}")
+        raise ValueError(f"{flag} {path} holds a {meta.get('variant')} model, not {variant}")
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a trainer's output is its step lines (and its one error line)
     try:
@@ -336,9 +415,7 @@ def load_resume(path: str | Path, variant: str) -> tuple[nn.Module, dict, dict]:
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    # tensors, numbers, strings and lists only: no pickled objects from a folder that may not be ours
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
-    return model, state, meta
+    return model, meta
 
 
 def restore_(
@@ -388,6 +465,102 @@ def resumed_args(
     if conflicts:
         raise SystemExit(f"--resume {args.resume} continues the saved run's recipe; drop {', '.join(conflicts)}")
     return args
+
+
+def switched_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, recipes: dict[str, dict]
+) -> argparse.Namespace:
+    """``args`` for a ``--switch-from DIR`` run: the source run's saved arguments (its task, model and data: the
+    folder's ``training_args.json``) but for the call's settings (:data:`CALL_SETTINGS`) and the switch's own
+    recipe (:data:`SWITCH_OWN`), whose options not given take ``recipes[scale]``'s values (the source's scale); no
+    mimetic initialisation.
+    Unchanged without ``--switch-from`` or with ``--resume`` (a resumed switch run's saved arguments are whole).
+
+    Raises:
+        SystemExit: no saved arguments in the folder, a source that is not a SiLU model, or options that contradict
+            the source run's (one line, named).
+    """
+    if not getattr(args, "switch_from", None) or getattr(args, "resume", None):
+        return args
+    source = Path(args.switch_from)
+    saved_file = source / "training_args.json"
+    if not saved_file.is_file():
+        raise SystemExit(f"--switch-from {source}: no training_args.json there (not a folder of a task trainer)")
+    saved = json.loads(saved_file.read_text())
+    if saved.get("act", SWITCH_FROM) != SWITCH_FROM:
+        raise SystemExit(f"--switch-from {source}: a {saved['act']} model; the switch starts from {SWITCH_FROM}")
+    if args.mimetic_layers:
+        raise SystemExit("--switch-from continues a trained model: drop --mimetic-layers")
+    conflicts = []
+    for key, value in saved.items():
+        if key in CALL_SETTINGS or key in SWITCH_OWN or key == "resume":
+            continue
+        given = getattr(args, key, None)
+        if given is not None and given != parser.get_default(key) and given != value:
+            conflicts.append(f"--{key.replace('_', '-')} {given} (the source run's: {value})")
+        setattr(args, key, value)
+    if conflicts:
+        raise SystemExit(f"--switch-from {source} keeps the source run's task and model; drop {', '.join(conflicts)}")
+    for key, value in recipes[args.scale].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.mimetic_layers = []
+    try:  # the run must end on steps at α = 1, whatever the schedule
+        switch_alpha(0, steps=args.steps, decay=args.decay)
+    except ValueError as err:
+        raise SystemExit(f"--switch-from: {err}") from err
+    return args
+
+
+def start_model(args: argparse.Namespace, build: Callable[[], nn.Module]) -> tuple[nn.Module, dict, list]:
+    """``(model, trainer state, switches)`` a trainer starts from: the ``--resume`` run's model and state, the
+    ``--switch-from`` folder's trained model, or ``build()``'s fresh one; a switch run's model gets its
+    :class:`~latim_captum.tasks.switch.SwitchActivation` s (α 0), resumed or not."""
+    from .switch import install_switch_
+
+    state: dict = {}
+    if args.resume:
+        model, state, _ = load_resume(args.resume, args.variant)
+    elif getattr(args, "switch_from", None):
+        model, _ = load_trained(args.switch_from, args.variant)
+    else:
+        model = build()
+    switches = install_switch_(model, args.act) if getattr(args, "switch_from", None) else []
+    return model, state, switches
+
+
+def switch_stepper(args: argparse.Namespace, switches: list) -> Callable[[int], None] | None:
+    """:func:`run_training`'s ``before_step`` for a switch run (α of the steps done, App. B.3); None otherwise."""
+    if not switches:
+        return None
+    return lambda step: set_alpha_(switches, switch_alpha(step, steps=args.steps, decay=args.decay))
+
+
+def finish_switch_(model: nn.Module, args: argparse.Namespace, switches: list) -> dict | None:
+    """Record a switch run's last ``α`` in the model's config (``latim_switch_alpha``, which the loaders refuse below
+    1: such a model computes neither activation's model) and return its ``metrics.json`` entry; None otherwise."""
+    if not switches:
+        return None
+    alpha = switches[0].alpha
+    model.config.latim_switch_alpha = alpha
+    return {"from": str(args.switch_from), "from_act": SWITCH_FROM, "to": args.act, "alpha": alpha,
+            "alpha_one_at_step": args.steps - args.decay}  # fmt: skip
+
+
+def add_switch_arguments(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None:
+    """The copy and alignment trainers' ``--switch-from`` and the options of its recipe (``recipes``: per scale, the
+    defaults a switch run takes, named in the help)."""
+    p.add_argument(
+        "--switch-from",
+        default=None,
+        metavar="DIR",
+        help="continue the SiLU model trained in DIR (its task, data and model) while its conv activation switches "
+        "to --act: φ = (1 − α)·SiLU + α·act, α = min(1, step/(steps − decay))² (the paper's App. B.3; Table 5). "
+        "Recipe unless given: "
+        + "; ".join(f"{scale}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for scale, r in recipes.items()),
+    )
+    p.add_argument("--decay", type=int, default=None, help="wsd schedule: the last steps, decaying to 0")
+    p.add_argument("--clip", type=float, default=None, help="clip the gradients' norm to this (default: no clipping)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides: list[tuple[str, type]]) -> None:

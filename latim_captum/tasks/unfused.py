@@ -7,14 +7,19 @@ conv. HF's PyTorch path follows ``hidden_act`` but takes 2–4 s a step at the c
 
     Mamba-1:  x, z = in_proj(h);  x = act(conv(x));  Δ_low, B, C = x_proj(x);  Δ = dt_proj.weight Δ_low
               y = selective_scan(x, Δ, A, B, C, D, z, Δ bias, softplus)  (y · SiLU(z) inside);  out_proj(y)
-    Mamba-2:  z, xBC, dt = in_proj(h);  xBC = act(conv(xBC));  x, B, C = split(xBC)
-              y = chunk_scan(x, dt, A, B, C, D, dt_bias, softplus, dt_limit);  out_proj(norm(y, z))
+    Mamba-2:  z, xBC, dt = in_proj(h);  xBC = act(conv(xBC))
+              out = mamba2_tail(z, xBC, dt) = out_proj(norm(chunk_scan(x, dt, A, B, C, D, dt_bias, dt_limit), z))
 
-``conv`` is causal-conv1d with no activation, ``act`` the mixer's own (``ACT2FN[hidden_act]``), ``norm`` its own
-gated RMSNorm (whatever the installed transformers groups it by). :class:`ScanOps` holds the three kernels;
-:data:`REFERENCE_OPS` holds plain-PyTorch references of them, with which the tests compare this forward to HF's own
-PyTorch forward on a CPU (values and gradients). On the GPU, the trainers compare the device forward with HF's
-PyTorch one before training (:func:`~latim_captum.tasks.models.check_device_forward`).
+``conv`` is causal-conv1d with no activation, ``act`` the mixer's own (``ACT2FN[hidden_act]``, or a
+:class:`~latim_captum.tasks.switch.SwitchActivation`), ``norm`` its own gated RMSNorm. On the GPU, Mamba-2's tail is
+mamba-ssm's fused ``mamba_split_conv1d_scan_combined`` (scan, gated RMSNorm and out-projection in one kernel, the
+SiLU models' own training path) handed the activated ``xBC`` and an identity conv (the current token's tap 1, the
+others 0, no activation, no bias), which passes ``xBC`` through unchanged: the step then costs about what the SiLU
+model's does, where the separate chunk scan and HF's PyTorch norm made it several times slower.
+:class:`ScanOps` holds the kernels; :data:`REFERENCE_OPS` holds plain-PyTorch references of them, with which the
+tests compare this forward to HF's own PyTorch forward on a CPU (values and gradients). On the GPU, the trainers
+compare the device forward and its gradients with HF's PyTorch ones before training
+(:func:`~latim_captum.tasks.models.check_device_forward`).
 
 Example:
     >>> from latim_captum.tasks.models import build_model
@@ -47,13 +52,14 @@ class ScanOps:
         conv: ``(x [B, D, L], weight [D, K], bias [D] | None) -> [B, D, L]``, causal, no activation.
         selective_scan: Mamba-1's ``(u, delta [B, d, L], A [d, N], B, C [B, N, L], D [d], z [B, d, L],
             delta_bias [d]) -> [B, d, L]``: ``softplus(delta + delta_bias)``, the recurrence, ``+ D·u``, ``· SiLU(z)``.
-        chunk_scan: Mamba-2's ``(x [b, L, H, P], dt [b, L, H], A [H], B, C [b, L, G, N], chunk_size, D [H],
-            dt_bias [H], dt_limit) -> [b, L, H, P]``: ``clamp(softplus(dt + dt_bias))``, the recurrence, ``+ D·x``.
+        mamba2_tail: Mamba-2's ``(mixer, z [b, L, d_inner], xBC [b, L, d_inner + 2GN] (activated), dt [b, L, H])
+            -> [b, L, d_model]``: ``clamp(softplus(dt + dt_bias))``, the chunked recurrence ``+ D·x``, the mixer's
+            gated RMSNorm with ``z`` and its out-projection.
     """
 
     conv: Callable[..., Tensor]
     selective_scan: Callable[..., Tensor]
-    chunk_scan: Callable[..., Tensor]
+    mamba2_tail: Callable[..., Tensor]
 
 
 def _conv_ref(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -92,8 +98,20 @@ def _chunk_scan_ref(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit) -> Tensor:
     return y.to(dtype)
 
 
-#: plain-PyTorch references of the three kernels (float32 or float64 arithmetic, as the kernels upcast)
-REFERENCE_OPS = ScanOps(conv=_conv_ref, selective_scan=_selective_scan_ref, chunk_scan=_chunk_scan_ref)
+def _mamba2_tail_ref(mixer: nn.Module, z: Tensor, xbc: Tensor, dt: Tensor) -> Tensor:
+    inner, heads, groups, n = mixer.intermediate_size, mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
+    x, B, C = torch.split(xbc, [inner, groups * n, groups * n], dim=-1)
+    b, length = x.shape[:2]
+    A = -torch.exp(mixer.A_log.float())
+    y = _chunk_scan_ref(
+        x.reshape(b, length, heads, mixer.head_dim), dt, A, B.reshape(b, length, groups, n),
+        C.reshape(b, length, groups, n), mixer.chunk_size, mixer.D, mixer.dt_bias, mixer.time_step_limit,
+    )  # fmt: skip
+    return mixer.out_proj(mixer.norm(y.reshape(b, length, inner), z).to(z.dtype))
+
+
+#: plain-PyTorch references of the kernels (float32 or float64 arithmetic, as the kernels upcast)
+REFERENCE_OPS = ScanOps(conv=_conv_ref, selective_scan=_selective_scan_ref, mamba2_tail=_mamba2_tail_ref)
 
 
 def kernel_ops() -> ScanOps:
@@ -101,7 +119,7 @@ def kernel_ops() -> ScanOps:
     try:
         from causal_conv1d import causal_conv1d_fn
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
     except ImportError as err:
         raise ImportError(f"--kernels unfused needs causal-conv1d and mamba-ssm ({err})") from err
 
@@ -112,11 +130,21 @@ def kernel_ops() -> ScanOps:
         return selective_scan_fn(u, delta, A, B.contiguous(), C.contiguous(), D, z=z, delta_bias=delta_bias,
                                  delta_softplus=True)  # fmt: skip
 
-    def chunk_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit):
-        return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, z=None, dt_bias=dt_bias, dt_softplus=True,
-                                         dt_limit=tuple(dt_limit))  # fmt: skip
+    def mamba2_tail(mixer, z, xbc, dt):
+        # the identity conv passes the activated xBC through: tap K-1 (the current token) is 1, the rest 0
+        identity = torch.zeros(xbc.shape[-1], mixer.conv1d.weight.shape[-1], device=xbc.device)
+        identity[:, -1] = 1
+        limit = tuple(mixer.time_step_limit)
+        return mamba_split_conv1d_scan_combined(
+            torch.cat([z, xbc, dt], dim=-1), identity, None, mixer.dt_bias, -torch.exp(mixer.A_log.float()),
+            D=mixer.D, chunk_size=mixer.chunk_size, seq_idx=None, activation=None,
+            rmsnorm_weight=mixer.norm.weight, rmsnorm_eps=mixer.norm.variance_epsilon,
+            outproj_weight=mixer.out_proj.weight, outproj_bias=mixer.out_proj.bias, headdim=mixer.head_dim,
+            ngroups=mixer.n_groups, norm_before_gate=False,
+            **({} if limit == (0.0, float("inf")) else {"dt_limit": limit}),
+        )  # fmt: skip
 
-    return ScanOps(conv=conv, selective_scan=selective_scan, chunk_scan=chunk_scan)
+    return ScanOps(conv=conv, selective_scan=selective_scan, mamba2_tail=mamba2_tail)
 
 
 def unfused_mixer_forward(mixer: nn.Module, hidden_states: Tensor, ops: ScanOps) -> Tensor:
@@ -125,8 +153,8 @@ def unfused_mixer_forward(mixer: nn.Module, hidden_states: Tensor, ops: ScanOps)
     dtype = hidden_states.dtype
     conv_bias = mixer.conv1d.bias if getattr(mixer, "use_conv_bias", True) else None
     weight = mixer.conv1d.weight.squeeze(1)
-    A = -torch.exp(mixer.A_log.float())
     if type(mixer).__name__ == "MambaMixer":
+        A = -torch.exp(mixer.A_log.float())
         x, z = mixer.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # [B, d, L] each
         x = mixer.act(ops.conv(x, weight, conv_bias))
         rank, n = mixer.time_step_rank, mixer.ssm_state_size
@@ -141,13 +169,7 @@ def unfused_mixer_forward(mixer: nn.Module, hidden_states: Tensor, ops: ScanOps)
         raise ValueError("the unfused Mamba-2 forward covers in_proj = [z | xBC | dt] only (no extra MLP part)")
     z, xbc, dt = projected.split([inner, inner + 2 * groups * n, heads], dim=-1)
     xbc = mixer.act(ops.conv(xbc.transpose(1, 2), weight, conv_bias).transpose(1, 2))
-    x, B, C = torch.split(xbc, [inner, groups * n, groups * n], dim=-1)
-    b, length = x.shape[:2]
-    y = ops.chunk_scan(
-        x.reshape(b, length, heads, mixer.head_dim), dt, A, B.reshape(b, length, groups, n),
-        C.reshape(b, length, groups, n), mixer.chunk_size, mixer.D, mixer.dt_bias, mixer.time_step_limit,
-    )  # fmt: skip
-    return mixer.out_proj(mixer.norm(y.reshape(b, length, inner), z).to(dtype))
+    return ops.mamba2_tail(mixer, z, xbc, dt).to(dtype)
 
 
 def install_unfused_forward_(model: nn.Module, ops: ScanOps, *, on_cpu: bool = False) -> int:
