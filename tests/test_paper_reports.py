@@ -205,6 +205,7 @@ def test_activation_study_rows_of_continued_training(tmp_path):
     md = (tmp_path / "activations-copy-mamba2-tiny.md").read_text()
     assert f"- relu + CP: `{dirs[2]}`" in md and f"continued from `{dirs[0]}` switching SiLU → relu" in md
     assert "\n| silu + CP | " in md and "\n| relu + CP | " in md
+    assert "the `+ CP` rows continue a SiLU model" in md and "same recipe and seed" not in md
 
 
 def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):

@@ -204,7 +204,9 @@ def render_markdown(suite: dict) -> str:
         f"({meta.get('scale', '?')} scale)",
         "",
         f"- command: `{meta.get('command', '?')}`; evaluated on: {meta.get('device', '?')}",
-        "- same recipe and seed for every model"
+        ("- same seed for every model; the `+ CP` rows continue a SiLU model while its activation switches (the "
+         "paper's continued pretraining, App. B.3), for the steps named below"
+         if any(row["meta"].get("switch") for row in rows) else "- same recipe and seed for every model")
         if meta.get("same_seed", True)
         else "- **the models were trained with different seeds**: differences mix activation and seed",
     ]
