@@ -454,17 +454,28 @@ def resumed_args(
     saved_file = Path(args.resume) / "training_args.json"
     if not saved_file.is_file():
         raise SystemExit(f"--resume {args.resume}: no training_args.json there")
-    conflicts = []
-    for key, value in json.loads(saved_file.read_text()).items():
-        if key in CALL_SETTINGS or (key in optional and getattr(args, key, None) is not None):
-            continue
-        given = getattr(args, key, None)
-        if given is not None and given != parser.get_default(key) and given != value:
-            conflicts.append(f"--{key.replace('_', '-')} {given} (the run's: {value})")
-        setattr(args, key, value)
+    saved = json.loads(saved_file.read_text())
+    kept = {key for key in saved if key in CALL_SETTINGS or (key in optional and getattr(args, key, None) is not None)}
+    conflicts = _take_saved(args, parser, saved, kept, "the run's")
     if conflicts:
         raise SystemExit(f"--resume {args.resume} continues the saved run's recipe; drop {', '.join(conflicts)}")
     return args
+
+
+def _take_saved(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, saved: dict, kept: set[str], whose: str
+) -> list[str]:
+    """Set ``args`` to the ``saved`` arguments but for the ``kept`` ones; returns the options given with a value
+    unlike the saved one (``--lr 1.0 (the run's: 0.003)``), which the caller refuses."""
+    conflicts = []
+    for key, value in saved.items():
+        if key in kept:
+            continue
+        given = getattr(args, key, None)
+        if given is not None and given != parser.get_default(key) and given != value:
+            conflicts.append(f"--{key.replace('_', '-')} {given} ({whose}: {value})")
+        setattr(args, key, value)
+    return conflicts
 
 
 def switched_args(
@@ -491,14 +502,7 @@ def switched_args(
         raise SystemExit(f"--switch-from {source}: a {saved['act']} model; the switch starts from {SWITCH_FROM}")
     if args.mimetic_layers:
         raise SystemExit("--switch-from continues a trained model: drop --mimetic-layers")
-    conflicts = []
-    for key, value in saved.items():
-        if key in CALL_SETTINGS or key in SWITCH_OWN or key == "resume":
-            continue
-        given = getattr(args, key, None)
-        if given is not None and given != parser.get_default(key) and given != value:
-            conflicts.append(f"--{key.replace('_', '-')} {given} (the source run's: {value})")
-        setattr(args, key, value)
+    conflicts = _take_saved(args, parser, saved, {*CALL_SETTINGS, *SWITCH_OWN, "resume"}, "the source run's")
     if conflicts:
         raise SystemExit(f"--switch-from {source} keeps the source run's task and model; drop {', '.join(conflicts)}")
     for key, value in recipes[args.scale].items():
