@@ -137,7 +137,9 @@ if [ "$what" = switch ]; then
   module=latim_captum.copying.train; [ "$task" = alignment ] && module=latim_captum.alignment.train
   first=""
   for act in "${acts[@]}"; do
-    name=$(basename "$src"); name=${name/silu/$act-cp}; first=${first:-$name}
+    # copy-mamba2-paper-silu-s1 -> copy-mamba2-paper-relu-cp-s1; a name without "silu" (copy-mamba2-paper) gets a suffix
+    base=$(basename "$src"); name=${base/silu/$act-cp}; [ "$name" = "$base" ] && name="$base-$act-cp"
+    first=${first:-$name}
     resumable_train "$name" "${SWITCH_S:-290}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
       --device cuda --bf16 --quiet --kernels unfused --max-minutes "${SWITCH_MIN:-3.5}"
     grep -E "^step|error" "$out/train_$name.log" | tail -4

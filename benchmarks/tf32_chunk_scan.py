@@ -31,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import perturb_  # noqa: E402  (the tests' weight perturbation, so the model is the CUDA test's)
 from latim_captum._precision import round_tf32  # noqa: E402
 from latim_captum.tasks.models import build_model  # noqa: E402
-from latim_captum.tasks.unfused import REFERENCE_OPS, ScanOps, install_unfused_forward_  # noqa: E402
+from latim_captum.tasks.unfused import REFERENCE_OPS, ScanOps, install_unfused_forward_, mamba2_tail_on  # noqa: E402
 
 
 def one_chunk_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit, *, rounding=lambda t: t) -> Tensor:
-    """:class:`~latim_captum.tasks.unfused.ScanOps` ``chunk_scan`` for inputs of one chunk (``L ≤ chunk_size``), as
-    the kernel's within-chunk step computes it: ``(C Bᵀ ∘ decay ∘ Δ) x``, each product's inputs passed through
-    ``rounding``. Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]``, ``B, C [b, L, G, N]``; returns ``[b, L, H, P]``."""
+    """A chunk scan (:func:`~latim_captum.tasks.unfused.mamba2_tail_on`) for inputs of one chunk
+    (``L ≤ chunk_size``), as the kernel's within-chunk step computes it: ``(C Bᵀ ∘ decay ∘ Δ) x``, each product's
+    inputs passed through ``rounding``. Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]``, ``B, C [b, L, G, N]``;
+    returns ``[b, L, H, P]``."""
     if x.shape[1] > chunk_size:
         raise ValueError(f"one chunk only: {x.shape[1]} tokens > chunk_size {chunk_size}")
     x, dt, B, C = (t.float() for t in (x, dt, B, C))
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 def chunk_scan(*a, _rounding=rounding):
                     return one_chunk_scan(*a, rounding=_rounding)
 
-                ops = ScanOps(REFERENCE_OPS.conv, REFERENCE_OPS.selective_scan, chunk_scan)
+                ops = ScanOps(REFERENCE_OPS.conv, REFERENCE_OPS.selective_scan, mamba2_tail_on(chunk_scan))
                 install_unfused_forward_(patched, ops, on_cpu=True)
                 with torch.no_grad():
                     gaps.append(float((patched(input_ids=ids).logits - reference).abs().max()))

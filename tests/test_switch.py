@@ -28,8 +28,9 @@ def test_alpha_schedule_by_hand():
 
 def test_wsd_schedule_by_hand():
     f = wsd(warmup=4, total=20, decay=5)
-    # warm-up 1/4 .. 1, stable to step 15, then (20 − s)/5 down to 0 at step 20 (s = index + 1)
-    assert [f(i) for i in range(20)] == [0.25, 0.5, 0.75] + [1.0] * 12 + [0.8, 0.6, 0.4, 0.2, 0.0]
+    # warm-up 1/4 .. 1, stable to step 15, then (20 − s + 1)/5 over steps 16..20, down to 1/5 (s = index + 1)
+    assert [f(i) for i in range(20)] == [0.25, 0.5, 0.75] + [1.0] * 13 + [0.8, 0.6, 0.4, 0.2]
+    assert wsd(warmup=1, total=3, decay=1)(2) == 1.0, "a one-step decay phase trains"
     with pytest.raises(ValueError, match="decay >= 1"):
         wsd(warmup=4, total=20, decay=0)
     with pytest.raises(ValueError, match="warmup \\+ decay <= steps"):
@@ -114,7 +115,8 @@ def _main(task: str):
 
 
 def _evaluate_saved(task: str, folder) -> float:
-    """Held-out token accuracy of the folder's model as HF loads it (no switch, no unfused forward)."""
+    """Held-out loss of the folder's model as HF loads it (no switch, no unfused forward): a continuous number, so
+    that a saved model other than the one trained (its config's activation, say) shows."""
     from latim_captum.tasks.reports import load_model_dir
 
     model, _, _ = load_model_dir(folder)
@@ -126,13 +128,13 @@ def _evaluate_saved(task: str, folder) -> float:
         copy_task = CopyTask(length=args["length"], vocab_size=args["vocab"])
         return evaluate_copy(
             model, copy_task, copy_task.splits(args["n_train"], args["n_eval"], seed=args["seed"])[1]
-        )["token_acc"]
+        )["loss"]
     from latim_captum.alignment.train import evaluate_translation, task_of_scale
 
     align = task_of_scale(args["scale"])
     return evaluate_translation(
         model, align.encode(align.splits(args["n_train"], args["n_eval"], seed=args["seed"])[1])
-    )["token_acc"]
+    )["loss"]
 
 
 @pytest.mark.parametrize("task", ["copy", "alignment"])
@@ -155,7 +157,7 @@ def test_a_switch_run_ends_as_the_new_activations_model(task, tmp_path):
     assert meta["steps"] == 8 and [h["step"] for h in meta["history"]] == [4, 8]
     # what the trainer evaluated last (the switching model at α = 1, unfused on the reference kernels) is the model
     # HF loads from the folder
-    assert _evaluate_saved(task, tmp_path / "relu") == pytest.approx(meta["eval_token_acc"], abs=1e-12)
+    assert _evaluate_saved(task, tmp_path / "relu") == pytest.approx(meta["eval_loss"], rel=1e-5)
 
     # cut before α reaches 1: saved for a resume, refused by the loaders, then finished
     assert main([*switch, "--out", str(tmp_path / "cut"), "--stop-at", "3"]) == 0
@@ -179,10 +181,30 @@ def test_switch_refusals(tmp_path):
         main([*base, "--switch-from", str(tmp_path / "nothing")])
     assert main([*_SOURCE["copy"], "--out", str(tmp_path / "silu")]) == 0
     with pytest.raises(
-        SystemExit, match=r"keeps the source run's task and model; drop --length 6 \(the source run's: 4\)"
+        SystemExit, match=r"keeps the source run's task.*; drop --length 6 \(the source run's: 4\)"
     ):
         main([*base, "--switch-from", str(tmp_path / "silu"), "--length", "6"])
     with pytest.raises(SystemExit, match="drop --mimetic-layers"):
         main([*base, "--switch-from", str(tmp_path / "silu"), "--mimetic-layers", "0"])
     with pytest.raises(SystemExit, match="1 <= decay < steps, got decay 0"):
         main([*base, "--switch-from", str(tmp_path / "silu"), "--decay", "0"])
+
+
+def test_options_a_run_would_ignore_are_refused(tmp_path, capsys):
+    main = _main("copy")
+    run = [*_SOURCE["copy"], "--out", str(tmp_path / "m")]
+    assert main([*run, "--decay", "3"]) == 2, "decay is the wsd schedule's; the copy preset's is inverse_sqrt"
+    assert "--decay 3 is the wsd schedule's decay; this run's schedule is inverse_sqrt" in capsys.readouterr().err
+    assert main([*run, "--clip", "0"]) == 2
+    assert "--clip must be > 0" in capsys.readouterr().err
+    # a run saved before --switch-from existed: resuming it as a switch would change its recipe
+    assert main([*run, "--stop-at", "3"]) == 0
+    saved = tmp_path / "m" / "training_args.json"
+    args = json.loads(saved.read_text())
+    for key in ("switch_from", "decay", "clip"):
+        args.pop(key)
+    saved.write_text(json.dumps(args))
+    resume = ["--variant", "mamba2", "--resume", str(tmp_path / "m"), "--out", str(tmp_path / "on"), "--quiet"]
+    with pytest.raises(SystemExit, match=r"drop --switch-from .* \(the run's: not set\)"):
+        main([*resume, "--switch-from", str(tmp_path / "m")])
+    assert main(resume) == 0

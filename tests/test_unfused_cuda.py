@@ -27,8 +27,10 @@ def test_unfused_kernels_are_the_model(variant, act):
     model = build_model(variant, layers=2, d_model=256, state=16, vocab=32, head_dim=64, seq_len=101, act=act)
     model = perturb_(model, seed=1)
     assert install_unfused_forward_(model, kernel_ops()) == 2
-    diff = check_device_forward(model, torch.device("cuda"), seq_len=101)  # raises past 1e-3 of the logits
-    print(f"{variant} {act}: unfused kernels vs HF's PyTorch path, largest logit difference {diff:.2e}")
+    # raises past 1e-3 of the logits or 1e-2 of a parameter's gradient
+    check = check_device_forward(model, torch.device("cuda"), seq_len=101)
+    print(f"{variant} {act}: unfused kernels vs HF's PyTorch path, largest logit difference {check.logits:.2e}, "
+          f"gradient {check.grads:.2e}")  # fmt: skip
     # and it trains as the trainers run it (bf16 autocast): one backward through the kernels gives finite gradients
     # on every parameter
     model.cuda().train()

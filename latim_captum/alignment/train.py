@@ -172,7 +172,7 @@ def train(args: argparse.Namespace) -> dict:
                 mimetic_a_scale=args.mimetic_a_scale, kernels=args.kernels, switches=switches)  # fmt: skip
     opt, sched = make_optimizer(
         model, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
-        steps=args.steps, decay=args.decay or 0,
+        steps=args.steps, decay=args.decay,
     )  # fmt: skip
     use_bf16, autocast = autocast_for(device, args.bf16)
     gen = torch.Generator().manual_seed(args.seed + 2)

@@ -218,7 +218,13 @@ class DeviceCheck(NamedTuple):
 
 
 def check_device_forward(
-    model: nn.Module, device: torch.device, *, seq_len: int, atol: float = 1e-3, grad_rtol: float = 1e-2
+    model: nn.Module,
+    device: torch.device,
+    *,
+    seq_len: int,
+    atol: float = 1e-3,
+    grad_rtol: float = 1e-2,
+    remedy: str = "train it with --kernels off",
 ) -> DeviceCheck:
     """Compare the model's training-mode logits on ``device``, and the gradients they give, with its CPU float32
     forward and backward (HF's PyTorch path, also where transformers would call the kernels on CPU tensors:
@@ -233,7 +239,8 @@ def check_device_forward(
     Gradients: of the cross-entropy of the logits against random next tokens, per parameter relative to the
     reference's norm, over the parameters that carry at least 1e-4 of the whole gradient's norm (a parameter with
     almost none compares rounding); ``grad_rtol`` 1e-2 leaves float32 kernels' reordered sums room while a wrong
-    activation derivative (SiLU's for ReLU's, or 1 for either) moves whole layers' gradients by tens of percent."""
+    activation derivative (SiLU's for ReLU's, or 1 for either) moves whole layers' gradients by tens of percent.
+    ``remedy`` ends each error message (what the caller can do)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
     targets = torch.randint(0, model.config.vocab_size, (2, seq_len), generator=gen)
@@ -253,8 +260,8 @@ def check_device_forward(
             got, grads = loss_and_grads(model(input_ids=ids.to(device)).logits)
     except (NotImplementedError, AssertionError, RuntimeError) as err:
         raise ValueError(
-            f"the {device} forward of this hidden_act={model.config.hidden_act!r} model fails ({err}); the CUDA "
-            "kernels support SiLU only: train it with --kernels off"
+            f"the {device} forward or backward of this hidden_act={model.config.hidden_act!r} model fails ({err}); "
+            f"{remedy}"
         ) from err
     finally:
         model.train(was_training)
@@ -263,7 +270,7 @@ def check_device_forward(
     if diff > atol * max(1.0, scale):
         raise ValueError(
             f"the {device} forward differs from the PyTorch one by {diff:.3g} (logits up to {scale:.3g}): a kernel "
-            f"does not follow hidden_act={model.config.hidden_act!r}; train it with --kernels off"
+            f"does not follow hidden_act={model.config.hidden_act!r}; {remedy}"
         )
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     norms = [0.0 if g is None else float(g.norm()) for g in ref_grads]
@@ -280,6 +287,6 @@ def check_device_forward(
     if worst > grad_rtol:
         raise ValueError(
             f"the {device} backward differs from the PyTorch one: {worst_name}'s gradient by {worst:.3g} of its norm "
-            f"(hidden_act={model.config.hidden_act!r}); train it with --kernels off"
+            f"(hidden_act={model.config.hidden_act!r}): the kernels' gradients are not the model's; {remedy}"
         )
     return DeviceCheck(diff, worst)

@@ -15,7 +15,8 @@ Schedules (``step`` counted from 1, factor of the base learning rate):
 - ``cosine`` (the paper's MT recipe, App. B.2): ``step/warmup`` during warm-up, then
   ``½(1 + cos(π·(step − warmup)/(total − warmup)))`` down to 0 at ``total``;
 - ``wsd`` (warm-up–stable–decay, Hu et al., 2024; the paper's continued training, App. B.3): ``step/warmup``, then 1,
-  then ``(total − step)/decay`` over the last ``decay`` steps, down to 0 at ``total``.
+  then ``(total − step + 1)/decay`` over the last ``decay`` steps, down to ``1/decay`` at ``total`` (each of them
+  trains).
 
 ``--switch-from DIR`` (:func:`add_switch_arguments`, :func:`switched_args`) continues a trained SiLU model's run while
 its conv activation switches to ``--act`` (:mod:`latim_captum.tasks.switch`).
@@ -24,8 +25,8 @@ Example:
     >>> f = cosine(warmup=2, total=6)
     >>> [round(f(s), 3) for s in range(6)]
     [0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
-    >>> [round(wsd(warmup=2, total=6, decay=2)(s), 3) for s in range(6)]
-    [0.5, 1.0, 1.0, 1.0, 0.5, 0.0]
+    >>> [round(wsd(warmup=2, total=6, decay=3)(s), 3) for s in range(6)]
+    [0.5, 1.0, 1.0, 1.0, 0.667, 0.333]
 """
 
 from __future__ import annotations
@@ -114,16 +115,17 @@ def cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def wsd(warmup: int, total: int, decay: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, the base rate, then a linear decay to 0 at step ``total`` over the last
-    ``decay`` steps; ``ValueError`` unless ``decay >= 1`` and ``warmup + decay <= total``."""
-    if decay < 1 or warmup + decay > total:
-        raise ValueError(f"wsd needs decay >= 1 and warmup + decay <= steps, got {warmup} + {decay} of {total}")
+    """Linear warm-up over ``warmup`` steps, the base rate, then over the last ``decay`` steps a linear decay from
+    the base rate down to ``1/decay`` of it at step ``total`` (no step at rate 0: a decay phase of one step trains);
+    ``ValueError`` unless ``decay >= 1`` and ``warmup + decay <= total``."""
+    if decay is None or decay < 1 or warmup + decay > total:
+        raise ValueError(f"wsd needs --decay >= 1 and warmup + decay <= steps, got {warmup} + {decay} of {total}")
 
     def factor(step: int) -> float:
         s = step + 1
         if s <= warmup:
             return s / warmup
-        return 1.0 if s <= total - decay else max(0.0, (total - s) / decay)
+        return 1.0 if s <= total - decay else max(0.0, (total - s + 1) / decay)
 
     return factor
 
@@ -136,11 +138,14 @@ def make_optimizer(
     warmup: int,
     schedule: str = "inverse_sqrt",
     steps: int,
-    decay: int = 0,
+    decay: int | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW and its per-step scheduler (:data:`SCHEDULES`; ``decay``: ``wsd``'s decay steps)."""
+    """AdamW and its per-step scheduler (:data:`SCHEDULES`; ``decay``: ``wsd``'s decay steps, refused for another
+    schedule, which would ignore it)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if decay is not None and schedule != "wsd":
+        raise ValueError(f"--decay {decay} is the wsd schedule's decay; this run's schedule is {schedule}")
     if warmup < 1:
         raise ValueError(f"warmup must be >= 1 step, got {warmup}")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -185,8 +190,9 @@ def ready_model(
 
     ``switches`` (a ``--switch-from`` run, :func:`~latim_captum.tasks.switch.install_switch_`): the mixers always
     run the unfused forward, which applies their blended ``act`` (the kernels on CUDA, ``kernels="off"`` refused; the
-    plain-PyTorch references on the CPU), compared at ``α = 1`` (the model the run ends as, which HF's PyTorch path
-    computes) and left at ``α = 0``."""
+    plain-PyTorch references on the CPU). On CUDA it is compared with HF's PyTorch path at ``α = 1`` (the model the
+    run ends as, which HF computes); on the CPU both sides of that check are the unfused forward on the references,
+    which ``tests/test_switch.py`` compares with HF's models at ``α = 0`` and ``1``. Left at ``α = 0``."""
     if mimetic_layers:
         from ..copying.mimetic import mimetic_init_
 
@@ -213,7 +219,9 @@ def ready_model(
     if act != "silu" or kernels == "unfused" or switches:
         prepare_for_kernels_(model)
         set_alpha_(switches or [], 1.0)
-        check_device_forward(model, device, seq_len=check_len)
+        remedy = ("the switch trains on the unfused kernels only: report it" if switches
+                  else "train it with --kernels off")  # fmt: skip
+        check_device_forward(model, device, seq_len=check_len, remedy=remedy)
         set_alpha_(switches or [], 0.0)
     return model.to(device).train()
 
@@ -270,6 +278,8 @@ def run_training(
 
     if not 0 <= start < steps:
         raise ValueError(f"the run has made {start} of its {steps} steps: nothing to resume")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"--clip must be > 0 (the gradients' largest norm), got {clip}")
     if stop_at is not None and not start + 1 <= stop_at <= steps:
         raise ValueError(f"stop_at must be in {start + 1}..{steps} (the schedule's steps), got {stop_at}")
     history: list[dict] = []
@@ -457,6 +467,11 @@ def resumed_args(
     saved = json.loads(saved_file.read_text())
     kept = {key for key in saved if key in CALL_SETTINGS or (key in optional and getattr(args, key, None) is not None)}
     conflicts = _take_saved(args, parser, saved, kept, "the run's")
+    # an option the saved run did not have (older runs, before --switch-from): given, it would change the recipe
+    for key, given in vars(args).items():
+        if key not in saved and key not in CALL_SETTINGS and key not in optional:
+            if given is not None and given != parser.get_default(key):
+                conflicts.append(f"--{key.replace('_', '-')} {given} (the run's: not set)")
     if conflicts:
         raise SystemExit(f"--resume {args.resume} continues the saved run's recipe; drop {', '.join(conflicts)}")
     return args
@@ -504,7 +519,9 @@ def switched_args(
         raise SystemExit("--switch-from continues a trained model: drop --mimetic-layers")
     conflicts = _take_saved(args, parser, saved, {*CALL_SETTINGS, *SWITCH_OWN, "resume"}, "the source run's")
     if conflicts:
-        raise SystemExit(f"--switch-from {source} keeps the source run's task and model; drop {', '.join(conflicts)}")
+        raise SystemExit(f"--switch-from {source} keeps the source run's task, model, data and batch settings (the "
+                         f"switch sets only {', '.join('--' + k.replace('_', '-') for k in SWITCH_OWN[:-1])}); drop "
+                         f"{', '.join(conflicts)}")
     for key, value in recipes[args.scale].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -546,7 +563,8 @@ def finish_switch_(model: nn.Module, args: argparse.Namespace, switches: list) -
     if not switches:
         return None
     alpha = switches[0].alpha
-    model.config.latim_switch_alpha = alpha
+    # a switch from SiLU to SiLU computes the SiLU model at every α
+    model.config.latim_switch_alpha = 1.0 if args.act == SWITCH_FROM else alpha
     return {"from": str(args.switch_from), "from_act": SWITCH_FROM, "to": args.act, "alpha": alpha,
             "alpha_one_at_step": args.steps - args.decay}  # fmt: skip
 

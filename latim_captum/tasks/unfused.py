@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["REFERENCE_OPS", "ScanOps", "install_unfused_forward_", "kernel_ops", "unfused_mixer_forward"]
+__all__ = [
+    "REFERENCE_OPS",
+    "ScanOps",
+    "install_unfused_forward_",
+    "kernel_ops",
+    "mamba2_tail_on",
+    "unfused_mixer_forward",
+]
 
 #: the mixer classes this forward reproduces (FalconMamba's extra RMSNorms on Δ, B, C are not in it)
 MIXERS: tuple[str, ...] = ("MambaMixer", "Mamba2Mixer")
@@ -98,20 +105,29 @@ def _chunk_scan_ref(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit) -> Tensor:
     return y.to(dtype)
 
 
-def _mamba2_tail_ref(mixer: nn.Module, z: Tensor, xbc: Tensor, dt: Tensor) -> Tensor:
-    inner, heads, groups, n = mixer.intermediate_size, mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
-    x, B, C = torch.split(xbc, [inner, groups * n, groups * n], dim=-1)
-    b, length = x.shape[:2]
-    A = -torch.exp(mixer.A_log.float())
-    y = _chunk_scan_ref(
-        x.reshape(b, length, heads, mixer.head_dim), dt, A, B.reshape(b, length, groups, n),
-        C.reshape(b, length, groups, n), mixer.chunk_size, mixer.D, mixer.dt_bias, mixer.time_step_limit,
-    )  # fmt: skip
-    return mixer.out_proj(mixer.norm(y.reshape(b, length, inner), z).to(z.dtype))
+def mamba2_tail_on(chunk_scan: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A :attr:`ScanOps.mamba2_tail` from a chunk scan ``(x [b, L, H, P], dt [b, L, H], A [H], B, C [b, L, G, N],
+    chunk_size, D [H], dt_bias [H], dt_limit) -> [b, L, H, P]`` (``clamp(softplus(dt + dt_bias))``, the recurrence,
+    ``+ D·x``), then the mixer's own gated norm and out-projection."""
+
+    def tail(mixer: nn.Module, z: Tensor, xbc: Tensor, dt: Tensor) -> Tensor:
+        inner, heads, groups, n = mixer.intermediate_size, mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
+        x, B, C = torch.split(xbc, [inner, groups * n, groups * n], dim=-1)
+        b, length = x.shape[:2]
+        A = -torch.exp(mixer.A_log.float())
+        y = chunk_scan(
+            x.reshape(b, length, heads, mixer.head_dim), dt, A, B.reshape(b, length, groups, n),
+            C.reshape(b, length, groups, n), mixer.chunk_size, mixer.D, mixer.dt_bias, mixer.time_step_limit,
+        )  # fmt: skip
+        return mixer.out_proj(mixer.norm(y.reshape(b, length, inner), z).to(z.dtype))
+
+    return tail
 
 
 #: plain-PyTorch references of the kernels (float32 or float64 arithmetic, as the kernels upcast)
-REFERENCE_OPS = ScanOps(conv=_conv_ref, selective_scan=_selective_scan_ref, mamba2_tail=_mamba2_tail_ref)
+REFERENCE_OPS = ScanOps(
+    conv=_conv_ref, selective_scan=_selective_scan_ref, mamba2_tail=mamba2_tail_on(_chunk_scan_ref)
+)
 
 
 def kernel_ops() -> ScanOps:
