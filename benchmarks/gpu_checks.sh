@@ -34,7 +34,8 @@
 #        the SiLU model trained in DIR (e.g. gpu-models/copy-mamba2-paper-silu-s1, carried alone) while its conv
 #        activation switches to each ACT (relu linear; silu: the continued-training control), the trainer's
 #        --switch-from recipe, on the unfused kernels, into gpu-models/<DIR's name with silu -> ACT-cp> (resumable on
-#        a warm machine like train; SWITCH_MIN minutes of steps, 3.5, SWITCH_S seconds, 290, per ACT); the first
+#        a warm machine like train; SWITCH_MIN minutes of steps, 3.5, SWITCH_S seconds, 290, per ACT; SWITCH_ARGS
+#        more trainer flags); the first
 #        ACT's folder comes back as $OUT/<name>.tar.part* (at most 8 files come back: one model's four parts)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
@@ -140,9 +141,11 @@ if [ "$what" = switch ]; then
     # copy-mamba2-paper-silu-s1 -> copy-mamba2-paper-relu-cp-s1; a name without "silu" (copy-mamba2-paper) gets a suffix
     base=$(basename "$src"); name=${base/silu/$act-cp}; [ "$name" = "$base" ] && name="$base-$act-cp"
     first=${first:-$name}
+    # shellcheck disable=SC2086
     resumable_train "$name" "${SWITCH_S:-290}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
-      --device cuda --bf16 --quiet --kernels unfused --max-minutes "${SWITCH_MIN:-3.5}"
-    grep -E "^step|error" "$out/train_$name.log" | tail -4
+      --device cuda --bf16 --quiet --kernels unfused --max-minutes "${SWITCH_MIN:-3.5}" ${SWITCH_ARGS:-}
+    grep -E "^step|error|device check" "$out/train_$name.log" | tail -5
+    grep -E '"(steps|minutes|eval_token_acc|eval_exact_match|alpha)"' "gpu-models/$name/metrics.json" 2>/dev/null
   done
   [ -d "gpu-models/$first" ] && tar c --exclude trainer_state.pt -C gpu-models "$first" \
     | split -d -b 15M - "$out/$first.tar.part"
