@@ -17,7 +17,8 @@ Accuracy (teacher forcing, held-out pairs drawn with seed + 1): ``token_acc`` ov
 right at every step never leaves the gold prefix, and stops at ``<eos>``).
 
 ``--act silu|relu|linear`` trains the activation variants of the paper's Table 5 (see
-:mod:`latim_captum.copying.train` and :mod:`latim_captum.tasks.models` for the kernels).
+:mod:`latim_captum.copying.train` and :mod:`latim_captum.tasks.models` for the kernels); ``--switch-from DIR`` makes
+them the paper's way, from the SiLU model trained in DIR (:data:`SWITCH_RECIPES`, :mod:`latim_captum.tasks.switch`).
 
 Usage::
 

@@ -18,7 +18,9 @@ generation's exact match: if every argmax is right the greedy decode never leave
 Activation variants (the paper's Table 5): ``--act silu|relu|linear`` sets HF's ``hidden_act`` (the conv activation;
 ``linear`` removes it) with the same recipe and seed. mamba-ssm's and causal-conv1d's kernels only apply SiLU, so a
 ``relu``/``linear`` model is checked against the PyTorch forward before training and needs ``--kernels off`` on a
-GPU with the kernels (:mod:`latim_captum.tasks.models`).
+GPU with the kernels (:mod:`latim_captum.tasks.models`). ``--switch-from DIR --act relu|linear|silu`` makes them the
+paper's way instead: it continues the SiLU model trained in DIR while the activation switches gradually
+(:data:`SWITCH_RECIPES`, :mod:`latim_captum.tasks.switch`).
 
 Usage::
 

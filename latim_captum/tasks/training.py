@@ -69,6 +69,7 @@ __all__ = [
     "save_run",
     "save_trainer_state",
     "finish_switch_",
+    "load_trained",
     "start_model",
     "switch_stepper",
     "switched_args",
@@ -584,7 +585,8 @@ def add_switch_arguments(p: argparse.ArgumentParser, recipes: dict[str, dict]) -
         "Recipe unless given: "
         + "; ".join(f"{scale}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for scale, r in recipes.items()),
     )
-    p.add_argument("--decay", type=int, default=None, help="wsd schedule: the last steps, decaying to 0")
+    p.add_argument("--decay", type=int, default=None,
+                   help="wsd schedule: its last steps, decaying linearly to 1/decay of the rate")  # fmt: skip
     p.add_argument("--clip", type=float, default=None, help="clip the gradients' norm to this (default: no clipping)")
 
 
