@@ -100,6 +100,9 @@ eval_path() { # act
 # the machine is warm: a folder with a trainer_state.pt (a run cut by its minutes or by LIMIT_S, whose SIGTERM ends
 # the run after its step, saved) is resumed, as if it had not stopped, unless FRESH=1; the folder is replaced only by
 # a run that saved (trainer_state.pt, written last), so a cut one leaves the last good model in place
+# send_model NAME: gpu-models/NAME as $OUT/NAME.tar.part* (few files come back, each at most 16 MB: 15 MB parts of one
+# tar, cat them | tar x), without the optimiser's state (twice the weights), which stays here for a resume
+send_model() { tar c --exclude trainer_state.pt -C gpu-models "$1" | split -d -b 15M - "$out/$1.tar.part"; }
 resumable_train() {
   local name=$1 limit=$2; shift 2
   local dir="gpu-models/$name" resume=()
@@ -125,9 +128,7 @@ if [ "$what" = train ] || [ "$what" = train-alignment ]; then
     --quiet --act "$act" --seed "$seed" $(kernel_flags "$v" "$act") --max-minutes "${TRAIN_MIN:-8.2}" ${TRAIN_ARGS:-}
   dir="gpu-models/$name"
   head -14 "$dir/metrics.json" 2>/dev/null || tail -3 "$out/train_$name.log"
-  # few files come back, each at most 16 MB: the folder as 15 MB parts of one tar (cat them | tar x), without the
-  # optimiser's state (twice the weights), which stays here for a resume
-  [ -d "$dir" ] && tar c --exclude trainer_state.pt -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
+  [ -d "$dir" ] && send_model "$name"
   exit 0
 fi
 if [ "$what" = switch ]; then
@@ -147,14 +148,12 @@ if [ "$what" = switch ]; then
     grep -E "^step|error|device check" "$out/train_$name.log" | tail -5
     grep -E '"(steps|minutes|eval_token_acc|eval_exact_match|alpha)"' "gpu-models/$name/metrics.json" 2>/dev/null
   done
-  [ -d "gpu-models/$first" ] && tar c --exclude trainer_state.pt -C gpu-models "$first" \
-    | split -d -b 15M - "$out/$first.tar.part"
+  [ -d "gpu-models/$first" ] && send_model "$first"
   exit 0
 fi
 if [ "$what" = fetch ]; then
   [ -d "gpu-models/$2" ] || { echo "fetch: no gpu-models/$2 on this machine"; ls gpu-models; exit 1; }
-  tar c --exclude trainer_state.pt -C gpu-models "$2" | split -d -b 15M - "$out/$2.tar.part"
-  ls -l "$out"; exit 0
+  send_model "$2"; ls -l "$out"; exit 0
 fi
 if [ "$what" = train-eval ]; then
   task=$2; v=$3; act=$4; shift 4

@@ -39,6 +39,7 @@ __all__ = [
     "HIDDEN_ACTS",
     "VARIANTS",
     "block_kernels",
+    "mamba_mixers",
     "build_model",
     "check_conv_kernel_layout",
     "check_device_forward",
@@ -128,6 +129,14 @@ def check_conv_kernel_layout(model: nn.Module) -> None:
             f"multiple of 8 for causal-conv1d (d_model {cfg.hidden_size}, state {cfg.state_size}, {cfg.num_heads} "
             "heads); choose d_model and head_dim to make it one (e.g. a multiple of 8 heads)"
         )
+
+
+def mamba_mixers(model: nn.Module) -> Iterator[nn.Module]:
+    """Each Mamba mixer of ``model`` (a module whose class name ends in ``Mixer`` and which holds ``A_log``: HF's
+    ``MambaMixer``, ``Mamba2Mixer``, ``FalconMambaMixer``, ...), in module order."""
+    for module in model.modules():
+        if type(module).__name__.endswith("Mixer") and hasattr(module, "A_log"):
+            yield module
 
 
 def prepare_for_kernels_(model: nn.Module) -> nn.Module:

@@ -74,12 +74,13 @@ def install_switch_(model: nn.Module, new: str) -> list[SwitchActivation]:
     """Give each Mamba mixer of ``model`` a :class:`SwitchActivation` to ``new`` as its ``act`` and ``new`` as its
     activation name, and the config ``hidden_act = new`` (what the model is once ``α = 1``). Returns the switches
     (α 0: the model still computes its SiLU self). ``ValueError`` for a model without Mamba mixers."""
+    from .models import mamba_mixers
+
     switches = []
-    for module in model.modules():
-        if type(module).__name__.endswith("Mixer") and hasattr(module, "A_log") and hasattr(module, "act"):
-            module.act = SwitchActivation(new)
-            module.activation = new
-            switches.append(module.act)
+    for module in mamba_mixers(model):
+        module.act = SwitchActivation(new)
+        module.activation = new
+        switches.append(module.act)
     if not switches:
         raise ValueError(f"{type(model).__name__} has no Mamba mixer whose activation could be switched")
     model.config.hidden_act = new

@@ -196,11 +196,11 @@ def install_unfused_forward_(model: nn.Module, ops: ScanOps, *, on_cpu: bool = F
     number of mixers patched; ``TypeError`` for a mixer class it does not reproduce.
 
     The patch lives on the instances (``save_pretrained`` writes the same weights and config)."""
+    from .models import mamba_mixers
+
     count = 0
-    for module in model.modules():
+    for module in mamba_mixers(model):
         name = type(module).__name__
-        if not name.endswith("Mixer") or not hasattr(module, "A_log"):
-            continue
         if name not in MIXERS:
             raise TypeError(f"the unfused forward reproduces {', '.join(MIXERS)}, not {name}")
         own = module.forward
