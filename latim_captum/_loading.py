@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,13 @@ def load_pretrained(
         # transformers would build an empty tokenizer from the config's class and read every text as no tokens
         raise ModelLoadError(f"cannot load {text!r}: the folder has no tokenizer files (tokenizer.json, "
                              "tokenizer_config.json, vocab*); save the tokenizer beside the model")  # fmt: skip
+    if folder is not None:
+        try:
+            saved_config = json.loads((folder / "config.json").read_text())
+        except ValueError:
+            saved_config = {}  # transformers' load below names what is wrong with it
+        # before transformers builds it: a cut switch's config names no activation transformers has
+        _refuse_cut_switch(text, saved_config if isinstance(saved_config, dict) else {})
     target = folder if folder is not None else text
     kwargs = pretrained_kwargs(spec)
     try:
@@ -96,13 +104,18 @@ def load_pretrained(
     # errors, ...: the caller gets one kind with the cause, not a traceback of the library's internals
     except Exception as err:
         raise ModelLoadError(f"cannot load {text!r}: {_cause(err)}") from err
-    alpha = getattr(model.config, "latim_switch_alpha", None)
-    if alpha is not None and float(alpha) < 1.0:
-        # a run of latim_captum.tasks.switch cut before the end: its weights serve a SiLU/new-activation blend that
-        # no HF activation computes, so any map of it would be of another model
-        raise ModelLoadError(
-            f"cannot load {text!r}: it was saved mid-way through switching its activation from SiLU to "
-            f"{model.config.hidden_act!r} (alpha {float(alpha):.3f} < 1), so it computes neither model; resume the "
-            "run with --resume to finish the switch"
-        )
+    _refuse_cut_switch(text, model.config.to_dict())  # a hub model, or a folder saved before latim_switch_to
     return model, tok
+
+
+def _refuse_cut_switch(text: str, config: dict) -> None:
+    """``ModelLoadError`` for a run of :mod:`latim_captum.tasks.switch` cut before the end: its weights serve a
+    SiLU/new-activation blend that no HF activation computes, so any map of it would be of another model."""
+    alpha = config.get("latim_switch_alpha")
+    if alpha is not None and float(alpha) < 1.0:
+        new = config.get("latim_switch_to", config.get("hidden_act"))
+        raise ModelLoadError(
+            f"cannot load {text!r}: it was saved mid-way through switching its activation from SiLU to {new!r} "
+            f"(alpha {float(alpha):.3f} < 1), so it computes neither model; resume the run with --resume to finish "
+            "the switch"
+        )

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 
 from conftest import perturb_
 from latim_captum.tasks.models import build_model
-from latim_captum.tasks.switch import SwitchActivation, install_switch_, set_alpha_, switch_alpha
+from latim_captum.tasks.switch import (
+    CUT_ACT,
+    SwitchActivation,
+    install_switch_,
+    mark_cut_,
+    set_alpha_,
+    switch_alpha,
+    uncut_,
+)
 from latim_captum.tasks.training import wsd
 from latim_captum.tasks.unfused import REFERENCE_OPS, install_unfused_forward_
 
@@ -96,6 +104,29 @@ def test_a_model_without_mixers_is_refused():
         install_switch_(NoMixer(), "relu")
 
 
+def test_a_cut_config_names_no_activation_until_resumed():
+    from transformers import Mamba2Config
+
+    config = Mamba2Config(hidden_act="relu")
+    mark_cut_(config, 0.25)
+    mark_cut_(config, 0.5)  # a resumed run cut again keeps the new activation's name
+    assert (config.hidden_act, config.latim_switch_to, config.latim_switch_alpha) == (CUT_ACT, "relu", 0.5)
+    uncut_(config)
+    assert config.hidden_act == "relu"
+    with pytest.raises(ValueError, match="has ended"):
+        mark_cut_(config, 1.0)
+
+
+def test_a_folder_cut_mid_switch_is_refused_before_it_is_built(tmp_path):
+    from latim_captum._loading import ModelLoadError, load_pretrained
+
+    # written before latim_switch_to existed: hidden_act already the new activation's
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba2", "hidden_act": "linear",
+                                                      "latim_switch_alpha": 0.3}))  # fmt: skip
+    with pytest.raises(ModelLoadError, match=r"to 'linear' \(alpha 0.300 < 1\)"):
+        load_pretrained(tmp_path, tokenizer=False)
+
+
 _SMALL = ["--layers", "2", "--d-model", "16", "--head-dim", "8", "--state", "4", "--warmup", "2", "--quiet"]
 _SOURCE = {
     "copy": ["--variant", "mamba2", "--steps", "8", "--n-train", "64", "--n-eval", "8", "--batch", "8",
@@ -139,6 +170,8 @@ def _evaluate_saved(task: str, folder) -> float:
 
 @pytest.mark.parametrize("task", ["copy", "alignment"])
 def test_a_switch_run_ends_as_the_new_activations_model(task, tmp_path):
+    from transformers import AutoModelForCausalLM
+
     from latim_captum._loading import ModelLoadError, load_pretrained
 
     main = _main(task)
@@ -163,8 +196,12 @@ def test_a_switch_run_ends_as_the_new_activations_model(task, tmp_path):
     assert main([*switch, "--out", str(tmp_path / "cut"), "--stop-at", "3"]) == 0
     cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert cut["switch"]["alpha"] == pytest.approx((2 / 5) ** 2), "the α of the last step made (2 steps done)"
-    with pytest.raises(ModelLoadError, match="mid-way through switching .* resume the run"):
+    with pytest.raises(ModelLoadError, match="mid-way through switching .* to 'relu' .* resume the run"):
         load_pretrained(tmp_path / "cut")
+    # transformers' own loader (Inseq's load_model, a user's script) refuses it too, naming the cut activation,
+    # rather than building a ReLU model from weights trained for a blend
+    with pytest.raises(KeyError, match="latim_switch_cut"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "cut")
     resume = ["--variant", variant, "--resume", str(tmp_path / "cut"), "--out", str(tmp_path / "on"), "--quiet"]
     assert main(resume) == 0
     assert json.loads((tmp_path / "on" / "metrics.json").read_text())["switch"]["alpha"] == 1.0

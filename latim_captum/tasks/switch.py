@@ -9,8 +9,10 @@ while the conv activation moves from SiLU to the new one,
 with a warm-up–stable–decay learning rate whose decay phase (the last ``decay`` steps) is the one where the model
 runs on the new activation alone (α = 1). A run that ends there is exactly a ``hidden_act = new`` model, which is
 what it is saved as. A run cut before α reaches 1 computes neither model: its folder records α
-(``config.latim_switch_alpha``) and :func:`latim_captum._loading.load_pretrained` refuses it until the run is resumed
-and finished.
+(``config.latim_switch_alpha``) and the new activation (``config.latim_switch_to``) under ``hidden_act =``
+:data:`CUT_ACT`, a name no transformers activation has, so transformers' own loaders (``from_pretrained``, Inseq's
+``load_model``) refuse the folder as :func:`latim_captum._loading.load_pretrained` does, until the run is resumed and
+finished.
 
 The blend lives in each mixer's ``act`` (:class:`SwitchActivation`). transformers releases differ in whether their
 PyTorch path applies ``mixer.act`` or the activation named by ``mixer.activation`` (5.25 does the latter), and the
@@ -31,10 +33,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SWITCH_FROM", "SwitchActivation", "install_switch_", "set_alpha_", "switch_alpha"]
+__all__ = [
+    "CUT_ACT",
+    "SWITCH_FROM",
+    "SwitchActivation",
+    "install_switch_",
+    "mark_cut_",
+    "set_alpha_",
+    "switch_alpha",
+    "uncut_",
+]
 
 #: the activation a switch starts from (the trained models' and the paper's)
 SWITCH_FROM = "silu"
+#: ``hidden_act`` of a model saved mid-switch: not in transformers' ``ACT2FN``, so building the model from its config
+#: fails (a ``KeyError`` naming it) rather than giving the new activation's model weights that are not its own
+CUT_ACT = "latim_switch_cut"
 
 
 def switch_alpha(done: int, *, steps: int, decay: int) -> float:
@@ -91,3 +105,21 @@ def set_alpha_(switches: list[SwitchActivation], alpha: float) -> None:
     """Set every switch's ``α``."""
     for switch in switches:
         switch.alpha = float(alpha)
+
+
+def mark_cut_(config, alpha: float) -> None:
+    """Mark ``config`` as a model cut mid-switch at ``alpha`` < 1 (before it is saved): ``latim_switch_alpha``, the new
+    activation as ``latim_switch_to`` and ``hidden_act =`` :data:`CUT_ACT`. ``ValueError`` for ``alpha`` >= 1."""
+    if alpha >= 1.0:
+        raise ValueError(f"a switch at alpha {alpha} has ended: the model is its new activation's, not cut")
+    if config.hidden_act != CUT_ACT:
+        config.latim_switch_to = config.hidden_act
+    config.latim_switch_alpha = float(alpha)
+    config.hidden_act = CUT_ACT
+
+
+def uncut_(config) -> None:
+    """Undo :func:`mark_cut_` on a loaded config (``hidden_act`` the new activation again), for the run that resumes
+    the switch; any other config is left as it is."""
+    if config.hidden_act == CUT_ACT:
+        config.hidden_act = config.latim_switch_to

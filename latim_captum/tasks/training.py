@@ -47,7 +47,7 @@ from torch import nn
 
 from .._environment import device_name
 from .models import HIDDEN_ACTS, block_kernels, check_conv_kernel_layout, check_device_forward, prepare_for_kernels_
-from .switch import SWITCH_FROM, SwitchActivation, set_alpha_, switch_alpha
+from .switch import SWITCH_FROM, SwitchActivation, mark_cut_, set_alpha_, switch_alpha, uncut_
 
 __all__ = [
     "SCHEDULES",
@@ -411,7 +411,7 @@ def load_resume(path: str | Path, variant: str) -> tuple[nn.Module, dict, dict]:
 def load_trained(path: str | Path, variant: str, *, flag: str = "--switch-from") -> tuple[nn.Module, dict]:
     """``(model, metrics.json)`` of a task trainer's folder, the model in float32 on the CPU; ``ValueError`` for a
     folder without ``metrics.json`` or a model of another variant (``flag`` names the option in the message)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from .._loading import pretrained_kwargs
@@ -425,7 +425,10 @@ def load_trained(path: str | Path, variant: str, *, flag: str = "--switch-from")
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a trainer's output is its step lines (and its one error line)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        uncut_(config)  # a run cut mid-switch, to be resumed: built with its new activation, the switch goes on it
+        kwargs = pretrained_kwargs(path)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32, **kwargs)
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -562,13 +565,18 @@ def switch_stepper(args: argparse.Namespace, switches: list) -> Callable[[int], 
 
 
 def finish_switch_(model: nn.Module, args: argparse.Namespace, switches: list) -> dict | None:
-    """Record a switch run's last ``α`` in the model's config (``latim_switch_alpha``, which the loaders refuse below
-    1: such a model computes neither activation's model) and return its ``metrics.json`` entry; None otherwise."""
+    """Record a switch run's last ``α`` in the model's config (``latim_switch_alpha``; below 1 the config is marked
+    with :func:`~latim_captum.tasks.switch.mark_cut_`, which every loader refuses: such a model computes neither
+    activation's model) and return its ``metrics.json`` entry; None otherwise. Call it after the run's last
+    evaluation: a cut model's config no longer builds."""
     if not switches:
         return None
     alpha = switches[0].alpha
     # a switch from SiLU to SiLU computes the SiLU model at every α
-    model.config.latim_switch_alpha = 1.0 if args.act == SWITCH_FROM else alpha
+    if args.act == SWITCH_FROM or alpha >= 1.0:
+        model.config.latim_switch_alpha = 1.0
+    else:
+        mark_cut_(model.config, alpha)
     return {"from": str(args.switch_from), "from_act": SWITCH_FROM, "to": args.act, "alpha": alpha,
             "alpha_one_at_step": args.steps - args.decay}  # fmt: skip
 
