@@ -34,7 +34,7 @@
 #        the SiLU model trained in DIR (e.g. gpu-models/copy-mamba2-paper-silu-s1, carried alone) while its conv
 #        activation switches to each ACT (relu linear; silu: the continued-training control), the trainer's
 #        --switch-from recipe, on the unfused kernels, into gpu-models/<DIR's name with silu -> ACT-cp> (resumable on
-#        a warm machine like train; SWITCH_MIN minutes of steps, 3.5, SWITCH_S seconds, 290, per ACT; SWITCH_ARGS
+#        a warm machine like train; SWITCH_MIN minutes of steps, 4.5, SWITCH_S seconds, 420, per ACT; SWITCH_ARGS
 #        more trainer flags); the first
 #        ACT's folder comes back as $OUT/<name>.tar.part* (at most 8 files come back: one model's four parts)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
@@ -138,13 +138,18 @@ if [ "$what" = switch ]; then
   read -r task v <<< "$meta"
   module=latim_captum.copying.train; [ "$task" = alignment ] && module=latim_captum.alignment.train
   first=""
+  # mamba-ssm's deterministic mode: one configuration per Triton kernel, not about ten autotuned, and deterministic
+  # reductions in the backward pass. Autotuning compiled for ~7.5 minutes on a fresh H100 (float32 for the device
+  # check, then bf16) before the first step (benchmarks/results/table5-copy-train-attempts-h100-2026-12-06.md);
+  # read at mamba-ssm's import, so set here, before the trainer starts
+  export MAMBA_DETERMINISTIC=${MAMBA_DETERMINISTIC:-1}
   for act in "${acts[@]}"; do
     # copy-mamba2-paper-silu-s1 -> copy-mamba2-paper-relu-cp-s1; a name without "silu" (copy-mamba2-paper) gets a suffix
     base=$(basename "$src"); name=${base/silu/$act-cp}; [ "$name" = "$base" ] && name="$base-$act-cp"
     first=${first:-$name}
     # shellcheck disable=SC2086
-    resumable_train "$name" "${SWITCH_S:-290}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
-      --device cuda --bf16 --quiet --kernels unfused --max-minutes "${SWITCH_MIN:-3.5}" ${SWITCH_ARGS:-}
+    resumable_train "$name" "${SWITCH_S:-420}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
+      --device cuda --bf16 --quiet --kernels unfused --max-minutes "${SWITCH_MIN:-4.5}" ${SWITCH_ARGS:-}
     grep -E "^step|error|device check" "$out/train_$name.log" | tail -5
     grep -E '"(steps|minutes|eval_token_acc|eval_exact_match|alpha)"' "gpu-models/$name/metrics.json" 2>/dev/null
   done

@@ -17,3 +17,7 @@ if [ -d .whl ]; then
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . && python3 -c "import latim_captum; print('latim_captum ok')"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1
+# Triton's compiled kernels in the (git-ignored) repository folder, which a warm machine keeps between calls; its
+# default under the home folder was apparently compiled anew by each call (7.5 minutes for mamba-ssm's autotuned
+# kernels: benchmarks/results/table5-copy-train-attempts-h100-2026-12-06.md)
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.triton-cache}
