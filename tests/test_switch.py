@@ -178,6 +178,8 @@ def test_a_switch_run_ends_as_the_new_activations_model(task, tmp_path):
     variant = _SOURCE[task][1]
     assert main([*_SOURCE[task], "--seed", "1", "--out", str(tmp_path / "silu")]) == 0
     switch = ["--variant", variant, "--switch-from", str(tmp_path / "silu"), "--act", "relu", *_SWITCH]
+    with pytest.raises(SystemExit, match=r"drop --seed 0 \(the source run's: 1\)"):
+        main([*switch, "--seed", "0", "--out", str(tmp_path / "seed0")])
     assert main([*switch, "--out", str(tmp_path / "relu")]) == 0
     meta = json.loads((tmp_path / "relu" / "metrics.json").read_text())
     args = json.loads((tmp_path / "relu" / "training_args.json").read_text())

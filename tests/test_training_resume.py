@@ -87,6 +87,10 @@ def test_resume_refusals_are_one_line(tmp_path, capsys):
         main([*base, "--resume", str(tmp_path / "cut"), "--lr", "1.0"])
     with pytest.raises(SystemExit, match=r"drop --act relu \(the run's: silu\)"):
         main([*base, "--resume", str(tmp_path / "cut"), "--act", "relu"])
+    # given with the parser's default, it is still given: a run saved with seed 3 does not resume as "--seed 0"
+    assert main([*argv, "--seed", "3", "--out", str(tmp_path / "seed3"), "--stop-at", "3"]) == 0
+    with pytest.raises(SystemExit, match=r"drop --seed 0 \(the run's: 3\)"):
+        main([*base, "--resume", str(tmp_path / "seed3"), "--seed", "0"])
     # the same value, or a call setting, is fine: it resumes
     assert main([*base, "--resume", str(tmp_path / "cut"), "--steps", "6", "--stop-at", "5"]) == 0
     assert json.loads((tmp_path / "x" / "metrics.json").read_text())["steps"] == 5
@@ -118,3 +122,19 @@ def test_sigterm_ends_the_run_after_the_step_and_it_is_saved(tmp_path, monkeypat
     meta = json.loads((tmp_path / "term" / "metrics.json").read_text())
     assert meta["steps"] == 2 and meta["schedule_steps"] == 6 and [h["step"] for h in meta["history"]] == [2]
     assert (tmp_path / "term" / "trainer_state.pt").is_file()
+
+
+def test_given_options_are_those_on_the_command_line():
+    import argparse
+
+    from latim_captum.tasks.training import given_options
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--bf16", action="store_true")
+    assert given_options(parser, ["--seed", "0", "--bf16"]) == {"seed", "bf16"}
+    assert given_options(parser, []) == set()
+    # the parser's defaults are back afterwards
+    assert vars(parser.parse_args([])) == {"seed": 0, "lr": None, "bf16": False}
+

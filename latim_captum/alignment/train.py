@@ -51,6 +51,7 @@ from ..tasks.training import (
     continue_history,
     fill_from_preset,
     finish_switch_,
+    given_options,
     make_optimizer,
     ready_model,
     restore_,
@@ -247,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = switched_args(resumed_args(parser.parse_args(argv), parser), parser, SWITCH_RECIPES)
+    given = given_options(parser, argv)
+    args = resumed_args(parser.parse_args(argv), parser, given=given)
+    args = switched_args(args, parser, SWITCH_RECIPES, given=given)
     return fill_from_preset(args, {"head_dim": 64, **PRESETS[args.scale][args.variant]})
 
 

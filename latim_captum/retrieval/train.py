@@ -67,6 +67,7 @@ from ..tasks.training import (
     check_device,
     continue_history,
     fill_from_preset,
+    given_options,
     load_resume,
     make_optimizer,
     ready_model,
@@ -394,7 +395,7 @@ _OPTIONAL_SETTINGS = ("steps", "curriculum_minutes", "data_workers")
 
 def resolve_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = resumed_args(parser.parse_args(argv), parser, _OPTIONAL_SETTINGS)
+    args = resumed_args(parser.parse_args(argv), parser, _OPTIONAL_SETTINGS, given=given_options(parser, argv))
     args = fill_from_preset(args, {"head_dim": 64, **PRESETS[args.scale][args.variant]})
     if args.lengths:
         args.curriculum = [[1.0, list(args.lengths)]]

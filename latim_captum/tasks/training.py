@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "make_optimizer",
     "ready_model",
     "run_fields",
+    "given_options",
     "resumed_args",
     "load_resume",
     "restore_",
@@ -454,14 +455,40 @@ def restore_(
     return int(state["step"])
 
 
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The ``dest`` of every option on the command line ``argv`` (``sys.argv[1:]`` for None), whatever its value:
+    ``--seed 0`` is given though 0 is the default, so a resumed run whose seed was 1 refuses it rather than drop it.
+
+    Example:
+        >>> p = argparse.ArgumentParser(); _ = p.add_argument("--seed", type=int, default=0)
+        >>> given_options(p, ["--seed", "0"]), given_options(p, [])
+        ({'seed'}, set())
+    """
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in defaults:
+            action.default = argparse.SUPPRESS  # an option not given leaves no attribute
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+    return set(vars(given))
+
+
 def resumed_args(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, optional: tuple[str, ...] = ()
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    optional: tuple[str, ...] = (),
+    *,
+    given: set[str] | None = None,
 ) -> argparse.Namespace:
     """``args`` with a ``--resume DIR`` run's saved arguments (``DIR/training_args.json``), but for the call's
     settings (:data:`CALL_SETTINGS`) and, where given, ``optional`` ones; unchanged without ``--resume``.
 
     Any other option given with a value unlike the saved run's is refused: the run continues its own recipe, and a
-    flag that would be dropped in silence (``--lr``, ``--act``, ``--seed``) is an error, not a no-op.
+    flag that would be dropped in silence (``--lr``, ``--act``, ``--seed``) is an error, not a no-op. ``given``: the
+    options on the command line (:func:`given_options`), so that one given with its default value (``--seed 0``)
+    counts too; without it, an option counts as given when its value is not the default.
 
     Raises:
         SystemExit: no saved arguments in the folder, or options that contradict them (one line, named).
@@ -473,7 +500,7 @@ def resumed_args(
         raise SystemExit(f"--resume {args.resume}: no training_args.json there")
     saved = json.loads(saved_file.read_text())
     kept = {key for key in saved if key in CALL_SETTINGS or (key in optional and getattr(args, key, None) is not None)}
-    conflicts = _take_saved(args, parser, saved, kept, "the run's")
+    conflicts = _take_saved(args, parser, saved, kept, "the run's", given)
     # an option the saved run did not have (older runs, before --switch-from): given, it would change the recipe
     for key, given in vars(args).items():
         if key not in saved and key not in CALL_SETTINGS and key not in optional:
@@ -485,28 +512,39 @@ def resumed_args(
 
 
 def _take_saved(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, saved: dict, kept: set[str], whose: str
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    saved: dict,
+    kept: set[str],
+    whose: str,
+    given: set[str] | None,
 ) -> list[str]:
-    """Set ``args`` to the ``saved`` arguments but for the ``kept`` ones; returns the options given with a value
-    unlike the saved one (``--lr 1.0 (the run's: 0.003)``), which the caller refuses."""
+    """Set ``args`` to the ``saved`` arguments but for the ``kept`` ones; returns the options given (``given``, or
+    else those unlike their default) with a value unlike the saved one (``--lr 1.0 (the run's: 0.003)``), which the
+    caller refuses."""
     conflicts = []
     for key, value in saved.items():
         if key in kept:
             continue
-        given = getattr(args, key, None)
-        if given is not None and given != parser.get_default(key) and given != value:
-            conflicts.append(f"--{key.replace('_', '-')} {given} ({whose}: {value})")
+        mine = getattr(args, key, None)
+        on_command_line = key in given if given is not None else mine is not None and mine != parser.get_default(key)
+        if on_command_line and mine != value:
+            conflicts.append(f"--{key.replace('_', '-')} {mine} ({whose}: {value})")
         setattr(args, key, value)
     return conflicts
 
 
 def switched_args(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, recipes: dict[str, dict]
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    recipes: dict[str, dict],
+    *,
+    given: set[str] | None = None,
 ) -> argparse.Namespace:
     """``args`` for a ``--switch-from DIR`` run: the source run's saved arguments (its task, model and data: the
     folder's ``training_args.json``) but for the call's settings (:data:`CALL_SETTINGS`) and the switch's own
     recipe (:data:`SWITCH_OWN`), whose options not given take ``recipes[scale]``'s values (the source's scale); no
-    mimetic initialisation.
+    mimetic initialisation. ``given``: as for :func:`resumed_args`.
     Unchanged without ``--switch-from`` or with ``--resume`` (a resumed switch run's saved arguments are whole).
 
     Raises:
@@ -524,7 +562,7 @@ def switched_args(
         raise SystemExit(f"--switch-from {source}: a {saved['act']} model; the switch starts from {SWITCH_FROM}")
     if args.mimetic_layers:
         raise SystemExit("--switch-from continues a trained model: drop --mimetic-layers")
-    conflicts = _take_saved(args, parser, saved, {*CALL_SETTINGS, *SWITCH_OWN, "resume"}, "the source run's")
+    conflicts = _take_saved(args, parser, saved, {*CALL_SETTINGS, *SWITCH_OWN, "resume"}, "the source run's", given)
     if conflicts:
         raise SystemExit(f"--switch-from {source} keeps the source run's task, model, data and batch settings (the "
                          f"switch sets only {', '.join('--' + k.replace('_', '-') for k in SWITCH_OWN[:-1])}); drop "
