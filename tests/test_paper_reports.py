@@ -208,6 +208,33 @@ def test_activation_study_rows_of_continued_training(tmp_path):
     assert "the `+ CP` rows continue a SiLU model" in md and "same recipe and seed" not in md
 
 
+def test_activation_study_trains_the_papers_procedure_in_one_command(tmp_path, capsys):
+    """``--procedure switch``: the SiLU model, then each of ``--acts`` continued from it (App. B.3), as report rows
+    SiLU, SiLU + CP, ReLU + CP, linear + CP of one seed, in a report of their own (``-cp``)."""
+    from latim_captum.paper.activations import main as study
+
+    argv = ["--task", "copy", "--variant", "mamba2", "--procedure", "switch", "--seed", "2", "--train-steps", "4",
+            "--switch-steps", "4", "--train-out", str(tmp_path / "runs"), "--n-samples", "2", "--batch", "2",
+            "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    assert study(argv) == 0
+    suite = json.loads((tmp_path / "activations-copy-mamba2-tiny-cp.json").read_text())
+    rows = suite["models"]
+    assert [row["summary"]["label"] for row in rows] == ["silu", "silu + CP", "relu + CP", "linear + CP"]
+    source = str(tmp_path / "runs" / "copy-mamba2-tiny-silu-s2")
+    assert rows[0]["meta"]["model"] == source and rows[0]["meta"]["switch"] is None
+    for row, act in zip(rows[1:], ("silu", "relu", "linear")):
+        assert row["meta"]["switch"]["from"] == source and row["meta"]["switch"]["to"] == act
+        assert row["meta"]["seed"] == 2 and row["meta"]["steps"] == 4 and row["meta"]["switch"]["alpha"] == 1.0
+    assert suite["meta"]["same_seed"] and suite["meta"]["command"].endswith(
+        "--variant mamba2 --seed 2 --train-steps 4 --procedure switch --switch-steps 4 --n-samples 2"
+    )
+    capsys.readouterr()
+    assert study(["--task", "copy", "--variant", "mamba2", "--switch-steps", "4"]) == 2
+    assert "give that procedure" in capsys.readouterr().err
+    assert study(["--task", "copy", "--models", source, "--procedure", "switch"]) == 2
+    assert "--procedure switch: they choose the models trained in the run" in capsys.readouterr().err
+
+
 def test_activation_study_refuses_two_models_of_one_activation(tmp_path, capsys):
     from latim_captum.copying import copy_tokenizer
     from latim_captum.paper.activations import main as study

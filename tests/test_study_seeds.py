@@ -219,6 +219,24 @@ def test_activations_over_seeds_hand_values():
     assert "## The paper's Table 5" in md and "AUC, higher is better" in md
 
 
+def test_activations_over_seeds_keep_continued_training_rows_apart():
+    # SiLU and SiLU + CP share the activation: each is its own row, over the seeds of its own models
+    suites = []
+    for seed, logit in ((0, 0.5), (1, 0.7)):
+        suite = _activation_suite(seed, [0.6, 0.9], logit)
+        cp = copy.deepcopy(suite["models"][0])
+        cp["summary"]["label"] = "silu + CP"
+        cp["meta"]["model"] += "-cp"
+        cp["report"]["methods"]["alti_logit"]["all"]["auc"] = logit + 0.2
+        suite["models"].append(cp)
+        suites.append(suite)
+    agg = aggregate_activations(suites)
+    assert list(agg["acts"]) == ["silu", "linear", "silu + CP"]
+    assert agg["acts"]["silu"]["methods"]["alti_logit"]["predict"]["all"]["mean"] == pytest.approx(0.6)
+    assert agg["acts"]["silu + CP"]["methods"]["alti_logit"]["predict"]["all"]["mean"] == pytest.approx(0.8)
+    assert "| silu + CP | " in render_activations_markdown(agg)
+
+
 def test_activations_over_seeds_refusals():
     suites = [_activation_suite(0, [0.6, 0.9], 0.5), _activation_suite(1, [0.7, 0.8], 0.7)]
     mixed = copy.deepcopy(suites[1])

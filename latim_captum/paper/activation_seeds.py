@@ -23,8 +23,8 @@ __all__ = ["aggregate_activations", "render_activations_markdown"]
 
 def aggregate_activations(suites: Sequence[dict], sources: Sequence[str] | None = None) -> dict:
     """Mean ± std over seeds of activation reports (``benchmarks/activations.py`` JSONs) of one task and variant,
-    per conv activation they all hold. A report whose models were trained with different seeds is refused (its rows
-    would mix activation and seed)."""
+    per row (conv activation, or its ``+ CP`` label) they all hold. A report whose models were trained with
+    different seeds is refused (its rows would mix activation and seed)."""
     if not suites:
         raise ValueError("no reports to aggregate")
     metas = [s["meta"] for s in suites]
@@ -33,7 +33,8 @@ def aggregate_activations(suites: Sequence[dict], sources: Sequence[str] | None 
     if mixed:
         raise ValueError(f"a report's models were trained with different seeds ({mixed}): not one seed per report")
     task = metas[0]["task"]
-    by_act = [{row["summary"]["act"]: row for row in s["models"]} for s in suites]
+    # rows by label: "silu" and "silu + CP" (the paper's continued-training control) are two rows of one activation
+    by_act = [{row["summary"].get("label", row["summary"]["act"]): row for row in s["models"]} for s in suites]
     acts, skipped_acts = common_keys(by_act)
     if not acts:
         raise ValueError("no conv activation is in every report")

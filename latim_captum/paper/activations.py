@@ -19,6 +19,8 @@ COMET): a different model and data; it stands beside ours for shape.
 Usage::
 
     python benchmarks/activations.py --task alignment --variant mamba2 --scale tiny     # trains 3 tiny models
+    # the paper's way (App. B.3): the SiLU model, then SiLU + CP, ReLU + CP and no activation + CP from it
+    python benchmarks/activations.py --task copy --variant mamba2 --scale tiny --procedure switch
     python benchmarks/activations.py --task copy --scale paper --device cuda --models runs/copy-m2-{silu,relu,linear}
 
 Example:
@@ -251,13 +253,40 @@ def render_markdown(suite: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _train_tiny(task_name: str, variant: str, act: str, out: Path, seed: int, steps: int | None, quiet: bool) -> None:
+#: how a tiny run makes its models: ``scratch``, each activation trained from scratch with one recipe; ``switch``,
+#: the paper's App. B.3: the SiLU model, then that model continued while its activation switches to each of ``--acts``
+#: (``silu``: the paper's SiLU + CP control)
+PROCEDURES: tuple[str, ...] = ("scratch", "switch")
+
+
+def _train_tiny(task_name: str, variant: str, flags: list[str], out: Path, quiet: bool) -> None:
     if task_name == "copy":
         from ..copying.train import resolve_args, train
     else:
         from ..alignment.train import resolve_args, train
-    flags = ["--variant", variant, "--scale", "tiny", "--act", act, "--out", str(out), "--seed", str(seed)]
-    train(resolve_args(flags + (["--steps", str(steps)] if steps else []) + (["--quiet"] if quiet else [])))
+    train(resolve_args(["--variant", variant, *flags, "--out", str(out), *(["--quiet"] if quiet else [])]))
+
+
+def _tiny_models(args: argparse.Namespace) -> list[Path]:
+    """Train a tiny run's models (see :data:`PROCEDURES`) under ``--train-out``; their folders, one per report row."""
+    seed, steps = args.seed or 0, args.train_steps
+    stem = Path(args.train_out) / f"{args.task}-{args.variant}-tiny"
+    recipe = ["--scale", "tiny", "--seed", str(seed), *(["--steps", str(steps)] if steps else [])]
+    if args.procedure == "scratch":
+        paths = [Path(f"{stem}-{act}") for act in args.acts]
+        for act, path in zip(args.acts, paths):
+            _train_tiny(args.task, args.variant, [*recipe, "--act", act], path, args.quiet)
+        return paths
+    source = Path(f"{stem}-silu-s{seed}")
+    _train_tiny(args.task, args.variant, recipe, source, args.quiet)
+    paths = [Path(f"{stem}-{act}-cp-s{seed}") for act in args.acts]
+    # the source's task, data, seed and model; the switch's own recipe (SWITCH_RECIPES["tiny"]), or --switch-steps
+    # steps with the recipe's shares of warm-up (5 %) and decay (10 %)
+    n = args.switch_steps
+    shorter = ["--steps", str(n), "--warmup", str(max(1, n // 20)), "--decay", str(max(1, n // 10))] if n else []
+    for act, path in zip(args.acts, paths):
+        _train_tiny(args.task, args.variant, ["--switch-from", str(source), "--act", act, *shorter], path, args.quiet)
+    return [source, *paths]
 
 
 #: the command a report of ``benchmarks/activations.py`` names (``latim bench activations`` sets its own)
@@ -272,8 +301,15 @@ def add_arguments(p: argparse.ArgumentParser, out_default: str = "benchmarks/res
     p.add_argument("--scale", choices=["tiny", "paper"], default="tiny", help="tiny: train the models in the run")
     p.add_argument("--models", nargs="+", default=None, help="trained folders, one per activation")
     p.add_argument("--acts", nargs="+", choices=HIDDEN_ACTS, default=list(HIDDEN_ACTS), help="activations to train")
+    p.add_argument("--procedure", choices=PROCEDURES, default="scratch",
+                   help="tiny scale: scratch, each activation trained from scratch; switch, the paper's App. B.3: "
+                   "the SiLU model, then continued while its activation switches to each of --acts (silu: the "
+                   "SiLU + CP control)")  # fmt: skip
     p.add_argument("--train-out", default="runs", help="tiny scale: where the trained models go")
-    p.add_argument("--train-steps", type=int, default=None, help="tiny scale: training steps (default: preset)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="tiny scale: training steps (default: preset; with --procedure switch, the SiLU model's)")
+    p.add_argument("--switch-steps", type=int, default=None,
+                   help="--procedure switch: each switch's steps (default: the trainers' tiny switch recipe)")
     p.add_argument("--seed", type=int, default=None, help="tiny scale: the one training seed of every variant (0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-samples", type=int, default=None, help="held-out samples (default: the model's n_eval)")
@@ -301,6 +337,8 @@ def rerun_command(args: argparse.Namespace, paths: list[Path], variant: str) -> 
         parts.append(f"--variant {variant}")
         if args.scale == "tiny":
             parts += [f"--seed {args.seed or 0}", *([f"--train-steps {args.train_steps}"] if args.train_steps else [])]
+            parts += [f"--procedure {args.procedure}"] if args.procedure != "scratch" else []
+            parts += [f"--switch-steps {args.switch_steps}"] if args.switch_steps else []
         if list(args.acts) != list(HIDDEN_ACTS):
             parts.append(f"--acts {' '.join(args.acts)}")
     parts += [f"--n-samples {args.n_samples}"] if args.n_samples else []  # --batch, --max-sequences: memory only
@@ -314,6 +352,12 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--device cuda given but CUDA is not available")
     trains = not args.models and args.scale == "tiny"
     ineffective = [f for f, v in (("--seed", args.seed), ("--train-steps", args.train_steps)) if v is not None]
+    ineffective += ["--procedure switch"] if args.procedure != "scratch" else []
+    if args.switch_steps is not None and args.procedure != "switch":
+        raise ValueError("--switch-steps: the steps of --procedure switch's continued runs; give that procedure")
+    if args.switch_steps is not None and args.switch_steps < 2:
+        raise ValueError(f"--switch-steps {args.switch_steps}: a switch needs at least 2 steps (the last on the new "
+                         "activation alone)")  # fmt: skip
     if ineffective and not trains:
         raise ValueError(f"{' and '.join(ineffective)}: they choose the models trained in the run (tiny scale, no "
                          "--models)")  # fmt: skip
@@ -322,9 +366,7 @@ def run(args: argparse.Namespace) -> dict:
     elif args.variant is None:
         raise ValueError("give --variant or --models")
     elif args.scale == "tiny":
-        paths = [Path(args.train_out) / f"{args.task}-{args.variant}-tiny-{act}" for act in args.acts]
-        for act, path in zip(args.acts, paths):
-            _train_tiny(args.task, args.variant, act, path, args.seed or 0, args.train_steps, args.quiet)
+        paths = _tiny_models(args)
     else:
         paths = [Path("runs") / f"{args.task}-{args.variant}-paper-{act}" for act in args.acts]
     loaded = [load_model_dir(p) for p in paths]
@@ -342,7 +384,7 @@ def run(args: argparse.Namespace) -> dict:
     meta = {"task": args.task, "variant": variant, "scale": args.scale, "device": device, "command": command}
     meta["same_seed"] = same_seed
     suite: dict = {"meta": meta, "models": []}
-    stem = f"activations-{args.task}-{variant}-{args.scale}"
+    stem = f"activations-{args.task}-{variant}-{args.scale}" + ("-cp" if trains and args.procedure == "switch" else "")
     for path, label, (model, _, run_meta) in zip(paths, labels, loaded):
         kwargs = dict(batch=args.batch, max_sequences=args.max_sequences, backend=args.backend, quiet=args.quiet)
         if args.n_samples:
