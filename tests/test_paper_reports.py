@@ -231,6 +231,8 @@ def test_activation_study_trains_the_papers_procedure_in_one_command(tmp_path, c
     capsys.readouterr()
     assert study(["--task", "copy", "--variant", "mamba2", "--switch-steps", "4"]) == 2
     assert "give that procedure" in capsys.readouterr().err
+    assert study(["--task", "copy", "--variant", "mamba2", "--procedure", "switch", "--switch-steps", "1"]) == 2
+    assert "a switch needs at least 2 steps" in capsys.readouterr().err
     assert study(["--task", "copy", "--models", source, "--procedure", "switch"]) == 2
     assert "--procedure switch: they choose the models trained in the run" in capsys.readouterr().err
 
