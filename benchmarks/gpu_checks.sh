@@ -36,8 +36,8 @@
 #        --switch-from recipe, on the unfused kernels, into gpu-models/<DIR's name with silu -> ACT-cp> (resumable on
 #        a warm machine like train; SWITCH_MIN minutes of steps, 4.5, SWITCH_S seconds, 420, per ACT; SWITCH_ARGS
 #        more trainer flags); the first two
-#        ACTs' folders come back as $OUT/<name>.tar.part* (at most 8 files come back: two models' four parts each;
-#        the training log is in each folder, train.log)
+#        finished ACTs' folders come back as $OUT/<name>.tar.part*, each as soon as it is saved (at most 8 files come
+#        back: two models' four parts each; the training log is in each folder, train.log)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
@@ -138,16 +138,18 @@ if [ "$what" = switch ]; then
     "$src/metrics.json") || { echo "switch: no trained model at $src"; exit 1; }
   read -r task v <<< "$meta"
   module=latim_captum.copying.train; [ "$task" = alignment ] && module=latim_captum.alignment.train
-  names=()
   # mamba-ssm's deterministic mode: one configuration per Triton kernel, not about ten autotuned, and deterministic
   # reductions in the backward pass. Autotuning compiled for ~7.5 minutes on a fresh H100 (float32 for the device
   # check, then bf16) before the first step (benchmarks/results/table5-copy-train-attempts-h100-2026-12-06.md);
   # read at mamba-ssm's import, so set here, before the trainer starts
   export MAMBA_DETERMINISTIC=${MAMBA_DETERMINISTIC:-1}
+  # at most 8 files come back: each finished model (4 parts) as soon as it is saved, the first two, and the running
+  # log, so a call cut by its limit still returns the models made before it (gpu.txt is printed above)
+  tail -2 "$out/env.log"; rm -f "$out/env.log" "$out/gpu.txt"
+  sent=0
   for act in "${acts[@]}"; do
     # copy-mamba2-paper-silu-s1 -> copy-mamba2-paper-relu-cp-s1; a name without "silu" (copy-mamba2-paper) gets a suffix
     base=$(basename "$src"); name=${base/silu/$act-cp}; [ "$name" = "$base" ] && name="$base-$act-cp"
-    names+=("$name")
     [ "${FRESH:-0}" = 1 ] && rm -f "gpu-models/$name.log"
     # shellcheck disable=SC2086
     resumable_train "$name" "${SWITCH_S:-420}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
@@ -156,13 +158,11 @@ if [ "$what" = switch ]; then
     grep -E '"(steps|minutes|eval_token_acc|eval_exact_match|alpha)"' "gpu-models/$name/metrics.json" 2>/dev/null
     # the run's log, every call's that trained it, travels in its folder (train.log)
     cat "$out/train_$name.log" >> "gpu-models/$name.log" && rm "$out/train_$name.log"
-    [ -d "gpu-models/$name" ] && cp "gpu-models/$name.log" "gpu-models/$name/train.log"
-  done
-  # at most 8 files come back: the first two ACTs' models (4 parts each) and nothing else (gpu.txt is printed above)
-  tail -2 "$out/env.log"; rm -f "$out/env.log" "$out/gpu.txt"
-  sent=0
-  for name in "${names[@]}"; do
-    if [ -d "gpu-models/$name" ] && [ "$sent" -lt 2 ]; then send_model "$name"; sent=$((sent + 1)); fi
+    [ -d "gpu-models/$name" ] || continue
+    cp "gpu-models/$name.log" "gpu-models/$name/train.log"
+    # finished: the recipe's steps made (a run cut by its minutes stays here, for the same line to resume it)
+    if python3 -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(m['steps'] < m['schedule_steps'])" \
+      "gpu-models/$name/metrics.json" && [ "$sent" -lt 2 ]; then send_model "$name"; sent=$((sent + 1)); fi
   done
   ls "$out"
   exit 0
