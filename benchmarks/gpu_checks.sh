@@ -241,13 +241,13 @@ if [ "$what" = train-eval ]; then
     cp "$out/train-eval/$name-resumed/$stem."* "gpu-models/$name.report/" 2>/dev/null
   done
   # few files come back: every report and log in one archive; WEIGHTS=1 (the default) also returns each trained
-  # folder as 15 MB parts of a tar (cat them | tar x), so a cut evaluation can be resumed anywhere (8 files come
-  # back in all: one seed's paper-scale weights are 4 parts)
+  # folder as 15 MB parts of a tar (send_model: cat them | tar x), so a cut evaluation can be resumed anywhere (8
+  # files come back in all: one seed's paper-scale weights are 4 parts; its trainer_state.pt, twice that, stays)
   tar cJf "$out/train-eval.tar.xz" -C "$out" train-eval && rm -rf "$out/train-eval"
   if [ "${WEIGHTS:-1}" = 1 ]; then
     for seed in "$@"; do
       name=$(seed_name "$seed")
-      [ -d "gpu-models/$name" ] && tar c -C gpu-models "$name" | split -d -b 15M - "$out/$name.tar.part"
+      [ -d "gpu-models/$name" ] && send_model "$name"
     done
   fi
   exit 0

@@ -502,10 +502,10 @@ def resumed_args(
     kept = {key for key in saved if key in CALL_SETTINGS or (key in optional and getattr(args, key, None) is not None)}
     conflicts = _take_saved(args, parser, saved, kept, "the run's", given)
     # an option the saved run did not have (older runs, before --switch-from): given, it would change the recipe
-    for key, given in vars(args).items():
+    for key, value in vars(args).items():
         if key not in saved and key not in CALL_SETTINGS and key not in optional:
-            if given is not None and given != parser.get_default(key):
-                conflicts.append(f"--{key.replace('_', '-')} {given} (the run's: not set)")
+            if value is not None and value != parser.get_default(key):
+                conflicts.append(f"--{key.replace('_', '-')} {value} (the run's: not set)")
     if conflicts:
         raise SystemExit(f"--resume {args.resume} continues the saved run's recipe; drop {', '.join(conflicts)}")
     return args
