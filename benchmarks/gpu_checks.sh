@@ -38,6 +38,10 @@
 #        more trainer flags); the first two
 #        finished ACTs' folders come back as $OUT/<name>.tar.part*, each as soon as it is saved (at most 8 files come
 #        back: two models' four parts each; the training log is in each folder, train.log)
+#   bash benchmarks/gpu_checks.sh table5 [TASK:SEED...]   Table 5's Mamba-2 models at paper scale the paper's way
+#        (default copy:1 alignment:0): each task's SiLU model, then relu and linear continued from it, on
+#        --kernels dual (no mamba-ssm); the tasks side by side on the GPU; the same line again on the warm machine goes
+#        on where the last call stopped and returns the next two finished models (T5_S, T5_ACTS, ALIGN_STOP, KERNELS)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
@@ -163,6 +167,66 @@ if [ "$what" = switch ]; then
     # finished: the recipe's steps made (a run cut by its minutes stays here, for the same line to resume it)
     if python3 -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(m['steps'] < m['schedule_steps'])" \
       "gpu-models/$name/metrics.json" && [ "$sent" -lt 2 ]; then send_model "$name"; sent=$((sent + 1)); fi
+  done
+  ls "$out"
+  exit 0
+fi
+if [ "$what" = table5 ]; then
+  # Table 5's models at paper scale, Mamba-2, the paper's way: per TASK:SEED, the SiLU model (the recipe; alignment
+  # cut at ALIGN_STOP steps, 9844, where the Table 3 model's minutes cut it) then each T5_ACTS (relu linear)
+  # continued from it (--switch-from). Every call of the same line goes on where the last stopped (models kept in
+  # gpu-models/ while the machine is warm, cut runs resumed); the tasks' chains run side by side on the GPU until
+  # T5_S seconds (540) from the start; then up to two finished models not sent yet come back (8 files), the rest
+  # with the next call or `fetch NAME`. KERNELS (dual): Mamba-2's quadratic form, no mamba-ssm needed. A smoke run
+  # on a CPU: T5_SCALE=tiny T5_DEVICE=cpu T5_BF16= ALIGN_STOP=6 T5_SRC_ARGS="--steps 8 --eval-every 4"
+  # T5_SWITCH_ARGS="--steps 8 --warmup 2 --decay 3 --eval-every 4" bash benchmarks/gpu_checks.sh table5
+  shift; chains=("$@"); [ ${#chains[@]} -gt 0 ] || chains=(copy:1 alignment:0)
+  end=$(( $(date +%s) + ${T5_S:-540} ))
+  tail -1 "$out/env.log"; rm -f "$out/env.log" "$out/gpu.txt"
+  finished() { # the recipe's steps made, or its --stop-at (a run cut by its minutes is not)
+    python3 -c "import json,sys; m, a = (json.load(open(f'gpu-models/{sys.argv[1]}/{f}.json')) for f in ('metrics', \
+      'training_args')); sys.exit(m['steps'] not in (m['schedule_steps'], a.get('stop_at')))" "$1" 2>/dev/null; }
+  t5_train() { # NAME CMD...: resumable, until the deadline (45 s kept for the last evaluation and the save)
+    local name=$1 left=$(( end - $(date +%s) )); shift
+    finished "$name" && return 0
+    [ "$left" -gt 90 ] || return 1
+    resumable_train "$name" $(( left - 10 )) "$@" --max-minutes "$(python3 -c "print(($left - 45) / 60)")"
+    cat "$out/train_$name.log" >> "gpu-models/$name.log" && rm "$out/train_$name.log"
+    [ -d "gpu-models/$name" ] && cp "gpu-models/$name.log" "gpu-models/$name/train.log"
+    grep -E "^step|error|device check" "gpu-models/$name.log" | tail -3
+    finished "$name"
+  }
+  for chain in "${chains[@]}"; do
+    task=${chain%%:*}; seed=${chain##*:}
+    (
+      module=latim_captum.copying.train; stop=()
+      [ "$task" = alignment ] && module=latim_captum.alignment.train && stop=(--stop-at "${ALIGN_STOP:-9844}")
+      # shellcheck disable=SC2206
+      common=(--variant mamba2 --device "${T5_DEVICE:-cuda}" ${T5_BF16---bf16} --quiet --kernels "${KERNELS:-dual}")
+      silu="$task-mamba2-${T5_SCALE:-paper}-silu-s$seed"
+      # shellcheck disable=SC2086
+      t5_train "$silu" python3 -m "$module" "${common[@]}" --scale "${T5_SCALE:-paper}" --act silu --seed "$seed" \
+        "${stop[@]}" ${T5_SRC_ARGS:-} || exit 0
+      for act in ${T5_ACTS:-relu linear}; do
+        # shellcheck disable=SC2086
+        t5_train "${silu/silu/$act-cp}" python3 -m "$module" "${common[@]}" --switch-from "gpu-models/$silu" \
+          --act "$act" ${T5_SWITCH_ARGS:-} || exit 0
+      done
+    ) &
+  done
+  wait
+  sent=0
+  for chain in "${chains[@]}"; do
+    for act in silu ${T5_ACTS:-relu linear}; do
+      name="${chain%%:*}-mamba2-${T5_SCALE:-paper}-$act-s${chain##*:}"; [ "$act" = silu ] || name=${name/$act/$act-cp}
+      [ -f "gpu-models/$name/metrics.json" ] || { echo "$name: not made yet"; continue; }
+      python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2] + ':', *(f'{k} {m.get(k)}' \
+        for k in ('steps', 'schedule_steps', 'minutes', 'eval_exact_match', 'eval_token_acc')), 'alpha', \
+        (m.get('switch') or {}).get('alpha'), sep=' ')" "gpu-models/$name/metrics.json" "$name"
+      if finished "$name" && [ ! -f "gpu-models/$name.sent" ] && [ "$sent" -lt 2 ]; then
+        send_model "$name" && touch "gpu-models/$name.sent"; sent=$((sent + 1))
+      fi
+    done
   done
   ls "$out"
   exit 0

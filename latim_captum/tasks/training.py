@@ -46,7 +46,14 @@ import torch
 from torch import nn
 
 from .._environment import device_name
-from .models import HIDDEN_ACTS, block_kernels, check_conv_kernel_layout, check_device_forward, prepare_for_kernels_
+from .models import (
+    HIDDEN_ACTS,
+    block_kernels,
+    check_conv_kernel_layout,
+    check_device_forward,
+    mamba_mixers,
+    prepare_for_kernels_,
+)
 from .switch import SWITCH_FROM, SwitchActivation, mark_cut_, set_alpha_, switch_alpha, uncut_
 
 __all__ = [
@@ -188,7 +195,9 @@ def ready_model(
     without SiLU prepared for mamba-ssm's kernels with its device forward and gradients compared with the PyTorch
     ones on ``check_len`` tokens (the kernels' activation must be the model's). ``kernels="unfused"``: the mixers
     train on the unfused kernels with the model's own activation (:mod:`latim_captum.tasks.unfused`), compared
-    likewise.
+    likewise. ``kernels="dual"`` (Mamba-2 only): no kernels, the scan in its quadratic form
+    (:data:`~latim_captum.tasks.unfused.DUAL_OPS`), on any device, any activation and with ``switches``; compared
+    likewise on CUDA.
 
     ``switches`` (a ``--switch-from`` run, :func:`~latim_captum.tasks.switch.install_switch_`): the mixers always
     run the unfused forward, which applies their blended ``act`` (the kernels on CUDA, ``kernels="off"`` refused; the
@@ -201,7 +210,14 @@ def ready_model(
         mimetic_init_(model, mimetic_layers, a_scale=mimetic_a_scale)
     if device.type == "cuda":
         check_conv_kernel_layout(model)
-    if switches and device.type != "cuda":
+    if kernels == "dual":
+        from .unfused import DUAL_OPS, install_unfused_forward_
+
+        if any(type(m).__name__ != "Mamba2Mixer" for m in mamba_mixers(model)):
+            raise ValueError("--kernels dual is Mamba-2's scan in its quadratic form: give --variant mamba2")
+        # on CUDA the CPU side of the device check stays HF's own forward; on the CPU the check has no other side
+        install_unfused_forward_(model, DUAL_OPS, on_cpu=device.type != "cuda")
+    elif switches and device.type != "cuda":
         from .unfused import REFERENCE_OPS, install_unfused_forward_
 
         install_unfused_forward_(model, REFERENCE_OPS, on_cpu=True)
@@ -218,10 +234,11 @@ def ready_model(
         except ImportError as err:  # the trainers' one-line error, as for every refused argument
             raise ValueError(str(err)) from err
         install_unfused_forward_(model, ops)
-    if act != "silu" or kernels == "unfused" or switches:
+    if act != "silu" or kernels in ("unfused", "dual") or switches:
         prepare_for_kernels_(model)
         set_alpha_(switches or [], 1.0)
-        remedy = ("the switch trains on the unfused kernels only: report it" if switches
+        remedy = ("report it" if kernels == "dual"
+                  else "the switch trains on the unfused kernels only: report it" if switches
                   else "train it with --kernels off")  # fmt: skip
         check = check_device_forward(model, device, seq_len=check_len, remedy=remedy)
         set_alpha_(switches or [], 0.0)
@@ -652,11 +669,13 @@ def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides:
     )
     p.add_argument(
         "--kernels",
-        choices=["auto", "off", "unfused"],
+        choices=["auto", "off", "unfused", "dual"],
         default="auto",
         help="off: hide mamba-ssm and causal-conv1d from HF (its PyTorch path), needed for --act relu/linear on a "
         "GPU with the kernels (they apply SiLU or refuse the activation); unfused: keep the kernels, unfused, with "
-        "the model's own activation between them (CUDA; checked against the PyTorch path before training)",
+        "the model's own activation between them (CUDA; checked against the PyTorch path before training); dual: "
+        "no kernels, Mamba-2's scan in its quadratic (masked-attention) form in PyTorch, which a GPU without "
+        "mamba-ssm runs about as fast as the kernels on short sequences (checked likewise; any activation)",
     )
     p.add_argument("--max-minutes", type=float, default=None, help="stop (evaluate and save) after this long")
     p.add_argument(

@@ -39,11 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "DUAL_OPS",
     "REFERENCE_OPS",
     "ScanOps",
     "install_unfused_forward_",
     "kernel_ops",
     "mamba2_tail_on",
+    "quadratic_scan",
     "unfused_mixer_forward",
 ]
 
@@ -105,6 +107,44 @@ def _chunk_scan_ref(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit) -> Tensor:
     return y.to(dtype)
 
 
+def quadratic_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit, *, rounding=None) -> Tensor:
+    """Mamba-2's scan in its quadratic (masked-attention) dual form over the whole sequence: with
+    ``Δ = clamp(softplus(dt + dt_bias))`` and ``a_k = Δ_k A``,
+
+        ``y_i = Σ_{j≤i} (C_i·B_j) exp(Σ_{j<k≤i} a_k) Δ_j x_j + D x_i``,
+
+    the recurrence's exact value (Dao & Gu 2024, the SSD's dual; ``chunk_size`` is not needed: one chunk holds the
+    sequence). Memory is ``[b, H, L, L]`` a layer, so it suits short sequences (the copy and alignment tasks' ~100
+    tokens), where it is a few batched matrix products with no kernels at all; under autocast the two products run in
+    its dtype, the decays in float32. ``rounding`` (``Tensor -> Tensor``) is applied to each product's inputs
+    (``benchmarks/tf32_chunk_scan.py`` emulates TF32 with it). Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]``,
+    ``A, D, dt_bias [H]``, ``B, C [b, L, G, N]``; returns ``[b, L, H, P]`` in ``x``'s dtype.
+
+    Example:
+        >>> x, dt = torch.randn(1, 5, 2, 3), torch.randn(1, 5, 2)
+        >>> B, C = torch.randn(1, 5, 1, 4), torch.randn(1, 5, 1, 4)
+        >>> args = (x, dt, -torch.ones(2), B, C, 256, torch.ones(2), torch.zeros(2), (0.0, float("inf")))
+        >>> torch.allclose(quadratic_scan(*args), _chunk_scan_ref(*args), atol=1e-5)
+        True
+    """
+    round_ = rounding or (lambda t: t)
+    b, length, heads, head_dim = x.shape
+    groups = B.shape[2]
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # the decays' and the skip's dtype
+    dt = F.softplus(dt.to(wide) + dt_bias.to(wide)).clamp(dt_limit[0], dt_limit[1])  # [b, L, H]
+    cb = torch.einsum("bign,bjgn->bgij", round_(C), round_(B))  # [b, G, L, L]: heads of a group share it
+    a = (dt * A.to(wide)).transpose(1, 2)  # [b, H, L]
+    causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+    # Σ_{j<k≤i} a_k as a cumulative sum over k of a_k·[k > j] (HF's segment_sum), not cum_i − cum_j, whose
+    # difference of two large sums cancels; the upper triangle is masked before exp
+    segment = a[..., :, None].expand(b, heads, length, length).masked_fill(~causal.tril(-1), 0).cumsum(-2)
+    decay = torch.exp(segment.masked_fill(~causal, -torch.inf))  # [b, H, L, L]
+    scores = decay * dt.transpose(1, 2)[:, :, None, :]
+    scores = (scores.view(b, groups, heads // groups, length, length) * cb[:, :, None]).view(b, heads, length, length)
+    y = torch.einsum("bhij,bjhp->bihp", round_(scores), round_(x))
+    return (y.to(wide) + x.to(wide) * D.to(wide)[:, None]).to(x.dtype)
+
+
 def mamba2_tail_on(chunk_scan: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """A :attr:`ScanOps.mamba2_tail` from a chunk scan ``(x [b, L, H, P], dt [b, L, H], A [H], B, C [b, L, G, N],
     chunk_size, D [H], dt_bias [H], dt_limit) -> [b, L, H, P]`` (``clamp(softplus(dt + dt_bias))``, the recurrence,
@@ -128,6 +168,15 @@ def mamba2_tail_on(chunk_scan: Callable[..., Tensor]) -> Callable[..., Tensor]:
 REFERENCE_OPS = ScanOps(
     conv=_conv_ref, selective_scan=_selective_scan_ref, mamba2_tail=mamba2_tail_on(_chunk_scan_ref)
 )
+
+
+def _no_selective_scan(*args) -> Tensor:
+    raise ValueError("the quadratic dual form is Mamba-2's (Mamba-1's per-channel decays would need [b, d, L, L, N])")
+
+
+#: no kernels at all: PyTorch's conv and Mamba-2's scan in its quadratic dual form (:func:`quadratic_scan`), which a
+#: GPU without mamba-ssm runs as a few batched products; Mamba-1 is refused
+DUAL_OPS = ScanOps(conv=_conv_ref, selective_scan=_no_selective_scan, mamba2_tail=mamba2_tail_on(quadratic_scan))
 
 
 def kernel_ops() -> ScanOps:
