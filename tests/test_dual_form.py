@@ -171,4 +171,3 @@ def test_the_trainers_refuse_the_dual_form_for_mamba1(tmp_path, capsys):
     assert main(["--variant", "mamba1", *_COPY, "--kernels", "dual", "--out", str(tmp_path / "m")]) == 2
     assert "--kernels dual is Mamba-2's scan in its quadratic form" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
-
