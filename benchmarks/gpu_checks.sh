@@ -35,13 +35,13 @@
 #        activation switches to each ACT (relu linear; silu: the continued-training control), the trainer's
 #        --switch-from recipe, on the unfused kernels, into gpu-models/<DIR's name with silu -> ACT-cp> (resumable on
 #        a warm machine like train; SWITCH_MIN minutes of steps, 4.5, SWITCH_S seconds, 420, per ACT; SWITCH_ARGS
-#        more trainer flags); the first two
-#        finished ACTs' folders come back as $OUT/<name>.tar.part*, each as soon as it is saved (at most 8 files come
-#        back: two models' four parts each; the training log is in each folder, train.log)
+#        more trainer flags); the first
+#        finished ACT's folder comes back as $OUT/<name>.tar.part*, as soon as it is saved (what comes back is at most
+#        64 MiB in all: one 54 MB model; `fetch NAME` for the others; the training log is in each folder, train.log)
 #   bash benchmarks/gpu_checks.sh table5 [TASK:SEED...]   Table 5's Mamba-2 models at paper scale the paper's way
 #        (default copy:1 alignment:0): each task's SiLU model, then relu and linear continued from it, on
 #        --kernels dual (no mamba-ssm); the tasks side by side on the GPU; the same line again on the warm machine goes
-#        on where the last call stopped and returns the next two finished models (T5_S, T5_ACTS, ALIGN_STOP, KERNELS)
+#        on where the last call stopped and returns the next finished model (T5_S, T5_ACTS, ALIGN_STOP, KERNELS)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
@@ -147,8 +147,8 @@ if [ "$what" = switch ]; then
   # check, then bf16) before the first step (benchmarks/results/table5-copy-train-attempts-h100-2026-12-06.md);
   # read at mamba-ssm's import, so set here, before the trainer starts
   export MAMBA_DETERMINISTIC=${MAMBA_DETERMINISTIC:-1}
-  # at most 8 files come back: each finished model (4 parts) as soon as it is saved, the first two, and the running
-  # log, so a call cut by its limit still returns the models made before it (gpu.txt is printed above)
+  # at most 64 MiB comes back (and 8 files): the first finished model (4 parts) as soon as it is saved, so a call cut
+  # by its limit still returns the model made before it (gpu.txt is printed above)
   tail -2 "$out/env.log"; rm -f "$out/env.log" "$out/gpu.txt"
   sent=0
   for act in "${acts[@]}"; do
@@ -166,7 +166,7 @@ if [ "$what" = switch ]; then
     cp "gpu-models/$name.log" "gpu-models/$name/train.log"
     # finished: the recipe's steps made (a run cut by its minutes stays here, for the same line to resume it)
     if python3 -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(m['steps'] < m['schedule_steps'])" \
-      "gpu-models/$name/metrics.json" && [ "$sent" -lt 2 ]; then send_model "$name"; sent=$((sent + 1)); fi
+      "gpu-models/$name/metrics.json" && [ "$sent" -lt 1 ]; then send_model "$name"; sent=$((sent + 1)); fi
   done
   ls "$out"
   exit 0
@@ -176,7 +176,8 @@ if [ "$what" = table5 ]; then
   # cut at ALIGN_STOP steps, 9844, where the Table 3 model's minutes cut it) then each T5_ACTS (relu linear)
   # continued from it (--switch-from). Every call of the same line goes on where the last stopped (models kept in
   # gpu-models/ while the machine is warm, cut runs resumed); the tasks' chains run side by side on the GPU until
-  # T5_S seconds (540) from the start; then up to two finished models not sent yet come back (8 files), the rest
+  # T5_S seconds (540) from the start; then the first finished model not sent yet comes back (at most 64 MiB comes
+  # back from a call: one 54 MB model; on 2026-12-06 a second one's parts were left out), the rest
   # with the next call or `fetch NAME`. KERNELS (dual): Mamba-2's quadratic form, no mamba-ssm needed. A smoke run
   # on a CPU: T5_SCALE=tiny T5_DEVICE=cpu T5_BF16= ALIGN_STOP=6 T5_SRC_ARGS="--steps 8 --eval-every 4"
   # T5_SWITCH_ARGS="--steps 8 --warmup 2 --decay 3 --eval-every 4" bash benchmarks/gpu_checks.sh table5
@@ -223,7 +224,7 @@ if [ "$what" = table5 ]; then
       python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2] + ':', *(f'{k} {m.get(k)}' \
         for k in ('steps', 'schedule_steps', 'minutes', 'eval_exact_match', 'eval_token_acc')), 'alpha', \
         (m.get('switch') or {}).get('alpha'), sep=' ')" "gpu-models/$name/metrics.json" "$name"
-      if finished "$name" && [ ! -f "gpu-models/$name.sent" ] && [ "$sent" -lt 2 ]; then
+      if finished "$name" && [ ! -f "gpu-models/$name.sent" ] && [ "$sent" -lt 1 ]; then
         send_model "$name" && touch "gpu-models/$name.sent"; sent=$((sent + 1))
       fi
     done
