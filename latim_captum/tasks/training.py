@@ -674,8 +674,9 @@ def add_training_arguments(p: argparse.ArgumentParser, presets: dict, overrides:
         help="off: hide mamba-ssm and causal-conv1d from HF (its PyTorch path), needed for --act relu/linear on a "
         "GPU with the kernels (they apply SiLU or refuse the activation); unfused: keep the kernels, unfused, with "
         "the model's own activation between them (CUDA; checked against the PyTorch path before training); dual: "
-        "no kernels, Mamba-2's scan in its quadratic (masked-attention) form in PyTorch, which a GPU without "
-        "mamba-ssm runs about as fast as the kernels on short sequences (checked likewise; any activation)",
+        "no kernels, Mamba-2's scan in its quadratic (masked-attention) form in PyTorch: nothing to build or compile, "
+        "far faster than HF's PyTorch path on short sequences, memory growing with the square of their length "
+        "(any activation; checked likewise on CUDA)",
     )
     p.add_argument("--max-minutes", type=float, default=None, help="stop (evaluate and save) after this long")
     p.add_argument(
