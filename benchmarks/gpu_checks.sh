@@ -224,7 +224,9 @@ if [ "$what" = table5 ]; then
       python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2] + ':', *(f'{k} {m.get(k)}' \
         for k in ('steps', 'schedule_steps', 'minutes', 'eval_exact_match', 'eval_token_acc')), 'alpha', \
         (m.get('switch') or {}).get('alpha'), sep=' ')" "gpu-models/$name/metrics.json" "$name"
-      if finished "$name" && [ ! -f "gpu-models/$name.sent" ] && [ "$sent" -lt 1 ]; then
+      # trained on this machine (its running log beside it; a carried source folder is not sent back), not yet sent
+      if finished "$name" && [ -f "gpu-models/$name.log" ] && [ ! -f "gpu-models/$name.sent" ] && [ "$sent" -lt 1 ]
+      then
         send_model "$name" && touch "gpu-models/$name.sent"; sent=$((sent + 1))
       fi
     done
