@@ -24,34 +24,29 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import perturb_  # noqa: E402  (the tests' weight perturbation, so the model is the CUDA test's)
 from latim_captum._precision import round_tf32  # noqa: E402
 from latim_captum.tasks.models import build_model  # noqa: E402
-from latim_captum.tasks.unfused import REFERENCE_OPS, ScanOps, install_unfused_forward_, mamba2_tail_on  # noqa: E402
+from latim_captum.tasks.unfused import (  # noqa: E402
+    REFERENCE_OPS,
+    ScanOps,
+    install_unfused_forward_,
+    mamba2_tail_on,
+    quadratic_scan,
+)
 
 
 def one_chunk_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit, *, rounding=lambda t: t) -> Tensor:
     """A chunk scan (:func:`~latim_captum.tasks.unfused.mamba2_tail_on`) for inputs of one chunk
     (``L ≤ chunk_size``), as the kernel's within-chunk step computes it: ``(C Bᵀ ∘ decay ∘ Δ) x``, each product's
-    inputs passed through ``rounding``. Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]``, ``B, C [b, L, G, N]``;
-    returns ``[b, L, H, P]``."""
+    inputs passed through ``rounding`` (the quadratic form, :func:`~latim_captum.tasks.unfused.quadratic_scan`).
+    Shapes: ``x [b, L, H, P]``, ``dt [b, L, H]``, ``B, C [b, L, G, N]``; returns ``[b, L, H, P]``."""
     if x.shape[1] > chunk_size:
         raise ValueError(f"one chunk only: {x.shape[1]} tokens > chunk_size {chunk_size}")
-    x, dt, B, C = (t.float() for t in (x, dt, B, C))
-    dt = F.softplus(dt + dt_bias).clamp(dt_limit[0], dt_limit[1])
-    heads, groups = x.shape[2], B.shape[2]
-    group_of = torch.arange(heads) // (heads // groups)
-    B, C = B[:, :, group_of], C[:, :, group_of]
-    cb = torch.einsum("bihn,bjhn->bhij", rounding(C), rounding(B))
-    cum = torch.cumsum(dt * A, dim=1).transpose(1, 2)  # [b, H, L]
-    causal = torch.tril(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool))
-    decay = torch.exp((cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -torch.inf))
-    scores = cb * decay * dt.transpose(1, 2)[:, :, None, :]
-    return torch.einsum("bhij,bjhp->bihp", rounding(scores), rounding(x)) + x * D[:, None]
+    return quadratic_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit, rounding=rounding)
 
 
 def main(argv: list[str] | None = None) -> None:
