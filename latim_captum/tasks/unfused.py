@@ -17,7 +17,9 @@ SiLU models' own training path) handed the activated ``xBC`` and an identity con
 others 0, no activation, no bias), which passes ``xBC`` through unchanged: the step then costs about what the SiLU
 model's does, where the separate chunk scan and HF's PyTorch norm made it several times slower.
 :class:`ScanOps` holds the kernels; :data:`REFERENCE_OPS` holds plain-PyTorch references of them, with which the
-tests compare this forward to HF's own PyTorch forward on a CPU (values and gradients). On the GPU, the trainers
+tests compare this forward to HF's own PyTorch forward on a CPU (values and gradients). :data:`DUAL_OPS` needs no
+kernels at all (the trainers' ``--kernels dual``): Mamba-2's scan in its quadratic form (:func:`quadratic_scan`), a
+few batched products for short sequences, on any device. On the GPU, the trainers
 compare the device forward and its gradients with HF's PyTorch ones before training
 (:func:`~latim_captum.tasks.models.check_device_forward`).
 
@@ -128,7 +130,7 @@ def quadratic_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_limit, *, rounding
         True
     """
     round_ = rounding or (lambda t: t)
-    b, length, heads, head_dim = x.shape
+    b, length, heads = x.shape[:3]
     groups = B.shape[2]
     wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # the decays' and the skip's dtype
     dt = F.softplus(dt.to(wide) + dt_bias.to(wide)).clamp(dt_limit[0], dt_limit[1])  # [b, L, H]
