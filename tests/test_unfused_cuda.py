@@ -72,3 +72,25 @@ def test_a_switching_model_on_the_kernels_is_its_cpu_reference(variant, new):
     assert float((got_logits - ref_logits).abs().max()) < 1e-3 * float(ref_logits.abs().max())
     for (name, _), g, r in zip(model.named_parameters(), got_grads, ref_grads):
         assert float((g - r).norm()) <= 1e-2 * float(r.norm()) + 1e-8, name
+
+
+@pytest.mark.parametrize("act", ["relu", "linear", "silu"])
+def test_the_dual_form_on_cuda_is_the_model(act):
+    """``--kernels dual`` needs no mamba-ssm: on CUDA (float32) it is HF's PyTorch path on the CPU, values and
+    gradients, and trains under bf16 autocast with finite gradients (the 2026-12-06 Table 5 trainings' device checks
+    agreed to 1.5e-4 of the logits or better for SiLU and ReLU, 2.9e-3 for no activation, inside the check's bound of
+    1e-3 of the largest logit)."""
+    from latim_captum.tasks.unfused import DUAL_OPS, install_unfused_forward_
+
+    torch.manual_seed(0)
+    model = build_model("mamba2", layers=2, d_model=256, state=16, vocab=32, head_dim=64, seq_len=101, act=act)
+    model = perturb_(model, seed=1)
+    assert install_unfused_forward_(model, DUAL_OPS) == 2
+    check = check_device_forward(model, torch.device("cuda"), seq_len=101)
+    print(f"dual {act}: logits {check.logits:.2e}, gradients {check.grads:.2e}")
+    model.cuda().train()
+    ids = torch.randint(0, 32, (4, 101), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits
+    logits.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
