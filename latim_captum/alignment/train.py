@@ -6,7 +6,8 @@ downloaded here, so the models are trained from configs on :class:`~.data.Alignm
 - ``--scale paper``: the full task (287 source words, 5–20 word sentences) and the copy models' size (8 layers,
   d_model 512, state 16 / 128, about 13M parameters) with App. B.2's optimisation where it applies: AdamW, lr 7e-4,
   cosine schedule with 2,000 warm-up steps, 18,000 steps, batch 64, no clipping. B.2's dropout 0.3 has no
-  counterpart (HF Mamba has no dropout). Needs a GPU with mamba-ssm's kernels (``--device cuda --bf16``).
+  counterpart (HF Mamba has no dropout). Needs a GPU (``--device cuda --bf16``) with mamba-ssm's kernels, or, for
+  Mamba-2, ``--kernels dual`` (no kernels: the scan's quadratic form in PyTorch).
 - ``--scale tiny``: the tiny task (:data:`~.data.TINY_TASK`) and a 2-layer d_model 64 model for the CPU.
 
 Loss: next-token cross-entropy on the target part only (rows ``S..S+T``: every target word and ``<eos>``; the

@@ -20,13 +20,17 @@ Activation variants (the paper's Table 5): ``--act silu|relu|linear`` sets HF's 
 ``relu``/``linear`` model is checked against the PyTorch forward before training and needs ``--kernels off`` on a
 GPU with the kernels (:mod:`latim_captum.tasks.models`). ``--switch-from DIR --act relu|linear|silu`` makes them the
 paper's way instead: it continues the SiLU model trained in DIR while the activation switches gradually
-(:data:`SWITCH_RECIPES`, :mod:`latim_captum.tasks.switch`).
+(:data:`SWITCH_RECIPES`, :mod:`latim_captum.tasks.switch`). A Mamba-2 model of any activation also trains on a GPU
+without mamba-ssm with ``--kernels dual`` (the scan's quadratic form in PyTorch, :mod:`latim_captum.tasks.unfused`;
+the Table 5 models of 2026-12-06 were trained so).
 
 Usage::
 
     python -m latim_captum.copying.train --variant mamba2 --scale tiny --out runs/m2
     python -m latim_captum.copying.train --variant mamba1 --scale paper --device cuda --bf16 --out runs/m1-paper
     python -m latim_captum.copying.train --variant mamba2 --scale paper --act linear --kernels off --out runs/m2-lin
+    python -m latim_captum.copying.train --variant mamba2 --scale paper --device cuda --bf16 --kernels dual \
+        --out runs/m2-paper      # no mamba-ssm needed
 
 Writes ``model.safetensors``, ``config.json``, the tokenizer files, ``training_args.json``, ``metrics.json`` and
 ``trainer_state.pt``, from which ``--resume DIR --out NEW`` continues a run cut by ``--max-minutes``, ``--stop-at``
