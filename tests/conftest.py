@@ -41,6 +41,28 @@ def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch
     return model
 
 
+def assert_ops_forward_is_the_model(model: torch.nn.Module, ops, ids: torch.Tensor) -> None:
+    """The unfused training forward on ``ops`` (:mod:`latim_captum.tasks.unfused`) computes ``model`` (a float64
+    two-layer model in eval mode, HF's PyTorch path) on ``ids``: its logits and the gradients of their squared sum.
+
+    HF's PyTorch path computes parts of the scan in float32 even in a float64 model (A, B, x, Δ's bias are cast), so
+    the two agree to float32 rounding: measured ≤ 2.3e-7 of the largest logit and ≤ 1.0e-6 of each gradient's
+    largest entry for the sequential references; a wrong term moves the logits by 1e-2 and more
+    (``test_unfused.py::test_each_kernel_is_used``)."""
+    from latim_captum.tasks.unfused import install_unfused_forward_
+
+    params = list(model.parameters())
+    reference = model(input_ids=ids).logits
+    ref_grads = torch.autograd.grad(reference.square().sum(), params)
+    assert install_unfused_forward_(model, ops, on_cpu=True) == 2
+    got = model(input_ids=ids).logits
+    grads = torch.autograd.grad(got.square().sum(), params)
+    scale = float(reference.detach().abs().max())
+    assert float((got - reference).detach().abs().max()) < 1e-6 * scale
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        assert float((g - r).abs().max()) < 5e-6 * max(float(r.abs().max()), 1e-3), name
+
+
 def build(kind: str, *, act: str = "silu", layers: int = 2, seed: int = 0, **overrides) -> torch.nn.Module:
     """A tiny perturbed model: ``kind`` in ``mamba1``, ``falcon``, ``mamba2``."""
     torch.manual_seed(seed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import perturb_
+from conftest import assert_ops_forward_is_the_model, perturb_
 from latim_captum.tasks.models import build_model
 from latim_captum.tasks.unfused import REFERENCE_OPS, ScanOps, install_unfused_forward_
 
@@ -23,20 +23,7 @@ def test_unfused_forward_is_the_model(variant, act):
     torch.manual_seed(0)
     # eval mode: HF's plain PyTorch path in float64 (in train mode, transformers routes Mamba-1 through a reference
     # of mamba-ssm's fused function that computes in float32); Mamba has no dropout, so nothing else changes
-    model = _model(variant, act).eval()
-    ids = torch.randint(0, 12, (2, 11))
-    reference = model(input_ids=ids).logits
-    ref_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
-    assert install_unfused_forward_(model, REFERENCE_OPS, on_cpu=True) == 2
-    got = model(input_ids=ids).logits
-    grads = torch.autograd.grad(got.square().sum(), list(model.parameters()))
-    # HF's PyTorch path computes parts of the scan in float32 even in a float64 model (A, B, x, Δ's bias are cast),
-    # so the two agree to float32 rounding: measured ≤ 2.3e-7 of the largest logit and ≤ 1.0e-6 of each gradient's
-    # largest entry; a wrong term moves the logits by 1e-2 and more (test_each_kernel_is_used)
-    scale = float(reference.abs().max())
-    assert float((got - reference).abs().max()) < 1e-6 * scale
-    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
-        assert float((g - r).abs().max()) < 5e-6 * max(float(r.abs().max()), 1e-3), name
+    assert_ops_forward_is_the_model(_model(variant, act).eval(), REFERENCE_OPS, torch.randint(0, 12, (2, 11)))
 
 
 @pytest.mark.parametrize("variant", ["mamba1", "mamba2"])

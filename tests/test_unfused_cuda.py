@@ -15,6 +15,16 @@ pytestmark = [
 ]
 
 
+def _trains_in_bf16(model: torch.nn.Module) -> None:
+    """It trains as the trainers run it (bf16 autocast): one backward gives finite gradients on every parameter."""
+    model.cuda().train()
+    ids = torch.randint(0, 32, (4, 101), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits
+    logits.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
 @pytest.mark.parametrize("act", ["relu", "linear", "silu"])
 def test_unfused_kernels_are_the_model(variant, act):
@@ -31,14 +41,7 @@ def test_unfused_kernels_are_the_model(variant, act):
     check = check_device_forward(model, torch.device("cuda"), seq_len=101)
     print(f"{variant} {act}: unfused kernels vs HF's PyTorch path, largest logit difference {check.logits:.2e}, "
           f"gradient {check.grads:.2e}")  # fmt: skip
-    # and it trains as the trainers run it (bf16 autocast): one backward through the kernels gives finite gradients
-    # on every parameter
-    model.cuda().train()
-    ids = torch.randint(0, 32, (4, 101), device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(input_ids=ids).logits
-    logits.float().square().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    _trains_in_bf16(model)
 
 
 @pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
@@ -88,9 +91,4 @@ def test_the_dual_form_on_cuda_is_the_model(act):
     assert install_unfused_forward_(model, DUAL_OPS) == 2
     check = check_device_forward(model, torch.device("cuda"), seq_len=101)
     print(f"dual {act}: logits {check.logits:.2e}, gradients {check.grads:.2e}")
-    model.cuda().train()
-    ids = torch.randint(0, 32, (4, 101), device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(input_ids=ids).logits
-    logits.float().square().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    _trains_in_bf16(model)
