@@ -218,8 +218,9 @@ if [ "$what" = table5 ]; then
   wait
   sent=0
   for chain in "${chains[@]}"; do
-    for act in silu ${T5_ACTS:-relu linear}; do
-      name="${chain%%:*}-mamba2-${T5_SCALE:-paper}-$act-s${chain##*:}"; [ "$act" = silu ] || name=${name/$act/$act-cp}
+    # the source, then each switch (named as trained above: silu -> ACT-cp, so a SiLU control is silu-cp)
+    for act in source ${T5_ACTS:-relu linear}; do
+      name="${chain%%:*}-mamba2-${T5_SCALE:-paper}-silu-s${chain##*:}"; [ "$act" = source ] || name=${name/silu/$act-cp}
       [ -f "gpu-models/$name/metrics.json" ] || { echo "$name: not made yet"; continue; }
       python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2] + ':', *(f'{k} {m.get(k)}' \
         for k in ('steps', 'schedule_steps', 'minutes', 'eval_exact_match', 'eval_token_acc')), 'alpha', \
