@@ -41,7 +41,8 @@
 #   bash benchmarks/gpu_checks.sh table5 [TASK:SEED...]   Table 5's Mamba-2 models at paper scale the paper's way
 #        (default copy:1 alignment:0): each task's SiLU model, then relu and linear continued from it, on
 #        --kernels dual (no mamba-ssm); the tasks side by side on the GPU; the same line again on the warm machine goes
-#        on where the last call stopped and returns the next finished model (T5_S, T5_ACTS, ALIGN_STOP, KERNELS)
+#        on where the last call stopped and returns the next finished model (T5_S, T5_ACTS, ALIGN_STOP, KERNELS;
+#        T5_ACTS=silu: the SiLU + CP control, <task>-mamba2-paper-silu-cp-s<seed>)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
