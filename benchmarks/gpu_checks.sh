@@ -39,10 +39,10 @@
 #        finished ACT's folder comes back as $OUT/<name>.tar.part*, as soon as it is saved (what comes back is at most
 #        64 MiB in all: one 54 MB model; `fetch NAME` for the others; the training log is in each folder, train.log)
 #   bash benchmarks/gpu_checks.sh table5 [TASK:SEED...]   Table 5's Mamba-2 models at paper scale the paper's way
-#        (default copy:1 alignment:0): each task's SiLU model, then relu and linear continued from it, on
-#        --kernels dual (no mamba-ssm); the tasks side by side on the GPU; the same line again on the warm machine goes
-#        on where the last call stopped and returns the next finished model (T5_S, T5_ACTS, ALIGN_STOP, KERNELS;
-#        T5_ACTS=silu: the SiLU + CP control, <task>-mamba2-paper-silu-cp-s<seed>)
+#        (default copy:1 alignment:0): each task's SiLU model, then relu, linear and silu (the SiLU + CP control,
+#        <task>-mamba2-paper-silu-cp-s<seed>) continued from it, on --kernels dual (no mamba-ssm); the tasks side by
+#        side on the GPU; the same line again on the warm machine goes on where the last call stopped and returns the
+#        next finished model (T5_S, T5_ACTS: the switches, ALIGN_STOP, KERNELS)
 #   bash benchmarks/gpu_checks.sh fetch NAME   gpu-models/NAME (kept on the warm machine) as $OUT/NAME.tar.part*
 #   bash benchmarks/gpu_checks.sh activations copy|alignment DIR_SILU DIR_RELU DIR_LINEAR   Table 5 analogue
 #   bash benchmarks/gpu_checks.sh train-profile [copy|alignment] [mamba1|mamba2]   a training step of each conv
@@ -174,7 +174,7 @@ if [ "$what" = switch ]; then
 fi
 if [ "$what" = table5 ]; then
   # Table 5's models at paper scale, Mamba-2, the paper's way: per TASK:SEED, the SiLU model (the recipe; alignment
-  # cut at ALIGN_STOP steps, 9844, where the Table 3 model's minutes cut it) then each T5_ACTS (relu linear)
+  # cut at ALIGN_STOP steps, 9844, where the Table 3 model's minutes cut it) then each T5_ACTS (relu linear silu)
   # continued from it (--switch-from). Every call of the same line goes on where the last stopped (models kept in
   # gpu-models/ while the machine is warm, cut runs resumed); the tasks' chains run side by side on the GPU until
   # T5_S seconds (540) from the start; then the first finished model not sent yet comes back (at most 64 MiB comes
@@ -209,7 +209,7 @@ if [ "$what" = table5 ]; then
       # shellcheck disable=SC2086
       t5_train "$silu" python3 -m "$module" "${common[@]}" --scale "${T5_SCALE:-paper}" --act silu --seed "$seed" \
         "${stop[@]}" ${T5_SRC_ARGS:-} || exit 0
-      for act in ${T5_ACTS:-relu linear}; do
+      for act in ${T5_ACTS:-relu linear silu}; do
         # shellcheck disable=SC2086
         t5_train "${silu/silu/$act-cp}" python3 -m "$module" "${common[@]}" --switch-from "gpu-models/$silu" \
           --act "$act" ${T5_SWITCH_ARGS:-} || exit 0
@@ -220,7 +220,7 @@ if [ "$what" = table5 ]; then
   sent=0
   for chain in "${chains[@]}"; do
     # the source, then each switch (named as trained above: silu -> ACT-cp, so a SiLU control is silu-cp)
-    for act in source ${T5_ACTS:-relu linear}; do
+    for act in source ${T5_ACTS:-relu linear silu}; do
       name="${chain%%:*}-mamba2-${T5_SCALE:-paper}-silu-s${chain##*:}"; [ "$act" = source ] || name=${name/silu/$act-cp}
       [ -f "gpu-models/$name/metrics.json" ] || { echo "$name: not made yet"; continue; }
       python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2] + ':', *(f'{k} {m.get(k)}' \
