@@ -108,6 +108,10 @@ eval_path() { # act
 # a run that saved (trainer_state.pt, written last), so a cut one leaves the last good model in place
 # send_model NAME: gpu-models/NAME as $OUT/NAME.tar.part* (few files come back, each at most 16 MB: 15 MB parts of one
 # tar, cat them | tar x), without the optimiser's state (twice the weights), which stays here for a resume
+# switched_name SOURCE ACT: the folder of SOURCE's model continued with ACT (switch, table5): silu -> ACT-cp
+# (copy-mamba2-paper-silu-s1 -> copy-mamba2-paper-relu-cp-s1; the SiLU control silu-cp), a name without "silu"
+# (copy-mamba2-paper) gets a suffix
+switched_name() { local name=${1/silu/$2-cp}; [ "$name" = "$1" ] && name="$1-$2-cp"; echo "$name"; }
 send_model() { tar c --exclude trainer_state.pt -C gpu-models "$1" | split -d -b 15M - "$out/$1.tar.part"; }
 resumable_train() {
   local name=$1 limit=$2; shift 2
@@ -153,8 +157,7 @@ if [ "$what" = switch ]; then
   tail -2 "$out/env.log"; rm -f "$out/env.log" "$out/gpu.txt"
   sent=0
   for act in "${acts[@]}"; do
-    # copy-mamba2-paper-silu-s1 -> copy-mamba2-paper-relu-cp-s1; a name without "silu" (copy-mamba2-paper) gets a suffix
-    base=$(basename "$src"); name=${base/silu/$act-cp}; [ "$name" = "$base" ] && name="$base-$act-cp"
+    name=$(switched_name "$(basename "$src")" "$act")
     [ "${FRESH:-0}" = 1 ] && rm -f "gpu-models/$name.log"
     # shellcheck disable=SC2086
     resumable_train "$name" "${SWITCH_S:-420}" python3 -m "$module" --variant "$v" --switch-from "$src" --act "$act" \
@@ -198,6 +201,7 @@ if [ "$what" = table5 ]; then
     grep -E "^step|error|device check" "gpu-models/$name.log" | tail -3
     finished "$name"
   }
+  source_name() { echo "${1%%:*}-mamba2-${T5_SCALE:-paper}-silu-s${1##*:}"; }  # TASK:SEED -> its SiLU model
   for chain in "${chains[@]}"; do
     task=${chain%%:*}; seed=${chain##*:}
     (
@@ -205,13 +209,13 @@ if [ "$what" = table5 ]; then
       [ "$task" = alignment ] && module=latim_captum.alignment.train && stop=(--stop-at "${ALIGN_STOP:-9844}")
       # shellcheck disable=SC2206
       common=(--variant mamba2 --device "${T5_DEVICE:-cuda}" ${T5_BF16---bf16} --quiet --kernels "${KERNELS:-dual}")
-      silu="$task-mamba2-${T5_SCALE:-paper}-silu-s$seed"
+      silu=$(source_name "$chain")
       # shellcheck disable=SC2086
       t5_train "$silu" python3 -m "$module" "${common[@]}" --scale "${T5_SCALE:-paper}" --act silu --seed "$seed" \
         "${stop[@]}" ${T5_SRC_ARGS:-} || exit 0
       for act in ${T5_ACTS:-relu linear silu}; do
         # shellcheck disable=SC2086
-        t5_train "${silu/silu/$act-cp}" python3 -m "$module" "${common[@]}" --switch-from "gpu-models/$silu" \
+        t5_train "$(switched_name "$silu" "$act")" python3 -m "$module" "${common[@]}" --switch-from "gpu-models/$silu" \
           --act "$act" ${T5_SWITCH_ARGS:-} || exit 0
       done
     ) &
@@ -219,9 +223,8 @@ if [ "$what" = table5 ]; then
   wait
   sent=0
   for chain in "${chains[@]}"; do
-    # the source, then each switch (named as trained above: silu -> ACT-cp, so a SiLU control is silu-cp)
-    for act in source ${T5_ACTS:-relu linear silu}; do
-      name="${chain%%:*}-mamba2-${T5_SCALE:-paper}-silu-s${chain##*:}"; [ "$act" = source ] || name=${name/silu/$act-cp}
+    for act in source ${T5_ACTS:-relu linear silu}; do  # the source, then each switch
+      name=$(source_name "$chain"); [ "$act" = source ] || name=$(switched_name "$name" "$act")
       [ -f "gpu-models/$name/metrics.json" ] || { echo "$name: not made yet"; continue; }
       python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2] + ':', *(f'{k} {m.get(k)}' \
         for k in ('steps', 'schedule_steps', 'minutes', 'eval_exact_match', 'eval_token_acc')), 'alpha', \
