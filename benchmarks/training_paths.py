@@ -74,11 +74,12 @@ def main(argv: list[str] | None = None) -> None:
                        seq_len=args.tokens, act="silu").to(device).train()  # fmt: skip
     ids = torch.randint(0, 32, (args.batch, args.tokens + 1), device=device)
     paths = {"HF's forward": None, "dual": DUAL_OPS}
-    if importlib.util.find_spec("mamba_ssm") is not None and device.type == "cuda":
+    has_mamba_ssm = importlib.util.find_spec("mamba_ssm") is not None
+    if has_mamba_ssm and device.type == "cuda":
         from latim_captum.tasks.unfused import kernel_ops
 
         paths["unfused kernels"] = kernel_ops()
-    kernels = "with" if importlib.util.find_spec("mamba_ssm") is not None else "without"
+    kernels = "with" if has_mamba_ssm else "without"
     print(f"{device_name(device)}, Mamba-2 {args.layers} x 512, batch {args.batch} x {args.tokens} tokens, "
           f"bf16 {args.bf16}, mamba-ssm {kernels}, torch {torch.__version__}")  # fmt: skip
     print("| path | ms / step | peak GiB | first loss | speed-up over HF's forward |")
